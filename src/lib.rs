@@ -8,3 +8,6 @@
 /// The OS boundary: all FFI and every `unsafe` block of the crate.
 #[allow(unsafe_code)]
 pub mod sys;
+
+/// The libevent-style reactor: event base, backends, timers, signals, buffers.
+pub mod reactor;

@@ -98,11 +98,11 @@ pub fn unwatch(sig: i32, fd: RawFd) -> io::Result<()> {
             s.store(-1, Ordering::SeqCst);
         }
     }
-    if row.iter().all(|s| s.load(Ordering::Relaxed) < 0) {
-        if let Some(old) = reg[sig as usize].take() {
-            // SAFETY: `old` is the disposition sigaction returned earlier.
-            syscall!(sigaction(sig, &old, std::ptr::null_mut()))?;
-        }
+    if row.iter().all(|s| s.load(Ordering::Relaxed) < 0)
+        && let Some(old) = reg[sig as usize].take()
+    {
+        // SAFETY: `old` is the disposition sigaction returned earlier.
+        syscall!(sigaction(sig, &old, std::ptr::null_mut()))?;
     }
     Ok(())
 }
