@@ -11,3 +11,12 @@ pub mod sys;
 
 /// The libevent-style reactor: event base, backends, timers, signals, buffers.
 pub mod reactor;
+
+/// ROT13 over bytes: ASCII letters only, vectorisable.
+pub mod rot13;
+
+/// The line framing of the protocol on EvBuffers; no I/O.
+pub mod protocol;
+
+/// The daemon around the reactor: CLI, config, master, workers, connections.
+pub mod daemon;

@@ -243,9 +243,9 @@ impl EventBase {
             Clock::Precise
         };
         if use_env && std::env::var_os("EVENT_SHOW_METHOD").is_some() {
-            tracing::info!(target: "rot13d::reactor", backend = info.name, "event base using backend");
+            tracing::info!(target: "rot13d::reactor", backend = %info.name, "event base using backend");
         }
-        tracing::debug!(target: "rot13d::reactor", backend = info.name, ?flags, "event base created");
+        tracing::debug!(target: "rot13d::reactor", backend = %info.name, ?flags, "event base created");
         Ok(EventBase {
             backend: be,
             changelist,
@@ -952,6 +952,12 @@ impl EventBase {
                 s.cb = Some(cb);
             }
         }
+    }
+
+    /// Tells the base that the owner closed `fd` (after deleting its
+    /// events): a changelist then forgets what the kernel already forgot.
+    pub fn fd_closed(&mut self, fd: RawFd) {
+        self.backend.fd_closed(fd);
     }
 
     // ----- fork ------------------------------------------------------------

@@ -26,7 +26,9 @@
 
 pub mod backend;
 mod base;
+pub mod bufferevent;
 pub mod config;
+pub mod evbuffer;
 pub mod event;
 mod evmap;
 mod signal;
@@ -34,5 +36,7 @@ mod timer;
 
 pub use backend::{BackendInfo, Features};
 pub use base::{BaseError, BaseHandle, EventBase, LoopExit, LoopFlags};
+pub use bufferevent::{Bev, BevEvent, BevOptions, BufferEvent, Suspend};
 pub use config::{BaseFlags, EventConfig};
+pub use evbuffer::EvBuffer;
 pub use event::{Callback, EventFlags, EventId};

@@ -329,3 +329,17 @@ pub fn borrow(fd: RawFd) -> Option<BorrowedFd<'static>> {
     // open for that long; BorrowedFd never closes it.
     Some(unsafe { BorrowedFd::borrow_raw(fd) })
 }
+
+/// Takes ownership of an fd this process was handed at start (systemd
+/// socket activation): it is closed when the result is dropped.
+///
+/// Returns an `OwnedFd`; the caller promises nothing else owns `fd`.
+pub fn adopt_fd(fd: RawFd) -> OwnedFd {
+    owned(fd)
+}
+
+/// `dup2(2)`: makes `new` refer to what `old` refers to.
+pub fn dup2(old: RawFd, new: RawFd) -> io::Result<()> {
+    syscall!(dup2(old, new))?;
+    Ok(())
+}

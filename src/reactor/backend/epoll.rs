@@ -123,6 +123,11 @@ impl Backend for EpollBackend {
     fn need_reinit(&self) -> bool {
         true
     }
+    fn fd_closed(&mut self, fd: RawFd) {
+        if let Some(Some((orig, _))) = self.pending.get_mut(fd as usize) {
+            *orig = EventFlags::NONE;
+        }
+    }
     fn add(&mut self, fd: RawFd, old: EventFlags, delta: EventFlags) -> io::Result<()> {
         self.change(fd, old, old | delta)
     }

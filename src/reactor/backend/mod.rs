@@ -102,6 +102,10 @@ pub trait Backend {
     fn del(&mut self, fd: RawFd, old: EventFlags, delta: EventFlags) -> io::Result<()>;
     /// Waits and reports ready fds.
     fn dispatch(&mut self, timeout: Option<Duration>, ready: &mut Vec<(RawFd, EventFlags)>) -> io::Result<()>;
+    /// `fd` was closed: the kernel forgot it. Only a backend that defers
+    /// changes (the epoll changelist) needs to know, so that a reused fd
+    /// number is registered afresh.
+    fn fd_closed(&mut self, _fd: RawFd) {}
 }
 
 /// A backend that this build knows, with its static facts.
