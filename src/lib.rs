@@ -8,3 +8,15 @@
 /// The OS boundary: all FFI and every `unsafe` block of the crate.
 #[allow(unsafe_code)]
 pub mod sys;
+
+/// ROT13 over byte slices: branchless, auto-vectorised.
+pub mod rot13;
+
+/// The rot13d line protocol (SPEC §1) as framing on `EvBuffer`s; no I/O.
+pub mod protocol;
+
+/// libevent's `evbuffer`: a chunked byte queue with zero-copy moves, fd I/O
+/// and a per-thread chunk pool.
+// TEMPORARY: moves under `reactor` (as `reactor::evbuffer`) at merge time.
+#[path = "reactor/evbuffer.rs"]
+pub mod evbuffer;
