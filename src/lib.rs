@@ -12,10 +12,10 @@ pub mod sys;
 /// The libevent-style reactor: event base, backends, timers, signals, buffers.
 pub mod reactor;
 
-/// ROT13 over bytes: ASCII letters only, vectorisable.
+/// ROT13 over byte slices: branchless, auto-vectorised.
 pub mod rot13;
 
-/// The line framing of the protocol on EvBuffers; no I/O.
+/// The rot13d line protocol (SPEC §1) as framing on `EvBuffer`s; no I/O.
 pub mod protocol;
 
 /// The daemon around the reactor: CLI, config, master, workers, connections.

@@ -321,7 +321,7 @@ mod tests {
     fn eof_tails() {
         assert_eq!(run(&[b"abc\nde"], 100), b"nop\nqr");
         assert_eq!(run(&[b"abc\nde\r"], 100), b"nop\nqr\r");
-        assert_eq!(run(&[b"abcde"], 2), b"no\npq\ne");
+        assert_eq!(run(&[b"abcde"], 2), b"no\npq\nr");
         assert_eq!(run(&[b"abcd"], 2), b"no\npq");
     }
 
