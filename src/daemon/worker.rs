@@ -234,7 +234,8 @@ impl Shared {
             });
         }
         let grace = self.params.borrow().shutdown_grace;
-        tracing::info!(target: "rot13d", busy, grace_s = grace.as_secs_f64(), "draining");
+        let accepted = self.metrics.get(self.slot, Counter::Accepted);
+        tracing::info!(target: "rot13d", busy, accepted, grace_s = grace.as_secs_f64(), "draining");
         if self.open.get() == 0 {
             let _ = base.loopexit(None);
             return;
