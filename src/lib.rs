@@ -8,3 +8,6 @@
 /// The OS boundary: all FFI and every `unsafe` block of the crate.
 #[allow(unsafe_code)]
 pub mod sys;
+
+/// The daemon: command line, configuration, logging, processes.
+pub mod daemon;
