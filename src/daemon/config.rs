@@ -508,7 +508,14 @@ fn parse_error(text: &str, path: &Path, err: &toml::de::Error) -> ConfigError {
         line,
         col,
         key,
-        message: err.message().trim_end().to_string(),
+        // One line: toml puts what it expected on a line of its own.
+        message: err
+            .message()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("; "),
     }
 }
 
@@ -702,6 +709,10 @@ mod tests {
     fn syntax_error_has_line_and_column() {
         let (line, col, _, message) = parse_err("[server]\nbacklog = 1\nmax_line = = 3\n");
         assert_eq!(line, 3, "{message}");
+        assert!(!message.contains('\n'), "one line: {message:?}");
+        let (line, _, _, message) = parse_err("[server\nmax_line = 3\n");
+        assert_eq!(line, 1);
+        assert!(!message.contains('\n'), "one line: {message:?}");
         assert!(col > 1, "{col}");
         let (line, _, _, _) = parse_err("[server]\nbacklog = 1\nbacklog = 2\n");
         assert_eq!(line, 3);

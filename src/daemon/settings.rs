@@ -176,6 +176,11 @@ impl Settings {
             problems: Vec::new(),
         };
         let settings = check.settings(&config, cpus);
+        // Options first, then the file's problems in line order.
+        check.problems.sort_by_key(|p| match p {
+            ConfigError::Invalid { path, line, .. } => (path.is_some(), line.unwrap_or(usize::MAX)),
+            _ => (true, usize::MAX),
+        });
         match ConfigError::from_problems(check.problems) {
             Some(err) => Err(err),
             None => Ok(Settings {
@@ -952,25 +957,28 @@ mod tests {
 
     #[test]
     fn all_problems_are_reported() {
-        let err = resolve(
-            Some("[server]\nmax_line = 0\nbacklog = 0\n[reactor]\npriorities = 0\n"),
-            &[],
-        )
-        .expect_err("three problems");
-        let problems = err.problems();
-        assert_eq!(problems.len(), 3, "{err}");
-        let text = err.to_string();
-        assert_eq!(text.lines().count(), 3, "{text}");
-        for (key, line) in [
-            ("server.max_line", 2),
-            ("server.backlog", 3),
+        let text = "[server]\nbacklog = 0\nmax_line = 0\n[reactor]\npriorities = 0\n";
+        let err = resolve(Some(text), &[]).expect_err("three problems");
+        assert_eq!(err.problems().len(), 3, "{err}");
+        let message = err.to_string();
+        let lines: Vec<&str> = message.lines().collect();
+        let want = [
+            ("server.backlog", 2),
+            ("server.max_line", 3),
             ("reactor.priorities", 5),
-        ] {
-            assert!(
-                text.contains(&format!("{PATH}:{line}: invalid value for {key}")),
-                "{text}"
-            );
+        ];
+        assert_eq!(lines.len(), want.len(), "{message}");
+        for (got, (key, line)) in lines.iter().zip(want) {
+            let prefix = format!("{PATH}:{line}: invalid value for {key}");
+            assert!(got.starts_with(&prefix), "in line order: {message}");
         }
+        let mixed = resolve(Some("[server]\nbacklog = 0\n"), &["--max-line", "0"])
+            .expect_err("two problems");
+        let first = mixed.to_string();
+        assert!(
+            first.starts_with("invalid value for --max-line"),
+            "options first: {first}"
+        );
     }
 
     #[test]
