@@ -386,82 +386,94 @@ impl ConfigFile {
     }
 }
 
-/// A section as seen for locating keys: key -> value, both with spans.
-type SpannedSection = BTreeMap<Spanned<String>, Spanned<toml::Value>>;
-
-/// Every key of `text`, `section` and `section.key`, with the span of its
-/// name and of its value. Best effort: empty where the TOML does not parse.
+/// Every key of `text` (`section`, `section.key`, and `section.key[i]` for
+/// array elements) with the span of its name (of the element for array
+/// elements) and of its value. Best effort: empty where the TOML does not
+/// parse.
 fn key_spans(text: &str) -> Vec<(String, Range<usize>, Range<usize>)> {
     let mut out = Vec::new();
-    let Ok(top) = toml::from_str::<BTreeMap<Spanned<String>, Spanned<SectionOrNot>>>(text) else {
-        return out;
-    };
-    for (name, section) in &top {
-        out.push((name.get_ref().clone(), name.span(), section.span()));
-        if let SectionOrNot::Section(keys) = section.get_ref() {
-            for (key, value) in keys {
-                let full = format!("{}.{}", name.get_ref(), key.get_ref());
-                out.push((full, key.span(), value.span()));
-            }
-        }
+    if let Ok(top) = toml::from_str::<Entries>(text) {
+        walk("", &top, &mut out);
     }
     out
 }
 
-/// A top-level value: a section (table) or anything else.
-#[derive(Debug)]
-enum SectionOrNot {
-    Section(SpannedSection),
-    Other,
+/// Keys of a table, with spans.
+type Entries = BTreeMap<Spanned<String>, Spanned<Shape>>;
+
+/// Appends the keys of `entries`, prefixed with `prefix`, to `out`.
+fn walk(prefix: &str, entries: &Entries, out: &mut Vec<(String, Range<usize>, Range<usize>)>) {
+    for (name, value) in entries {
+        let key = if prefix.is_empty() {
+            name.get_ref().clone()
+        } else {
+            format!("{prefix}.{}", name.get_ref())
+        };
+        out.push((key.clone(), name.span(), value.span()));
+        match value.get_ref() {
+            Shape::Table(inner) => walk(&key, inner, out),
+            Shape::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    out.push((format!("{key}[{i}]"), item.span(), item.span()));
+                }
+            }
+            Shape::Scalar => {}
+        }
+    }
 }
 
-impl<'de> Deserialize<'de> for SectionOrNot {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<SectionOrNot, D::Error> {
+/// The shape of a TOML value, kept only to find where keys are.
+#[derive(Debug)]
+enum Shape {
+    Table(Entries),
+    Array(Vec<Spanned<Shape>>),
+    Scalar,
+}
+
+impl<'de> Deserialize<'de> for Shape {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Shape, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = SectionOrNot;
+            type Value = Shape;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("any value")
             }
 
-            fn visit_map<A: de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<SectionOrNot, A::Error> {
-                let mut keys = SpannedSection::new();
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Shape, A::Error> {
+                let mut entries = Entries::new();
                 while let Some((k, v)) = map.next_entry()? {
-                    keys.insert(k, v);
+                    entries.insert(k, v);
                 }
-                Ok(SectionOrNot::Section(keys))
+                Ok(Shape::Table(entries))
             }
 
-            fn visit_seq<A: de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<SectionOrNot, A::Error> {
-                while seq.next_element::<de::IgnoredAny>()?.is_some() {}
-                Ok(SectionOrNot::Other)
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Shape, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(Shape::Array(items))
             }
 
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<SectionOrNot, E> {
-                Ok(SectionOrNot::Other)
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Shape, E> {
+                Ok(Shape::Scalar)
             }
 
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<SectionOrNot, E> {
-                Ok(SectionOrNot::Other)
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Shape, E> {
+                Ok(Shape::Scalar)
             }
 
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<SectionOrNot, E> {
-                Ok(SectionOrNot::Other)
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Shape, E> {
+                Ok(Shape::Scalar)
             }
 
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<SectionOrNot, E> {
-                Ok(SectionOrNot::Other)
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Shape, E> {
+                Ok(Shape::Scalar)
             }
 
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<SectionOrNot, E> {
-                Ok(SectionOrNot::Other)
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Shape, E> {
+                Ok(Shape::Scalar)
             }
         }
         d.deserialize_any(V)
@@ -476,7 +488,7 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
     key_spans(text)
         .into_iter()
         .filter(|(_, name, value)| covers(name) || covers(value))
-        .max_by_key(|(key, _, _)| key.matches('.').count())
+        .max_by_key(|(key, _, _)| key.matches(['.', '[']).count())
         .map(|(key, _, _)| key)
 }
 
@@ -641,6 +653,9 @@ mod tests {
         assert_eq!(f.line_of("log.format"), Some(15));
         assert_eq!(f.line_of("server"), Some(1));
         assert_eq!(f.line_of("server.backlog"), None);
+        assert_eq!(f.line_of("server.listen[1]"), Some(2));
+        let (line, _, key, _) = parse_err("[server]\nlisten = [\n\"127.0.0.1:1\",\n5]\n");
+        assert_eq!((line, key.as_deref()), (4, Some("server.listen[1]")));
     }
 
     #[test]

@@ -365,9 +365,12 @@ impl Check<'_> {
     /// is named: an option, else a key of the file, else `keys[0]`.
     fn fail(&mut self, keys: &[&str], message: impl Into<String>) {
         let message = message.into();
+        // `section.key[i]` is an array element: named as its key, located
+        // at its own line.
+        let base = |key: &'_ str| key.split_once('[').map_or(key, |(b, _)| b).to_string();
         let first = keys.first().copied().unwrap_or("?");
         for key in keys {
-            if let Some(option) = cli_option(self.args, key) {
+            if let Some(option) = cli_option(self.args, &base(key)) {
                 self.problems.push(ConfigError::Invalid {
                     key: option.to_string(),
                     message,
@@ -377,10 +380,10 @@ impl Check<'_> {
                 return;
             }
             if let Some(file) = self.file
-                && let Some(line) = file.line_of(key)
+                && let Some(line) = file.line_of(key).or_else(|| file.line_of(&base(key)))
             {
                 self.problems.push(ConfigError::Invalid {
-                    key: (*key).to_string(),
+                    key: base(key),
                     message,
                     path: Some(file.path.clone()),
                     line: Some(line),
@@ -389,14 +392,14 @@ impl Check<'_> {
             }
         }
         self.problems.push(ConfigError::Invalid {
-            key: first.to_string(),
+            key: base(first),
             message,
             path: self.file.map(|f| f.path.clone()),
             line: None,
         });
     }
 
-    /// Seconds as a duration, `None` for 0 when `zero_is_never`.
+    /// Seconds as a duration, checked against [`MAX_SECONDS`].
     fn seconds(&mut self, key: &str, secs: u64) -> Duration {
         if secs > MAX_SECONDS {
             self.fail(
@@ -458,10 +461,11 @@ impl Check<'_> {
         let s = &c.server;
 
         let mut listen = Vec::new();
-        for text in &s.listen {
-            if let Some(a) = self.address("server.listen", text) {
+        for (i, text) in s.listen.iter().enumerate() {
+            let key = format!("server.listen[{i}]");
+            if let Some(a) = self.address(&key, text) {
                 if listen.contains(&a) && a.port() != 0 {
-                    self.fail(&["server.listen"], format!("{a} is listed twice"));
+                    self.fail(&[&key], format!("{a} is listed twice"));
                 } else {
                     listen.push(a);
                 }
@@ -472,15 +476,16 @@ impl Check<'_> {
         }
 
         let workers = match s.workers {
-            Workers::Auto => cpus.max(1),
+            Workers::Auto => cpus.clamp(1, MAX_WORKERS),
+            Workers::Count(n) if n > MAX_WORKERS => {
+                self.fail(
+                    &["server.workers"],
+                    format!("{n} is more than the most, {MAX_WORKERS}"),
+                );
+                MAX_WORKERS
+            }
             Workers::Count(n) => n,
         };
-        if workers > MAX_WORKERS {
-            self.fail(
-                &["server.workers"],
-                format!("{workers} is more than the most, {MAX_WORKERS}"),
-            );
-        }
 
         if s.max_connections == Some(0) {
             self.fail(
@@ -589,14 +594,15 @@ impl Check<'_> {
                 format!("`{b}` is also in reactor.avoid"),
             );
         }
-        for b in &r.avoid {
-            self.name("reactor.avoid", "backend", b, &BACKENDS);
+        for (i, b) in r.avoid.iter().enumerate() {
+            self.name(&format!("reactor.avoid[{i}]"), "backend", b, &BACKENDS);
         }
         if !r.avoid.is_empty() && BACKENDS.iter().all(|b| r.avoid.iter().any(|a| a == b)) {
             self.fail(&["reactor.avoid"], "avoids every backend");
         }
-        for f in &r.require_features {
-            self.name("reactor.require_features", "feature", f, &FEATURES);
+        for (i, f) in r.require_features.iter().enumerate() {
+            let key = format!("reactor.require_features[{i}]");
+            self.name(&key, "feature", f, &FEATURES);
         }
         if !(1..=256).contains(&r.priorities) {
             self.fail(
@@ -756,6 +762,10 @@ mod tests {
         };
         assert_eq!(f("[server]\nworkers = \"auto\"\n", 6).ok(), Some(6));
         assert_eq!(f("[server]\nworkers = \"auto\"\n", 0).ok(), Some(1));
+        assert_eq!(
+            f("[server]\nworkers = \"auto\"\n", 5000).ok(),
+            Some(MAX_WORKERS)
+        );
         assert_eq!(f("[server]\nworkers = 0\n", 6).ok(), Some(0));
         assert_eq!(f("[server]\nworkers = 2\n", 6).ok(), Some(2));
         assert_eq!(
@@ -953,6 +963,43 @@ mod tests {
             assert!(full.starts_with(&format!("{PATH}:{want_line}: ")), "{full}");
             assert!(full.contains(want), "{full}");
         }
+    }
+
+    #[test]
+    fn array_element_problems_have_the_element_line() {
+        let text = "[server]\nlisten = [\n  \"127.0.0.1:1\",\n  \"nowhere\",\n]\n\
+                    [reactor]\nrequire_features = [\"et\",\n  \"fast\"]\n";
+        let err = resolve(Some(text), &[]).expect_err("two problems");
+        let message = err.to_string();
+        let lines: Vec<&str> = message.lines().collect();
+        assert_eq!(lines.len(), 2, "{message}");
+        assert!(
+            lines[0].starts_with(&format!(
+                "{PATH}:4: invalid value for server.listen: `nowhere`"
+            )),
+            "{message}"
+        );
+        assert!(
+            lines[1].starts_with(&format!(
+                "{PATH}:8: invalid value for reactor.require_features"
+            )),
+            "{message}"
+        );
+        let dup = "[server]\nlisten = [\"127.0.0.1:1\",\n\"127.0.0.1:1\"]\n";
+        let (key, line, message) = problem(Some(dup), &[]);
+        assert_eq!(
+            (key.as_str(), line),
+            ("server.listen", Some(3)),
+            "{message}"
+        );
+        // Port 0 twice is two sockets on two free ports: fine.
+        assert!(
+            resolve(
+                Some("[server]\nlisten = [\"127.0.0.1:0\", \"127.0.0.1:0\"]\n"),
+                &[]
+            )
+            .is_ok()
+        );
     }
 
     #[test]
