@@ -183,6 +183,17 @@ impl Args {
     pub fn is_one_shot(&self) -> bool {
         self.check_config || self.print_config || self.list_backends
     }
+
+    /// Makes `--config` and `--pid-file` absolute against the current
+    /// directory. Call before `--daemon` changes directory to `/`, so that a
+    /// SIGHUP reload still finds the file and the pid file is removed where
+    /// it was written.
+    pub fn make_paths_absolute(&mut self) -> std::io::Result<()> {
+        for path in [&mut self.config, &mut self.pid_file].into_iter().flatten() {
+            *path = std::path::absolute(&*path)?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -277,6 +288,21 @@ mod tests {
             parse(&["--workers", "0"]).ok().and_then(|a| a.workers),
             Some(Workers::Count(0))
         );
+    }
+
+    #[test]
+    fn paths_become_absolute() {
+        let mut a = parse(&["-c", "rot13d.toml", "--pid-file", "/run/r.pid"]).expect("valid");
+        a.make_paths_absolute().expect("current directory");
+        let config = a.config.clone().unwrap_or_default();
+        assert!(
+            config.is_absolute() && config.ends_with("rot13d.toml"),
+            "{config:?}"
+        );
+        assert_eq!(a.pid_file, Some(PathBuf::from("/run/r.pid")));
+        let mut none = Args::default();
+        assert!(none.make_paths_absolute().is_ok());
+        assert_eq!(none, Args::default());
     }
 
     #[test]
