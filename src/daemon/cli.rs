@@ -78,10 +78,11 @@ pub struct Args {
     #[arg(short = 'c', long = "config", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Listen address, repeatable; replaces [server].listen
+    /// Listen addresses (`-l`/`--listen`, repeatable); replace `[server] listen`.
     #[arg(
         short = 'l',
         long = "listen",
+        help = "Listen address, repeatable; replaces [server].listen",
         value_name = "ADDR",
         action = ArgAction::Append,
         long_help = "Listen address, repeatable; replaces the whole [server].listen list.\n\
