@@ -68,25 +68,25 @@ Environment:
     version,
     about = "A ROT13 line-protocol TCP daemon",
     long_about = "A ROT13 line-protocol TCP daemon.\n\n\
-        Every line a client sends (up to LF) comes back ROT13-encoded. \
-        With no options it serves on 0.0.0.0:40713 with one worker process \
-        per usable CPU. Options given here override the configuration file.",
-    after_long_help = AFTER_LONG_HELP,
-    max_term_width = 100
+        Every line a client sends (up to LF) comes back ROT13-encoded. With no options it\n\
+        serves on 0.0.0.0:40713 with one worker process per usable CPU. Options given here\n\
+        override the configuration file (see config/rot13d.toml for every key).",
+    after_long_help = AFTER_LONG_HELP
 )]
 pub struct Args {
     /// TOML configuration file (none: built-in defaults)
     #[arg(short = 'c', long = "config", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Listen address, repeatable; replaces [server].listen
+    /// Listen addresses (`-l`/`--listen`, repeatable); replace `[server] listen`.
     #[arg(
         short = 'l',
         long = "listen",
+        help = "Listen address, repeatable; replaces [server].listen",
         value_name = "ADDR",
         action = ArgAction::Append,
         long_help = "Listen address, repeatable; replaces the whole [server].listen list.\n\
-            IPv4 `0.0.0.0:40713`, IPv6 `[::]:40713`; port 0 = any free port \
+            IPv4 `0.0.0.0:40713`, IPv6 `[::]:40713`; port 0 = any free port\n\
             (the bound port is logged)."
     )]
     pub listen: Vec<SocketAddr>,
@@ -96,7 +96,7 @@ pub struct Args {
         short = 'w',
         long = "workers",
         value_name = "N|auto",
-        long_help = "Worker processes. 0 = serve in the master process; \
+        long_help = "Worker processes. 0 = serve in the master process;\n\
             auto = the CPUs this process may run on, at least 1 [default: auto]"
     )]
     pub workers: Option<Workers>,
@@ -126,8 +126,8 @@ pub struct Args {
         long = "print-config",
         help_heading = "Modes",
         conflicts_with_all = ["list_backends", "daemon"],
-        long_help = "Print the effective configuration (defaults, file and options \
-            merged) as TOML that --check-config accepts, exit"
+        long_help = "Print the effective configuration (defaults, file and options merged)\n\
+            as TOML that --check-config accepts, exit"
     )]
     pub print_config: bool,
 
@@ -136,9 +136,9 @@ pub struct Args {
         long = "list-backends",
         help_heading = "Modes",
         conflicts_with = "daemon",
-        long_help = "Print the supported backends, fastest first, one a line: \
-            `NAME FEATURES`, FEATURES comma-separated from et, o1, fds, early_close, \
-            or `-` (e.g. `epoll et,o1,early_close`), exit"
+        long_help = "Print the supported backends, fastest first, one a line: `NAME FEATURES`,\n\
+            FEATURES comma-separated from et, o1, fds, early_close, or `-`\n\
+            (e.g. `epoll et,o1,early_close`), exit"
     )]
     pub list_backends: bool,
 
@@ -183,6 +183,17 @@ impl Args {
     /// `--print-config`, `--list-backends`) instead of serving.
     pub fn is_one_shot(&self) -> bool {
         self.check_config || self.print_config || self.list_backends
+    }
+
+    /// Makes `--config` and `--pid-file` absolute against the current
+    /// directory. Call before `--daemon` changes directory to `/`, so that a
+    /// SIGHUP reload still finds the file and the pid file is removed where
+    /// it was written.
+    pub fn make_paths_absolute(&mut self) -> std::io::Result<()> {
+        for path in [&mut self.config, &mut self.pid_file].into_iter().flatten() {
+            *path = std::path::absolute(&*path)?;
+        }
+        Ok(())
     }
 }
 
@@ -256,15 +267,43 @@ mod tests {
 
     #[test]
     fn listen_is_repeatable_and_ordered() {
-        let a = parse(&["-l", "127.0.0.1:3", "-l", "127.0.0.1:1", "--listen=127.0.0.1:2"]).expect("valid");
+        let a = parse(&[
+            "-l",
+            "127.0.0.1:3",
+            "-l",
+            "127.0.0.1:1",
+            "--listen=127.0.0.1:2",
+        ])
+        .expect("valid");
         let ports: Vec<u16> = a.listen.iter().map(|s| s.port()).collect();
         assert_eq!(ports, vec![3, 1, 2]);
     }
 
     #[test]
     fn workers_auto_and_zero() {
-        assert_eq!(parse(&["-w", "auto"]).ok().and_then(|a| a.workers), Some(Workers::Auto));
-        assert_eq!(parse(&["--workers", "0"]).ok().and_then(|a| a.workers), Some(Workers::Count(0)));
+        assert_eq!(
+            parse(&["-w", "auto"]).ok().and_then(|a| a.workers),
+            Some(Workers::Auto)
+        );
+        assert_eq!(
+            parse(&["--workers", "0"]).ok().and_then(|a| a.workers),
+            Some(Workers::Count(0))
+        );
+    }
+
+    #[test]
+    fn paths_become_absolute() {
+        let mut a = parse(&["-c", "rot13d.toml", "--pid-file", "/run/r.pid"]).expect("valid");
+        a.make_paths_absolute().expect("current directory");
+        let config = a.config.clone().unwrap_or_default();
+        assert!(
+            config.is_absolute() && config.ends_with("rot13d.toml"),
+            "{config:?}"
+        );
+        assert_eq!(a.pid_file, Some(PathBuf::from("/run/r.pid")));
+        let mut none = Args::default();
+        assert!(none.make_paths_absolute().is_ok());
+        assert_eq!(none, Args::default());
     }
 
     #[test]
@@ -335,9 +374,15 @@ mod tests {
             "-V, --version",
             "-h, --help",
             "Exit status:",
-            "error, warn, info, debug, trace",
+            "- error:",
         ] {
             assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
         }
+        let short = Args::command().render_help().to_string();
+        assert!(
+            short.contains("[possible values: error, warn, info, debug, trace]"),
+            "{short}"
+        );
+        assert!(!short.contains("Exit status:"), "-h stays short: {short}");
     }
 }

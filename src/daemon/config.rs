@@ -177,7 +177,12 @@ pub struct LanesConfig {
 
 impl Default for LanesConfig {
     fn default() -> LanesConfig {
-        LanesConfig { enabled: true, bulk_after_bytes: 1024 * 1024, bulk_window_ms: 1000, quiet_ms: 1000 }
+        LanesConfig {
+            enabled: true,
+            bulk_after_bytes: 1024 * 1024,
+            bulk_window_ms: 1000,
+            quiet_ms: 1000,
+        }
     }
 }
 
@@ -252,7 +257,9 @@ impl<'de> Deserialize<'de> for Workers {
             }
 
             fn visit_u64<E: de::Error>(self, n: u64) -> Result<Workers, E> {
-                usize::try_from(n).map(Workers::Count).map_err(|_| E::invalid_value(de::Unexpected::Unsigned(n), &self))
+                usize::try_from(n)
+                    .map(Workers::Count)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Unsigned(n), &self))
             }
 
             fn visit_i64<E: de::Error>(self, n: i64) -> Result<Workers, E> {
@@ -350,8 +357,10 @@ pub struct ConfigFile {
 impl ConfigFile {
     /// Reads and parses `path`.
     pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         ConfigFile::parse(&text, path)
     }
 
@@ -359,8 +368,15 @@ impl ConfigFile {
     /// messages).
     pub fn parse(text: &str, path: &Path) -> Result<ConfigFile, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| parse_error(text, path, &e))?;
-        let lines = key_spans(text).into_iter().map(|(key, name, _)| (key, line_col(text, name.start).0)).collect();
-        Ok(ConfigFile { path: path.to_path_buf(), config, lines })
+        let lines = key_spans(text)
+            .into_iter()
+            .map(|(key, name, _)| (key, line_col(text, name.start).0))
+            .collect();
+        Ok(ConfigFile {
+            path: path.to_path_buf(),
+            config,
+            lines,
+        })
     }
 
     /// The 1-based line where `key` (`section.key`, or a section name) is
@@ -370,76 +386,94 @@ impl ConfigFile {
     }
 }
 
-/// A section as seen for locating keys: key -> value, both with spans.
-type SpannedSection = BTreeMap<Spanned<String>, Spanned<toml::Value>>;
-
-/// Every key of `text`, `section` and `section.key`, with the span of its
-/// name and of its value. Best effort: empty where the TOML does not parse.
+/// Every key of `text` (`section`, `section.key`, and `section.key[i]` for
+/// array elements) with the span of its name (of the element for array
+/// elements) and of its value. Best effort: empty where the TOML does not
+/// parse.
 fn key_spans(text: &str) -> Vec<(String, Range<usize>, Range<usize>)> {
     let mut out = Vec::new();
-    let Ok(top) = toml::from_str::<BTreeMap<Spanned<String>, Spanned<SectionOrNot>>>(text) else {
-        return out;
-    };
-    for (name, section) in &top {
-        out.push((name.get_ref().clone(), name.span(), section.span()));
-        if let SectionOrNot::Section(keys) = section.get_ref() {
-            for (key, value) in keys {
-                let full = format!("{}.{}", name.get_ref(), key.get_ref());
-                out.push((full, key.span(), value.span()));
-            }
-        }
+    if let Ok(top) = toml::from_str::<Entries>(text) {
+        walk("", &top, &mut out);
     }
     out
 }
 
-/// A top-level value: a section (table) or anything else.
-#[derive(Debug)]
-enum SectionOrNot {
-    Section(SpannedSection),
-    Other,
+/// Keys of a table, with spans.
+type Entries = BTreeMap<Spanned<String>, Spanned<Shape>>;
+
+/// Appends the keys of `entries`, prefixed with `prefix`, to `out`.
+fn walk(prefix: &str, entries: &Entries, out: &mut Vec<(String, Range<usize>, Range<usize>)>) {
+    for (name, value) in entries {
+        let key = if prefix.is_empty() {
+            name.get_ref().clone()
+        } else {
+            format!("{prefix}.{}", name.get_ref())
+        };
+        out.push((key.clone(), name.span(), value.span()));
+        match value.get_ref() {
+            Shape::Table(inner) => walk(&key, inner, out),
+            Shape::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    out.push((format!("{key}[{i}]"), item.span(), item.span()));
+                }
+            }
+            Shape::Scalar => {}
+        }
+    }
 }
 
-impl<'de> Deserialize<'de> for SectionOrNot {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<SectionOrNot, D::Error> {
+/// The shape of a TOML value, kept only to find where keys are.
+#[derive(Debug)]
+enum Shape {
+    Table(Entries),
+    Array(Vec<Spanned<Shape>>),
+    Scalar,
+}
+
+impl<'de> Deserialize<'de> for Shape {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Shape, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = SectionOrNot;
+            type Value = Shape;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("any value")
             }
 
-            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<SectionOrNot, A::Error> {
-                let mut keys = SpannedSection::new();
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Shape, A::Error> {
+                let mut entries = Entries::new();
                 while let Some((k, v)) = map.next_entry()? {
-                    keys.insert(k, v);
+                    entries.insert(k, v);
                 }
-                Ok(SectionOrNot::Section(keys))
+                Ok(Shape::Table(entries))
             }
 
-            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<SectionOrNot, A::Error> {
-                while seq.next_element::<de::IgnoredAny>()?.is_some() {}
-                Ok(SectionOrNot::Other)
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Shape, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(Shape::Array(items))
             }
 
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<SectionOrNot, E> {
-                Ok(SectionOrNot::Other)
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Shape, E> {
+                Ok(Shape::Scalar)
             }
 
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<SectionOrNot, E> {
-                Ok(SectionOrNot::Other)
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Shape, E> {
+                Ok(Shape::Scalar)
             }
 
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<SectionOrNot, E> {
-                Ok(SectionOrNot::Other)
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Shape, E> {
+                Ok(Shape::Scalar)
             }
 
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<SectionOrNot, E> {
-                Ok(SectionOrNot::Other)
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Shape, E> {
+                Ok(Shape::Scalar)
             }
 
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<SectionOrNot, E> {
-                Ok(SectionOrNot::Other)
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Shape, E> {
+                Ok(Shape::Scalar)
             }
         }
         d.deserialize_any(V)
@@ -449,11 +483,12 @@ impl<'de> Deserialize<'de> for SectionOrNot {
 /// The key whose name or value covers byte `offset` of `text`, innermost
 /// (`section.key` before `section`).
 fn key_at(text: &str, offset: usize) -> Option<String> {
-    let covers = |span: &Range<usize>| span.start <= offset && offset < span.end.max(span.start + 1);
+    let covers =
+        |span: &Range<usize>| span.start <= offset && offset < span.end.max(span.start + 1);
     key_spans(text)
         .into_iter()
         .filter(|(_, name, value)| covers(name) || covers(value))
-        .max_by_key(|(key, _, _)| key.matches('.').count())
+        .max_by_key(|(key, _, _)| key.matches(['.', '[']).count())
         .map(|(key, _, _)| key)
 }
 
@@ -480,7 +515,20 @@ fn parse_error(text: &str, path: &Path, err: &toml::de::Error) -> ConfigError {
         }
         None => (1, 1, None),
     };
-    ConfigError::Parse { path: path.to_path_buf(), line, col, key, message: err.message().trim_end().to_string() }
+    ConfigError::Parse {
+        path: path.to_path_buf(),
+        line,
+        col,
+        key,
+        // One line: toml puts what it expected on a line of its own.
+        message: err
+            .message()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("; "),
+    }
 }
 
 #[cfg(test)]
@@ -495,7 +543,13 @@ mod tests {
 
     fn parse_err(text: &str) -> (usize, usize, Option<String>, String) {
         match parse(text) {
-            Err(ConfigError::Parse { line, col, key, message, .. }) => (line, col, key, message),
+            Err(ConfigError::Parse {
+                line,
+                col,
+                key,
+                message,
+                ..
+            }) => (line, col, key, message),
             other => panic!("expected a parse error, got {other:?}"),
         }
     }
@@ -513,7 +567,10 @@ mod tests {
         assert_eq!(c.server.write_high_watermark, 262144);
         assert_eq!(c.server.write_low_watermark, 65536);
         assert_eq!(c.server.shutdown_grace, 30);
-        assert_eq!((c.server.user.as_deref(), c.server.group.as_deref()), (None, None));
+        assert_eq!(
+            (c.server.user.as_deref(), c.server.group.as_deref()),
+            (None, None)
+        );
         assert_eq!(c.reactor.backend, None);
         assert!(c.reactor.avoid.is_empty() && c.reactor.require_features.is_empty());
         assert!(!c.reactor.epoll_changelist && !c.reactor.precise_timer);
@@ -534,7 +591,10 @@ mod tests {
     #[test]
     fn empty_file_is_the_defaults() {
         assert_eq!(parse("").map(|f| f.config).ok(), Some(Config::default()));
-        assert_eq!(parse("# nothing\n[server]\n").map(|f| f.config).ok(), Some(Config::default()));
+        assert_eq!(
+            parse("# nothing\n[server]\n").map(|f| f.config).ok(),
+            Some(Config::default())
+        );
     }
 
     #[test]
@@ -575,7 +635,7 @@ mod tests {
              [log]\nlevel = \"debug\"\nformat = \"json\"\n",
         )
         .expect("valid file");
-        let c = f.config;
+        let c = f.config.clone();
         assert_eq!(c.server.listen, vec!["127.0.0.1:1", "[::1]:2"]);
         assert_eq!(c.server.workers, Workers::Count(4));
         assert_eq!(c.server.max_line, 10);
@@ -585,16 +645,23 @@ mod tests {
         assert_eq!(c.reactor.avoid, vec!["select"]);
         assert!(!c.lanes.enabled);
         assert_eq!(c.admin.listen.as_deref(), Some("127.0.0.1:9"));
-        assert_eq!((c.log.level, c.log.format), (LogLevel::Debug, LogFormat::Json));
+        assert_eq!(
+            (c.log.level, c.log.format),
+            (LogLevel::Debug, LogFormat::Json)
+        );
         assert_eq!(f.line_of("server.workers"), Some(3));
-        assert_eq!(f.line_of("log.format"), Some(16));
+        assert_eq!(f.line_of("log.format"), Some(15));
         assert_eq!(f.line_of("server"), Some(1));
         assert_eq!(f.line_of("server.backlog"), None);
+        assert_eq!(f.line_of("server.listen[1]"), Some(2));
+        let (line, _, key, _) = parse_err("[server]\nlisten = [\n\"127.0.0.1:1\",\n5]\n");
+        assert_eq!((line, key.as_deref()), (4, Some("server.listen[1]")));
     }
 
     #[test]
     fn workers_accepts_number_or_auto() {
-        let w = |t: &str| parse(&format!("[server]\nworkers = {t}\n")).map(|f| f.config.server.workers);
+        let w =
+            |t: &str| parse(&format!("[server]\nworkers = {t}\n")).map(|f| f.config.server.workers);
         assert_eq!(w("\"auto\"").ok(), Some(Workers::Auto));
         assert_eq!(w("0").ok(), Some(Workers::Count(0)));
         assert_eq!(w("12").ok(), Some(Workers::Count(12)));
@@ -617,12 +684,16 @@ mod tests {
         assert!(message.contains("max_lines"), "{message}");
         let err = parse("[server]\nmax_line = 5\nmax_lines = 6\n").expect_err("unknown key");
         let text = err.to_string();
-        assert!(text.starts_with("test.toml:3:1: server.max_lines: "), "{text}");
+        assert!(
+            text.starts_with("test.toml:3:1: server.max_lines: "),
+            "{text}"
+        );
     }
 
     #[test]
     fn unknown_section_is_named() {
-        let (line, _, key, message) = parse_err("[log]\nlevel = \"warn\"\n\n[sever]\nlisten = []\n");
+        let (line, _, key, message) =
+            parse_err("[log]\nlevel = \"warn\"\n\n[sever]\nlisten = []\n");
         assert_eq!(line, 4, "{message}");
         assert_eq!(key.as_deref(), Some("sever"), "{message}");
         assert!(message.contains("sever"), "{message}");
@@ -653,6 +724,10 @@ mod tests {
     fn syntax_error_has_line_and_column() {
         let (line, col, _, message) = parse_err("[server]\nbacklog = 1\nmax_line = = 3\n");
         assert_eq!(line, 3, "{message}");
+        assert!(!message.contains('\n'), "one line: {message:?}");
+        let (line, _, _, message) = parse_err("[server\nmax_line = 3\n");
+        assert_eq!(line, 1);
+        assert!(!message.contains('\n'), "one line: {message:?}");
         assert!(col > 1, "{col}");
         let (line, _, _, _) = parse_err("[server]\nbacklog = 1\nbacklog = 2\n");
         assert_eq!(line, 3);
@@ -663,7 +738,10 @@ mod tests {
         let path = std::env::temp_dir().join(format!("rot13d-missing-{}.toml", std::process::id()));
         let err = ConfigFile::load(&path).expect_err("no such file");
         assert!(matches!(err, ConfigError::Io { .. }));
-        assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+        assert!(
+            err.to_string().contains(&path.display().to_string()),
+            "{err}"
+        );
     }
 
     #[test]
@@ -682,7 +760,8 @@ mod tests {
         assert_eq!(line_col("ab\ncd", 0), (1, 1));
         assert_eq!(line_col("ab\ncd", 3), (2, 1));
         assert_eq!(line_col("ab\ncd", 4), (2, 2));
-        assert_eq!(line_col("é = 1", 3), (1, 2));
+        assert_eq!(line_col("é = 1", 2), (1, 2));
+        assert_eq!(line_col("é = 1", 1), (1, 1), "inside a character");
         assert_eq!(line_col("ab", 99), (1, 3));
     }
 

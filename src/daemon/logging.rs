@@ -27,11 +27,15 @@
 //! the message and the fields at the top level of each object:
 //! `{"timestamp":"…","level":"INFO","message":"listening","addr":"127.0.0.1:40713","kind":"rot13","target":"rot13d"}`.
 
+use std::fmt;
 use std::io::{self, IsTerminal};
 
 use tracing::Dispatch;
+use tracing::field::{Field, Visit};
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FormatFields, MakeWriter};
 
 use super::config::{LogFormat, LogLevel};
 use super::error::Error;
@@ -65,7 +69,10 @@ pub fn filter(level: LogLevel, rust_log: Option<&str>) -> (EnvFilter, Option<(St
         None => (EnvFilter::new(level.as_str()), None),
         Some(spec) => match EnvFilter::try_new(spec) {
             Ok(f) => (f, None),
-            Err(e) => (EnvFilter::new(level.as_str()), Some((spec.to_string(), e.to_string()))),
+            Err(e) => (
+                EnvFilter::new(level.as_str()),
+                Some((spec.to_string(), e.to_string())),
+            ),
         },
     }
 }
@@ -83,15 +90,92 @@ where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
     let (filter, bad) = filter(level, rust_log);
-    let builder =
-        tracing_subscriber::fmt().with_writer(writer).with_ansi(ansi).with_target(true).with_env_filter(filter);
+    let builder = tracing_subscriber::fmt()
+        .with_writer(writer)
+        .with_ansi(ansi)
+        .with_target(true)
+        .with_env_filter(filter);
     let dispatch = match format {
-        LogFormat::Text => Dispatch::new(builder.finish()),
-        LogFormat::Json => {
-            Dispatch::new(builder.json().flatten_event(true).with_current_span(false).with_span_list(false).finish())
-        }
+        LogFormat::Text => Dispatch::new(builder.fmt_fields(TextFields).finish()),
+        LogFormat::Json => Dispatch::new(
+            builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_span_list(false)
+                .finish(),
+        ),
     };
     (dispatch, bad)
+}
+
+/// The fields of a text line, logfmt style: `message key=value ...`.
+///
+/// A string value is written bare when it is a single word (`kind=rot13`,
+/// as SPEC §2 shows it) and quoted otherwise (`error="Address already in
+/// use (os error 98)"`); `%x` values are written with `Display`, `?x` with
+/// `Debug`, as tracing's default does.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TextFields;
+
+impl<'w> FormatFields<'w> for TextFields {
+    fn format_fields<R: RecordFields>(&self, writer: Writer<'w>, fields: R) -> fmt::Result {
+        let mut visitor = TextVisitor {
+            writer,
+            first: true,
+            result: Ok(()),
+        };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+}
+
+/// Writes one event's fields for [`TextFields`].
+struct TextVisitor<'w> {
+    writer: Writer<'w>,
+    first: bool,
+    result: fmt::Result,
+}
+
+impl TextVisitor<'_> {
+    fn pair(&mut self, field: &Field, value: fmt::Arguments<'_>) {
+        if self.result.is_err() {
+            return;
+        }
+        let sep = if self.first { "" } else { " " };
+        self.first = false;
+        let name = field.name();
+        self.result = if name == "message" {
+            write!(self.writer, "{sep}{value}")
+        } else {
+            let name = name.strip_prefix("r#").unwrap_or(name);
+            write!(self.writer, "{sep}{name}={value}")
+        };
+    }
+}
+
+impl Visit for TextVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        let bare = field.name() == "message"
+            || (!value.is_empty()
+                && !value
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '='));
+        if bare {
+            self.pair(field, format_args!("{value}"));
+        } else {
+            self.pair(field, format_args!("{value:?}"));
+        }
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        let text = value.to_string();
+        self.record_str(field, &text);
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.pair(field, format_args!("{value:?}"));
+    }
 }
 
 #[cfg(test)]
@@ -146,8 +230,36 @@ mod tests {
     #[test]
     fn text_line_has_level_target_message_fields() {
         let out = run(LogLevel::Info, LogFormat::Text, None, listening);
-        assert!(out.contains(" INFO rot13d: listening addr=127.0.0.1:40713 kind=rot13\n"), "{out:?}");
+        assert!(
+            out.contains(" INFO rot13d: listening addr=127.0.0.1:40713 kind=rot13\n"),
+            "{out:?}"
+        );
         assert!(!out.contains('\u{1b}'), "no ANSI escapes: {out:?}");
+    }
+
+    #[test]
+    fn text_strings_are_bare_when_one_word() {
+        let out = run(LogLevel::Info, LogFormat::Text, None, || {
+            let err = io::Error::from_raw_os_error(libc::EADDRINUSE);
+            tracing::warn!(
+                target: TARGET,
+                kind = "admin",
+                empty = "",
+                spaced = "two words",
+                error = &err as &(dyn std::error::Error + 'static),
+                n = 3,
+                flag = true,
+                shown = ?Some(1),
+                "bind failed"
+            );
+        });
+        assert!(
+            out.contains(
+                "WARN rot13d: bind failed kind=admin empty=\"\" spaced=\"two words\" \
+                 error=\"Address already in use (os error 98)\" n=3 flag=true shown=Some(1)\n"
+            ),
+            "{out:?}"
+        );
     }
 
     #[test]
@@ -170,7 +282,12 @@ mod tests {
             tracing::debug!(target: TARGET, "shown");
         });
         assert!(out.contains("DEBUG rot13d: shown"), "{out}");
-        let out = run(LogLevel::Trace, LogFormat::Text, Some("rot13d=warn"), listening);
+        let out = run(
+            LogLevel::Trace,
+            LogFormat::Text,
+            Some("rot13d=warn"),
+            listening,
+        );
         assert!(out.is_empty(), "{out}");
         // Empty RUST_LOG counts as unset.
         let out = run(LogLevel::Info, LogFormat::Text, Some(""), listening);
@@ -182,9 +299,18 @@ mod tests {
         let (_, bad) = filter(LogLevel::Info, Some("rot13d=loudest"));
         let (value, _) = bad.expect("refused");
         assert_eq!(value, "rot13d=loudest");
-        let out = run(LogLevel::Info, LogFormat::Text, Some("rot13d=loudest"), listening);
+        let out = run(
+            LogLevel::Info,
+            LogFormat::Text,
+            Some("rot13d=loudest"),
+            listening,
+        );
         assert!(out.contains("listening"), "{out}");
-        assert!(filter(LogLevel::Info, Some("info,rot13d=trace")).1.is_none());
+        assert!(
+            filter(LogLevel::Info, Some("info,rot13d=trace"))
+                .1
+                .is_none()
+        );
     }
 
     #[test]

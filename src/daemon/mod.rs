@@ -41,7 +41,7 @@ pub struct Startup {
 }
 
 /// Runs rot13d as the command line says.
-pub fn run(args: Args) -> Result<(), Error> {
+pub fn run(mut args: Args) -> Result<(), Error> {
     if args.list_backends {
         for b in EventBase::supported_backends() {
             println!("{} {}", b.name, b.features.names());
@@ -51,6 +51,9 @@ pub fn run(args: Args) -> Result<(), Error> {
     if args.daemon && args.pid_file.is_none() {
         return Err(error::UsageError::DaemonWithoutPidFile.into());
     }
+    // A reload re-reads the file after --daemon changed nothing of the cwd,
+    // but absolute paths keep the pid file and config findable regardless.
+    args.make_paths_absolute().map_err(|e| Error::os("resolve the paths of the command line", e))?;
     let settings = Settings::load(&args)?;
     let cfg = reactor_config(&settings)?;
     if args.check_config {
