@@ -267,28 +267,15 @@ mod tests {
 
     #[test]
     fn listen_is_repeatable_and_ordered() {
-        let a = parse(&[
-            "-l",
-            "127.0.0.1:3",
-            "-l",
-            "127.0.0.1:1",
-            "--listen=127.0.0.1:2",
-        ])
-        .expect("valid");
+        let a = parse(&["-l", "127.0.0.1:3", "-l", "127.0.0.1:1", "--listen=127.0.0.1:2"]).expect("valid");
         let ports: Vec<u16> = a.listen.iter().map(|s| s.port()).collect();
         assert_eq!(ports, vec![3, 1, 2]);
     }
 
     #[test]
     fn workers_auto_and_zero() {
-        assert_eq!(
-            parse(&["-w", "auto"]).ok().and_then(|a| a.workers),
-            Some(Workers::Auto)
-        );
-        assert_eq!(
-            parse(&["--workers", "0"]).ok().and_then(|a| a.workers),
-            Some(Workers::Count(0))
-        );
+        assert_eq!(parse(&["-w", "auto"]).ok().and_then(|a| a.workers), Some(Workers::Auto));
+        assert_eq!(parse(&["--workers", "0"]).ok().and_then(|a| a.workers), Some(Workers::Count(0)));
     }
 
     #[test]
@@ -296,10 +283,7 @@ mod tests {
         let mut a = parse(&["-c", "rot13d.toml", "--pid-file", "/run/r.pid"]).expect("valid");
         a.make_paths_absolute().expect("current directory");
         let config = a.config.clone().unwrap_or_default();
-        assert!(
-            config.is_absolute() && config.ends_with("rot13d.toml"),
-            "{config:?}"
-        );
+        assert!(config.is_absolute() && config.ends_with("rot13d.toml"), "{config:?}");
         assert_eq!(a.pid_file, Some(PathBuf::from("/run/r.pid")));
         let mut none = Args::default();
         assert!(none.make_paths_absolute().is_ok());
@@ -379,10 +363,7 @@ mod tests {
             assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
         }
         let short = Args::command().render_help().to_string();
-        assert!(
-            short.contains("[possible values: error, warn, info, debug, trace]"),
-            "{short}"
-        );
+        assert!(short.contains("[possible values: error, warn, info, debug, trace]"), "{short}");
         assert!(!short.contains("Exit status:"), "-h stays short: {short}");
     }
 }

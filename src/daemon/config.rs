@@ -177,12 +177,7 @@ pub struct LanesConfig {
 
 impl Default for LanesConfig {
     fn default() -> LanesConfig {
-        LanesConfig {
-            enabled: true,
-            bulk_after_bytes: 1024 * 1024,
-            bulk_window_ms: 1000,
-            quiet_ms: 1000,
-        }
+        LanesConfig { enabled: true, bulk_after_bytes: 1024 * 1024, bulk_window_ms: 1000, quiet_ms: 1000 }
     }
 }
 
@@ -257,9 +252,7 @@ impl<'de> Deserialize<'de> for Workers {
             }
 
             fn visit_u64<E: de::Error>(self, n: u64) -> Result<Workers, E> {
-                usize::try_from(n)
-                    .map(Workers::Count)
-                    .map_err(|_| E::invalid_value(de::Unexpected::Unsigned(n), &self))
+                usize::try_from(n).map(Workers::Count).map_err(|_| E::invalid_value(de::Unexpected::Unsigned(n), &self))
             }
 
             fn visit_i64<E: de::Error>(self, n: i64) -> Result<Workers, E> {
@@ -357,10 +350,8 @@ pub struct ConfigFile {
 impl ConfigFile {
     /// Reads and parses `path`.
     pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
         ConfigFile::parse(&text, path)
     }
 
@@ -368,15 +359,8 @@ impl ConfigFile {
     /// messages).
     pub fn parse(text: &str, path: &Path) -> Result<ConfigFile, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| parse_error(text, path, &e))?;
-        let lines = key_spans(text)
-            .into_iter()
-            .map(|(key, name, _)| (key, line_col(text, name.start).0))
-            .collect();
-        Ok(ConfigFile {
-            path: path.to_path_buf(),
-            config,
-            lines,
-        })
+        let lines = key_spans(text).into_iter().map(|(key, name, _)| (key, line_col(text, name.start).0)).collect();
+        Ok(ConfigFile { path: path.to_path_buf(), config, lines })
     }
 
     /// The 1-based line where `key` (`section.key`, or a section name) is
@@ -404,11 +388,7 @@ type Entries = BTreeMap<Spanned<String>, Spanned<Shape>>;
 /// Appends the keys of `entries`, prefixed with `prefix`, to `out`.
 fn walk(prefix: &str, entries: &Entries, out: &mut Vec<(String, Range<usize>, Range<usize>)>) {
     for (name, value) in entries {
-        let key = if prefix.is_empty() {
-            name.get_ref().clone()
-        } else {
-            format!("{prefix}.{}", name.get_ref())
-        };
+        let key = if prefix.is_empty() { name.get_ref().clone() } else { format!("{prefix}.{}", name.get_ref()) };
         out.push((key.clone(), name.span(), value.span()));
         match value.get_ref() {
             Shape::Table(inner) => walk(&key, inner, out),
@@ -483,8 +463,7 @@ impl<'de> Deserialize<'de> for Shape {
 /// The key whose name or value covers byte `offset` of `text`, innermost
 /// (`section.key` before `section`).
 fn key_at(text: &str, offset: usize) -> Option<String> {
-    let covers =
-        |span: &Range<usize>| span.start <= offset && offset < span.end.max(span.start + 1);
+    let covers = |span: &Range<usize>| span.start <= offset && offset < span.end.max(span.start + 1);
     key_spans(text)
         .into_iter()
         .filter(|(_, name, value)| covers(name) || covers(value))
@@ -521,13 +500,7 @@ fn parse_error(text: &str, path: &Path, err: &toml::de::Error) -> ConfigError {
         col,
         key,
         // One line: toml puts what it expected on a line of its own.
-        message: err
-            .message()
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect::<Vec<_>>()
-            .join("; "),
+        message: err.message().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; "),
     }
 }
 
@@ -543,13 +516,7 @@ mod tests {
 
     fn parse_err(text: &str) -> (usize, usize, Option<String>, String) {
         match parse(text) {
-            Err(ConfigError::Parse {
-                line,
-                col,
-                key,
-                message,
-                ..
-            }) => (line, col, key, message),
+            Err(ConfigError::Parse { line, col, key, message, .. }) => (line, col, key, message),
             other => panic!("expected a parse error, got {other:?}"),
         }
     }
@@ -567,10 +534,7 @@ mod tests {
         assert_eq!(c.server.write_high_watermark, 262144);
         assert_eq!(c.server.write_low_watermark, 65536);
         assert_eq!(c.server.shutdown_grace, 30);
-        assert_eq!(
-            (c.server.user.as_deref(), c.server.group.as_deref()),
-            (None, None)
-        );
+        assert_eq!((c.server.user.as_deref(), c.server.group.as_deref()), (None, None));
         assert_eq!(c.reactor.backend, None);
         assert!(c.reactor.avoid.is_empty() && c.reactor.require_features.is_empty());
         assert!(!c.reactor.epoll_changelist && !c.reactor.precise_timer);
@@ -591,10 +555,7 @@ mod tests {
     #[test]
     fn empty_file_is_the_defaults() {
         assert_eq!(parse("").map(|f| f.config).ok(), Some(Config::default()));
-        assert_eq!(
-            parse("# nothing\n[server]\n").map(|f| f.config).ok(),
-            Some(Config::default())
-        );
+        assert_eq!(parse("# nothing\n[server]\n").map(|f| f.config).ok(), Some(Config::default()));
     }
 
     #[test]
@@ -645,10 +606,7 @@ mod tests {
         assert_eq!(c.reactor.avoid, vec!["select"]);
         assert!(!c.lanes.enabled);
         assert_eq!(c.admin.listen.as_deref(), Some("127.0.0.1:9"));
-        assert_eq!(
-            (c.log.level, c.log.format),
-            (LogLevel::Debug, LogFormat::Json)
-        );
+        assert_eq!((c.log.level, c.log.format), (LogLevel::Debug, LogFormat::Json));
         assert_eq!(f.line_of("server.workers"), Some(3));
         assert_eq!(f.line_of("log.format"), Some(15));
         assert_eq!(f.line_of("server"), Some(1));
@@ -660,8 +618,7 @@ mod tests {
 
     #[test]
     fn workers_accepts_number_or_auto() {
-        let w =
-            |t: &str| parse(&format!("[server]\nworkers = {t}\n")).map(|f| f.config.server.workers);
+        let w = |t: &str| parse(&format!("[server]\nworkers = {t}\n")).map(|f| f.config.server.workers);
         assert_eq!(w("\"auto\"").ok(), Some(Workers::Auto));
         assert_eq!(w("0").ok(), Some(Workers::Count(0)));
         assert_eq!(w("12").ok(), Some(Workers::Count(12)));
@@ -684,16 +641,12 @@ mod tests {
         assert!(message.contains("max_lines"), "{message}");
         let err = parse("[server]\nmax_line = 5\nmax_lines = 6\n").expect_err("unknown key");
         let text = err.to_string();
-        assert!(
-            text.starts_with("test.toml:3:1: server.max_lines: "),
-            "{text}"
-        );
+        assert!(text.starts_with("test.toml:3:1: server.max_lines: "), "{text}");
     }
 
     #[test]
     fn unknown_section_is_named() {
-        let (line, _, key, message) =
-            parse_err("[log]\nlevel = \"warn\"\n\n[sever]\nlisten = []\n");
+        let (line, _, key, message) = parse_err("[log]\nlevel = \"warn\"\n\n[sever]\nlisten = []\n");
         assert_eq!(line, 4, "{message}");
         assert_eq!(key.as_deref(), Some("sever"), "{message}");
         assert!(message.contains("sever"), "{message}");
@@ -738,10 +691,7 @@ mod tests {
         let path = std::env::temp_dir().join(format!("rot13d-missing-{}.toml", std::process::id()));
         let err = ConfigFile::load(&path).expect_err("no such file");
         assert!(matches!(err, ConfigError::Io { .. }));
-        assert!(
-            err.to_string().contains(&path.display().to_string()),
-            "{err}"
-        );
+        assert!(err.to_string().contains(&path.display().to_string()), "{err}");
     }
 
     #[test]

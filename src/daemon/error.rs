@@ -202,10 +202,7 @@ impl Error {
 
     /// An [`Error::Os`] for `what` failing with `source`.
     pub fn os(what: impl Into<String>, source: io::Error) -> Error {
-        Error::Os {
-            what: what.into(),
-            source,
-        }
+        Error::Os { what: what.into(), source }
     }
 }
 
@@ -222,25 +219,16 @@ mod tests {
             line: None,
         });
         assert_eq!(config.exit_code(), 78);
-        assert_eq!(
-            Error::from(UsageError::DaemonWithoutPidFile).exit_code(),
-            64
-        );
+        assert_eq!(Error::from(UsageError::DaemonWithoutPidFile).exit_code(), 64);
         let listen = Error::Listen {
             addr: "127.0.0.1:40713".parse().expect("literal address"),
             source: io::Error::from(io::ErrorKind::AddrInUse),
         };
         assert_eq!(listen.exit_code(), 71);
-        assert_eq!(
-            Error::os("fork a worker", io::Error::other("x")).exit_code(),
-            71
-        );
+        assert_eq!(Error::os("fork a worker", io::Error::other("x")).exit_code(), 71);
         let unavailable = io::Error::new(io::ErrorKind::Unsupported, "no backend");
         assert_eq!(Error::Reactor(unavailable).exit_code(), 78);
-        assert_eq!(
-            Error::Reactor(io::Error::other("epoll_create")).exit_code(),
-            71
-        );
+        assert_eq!(Error::Reactor(io::Error::other("epoll_create")).exit_code(), 71);
         assert_eq!((EX_USAGE, EX_OSERR, EX_CONFIG), (64, 71, 78));
     }
 
@@ -252,10 +240,7 @@ mod tests {
         };
         let text = e.to_string();
         assert!(text.contains("127.0.0.1:40713"), "{text}");
-        assert!(
-            text.to_lowercase().contains("address already in use"),
-            "{text}"
-        );
+        assert!(text.to_lowercase().contains("address already in use"), "{text}");
     }
 
     #[test]
@@ -266,20 +251,14 @@ mod tests {
             path: Some(PathBuf::from("/etc/rot13d.toml")),
             line: Some(7),
         };
-        assert_eq!(
-            e.to_string(),
-            "/etc/rot13d.toml:7: invalid value for server.max_line: must be at least 1"
-        );
+        assert_eq!(e.to_string(), "/etc/rot13d.toml:7: invalid value for server.max_line: must be at least 1");
         let cli = ConfigError::Invalid {
             key: "--max-line".into(),
             message: "must be at least 1".into(),
             path: None,
             line: None,
         };
-        assert_eq!(
-            cli.to_string(),
-            "invalid value for --max-line: must be at least 1"
-        );
+        assert_eq!(cli.to_string(), "invalid value for --max-line: must be at least 1");
     }
 
     #[test]
@@ -291,28 +270,17 @@ mod tests {
             key: Some("server.bogus".into()),
             message: "unknown field `bogus`".into(),
         };
-        assert_eq!(
-            e.to_string(),
-            "a.toml:3:1: server.bogus: unknown field `bogus`"
-        );
+        assert_eq!(e.to_string(), "a.toml:3:1: server.bogus: unknown field `bogus`");
     }
 
     #[test]
     fn many_prints_one_problem_a_line() {
-        let one = |k: &str| ConfigError::Invalid {
-            key: k.into(),
-            message: "bad".into(),
-            path: None,
-            line: None,
-        };
+        let one = |k: &str| ConfigError::Invalid { key: k.into(), message: "bad".into(), path: None, line: None };
         assert!(ConfigError::from_problems(Vec::new()).is_none());
         let single = ConfigError::from_problems(vec![one("a")]);
         assert!(matches!(single, Some(ConfigError::Invalid { .. })));
         let many = ConfigError::from_problems(vec![one("a"), one("b")]).expect("two problems");
-        assert_eq!(
-            many.to_string(),
-            "invalid value for a: bad\ninvalid value for b: bad"
-        );
+        assert_eq!(many.to_string(), "invalid value for a: bad\ninvalid value for b: bad");
         assert_eq!(many.problems().len(), 2);
     }
 }

@@ -69,10 +69,7 @@ pub fn filter(level: LogLevel, rust_log: Option<&str>) -> (EnvFilter, Option<(St
         None => (EnvFilter::new(level.as_str()), None),
         Some(spec) => match EnvFilter::try_new(spec) {
             Ok(f) => (f, None),
-            Err(e) => (
-                EnvFilter::new(level.as_str()),
-                Some((spec.to_string(), e.to_string())),
-            ),
+            Err(e) => (EnvFilter::new(level.as_str()), Some((spec.to_string(), e.to_string()))),
         },
     }
 }
@@ -90,21 +87,13 @@ where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
     let (filter, bad) = filter(level, rust_log);
-    let builder = tracing_subscriber::fmt()
-        .with_writer(writer)
-        .with_ansi(ansi)
-        .with_target(true)
-        .with_env_filter(filter);
+    let builder =
+        tracing_subscriber::fmt().with_writer(writer).with_ansi(ansi).with_target(true).with_env_filter(filter);
     let dispatch = match format {
         LogFormat::Text => Dispatch::new(builder.fmt_fields(TextFields).finish()),
-        LogFormat::Json => Dispatch::new(
-            builder
-                .json()
-                .flatten_event(true)
-                .with_current_span(false)
-                .with_span_list(false)
-                .finish(),
-        ),
+        LogFormat::Json => {
+            Dispatch::new(builder.json().flatten_event(true).with_current_span(false).with_span_list(false).finish())
+        }
     };
     (dispatch, bad)
 }
@@ -120,11 +109,7 @@ pub struct TextFields;
 
 impl<'w> FormatFields<'w> for TextFields {
     fn format_fields<R: RecordFields>(&self, writer: Writer<'w>, fields: R) -> fmt::Result {
-        let mut visitor = TextVisitor {
-            writer,
-            first: true,
-            result: Ok(()),
-        };
+        let mut visitor = TextVisitor { writer, first: true, result: Ok(()) };
         fields.record(&mut visitor);
         visitor.result
     }
@@ -158,9 +143,7 @@ impl Visit for TextVisitor<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         let bare = field.name() == "message"
             || (!value.is_empty()
-                && !value
-                    .chars()
-                    .any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '='));
+                && !value.chars().any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '='));
         if bare {
             self.pair(field, format_args!("{value}"));
         } else {
@@ -230,10 +213,7 @@ mod tests {
     #[test]
     fn text_line_has_level_target_message_fields() {
         let out = run(LogLevel::Info, LogFormat::Text, None, listening);
-        assert!(
-            out.contains(" INFO rot13d: listening addr=127.0.0.1:40713 kind=rot13\n"),
-            "{out:?}"
-        );
+        assert!(out.contains(" INFO rot13d: listening addr=127.0.0.1:40713 kind=rot13\n"), "{out:?}");
         assert!(!out.contains('\u{1b}'), "no ANSI escapes: {out:?}");
     }
 
@@ -282,12 +262,7 @@ mod tests {
             tracing::debug!(target: TARGET, "shown");
         });
         assert!(out.contains("DEBUG rot13d: shown"), "{out}");
-        let out = run(
-            LogLevel::Trace,
-            LogFormat::Text,
-            Some("rot13d=warn"),
-            listening,
-        );
+        let out = run(LogLevel::Trace, LogFormat::Text, Some("rot13d=warn"), listening);
         assert!(out.is_empty(), "{out}");
         // Empty RUST_LOG counts as unset.
         let out = run(LogLevel::Info, LogFormat::Text, Some(""), listening);
@@ -299,18 +274,9 @@ mod tests {
         let (_, bad) = filter(LogLevel::Info, Some("rot13d=loudest"));
         let (value, _) = bad.expect("refused");
         assert_eq!(value, "rot13d=loudest");
-        let out = run(
-            LogLevel::Info,
-            LogFormat::Text,
-            Some("rot13d=loudest"),
-            listening,
-        );
+        let out = run(LogLevel::Info, LogFormat::Text, Some("rot13d=loudest"), listening);
         assert!(out.contains("listening"), "{out}");
-        assert!(
-            filter(LogLevel::Info, Some("info,rot13d=trace"))
-                .1
-                .is_none()
-        );
+        assert!(filter(LogLevel::Info, Some("info,rot13d=trace")).1.is_none());
     }
 
     #[test]

@@ -182,7 +182,9 @@ impl Master {
             None => index % self.slots_used.len(),
         };
         let params = Master::params(&self.settings);
-        let rot13: Vec<i32> = self.listeners.iter().filter(|l| l.kind == Kind::Rot13).map(|l| l.raw()).collect();
+        let n = self.settings.workers;
+        let rot13: Vec<i32> =
+            self.listeners.iter().filter(|l| l.kind == Kind::Rot13).flat_map(|l| l.fds_for(index, n)).collect();
         let generation = self.generation;
         let mask = sys::signal::block_all();
         let forked = process::fork();
@@ -222,8 +224,13 @@ impl Master {
         }
         // SIGHUP is for the master; a terminal hangup must not kill workers.
         sys::signal::ignore(libc::SIGHUP);
-        for l in self.listeners.iter().filter(|l| l.kind != Kind::Rot13) {
-            sys::close(l.raw());
+        // Close every listening socket this worker does not accept on.
+        for l in &self.listeners {
+            for fd in l.all_fds() {
+                if !rot13.contains(&fd) {
+                    sys::close(fd);
+                }
+            }
         }
         if let Err(e) = super::drop_privileges(&self.settings) {
             tracing::error!(target: "rot13d", error = %e, "worker cannot drop privileges");
@@ -356,11 +363,16 @@ impl Master {
         let mut old = std::mem::take(&mut self.listeners);
         let wanted = super::wanted_listeners(&new);
         for (addr, kind) in wanted {
+            let group = if kind == Kind::Rot13 { new.workers.max(self.settings.workers) } else { 1 };
             if let Some(pos) = old.iter().position(|l| l.requested == addr && l.kind == kind) {
-                next.push(old.swap_remove(pos));
+                let mut l = old.swap_remove(pos);
+                if let Err(e) = l.grow(group) {
+                    tracing::error!(target: "rot13d", error = %e, "reload: cannot grow a listener group");
+                }
+                next.push(l);
                 continue;
             }
-            match listener::bind(addr, new.backlog, kind) {
+            match listener::bind(addr, new.backlog, kind, group) {
                 Ok(l) => {
                     tracing::info!(target: "rot13d", addr = %l.local, kind = %kind.as_str(), "listening");
                     next.push(l);

@@ -94,7 +94,8 @@ fn start(args: Args, mut settings: Settings, cfg: EventConfig, reporter: Option<
         None => {
             let mut v = Vec::new();
             for (addr, kind) in wanted_listeners(&settings) {
-                v.push(listener::bind(addr, settings.backlog, kind)?);
+                let group = if kind == Kind::Rot13 { settings.workers } else { 1 };
+                v.push(listener::bind(addr, settings.backlog, kind, group)?);
             }
             v
         }

@@ -19,8 +19,7 @@ use std::time::Duration;
 
 use super::cli::Args;
 use super::config::{
-    AdminConfig, Config, ConfigFile, LanesConfig, LogConfig, LogFormat, LogLevel, ReactorConfig,
-    ServerConfig, Workers,
+    AdminConfig, Config, ConfigFile, LanesConfig, LogConfig, LogFormat, LogLevel, ReactorConfig, ServerConfig, Workers,
 };
 use super::error::ConfigError;
 
@@ -164,17 +163,9 @@ impl Settings {
 
     /// As [`resolve`](Settings::resolve), with `auto` meaning `cpus`
     /// workers (at least 1).
-    pub fn resolve_with_cpus(
-        file: Option<&ConfigFile>,
-        args: &Args,
-        cpus: usize,
-    ) -> Result<Settings, ConfigError> {
+    pub fn resolve_with_cpus(file: Option<&ConfigFile>, args: &Args, cpus: usize) -> Result<Settings, ConfigError> {
         let config = merge(file.map(|f| &f.config), args);
-        let mut check = Check {
-            file,
-            args,
-            problems: Vec::new(),
-        };
+        let mut check = Check { file, args, problems: Vec::new() };
         let settings = check.settings(&config, cpus);
         // Options first, then the file's problems in line order.
         check.problems.sort_by_key(|p| match p {
@@ -183,10 +174,7 @@ impl Settings {
         });
         match ConfigError::from_problems(check.problems) {
             Some(err) => Err(err),
-            None => Ok(Settings {
-                config_path: file.map(|f| f.path.clone()),
-                ..settings
-            }),
+            None => Ok(Settings { config_path: file.map(|f| f.path.clone()), ..settings }),
         }
     }
 
@@ -229,13 +217,8 @@ impl Settings {
                 bulk_window_ms: millis(self.lanes.bulk_window),
                 quiet_ms: millis(self.lanes.quiet),
             },
-            admin: AdminConfig {
-                listen: self.admin_listen.map(|a| a.to_string()),
-            },
-            log: LogConfig {
-                level: self.log.level,
-                format: self.log.format,
-            },
+            admin: AdminConfig { listen: self.admin_listen.map(|a| a.to_string()) },
+            log: LogConfig { level: self.log.level, format: self.log.format },
         }
     }
 
@@ -289,10 +272,7 @@ impl Settings {
                 quiet: Duration::from_secs(1),
             },
             admin_listen: None,
-            log: LogSettings {
-                level: LogLevel::Info,
-                format: LogFormat::Text,
-            },
+            log: LogSettings { level: LogLevel::Info, format: LogFormat::Text },
             config_path: None,
         }
     }
@@ -371,12 +351,7 @@ impl Check<'_> {
         let first = keys.first().copied().unwrap_or("?");
         for key in keys {
             if let Some(option) = cli_option(self.args, &base(key)) {
-                self.problems.push(ConfigError::Invalid {
-                    key: option.to_string(),
-                    message,
-                    path: None,
-                    line: None,
-                });
+                self.problems.push(ConfigError::Invalid { key: option.to_string(), message, path: None, line: None });
                 return;
             }
             if let Some(file) = self.file
@@ -402,10 +377,7 @@ impl Check<'_> {
     /// Seconds as a duration, checked against [`MAX_SECONDS`].
     fn seconds(&mut self, key: &str, secs: u64) -> Duration {
         if secs > MAX_SECONDS {
-            self.fail(
-                &[key],
-                format!("{secs} seconds is more than the most, {MAX_SECONDS}"),
-            );
+            self.fail(&[key], format!("{secs} seconds is more than the most, {MAX_SECONDS}"));
         }
         Duration::from_secs(secs.min(MAX_SECONDS))
     }
@@ -415,10 +387,7 @@ impl Check<'_> {
         if ms == 0 {
             self.fail(&[key], "must be at least 1 (milliseconds)");
         } else if ms > MAX_SECONDS * 1000 {
-            self.fail(
-                &[key],
-                format!("{ms} ms is more than the most, {}", MAX_SECONDS * 1000),
-            );
+            self.fail(&[key], format!("{ms} ms is more than the most, {}", MAX_SECONDS * 1000));
         }
         Duration::from_millis(ms.clamp(1, MAX_SECONDS * 1000))
     }
@@ -445,13 +414,7 @@ impl Check<'_> {
         if known.contains(&name) {
             return true;
         }
-        self.fail(
-            &[key],
-            format!(
-                "unknown {what} `{name}`: expected one of {}",
-                known.join(", ")
-            ),
-        );
+        self.fail(&[key], format!("unknown {what} `{name}`: expected one of {}", known.join(", ")));
         false
     }
 
@@ -478,44 +441,29 @@ impl Check<'_> {
         let workers = match s.workers {
             Workers::Auto => cpus.clamp(1, MAX_WORKERS),
             Workers::Count(n) if n > MAX_WORKERS => {
-                self.fail(
-                    &["server.workers"],
-                    format!("{n} is more than the most, {MAX_WORKERS}"),
-                );
+                self.fail(&["server.workers"], format!("{n} is more than the most, {MAX_WORKERS}"));
                 MAX_WORKERS
             }
             Workers::Count(n) => n,
         };
 
         if s.max_connections == Some(0) {
-            self.fail(
-                &["server.max_connections"],
-                "must be at least 1 (or absent: from the fd limit)",
-            );
+            self.fail(&["server.max_connections"], "must be at least 1 (or absent: from the fd limit)");
         }
         if s.backlog == 0 || s.backlog > i32::MAX as u32 {
-            self.fail(
-                &["server.backlog"],
-                format!("must be between 1 and {}", i32::MAX),
-            );
+            self.fail(&["server.backlog"], format!("must be between 1 and {}", i32::MAX));
         }
         if s.max_line == 0 {
             self.fail(&["server.max_line"], "must be at least 1");
         } else if s.max_line > MAX_BUFFER {
-            self.fail(
-                &["server.max_line"],
-                format!("{} is more than the most, {MAX_BUFFER}", s.max_line),
-            );
+            self.fail(&["server.max_line"], format!("{} is more than the most, {MAX_BUFFER}", s.max_line));
         }
         if s.write_high_watermark == 0 {
             self.fail(&["server.write_high_watermark"], "must be at least 1");
         } else if s.write_high_watermark > MAX_BUFFER {
             self.fail(
                 &["server.write_high_watermark"],
-                format!(
-                    "{} is more than the most, {MAX_BUFFER}",
-                    s.write_high_watermark
-                ),
+                format!("{} is more than the most, {MAX_BUFFER}", s.write_high_watermark),
             );
         } else if s.write_low_watermark > s.write_high_watermark {
             self.fail(
@@ -575,10 +523,7 @@ impl Check<'_> {
             reactor,
             lanes,
             admin_listen,
-            log: LogSettings {
-                level: c.log.level,
-                format: c.log.format,
-            },
+            log: LogSettings { level: c.log.level, format: c.log.format },
             config_path: None,
         }
     }
@@ -589,10 +534,7 @@ impl Check<'_> {
             && self.name("reactor.backend", "backend", b, &BACKENDS)
             && r.avoid.contains(b)
         {
-            self.fail(
-                &["reactor.backend", "reactor.avoid"],
-                format!("`{b}` is also in reactor.avoid"),
-            );
+            self.fail(&["reactor.backend", "reactor.avoid"], format!("`{b}` is also in reactor.avoid"));
         }
         for (i, b) in r.avoid.iter().enumerate() {
             self.name(&format!("reactor.avoid[{i}]"), "backend", b, &BACKENDS);
@@ -605,24 +547,15 @@ impl Check<'_> {
             self.name(&key, "feature", f, &FEATURES);
         }
         if !(1..=256).contains(&r.priorities) {
-            self.fail(
-                &["reactor.priorities"],
-                format!("{} is not between 1 and 256", r.priorities),
-            );
+            self.fail(&["reactor.priorities"], format!("{} is not between 1 and 256", r.priorities));
         } else if r.min_priority >= r.priorities {
             self.fail(
                 &["reactor.min_priority", "reactor.priorities"],
-                format!(
-                    "min_priority ({}) must be below priorities ({})",
-                    r.min_priority, r.priorities
-                ),
+                format!("min_priority ({}) must be below priorities ({})", r.min_priority, r.priorities),
             );
         }
         if r.max_callbacks == Some(0) {
-            self.fail(
-                &["reactor.max_callbacks"],
-                "must be at least 1 (or absent: no limit)",
-            );
+            self.fail(&["reactor.max_callbacks"], "must be at least 1 (or absent: no limit)");
         }
         let max_dispatch_interval = r.max_dispatch_interval_ms.map(|ms| {
             if ms > MAX_SECONDS * 1000 {
@@ -679,9 +612,7 @@ mod tests {
     /// The one problem of `text` + `cli`, as (key, line, message).
     fn problem(text: Option<&str>, cli: &[&str]) -> (String, Option<usize>, String) {
         match resolve(text, cli) {
-            Err(ConfigError::Invalid {
-                key, line, message, ..
-            }) => (key, line, message),
+            Err(ConfigError::Invalid { key, line, message, .. }) => (key, line, message),
             other => panic!("expected one invalid value, got {other:?}"),
         }
     }
@@ -703,10 +634,7 @@ mod tests {
         assert_eq!(s.max_line, 16384);
         assert_eq!(s.idle_timeout, Some(Duration::from_secs(300)));
         assert_eq!(s.write_timeout, Some(Duration::from_secs(60)));
-        assert_eq!(
-            (s.write_high_watermark, s.write_low_watermark),
-            (262144, 65536)
-        );
+        assert_eq!((s.write_high_watermark, s.write_low_watermark), (262144, 65536));
         assert_eq!(s.shutdown_grace, Duration::from_secs(30));
         assert_eq!((s.user.as_deref(), s.group.as_deref()), (None, None));
         assert_eq!(s.reactor.backend, None);
@@ -718,18 +646,9 @@ mod tests {
         assert_eq!(s.lanes.bulk_window, Duration::from_secs(1));
         assert_eq!(s.lanes.quiet, Duration::from_secs(1));
         assert_eq!(s.admin_listen, None);
-        assert_eq!(
-            s.log,
-            LogSettings {
-                level: LogLevel::Info,
-                format: LogFormat::Text
-            }
-        );
+        assert_eq!(s.log, LogSettings { level: LogLevel::Info, format: LogFormat::Text });
         assert_eq!(s.config_path, None);
-        let fallback = Settings {
-            workers: 4,
-            ..Settings::fallback()
-        };
+        let fallback = Settings { workers: 4, ..Settings::fallback() };
         assert_eq!(s, fallback);
     }
 
@@ -745,13 +664,7 @@ mod tests {
         let text = include_str!("../../config/rot13d.toml");
         let from_file = resolve(Some(text), &[]).expect("annotated file is valid");
         let none = resolve(None, &[]).expect("defaults are valid");
-        assert_eq!(
-            from_file,
-            Settings {
-                config_path: Some(PATH.into()),
-                ..none
-            }
-        );
+        assert_eq!(from_file, Settings { config_path: Some(PATH.into()), ..none });
     }
 
     #[test]
@@ -762,16 +675,10 @@ mod tests {
         };
         assert_eq!(f("[server]\nworkers = \"auto\"\n", 6).ok(), Some(6));
         assert_eq!(f("[server]\nworkers = \"auto\"\n", 0).ok(), Some(1));
-        assert_eq!(
-            f("[server]\nworkers = \"auto\"\n", 5000).ok(),
-            Some(MAX_WORKERS)
-        );
+        assert_eq!(f("[server]\nworkers = \"auto\"\n", 5000).ok(), Some(MAX_WORKERS));
         assert_eq!(f("[server]\nworkers = 0\n", 6).ok(), Some(0));
         assert_eq!(f("[server]\nworkers = 2\n", 6).ok(), Some(2));
-        assert_eq!(
-            resolve(None, &["-w", "auto"]).map(|s| s.workers).ok(),
-            Some(4)
-        );
+        assert_eq!(resolve(None, &["-w", "auto"]).map(|s| s.workers).ok(), Some(4));
         let (key, line, _) = problem(Some("[server]\nworkers = 5000\n"), &[]);
         assert_eq!((key.as_str(), line), ("server.workers", Some(2)));
     }
@@ -804,56 +711,33 @@ mod tests {
         assert_eq!(s.max_line, 20);
         assert_eq!(s.backlog, 7, "not overridden: from the file");
         assert_eq!(s.reactor.backend.as_deref(), Some("poll"));
-        assert_eq!(
-            s.log,
-            LogSettings {
-                level: LogLevel::Trace,
-                format: LogFormat::Text
-            }
-        );
+        assert_eq!(s.log, LogSettings { level: LogLevel::Trace, format: LogFormat::Text });
         assert_eq!(s.config_path.as_deref(), Some(Path::new(PATH)));
 
         let s = resolve(Some(text), &[]).expect("valid");
         assert_eq!(s.listen, vec![addr("127.0.0.1:1"), addr("127.0.0.1:2")]);
         assert_eq!((s.workers, s.max_line), (2, 10));
         assert_eq!(s.reactor.backend.as_deref(), Some("select"));
-        assert_eq!(
-            s.log,
-            LogSettings {
-                level: LogLevel::Warn,
-                format: LogFormat::Json
-            }
-        );
+        assert_eq!(s.log, LogSettings { level: LogLevel::Warn, format: LogFormat::Json });
     }
 
     #[test]
     fn listen_is_repeatable_and_replaces_the_list() {
-        let s = resolve(
-            None,
-            &["-l", "127.0.0.1:0", "-l", "[::1]:0", "-l", "127.0.0.1:5"],
-        )
-        .expect("valid");
-        assert_eq!(
-            s.listen,
-            vec![addr("127.0.0.1:0"), addr("[::1]:0"), addr("127.0.0.1:5")]
-        );
+        let s = resolve(None, &["-l", "127.0.0.1:0", "-l", "[::1]:0", "-l", "127.0.0.1:5"]).expect("valid");
+        assert_eq!(s.listen, vec![addr("127.0.0.1:0"), addr("[::1]:0"), addr("127.0.0.1:5")]);
     }
 
     #[test]
     fn zero_timeouts_mean_never() {
-        let s = resolve(
-            Some("[server]\nidle_timeout = 0\nwrite_timeout = 0\nshutdown_grace = 0\n"),
-            &[],
-        )
-        .expect("valid");
+        let s =
+            resolve(Some("[server]\nidle_timeout = 0\nwrite_timeout = 0\nshutdown_grace = 0\n"), &[]).expect("valid");
         assert_eq!((s.idle_timeout, s.write_timeout), (None, None));
         assert_eq!(s.shutdown_grace, Duration::ZERO);
     }
 
     #[test]
     fn max_line_zero_in_file_names_file_line_key() {
-        let err = resolve(Some("# rot13d\n[server]\nbacklog = 5\nmax_line = 0\n"), &[])
-            .expect_err("max_line = 0");
+        let err = resolve(Some("# rot13d\n[server]\nbacklog = 5\nmax_line = 0\n"), &[]).expect_err("max_line = 0");
         let text = err.to_string();
         assert!(text.contains(PATH), "{text}");
         assert!(text.contains(":4:"), "{text}");
@@ -865,10 +749,7 @@ mod tests {
         let (key, line, _) = problem(Some("[server]\nmax_line = 5\n"), &["--max-line", "0"]);
         assert_eq!((key.as_str(), line), ("--max-line", None));
         let err = resolve(None, &["--max-line", "0"]).expect_err("max_line = 0");
-        assert_eq!(
-            err.to_string(),
-            "invalid value for --max-line: must be at least 1"
-        );
+        assert_eq!(err.to_string(), "invalid value for --max-line: must be at least 1");
     }
 
     #[test]
@@ -879,65 +760,29 @@ mod tests {
             ("[server]\nlisten = [\"nowhere:1\"]\n", "server.listen"),
             ("[server]\nlisten = [\"127.0.0.1\"]\n", "server.listen"),
             ("[server]\nlisten = []\n", "server.listen"),
-            (
-                "[server]\nlisten = [\"127.0.0.1:1\", \"127.0.0.1:1\"]\n",
-                "server.listen",
-            ),
+            ("[server]\nlisten = [\"127.0.0.1:1\", \"127.0.0.1:1\"]\n", "server.listen"),
             ("[server]\nmax_connections = 0\n", "server.max_connections"),
             ("[server]\nbacklog = 0\n", "server.backlog"),
             ("[server]\nbacklog = 4000000000\n", "server.backlog"),
-            (
-                "[server]\nwrite_high_watermark = 0\n",
-                "server.write_high_watermark",
-            ),
-            (
-                "[server]\nwrite_low_watermark = 300000\n",
-                "server.write_low_watermark",
-            ),
-            (
-                "[server]\nwrite_high_watermark = 1000\n",
-                "server.write_high_watermark",
-            ),
-            (
-                "[server]\nidle_timeout = 99999999999\n",
-                "server.idle_timeout",
-            ),
-            (
-                "[server]\nwrite_timeout = 99999999999\n",
-                "server.write_timeout",
-            ),
-            (
-                "[server]\nshutdown_grace = 99999999999\n",
-                "server.shutdown_grace",
-            ),
+            ("[server]\nwrite_high_watermark = 0\n", "server.write_high_watermark"),
+            ("[server]\nwrite_low_watermark = 300000\n", "server.write_low_watermark"),
+            ("[server]\nwrite_high_watermark = 1000\n", "server.write_high_watermark"),
+            ("[server]\nidle_timeout = 99999999999\n", "server.idle_timeout"),
+            ("[server]\nwrite_timeout = 99999999999\n", "server.write_timeout"),
+            ("[server]\nshutdown_grace = 99999999999\n", "server.shutdown_grace"),
             ("[server]\nuser = \"\"\n", "server.user"),
             ("[server]\ngroup = \"\"\n", "server.group"),
             ("[reactor]\nbackend = \"kqueue\"\n", "reactor.backend"),
             ("[reactor]\navoid = [\"iocp\"]\n", "reactor.avoid"),
-            (
-                "[reactor]\navoid = [\"epoll\", \"poll\", \"select\"]\n",
-                "reactor.avoid",
-            ),
-            (
-                "[reactor]\nbackend = \"poll\"\navoid = [\"poll\"]\n",
-                "reactor.backend",
-            ),
-            (
-                "[reactor]\nrequire_features = [\"fast\"]\n",
-                "reactor.require_features",
-            ),
+            ("[reactor]\navoid = [\"epoll\", \"poll\", \"select\"]\n", "reactor.avoid"),
+            ("[reactor]\nbackend = \"poll\"\navoid = [\"poll\"]\n", "reactor.backend"),
+            ("[reactor]\nrequire_features = [\"fast\"]\n", "reactor.require_features"),
             ("[reactor]\npriorities = 0\n", "reactor.priorities"),
             ("[reactor]\npriorities = 257\n", "reactor.priorities"),
             ("[reactor]\nmin_priority = 3\n", "reactor.min_priority"),
-            (
-                "[reactor]\npriorities = 2\nmin_priority = 2\n",
-                "reactor.min_priority",
-            ),
+            ("[reactor]\npriorities = 2\nmin_priority = 2\n", "reactor.min_priority"),
             ("[reactor]\nmax_callbacks = 0\n", "reactor.max_callbacks"),
-            (
-                "[reactor]\nmax_dispatch_interval_ms = 99999999999999\n",
-                "reactor.max_dispatch_interval_ms",
-            ),
+            ("[reactor]\nmax_dispatch_interval_ms = 99999999999999\n", "reactor.max_dispatch_interval_ms"),
             ("[lanes]\nbulk_after_bytes = 0\n", "lanes.bulk_after_bytes"),
             ("[lanes]\nbulk_window_ms = 0\n", "lanes.bulk_window_ms"),
             ("[lanes]\nquiet_ms = 0\n", "lanes.quiet_ms"),
@@ -957,9 +802,7 @@ mod tests {
             let (key, line, message) = problem(Some(&padded), &[]);
             assert_eq!(&key, want, "{text:?}: {message}");
             assert_eq!(line, Some(want_line), "{text:?}: {message}");
-            let full = resolve(Some(&padded), &[])
-                .expect_err("invalid")
-                .to_string();
+            let full = resolve(Some(&padded), &[]).expect_err("invalid").to_string();
             assert!(full.starts_with(&format!("{PATH}:{want_line}: ")), "{full}");
             assert!(full.contains(want), "{full}");
         }
@@ -973,33 +816,13 @@ mod tests {
         let message = err.to_string();
         let lines: Vec<&str> = message.lines().collect();
         assert_eq!(lines.len(), 2, "{message}");
-        assert!(
-            lines[0].starts_with(&format!(
-                "{PATH}:4: invalid value for server.listen: `nowhere`"
-            )),
-            "{message}"
-        );
-        assert!(
-            lines[1].starts_with(&format!(
-                "{PATH}:8: invalid value for reactor.require_features"
-            )),
-            "{message}"
-        );
+        assert!(lines[0].starts_with(&format!("{PATH}:4: invalid value for server.listen: `nowhere`")), "{message}");
+        assert!(lines[1].starts_with(&format!("{PATH}:8: invalid value for reactor.require_features")), "{message}");
         let dup = "[server]\nlisten = [\"127.0.0.1:1\",\n\"127.0.0.1:1\"]\n";
         let (key, line, message) = problem(Some(dup), &[]);
-        assert_eq!(
-            (key.as_str(), line),
-            ("server.listen", Some(3)),
-            "{message}"
-        );
+        assert_eq!((key.as_str(), line), ("server.listen", Some(3)), "{message}");
         // Port 0 twice is two sockets on two free ports: fine.
-        assert!(
-            resolve(
-                Some("[server]\nlisten = [\"127.0.0.1:0\", \"127.0.0.1:0\"]\n"),
-                &[]
-            )
-            .is_ok()
-        );
+        assert!(resolve(Some("[server]\nlisten = [\"127.0.0.1:0\", \"127.0.0.1:0\"]\n"), &[]).is_ok());
     }
 
     #[test]
@@ -1009,23 +832,15 @@ mod tests {
         assert_eq!(err.problems().len(), 3, "{err}");
         let message = err.to_string();
         let lines: Vec<&str> = message.lines().collect();
-        let want = [
-            ("server.backlog", 2),
-            ("server.max_line", 3),
-            ("reactor.priorities", 5),
-        ];
+        let want = [("server.backlog", 2), ("server.max_line", 3), ("reactor.priorities", 5)];
         assert_eq!(lines.len(), want.len(), "{message}");
         for (got, (key, line)) in lines.iter().zip(want) {
             let prefix = format!("{PATH}:{line}: invalid value for {key}");
             assert!(got.starts_with(&prefix), "in line order: {message}");
         }
-        let mixed = resolve(Some("[server]\nbacklog = 0\n"), &["--max-line", "0"])
-            .expect_err("two problems");
+        let mixed = resolve(Some("[server]\nbacklog = 0\n"), &["--max-line", "0"]).expect_err("two problems");
         let first = mixed.to_string();
-        assert!(
-            first.starts_with("invalid value for --max-line"),
-            "options first: {first}"
-        );
+        assert!(first.starts_with("invalid value for --max-line"), "options first: {first}");
     }
 
     #[test]
@@ -1066,41 +881,17 @@ mod tests {
     fn watermark_problem_names_the_key_the_operator_set() {
         // Only the high one is in the file: it is the one named.
         let (key, line, message) = problem(Some("\n[server]\nwrite_high_watermark = 100\n"), &[]);
-        assert_eq!(
-            (key.as_str(), line),
-            ("server.write_high_watermark", Some(3))
-        );
-        assert!(
-            message.contains("65536") && message.contains("100"),
-            "{message}"
-        );
+        assert_eq!((key.as_str(), line), ("server.write_high_watermark", Some(3)));
+        assert!(message.contains("65536") && message.contains("100"), "{message}");
         // Equal is fine.
-        assert!(
-            resolve(
-                Some("[server]\nwrite_high_watermark = 5\nwrite_low_watermark = 5\n"),
-                &[]
-            )
-            .is_ok()
-        );
+        assert!(resolve(Some("[server]\nwrite_high_watermark = 5\nwrite_low_watermark = 5\n"), &[]).is_ok());
     }
 
     #[test]
     fn print_config_round_trips() {
         let cases: &[(Option<&str>, &[&str])] = &[
             (None, &[]),
-            (
-                None,
-                &[
-                    "-l",
-                    "127.0.0.1:0",
-                    "-l",
-                    "[::1]:7",
-                    "-w",
-                    "0",
-                    "--max-line",
-                    "3",
-                ],
-            ),
+            (None, &["-l", "127.0.0.1:0", "-l", "[::1]:7", "-w", "0", "--max-line", "3"]),
             (
                 Some(
                     "[server]\nmax_connections = 100\nidle_timeout = 0\nwrite_timeout = 7\n\
@@ -1122,41 +913,24 @@ mod tests {
                 .unwrap_or_else(|e| panic!("--print-config output does not parse: {e}\n{printed}"));
             let back = Settings::resolve_with_cpus(Some(&back_file), &Args::default(), 1)
                 .unwrap_or_else(|e| panic!("--print-config output is invalid: {e}\n{printed}"));
-            assert_eq!(
-                back,
-                Settings {
-                    config_path: Some("printed.toml".into()),
-                    ..s.clone()
-                },
-                "{printed}"
-            );
-            assert!(
-                printed.starts_with("# Effective configuration of rot13d"),
-                "{printed}"
-            );
+            assert_eq!(back, Settings { config_path: Some("printed.toml".into()), ..s.clone() }, "{printed}");
+            assert!(printed.starts_with("# Effective configuration of rot13d"), "{printed}");
         }
     }
 
     #[test]
     fn print_config_of_defaults_shows_every_section() {
-        let printed = resolve(None, &[])
-            .expect("valid")
-            .to_toml()
-            .expect("renders");
+        let printed = resolve(None, &[]).expect("valid").to_toml().expect("renders");
         for section in ["[server]", "[reactor]", "[lanes]", "[log]"] {
             assert!(printed.contains(section), "{printed}");
         }
         assert!(printed.contains("workers = 4"), "{printed}");
-        assert!(
-            printed.contains("listen = [\"0.0.0.0:40713\"]"),
-            "{printed}"
-        );
+        assert!(printed.contains("listen = [\"0.0.0.0:40713\"]"), "{printed}");
     }
 
     #[test]
     fn load_reads_the_config_option() {
-        let path =
-            std::env::temp_dir().join(format!("rot13d-settings-{}.toml", std::process::id()));
+        let path = std::env::temp_dir().join(format!("rot13d-settings-{}.toml", std::process::id()));
         let written = std::fs::write(&path, "[server]\nmax_line = 77\n");
         let loaded = written.map(|()| Settings::load(&args(&["-c", &path.display().to_string()])));
         let _ = std::fs::remove_file(&path);
@@ -1165,11 +939,7 @@ mod tests {
         assert_eq!(s.config_path.as_deref(), Some(path.as_path()));
 
         let missing = path.with_extension("absent");
-        let err = Settings::load(&args(&["-c", &missing.display().to_string()]))
-            .expect_err("missing file");
-        assert!(
-            err.to_string().contains(&missing.display().to_string()),
-            "{err}"
-        );
+        let err = Settings::load(&args(&["-c", &missing.display().to_string()])).expect_err("missing file");
+        assert!(err.to_string().contains(&missing.display().to_string()), "{err}");
     }
 }
