@@ -887,8 +887,10 @@ impl EventBase {
         expired.clear();
         self.timers.pop_expired(now, &mut expired);
         for &idx in &expired {
-            // The timer is gone; a non-persistent event stops being pending
-            // when it runs (del_idx then).
+            // The timer is gone: recount, or an expired pure timer stays
+            // counted as pending and `dispatch` never returns NoEvents. A
+            // non-persistent io event stays pending (inserted) until it runs.
+            self.recount(idx, true);
             self.activate(idx, EventFlags::TIMEOUT);
         }
         self.expired = expired;
