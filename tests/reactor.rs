@@ -679,6 +679,54 @@ rtest!(priorities_run_most_urgent_first, |be| {
     Ok(())
 });
 
+rtest!(priority_changes_after_a_delete_while_active, |be| {
+    // An event deleted while active must not keep its old place (or old
+    // priority) in the active queues: re-activated, it is queued afresh.
+    let mut b = be.base()?;
+    let log = Log::default();
+    // 1. Its queue disappears with priority_init: it must still run.
+    b.priority_init(4)?;
+    let e = b.new_timer(log.cb("e"));
+    b.set_priority(e, 3)?;
+    b.active(e, EventFlags::TIMEOUT);
+    b.del(e)?;
+    b.priority_init(2)?;
+    b.active(e, EventFlags::TIMEOUT);
+    b.run(LoopFlags::NONBLOCK)?;
+    assert_eq!(log.tags(), ["e"], "re-activated event lost after priority_init");
+    assert_eq!(b.num_active(), 0);
+    // 2. Its priority was lowered: it runs after an event activated before it.
+    let f = b.new_timer(log.cb("f"));
+    b.set_priority(e, 0)?;
+    b.active(e, EventFlags::TIMEOUT);
+    b.del(e)?;
+    b.set_priority(e, 1)?;
+    b.active(f, EventFlags::TIMEOUT);
+    b.active(e, EventFlags::TIMEOUT);
+    b.run(LoopFlags::NONBLOCK)?;
+    assert_eq!(log.tags()[1..], ["f", "e"]);
+    // 3. Same priority: deleted, then re-activated after another one, it
+    // goes behind it (FIFO by activation).
+    b.active(e, EventFlags::TIMEOUT);
+    b.del(e)?;
+    b.active(f, EventFlags::TIMEOUT);
+    b.active(e, EventFlags::TIMEOUT);
+    b.run(LoopFlags::NONBLOCK)?;
+    assert_eq!(log.tags()[3..], ["f", "e"]);
+    // 4. Freed while active, its slot reused by an event of another priority.
+    let g = b.new_timer(log.cb("g"));
+    b.set_priority(g, 0)?;
+    b.active(g, EventFlags::TIMEOUT);
+    b.free(g);
+    let h = b.new_timer(log.cb("h"));
+    assert_eq!(b.priority(h), Some(1));
+    b.active(f, EventFlags::TIMEOUT);
+    b.active(h, EventFlags::TIMEOUT);
+    b.run(LoopFlags::NONBLOCK)?;
+    assert_eq!(log.tags()[5..], ["f", "h"]);
+    Ok(())
+});
+
 /// The dispatch rule: a turn runs only the most urgent non-empty queue, and
 /// from `min_priority` on at most `max_callbacks` callbacks (or
 /// `max_interval` of them) before the backend is polled again. Ten bulk
