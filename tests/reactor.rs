@@ -22,8 +22,6 @@ use std::rc::Rc;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-mod fork;
-
 /// One backend configuration of the matrix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -1363,3 +1361,6 @@ fn common_timeout_rearms_100k_events_in_o1_queue() -> io::Result<()> {
     eprintln!("re-armed {N} events in {:?} ({:?} each)", rearm_time.get(), rearm_time.get() / N as u32);
     Ok(())
 }
+
+// After the macro, so that its textual scope reaches the module.
+mod fork;
