@@ -22,7 +22,6 @@ use std::time::Duration;
 const ALLOCATED: u8 = 0x01;
 const INSERTED: u8 = 0x02;
 const ACTIVE: u8 = 0x04;
-const QUEUED: u8 = 0x08;
 const INTERNAL: u8 = 0x10;
 const ONESHOT: u8 = 0x20;
 
@@ -36,6 +35,9 @@ struct Slot {
     pri: u8,
     state: u8,
     timeout: u64,
+    /// Activation number: a queue entry with another number is stale (the
+    /// event was deleted while active, and maybe activated again since).
+    qseq: u32,
     cb: Option<Callback>,
 }
 
@@ -156,7 +158,8 @@ pub struct EventBase {
     free: Vec<u32>,
     evmap: EvMap,
     timers: Timers,
-    queues: Vec<VecDeque<u32>>,
+    /// Per priority: (slot, activation number) in activation order.
+    queues: Vec<VecDeque<(u32, u32)>>,
     n_active: usize,
     n_pending_user: usize,
     cached_now: Option<u64>,
@@ -471,7 +474,7 @@ impl EventBase {
             s.flags = flags;
             s.res = EventFlags::NONE;
             s.pri = pri;
-            s.state = (s.state & QUEUED) | ALLOCATED | extra;
+            s.state = ALLOCATED | extra;
             s.timeout = NO_TIMEOUT;
             s.cb = Some(cb);
             EventId { idx, generation: s.generation }
@@ -485,6 +488,7 @@ impl EventBase {
                 pri,
                 state: ALLOCATED | extra,
                 timeout: NO_TIMEOUT,
+                qseq: 0,
                 cb: Some(cb),
             });
             EventId { idx, generation: 1 }
@@ -624,7 +628,7 @@ impl EventBase {
         let _ = self.del_idx(id.idx, true);
         let s = &mut self.slots[id.idx as usize];
         s.generation = s.generation.wrapping_add(1).max(1);
-        s.state &= QUEUED;
+        s.state = 0;
         s.cb = None;
         s.fd = -1;
         self.free.push(id.idx);
@@ -647,11 +651,13 @@ impl EventBase {
         }
         s.state |= ACTIVE;
         self.n_active += 1;
-        if s.state & QUEUED == 0 {
-            s.state |= QUEUED;
-            let q = (s.pri as usize).min(self.queues.len() - 1);
-            self.queues[q].push_back(idx);
-        }
+        // A queue entry left by a delete while active is stale: it may sit
+        // in another priority's queue (or one priority_init dropped), or
+        // ahead of events activated since. Queue afresh; the old entry is
+        // skipped by its activation number.
+        s.qseq = s.qseq.wrapping_add(1);
+        let q = (s.pri as usize).min(self.queues.len() - 1);
+        self.queues[q].push_back((idx, s.qseq));
     }
 
     /// What `id` is pending or active for, among `what`; with TIMEOUT, also
@@ -887,15 +893,30 @@ impl EventBase {
         expired.clear();
         self.timers.pop_expired(now, &mut expired);
         for &idx in &expired {
-            // The timer is gone; a non-persistent event stops being pending
-            // when it runs (del_idx then).
+            // The timer is gone: recount, or an expired pure timer stays
+            // counted as pending and `dispatch` never returns NoEvents. A
+            // non-persistent io event stays pending (inserted) until it runs.
+            self.recount(idx, true);
             self.activate(idx, EventFlags::TIMEOUT);
         }
         self.expired = expired;
     }
 
     fn process_active(&mut self) -> usize {
-        let Some(pri) = self.queues.iter().position(|q| !q.is_empty()) else { return 0 };
+        // The most urgent queue with a live entry: a queue holding only
+        // stale entries must not use up the turn (NONBLOCK would run nothing).
+        let Some(pri) = (0..self.queues.len()).find(|&p| {
+            while let Some(&(idx, seq)) = self.queues[p].front() {
+                let s = &self.slots[idx as usize];
+                if s.qseq == seq && s.state & ACTIVE != 0 {
+                    return true;
+                }
+                self.queues[p].pop_front();
+            }
+            false
+        }) else {
+            return 0;
+        };
         let limited = pri >= self.min_priority;
         let max_cb = if limited { self.max_callbacks.unwrap_or(usize::MAX) } else { usize::MAX };
         let until = if limited {
@@ -906,10 +927,9 @@ impl EventBase {
         let n = self.queues[pri].len();
         let mut ran = 0;
         for _ in 0..n {
-            let Some(idx) = self.queues[pri].pop_front() else { break };
-            let s = &mut self.slots[idx as usize];
-            s.state &= !QUEUED;
-            if s.state & ACTIVE == 0 {
+            let Some((idx, seq)) = self.queues[pri].pop_front() else { break };
+            let s = &self.slots[idx as usize];
+            if s.qseq != seq || s.state & ACTIVE == 0 {
                 continue;
             }
             self.run_one(idx);

@@ -132,7 +132,10 @@ impl Backend for EpollBackend {
         self.change(fd, old, old | delta)
     }
     fn del(&mut self, fd: RawFd, old: EventFlags, delta: EventFlags) -> io::Result<()> {
-        let mut new = old & !(delta & EventFlags::IO);
+        // The evmap sets ET in `delta` exactly when the remaining interest is
+        // still edge-triggered: once the last ET event on the fd is gone the
+        // others are level-triggered again.
+        let mut new = (old & EventFlags::IO & !(delta & EventFlags::IO)) | (delta & EventFlags::ET);
         if (new & EventFlags::IO).is_empty() {
             new = EventFlags::NONE;
         }
