@@ -14,7 +14,7 @@
 //! be read before the ROT13 stream.
 
 use super::metrics::Counter;
-use super::worker::Shared;
+use super::worker::{LANE_BULK, LANE_INTERACTIVE, Shared};
 use crate::protocol::Framer;
 use crate::reactor::{BevEvent, BufferEvent, EventBase, EventFlags};
 use std::rc::Rc;
@@ -38,15 +38,24 @@ pub struct Conn {
     pub(crate) phase: Phase,
     /// Input bytes already counted as received.
     pub(crate) carried: u32,
+    /// Lane bookkeeping: bytes received in the current window...
+    pub(crate) window_bytes: u32,
+    /// ...which started at this time (ms of the base's clock)...
+    pub(crate) window_start: u32,
+    /// ...and when the connection last moved bulk_after_bytes in a window.
+    pub(crate) last_heavy: u32,
+    /// The lane (a priority of the worker's base).
+    pub(crate) lane: u8,
 }
 
 /// The bufferevent of a connection.
 pub type ConnBev = BufferEvent<Conn>;
 
 /// Read callback: answer every complete line.
-pub(crate) fn on_read(_base: &mut EventBase, bev: &mut ConnBev) {
+pub(crate) fn on_read(base: &mut EventBase, bev: &mut ConnBev) {
     let before = bev.input.len();
     let received = before.saturating_sub(bev.ctx.carried as usize) as u64;
+    update_lane(base, bev, received);
     let out_before = bev.output.len();
     let lines = bev.ctx.framer.process(&mut bev.input, &mut bev.output);
     let sent = bev.output.len().saturating_sub(out_before) as u64;
@@ -58,6 +67,31 @@ pub(crate) fn on_read(_base: &mut EventBase, bev: &mut ConnBev) {
     }
     if sent > 0 {
         sh.count(Counter::BytesSent, sent);
+    }
+}
+
+/// Moves a connection to the bulk lane after heavy traffic and back once it
+/// has been quiet: a bulk sender then waits behind interactive clients.
+fn update_lane(base: &mut EventBase, bev: &mut ConnBev, received: u64) {
+    let Some(lanes) = bev.ctx.shared.lanes() else { return };
+    let now = base.now().as_millis() as u32;
+    let c = &mut bev.ctx;
+    if now.wrapping_sub(c.window_start) >= lanes.window_ms {
+        c.window_start = now;
+        c.window_bytes = 0;
+    }
+    c.window_bytes = c.window_bytes.saturating_add(received.min(u32::MAX as u64) as u32);
+    let want = if c.window_bytes >= lanes.bulk_after_bytes {
+        c.last_heavy = now;
+        LANE_BULK
+    } else if c.lane == LANE_BULK as u8 && now.wrapping_sub(c.last_heavy) < lanes.quiet_ms {
+        LANE_BULK
+    } else {
+        LANE_INTERACTIVE
+    };
+    if want as u8 != c.lane && bev.set_priority(base, want).is_ok() {
+        tracing::trace!(target: "rot13d", fd = bev.fd(), lane = want, "lane changed");
+        bev.ctx.lane = want as u8;
     }
 }
 

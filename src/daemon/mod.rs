@@ -33,6 +33,11 @@ use worker::{LANES, WorkerParams};
 /// when `max_connections` is derived from it.
 const FD_RESERVE: u64 = 64;
 
+/// Bulk callbacks per loop turn when lanes are on and no limit is set.
+const BULK_TURN_CALLBACKS: usize = 8;
+/// Longest run of bulk callbacks per loop turn in that case.
+const BULK_TURN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// What the start-up knows beyond the settings (the command line, for
 /// reloads).
 pub struct Startup {
@@ -131,6 +136,11 @@ pub(crate) fn worker_params(s: &Settings) -> WorkerParams {
         write_low_watermark: s.write_low_watermark,
         max_connections: s.max_connections.unwrap_or(1024),
         shutdown_grace: s.shutdown_grace,
+        lanes: s.lanes.enabled.then(|| worker::LaneParams {
+            bulk_after_bytes: s.lanes.bulk_after_bytes.min(u32::MAX as u64) as u32,
+            window_ms: s.lanes.bulk_window.as_millis().clamp(1, u32::MAX as u128) as u32,
+            quiet_ms: s.lanes.quiet.as_millis().min(u32::MAX as u128) as u32,
+        }),
     }
 }
 
@@ -186,7 +196,14 @@ pub fn reactor_config(s: &Settings) -> Result<EventConfig, Error> {
         cfg.set_flag(BaseFlags::IGNORE_ENV);
     }
     cfg.set_flag(BaseFlags::NOLOCK);
-    cfg.set_max_dispatch_interval(r.max_dispatch_interval, r.max_callbacks.map(|n| n as usize), r.min_priority);
+    if s.lanes.enabled && r.max_dispatch_interval.is_none() && r.max_callbacks.is_none() {
+        // Lanes without explicit limits: a turn runs at most this many bulk
+        // callbacks (each up to one 64 KiB read) before interactive
+        // connections are looked at again.
+        cfg.set_max_dispatch_interval(Some(BULK_TURN_INTERVAL), Some(BULK_TURN_CALLBACKS), worker::LANE_BULK);
+    } else {
+        cfg.set_max_dispatch_interval(r.max_dispatch_interval, r.max_callbacks.map(|n| n as usize), r.min_priority);
+    }
     Ok(cfg)
 }
 

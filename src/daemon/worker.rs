@@ -55,6 +55,19 @@ pub struct WorkerParams {
     pub max_connections: usize,
     /// How long a drain waits for busy connections.
     pub shutdown_grace: Duration,
+    /// Priority lanes (None = one lane for everything).
+    pub lanes: Option<LaneParams>,
+}
+
+/// When a connection changes lanes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LaneParams {
+    /// Bytes within one window that make a connection bulk.
+    pub bulk_after_bytes: u32,
+    /// The window, ms.
+    pub window_ms: u32,
+    /// Time below the threshold before a bulk connection is interactive again, ms.
+    pub quiet_ms: u32,
 }
 
 struct Listening {
@@ -83,6 +96,11 @@ impl Shared {
     /// Adds to one of this process's counters.
     pub fn count(&self, c: Counter, n: u64) {
         self.metrics.add(self.slot, c, n);
+    }
+
+    /// The lane parameters of new reads.
+    pub fn lanes(&self) -> Option<LaneParams> {
+        self.params.borrow().lanes
     }
 
     /// Connections open in this process.
@@ -181,8 +199,17 @@ impl Shared {
             c.push(None);
             (c.len() - 1) as u32
         });
-        let conn =
-            Conn { framer: Framer::new(params.max_line), shared: self.clone(), id, phase: Phase::Stream, carried: 0 };
+        let conn = Conn {
+            framer: Framer::new(params.max_line),
+            shared: self.clone(),
+            id,
+            phase: Phase::Stream,
+            carried: 0,
+            window_bytes: 0,
+            window_start: base.now().as_millis() as u32,
+            last_heavy: 0,
+            lane: LANE_INTERACTIVE as u8,
+        };
         let bev = BufferEvent::socket_new(base, fd, BevOptions::CLOSE_ON_FREE, conn)?;
         let setup = bev.with(|b: &mut ConnBev| -> std::io::Result<()> {
             b.setcb(Some(connection::on_read), None, Some(connection::on_event));
