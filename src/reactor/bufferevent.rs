@@ -533,10 +533,16 @@ impl<C: 'static> BufferEvent<C> {
                 let _ = self.sync_read(base);
                 self.report(base, BevEvent::READING | BevEvent::EOF);
             }
-            Ok(_) => {
+            Ok(n) => {
                 self.check_read_watermark(base);
                 if self.input.len() >= self.read_low as usize {
                     self.call_read(base);
+                }
+                // A short read drained the socket: the connection may stay
+                // quiet now, so what is left of the input (a partial line)
+                // moves out of its read-size chunk into an exact allocation.
+                if n < max.min(self.input.read_size()) && !self.freed {
+                    self.input.shrink();
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {}
