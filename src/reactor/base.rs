@@ -8,7 +8,7 @@
 
 use super::backend::{self, Backend, BackendInfo, Features};
 use super::config::{BaseFlags, EventConfig};
-use super::event::{Callback, EventFlags, EventId};
+use super::event::{Cb, EventFlags, EventId, Handler};
 use super::evmap::EvMap;
 use super::signal::SignalPipe;
 use super::timer::Timers;
@@ -38,7 +38,7 @@ struct Slot {
     /// Activation number: a queue entry with another number is stale (the
     /// event was deleted while active, and maybe activated again since).
     qseq: u32,
-    cb: Option<Callback>,
+    cb: Option<Cb>,
 }
 
 /// Flags of one loop run (libevent's `EVLOOP_*`).
@@ -419,19 +419,25 @@ impl EventBase {
         flags: EventFlags,
         cb: impl FnMut(&mut EventBase, EventId, EventFlags) + 'static,
     ) -> EventId {
-        self.alloc(fd, flags, Box::new(cb), 0)
+        self.alloc(fd, flags, Cb::Boxed(Box::new(cb)), 0)
+    }
+
+    /// Creates an event served by a shared [`Handler`] (no allocation per
+    /// event: a bufferevent's two events share one handler).
+    pub fn new_event_with(&mut self, fd: RawFd, flags: EventFlags, handler: std::rc::Rc<dyn Handler>) -> EventId {
+        self.alloc(fd, flags, Cb::Shared(handler), 0)
     }
 
     /// A timer event (`evtimer_new`).
     #[doc(alias = "evtimer_new")]
     pub fn new_timer(&mut self, cb: impl FnMut(&mut EventBase, EventId, EventFlags) + 'static) -> EventId {
-        self.alloc(-1, EventFlags::NONE, Box::new(cb), 0)
+        self.alloc(-1, EventFlags::NONE, Cb::Boxed(Box::new(cb)), 0)
     }
 
     /// A persistent signal event (`evsignal_new`).
     #[doc(alias = "evsignal_new")]
     pub fn new_signal(&mut self, sig: i32, cb: impl FnMut(&mut EventBase, EventId, EventFlags) + 'static) -> EventId {
-        self.alloc(sig, EventFlags::SIGNAL | EventFlags::PERSIST, Box::new(cb), 0)
+        self.alloc(sig, EventFlags::SIGNAL | EventFlags::PERSIST, Cb::Boxed(Box::new(cb)), 0)
     }
 
     /// Runs `cb` once when `fd` is ready for `flags` or after `timeout`
@@ -451,11 +457,11 @@ impl EventBase {
         let id = self.alloc(
             fd,
             flags,
-            Box::new(move |b: &mut EventBase, _, res| {
+            Cb::Boxed(Box::new(move |b: &mut EventBase, _, res| {
                 if let Some(f) = cb.take() {
                     f(b, res)
                 }
-            }),
+            })),
             ONESHOT,
         );
         let timeout = if flags.intersects(EventFlags::IO) { timeout } else { Some(timeout.unwrap_or_default()) };
@@ -466,7 +472,7 @@ impl EventBase {
         Ok(id)
     }
 
-    fn alloc(&mut self, fd: RawFd, flags: EventFlags, cb: Callback, extra: u8) -> EventId {
+    fn alloc(&mut self, fd: RawFd, flags: EventFlags, cb: Cb, extra: u8) -> EventId {
         let pri = (self.queues.len() / 2) as u8;
         if let Some(idx) = self.free.pop() {
             let s = &mut self.slots[idx as usize];
@@ -710,8 +716,12 @@ impl EventBase {
         let sp = SignalPipe::new()?;
         let fd = sp.read_fd();
         self.signals = Some(sp);
-        let id =
-            self.alloc(fd, EventFlags::READ | EventFlags::PERSIST, Box::new(|b, _, _| b.deliver_signals()), INTERNAL);
+        let id = self.alloc(
+            fd,
+            EventFlags::READ | EventFlags::PERSIST,
+            Cb::Boxed(Box::new(|b, _, _| b.deliver_signals())),
+            INTERNAL,
+        );
         self.slots[id.idx as usize].pri = 0;
         self.signal_ev = id;
         self.add(id, None)
@@ -741,8 +751,12 @@ impl EventBase {
             let shared = Arc::new(WakeShared { fd: sys::eventfd()?, cmds: Mutex::new(Vec::new()) });
             let fd = shared.fd.as_raw_fd();
             self.wake = Some(shared);
-            let id =
-                self.alloc(fd, EventFlags::READ | EventFlags::PERSIST, Box::new(|b, _, _| b.run_commands()), INTERNAL);
+            let id = self.alloc(
+                fd,
+                EventFlags::READ | EventFlags::PERSIST,
+                Cb::Boxed(Box::new(|b, _, _| b.run_commands())),
+                INTERNAL,
+            );
             self.slots[id.idx as usize].pri = 0;
             self.wake_ev = id;
             self.add(id, None)?;
@@ -963,7 +977,11 @@ impl EventBase {
             self.recount(idx, was);
         }
         let Some(mut cb) = self.slots[idx as usize].cb.take() else { return };
-        cb(self, EventId { idx, generation }, res);
+        let id = EventId { idx, generation };
+        match &mut cb {
+            Cb::Boxed(f) => f(self, id, res),
+            Cb::Shared(h) => h.handle(self, id, res),
+        }
         let s = &mut self.slots[idx as usize];
         if s.generation == generation && s.state & ALLOCATED != 0 {
             if oneshot {

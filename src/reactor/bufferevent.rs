@@ -23,7 +23,7 @@
 
 use super::base::EventBase;
 use super::evbuffer::EvBuffer;
-use super::event::{EventFlags, EventId};
+use super::event::{EventFlags, EventId, Handler};
 use crate::sys;
 use std::cell::RefCell;
 use std::io;
@@ -147,6 +147,21 @@ impl<C: 'static> Bev<C> {
     }
 }
 
+/// An optional timeout in 8 bytes (nanoseconds; MAX = none), where
+/// `Option<Duration>` takes 16: it is stored twice per connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Timeout(u64);
+
+impl Timeout {
+    const NONE: Timeout = Timeout(u64::MAX);
+    fn new(d: Option<Duration>) -> Timeout {
+        d.map_or(Timeout::NONE, |d| Timeout(d.as_nanos().min(u64::MAX as u128 - 1) as u64))
+    }
+    fn get(self) -> Option<Duration> {
+        (self != Timeout::NONE).then(|| Duration::from_nanos(self.0))
+    }
+}
+
 const DEFER_READ: u8 = 0x01;
 const DEFER_WRITE: u8 = 0x02;
 
@@ -173,8 +188,8 @@ pub struct BufferEvent<C: 'static> {
     write_low: u32,
     bp_high: u32,
     bp_low: u32,
-    read_timeout: Option<Duration>,
-    write_timeout: Option<Duration>,
+    read_timeout: Timeout,
+    write_timeout: Timeout,
     options: BevOptions,
     read_added: bool,
     write_added: bool,
@@ -183,7 +198,7 @@ pub struct BufferEvent<C: 'static> {
     connecting: bool,
     deferred: u8,
     deferred_events: BevEvent,
-    last_error: Option<i32>,
+    last_error: i32,
 }
 
 impl<C: 'static> BufferEvent<C> {
@@ -211,8 +226,8 @@ impl<C: 'static> BufferEvent<C> {
             write_low: 0,
             bp_high: 0,
             bp_low: 0,
-            read_timeout: None,
-            write_timeout: None,
+            read_timeout: Timeout::NONE,
+            write_timeout: Timeout::NONE,
             options: options | BevOptions::CLOSE_ON_FREE,
             read_added: false,
             write_added: false,
@@ -221,27 +236,14 @@ impl<C: 'static> BufferEvent<C> {
             connecting: false,
             deferred: 0,
             deferred_events: BevEvent::default(),
-            last_error: None,
+            last_error: 0,
         }));
-        let r = bev.clone();
-        let read_ev = base.new_event(raw, EventFlags::READ | EventFlags::PERSIST, move |base, _, what| {
-            if let Ok(mut b) = r.try_borrow_mut() {
-                b.on_read(base, what);
-            }
-        });
-        let w = bev.clone();
-        let write_ev = base.new_event(raw, EventFlags::WRITE | EventFlags::PERSIST, move |base, _, what| {
-            if let Ok(mut b) = w.try_borrow_mut() {
-                b.on_write(base, what);
-            }
-        });
+        // One shared handler for both events: no closure allocation each.
+        let handler: Rc<dyn Handler> = bev.clone();
+        let read_ev = base.new_event_with(raw, EventFlags::READ | EventFlags::PERSIST, handler.clone());
+        let write_ev = base.new_event_with(raw, EventFlags::WRITE | EventFlags::PERSIST, handler.clone());
         let defer_ev = if options.contains(BevOptions::DEFER_CALLBACKS) {
-            let d = bev.clone();
-            base.new_event(-1, EventFlags::NONE, move |base, _, _| {
-                if let Ok(mut b) = d.try_borrow_mut() {
-                    b.run_deferred(base);
-                }
-            })
+            base.new_event_with(-1, EventFlags::NONE, handler)
         } else {
             EventId::INVALID
         };
@@ -269,7 +271,7 @@ impl<C: 'static> BufferEvent<C> {
             b.connecting = pending;
             if pending {
                 b.write_added = true;
-                base.add(b.write_ev, b.write_timeout)
+                base.add(b.write_ev, b.write_timeout.get())
             } else {
                 Ok(())
             }
@@ -311,7 +313,7 @@ impl<C: 'static> BufferEvent<C> {
 
     /// The last OS error seen (with an ERROR event).
     pub fn last_error(&self) -> Option<io::Error> {
-        self.last_error.map(io::Error::from_raw_os_error)
+        (self.last_error != 0).then(|| io::Error::from_raw_os_error(self.last_error))
     }
 
     /// What is enabled.
@@ -380,7 +382,7 @@ impl<C: 'static> BufferEvent<C> {
         let want = self.enabled.contains(EventFlags::READ) && self.suspend.is_empty() && !self.freed;
         if want && !self.read_added {
             self.read_added = true;
-            base.add(self.read_ev, self.read_timeout)?;
+            base.add(self.read_ev, self.read_timeout.get())?;
         } else if !want && self.read_added {
             self.read_added = false;
             base.del(self.read_ev)?;
@@ -416,8 +418,8 @@ impl<C: 'static> BufferEvent<C> {
     /// duration as a common timeout of the base first makes re-arming O(1).
     #[doc(alias = "bufferevent_set_timeouts")]
     pub fn set_timeouts(&mut self, base: &mut EventBase, read: Option<Duration>, write: Option<Duration>) {
-        self.read_timeout = read;
-        self.write_timeout = write;
+        self.read_timeout = Timeout::new(read);
+        self.write_timeout = Timeout::new(write);
         if self.read_added {
             let _ = base.add(self.read_ev, read);
         }
@@ -547,7 +549,7 @@ impl<C: 'static> BufferEvent<C> {
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
-                self.last_error = e.raw_os_error();
+                self.last_error = e.raw_os_error().unwrap_or(libc::EIO);
                 self.report(base, BevEvent::READING | BevEvent::ERROR);
             }
         }
@@ -565,7 +567,7 @@ impl<C: 'static> BufferEvent<C> {
             self.connecting = false;
             let err = sys::borrow(self.fd).and_then(|fd| socket2::SockRef::from(&fd).take_error().ok().flatten());
             if let Some(e) = err {
-                self.last_error = e.raw_os_error();
+                self.last_error = e.raw_os_error().unwrap_or(libc::EIO);
                 self.report(base, BevEvent::ERROR);
                 return;
             }
@@ -603,7 +605,7 @@ impl<C: 'static> BufferEvent<C> {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    self.last_error = e.raw_os_error();
+                    self.last_error = e.raw_os_error().unwrap_or(libc::EIO);
                     self.report(base, BevEvent::WRITING | BevEvent::ERROR);
                     return;
                 }
@@ -618,7 +620,7 @@ impl<C: 'static> BufferEvent<C> {
         } else if !self.write_added || progressed {
             // (Re-)arm: the write timeout counts from the last progress.
             self.write_added = true;
-            let _ = base.add(self.write_ev, self.write_timeout);
+            let _ = base.add(self.write_ev, self.write_timeout.get());
         }
         self.check_backpressure(base);
         if self.closing && self.output.is_empty() {
@@ -704,6 +706,21 @@ impl<C: 'static> BufferEvent<C> {
         }
         if !self.freed {
             self.check_read_watermark(base);
+        }
+    }
+}
+
+impl<C: 'static> Handler for RefCell<BufferEvent<C>> {
+    fn handle(&self, base: &mut EventBase, id: EventId, what: EventFlags) {
+        // A nested borrow cannot happen in the single-threaded loop; if it
+        // did, skipping the event is safer than a panic.
+        let Ok(mut b) = self.try_borrow_mut() else { return };
+        if id == b.read_ev {
+            b.on_read(base, what);
+        } else if id == b.write_ev {
+            b.on_write(base, what);
+        } else if id == b.defer_ev {
+            b.run_deferred(base);
         }
     }
 }

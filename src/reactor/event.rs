@@ -122,3 +122,17 @@ impl EventId {
 
 /// An event callback: gets the base, its own id and what happened.
 pub type Callback = Box<dyn FnMut(&mut EventBase, EventId, EventFlags)>;
+
+/// A shared handler: one object that serves several events (a
+/// bufferevent's read and write events), told apart by the [`EventId`],
+/// with no boxed closure per event.
+pub trait Handler {
+    /// Event `id` fired with `what`.
+    fn handle(&self, base: &mut EventBase, id: EventId, what: EventFlags);
+}
+
+/// What a slot calls.
+pub(crate) enum Cb {
+    Boxed(Callback),
+    Shared(std::rc::Rc<dyn Handler>),
+}

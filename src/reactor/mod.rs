@@ -39,4 +39,4 @@ pub use base::{BaseError, BaseHandle, EventBase, LoopExit, LoopFlags};
 pub use bufferevent::{Bev, BevEvent, BevOptions, BufferEvent, Suspend};
 pub use config::{BaseFlags, EventConfig};
 pub use evbuffer::EvBuffer;
-pub use event::{Callback, EventFlags, EventId};
+pub use event::{Callback, EventFlags, EventId, Handler};
