@@ -281,6 +281,12 @@ impl EvBuffer {
         self.chunks.iter().map(Chunk::bytes)
     }
 
+    /// The queued bytes of chunk `i` (0 = front), as [`chunks`](EvBuffer::chunks)
+    /// yields them; `None` past the last chunk.
+    pub fn chunk(&self, i: usize) -> Option<&[u8]> {
+        self.chunks.get(i).map(Chunk::bytes)
+    }
+
     /// Heap bytes this buffer holds: its blocks plus its chunk array.
     pub fn heap_size(&self) -> usize {
         let blocks: usize = self.chunks.iter().map(|c| c.data.capacity()).sum();
