@@ -405,6 +405,56 @@ mod tests {
         run(&parts, 100);
     }
 
+    #[test]
+    fn idle_connection_memory_is_small() -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let (client, server) = crate::sys::socketpair()?;
+        let mut data = Vec::new();
+        for _ in 0..2000 {
+            data.extend_from_slice(b"The quick brown fox jumps over the lazy dog\r\n");
+        }
+        data.extend_from_slice(b"partial line, no LF yet");
+        let mut framer = Framer::default();
+        let mut input = EvBuffer::new();
+        let mut output = EvBuffer::new();
+        let mut sent = 0;
+        let mut echoed = 0;
+        let mut scratch = vec![0u8; 1 << 16];
+        let expected = reference_output(&data, DEFAULT_MAX_LINE, false);
+        while sent < data.len() || echoed < expected.len() {
+            if sent < data.len()
+                && let Ok(n) = crate::sys::write(client.as_raw_fd(), &data[sent..])
+            {
+                sent += n;
+            }
+            while let Ok(n) = input.read_from(server.as_raw_fd(), usize::MAX) {
+                assert!(n > 0);
+                framer.process(&mut input, &mut output);
+            }
+            while !output.is_empty() && output.write_to(server.as_raw_fd()).is_ok() {}
+            if let Ok(n) = crate::sys::read(client.as_raw_fd(), &mut scratch) {
+                echoed += n;
+            }
+        }
+        assert_eq!(echoed, expected.len());
+        assert_eq!(input.len(), 23);
+        // Going idle: compact both sides.
+        input.shrink();
+        output.shrink();
+        let total = input.heap_size()
+            + output.heap_size()
+            + 2 * std::mem::size_of::<EvBuffer>()
+            + std::mem::size_of::<Framer>();
+        assert!(total < 512, "idle connection holds {total} bytes");
+        assert_eq!(output.heap_size(), 0);
+        // And it still works afterwards.
+        crate::sys::write(client.as_raw_fd(), b"!\n")?;
+        input.read_from(server.as_raw_fd(), usize::MAX)?;
+        assert_eq!(framer.process(&mut input, &mut output), 1);
+        assert_eq!(contents(&output), b"cnegvny yvar, ab YS lrg!\n");
+        Ok(())
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
