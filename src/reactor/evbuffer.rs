@@ -281,6 +281,12 @@ impl EvBuffer {
         self.chunks.iter().map(Chunk::bytes)
     }
 
+    /// The queued bytes of chunk `i` (0 = front), as [`chunks`](EvBuffer::chunks)
+    /// yields them; `None` past the last chunk.
+    pub fn chunk(&self, i: usize) -> Option<&[u8]> {
+        self.chunks.get(i).map(Chunk::bytes)
+    }
+
     /// Heap bytes this buffer holds: its blocks plus its chunk array.
     pub fn heap_size(&self) -> usize {
         let blocks: usize = self.chunks.iter().map(|c| c.data.capacity()).sum();
@@ -301,18 +307,30 @@ impl EvBuffer {
     /// Appends a copy of `data`.
     #[doc(alias = "evbuffer_add")]
     pub fn add(&mut self, data: &[u8]) {
+        self.add_with(data, |_| {});
+    }
+
+    /// Appends a copy of `data` and calls `f` on the copy in place (one
+    /// call per chunk it landed in), e.g. to rotate a line while copying it
+    /// without an intermediate buffer.
+    pub fn add_with(&mut self, data: &[u8], mut f: impl FnMut(&mut [u8])) {
         if data.is_empty() {
             return;
         }
         self.len += data.len();
         let mut rest = data;
         if let Some(tail) = self.chunks.back_mut() {
+            let at = tail.end;
             let n = tail.append(rest);
+            if n > 0 {
+                f(&mut tail.data[at..at + n]);
+            }
             rest = &rest[n..];
         }
         if !rest.is_empty() {
             let mut c = new_chunk(rest.len(), MIN_CHUNK);
             c.append(rest);
+            f(c.bytes_mut());
             self.chunks.push_back(c);
         }
     }
@@ -1038,6 +1056,7 @@ mod tests {
     #[derive(Clone, Debug)]
     enum Op {
         Add(Vec<u8>),
+        AddWith(Vec<u8>),
         AddVec(Vec<u8>),
         Prepend(Vec<u8>),
         Remove(usize),
@@ -1078,6 +1097,7 @@ mod tests {
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             4 => bytes(40).prop_map(Op::Add),
+            1 => bytes(40).prop_map(Op::AddWith),
             4 => bytes(40).prop_map(Op::AddVec),
             1 => bytes(20).prop_map(Op::Prepend),
             1 => (0usize..50).prop_map(Op::Remove),
@@ -1140,6 +1160,10 @@ mod tests {
             Op::Add(d) => {
                 buf.add(&d);
                 model.extend_from_slice(&d);
+            }
+            Op::AddWith(d) => {
+                buf.add_with(&d, |s| s.iter_mut().for_each(|x| *x ^= 0x20));
+                model.extend(d.iter().map(|x| x ^ 0x20));
             }
             Op::AddVec(d) => {
                 model.extend_from_slice(&d);
