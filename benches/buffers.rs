@@ -173,10 +173,10 @@ fn bench_pipeline(c: &mut Criterion) {
                 let mut sent = 0;
                 let mut echoed = 0;
                 while echoed < data.len() {
-                    if sent < data.len() {
-                        if let Ok(n) = sys::write(cli.as_raw_fd(), &data[sent..]) {
-                            sent += n;
-                        }
+                    if sent < data.len()
+                        && let Ok(n) = sys::write(cli.as_raw_fd(), &data[sent..])
+                    {
+                        sent += n;
                     }
                     loop {
                         match input.read_from(srv.as_raw_fd(), usize::MAX) {
