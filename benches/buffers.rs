@@ -7,8 +7,8 @@ use std::hint::black_box;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use rot13d::reactor::evbuffer::{Eol, EvBuffer};
 use rot13d::protocol::{DEFAULT_MAX_LINE, Framer};
+use rot13d::reactor::evbuffer::{Eol, EvBuffer};
 use rot13d::rot13::{rot13_in_place, rot13_into};
 use rot13d::sys;
 

@@ -11,6 +11,7 @@ pub mod process;
 pub mod select;
 pub mod shm;
 pub mod signal;
+pub mod simd;
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
