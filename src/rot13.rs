@@ -119,7 +119,7 @@ mod tests {
                     rng ^= rng << 13;
                     rng ^= rng >> 17;
                     rng ^= rng << 5;
-                    if rng % 7 == 0 { b'\n' } else { rng as u8 }
+                    if rng.is_multiple_of(7) { b'\n' } else { rng as u8 }
                 })
                 .collect();
             let mut got = data.clone();
