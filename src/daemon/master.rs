@@ -70,6 +70,7 @@ pub struct Master {
     backoff: Duration,
     stopping: bool,
     pid: i32,
+    admin: Option<Rc<super::admin::Admin>>,
 }
 
 impl Master {
@@ -97,6 +98,7 @@ impl Master {
             backoff: Duration::ZERO,
             stopping: false,
             pid: process::getpid(),
+            admin: None,
         })
     }
 
@@ -122,9 +124,27 @@ impl Master {
         Ok(())
     }
 
+    /// (Re)starts the admin endpoint on the current admin listener.
+    fn restart_admin(&mut self) {
+        let fd = self.listeners.iter().find(|l| l.kind == Kind::Admin).map(|l| l.raw());
+        if self.admin.as_ref().map(|a| a.fd()) == fd {
+            return;
+        }
+        if let Some(a) = self.admin.take() {
+            a.stop(&mut self.base);
+        }
+        if let Some(fd) = fd {
+            match super::admin::Admin::start(&mut self.base, fd, self.metrics.clone()) {
+                Ok(a) => self.admin = Some(a),
+                Err(e) => tracing::error!(target: "rot13d", error = %e, "cannot serve the admin endpoint"),
+            }
+        }
+    }
+
     /// Runs until stopped; returns when every worker is gone.
     pub fn run(mut self) -> Result<(), Error> {
         self.watch_signals()?;
+        self.restart_admin();
         for index in 0..self.settings.workers {
             self.spawn(index)?;
         }
@@ -301,6 +321,9 @@ impl Master {
         self.stopping = true;
         tracing::info!(target: "rot13d", workers = self.workers.len(), "graceful stop");
         super::sdnotify::notify("STOPPING=1");
+        if let Some(a) = self.admin.take() {
+            a.stop(&mut self.base);
+        }
         // New clients are refused once every copy of the listeners is
         // closed: ours now, the workers' as they begin to drain.
         self.listeners.clear();
@@ -389,8 +412,14 @@ impl Master {
         for l in &old {
             tracing::info!(target: "rot13d", addr = %l.local, kind = %l.kind.as_str(), "listener closed");
         }
+        // The admin endpoint stops with its listener (an address removed).
+        let stale = self.admin.as_ref().is_some_and(|a| old.iter().any(|l| l.raw() == a.fd()));
+        if stale && let Some(a) = self.admin.take() {
+            a.stop(&mut self.base);
+        }
         drop(old);
         self.listeners = next;
+        self.restart_admin();
         let mut settings = new;
         settings.user = self.settings.user.clone();
         settings.group = self.settings.group.clone();

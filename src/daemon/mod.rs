@@ -2,6 +2,7 @@
 //! serve. [`run`] is the start-up sequence; `main.rs` maps its error to an
 //! exit code.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod connection;
@@ -300,6 +301,10 @@ fn serve_standalone(
 ) -> Result<(), Error> {
     let metrics = Rc::new(Metrics::new(1).map_err(|e| Error::os("map the shared counters", e))?);
     let fds: Vec<RawFd> = listeners.iter().filter(|l| l.kind == Kind::Rot13).map(|l| l.fd.as_raw_fd()).collect();
+    let _admin = match listeners.iter().find(|l| l.kind == Kind::Admin) {
+        Some(l) => Some(admin::Admin::start(&mut base, l.raw(), metrics.clone()).map_err(Error::Reactor)?),
+        None => None,
+    };
     // The worker closes the listeners when it drains.
     let _keep = listeners.into_iter().map(|l| std::mem::ManuallyDrop::new(l.fd)).collect::<Vec<_>>();
     let params = worker_params(&settings);
