@@ -34,6 +34,8 @@ pub enum Intent {
     Spawn(usize),
     /// The stop deadline passed: kill what is left.
     Deadline,
+    /// A worker reported that it serves.
+    Ready,
 }
 
 /// How many deaths within [`DEATH_WINDOW`] start the backoff.
@@ -71,6 +73,13 @@ pub struct Master {
     stopping: bool,
     pid: i32,
     admin: Option<Rc<super::admin::Admin>>,
+    /// Workers write their pid here once they serve.
+    ready_read: std::os::fd::OwnedFd,
+    ready_write: std::os::fd::OwnedFd,
+    /// Pids that reported ready.
+    ready: Rc<RefCell<Vec<i32>>>,
+    /// READY=1 is owed to systemd once every current worker serves.
+    ready_owed: bool,
 }
 
 impl Master {
@@ -83,6 +92,7 @@ impl Master {
     ) -> Result<Master, Error> {
         let slots = settings.workers.max(1) * 4;
         let metrics = Rc::new(Metrics::new(slots).map_err(|e| Error::os("map the shared counters", e))?);
+        let (ready_read, ready_write) = sys::pipe().map_err(|e| Error::os("create the readiness pipe", e))?;
         Ok(Master {
             startup,
             settings,
@@ -99,6 +109,10 @@ impl Master {
             stopping: false,
             pid: process::getpid(),
             admin: None,
+            ready_read,
+            ready_write,
+            ready: Rc::new(RefCell::new(Vec::new())),
+            ready_owed: true,
         })
     }
 
@@ -141,9 +155,56 @@ impl Master {
         }
     }
 
+    fn watch_readiness(&mut self) -> Result<(), Error> {
+        use std::os::fd::AsRawFd;
+        let fd = self.ready_read.as_raw_fd();
+        let ready = self.ready.clone();
+        let q = self.intents.clone();
+        let id = self.base.new_event(fd, EventFlags::READ | EventFlags::PERSIST, move |base, _, _| {
+            let mut buf = [0u8; 4 * 64];
+            while let Ok(n) = sys::read(fd, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                for c in buf[..n].chunks_exact(4) {
+                    ready.borrow_mut().push(i32::from_ne_bytes([c[0], c[1], c[2], c[3]]));
+                }
+                if n < buf.len() {
+                    break;
+                }
+            }
+            Master::push(&q, base, Intent::Ready);
+        });
+        self.base.add(id, None).map_err(|e| Error::os("watch worker readiness", e))?;
+        self.own_events.push(id);
+        if let Some(every) = super::sdnotify::watchdog_interval() {
+            let wd = self.base.new_event(-1, EventFlags::PERSIST, |_, _, _| super::sdnotify::notify("WATCHDOG=1"));
+            self.base.add(wd, Some(every)).map_err(|e| Error::os("start the watchdog timer", e))?;
+            self.own_events.push(wd);
+        }
+        Ok(())
+    }
+
+    /// READY=1 once every worker of the current generation serves (at
+    /// start and after a reload).
+    fn check_ready(&mut self) {
+        let ready = self.ready.borrow();
+        let current: Vec<&WorkerProc> = self.workers.iter().filter(|w| !w.retiring).collect();
+        let all = current.len() >= self.settings.workers && current.iter().all(|w| ready.contains(&w.pid));
+        drop(ready);
+        if all && self.ready_owed && !self.stopping {
+            self.ready_owed = false;
+            tracing::info!(target: "rot13d", workers = current.len(), generation = self.generation, "ready");
+            super::sdnotify::notify("READY=1");
+        }
+        let alive: Vec<i32> = self.workers.iter().map(|w| w.pid).collect();
+        self.ready.borrow_mut().retain(|p| alive.contains(p));
+    }
+
     /// Runs until stopped; returns when every worker is gone.
     pub fn run(mut self) -> Result<(), Error> {
         self.watch_signals()?;
+        self.watch_readiness()?;
         self.restart_admin();
         for index in 0..self.settings.workers {
             self.spawn(index)?;
@@ -173,6 +234,7 @@ impl Master {
                 }
             }
             Intent::Reap => self.reap(),
+            Intent::Ready => self.check_ready(),
             Intent::Spawn(index) => {
                 if !self.stopping
                     && !self.workers.iter().any(|w| w.index == index && !w.retiring)
@@ -256,7 +318,10 @@ impl Master {
             tracing::error!(target: "rot13d", error = %e, "worker cannot drop privileges");
             return 71;
         }
-        let code = super::serve(base, rot13, params, self.metrics.clone(), slot, generation, None);
+        use std::os::fd::AsRawFd;
+        sys::close(self.ready_read.as_raw_fd());
+        let ready = Some(self.ready_write.as_raw_fd());
+        let code = super::serve(base, rot13, params, self.metrics.clone(), slot, generation, None, ready);
         match code {
             Ok(()) => 0,
             Err(e) => {
@@ -441,6 +506,7 @@ impl Master {
             let _ = sys::signal::kill(w.pid, libc::SIGTERM);
         }
         tracing::info!(target: "rot13d", generation = self.generation, workers = self.settings.workers, "reloaded");
-        super::sdnotify::notify("READY=1");
+        self.ready_owed = true;
+        self.check_ready();
     }
 }

@@ -122,7 +122,6 @@ fn start(args: Args, mut settings: Settings, cfg: EventConfig, reporter: Option<
         serve_standalone(startup, settings, base, listeners)
     } else {
         let m = master::Master::new(startup, settings, base, listeners)?;
-        sdnotify::notify("READY=1");
         m.run()
     }
 }
@@ -258,6 +257,7 @@ pub(crate) fn serve(
     slot: usize,
     generation: u32,
     mut reload: Option<&mut dyn FnMut() -> Option<WorkerParams>>,
+    ready: Option<RawFd>,
 ) -> Result<(), Error> {
     let shared = worker::start(base, listeners, params, metrics, slot).map_err(Error::Reactor)?;
     let want_reload = Rc::new(Cell::new(false));
@@ -278,6 +278,11 @@ pub(crate) fn serve(
         base.add(id, None).map_err(Error::Reactor)?;
     }
     tracing::info!(target: "rot13d", backend = %base.backend_name(), pid = process::getpid(), generation, "reactor");
+    if let Some(fd) = ready {
+        // Tell the master this worker serves: its pid, one atomic write.
+        let _ = sys::write(fd, &process::getpid().to_ne_bytes());
+        sys::close(fd);
+    }
     sys::signal::unblock_all();
     loop {
         base.run(LoopFlags::NO_EXIT_ON_EMPTY).map_err(Error::Reactor)?;
@@ -330,7 +335,7 @@ fn serve_standalone(
         }
     };
     sdnotify::notify("READY=1");
-    serve(&mut base, &fds, params, metrics, 0, 1, Some(&mut reload))
+    serve(&mut base, &fds, params, metrics, 0, 1, Some(&mut reload), None)
 }
 
 /// The pid file: written after the listeners are bound, removed on exit.
