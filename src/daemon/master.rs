@@ -321,7 +321,9 @@ impl Master {
         use std::os::fd::AsRawFd;
         sys::close(self.ready_read.as_raw_fd());
         let ready = Some(self.ready_write.as_raw_fd());
-        let code = super::serve(base, rot13, params, self.metrics.clone(), slot, generation, None, ready);
+        let args =
+            super::ServeArgs { listeners: rot13, params, metrics: self.metrics.clone(), slot, generation, ready };
+        let code = super::serve(base, args, None);
         match code {
             Ok(()) => 0,
             Err(e) => {

@@ -247,18 +247,30 @@ pub(crate) fn drop_privileges(s: &Settings) -> Result<(), Error> {
     Ok(())
 }
 
+/// What a serving process is given.
+pub(crate) struct ServeArgs<'a> {
+    /// Listening sockets to accept on.
+    pub listeners: &'a [RawFd],
+    /// Its generation's parameters.
+    pub params: WorkerParams,
+    /// The shared counters.
+    pub metrics: Rc<Metrics>,
+    /// Its slot in the counters.
+    pub slot: usize,
+    /// Its generation (for logs).
+    pub generation: u32,
+    /// Where to report "serving" (a worker's readiness pipe).
+    pub ready: Option<RawFd>,
+}
+
 /// Serves on `base` until a graceful drain ends (worker, or workers = 0).
 /// `reload`, for the master serving alone, re-reads the settings on SIGHUP.
 pub(crate) fn serve(
     base: &mut EventBase,
-    listeners: &[RawFd],
-    params: WorkerParams,
-    metrics: Rc<Metrics>,
-    slot: usize,
-    generation: u32,
+    w: ServeArgs<'_>,
     mut reload: Option<&mut dyn FnMut() -> Option<WorkerParams>>,
-    ready: Option<RawFd>,
 ) -> Result<(), Error> {
+    let ServeArgs { listeners, params, metrics, slot, generation, ready } = w;
     let shared = worker::start(base, listeners, params, metrics, slot).map_err(Error::Reactor)?;
     let want_reload = Rc::new(Cell::new(false));
     for sig in [libc::SIGTERM, libc::SIGINT] {
@@ -335,7 +347,11 @@ fn serve_standalone(
         }
     };
     sdnotify::notify("READY=1");
-    serve(&mut base, &fds, params, metrics, 0, 1, Some(&mut reload), None)
+    serve(
+        &mut base,
+        ServeArgs { listeners: &fds, params, metrics, slot: 0, generation: 1, ready: None },
+        Some(&mut reload),
+    )
 }
 
 /// The pid file: written after the listeners are bound, removed on exit.
