@@ -4,7 +4,9 @@
 //! a test per backend: `name::epoll`, `name::epoll_changelist`, `name::poll`
 //! and `name::select` (the ripgrep `rgtest!` idea). A variant list narrows it
 //! where a feature only exists on some backends:
-//! `rtest!(name, [epoll, epoll_changelist], |be| { ... })`.
+//! `rtest!(name, [epoll, epoll_changelist], |be| { ... })`; `rtest!(name,
+//! +et, |be| { ... })` adds `name::epoll_et`, where the io flags the body
+//! asks for through `be.io(..)` are edge-triggered.
 //!
 //! Timing assertions use the elapsed time as a lower bound and a generous
 //! upper bound only (the machine is shared). Tests that touch process-wide
@@ -27,6 +29,8 @@ use std::time::{Duration, Instant};
 pub enum Backend {
     Epoll,
     EpollChangelist,
+    /// epoll with every io event of the test edge-triggered (`be.io(..)`).
+    EpollEt,
     Poll,
     Select,
 }
@@ -34,7 +38,7 @@ pub enum Backend {
 impl Backend {
     pub fn name(self) -> &'static str {
         match self {
-            Backend::Epoll | Backend::EpollChangelist => "epoll",
+            Backend::Epoll | Backend::EpollChangelist | Backend::EpollEt => "epoll",
             Backend::Poll => "poll",
             Backend::Select => "select",
         }
@@ -65,6 +69,11 @@ impl Backend {
     pub fn base(self) -> io::Result<EventBase> {
         self.base_with(&self.config())
     }
+
+    /// The io flags a test asks for, edge-triggered in the `epoll_et` run.
+    pub fn io(self, f: EventFlags) -> EventFlags {
+        if self == Backend::EpollEt { f | EventFlags::ET } else { f }
+    }
 }
 
 macro_rules! rtest {
@@ -76,6 +85,7 @@ macro_rules! rtest {
     };
     (@variant epoll) => { rtest!(@one epoll, Backend::Epoll); };
     (@variant epoll_changelist) => { rtest!(@one epoll_changelist, Backend::EpollChangelist); };
+    (@variant epoll_et) => { rtest!(@one epoll_et, Backend::EpollEt); };
     (@variant poll) => { rtest!(@one poll, Backend::Poll); };
     (@variant select) => { rtest!(@one select, Backend::Select); };
     ($name:ident, [$($variant:ident),+], |$be:ident| $body:block) => {
@@ -89,6 +99,11 @@ macro_rules! rtest {
     };
     ($name:ident, |$be:ident| $body:block) => {
         rtest!($name, [epoll, epoll_changelist, poll, select], |$be| $body);
+    };
+    // Tests whose io events work edge-triggered too (they read everything
+    // on each wake-up): also run as `name::epoll_et`.
+    ($name:ident, +et, |$be:ident| $body:block) => {
+        rtest!($name, [epoll, epoll_changelist, epoll_et, poll, select], |$be| $body);
     };
 }
 
@@ -179,13 +194,13 @@ fn assert_between(elapsed: Duration, lo: Duration, hi: Duration) {
 
 // ----- io ----------------------------------------------------------------------
 
-rtest!(read_event_fires_when_readable, |be| {
+rtest!(read_event_fires_when_readable, +et, |be| {
     let mut b = be.base()?;
     let (x, y) = pair()?;
     let log = Log::default();
     let l = log.clone();
     let fd = x.as_raw_fd();
-    let ev = b.new_event(fd, EventFlags::READ, move |_, _, res| {
+    let ev = b.new_event(fd, be.io(EventFlags::READ), move |_, _, res| {
         l.push(&String::from_utf8_lossy(&take(fd).unwrap_or_default()), res);
     });
     b.add(ev, None)?;
@@ -202,11 +217,11 @@ rtest!(read_event_fires_when_readable, |be| {
     Ok(())
 });
 
-rtest!(write_event_fires_when_writable, |be| {
+rtest!(write_event_fires_when_writable, +et, |be| {
     let mut b = be.base()?;
     let (x, _y) = pair()?;
     let log = Log::default();
-    let ev = b.new_event(x.as_raw_fd(), EventFlags::WRITE, log.cb("w"));
+    let ev = b.new_event(x.as_raw_fd(), be.io(EventFlags::WRITE), log.cb("w"));
     b.add(ev, None)?;
     assert_eq!(b.dispatch()?, LoopExit::NoEvents);
     assert_eq!(log.res(), [EventFlags::WRITE]);
@@ -307,14 +322,14 @@ rtest!(early_close_is_reported, [epoll, epoll_changelist, poll], |be| {
     Ok(())
 });
 
-rtest!(peer_close_reads_eof, |be| {
+rtest!(peer_close_reads_eof, +et, |be| {
     // Every backend reports a closed peer as readable (read gives 0).
     let mut b = be.base()?;
     let (x, y) = pair()?;
     let got = Rc::new(RefCell::new(None));
     let g = got.clone();
     let fd = x.as_raw_fd();
-    let ev = b.new_event(fd, EventFlags::READ, move |_, _, res| {
+    let ev = b.new_event(fd, be.io(EventFlags::READ), move |_, _, res| {
         *g.borrow_mut() = Some((res, take(fd)));
     });
     b.add(ev, None)?;
@@ -324,7 +339,7 @@ rtest!(peer_close_reads_eof, |be| {
     Ok(())
 });
 
-rtest!(fd_closed_and_reopened_within_one_turn, |be| {
+rtest!(fd_closed_and_reopened_within_one_turn, +et, |be| {
     // A server's usual turn: a connection's event is freed and its socket
     // closed, and accept() hands out the same fd number for a new socket,
     // whose event is added before the loop polls again. The new socket must
@@ -334,7 +349,7 @@ rtest!(fd_closed_and_reopened_within_one_turn, |be| {
     let mut b = be.base()?;
     let (x, _y) = pair()?;
     let xfd = x.as_raw_fd();
-    let old = b.new_event(xfd, EventFlags::READ | EventFlags::PERSIST, |_, _, _| panic!("old event ran"));
+    let old = b.new_event(xfd, be.io(EventFlags::READ | EventFlags::PERSIST), |_, _, _| panic!("old event ran"));
     b.add(old, None)?;
     b.run(LoopFlags::NONBLOCK)?;
     b.free(old);
@@ -358,7 +373,7 @@ rtest!(fd_closed_and_reopened_within_one_turn, |be| {
     };
     let n = counter();
     let c = n.clone();
-    let ev = b.new_event(fd.as_raw_fd(), EventFlags::READ | EventFlags::PERSIST, move |_, _, _| {
+    let ev = b.new_event(fd.as_raw_fd(), be.io(EventFlags::READ | EventFlags::PERSIST), move |_, _, _| {
         assert_eq!(take(xfd).as_deref(), Some(&b"new"[..]));
         c.set(c.get() + 1)
     });
@@ -422,12 +437,12 @@ rtest!(readding_a_timer_replaces_its_timeout, |be| {
     Ok(())
 });
 
-rtest!(io_event_timeout, |be| {
+rtest!(io_event_timeout, +et, |be| {
     let mut b = be.base()?;
     let (x, y) = pair()?;
     let log = Log::default();
     // Nothing to read: the timeout fires, and a one-shot event is done.
-    let ev = b.new_event(x.as_raw_fd(), EventFlags::READ, log.cb("idle"));
+    let ev = b.new_event(x.as_raw_fd(), be.io(EventFlags::READ), log.cb("idle"));
     let start = Instant::now();
     b.add(ev, Some(ms(30)))?;
     assert_eq!(b.pending(ev, EventFlags::READ | EventFlags::TIMEOUT).0, EventFlags::READ | EventFlags::TIMEOUT);
@@ -443,7 +458,7 @@ rtest!(io_event_timeout, |be| {
     take(x.as_raw_fd());
     let n = counter();
     let c = n.clone();
-    let pe = b.new_event(x.as_raw_fd(), EventFlags::READ | EventFlags::PERSIST, move |b, id, res| {
+    let pe = b.new_event(x.as_raw_fd(), be.io(EventFlags::READ | EventFlags::PERSIST), move |b, id, res| {
         assert_eq!(res, EventFlags::TIMEOUT);
         c.set(c.get() + 1);
         if c.get() == 3 {
@@ -642,21 +657,21 @@ rtest!(pending_queries, |be| {
     Ok(())
 });
 
-rtest!(once_runs_once_and_frees_itself, |be| {
+rtest!(once_runs_once_and_frees_itself, +et, |be| {
     let mut b = be.base()?;
     let (x, y) = pair()?;
     let log = Log::default();
     let l = log.clone();
-    let io = b.once(x.as_raw_fd(), EventFlags::READ, None, move |_, res| l.push("io", res))?;
+    let io = b.once(x.as_raw_fd(), be.io(EventFlags::READ), None, move |_, res| l.push("io", res))?;
     let l = log.clone();
     let tm = b.once(-1, EventFlags::NONE, Some(ms(20)), move |_, res| l.push("timer", res))?;
     let l = log.clone();
-    let io_to = b.once(x.as_raw_fd(), EventFlags::WRITE | EventFlags::READ, Some(ms(5)), move |_, res| {
+    let io_to = b.once(x.as_raw_fd(), be.io(EventFlags::WRITE | EventFlags::READ), Some(ms(5)), move |_, res| {
         l.push("io_or_timeout", res)
     })?;
     assert!(b.is_valid(io) && b.is_valid(tm) && b.is_valid(io_to));
     // SIGNAL or PERSIST are refused.
-    assert!(b.once(x.as_raw_fd(), EventFlags::READ | EventFlags::PERSIST, None, |_, _| {}).is_err());
+    assert!(b.once(x.as_raw_fd(), be.io(EventFlags::READ | EventFlags::PERSIST), None, |_, _| {}).is_err());
     assert!(b.once(libc::SIGUSR1, EventFlags::SIGNAL, None, |_, _| {}).is_err());
     let start = Instant::now();
     put(&y, b"q")?;
@@ -677,7 +692,7 @@ rtest!(once_runs_once_and_frees_itself, |be| {
     // An io once that times out.
     take(x.as_raw_fd());
     let l = log.clone();
-    b.once(x.as_raw_fd(), EventFlags::READ, Some(ms(10)), move |_, res| l.push("late", res))?;
+    b.once(x.as_raw_fd(), be.io(EventFlags::READ), Some(ms(10)), move |_, res| l.push("late", res))?;
     assert_eq!(b.dispatch()?, LoopExit::NoEvents);
     assert_eq!(log.0.borrow().last().cloned(), Some(("late".to_string(), EventFlags::TIMEOUT)));
     Ok(())
@@ -793,7 +808,7 @@ fn dispatch_rule(be: Backend, limit: impl FnOnce(&mut EventConfig), spin: Durati
     let log = Log::default();
     let fd = x.as_raw_fd();
     let l = log.clone();
-    let urgent = b.new_event(fd, EventFlags::READ, move |_, _, res| {
+    let urgent = b.new_event(fd, be.io(EventFlags::READ), move |_, _, res| {
         take(fd);
         l.push("H", res)
     });
@@ -818,7 +833,7 @@ fn dispatch_rule(be: Backend, limit: impl FnOnce(&mut EventConfig), spin: Durati
     Ok(log.tags())
 }
 
-rtest!(dispatch_rule_max_callbacks, |be| {
+rtest!(dispatch_rule_max_callbacks, +et, |be| {
     let bulk_first: Vec<String> = (0..10).map(|i| format!("L{i}")).chain(["H".to_string()]).collect();
     assert_eq!(dispatch_rule(be, |_| {}, Duration::ZERO)?, bulk_first, "no limit: the turn finishes its queue");
     let got = dispatch_rule(
@@ -844,7 +859,7 @@ rtest!(dispatch_rule_max_callbacks, |be| {
     Ok(())
 });
 
-rtest!(dispatch_rule_max_interval, |be| {
+rtest!(dispatch_rule_max_interval, +et, |be| {
     // Each bulk callback spins 3 ms; the interval is 1 ms: the turn ends
     // after the first one.
     let got = dispatch_rule(
@@ -861,14 +876,14 @@ rtest!(dispatch_rule_max_interval, |be| {
 
 // ----- callbacks changing events -------------------------------------------------
 
-rtest!(callback_deletes_and_readds_itself, |be| {
+rtest!(callback_deletes_and_readds_itself, +et, |be| {
     let mut b = be.base()?;
     let (x, y) = pair()?;
     let n = counter();
     let c = n.clone();
     let fd = x.as_raw_fd();
     // A one-shot event re-adds itself twice, then stops.
-    let ev = b.new_event(fd, EventFlags::READ, move |b, id, _| {
+    let ev = b.new_event(fd, be.io(EventFlags::READ), move |b, id, _| {
         take(fd);
         c.set(c.get() + 1);
         if c.get() < 3 {
@@ -885,7 +900,7 @@ rtest!(callback_deletes_and_readds_itself, |be| {
     // A persistent event deletes itself: it stops.
     let m = counter();
     let c = m.clone();
-    let pe = b.new_event(fd, EventFlags::READ | EventFlags::PERSIST, move |b, id, _| {
+    let pe = b.new_event(fd, be.io(EventFlags::READ | EventFlags::PERSIST), move |b, id, _| {
         c.set(c.get() + 1);
         b.del(id).unwrap();
     });
@@ -1091,6 +1106,27 @@ rtest!(loopexit_with_delay, |be| {
     Ok(())
 });
 
+rtest!(loopexit_now_ends_after_the_current_turn, |be| {
+    // A level-triggered event that never reads would keep the loop busy for
+    // ever; loopexit(None) lets this turn's callbacks run and then stops.
+    let mut b = be.base()?;
+    let (x, y) = pair()?;
+    put(&y, b"unread")?;
+    let n = counter();
+    let c = n.clone();
+    let ev = b.new_event(x.as_raw_fd(), EventFlags::READ | EventFlags::PERSIST, move |_, _, _| c.set(c.get() + 1));
+    b.add(ev, None)?;
+    b.loopexit(None)?;
+    assert_eq!(b.dispatch()?, LoopExit::Done);
+    assert!(b.got_exit());
+    assert_eq!(n.get(), 1);
+    // The request was used up: a NONBLOCK turn runs the event again.
+    b.run(LoopFlags::NONBLOCK)?;
+    assert_eq!(n.get(), 2);
+    assert!(!b.got_exit());
+    Ok(())
+});
+
 rtest!(loopbreak_stops_after_the_current_callback, |be| {
     let mut b = be.base()?;
     let log = Log::default();
@@ -1119,14 +1155,14 @@ rtest!(loopbreak_stops_after_the_current_callback, |be| {
     Ok(())
 });
 
-rtest!(loopcontinue_polls_again_before_the_rest, |be| {
+rtest!(loopcontinue_polls_again_before_the_rest, +et, |be| {
     let mut b = be.base()?;
     b.priority_init(2)?;
     let (x, y) = pair()?;
     let log = Log::default();
     let fd = x.as_raw_fd();
     let l = log.clone();
-    let urgent = b.new_event(fd, EventFlags::READ, move |_, _, _| {
+    let urgent = b.new_event(fd, be.io(EventFlags::READ), move |_, _, _| {
         take(fd);
         l.push("H", EventFlags::NONE)
     });
@@ -1172,18 +1208,18 @@ rtest!(running_loop_cannot_be_reentered, |be| {
 
 // ----- fds, threads, limits --------------------------------------------------
 
-rtest!(dropping_the_base_leaves_user_fds_open, |be| {
+rtest!(dropping_the_base_leaves_user_fds_open, +et, |be| {
     let (x, y) = pair()?;
     {
         let mut b = be.base()?;
-        let r = b.new_event(x.as_raw_fd(), EventFlags::READ | EventFlags::PERSIST, |_, _, _| {});
-        let w = b.new_event(x.as_raw_fd(), EventFlags::WRITE | EventFlags::PERSIST, |_, _, _| {});
-        let z = b.new_event(y.as_raw_fd(), EventFlags::READ, |_, _, _| {});
+        let r = b.new_event(x.as_raw_fd(), be.io(EventFlags::READ | EventFlags::PERSIST), |_, _, _| {});
+        let w = b.new_event(x.as_raw_fd(), be.io(EventFlags::WRITE | EventFlags::PERSIST), |_, _, _| {});
+        let z = b.new_event(y.as_raw_fd(), be.io(EventFlags::READ), |_, _, _| {});
         b.add(r, Some(Duration::from_secs(5)))?;
         b.add(w, None)?;
         b.add(z, None)?;
         b.run(LoopFlags::NONBLOCK)?;
-        let _ = b.once(y.as_raw_fd(), EventFlags::WRITE, None, |_, _| {})?;
+        let _ = b.once(y.as_raw_fd(), be.io(EventFlags::WRITE), None, |_, _| {})?;
     }
     // Both ends still work after the base is gone.
     put(&x, b"alive")?;
@@ -1224,7 +1260,7 @@ rtest!(thread_handle_activates_and_breaks, |be| {
     Ok(())
 });
 
-rtest!(fds_above_fd_setsize, |be| {
+rtest!(fds_above_fd_setsize, +et, |be| {
     // Enough socketpairs that the newest fds are well past 1024.
     let mut pairs = Vec::new();
     while pairs.last().is_none_or(|(_, y): &(OwnedFd, OwnedFd)| y.as_raw_fd() < 1100) {
@@ -1237,7 +1273,7 @@ rtest!(fds_above_fd_setsize, |be| {
         for fd in [x.as_raw_fd(), y.as_raw_fd()] {
             assert!(fd >= 1024);
             let c = n.clone();
-            let ev = b.new_event(fd, EventFlags::READ, move |_, _, _| {
+            let ev = b.new_event(fd, be.io(EventFlags::READ), move |_, _, _| {
                 assert_eq!(take(fd).as_deref(), Some(&b"hi"[..]));
                 c.set(c.get() + 1)
             });
@@ -1248,7 +1284,7 @@ rtest!(fds_above_fd_setsize, |be| {
     let (lx, ly) = &pairs[0];
     let c = n.clone();
     let lfd = lx.as_raw_fd();
-    let low = b.new_event(lfd, EventFlags::READ, move |_, _, _| {
+    let low = b.new_event(lfd, be.io(EventFlags::READ), move |_, _, _| {
         take(lfd);
         c.set(c.get() + 1)
     });
