@@ -419,6 +419,27 @@ rtest!(timers_fire_in_deadline_order, |be| {
     Ok(())
 });
 
+rtest!(huge_timeouts_do_not_overflow, |be| {
+    let mut b = be.base()?;
+    let log = Log::default();
+    let t = b.new_timer(log.cb("never"));
+    let (x, _y) = pair()?;
+    let io = b.new_event(x.as_raw_fd(), EventFlags::READ, log.cb("io"));
+    let soon = b.new_timer(log.cb("soon"));
+    for d in [Duration::MAX, Duration::from_secs(u64::MAX / 2), Duration::from_secs(1 << 40)] {
+        b.add(t, Some(d))?;
+        b.add(io, Some(d))?;
+        let (what, left) = b.pending(t, EventFlags::TIMEOUT);
+        assert_eq!(what, EventFlags::TIMEOUT);
+        assert!(left.is_some_and(|l| l > Duration::from_secs(1 << 30)), "{left:?}");
+        b.add(soon, Some(ms(5)))?;
+        b.run(LoopFlags::ONCE)?;
+        assert_eq!(log.tags().last().map(String::as_str), Some("soon"));
+    }
+    assert_eq!(log.tags(), ["soon", "soon", "soon"]);
+    Ok(())
+});
+
 rtest!(readding_a_timer_replaces_its_timeout, |be| {
     let mut b = be.base()?;
     let log = Log::default();
@@ -792,6 +813,35 @@ rtest!(priority_changes_after_a_delete_while_active, |be| {
     b.active(h, EventFlags::TIMEOUT);
     b.run(LoopFlags::NONBLOCK)?;
     assert_eq!(log.tags()[5..], ["f", "h"]);
+    Ok(())
+});
+
+rtest!(priority_init_from_a_callback, |be| {
+    // Allowed from a callback when nothing else is active (libevent checks
+    // only for active events); the loop must survive its queue vanishing
+    // under it, even with a stale entry (an event deleted while active)
+    // still behind the running one.
+    let mut b = be.base()?;
+    b.priority_init(3)?;
+    let log = Log::default();
+    let l = log.clone();
+    let e = b.new_timer(move |b, _, _| {
+        l.push("e", EventFlags::NONE);
+        b.priority_init(1).expect("no event is active");
+    });
+    let f = b.new_timer(log.cb("f"));
+    assert_eq!((b.priority(e), b.priority(f)), (Some(1), Some(1)));
+    b.set_priority(e, 2)?;
+    b.set_priority(f, 2)?;
+    b.active(e, EventFlags::TIMEOUT);
+    b.active(f, EventFlags::TIMEOUT);
+    b.del(f)?;
+    assert_eq!(b.dispatch()?, LoopExit::NoEvents);
+    assert_eq!(log.tags(), ["e"]);
+    assert_eq!(b.npriorities(), 1);
+    b.active(f, EventFlags::TIMEOUT);
+    b.dispatch()?;
+    assert_eq!(log.tags(), ["e", "f"]);
     Ok(())
 });
 
