@@ -160,11 +160,11 @@ impl Backend for EpollBackend {
         self.change(fd, old, new)
     }
     fn dispatch(&mut self, timeout: Option<Duration>, ready: &mut Vec<(RawFd, EventFlags)>) -> io::Result<()> {
-        if self.changelist {
-            // A failed change is reported once the wait has run, so the
-            // remaining fds are still served.
-            self.flush_changes()?;
-        }
+        // A failed change is reported once the wait has run, so the fds that
+        // are ready are still served; the wait does not block then, so the
+        // error is not held back until something happens.
+        let flushed = if self.changelist { self.flush_changes() } else { Ok(()) };
+        let timeout = if flushed.is_err() { Some(Duration::ZERO) } else { timeout };
         let n = self.ep.wait(timeout_ms(timeout), |ev| {
             let e = ev.events;
             let mut what = EventFlags::NONE;
@@ -185,6 +185,6 @@ impl Backend for EpollBackend {
         if n == self.ep.capacity() && n < MAX_EVENTS {
             self.ep.grow(n * 2);
         }
-        Ok(())
+        flushed
     }
 }
