@@ -386,6 +386,35 @@ rtest!(fd_closed_and_reopened_within_one_turn, +et, |be| {
     Ok(())
 });
 
+rtest!(changelist_error_still_serves_ready_fds, [epoll_changelist], |be| {
+    // With the changelist an add is only tried at the next dispatch. An fd
+    // closed before that fails (EBADF): run() reports the error, but the
+    // wait still runs, so the fds that are ready are activated, and they run
+    // on the next call.
+    let mut b = be.base()?;
+    let (x, y) = pair()?;
+    let n = counter();
+    let c = n.clone();
+    let fd = x.as_raw_fd();
+    let good = b.new_event(fd, EventFlags::READ, move |_, _, _| {
+        take(fd);
+        c.set(c.get() + 1)
+    });
+    b.add(good, None)?;
+    put(&y, b"ready")?;
+    let (p, _q) = pair()?;
+    let bad = b.new_event(p.as_raw_fd(), EventFlags::READ, |_, _, _| panic!("ran on a closed fd"));
+    b.add(bad, None)?;
+    drop(p);
+    let e = b.run(LoopFlags::NONBLOCK).expect_err("the failed change is reported");
+    assert_eq!(e.raw_os_error(), Some(libc::EBADF), "{e}");
+    assert_eq!(b.num_active(), 1, "the ready fd was not collected");
+    b.run(LoopFlags::NONBLOCK)?;
+    assert_eq!(n.get(), 1);
+    b.del(bad)?;
+    Ok(())
+});
+
 // ----- timeouts ----------------------------------------------------------------
 
 rtest!(pure_timeout_waits_at_least_its_duration, |be| {
