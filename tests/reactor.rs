@@ -469,6 +469,48 @@ rtest!(huge_timeouts_do_not_overflow, |be| {
     Ok(())
 });
 
+rtest!(time_is_cached_per_turn, |be| {
+    // now() is read once per turn; NO_CACHE_TIME reads the clock each time.
+    fn stamps(be: Backend, no_cache: bool) -> io::Result<Vec<Duration>> {
+        let mut cfg = be.config();
+        if no_cache {
+            cfg.set_flag(BaseFlags::NO_CACHE_TIME);
+        }
+        let mut b = be.base_with(&cfg)?;
+        let seen = Rc::new(RefCell::new(Vec::new()));
+        let mut ids = Vec::new();
+        for refresh in [false, false, true] {
+            let s = seen.clone();
+            ids.push(b.new_timer(move |b, _, _| {
+                if refresh {
+                    b.update_cache_time();
+                }
+                s.borrow_mut().push(b.now());
+                let until = Instant::now() + ms(3);
+                while Instant::now() < until {}
+            }));
+        }
+        for &id in &ids {
+            b.active(id, EventFlags::TIMEOUT);
+        }
+        b.dispatch()?;
+        let v = seen.borrow().clone();
+        Ok(v)
+    }
+    let cached = stamps(be, false)?;
+    assert_eq!(cached[0], cached[1], "one reading per turn");
+    assert!(cached[2] >= cached[1] + ms(5), "update_cache_time refreshes it: {cached:?}");
+    let fresh = stamps(be, true)?;
+    assert!(fresh[1] >= fresh[0] + ms(2), "NO_CACHE_TIME: {fresh:?}");
+    // Outside a loop the clock is read every time.
+    let b = be.base()?;
+    let t0 = b.now();
+    let until = Instant::now() + ms(10);
+    while Instant::now() < until {}
+    assert!(b.now() >= t0 + ms(5));
+    Ok(())
+});
+
 rtest!(readding_a_timer_replaces_its_timeout, |be| {
     let mut b = be.base()?;
     let log = Log::default();
