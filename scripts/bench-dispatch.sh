@@ -29,16 +29,25 @@ fi
 # shellcheck disable=SC2046
 gcc -O2 -Wall -o "$OUT/libevent_bench" benches/libevent_bench.c $(pkg-config --cflags --libs libevent)
 
-cargo bench --bench dispatch --quiet -- --rounds "$ROUNDS" --sizes "$SIZES" \
-  --active "$ACTIVE" --writes "$WRITES" >"$OUT/rust.txt"
+# Build once; then run the two implementations cell by cell, back to back,
+# so that a change in machine load hits both alike.
+cargo bench --bench dispatch --no-run --quiet
+rust_bench() {
+  cargo bench --bench dispatch --quiet -- --rounds "$ROUNDS" --active "$ACTIVE" --writes "$WRITES" "$@"
+}
 
 ulimit -n "$(ulimit -Hn)"
+: >"$OUT/rust.txt"
+: >"$OUT/c.txt"
 for n in ${SIZES//,/ }; do
   for b in "${BACKENDS[@]}"; do
+    rust_bench --sizes "$n" --backends "$b" --no-timers | grep '^RESULT' >>"$OUT/rust.txt" ||
+      echo "RESULT rot13d $b $n failed failed" >>"$OUT/rust.txt"
     "$OUT/libevent_bench" "$b" "$n" "$ACTIVE" "$WRITES" "$ROUNDS" >>"$OUT/c.txt" 2>>"$OUT/c.err" ||
       echo "RESULT libevent $b $n failed failed" >>"$OUT/c.txt"
   done
 done
+rust_bench --no-dispatch >>"$OUT/rust.txt"
 
 echo "### Dispatch: µs per round (median / best of $ROUNDS), A=$ACTIVE active, W=$WRITES writes"
 echo
