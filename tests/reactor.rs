@@ -573,7 +573,8 @@ rtest!(persistent_timer_repeats, |be| {
     let s = stamps.clone();
     let t = b.new_event(-1, EventFlags::PERSIST, move |b, id, res| {
         assert_eq!(res, EventFlags::TIMEOUT);
-        s.borrow_mut().push(Instant::now());
+        // The base's time of the turn: the re-arm rule is stated in it.
+        s.borrow_mut().push(b.now());
         c.set(c.get() + 1);
         if c.get() == 5 {
             b.del(id).unwrap();
@@ -584,10 +585,11 @@ rtest!(persistent_timer_repeats, |be| {
     assert_eq!(b.dispatch()?, LoopExit::NoEvents);
     assert_eq!(n.get(), 5);
     assert_between(start.elapsed(), ms(100), Duration::from_secs(5));
-    // Each period is at least the interval (re-armed from when it ran).
+    // Each period is at least the interval: re-armed from the turn it ran
+    // in, it is due no earlier than that turn's time plus the interval.
     let st = stamps.borrow();
     for w in st.windows(2) {
-        assert!(w[1] - w[0] >= ms(19), "period {:?}", w[1] - w[0]);
+        assert!(w[1] - w[0] >= ms(20), "period {:?}", w[1] - w[0]);
     }
     Ok(())
 });
@@ -1219,7 +1221,7 @@ rtest!(loopexit_with_delay, |be| {
     assert_eq!(b.dispatch()?, LoopExit::Done);
     assert_between(start.elapsed(), ms(60), Duration::from_secs(5));
     assert!(b.got_exit() && !b.got_break());
-    assert!(n.get() >= 2, "ticks {}", n.get());
+    assert!(n.get() >= 1, "ticks {}", n.get());
     // got_exit is reset by the next run.
     b.del(tick)?;
     assert_eq!(b.dispatch()?, LoopExit::NoEvents);
