@@ -50,7 +50,15 @@ fn parse_args() -> Args {
         dispatch: true,
         timer_bench: true,
     };
-    let mut it = std::env::args().skip(1);
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.is_empty() {
+        // Run without `--bench`, as `cargo test --benches` does: a smoke
+        // run that checks the harness works, not a measurement.
+        a.rounds = 2;
+        a.sizes = vec![100];
+        a.timers = 1000;
+    }
+    let mut it = argv.into_iter();
     while let Some(arg) = it.next() {
         let mut val = || it.next().unwrap_or_else(|| panic!("{arg} needs a value"));
         match arg.as_str() {
