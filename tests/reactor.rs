@@ -1597,3 +1597,4 @@ fn common_timeout_rearms_100k_events_in_o1_queue() -> io::Result<()> {
 
 // After the macro, so that its textual scope reaches the module.
 mod fork;
+mod model;
