@@ -668,6 +668,31 @@ rtest!(signal_events, |be| {
     Ok(())
 });
 
+rtest!(signal_event_deleted_and_added_again, |be| {
+    let _g = process_lock();
+    let mut b = be.base()?;
+    let n = counter();
+    let c = n.clone();
+    let sig = b.new_signal(libc::SIGUSR1, move |_, _, res| {
+        assert_eq!(res, EventFlags::SIGNAL);
+        c.set(c.get() + 1)
+    });
+    watchdog(&mut b, 10)?;
+    for round in 1..=3 {
+        b.add(sig, None)?;
+        sys::signal::raise(libc::SIGUSR1)?;
+        while n.get() < round {
+            b.run(LoopFlags::ONCE)?;
+        }
+        // Deleted, it stops watching (the old disposition is back).
+        b.del(sig)?;
+        assert_eq!(b.pending(sig, EventFlags::SIGNAL).0, EventFlags::NONE);
+    }
+    assert_eq!(n.get(), 3);
+    b.free(sig);
+    Ok(())
+});
+
 rtest!(two_bases_receive_the_same_signal, |be| {
     let _g = process_lock();
     let mut b1 = be.base()?;
