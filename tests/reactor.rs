@@ -1408,6 +1408,46 @@ rtest!(thread_handle_activates_and_breaks, |be| {
     Ok(())
 });
 
+rtest!(thread_handles_lose_no_wakeups, |be| {
+    // Three threads each activate their own event 200 times, waiting for
+    // the callback's acknowledgement before the next activation (so no
+    // activation can coalesce with another); the last one out breaks the
+    // loop. Every activation must arrive.
+    const THREADS: usize = 3;
+    const ROUNDS: usize = 200;
+    let mut b = be.base()?;
+    let total = counter();
+    let mut joins = Vec::new();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for _ in 0..THREADS {
+        let (ack_tx, ack_rx) = std::sync::mpsc::channel::<()>();
+        let t = total.clone();
+        let ev = b.new_timer(move |_, _, _| {
+            t.set(t.get() + 1);
+            ack_tx.send(()).unwrap();
+        });
+        let h = b.handle()?;
+        let done = done.clone();
+        joins.push(std::thread::spawn(move || {
+            for _ in 0..ROUNDS {
+                h.activate(ev, EventFlags::TIMEOUT);
+                ack_rx.recv_timeout(Duration::from_secs(10)).expect("activation lost");
+            }
+            if done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == THREADS {
+                h.loopbreak();
+            }
+        }));
+    }
+    watchdog(&mut b, 30)?;
+    assert_eq!(b.run(LoopFlags::NO_EXIT_ON_EMPTY)?, LoopExit::Done);
+    assert!(b.got_break());
+    for j in joins {
+        j.join().expect("thread");
+    }
+    assert_eq!(total.get(), THREADS * ROUNDS);
+    Ok(())
+});
+
 rtest!(fds_above_fd_setsize, +et, |be| {
     // Enough socketpairs that the newest fds are well past 1024.
     let mut pairs = Vec::new();
