@@ -5,7 +5,7 @@
  *
  *   gcc -O2 -o libevent_bench benches/libevent_bench.c \
  *       $(pkg-config --cflags --libs libevent)
- *   ./libevent_bench BACKEND N [ACTIVE] [WRITES] [ROUNDS]
+ *   ./libevent_bench BACKEND N [ACTIVE] [WRITES] [ROUNDS] [noreadd]
  *
  * BACKEND is epoll, epoll_changelist, poll or select (the others are
  * avoided with event_config_avoid_method; the environment is ignored).
@@ -72,7 +72,7 @@ static int cmp_double(const void *a, const void *b)
 int main(int argc, char **argv)
 {
 	const char *backend, *method;
-	int rounds, i, r, space;
+	int rounds, i, r, space, readd;
 	struct event_config *cfg;
 	struct event_base *base;
 	struct event **events;
@@ -80,7 +80,7 @@ int main(int argc, char **argv)
 	double *us;
 
 	if (argc < 3) {
-		fprintf(stderr, "usage: %s BACKEND N [ACTIVE] [WRITES] [ROUNDS]\n", argv[0]);
+		fprintf(stderr, "usage: %s BACKEND N [ACTIVE] [WRITES] [ROUNDS] [noreadd]\n", argv[0]);
 		return 2;
 	}
 	backend = argv[1];
@@ -88,6 +88,8 @@ int main(int argc, char **argv)
 	num_active = argc > 3 ? atoi(argv[3]) : 100;
 	num_writes = argc > 4 ? atoi(argv[4]) : 100;
 	rounds = argc > 5 ? atoi(argv[5]) : 25;
+	/* "noreadd": keep the events added between rounds (profiling). */
+	readd = !(argc > 6 && strcmp(argv[6], "noreadd") == 0);
 	if (num_active > num_pipes)
 		num_active = num_pipes;
 
@@ -144,8 +146,10 @@ int main(int argc, char **argv)
 	for (r = 0; r < rounds; r++) {
 		double start;
 		for (i = 0; i < num_pipes; i++) {
-			event_del(events[i]);
-			event_add(events[i], NULL);
+			if (readd || r == 0) {
+				event_del(events[i]);
+				event_add(events[i], NULL);
+			}
 		}
 		event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
 		fired = 0;
