@@ -941,7 +941,8 @@ impl EventBase {
         let n = self.queues[pri].len();
         let mut ran = 0;
         for _ in 0..n {
-            let Some((idx, seq)) = self.queues[pri].pop_front() else { break };
+            // A callback may have called priority_init and dropped this queue.
+            let Some((idx, seq)) = self.queues.get_mut(pri).and_then(|q| q.pop_front()) else { break };
             let s = &self.slots[idx as usize];
             if s.qseq != seq || s.state & ACTIVE == 0 {
                 continue;
