@@ -32,6 +32,12 @@ fn columns(scenario: &str) -> &'static [(&'static str, &'static str, f64, usize)
                 1,
             ),
             ("server_cpu_pct", "server CPU %", 1.0, 0),
+            (
+                "gen_cpu_us_per_kline",
+                "generator CPU-µs / 1k lines",
+                1.0,
+                1,
+            ),
             ("gen_cpu_pct", "generator CPU %", 1.0, 0),
         ],
         "lat" => &[
@@ -42,7 +48,7 @@ fn columns(scenario: &str) -> &'static [(&'static str, &'static str, f64, usize)
             ("p999_us", "p99.9 µs", 1.0, 1),
             ("max_us", "max µs", 1.0, 0),
             ("server_cpu_us_per_kline", "server CPU-µs / 1k req", 1.0, 1),
-            ("gen_cpu_pct", "generator CPU %", 1.0, 0),
+            ("gen_cpu_us_per_kline", "generator CPU-µs / 1k req", 1.0, 1),
         ],
         "mixed" => &[
             ("bulk_mb_per_s", "bulk MB/s", 1.0, 0),
