@@ -7,5 +7,5 @@ export CARGO_TERM_COLOR=never
 if ! command -v cargo-nextest >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
-cargo build --release --bins
+
 cargo nextest run --no-fail-fast --profile ci

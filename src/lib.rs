@@ -8,3 +8,15 @@
 /// The OS boundary: all FFI and every `unsafe` block of the crate.
 #[allow(unsafe_code)]
 pub mod sys;
+
+/// The libevent-style reactor: event base, backends, timers, signals, buffers.
+pub mod reactor;
+
+/// ROT13 over byte slices: branchless, auto-vectorised.
+pub mod rot13;
+
+/// The rot13d line protocol (SPEC §1) as framing on `EvBuffer`s; no I/O.
+pub mod protocol;
+
+/// The daemon around the reactor: CLI, config, master, workers, connections.
+pub mod daemon;

@@ -182,12 +182,7 @@ fn sockaddr_to_std(s: &libc::sockaddr_storage) -> Option<std::net::SocketAddr> {
             // SAFETY: ss_family says the storage holds a sockaddr_in6.
             let a = unsafe { &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
             let ip = Ipv6Addr::from(a.sin6_addr.s6_addr);
-            Some(SocketAddr::V6(SocketAddrV6::new(
-                ip,
-                u16::from_be(a.sin6_port),
-                a.sin6_flowinfo,
-                a.sin6_scope_id,
-            )))
+            Some(SocketAddr::V6(SocketAddrV6::new(ip, u16::from_be(a.sin6_port), a.sin6_flowinfo, a.sin6_scope_id)))
         }
         _ => None,
     }
@@ -250,7 +245,7 @@ pub fn nofile_limit() -> io::Result<(u64, u64)> {
     let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: `r` is a valid rlimit out-parameter.
     syscall!(getrlimit(libc::RLIMIT_NOFILE, &mut r))?;
-    Ok((r.rlim_cur as u64, r.rlim_max as u64))
+    Ok((r.rlim_cur, r.rlim_max))
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns `(old, new)`.
@@ -333,4 +328,18 @@ pub fn borrow(fd: RawFd) -> Option<BorrowedFd<'static>> {
     // SAFETY: callers only use the borrow during a call on an fd they keep
     // open for that long; BorrowedFd never closes it.
     Some(unsafe { BorrowedFd::borrow_raw(fd) })
+}
+
+/// Takes ownership of an fd this process was handed at start (systemd
+/// socket activation): it is closed when the result is dropped.
+///
+/// Returns an `OwnedFd`; the caller promises nothing else owns `fd`.
+pub fn adopt_fd(fd: RawFd) -> OwnedFd {
+    owned(fd)
+}
+
+/// `dup2(2)`: makes `new` refer to what `old` refers to.
+pub fn dup2(old: RawFd, new: RawFd) -> io::Result<()> {
+    syscall!(dup2(old, new))?;
+    Ok(())
 }

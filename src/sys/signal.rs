@@ -98,11 +98,11 @@ pub fn unwatch(sig: i32, fd: RawFd) -> io::Result<()> {
             s.store(-1, Ordering::SeqCst);
         }
     }
-    if row.iter().all(|s| s.load(Ordering::Relaxed) < 0) {
-        if let Some(old) = reg[sig as usize].take() {
-            // SAFETY: `old` is the disposition sigaction returned earlier.
-            syscall!(sigaction(sig, &old, std::ptr::null_mut()))?;
-        }
+    if row.iter().all(|s| s.load(Ordering::Relaxed) < 0)
+        && let Some(old) = reg[sig as usize].take()
+    {
+        // SAFETY: `old` is the disposition sigaction returned earlier.
+        syscall!(sigaction(sig, &old, std::ptr::null_mut()))?;
     }
     Ok(())
 }
@@ -146,4 +146,50 @@ pub fn raise(sig: i32) -> io::Result<()> {
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() };
     kill(pid, sig)
+}
+
+/// A saved signal mask.
+#[derive(Clone, Copy)]
+pub struct SigMask(libc::sigset_t);
+
+/// Blocks every catchable signal in this thread; returns the old mask.
+/// Around `fork()`, this keeps a signal from reaching the child before it
+/// has its own handlers (the inherited handler would write into the
+/// parent's pipe).
+pub fn block_all() -> SigMask {
+    // SAFETY: all-zero sigset_t values are valid out-buffers, filled below.
+    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `all` and `old` are valid sigsets; pthread_sigmask only
+    // changes this thread's mask.
+    unsafe {
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+    }
+    SigMask(old)
+}
+
+/// Restores a mask saved by [`block_all`].
+pub fn restore_mask(m: SigMask) {
+    // SAFETY: `m.0` is a mask returned by pthread_sigmask.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_SETMASK, &m.0, std::ptr::null_mut());
+    }
+}
+
+/// Unblocks every signal (a fresh child).
+pub fn unblock_all() {
+    // SAFETY: an all-zero sigset_t is a valid value, emptied below.
+    let mut none: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `none` is a valid sigset.
+    unsafe {
+        libc::sigemptyset(&mut none);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+    }
+}
+
+/// Ignores `sig` (SIG_IGN).
+pub fn ignore(sig: i32) {
+    set_disposition(sig, libc::SIG_IGN);
 }

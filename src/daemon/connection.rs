@@ -1,0 +1,145 @@
+//! One client: a [`BufferEvent`] whose context is the protocol state.
+//!
+//! Life of a connection (each step a callback of the bufferevent):
+//! - read: [`Framer::process`] turns complete lines of the input into
+//!   output in place; the bufferevent writes it at once and pauses reading
+//!   while more than the write high watermark is pending (backpressure).
+//! - EOF: the partial line is answered without LF, then close-when-flushed.
+//! - read timeout (= idle_timeout): idle only if no output is pending;
+//!   then answered as at EOF and closed. Otherwise reading resumes.
+//! - write timeout: output made no progress for `write_timeout`: closed.
+//! - error or reset: closed, everything it held freed.
+//!
+//! The state machine has a phase so that a header (the PROXY protocol) can
+//! be read before the ROT13 stream.
+
+use super::metrics::Counter;
+use super::worker::{LANE_BULK, LANE_INTERACTIVE, Shared};
+use crate::protocol::Framer;
+use crate::reactor::{BevEvent, BufferEvent, EventBase, EventFlags};
+use std::rc::Rc;
+
+/// Where a connection is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading a header before the stream (reserved for the PROXY protocol).
+    Header,
+    /// Serving ROT13 lines.
+    Stream,
+    /// The client finished or the worker drains: flushing, then closing.
+    Closing,
+}
+
+/// The per-connection state stored inside the bufferevent.
+pub struct Conn {
+    pub(crate) framer: Framer,
+    pub(crate) shared: Rc<Shared>,
+    pub(crate) id: u32,
+    pub(crate) phase: Phase,
+    /// Input bytes already counted as received.
+    pub(crate) carried: u32,
+    /// Lane bookkeeping: bytes received in the current window...
+    pub(crate) window_bytes: u32,
+    /// ...which started at this time (ms of the base's clock)...
+    pub(crate) window_start: u32,
+    /// ...and when the connection last moved bulk_after_bytes in a window.
+    pub(crate) last_heavy: u32,
+    /// The lane (a priority of the worker's base).
+    pub(crate) lane: u8,
+}
+
+/// The bufferevent of a connection.
+pub type ConnBev = BufferEvent<Conn>;
+
+/// Read callback: answer every complete line.
+pub(crate) fn on_read(base: &mut EventBase, bev: &mut ConnBev) {
+    let before = bev.input.len();
+    let received = before.saturating_sub(bev.ctx.carried as usize) as u64;
+    update_lane(base, bev, received);
+    let out_before = bev.output.len();
+    let lines = bev.ctx.framer.process(&mut bev.input, &mut bev.output);
+    let sent = bev.output.len().saturating_sub(out_before) as u64;
+    bev.ctx.carried = bev.input.len() as u32;
+    let sh = &bev.ctx.shared;
+    sh.count(Counter::BytesReceived, received);
+    if lines > 0 {
+        sh.count(Counter::Lines, lines as u64);
+    }
+    if sent > 0 {
+        sh.count(Counter::BytesSent, sent);
+    }
+}
+
+/// Moves a connection to the bulk lane after heavy traffic and back once it
+/// has been quiet: a bulk sender then waits behind interactive clients.
+fn update_lane(base: &mut EventBase, bev: &mut ConnBev, received: u64) {
+    let Some(lanes) = bev.ctx.shared.lanes() else { return };
+    let now = base.now().as_millis() as u32;
+    let c = &mut bev.ctx;
+    if now.wrapping_sub(c.window_start) >= lanes.window_ms {
+        c.window_start = now;
+        c.window_bytes = 0;
+    }
+    c.window_bytes = c.window_bytes.saturating_add(received.min(u32::MAX as u64) as u32);
+    let want = if c.window_bytes >= lanes.bulk_after_bytes {
+        c.last_heavy = now;
+        LANE_BULK
+    } else if c.lane == LANE_BULK as u8 && now.wrapping_sub(c.last_heavy) < lanes.quiet_ms {
+        LANE_BULK
+    } else {
+        LANE_INTERACTIVE
+    };
+    if want as u8 != c.lane && bev.set_priority(base, want).is_ok() {
+        tracing::trace!(target: "rot13d", fd = bev.fd(), lane = want, "lane changed");
+        bev.ctx.lane = want as u8;
+    }
+}
+
+/// Answers the buffered partial line (no LF) and counts it.
+pub(crate) fn answer_tail(bev: &mut ConnBev) {
+    let out_before = bev.output.len();
+    let n = bev.ctx.framer.finish(&mut bev.input, &mut bev.output);
+    bev.ctx.carried = 0;
+    let sent = bev.output.len().saturating_sub(out_before) as u64;
+    if n > 0 {
+        bev.ctx.shared.count(Counter::Lines, n as u64);
+    }
+    if sent > 0 {
+        bev.ctx.shared.count(Counter::BytesSent, sent);
+    }
+}
+
+/// Event callback: EOF, errors and timeouts.
+pub(crate) fn on_event(base: &mut EventBase, bev: &mut ConnBev, ev: BevEvent) {
+    if ev.contains(BevEvent::EOF) {
+        tracing::debug!(target: "rot13d", fd = bev.fd(), "client finished sending");
+        answer_tail(bev);
+        bev.ctx.phase = Phase::Closing;
+        bev.close_when_flushed(base);
+    } else if ev.contains(BevEvent::ERROR) {
+        tracing::debug!(target: "rot13d", fd = bev.fd(), error = ?bev.last_error(), "connection error");
+        bev.ctx.shared.count(Counter::Errors, 1);
+        bev.free(base);
+    } else if ev.contains(BevEvent::TIMEOUT | BevEvent::WRITING) {
+        tracing::debug!(target: "rot13d", fd = bev.fd(), "write timeout");
+        bev.ctx.shared.count(Counter::WriteTimeouts, 1);
+        bev.free(base);
+    } else if ev.contains(BevEvent::TIMEOUT | BevEvent::READING) {
+        if bev.output.is_empty() {
+            tracing::debug!(target: "rot13d", fd = bev.fd(), "idle timeout");
+            bev.ctx.shared.count(Counter::IdleClosed, 1);
+            answer_tail(bev);
+            bev.ctx.phase = Phase::Closing;
+            bev.close_when_flushed(base);
+        } else {
+            // Output is pending: not idle; the write timeout watches it.
+            let _ = bev.enable(base, EventFlags::READ);
+        }
+    }
+}
+
+/// Close callback: the worker forgets the connection.
+pub(crate) fn on_close(base: &mut EventBase, bev: &mut ConnBev) {
+    let shared = bev.ctx.shared.clone();
+    shared.connection_closed(base, bev.ctx.id);
+}

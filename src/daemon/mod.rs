@@ -1,0 +1,394 @@
+//! The daemon: command line, configuration, logging, and the processes that
+//! serve. [`run`] is the start-up sequence; `main.rs` maps its error to an
+//! exit code.
+
+pub mod cli;
+pub mod config;
+pub mod connection;
+pub mod error;
+pub mod listener;
+pub mod logging;
+pub mod master;
+pub mod metrics;
+pub mod sdnotify;
+pub mod settings;
+pub mod worker;
+
+pub use error::Error;
+
+use crate::reactor::{BaseError, BaseFlags, EventBase, EventConfig, Features, LoopFlags};
+use crate::sys::{self, process};
+use cli::Args;
+use error::ConfigError;
+use listener::{Kind, Listener};
+use metrics::Metrics;
+use settings::Settings;
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
+use worker::{LANES, WorkerParams};
+
+/// fds kept back from the limit for listeners, pipes, the epoll fd and logs
+/// when `max_connections` is derived from it.
+const FD_RESERVE: u64 = 64;
+
+/// Bulk callbacks per loop turn when lanes are on and no limit is set.
+const BULK_TURN_CALLBACKS: usize = 8;
+/// Longest run of bulk callbacks per loop turn in that case.
+const BULK_TURN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// What the start-up knows beyond the settings (the command line, for
+/// reloads).
+pub struct Startup {
+    /// The parsed command line.
+    pub args: Args,
+}
+
+/// Runs rot13d as the command line says.
+pub fn run(mut args: Args) -> Result<(), Error> {
+    if args.list_backends {
+        for b in EventBase::supported_backends() {
+            println!("{} {}", b.name, b.features.names());
+        }
+        return Ok(());
+    }
+    if args.daemon && args.pid_file.is_none() {
+        return Err(error::UsageError::DaemonWithoutPidFile.into());
+    }
+    // A reload re-reads the file after --daemon changed nothing of the cwd,
+    // but absolute paths keep the pid file and config findable regardless.
+    args.make_paths_absolute().map_err(|e| Error::os("resolve the paths of the command line", e))?;
+    let settings = Settings::load(&args)?;
+    let cfg = reactor_config(&settings)?;
+    if args.check_config {
+        EventBase::with_config(&cfg).map_err(|e| base_error(e, &settings))?;
+        println!("configuration ok");
+        return Ok(());
+    }
+    if args.print_config {
+        print!("{}", settings.to_toml()?);
+        return Ok(());
+    }
+    logging::init(settings.log.level, settings.log.format)?;
+    let reporter = if args.daemon { Some(daemonize()?) } else { None };
+    let result = start(args, settings, cfg, reporter.as_ref());
+    if let (Some(r), Err(e)) = (&reporter, &result) {
+        report(r, e.exit_code());
+    }
+    result
+}
+
+fn start(args: Args, mut settings: Settings, cfg: EventConfig, reporter: Option<&OwnedFd>) -> Result<(), Error> {
+    sys::signal::ignore_sigpipe();
+    match sys::raise_nofile_limit() {
+        Ok((old, new)) => tracing::info!(target: "rot13d", soft = old, limit = new, "open file limit"),
+        Err(e) => tracing::warn!(target: "rot13d", error = %e, "cannot raise the open file limit"),
+    }
+    if settings.max_connections.is_none() {
+        let (soft, _) = sys::nofile_limit().unwrap_or((1024, 1024));
+        settings.max_connections = Some(soft.saturating_sub(FD_RESERVE).max(1) as usize);
+    }
+    let mut base = EventBase::with_config(&cfg).map_err(|e| base_error(e, &settings))?;
+    base.priority_init(settings.reactor.priorities.max(LANES)).map_err(Error::Reactor)?;
+    let listeners = match listener::activated()? {
+        Some(l) => {
+            tracing::info!(target: "rot13d", count = l.len(), "using socket-activated listeners");
+            l
+        }
+        None => {
+            let mut v = Vec::new();
+            for (addr, kind) in wanted_listeners(&settings) {
+                let group = if kind == Kind::Rot13 { settings.workers } else { 1 };
+                v.push(listener::bind(addr, settings.backlog, kind, group)?);
+            }
+            v
+        }
+    };
+    for l in &listeners {
+        tracing::info!(target: "rot13d", addr = %l.local, kind = %l.kind.as_str(), "listening");
+    }
+    let _pid_file = match &args.pid_file {
+        Some(p) => Some(PidFile::write(p)?),
+        None => None,
+    };
+    if let Some(r) = reporter {
+        report(r, 0);
+    }
+    let startup = Startup { args };
+    if settings.workers == 0 {
+        drop_privileges(&settings)?;
+        serve_standalone(startup, settings, base, listeners)
+    } else {
+        let m = master::Master::new(startup, settings, base, listeners)?;
+        sdnotify::notify("READY=1");
+        m.run()
+    }
+}
+
+/// The typed parameters of a serving process.
+pub(crate) fn worker_params(s: &Settings) -> WorkerParams {
+    WorkerParams {
+        max_line: s.max_line,
+        idle_timeout: s.idle_timeout,
+        write_timeout: s.write_timeout,
+        write_high_watermark: s.write_high_watermark,
+        write_low_watermark: s.write_low_watermark,
+        max_connections: s.max_connections.unwrap_or(1024),
+        shutdown_grace: s.shutdown_grace,
+        lanes: s.lanes.enabled.then(|| worker::LaneParams {
+            bulk_after_bytes: s.lanes.bulk_after_bytes.min(u32::MAX as u64) as u32,
+            window_ms: s.lanes.bulk_window.as_millis().clamp(1, u32::MAX as u128) as u32,
+            quiet_ms: s.lanes.quiet.as_millis().min(u32::MAX as u128) as u32,
+        }),
+    }
+}
+
+/// The listeners a configuration asks for.
+pub(crate) fn wanted_listeners(s: &Settings) -> Vec<(SocketAddr, Kind)> {
+    let mut v: Vec<(SocketAddr, Kind)> = s.listen.iter().map(|a| (*a, Kind::Rot13)).collect();
+    if let Some(a) = s.admin_listen {
+        v.push((a, Kind::Admin));
+    }
+    v
+}
+
+/// The reactor part of the settings as an [`EventConfig`].
+pub fn reactor_config(s: &Settings) -> Result<EventConfig, Error> {
+    let r = &s.reactor;
+    let mut cfg = EventConfig::new();
+    if let Some(b) = &r.backend {
+        for other in EventBase::supported_backends() {
+            if other.name != b {
+                cfg.avoid(other.name);
+            }
+        }
+    }
+    for a in &r.avoid {
+        cfg.avoid(a);
+    }
+    let mut req = Features::empty();
+    for f in &r.require_features {
+        match Features::from_name(f) {
+            Some(x) => req = req | x,
+            None => {
+                return Err(ConfigError::Invalid {
+                    key: "reactor.require_features".into(),
+                    message: format!("unknown feature {f:?} (et, o1, fds, early_close)"),
+                    path: s.config_path.clone(),
+                    line: None,
+                }
+                .into());
+            }
+        }
+    }
+    cfg.require_features(req);
+    if r.epoll_changelist {
+        cfg.set_flag(BaseFlags::EPOLL_USE_CHANGELIST);
+    }
+    if r.precise_timer {
+        cfg.set_flag(BaseFlags::PRECISE_TIMER);
+    }
+    if r.no_cache_time {
+        cfg.set_flag(BaseFlags::NO_CACHE_TIME);
+    }
+    if r.ignore_env {
+        cfg.set_flag(BaseFlags::IGNORE_ENV);
+    }
+    cfg.set_flag(BaseFlags::NOLOCK);
+    if s.lanes.enabled && r.max_dispatch_interval.is_none() && r.max_callbacks.is_none() {
+        // Lanes without explicit limits: a turn runs at most this many bulk
+        // callbacks (each up to one 64 KiB read) before interactive
+        // connections are looked at again.
+        cfg.set_max_dispatch_interval(Some(BULK_TURN_INTERVAL), Some(BULK_TURN_CALLBACKS), worker::LANE_BULK);
+    } else {
+        cfg.set_max_dispatch_interval(r.max_dispatch_interval, r.max_callbacks.map(|n| n as usize), r.min_priority);
+    }
+    Ok(cfg)
+}
+
+fn base_error(e: BaseError, s: &Settings) -> Error {
+    match e {
+        BaseError::NoBackend { .. } => {
+            let key = if s.reactor.backend.is_some() { "reactor.backend" } else { "reactor.require_features" };
+            ConfigError::Invalid { key: key.into(), message: e.to_string(), path: s.config_path.clone(), line: None }
+                .into()
+        }
+        BaseError::Io(e) => Error::os("create the event base", e),
+    }
+}
+
+/// Drops to `user`/`group` if configured (after binding).
+pub(crate) fn drop_privileges(s: &Settings) -> Result<(), Error> {
+    if s.user.is_none() && s.group.is_none() {
+        return Ok(());
+    }
+    let mut uid = None;
+    let mut gid = None;
+    if let Some(u) = &s.user {
+        match process::lookup_user(u) {
+            Ok(Some((id, primary))) => {
+                uid = Some(id);
+                gid = Some(primary);
+            }
+            Ok(None) => return Err(Error::os(format!("find user {u}"), std::io::Error::other("no such user"))),
+            Err(e) => return Err(Error::os(format!("look up user {u}"), e)),
+        }
+    }
+    if let Some(g) = &s.group {
+        match process::lookup_group(g) {
+            Ok(Some(id)) => gid = Some(id),
+            Ok(None) => return Err(Error::os(format!("find group {g}"), std::io::Error::other("no such group"))),
+            Err(e) => return Err(Error::os(format!("look up group {g}"), e)),
+        }
+    }
+    process::drop_privileges(uid, gid).map_err(|e| Error::os("drop privileges", e))?;
+    tracing::info!(target: "rot13d", ?uid, ?gid, "privileges dropped");
+    Ok(())
+}
+
+/// Serves on `base` until a graceful drain ends (worker, or workers = 0).
+/// `reload`, for the master serving alone, re-reads the settings on SIGHUP.
+pub(crate) fn serve(
+    base: &mut EventBase,
+    listeners: &[RawFd],
+    params: WorkerParams,
+    metrics: Rc<Metrics>,
+    slot: usize,
+    generation: u32,
+    mut reload: Option<&mut dyn FnMut() -> Option<WorkerParams>>,
+) -> Result<(), Error> {
+    let shared = worker::start(base, listeners, params, metrics, slot).map_err(Error::Reactor)?;
+    let want_reload = Rc::new(Cell::new(false));
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        let s = shared.clone();
+        let id = base.new_signal(sig, move |base, _, _| s.begin_drain(base));
+        base.set_priority(id, worker::LANE_CONTROL).map_err(Error::Reactor)?;
+        base.add(id, None).map_err(Error::Reactor)?;
+    }
+    let id = base.new_signal(libc::SIGQUIT, |_, _, _| process::exit_now(0));
+    base.add(id, None).map_err(Error::Reactor)?;
+    if reload.is_some() {
+        let w = want_reload.clone();
+        let id = base.new_signal(libc::SIGHUP, move |base, _, _| {
+            w.set(true);
+            base.loopbreak();
+        });
+        base.add(id, None).map_err(Error::Reactor)?;
+    }
+    tracing::info!(target: "rot13d", backend = %base.backend_name(), pid = process::getpid(), generation, "reactor");
+    sys::signal::unblock_all();
+    loop {
+        base.run(LoopFlags::NO_EXIT_ON_EMPTY).map_err(Error::Reactor)?;
+        if base.got_exit() {
+            return Ok(());
+        }
+        if want_reload.replace(false)
+            && let Some(r) = reload.as_mut()
+            && let Some(p) = r()
+        {
+            shared.set_params(p);
+        }
+    }
+}
+
+fn serve_standalone(
+    startup: Startup,
+    settings: Settings,
+    mut base: EventBase,
+    listeners: Vec<Listener>,
+) -> Result<(), Error> {
+    let metrics = Rc::new(Metrics::new(1).map_err(|e| Error::os("map the shared counters", e))?);
+    let fds: Vec<RawFd> = listeners.iter().filter(|l| l.kind == Kind::Rot13).map(|l| l.fd.as_raw_fd()).collect();
+    // The worker closes the listeners when it drains.
+    let _keep = listeners.into_iter().map(|l| std::mem::ManuallyDrop::new(l.fd)).collect::<Vec<_>>();
+    let params = worker_params(&settings);
+    let mut current = settings;
+    let mut reload = || -> Option<WorkerParams> {
+        tracing::info!(target: "rot13d", "reload requested");
+        match Settings::load(&startup.args) {
+            Ok(mut s) => {
+                if s.listen != current.listen {
+                    tracing::warn!(target: "rot13d", "listen changes need workers >= 1 or a restart; keeping the listeners");
+                }
+                s.max_connections = s.max_connections.or(current.max_connections);
+                current = s;
+                tracing::info!(target: "rot13d", "reloaded: new connections use the new settings");
+                Some(worker_params(&current))
+            }
+            Err(e) => {
+                for p in e.problems() {
+                    tracing::error!(target: "rot13d", problem = %p, "reload failed: configuration invalid; keeping the running one");
+                }
+                None
+            }
+        }
+    };
+    sdnotify::notify("READY=1");
+    serve(&mut base, &fds, params, metrics, 0, 1, Some(&mut reload))
+}
+
+/// The pid file: written after the listeners are bound, removed on exit.
+struct PidFile {
+    path: std::path::PathBuf,
+    pid: i32,
+}
+
+impl PidFile {
+    fn write(path: &std::path::Path) -> Result<PidFile, Error> {
+        let pid = process::getpid();
+        std::fs::write(path, format!("{pid}\n"))
+            .map_err(|e| Error::os(format!("write the pid file {}", path.display()), e))?;
+        Ok(PidFile { path: path.to_path_buf(), pid })
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        // Only the process that wrote it removes it (never a worker).
+        if process::getpid() == self.pid {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Detaches (fork, setsid, fork). The launcher waits on a pipe until the
+/// detached process reports its start-up: 0 once the listeners are bound
+/// and the pid file written, or the exit code of the error; the launcher
+/// exits with it. Returns the write end in the detached process.
+fn daemonize() -> Result<OwnedFd, Error> {
+    let (r, w) = sys::pipe().map_err(|e| Error::os("create the start-up pipe", e))?;
+    sys::set_nonblocking(r.as_raw_fd(), false).map_err(|e| Error::os("create the start-up pipe", e))?;
+    sys::set_nonblocking(w.as_raw_fd(), false).map_err(|e| Error::os("create the start-up pipe", e))?;
+    match process::fork().map_err(|e| Error::os("fork", e))? {
+        process::Fork::Parent(child) => {
+            drop(w);
+            let mut b = [0u8; 1];
+            let code = loop {
+                match sys::read(r.as_raw_fd(), &mut b) {
+                    Ok(1) => break b[0] as i32,
+                    Ok(_) => break error::EX_OSERR as i32,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => break error::EX_OSERR as i32,
+                }
+            };
+            let _ = process::wait_pid(child);
+            process::exit_now(code);
+        }
+        process::Fork::Child => {}
+    }
+    drop(r);
+    process::setsid().map_err(|e| Error::os("setsid", e))?;
+    match process::fork().map_err(|e| Error::os("fork", e))? {
+        process::Fork::Parent(_) => process::exit_now(0),
+        process::Fork::Child => {}
+    }
+    if let Ok(null) = std::fs::File::open("/dev/null") {
+        let _ = sys::dup2(null.as_raw_fd(), 0);
+    }
+    Ok(w)
+}
+
+fn report(w: &OwnedFd, code: u8) {
+    let _ = sys::write(w.as_raw_fd(), &[code]);
+}

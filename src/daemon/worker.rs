@@ -1,0 +1,351 @@
+//! A serving process: accepts on the inherited listeners, runs connections,
+//! drains gracefully.
+//!
+//! After `fork()` the worker calls `reinit()` on the base it inherited from
+//! the master, frees the master's events, installs its own signal events
+//! and serves until its loop runs out of connections after a drain.
+//! With `workers = 0` the master runs the same code in its own process.
+
+use super::connection::{self, Conn, ConnBev, Phase};
+use super::metrics::{Counter, Metrics};
+use crate::protocol::Framer;
+use crate::reactor::{Bev, BevOptions, BufferEvent, EventBase, EventFlags, EventId};
+use crate::sys;
+use std::cell::{Cell, RefCell};
+use std::os::fd::{OwnedFd, RawFd};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// Priority lanes: control (listeners, signals, admin) runs first.
+pub const LANE_CONTROL: usize = 0;
+/// Interactive connections.
+pub const LANE_INTERACTIVE: usize = 1;
+/// Bulk connections.
+pub const LANE_BULK: usize = 2;
+/// Number of priorities a serving base uses.
+pub const LANES: usize = 3;
+
+/// How many connections one listener wake-up accepts at most, so one busy
+/// listener cannot starve the connections already open.
+const ACCEPT_BATCH: usize = 64;
+/// How long accepting pauses after EMFILE/ENFILE.
+const FD_BACKOFF: Duration = Duration::from_millis(100);
+/// At most one "fd table full" warning per this interval.
+const FD_WARN_EVERY: Duration = Duration::from_secs(10);
+
+const PAUSE_LIMIT: u8 = 0x01;
+const PAUSE_FDS: u8 = 0x02;
+const PAUSE_DRAIN: u8 = 0x04;
+
+/// What a serving process needs to know (from the settings of its
+/// generation).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerParams {
+    /// Longest line before it is cut.
+    pub max_line: usize,
+    /// Idle timeout (None = never).
+    pub idle_timeout: Option<Duration>,
+    /// Write timeout (None = never).
+    pub write_timeout: Option<Duration>,
+    /// Pending output above which reading pauses.
+    pub write_high_watermark: usize,
+    /// Pending output at or below which reading resumes.
+    pub write_low_watermark: usize,
+    /// Connections per process.
+    pub max_connections: usize,
+    /// How long a drain waits for busy connections.
+    pub shutdown_grace: Duration,
+    /// Priority lanes (None = one lane for everything).
+    pub lanes: Option<LaneParams>,
+}
+
+/// When a connection changes lanes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LaneParams {
+    /// Bytes within one window that make a connection bulk.
+    pub bulk_after_bytes: u32,
+    /// The window, ms.
+    pub window_ms: u32,
+    /// Time below the threshold before a bulk connection is interactive again, ms.
+    pub quiet_ms: u32,
+}
+
+struct Listening {
+    fd: RawFd,
+    ev: EventId,
+}
+
+/// State shared by the worker's callbacks and its connections.
+pub struct Shared {
+    metrics: Rc<Metrics>,
+    slot: usize,
+    params: RefCell<WorkerParams>,
+    conns: RefCell<Vec<Option<Bev<Conn>>>>,
+    free_ids: RefCell<Vec<u32>>,
+    open: Cell<usize>,
+    listeners: RefCell<Vec<Listening>>,
+    listening: Cell<bool>,
+    pause: Cell<u8>,
+    resume_timer: Cell<EventId>,
+    draining: Cell<bool>,
+    last_fd_warn: Cell<Option<Instant>>,
+    fd_errors_quiet: Cell<u64>,
+}
+
+impl Shared {
+    /// Adds to one of this process's counters.
+    pub fn count(&self, c: Counter, n: u64) {
+        self.metrics.add(self.slot, c, n);
+    }
+
+    /// The lane parameters of new reads.
+    pub fn lanes(&self) -> Option<LaneParams> {
+        self.params.borrow().lanes
+    }
+
+    /// Connections open in this process.
+    pub fn open(&self) -> usize {
+        self.open.get()
+    }
+
+    fn sync_listeners(&self, base: &mut EventBase) {
+        let want = self.pause.get() == 0;
+        if want == self.listening.get() {
+            return;
+        }
+        self.listening.set(want);
+        for l in self.listeners.borrow().iter() {
+            let r = if want { base.add(l.ev, None) } else { base.del(l.ev) };
+            if let Err(e) = r {
+                tracing::warn!(target: "rot13d", error = %e, "cannot change listener interest");
+            }
+        }
+    }
+
+    fn set_pause(&self, base: &mut EventBase, bit: u8, on: bool) {
+        let p = self.pause.get();
+        self.pause.set(if on { p | bit } else { p & !bit });
+        self.sync_listeners(base);
+    }
+
+    pub(crate) fn connection_closed(&self, base: &mut EventBase, id: u32) {
+        let gone = self.conns.borrow_mut().get_mut(id as usize).and_then(Option::take);
+        if gone.is_some() {
+            self.free_ids.borrow_mut().push(id);
+            self.open.set(self.open.get() - 1);
+            self.metrics.sub(self.slot, Counter::Open, 1);
+        }
+        drop(gone);
+        if self.pause.get() & PAUSE_LIMIT != 0 && self.open.get() < self.params.borrow().max_connections {
+            self.set_pause(base, PAUSE_LIMIT, false);
+        }
+        if self.draining.get() && self.open.get() == 0 {
+            let _ = base.loopexit(None);
+        }
+    }
+
+    fn accept_ready(self: &Rc<Self>, base: &mut EventBase, lfd: RawFd) {
+        for _ in 0..ACCEPT_BATCH {
+            if self.open.get() >= self.params.borrow().max_connections {
+                self.set_pause(base, PAUSE_LIMIT, true);
+                return;
+            }
+            match sys::accept(lfd) {
+                Ok((fd, peer)) => {
+                    if let Err(e) = self.start_connection(base, fd) {
+                        tracing::warn!(target: "rot13d", error = %e, "cannot set up a connection");
+                    } else {
+                        tracing::debug!(target: "rot13d", peer = ?peer, "connection accepted");
+                    }
+                }
+                Err(e) => {
+                    match e.raw_os_error() {
+                        Some(libc::EAGAIN) => return,
+                        Some(libc::EINTR | libc::ECONNABORTED | libc::EPROTO | libc::EPERM) => continue,
+                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => self.fd_exhausted(base, &e),
+                        _ => tracing::warn!(target: "rot13d", error = %e, "accept failed"),
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// EMFILE/ENFILE: pause accepting for a moment instead of spinning on
+    /// a listener that stays readable (libevent #71, tokio #3529).
+    fn fd_exhausted(&self, base: &mut EventBase, e: &std::io::Error) {
+        self.count(Counter::AcceptErrors, 1);
+        let now = Instant::now();
+        let due = self.last_fd_warn.get().is_none_or(|t| now.duration_since(t) >= FD_WARN_EVERY);
+        if due {
+            tracing::warn!(target: "rot13d", error = %e, open = self.open.get(),
+                suppressed = self.fd_errors_quiet.get(), backoff_ms = FD_BACKOFF.as_millis() as u64,
+                "file descriptor table full: accepting paused");
+            self.last_fd_warn.set(Some(now));
+            self.fd_errors_quiet.set(0);
+        } else {
+            self.fd_errors_quiet.set(self.fd_errors_quiet.get() + 1);
+        }
+        self.set_pause(base, PAUSE_FDS, true);
+        let _ = base.add(self.resume_timer.get(), Some(FD_BACKOFF));
+    }
+
+    fn start_connection(self: &Rc<Self>, base: &mut EventBase, fd: OwnedFd) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let _ = sys::set_nodelay(fd.as_raw_fd());
+        let params = self.params.borrow().clone();
+        let id = self.free_ids.borrow_mut().pop().unwrap_or_else(|| {
+            let mut c = self.conns.borrow_mut();
+            c.push(None);
+            (c.len() - 1) as u32
+        });
+        let conn = Conn {
+            framer: Framer::new(params.max_line),
+            shared: self.clone(),
+            id,
+            phase: Phase::Stream,
+            carried: 0,
+            window_bytes: 0,
+            window_start: base.now().as_millis() as u32,
+            last_heavy: 0,
+            lane: LANE_INTERACTIVE as u8,
+        };
+        let bev = BufferEvent::socket_new(base, fd, BevOptions::CLOSE_ON_FREE, conn)?;
+        let setup = bev.with(|b: &mut ConnBev| -> std::io::Result<()> {
+            b.setcb(Some(connection::on_read), None, Some(connection::on_event));
+            b.set_closecb(Some(connection::on_close));
+            b.set_priority(base, LANE_INTERACTIVE)?;
+            b.set_backpressure(base, params.write_high_watermark, params.write_low_watermark);
+            b.set_timeouts(base, params.idle_timeout, params.write_timeout);
+            b.enable(base, EventFlags::READ | EventFlags::WRITE)
+        });
+        self.conns.borrow_mut()[id as usize] = Some(bev.clone());
+        self.open.set(self.open.get() + 1);
+        self.count(Counter::Accepted, 1);
+        self.metrics.add(self.slot, Counter::Open, 1);
+        match setup {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => {
+                bev.with(|b| b.free(base));
+                Err(e)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Graceful stop: listeners closed at once; idle connections closed at
+    /// once; busy ones served until their client finishes, for at most the
+    /// grace period.
+    pub fn begin_drain(self: &Rc<Self>, base: &mut EventBase) {
+        if self.draining.replace(true) {
+            return;
+        }
+        self.set_pause(base, PAUSE_DRAIN, true);
+        for l in self.listeners.borrow_mut().drain(..) {
+            base.free(l.ev);
+            sys::close(l.fd);
+        }
+        base.free(self.resume_timer.get());
+        let conns: Vec<Bev<Conn>> = self.conns.borrow().iter().flatten().cloned().collect();
+        let mut busy = 0;
+        for c in conns {
+            c.with(|b| {
+                if b.is_freed() || b.is_closing() {
+                    return;
+                }
+                if b.input.is_empty() && b.output.is_empty() {
+                    b.free(base);
+                } else {
+                    busy += 1;
+                }
+            });
+        }
+        let grace = self.params.borrow().shutdown_grace;
+        let accepted = self.metrics.get(self.slot, Counter::Accepted);
+        tracing::info!(target: "rot13d", busy, accepted, grace_s = grace.as_secs_f64(), "draining");
+        if self.open.get() == 0 {
+            let _ = base.loopexit(None);
+            return;
+        }
+        let me = self.clone();
+        if grace.is_zero() {
+            me.force_close_all(base);
+        } else {
+            let _ = base.once(-1, EventFlags::NONE, Some(grace), move |base, _| me.force_close_all(base));
+        }
+    }
+
+    /// End of the grace period: answer partial lines, write what the
+    /// sockets take without waiting, close.
+    fn force_close_all(&self, base: &mut EventBase) {
+        let conns: Vec<Bev<Conn>> = self.conns.borrow().iter().flatten().cloned().collect();
+        if !conns.is_empty() {
+            tracing::info!(target: "rot13d", connections = conns.len(), "grace period over: closing");
+        }
+        for c in conns {
+            c.with(|b| {
+                if b.is_freed() {
+                    return;
+                }
+                if !b.is_closing() {
+                    connection::answer_tail(b);
+                }
+                let _ = b.enable(base, EventFlags::WRITE);
+                b.flush(base);
+                b.free(base);
+            });
+        }
+        let _ = base.loopexit(None);
+    }
+
+    /// New settings for connections accepted from now on (workers = 0
+    /// reload).
+    pub fn set_params(&self, p: WorkerParams) {
+        *self.params.borrow_mut() = p;
+    }
+}
+
+/// Registers the listeners on `base` and returns the shared worker state.
+pub fn start(
+    base: &mut EventBase,
+    listeners: &[RawFd],
+    params: WorkerParams,
+    metrics: Rc<Metrics>,
+    slot: usize,
+) -> std::io::Result<Rc<Shared>> {
+    if let Some(d) = params.idle_timeout {
+        base.init_common_timeout(d)?;
+    }
+    if let Some(d) = params.write_timeout {
+        base.init_common_timeout(d)?;
+    }
+    metrics.set(slot, Counter::Open, 0);
+    let shared = Rc::new(Shared {
+        metrics,
+        slot,
+        params: RefCell::new(params),
+        conns: RefCell::new(Vec::new()),
+        free_ids: RefCell::new(Vec::new()),
+        open: Cell::new(0),
+        listeners: RefCell::new(Vec::new()),
+        listening: Cell::new(false),
+        pause: Cell::new(0),
+        resume_timer: Cell::new(EventId::INVALID),
+        draining: Cell::new(false),
+        last_fd_warn: Cell::new(None),
+        fd_errors_quiet: Cell::new(0),
+    });
+    let s = shared.clone();
+    let t = base.new_timer(move |base, _, _| s.set_pause(base, PAUSE_FDS, false));
+    base.set_priority(t, LANE_CONTROL)?;
+    shared.resume_timer.set(t);
+    for &fd in listeners {
+        sys::set_nonblocking(fd, true)?;
+        let s = shared.clone();
+        let ev = base.new_event(fd, EventFlags::READ | EventFlags::PERSIST, move |base, _, _| s.accept_ready(base, fd));
+        base.set_priority(ev, LANE_CONTROL)?;
+        shared.listeners.borrow_mut().push(Listening { fd, ev });
+    }
+    shared.sync_listeners(base);
+    Ok(shared)
+}

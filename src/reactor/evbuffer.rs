@@ -1,0 +1,1337 @@
+//! `EvBuffer`: libevent's byte queue (`struct evbuffer`) in safe Rust.
+//!
+//! # Layout
+//!
+//! A buffer is a `VecDeque` of chunks; a chunk owns a heap block
+//! (`Vec<u8>`, fully initialised, so `readv` can fill it without `unsafe`)
+//! and the `start..end` window of it that holds queued bytes. Bytes before
+//! `start` were drained, bytes after `end` are free space for the next
+//! [`add`](EvBuffer::add) or [`read_from`](EvBuffer::read_from).
+//!
+//! - Adding never moves stored bytes: new bytes go into the tail chunk's
+//!   free space, then into a new chunk. [`add_vec`](EvBuffer::add_vec) adopts
+//!   the caller's allocation as a chunk (no copy).
+//! - Draining the front never copies the rest: it advances `start` and pops
+//!   the chunks it empties. No chunk in the queue is ever empty.
+//! - [`add_buffer`](EvBuffer::add_buffer) and
+//!   [`remove_buffer`](EvBuffer::remove_buffer) move whole chunks between
+//!   buffers (libevent's `evbuffer_add_buffer`/`evbuffer_remove_buffer`). A
+//!   chunk cut by `remove_buffer` copies only its *smaller* side: when most
+//!   of it moves, the chunk itself moves and its tail (typically a partial
+//!   line) is copied into a fresh chunk that stays behind, so the zero-copy
+//!   read → rot13 in place → move to output path of the protocol copies at
+//!   most one partial line per read.
+//! - [`read_from`](EvBuffer::read_from) `readv`s into the tail chunk's free
+//!   space plus one new chunk (libevent's `evbuffer_read` with two iovecs);
+//!   [`write_to`](EvBuffer::write_to) gathers up to `IOV_MAX` chunks into one
+//!   `sendmsg` (`writev` with `MSG_NOSIGNAL`) and drains what was written.
+//!
+//! # Read size
+//!
+//! [`DEFAULT_READ_SIZE`] is 64 KiB, changeable per buffer with
+//! [`set_read_size`](EvBuffer::set_read_size). One 64 KiB read takes what a
+//! busy loopback or LAN socket typically holds in one go, so a bulk sender
+//! costs one `read` per 64 KiB; smaller sizes multiply syscalls
+//! (`benches/buffers.rs`, group `pipeline`, compares 4, 16 and 64 KiB), larger
+//! ones only add memory. SPEC §1 bounds a connection by "one read buffer
+//! (64 KiB at most)", which this default meets.
+//!
+//! # Chunk pool
+//!
+//! Read-sized chunks are recycled through a small per-thread free list (at
+//! most [`POOL_CHUNKS`] blocks of 4 KiB..=256 KiB, fully initialised). A
+//! chunk emptied by `drain`/`write_to`/`shrink`/drop goes back to the pool,
+//! and `read_from`, `add` and the copy in `remove_buffer` take from it before
+//! asking the allocator. In the steady state of a busy connection (read into
+//! a pooled chunk, rot13 it in place, move it to the output, write it, drain
+//! it) no `malloc` happens at all. The pool is per thread because the reactor
+//! is single-threaded (one base per process); [`trim_pool`] frees it.
+//!
+//! # Idle memory
+//!
+//! [`EvBuffer::new`] allocates nothing; an empty buffer whose chunks were
+//! drained keeps only its `VecDeque` array (a few dozen bytes per slot).
+//! A connection that goes quiet holding a partial line still owns a pooled
+//! 64 KiB chunk: [`shrink`](EvBuffer::shrink) copies the bytes into one
+//! exact-size allocation, returns the big chunks to the pool and releases
+//! the queue array, so an idle connection holds `len + 40` bytes per buffer
+//! (plus allocator overhead). The bufferevent calls it when a connection
+//! becomes idle: after a read that returned less than asked (the socket is
+//! drained), on the input; and on the output when it becomes empty.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::fmt;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::ops::Range;
+use std::os::fd::RawFd;
+
+use crate::sys;
+
+/// Bytes one [`EvBuffer::read_from`] asks for unless changed with
+/// [`EvBuffer::set_read_size`].
+pub const DEFAULT_READ_SIZE: usize = 64 * 1024;
+
+/// Smallest read size [`EvBuffer::set_read_size`] accepts.
+pub const MIN_READ_SIZE: usize = 64;
+
+/// Largest read size [`EvBuffer::set_read_size`] accepts.
+pub const MAX_READ_SIZE: usize = 1024 * 1024;
+
+/// Most chunks the per-thread pool keeps.
+pub const POOL_CHUNKS: usize = 8;
+
+/// Smallest block the pool keeps (smaller ones go back to the allocator).
+const POOL_MIN: usize = 4 * 1024;
+
+/// Largest block the pool keeps.
+const POOL_MAX: usize = 256 * 1024;
+
+/// Smallest chunk `add`/`prepend` allocate, so that many small adds share one.
+const MIN_CHUNK: usize = 1024;
+
+/// Free space in the tail chunk worth a read of its own (no second iovec).
+const TAIL_READ_MIN: usize = 4 * 1024;
+
+thread_local! {
+    /// The per-thread free list of recycled blocks (see the module doc).
+    static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Takes a pooled block of at least `min` bytes, if the pool has one.
+fn pool_take(min: usize) -> Option<Vec<u8>> {
+    POOL.try_with(|pool| {
+        let mut pool = pool.try_borrow_mut().ok()?;
+        let i = pool.iter().rposition(|b| b.len() >= min)?;
+        Some(pool.swap_remove(i))
+    })
+    .ok()
+    .flatten()
+}
+
+/// Gives a block back to the pool, or to the allocator if it does not fit.
+fn pool_give(block: Vec<u8>) {
+    if block.len() < POOL_MIN || block.len() > POOL_MAX || block.capacity() != block.len() {
+        return;
+    }
+    // During thread teardown the pool may be gone: the block is then freed.
+    let _ = POOL.try_with(|pool| {
+        if let Ok(mut pool) = pool.try_borrow_mut()
+            && pool.len() < POOL_CHUNKS
+        {
+            pool.push(block);
+        }
+    });
+}
+
+/// Frees every block of this thread's chunk pool.
+pub fn trim_pool() {
+    let _ = POOL.try_with(|pool| {
+        if let Ok(mut pool) = pool.try_borrow_mut() {
+            *pool = Vec::new();
+        }
+    });
+}
+
+/// Number of blocks in this thread's chunk pool.
+pub fn pooled_chunks() -> usize {
+    POOL.try_with(|pool| pool.try_borrow().map_or(0, |p| p.len())).unwrap_or(0)
+}
+
+/// A block plus the window of it that holds queued bytes.
+struct Chunk {
+    /// The block, initialised over its whole `len()` (which is the usable
+    /// size; spare `capacity` beyond it is never used).
+    data: Vec<u8>,
+    /// First queued byte.
+    start: usize,
+    /// One past the last queued byte; `data[end..]` is free space.
+    end: usize,
+}
+
+impl Chunk {
+    /// A chunk over `block` with no queued bytes.
+    fn empty(data: Vec<u8>) -> Chunk {
+        Chunk { data, start: 0, end: 0 }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.data[self.start..self.end]
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.data[self.start..self.end]
+    }
+
+    fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    fn free(&self) -> usize {
+        self.data.len() - self.end
+    }
+
+    /// Copies as much of `src` as fits into the free space; returns how much.
+    fn append(&mut self, src: &[u8]) -> usize {
+        let n = self.free().min(src.len());
+        self.data[self.end..self.end + n].copy_from_slice(&src[..n]);
+        self.end += n;
+        n
+    }
+}
+
+/// A new empty chunk of at least `min` bytes: pooled if possible, else a
+/// fresh zeroed block of `max(min, fresh)` bytes.
+fn new_chunk(min: usize, fresh: usize) -> Chunk {
+    match pool_take(min) {
+        Some(block) => Chunk::empty(block),
+        None => Chunk::empty(vec![0; min.max(fresh)]),
+    }
+}
+
+/// Where a line ends, for [`EvBuffer::readln`] (libevent's
+/// `enum evbuffer_eol_style`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Eol {
+    /// `EVBUFFER_EOL_ANY`: the line ends at the first CR or LF, and the
+    /// terminator is the whole run of CR and LF bytes that follows (so
+    /// `"a\r\n\r\nb"` gives `"a"` then `"b"`). As in libevent, a CR at the
+    /// very end of the buffer already ends the line; an LF arriving later
+    /// then ends an empty line.
+    #[doc(alias = "EVBUFFER_EOL_ANY")]
+    Any,
+    /// `EVBUFFER_EOL_CRLF`: the line ends at the first LF; one CR right
+    /// before it is part of the terminator.
+    #[doc(alias = "EVBUFFER_EOL_CRLF")]
+    Crlf,
+    /// `EVBUFFER_EOL_CRLF_STRICT`: the line ends at the first CR LF pair; a
+    /// lone CR or LF is part of the line.
+    #[doc(alias = "EVBUFFER_EOL_CRLF_STRICT")]
+    CrlfStrict,
+    /// `EVBUFFER_EOL_LF`: the line ends at the first LF.
+    #[doc(alias = "EVBUFFER_EOL_LF")]
+    Lf,
+    /// `EVBUFFER_EOL_NUL`: the line ends at the first NUL byte.
+    #[doc(alias = "EVBUFFER_EOL_NUL")]
+    Nul,
+}
+
+/// A queue of bytes stored as a chain of chunks (libevent's `evbuffer`).
+///
+/// See the module documentation for the layout, the pool and when to call
+/// [`shrink`](EvBuffer::shrink).
+#[doc(alias = "evbuffer")]
+pub struct EvBuffer {
+    chunks: VecDeque<Chunk>,
+    len: usize,
+    read_size: usize,
+}
+
+impl Default for EvBuffer {
+    fn default() -> Self {
+        EvBuffer::new()
+    }
+}
+
+impl fmt::Debug for EvBuffer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EvBuffer")
+            .field("len", &self.len)
+            .field("chunks", &self.chunks.len())
+            .field("read_size", &self.read_size)
+            .finish()
+    }
+}
+
+impl Drop for EvBuffer {
+    fn drop(&mut self) {
+        for c in self.chunks.drain(..) {
+            pool_give(c.data);
+        }
+    }
+}
+
+impl EvBuffer {
+    /// An empty buffer. Allocates nothing.
+    #[doc(alias = "evbuffer_new")]
+    pub const fn new() -> EvBuffer {
+        EvBuffer { chunks: VecDeque::new(), len: 0, read_size: DEFAULT_READ_SIZE }
+    }
+
+    /// Number of queued bytes.
+    #[doc(alias = "evbuffer_get_length")]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no byte is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Number of chunks holding the queued bytes.
+    pub fn chunk_count(&self) -> usize {
+        self.chunks.len()
+    }
+
+    /// The queued bytes, one slice per chunk, front to back. No slice is
+    /// empty.
+    #[doc(alias = "evbuffer_peek")]
+    pub fn chunks(&self) -> impl DoubleEndedIterator<Item = &[u8]> + ExactSizeIterator + '_ {
+        self.chunks.iter().map(Chunk::bytes)
+    }
+
+    /// The queued bytes of chunk `i` (0 = front), as [`chunks`](EvBuffer::chunks)
+    /// yields them; `None` past the last chunk.
+    pub fn chunk(&self, i: usize) -> Option<&[u8]> {
+        self.chunks.get(i).map(Chunk::bytes)
+    }
+
+    /// Heap bytes this buffer holds: its blocks plus its chunk array.
+    pub fn heap_size(&self) -> usize {
+        let blocks: usize = self.chunks.iter().map(|c| c.data.capacity()).sum();
+        blocks + self.chunks.capacity() * std::mem::size_of::<Chunk>()
+    }
+
+    /// Bytes one [`read_from`](EvBuffer::read_from) asks for at most.
+    pub fn read_size(&self) -> usize {
+        self.read_size
+    }
+
+    /// Sets how many bytes one [`read_from`](EvBuffer::read_from) asks for
+    /// at most, clamped to [`MIN_READ_SIZE`]..=[`MAX_READ_SIZE`].
+    pub fn set_read_size(&mut self, size: usize) {
+        self.read_size = size.clamp(MIN_READ_SIZE, MAX_READ_SIZE);
+    }
+
+    /// Appends a copy of `data`.
+    #[doc(alias = "evbuffer_add")]
+    pub fn add(&mut self, data: &[u8]) {
+        self.add_with(data, |_| {});
+    }
+
+    /// Appends a copy of `data` and calls `f` on the copy in place (one
+    /// call per chunk it landed in), e.g. to rotate a line while copying it
+    /// without an intermediate buffer.
+    pub fn add_with(&mut self, data: &[u8], mut f: impl FnMut(&mut [u8])) {
+        if data.is_empty() {
+            return;
+        }
+        self.len += data.len();
+        let mut rest = data;
+        if let Some(tail) = self.chunks.back_mut() {
+            let at = tail.end;
+            let n = tail.append(rest);
+            if n > 0 {
+                f(&mut tail.data[at..at + n]);
+            }
+            rest = &rest[n..];
+        }
+        if !rest.is_empty() {
+            let mut c = new_chunk(rest.len(), MIN_CHUNK);
+            c.append(rest);
+            f(c.bytes_mut());
+            self.chunks.push_back(c);
+        }
+    }
+
+    /// Appends `data`, taking over its allocation (no copy).
+    #[doc(alias = "evbuffer_add_reference")]
+    pub fn add_vec(&mut self, mut data: Vec<u8>) {
+        if data.is_empty() {
+            return;
+        }
+        self.len += data.len();
+        // A block whose spare capacity is never used must not reach the
+        // pool with that capacity unaccounted: trim costs nothing when the
+        // caller sized it exactly, which is the common case.
+        if data.capacity() > data.len() + data.len() / 4 + 64 {
+            data.shrink_to_fit();
+        }
+        let end = data.len();
+        self.chunks.push_back(Chunk { data, start: 0, end });
+    }
+
+    /// Inserts a copy of `data` before the queued bytes.
+    #[doc(alias = "evbuffer_prepend")]
+    pub fn prepend(&mut self, data: &[u8]) {
+        let n = data.len();
+        if n == 0 {
+            return;
+        }
+        self.len += n;
+        if let Some(front) = self.chunks.front_mut()
+            && front.start >= n
+        {
+            front.data[front.start - n..front.start].copy_from_slice(data);
+            front.start -= n;
+            return;
+        }
+        let mut c = new_chunk(n, MIN_CHUNK);
+        // Room in front for further prepends, unless the buffer was empty
+        // (then the free space is more useful behind, for adds).
+        let at = if self.chunks.is_empty() { 0 } else { c.data.len() - n };
+        c.data[at..at + n].copy_from_slice(data);
+        c.start = at;
+        c.end = at + n;
+        self.chunks.push_front(c);
+    }
+
+    /// Discards the first `n` bytes (all of them if `n >= len`).
+    #[doc(alias = "evbuffer_drain")]
+    pub fn drain(&mut self, n: usize) {
+        let mut left = n.min(self.len);
+        self.len -= left;
+        while left > 0 {
+            let Some(front) = self.chunks.front_mut() else { break };
+            let cl = front.len();
+            if cl <= left {
+                left -= cl;
+                if let Some(c) = self.chunks.pop_front() {
+                    pool_give(c.data);
+                }
+            } else {
+                front.start += left;
+                left = 0;
+            }
+        }
+    }
+
+    /// Copies the first bytes into `dst` without draining them; returns how
+    /// many (`min(len, dst.len())`).
+    #[doc(alias = "evbuffer_copyout")]
+    pub fn copyout(&self, dst: &mut [u8]) -> usize {
+        let n = dst.len().min(self.len);
+        let mut at = 0;
+        for c in &self.chunks {
+            if at == n {
+                break;
+            }
+            let s = c.bytes();
+            let k = s.len().min(n - at);
+            dst[at..at + k].copy_from_slice(&s[..k]);
+            at += k;
+        }
+        n
+    }
+
+    /// Moves the first bytes into `dst`; returns how many.
+    #[doc(alias = "evbuffer_remove")]
+    pub fn remove(&mut self, dst: &mut [u8]) -> usize {
+        let n = self.copyout(dst);
+        self.drain(n);
+        n
+    }
+
+    /// Moves every byte of `other` to the end of `self`, chunk by chunk (no
+    /// byte is copied).
+    #[doc(alias = "evbuffer_add_buffer")]
+    pub fn add_buffer(&mut self, other: &mut EvBuffer) {
+        if other.len == 0 {
+            return;
+        }
+        if self.chunks.is_empty() {
+            // Take over the whole chunk array: no allocation.
+            std::mem::swap(&mut self.chunks, &mut other.chunks);
+        } else {
+            self.chunks.append(&mut other.chunks);
+        }
+        self.len += other.len;
+        other.len = 0;
+    }
+
+    /// Moves the first `n` bytes of `self` (all if fewer) to the end of
+    /// `dst`; returns how many moved.
+    ///
+    /// Whole chunks move without copying. A chunk cut in two copies its
+    /// smaller side: if most of it moves, the chunk moves and the bytes that
+    /// stay are copied into a fresh (pooled) chunk, which keeps free space
+    /// behind them for the next read.
+    #[doc(alias = "evbuffer_remove_buffer")]
+    pub fn remove_buffer(&mut self, dst: &mut EvBuffer, n: usize) -> usize {
+        let n = n.min(self.len);
+        if n == self.len {
+            dst.add_buffer(self);
+            return n;
+        }
+        let mut left = n;
+        while left > 0 {
+            let Some(front) = self.chunks.front_mut() else { break };
+            let cl = front.len();
+            if cl <= left {
+                if let Some(c) = self.chunks.pop_front() {
+                    dst.chunks.push_back(c);
+                }
+                self.len -= cl;
+                dst.len += cl;
+                left -= cl;
+                continue;
+            }
+            if left >= cl - left {
+                let stay = cl - left;
+                let mut rest = new_chunk(stay, self.read_size);
+                rest.append(&front.bytes()[left..]);
+                front.end = front.start + left;
+                if let Some(c) = self.chunks.pop_front() {
+                    dst.chunks.push_back(c);
+                }
+                self.chunks.push_front(rest);
+                dst.len += left;
+            } else {
+                dst.add(&front.bytes()[..left]);
+                front.start += left;
+            }
+            self.len -= left;
+            left = 0;
+        }
+        n
+    }
+
+    /// Calls `f` on the queued bytes in `range` (clamped to the buffer), one
+    /// mutable slice per chunk it spans. This is how the protocol rotates
+    /// bytes in place before moving them to the output.
+    pub fn for_each_mut(&mut self, range: Range<usize>, mut f: impl FnMut(&mut [u8])) {
+        let end = range.end.min(self.len);
+        let start = range.start;
+        if start >= end {
+            return;
+        }
+        let mut base = 0;
+        for c in self.chunks.iter_mut() {
+            let cl = c.len();
+            let cend = base + cl;
+            if cend > start {
+                let lo = start.saturating_sub(base);
+                let hi = (end - base).min(cl);
+                f(&mut c.bytes_mut()[lo..hi]);
+            }
+            base = cend;
+            if base >= end {
+                break;
+            }
+        }
+    }
+
+    /// The byte at `pos`, if `pos < len`.
+    pub fn byte_at(&self, pos: usize) -> Option<u8> {
+        let mut base = 0;
+        for c in &self.chunks {
+            let cl = c.len();
+            if pos < base + cl {
+                return Some(c.data[c.start + pos - base]);
+            }
+            base += cl;
+        }
+        None
+    }
+
+    /// Makes the first `n` bytes (all if fewer) contiguous and returns them.
+    ///
+    /// Copies only when they span chunks; then they are gathered into one
+    /// new chunk.
+    #[doc(alias = "evbuffer_pullup")]
+    pub fn pullup(&mut self, n: usize) -> &mut [u8] {
+        let n = n.min(self.len);
+        let front_len = self.chunks.front().map_or(0, Chunk::len);
+        if front_len < n {
+            let mut c = new_chunk(n, n);
+            for s in self.chunks.iter() {
+                let k = (n - c.end).min(s.len());
+                c.append(&s.bytes()[..k]);
+                if c.end == n {
+                    break;
+                }
+            }
+            self.drain(n);
+            self.len += n;
+            self.chunks.push_front(c);
+        }
+        match self.chunks.front_mut() {
+            Some(c) => &mut c.bytes_mut()[..n],
+            None => &mut [],
+        }
+    }
+
+    /// Finds the first position `>= from` where `pred` (a forward scan of
+    /// one contiguous slice) matches, across chunks.
+    fn scan(&self, from: usize, pred: impl Fn(&[u8]) -> Option<usize>) -> Option<usize> {
+        let mut base = 0;
+        for c in &self.chunks {
+            let s = c.bytes();
+            let cend = base + s.len();
+            if cend > from {
+                let lo = from.saturating_sub(base);
+                if let Some(i) = pred(&s[lo..]) {
+                    return Some(base + lo + i);
+                }
+            }
+            base = cend;
+        }
+        None
+    }
+
+    /// Position of the first `byte` at or after `from`.
+    pub fn search_byte(&self, byte: u8, from: usize) -> Option<usize> {
+        self.scan(from, |s| memchr::memchr(byte, s))
+    }
+
+    /// Whether the bytes from chunk `ci`, offset `off` (within its window)
+    /// start with `needle`.
+    fn matches_at(&self, ci: usize, off: usize, needle: &[u8]) -> bool {
+        let mut rest = needle;
+        let mut off = off;
+        for c in self.chunks.range(ci..) {
+            let s = &c.bytes()[off..];
+            let k = s.len().min(rest.len());
+            if s[..k] != rest[..k] {
+                return false;
+            }
+            rest = &rest[k..];
+            if rest.is_empty() {
+                return true;
+            }
+            off = 0;
+        }
+        false
+    }
+
+    /// Position of the first occurrence of `needle` starting at or after
+    /// `from`, including occurrences that span chunks. An empty needle
+    /// matches at `from` if `from <= len`.
+    #[doc(alias = "evbuffer_search")]
+    pub fn search(&self, needle: &[u8], from: usize) -> Option<usize> {
+        let m = needle.len();
+        if m == 0 {
+            return (from <= self.len).then_some(from);
+        }
+        if from >= self.len || m > self.len - from {
+            return None;
+        }
+        if m == 1 {
+            return self.search_byte(needle[0], from);
+        }
+        let finder = memchr::memmem::Finder::new(needle);
+        let mut base = 0;
+        for (ci, c) in self.chunks.iter().enumerate() {
+            let s = c.bytes();
+            let cend = base + s.len();
+            if cend > from {
+                let lo = from.saturating_sub(base);
+                // A match inside the chunk starts before any that spans the
+                // boundary, so the first inside wins.
+                if let Some(i) = finder.find(&s[lo..]) {
+                    return Some(base + lo + i);
+                }
+                let straddle = lo.max(s.len().saturating_sub(m - 1));
+                for st in straddle..s.len() {
+                    if self.matches_at(ci, st, needle) {
+                        return Some(base + st);
+                    }
+                }
+            }
+            base = cend;
+        }
+        None
+    }
+
+    /// Finds the first line: `(line length, terminator length)`.
+    fn find_eol(&self, eol: Eol) -> Option<(usize, usize)> {
+        match eol {
+            Eol::Lf => self.search_byte(b'\n', 0).map(|i| (i, 1)),
+            Eol::Nul => self.search_byte(0, 0).map(|i| (i, 1)),
+            Eol::CrlfStrict => self.search(b"\r\n", 0).map(|i| (i, 2)),
+            Eol::Crlf => {
+                let i = self.search_byte(b'\n', 0)?;
+                if i > 0 && self.byte_at(i - 1) == Some(b'\r') { Some((i - 1, 2)) } else { Some((i, 1)) }
+            }
+            Eol::Any => {
+                let i = self.scan(0, |s| memchr::memchr2(b'\r', b'\n', s))?;
+                let run_end = self.scan(i, |s| s.iter().position(|&b| b != b'\r' && b != b'\n'));
+                Some((i, run_end.unwrap_or(self.len) - i))
+            }
+        }
+    }
+
+    /// Removes the first line and returns it without its terminator, or
+    /// `None` (buffer untouched) if no complete line is queued.
+    #[doc(alias = "evbuffer_readln")]
+    pub fn readln(&mut self, eol: Eol) -> Option<Vec<u8>> {
+        let (n, t) = self.find_eol(eol)?;
+        let mut line = vec![0; n];
+        self.copyout(&mut line);
+        self.drain(n + t);
+        Some(line)
+    }
+
+    /// Like [`readln`](EvBuffer::readln) but lends the line to `f` instead
+    /// of allocating it; returns what `f` returns.
+    ///
+    /// No allocation when the line lies in one chunk (the usual case); a
+    /// line spanning chunks is first gathered with
+    /// [`pullup`](EvBuffer::pullup).
+    pub fn readln_with<R>(&mut self, eol: Eol, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+        let (n, t) = self.find_eol(eol)?;
+        let r = f(self.pullup(n));
+        self.drain(n + t);
+        Some(r)
+    }
+
+    /// Reads once from `fd` (a non-blocking socket or pipe), appending at
+    /// most `min(max, read_size)` bytes; returns how many, `Ok(0)` meaning
+    /// end of file. `WouldBlock` means nothing was ready.
+    ///
+    /// The bytes land in the tail chunk's free space and, when that is
+    /// small, in one new (pooled) chunk too, with a single `readv`. `max ==
+    /// 0` is refused (`InvalidInput`) so that `Ok(0)` always means EOF.
+    #[doc(alias = "evbuffer_read")]
+    pub fn read_from(&mut self, fd: RawFd, max: usize) -> io::Result<usize> {
+        let want = max.min(self.read_size);
+        if want == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "read of 0 bytes"));
+        }
+        let tail_free = self.chunks.back().map_or(0, Chunk::free);
+        if tail_free >= want.min(TAIL_READ_MIN) {
+            let Some(t) = self.chunks.back_mut() else { return Ok(0) };
+            let n = want.min(tail_free);
+            let r = sys::read(fd, &mut t.data[t.end..t.end + n])?;
+            t.end += r;
+            self.len += r;
+            return Ok(r);
+        }
+        let mut fresh = new_chunk(want - tail_free, self.read_size);
+        let second = (want - tail_free).min(fresh.data.len());
+        let res = match self.chunks.back_mut() {
+            Some(t) if tail_free > 0 => {
+                let end = t.end;
+                let mut iov = [IoSliceMut::new(&mut t.data[end..]), IoSliceMut::new(&mut fresh.data[..second])];
+                sys::readv(fd, &mut iov)
+            }
+            _ => sys::read(fd, &mut fresh.data[..second]),
+        };
+        let r = match res {
+            Ok(r) => r,
+            Err(e) => {
+                pool_give(fresh.data);
+                return Err(e);
+            }
+        };
+        let into_tail = r.min(tail_free);
+        if into_tail > 0
+            && let Some(t) = self.chunks.back_mut()
+        {
+            t.end += into_tail;
+        }
+        if r > into_tail {
+            fresh.end = r - into_tail;
+            self.chunks.push_back(fresh);
+        } else {
+            pool_give(fresh.data);
+        }
+        self.len += r;
+        Ok(r)
+    }
+
+    /// Writes as much as `fd` takes of the queued bytes, gathering up to
+    /// [`sys::IOV_MAX`] chunks into one `sendmsg(MSG_NOSIGNAL)` (a `writev`
+    /// that cannot raise SIGPIPE; plain `writev` for a non-socket such as a
+    /// pipe), drains what was written and returns how much. `Ok(0)` only for
+    /// an empty buffer; `WouldBlock` when the socket is full.
+    #[doc(alias = "evbuffer_write")]
+    pub fn write_to(&mut self, fd: RawFd) -> io::Result<usize> {
+        let n = match self.chunks.len() {
+            0 => return Ok(0),
+            1..=8 => self.gather_write::<8>(fd)?,
+            9..=64 => self.gather_write::<64>(fd)?,
+            _ => self.gather_write::<{ sys::IOV_MAX }>(fd)?,
+        };
+        self.drain(n);
+        Ok(n)
+    }
+
+    /// One gathered write of the first `N` chunks at most.
+    fn gather_write<const N: usize>(&self, fd: RawFd) -> io::Result<usize> {
+        let mut iov = [IoSlice::new(&[]); N];
+        let mut k = 0;
+        for (slot, c) in iov.iter_mut().zip(self.chunks.iter()) {
+            *slot = IoSlice::new(c.bytes());
+            k += 1;
+        }
+        match sys::sendv(fd, &iov[..k]) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOTSOCK) => sys::writev(fd, &iov[..k]),
+            r => r,
+        }
+    }
+
+    /// Compacts the buffer for a connection going idle.
+    ///
+    /// An empty buffer releases its chunks (to the pool) and its chunk
+    /// array: it then holds no heap memory. A buffer holding a few bytes in
+    /// big or several chunks copies them into one exact-size allocation and
+    /// releases the rest. Does nothing when there is nothing to gain (one
+    /// exact chunk already). Cost: one allocation and a copy of `len()`
+    /// bytes, so call it when going idle, not after every read.
+    #[doc(alias = "evbuffer_compact")]
+    pub fn shrink(&mut self) {
+        if self.len == 0 {
+            for c in self.chunks.drain(..) {
+                pool_give(c.data);
+            }
+            self.chunks = VecDeque::new();
+            return;
+        }
+        let exact = self.chunks.len() == 1
+            && self.chunks.capacity() == 1
+            && self.chunks.front().is_some_and(|c| c.data.capacity() == self.len);
+        if exact {
+            return;
+        }
+        let mut block = Vec::with_capacity(self.len);
+        for c in &self.chunks {
+            block.extend_from_slice(c.bytes());
+        }
+        for c in self.chunks.drain(..) {
+            pool_give(c.data);
+        }
+        let mut chunks = VecDeque::with_capacity(1);
+        let end = block.len();
+        chunks.push_back(Chunk { data: block, start: 0, end });
+        self.chunks = chunks;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::os::fd::{AsRawFd, OwnedFd};
+
+    fn contents(buf: &EvBuffer) -> Vec<u8> {
+        let mut v = Vec::new();
+        for s in buf.chunks() {
+            assert!(!s.is_empty(), "no empty chunk is queued");
+            v.extend_from_slice(s);
+        }
+        assert_eq!(v.len(), buf.len());
+        v
+    }
+
+    /// A buffer holding `parts`, one chunk each (add_vec keeps boundaries).
+    fn chunked(parts: &[&[u8]]) -> EvBuffer {
+        let mut b = EvBuffer::new();
+        for p in parts {
+            b.add_vec(p.to_vec());
+        }
+        b
+    }
+
+    #[test]
+    fn new_is_allocation_free() {
+        let b = EvBuffer::new();
+        assert_eq!(b.heap_size(), 0);
+        assert!(b.is_empty());
+        assert_eq!(b.chunk_count(), 0);
+        assert!(std::mem::size_of::<EvBuffer>() <= 64);
+    }
+
+    #[test]
+    fn add_drain_remove_copyout() {
+        let mut b = EvBuffer::new();
+        b.add(b"hello ");
+        b.add_vec(b"big ".to_vec());
+        b.add(b"world");
+        assert_eq!(contents(&b), b"hello big world");
+        let mut peek = [0u8; 5];
+        assert_eq!(b.copyout(&mut peek), 5);
+        assert_eq!(&peek, b"hello");
+        b.drain(6);
+        let mut out = [0u8; 32];
+        let n = b.remove(&mut out);
+        assert_eq!(&out[..n], b"big world");
+        assert!(b.is_empty());
+        assert_eq!(b.remove(&mut out), 0);
+        b.drain(10);
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn prepend_uses_front_room() {
+        let mut b = EvBuffer::new();
+        b.add(b"world");
+        b.prepend(b"hello ");
+        b.prepend(b">");
+        assert_eq!(contents(&b), b">hello world");
+        b.drain(3);
+        b.prepend(b"HE");
+        assert_eq!(contents(&b), b"HEllo world");
+    }
+
+    #[test]
+    fn search_across_chunks() {
+        let b = chunked(&[b"ab", b"c\r", b"\nabcab", b"c"]);
+        assert_eq!(b.search(b"abc", 0), Some(0));
+        assert_eq!(b.search(b"abc", 1), Some(5));
+        assert_eq!(b.search(b"abc", 6), Some(8));
+        assert_eq!(b.search(b"\r\n", 0), Some(3));
+        assert_eq!(b.search(b"c\r\na", 0), Some(2));
+        assert_eq!(b.search(b"abcd", 0), None);
+        assert_eq!(b.search(b"", 4), Some(4));
+        assert_eq!(b.search(b"", 11), Some(11));
+        assert_eq!(b.search(b"", 12), None);
+        assert_eq!(b.search(b"c", 9), Some(10));
+    }
+
+    #[test]
+    fn readln_cr_and_lf_in_different_chunks() {
+        for eol in [Eol::Crlf, Eol::CrlfStrict, Eol::Any] {
+            let mut b = chunked(&[b"abc\r", b"\nxyz"]);
+            assert_eq!(b.readln(eol).as_deref(), Some(&b"abc"[..]), "{eol:?}");
+            assert_eq!(contents(&b), b"xyz");
+        }
+        let mut b = chunked(&[b"abc\r", b"\nxyz"]);
+        assert_eq!(b.readln(Eol::Lf).as_deref(), Some(&b"abc\r"[..]));
+        let mut b = chunked(&[b"abc\r", b"\r\n", b"\nx"]);
+        assert_eq!(b.readln(Eol::Any).as_deref(), Some(&b"abc"[..]));
+        assert_eq!(contents(&b), b"x");
+    }
+
+    #[test]
+    fn readln_styles_like_libevent() {
+        let mut b = chunked(&[b"a\rb\r\r\nc\nd\0e"]);
+        // CRLF: the first LF; one CR before it belongs to the terminator.
+        assert_eq!(b.readln(Eol::Crlf).as_deref(), Some(&b"a\rb\r"[..]));
+        assert_eq!(b.readln(Eol::Crlf).as_deref(), Some(&b"c"[..]));
+        assert_eq!(b.readln(Eol::Crlf), None);
+        assert_eq!(b.readln(Eol::Nul).as_deref(), Some(&b"d"[..]));
+        assert_eq!(b.readln(Eol::Lf), None);
+        assert_eq!(contents(&b), b"e");
+
+        let mut b = chunked(&[b"a\nb\r\nc\r"]);
+        assert_eq!(b.readln(Eol::CrlfStrict).as_deref(), Some(&b"a\nb"[..]));
+        assert_eq!(b.readln(Eol::CrlfStrict), None);
+        // ANY: a CR at the very end already ends the line (libevent quirk).
+        assert_eq!(b.readln(Eol::Any).as_deref(), Some(&b"c"[..]));
+        assert!(b.is_empty());
+
+        let mut b = chunked(&[b"\n\r\nx\n"]);
+        assert_eq!(b.readln(Eol::Any).as_deref(), Some(&b""[..]));
+        assert_eq!(b.readln(Eol::Any).as_deref(), Some(&b"x"[..]));
+        assert_eq!(b.readln(Eol::Any), None);
+    }
+
+    #[test]
+    fn readln_with_lends_without_copy_and_gathers_spanning_lines() {
+        let mut b = chunked(&[b"one\ntw", b"o\n"]);
+        assert_eq!(b.readln_with(Eol::Lf, |l| l.to_vec()), Some(b"one".to_vec()));
+        assert_eq!(b.readln_with(Eol::Lf, |l| l.len()), Some(3));
+        assert_eq!(b.readln_with(Eol::Lf, |l| l.len()), None);
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn add_buffer_and_remove_buffer_move_chunks() {
+        let mut a = chunked(&[b"0123", b"4567"]);
+        let mut b = chunked(&[b"89"]);
+        a.add_buffer(&mut b);
+        assert!(b.is_empty());
+        assert_eq!(contents(&a), b"0123456789");
+        assert_eq!(a.chunk_count(), 3);
+
+        let mut dst = EvBuffer::new();
+        assert_eq!(a.remove_buffer(&mut dst, 4), 4);
+        assert_eq!(dst.chunk_count(), 1, "a whole chunk moves");
+        // Cut most of a chunk: the chunk moves, the rest is copied behind.
+        assert_eq!(a.remove_buffer(&mut dst, 3), 3);
+        assert_eq!(contents(&dst), b"0123456");
+        assert_eq!(contents(&a), b"789");
+        // Cut a little of a chunk: that little is copied.
+        assert_eq!(a.remove_buffer(&mut dst, 1), 1);
+        assert_eq!(contents(&dst), b"01234567");
+        assert_eq!(a.remove_buffer(&mut dst, 100), 2);
+        assert_eq!(contents(&dst), b"0123456789");
+        assert!(a.is_empty());
+    }
+
+    #[test]
+    fn for_each_mut_spans_chunks() {
+        let mut b = chunked(&[b"abc", b"def", b"ghi"]);
+        b.for_each_mut(2..7, |s| s.make_ascii_uppercase());
+        assert_eq!(contents(&b), b"abCDEFGhi");
+        b.for_each_mut(7..100, |s| s.make_ascii_uppercase());
+        assert_eq!(contents(&b), b"abCDEFGHI");
+        b.for_each_mut(5..5, |_| panic!("empty range"));
+    }
+
+    #[test]
+    fn pullup_gathers() {
+        let mut b = chunked(&[b"ab", b"cd", b"ef"]);
+        assert_eq!(b.pullup(3), b"abc");
+        assert_eq!(contents(&b), b"abcdef");
+        assert_eq!(b.pullup(100), b"abcdef");
+        assert_eq!(b.chunk_count(), 1);
+    }
+
+    #[test]
+    fn shrink_releases_memory() {
+        let mut b = EvBuffer::new();
+        b.add(&[7u8; 10_000]);
+        b.drain(9_990);
+        assert!(b.heap_size() > 1000);
+        b.shrink();
+        assert_eq!(contents(&b), [7u8; 10]);
+        assert!(b.heap_size() <= 10 + 64, "heap {}", b.heap_size());
+        b.shrink();
+        assert!(b.heap_size() <= 10 + 64);
+        b.drain(10);
+        b.shrink();
+        assert_eq!(b.heap_size(), 0);
+    }
+
+    #[test]
+    fn socket_round_trip_and_pool_reuse() -> io::Result<()> {
+        let (a, b) = sys::socketpair()?;
+        trim_pool();
+        let mut out = EvBuffer::new();
+        for i in 0..100u8 {
+            out.add_vec(vec![i; 100]);
+        }
+        let sent = out.write_to(a.as_raw_fd())?;
+        assert_eq!(sent, 10_000);
+        assert!(out.is_empty());
+        let mut inp = EvBuffer::new();
+        let mut got = 0;
+        while got < sent {
+            got += inp.read_from(b.as_raw_fd(), usize::MAX)?;
+        }
+        let data = contents(&inp);
+        assert_eq!(data.len(), 10_000);
+        assert!(data.chunks(100).enumerate().all(|(i, c)| c.iter().all(|&x| x == i as u8)));
+        // Nothing more: WouldBlock, not EOF.
+        let e = inp.read_from(b.as_raw_fd(), 10).err().map(|e| e.kind());
+        assert_eq!(e, Some(io::ErrorKind::WouldBlock));
+        assert_eq!(inp.read_from(b.as_raw_fd(), 0).err().map(|e| e.kind()), Some(io::ErrorKind::InvalidInput));
+        // Steady state: the read chunk goes out and back to the pool.
+        out.add_buffer(&mut inp);
+        out.write_to(a.as_raw_fd())?;
+        assert!(pooled_chunks() >= 1);
+        let before = pooled_chunks();
+        let mut got = 0;
+        while got < 10_000 {
+            got += inp.read_from(b.as_raw_fd(), usize::MAX)?;
+        }
+        assert_eq!(pooled_chunks(), before - 1, "the read took a pooled chunk");
+        drop(a);
+        inp.drain(10_000);
+        assert_eq!(inp.read_from(b.as_raw_fd(), 10)?, 0, "EOF");
+        Ok(())
+    }
+
+    #[test]
+    fn write_to_a_pipe_falls_back_to_writev() -> io::Result<()> {
+        let (r, w) = sys::pipe()?;
+        let mut out = chunked(&[b"ab", b"cd"]);
+        assert_eq!(out.write_to(w.as_raw_fd())?, 4);
+        let mut buf = [0u8; 8];
+        assert_eq!(sys::read(r.as_raw_fd(), &mut buf)?, 4);
+        assert_eq!(&buf[..4], b"abcd");
+        Ok(())
+    }
+
+    #[test]
+    fn write_to_many_chunks_is_capped_at_iov_max() -> io::Result<()> {
+        let (a, b) = sys::socketpair()?;
+        let mut out = EvBuffer::new();
+        for _ in 0..(sys::IOV_MAX + 10) {
+            out.add_vec(vec![b'x']);
+        }
+        let n = out.write_to(a.as_raw_fd())?;
+        assert_eq!(n, sys::IOV_MAX);
+        assert_eq!(out.len(), 10);
+        let mut inp = EvBuffer::new();
+        assert_eq!(inp.read_from(b.as_raw_fd(), usize::MAX)?, n);
+        Ok(())
+    }
+
+    // ---- model-based property test -------------------------------------
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Add(Vec<u8>),
+        AddWith(Vec<u8>),
+        AddVec(Vec<u8>),
+        Prepend(Vec<u8>),
+        Remove(usize),
+        Drain(usize),
+        Copyout(usize),
+        Search(Vec<u8>, usize),
+        SearchByte(u8, usize),
+        ByteAt(usize),
+        Readln(Eol),
+        ReadlnWith(Eol),
+        AddBuffer(Vec<Vec<u8>>),
+        RemoveBuffer(usize),
+        ForEachMut(usize, usize),
+        Pullup(usize),
+        Shrink,
+        SetReadSize(usize),
+        ReadFrom(Vec<u8>, usize),
+        WriteTo,
+    }
+
+    /// Bytes drawn mostly from a small alphabet so that lines and matches
+    /// happen often.
+    fn byte() -> impl Strategy<Value = u8> {
+        prop_oneof![
+            4 => prop::sample::select(vec![b'a', b'b', b'\r', b'\n', 0u8]),
+            1 => any::<u8>(),
+        ]
+    }
+
+    fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(byte(), 0..max)
+    }
+
+    fn eol() -> impl Strategy<Value = Eol> {
+        prop::sample::select(vec![Eol::Any, Eol::Crlf, Eol::CrlfStrict, Eol::Lf, Eol::Nul])
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => bytes(40).prop_map(Op::Add),
+            1 => bytes(40).prop_map(Op::AddWith),
+            4 => bytes(40).prop_map(Op::AddVec),
+            1 => bytes(20).prop_map(Op::Prepend),
+            1 => (0usize..50).prop_map(Op::Remove),
+            1 => (0usize..50).prop_map(Op::Drain),
+            1 => (0usize..50).prop_map(Op::Copyout),
+            2 => (proptest::collection::vec(byte(), 0..4), 0usize..60).prop_map(|(n, f)| Op::Search(n, f)),
+            1 => (byte(), 0usize..60).prop_map(|(b, f)| Op::SearchByte(b, f)),
+            1 => (0usize..60).prop_map(Op::ByteAt),
+            3 => eol().prop_map(Op::Readln),
+            2 => eol().prop_map(Op::ReadlnWith),
+            1 => proptest::collection::vec(bytes(20), 0..4).prop_map(Op::AddBuffer),
+            2 => (0usize..60).prop_map(Op::RemoveBuffer),
+            1 => (0usize..60, 0usize..60).prop_map(|(a, b)| Op::ForEachMut(a, b)),
+            1 => (0usize..60).prop_map(Op::Pullup),
+            1 => Just(Op::Shrink),
+            1 => (0usize..200).prop_map(Op::SetReadSize),
+            2 => (bytes(300), 1usize..400).prop_map(|(d, m)| Op::ReadFrom(d, m)),
+            1 => Just(Op::WriteTo),
+        ]
+    }
+
+    /// libevent's `evbuffer_search_eol`, written naively on the model.
+    fn model_eol(m: &[u8], eol: Eol) -> Option<(usize, usize)> {
+        let pos = |b: u8| m.iter().position(|&x| x == b);
+        match eol {
+            Eol::Lf => pos(b'\n').map(|i| (i, 1)),
+            Eol::Nul => pos(0).map(|i| (i, 1)),
+            Eol::CrlfStrict => m.windows(2).position(|w| w == b"\r\n").map(|i| (i, 2)),
+            Eol::Crlf => {
+                // libevent: walk CR/LF bytes; LF ends, CR LF ends, lone CR skipped.
+                let mut i = 0;
+                while i < m.len() {
+                    if m[i] == b'\n' {
+                        return Some((i, 1));
+                    }
+                    if m[i] == b'\r' && m.get(i + 1) == Some(&b'\n') {
+                        return Some((i, 2));
+                    }
+                    i += 1;
+                }
+                None
+            }
+            Eol::Any => {
+                let i = m.iter().position(|&x| x == b'\r' || x == b'\n')?;
+                let run = m[i..].iter().take_while(|&&x| x == b'\r' || x == b'\n').count();
+                Some((i, run))
+            }
+        }
+    }
+
+    struct Pair {
+        a: OwnedFd,
+        b: OwnedFd,
+        /// Bytes written to `b` not yet read from `a`.
+        in_flight: VecDeque<u8>,
+    }
+
+    fn apply(buf: &mut EvBuffer, model: &mut Vec<u8>, op: Op, pair: &mut Pair) {
+        match op {
+            Op::Add(d) => {
+                buf.add(&d);
+                model.extend_from_slice(&d);
+            }
+            Op::AddWith(d) => {
+                buf.add_with(&d, |s| s.iter_mut().for_each(|x| *x ^= 0x20));
+                model.extend(d.iter().map(|x| x ^ 0x20));
+            }
+            Op::AddVec(d) => {
+                model.extend_from_slice(&d);
+                buf.add_vec(d);
+            }
+            Op::Prepend(d) => {
+                buf.prepend(&d);
+                model.splice(0..0, d);
+            }
+            Op::Remove(n) => {
+                let mut out = vec![0; n];
+                let k = buf.remove(&mut out);
+                assert_eq!(k, n.min(model.len()));
+                assert_eq!(&out[..k], &model[..k]);
+                model.drain(..k);
+            }
+            Op::Drain(n) => {
+                buf.drain(n);
+                model.drain(..n.min(model.len()));
+            }
+            Op::Copyout(n) => {
+                let mut out = vec![0; n];
+                let k = buf.copyout(&mut out);
+                assert_eq!(&out[..k], &model[..n.min(model.len())]);
+            }
+            Op::Search(needle, from) => {
+                let expected = if needle.is_empty() {
+                    (from <= model.len()).then_some(from)
+                } else {
+                    (from..model.len()).find(|&i| model[i..].starts_with(&needle))
+                };
+                assert_eq!(buf.search(&needle, from), expected, "search {needle:?} from {from}");
+            }
+            Op::SearchByte(b, from) => {
+                let expected = (from..model.len()).find(|&i| model[i] == b);
+                assert_eq!(buf.search_byte(b, from), expected);
+            }
+            Op::ByteAt(i) => assert_eq!(buf.byte_at(i), model.get(i).copied()),
+            Op::Readln(eol) => {
+                let expected = model_eol(model, eol).map(|(n, t)| {
+                    let line = model[..n].to_vec();
+                    model.drain(..n + t);
+                    line
+                });
+                assert_eq!(buf.readln(eol), expected, "{eol:?}");
+            }
+            Op::ReadlnWith(eol) => {
+                let expected = model_eol(model, eol).map(|(n, t)| {
+                    let line = model[..n].to_vec();
+                    model.drain(..n + t);
+                    line
+                });
+                assert_eq!(buf.readln_with(eol, |l| l.to_vec()), expected, "{eol:?}");
+            }
+            Op::AddBuffer(parts) => {
+                let mut other = EvBuffer::new();
+                for p in parts {
+                    model.extend_from_slice(&p);
+                    other.add_vec(p);
+                }
+                buf.add_buffer(&mut other);
+                assert!(other.is_empty());
+            }
+            Op::RemoveBuffer(n) => {
+                let mut dst = EvBuffer::new();
+                dst.add(b"head");
+                let k = buf.remove_buffer(&mut dst, n);
+                assert_eq!(k, n.min(model.len()));
+                let moved: Vec<u8> = model.drain(..k).collect();
+                let mut expected = b"head".to_vec();
+                expected.extend_from_slice(&moved);
+                assert_eq!(contents(&dst), expected);
+                // Put them back at the front to keep the sequence going.
+                dst.drain(4);
+                dst.add_buffer(buf);
+                std::mem::swap(buf, &mut dst);
+                model.splice(0..0, moved);
+            }
+            Op::ForEachMut(a, b) => {
+                buf.for_each_mut(a..b, |s| s.iter_mut().for_each(|x| *x = x.wrapping_add(1)));
+                let end = b.min(model.len());
+                if a < end {
+                    model[a..end].iter_mut().for_each(|x| *x = x.wrapping_add(1));
+                }
+            }
+            Op::Pullup(n) => {
+                let k = n.min(model.len());
+                assert_eq!(buf.pullup(n), &model[..k]);
+            }
+            Op::Shrink => {
+                buf.shrink();
+                assert!(buf.heap_size() <= model.len() + 64);
+            }
+            Op::SetReadSize(n) => buf.set_read_size(n),
+            Op::ReadFrom(data, max) => {
+                if !data.is_empty() {
+                    let w = sys::write(pair.b.as_raw_fd(), &data).expect("socketpair has room");
+                    assert_eq!(w, data.len());
+                    pair.in_flight.extend(&data);
+                }
+                match buf.read_from(pair.a.as_raw_fd(), max) {
+                    Ok(r) => {
+                        assert!(r > 0 && r <= max.min(buf.read_size()) && r <= pair.in_flight.len());
+                        model.extend(pair.in_flight.drain(..r));
+                    }
+                    Err(e) => {
+                        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+                        assert!(pair.in_flight.is_empty());
+                    }
+                }
+            }
+            Op::WriteTo => {
+                let n = buf.write_to(pair.a.as_raw_fd()).expect("write_to");
+                assert_eq!(n, model.len(), "small buffers go out whole");
+                let mut got = vec![0; n];
+                let mut at = 0;
+                while at < n {
+                    at += sys::read(pair.b.as_raw_fd(), &mut got[at..]).expect("echo read");
+                }
+                assert_eq!(got, model[..n]);
+                model.drain(..n);
+            }
+        }
+        assert_eq!(contents(buf), *model);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        #[test]
+        fn matches_a_byte_queue_model(ops in proptest::collection::vec(op(), 1..60)) {
+            let (a, b) = sys::socketpair().expect("socketpair");
+            let mut pair = Pair { a, b, in_flight: VecDeque::new() };
+            let mut buf = EvBuffer::new();
+            let mut model = Vec::new();
+            for op in ops {
+                apply(&mut buf, &mut model, op, &mut pair);
+            }
+        }
+
+        #[test]
+        fn readln_on_any_chunking(
+            data in bytes(80),
+            cuts in proptest::collection::vec(0usize..80, 0..10),
+            eol in eol(),
+        ) {
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(data.len())).collect();
+            cuts.sort_unstable();
+            let mut buf = EvBuffer::new();
+            let mut at = 0;
+            for c in cuts.into_iter().chain([data.len()]) {
+                buf.add_vec(data[at..c].to_vec());
+                at = c;
+            }
+            let mut model = data.clone();
+            loop {
+                let expected = model_eol(&model, eol).map(|(n, t)| {
+                    let line = model[..n].to_vec();
+                    model.drain(..n + t);
+                    line
+                });
+                let got = buf.readln(eol);
+                prop_assert_eq!(&got, &expected);
+                prop_assert_eq!(contents(&buf), model.clone());
+                if got.is_none() {
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! `reinit()` after a real `fork()`.
+//!
+//! Without reinit, parent and child share kernel state through the base:
+//! the epoll instance (an `epoll_ctl` in the child changes the parent's
+//! interest list) and the signal self-pipe (a signal caught in the child is
+//! written into the parent's pipe). With reinit each side has its own.
+//!
+//! Children report by exit code; every wait for a child is bounded (the
+//! child is killed on timeout); parent and child synchronise through pipes
+//! they wait on with an event loop and a timeout, never with sleeps.
+
+use super::*;
+use rot13d::sys::process::{ExitStatus, Fork};
+use std::panic::AssertUnwindSafe;
+
+const CHILD_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Exit codes of a child.
+const OK: i32 = 0;
+const IO_ERROR: i32 = 90;
+const PANIC: i32 = 91;
+
+/// Runs `body` in the child and leaves with its verdict (never returns).
+fn child_exit(body: impl FnOnce() -> io::Result<i32>) -> ! {
+    let code = match std::panic::catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(code)) => code,
+        Ok(Err(_)) => IO_ERROR,
+        Err(_) => PANIC,
+    };
+    sys::process::exit_now(code)
+}
+
+/// Waits for `pid` at most `timeout`; kills it (by pid) when late.
+fn wait_child(pid: i32, timeout: Duration) -> io::Result<ExitStatus> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(sys::process::wait_pid(pid));
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(r) => r,
+        Err(_) => {
+            let _ = sys::signal::kill(pid, libc::SIGKILL);
+            let _ = rx.recv_timeout(Duration::from_secs(5));
+            Err(io::Error::new(io::ErrorKind::TimedOut, format!("child {pid} did not finish")))
+        }
+    }
+}
+
+/// Waits until `fd` is readable, at most `timeout`, on a base of its own.
+fn wait_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
+    let mut cfg = Backend::Poll.config();
+    cfg.set_flag(BaseFlags::NOLOCK);
+    let mut b = EventBase::with_config(&cfg)?;
+    let got = Rc::new(Cell::new(false));
+    let g = got.clone();
+    b.once(fd, EventFlags::READ, Some(timeout), move |_, res| g.set(res.contains(EventFlags::READ)))?;
+    b.dispatch()?;
+    Ok(got.get())
+}
+
+/// One non-blocking turn even with nothing pending, so that an epoll
+/// changelist reaches the kernel (a loop with no events returns before it
+/// polls, leaving the changes queued).
+fn flush(b: &mut EventBase) -> io::Result<()> {
+    b.run(LoopFlags::NONBLOCK | LoopFlags::NO_EXIT_ON_EMPTY)?;
+    Ok(())
+}
+
+/// Runs `b` until `done()` or `within` has passed; returns `done()`.
+fn run_until(b: &mut EventBase, within: Duration, done: impl Fn() -> bool) -> io::Result<bool> {
+    let stop = b.new_timer(|b, _, _| b.loopbreak());
+    b.add(stop, Some(within))?;
+    while !done() {
+        b.run(LoopFlags::ONCE)?;
+        if b.got_break() {
+            break;
+        }
+    }
+    b.free(stop);
+    Ok(done())
+}
+
+/// Runs `b` until `count` grows or `within` has passed; whether it grew.
+fn fires_within(b: &mut EventBase, count: &Rc<Cell<usize>>, within: Duration) -> io::Result<bool> {
+    let before = count.get();
+    run_until(b, within, || count.get() > before)
+}
+
+fn counting_read_event(b: &mut EventBase, fd: RawFd) -> (EventId, Rc<Cell<usize>>, Rc<Cell<usize>>) {
+    let (fired, spurious) = (counter(), counter());
+    let (f, s) = (fired.clone(), spurious.clone());
+    let ev = b.new_event(fd, EventFlags::READ | EventFlags::PERSIST, move |_, _, _| {
+        f.set(f.get() + 1);
+        // Readiness that the parent's own socket does not have.
+        if take(fd).is_none() {
+            s.set(s.get() + 1);
+        }
+    });
+    (ev, fired, spurious)
+}
+
+/// The child deletes the event it inherited. With a shared epoll instance
+/// that deletes the parent's registration too: the parent's event silently
+/// stops firing although its base still calls it pending. poll and select
+/// keep no kernel state, so they are immune even without reinit.
+fn child_del(be: Backend, reinit: bool) -> io::Result<()> {
+    let _g = process_lock();
+    let mut b = be.base()?;
+    let (x, y) = pair()?;
+    let (ev, fired, _) = counting_read_event(&mut b, x.as_raw_fd());
+    b.add(ev, None)?;
+    flush(&mut b)?; // the changelist reaches the kernel
+    match sys::process::fork()? {
+        Fork::Child => child_exit(|| {
+            if reinit {
+                b.reinit()?;
+            }
+            b.del(ev)?;
+            flush(&mut b)?;
+            Ok(OK)
+        }),
+        Fork::Parent(pid) => {
+            assert_eq!(wait_child(pid, CHILD_TIMEOUT)?, ExitStatus::Code(OK));
+            assert_eq!(b.pending(ev, EventFlags::READ).0, EventFlags::READ);
+            put(&y, b"parent data")?;
+            let ran = fires_within(&mut b, &fired, ms(300))?;
+            let hazard = !reinit && be.name() == "epoll";
+            assert_eq!(ran, !hazard, "reinit={reinit} backend={be:?}: parent's event fired={ran}");
+            Ok(())
+        }
+    }
+}
+
+rtest!(fork_child_del_without_reinit, |be| { child_del(be, false) });
+rtest!(fork_child_del_with_reinit, |be| { child_del(be, true) });
+
+/// The child registers a socket of its own that has the number of one of
+/// the parent's watched fds. On a shared epoll instance the parent is woken
+/// for the child's socket: its event fires with nothing to read. After
+/// reinit the child's registration goes to its own instance, and the child's
+/// loop serves its own socket.
+fn child_registers_colliding_fd(be: Backend, reinit: bool) -> io::Result<()> {
+    let _g = process_lock();
+    let mut b = be.base()?;
+    let (x, _y) = pair()?;
+    let xfd = x.as_raw_fd();
+    let (ev, fired, spurious) = counting_read_event(&mut b, xfd);
+    b.add(ev, None)?;
+    flush(&mut b)?;
+    let (ready_r, ready_w) = sys::pipe()?;
+    let (go_r, go_w) = sys::pipe()?;
+    match sys::process::fork()? {
+        Fork::Child => child_exit(move || {
+            if reinit {
+                b.reinit()?;
+            }
+            // Give up x in this process and take its number for a new
+            // socket. With reinit, the inherited event is deleted first as
+            // it should be. Without, the delete would reach the shared
+            // instance and remove the parent's registration (see child_del),
+            // so x is closed first and the delete finds nothing to remove.
+            if reinit {
+                b.free(ev);
+                flush(&mut b)?;
+                drop(x);
+            } else {
+                drop(x);
+                b.free(ev);
+                flush(&mut b)?;
+            }
+            // Fill every lower gap so that the socketpair gets x's number.
+            let mut fillers = Vec::new();
+            loop {
+                let f = sys::dup(std::os::fd::AsFd::as_fd(&ready_w))?;
+                if f.as_raw_fd() == xfd {
+                    break;
+                }
+                assert!(f.as_raw_fd() < xfd, "fd {xfd} was not the lowest free");
+                fillers.push(f);
+            }
+            let (cx, cy) = pair()?;
+            assert_eq!(cx.as_raw_fd(), xfd);
+            let (mine, mine_fired, _) = counting_read_event(&mut b, cx.as_raw_fd());
+            b.add(mine, None)?;
+            put(&cy, b"child data")?;
+            // The child's loop serves its own socket (on the shared instance
+            // too: the wake-up is for x either way).
+            let own_ok = run_until(&mut b, Duration::from_secs(5), || mine_fired.get() > 0)?;
+            // Keep the socket readable until the parent has looked.
+            put(&cy, b"more")?;
+            sys::write(ready_w.as_raw_fd(), b"r")?;
+            wait_readable(go_r.as_raw_fd(), CHILD_TIMEOUT)?;
+            drop(fillers);
+            Ok(if own_ok { OK } else { 11 })
+        }),
+        Fork::Parent(pid) => {
+            let ready = wait_readable(ready_r.as_raw_fd(), CHILD_TIMEOUT)?;
+            let ran = ready && fires_within(&mut b, &fired, ms(300))?;
+            sys::write(go_w.as_raw_fd(), b"g")?;
+            let status = wait_child(pid, CHILD_TIMEOUT)?;
+            assert!(ready, "child never got ready ({status})");
+            assert_eq!(status, ExitStatus::Code(OK));
+            let hazard = !reinit && be.name() == "epoll";
+            assert_eq!(ran, hazard, "reinit={reinit} backend={be:?}: parent woken for the child's fd={ran}");
+            if hazard {
+                assert_eq!(spurious.get(), fired.get(), "every wake-up was for the child's socket");
+            }
+            Ok(())
+        }
+    }
+}
+
+rtest!(fork_child_fd_without_reinit, |be| { child_registers_colliding_fd(be, false) });
+rtest!(fork_child_fd_with_reinit, |be| { child_registers_colliding_fd(be, true) });
+
+/// A signal caught in the child. Without reinit the child's handler writes
+/// into the pipe it shares with the parent: the parent's signal event fires
+/// for a signal the parent never got. After reinit the child's own loop
+/// gets it, the parent sees nothing, and the parent's signals still work.
+fn child_signal(be: Backend, reinit: bool) -> io::Result<()> {
+    let _g = process_lock();
+    let mut b = be.base()?;
+    let n = counter();
+    let c = n.clone();
+    let sig = b.new_signal(libc::SIGUSR2, move |_, _, _| c.set(c.get() + 1));
+    b.add(sig, None)?;
+    match sys::process::fork()? {
+        Fork::Child => child_exit(|| {
+            if reinit {
+                b.reinit()?;
+            }
+            sys::signal::raise(libc::SIGUSR2)?;
+            if !reinit {
+                return Ok(OK);
+            }
+            let got = fires_within(&mut b, &n, Duration::from_secs(5))?;
+            Ok(if got && n.get() == 1 { OK } else { 12 })
+        }),
+        Fork::Parent(pid) => {
+            assert_eq!(wait_child(pid, CHILD_TIMEOUT)?, ExitStatus::Code(OK));
+            // The child has exited: whatever it wrote is in the pipe by now.
+            b.run(LoopFlags::NONBLOCK)?;
+            b.run(LoopFlags::NONBLOCK)?;
+            assert_eq!(n.get(), usize::from(!reinit), "reinit={reinit}: parent saw the child's signal");
+            sys::signal::raise(libc::SIGUSR2)?;
+            assert!(fires_within(&mut b, &n, Duration::from_secs(5))?, "the parent's own signal");
+            b.free(sig);
+            Ok(())
+        }
+    }
+}
+
+rtest!(fork_child_signal_without_reinit, |be| { child_signal(be, false) });
+rtest!(fork_child_signal_with_reinit, |be| { child_signal(be, true) });
+
+// After reinit both sides run full loops on the inherited events: the
+// parent and the child each serve a socket pair of their own through the
+// events they had before the fork, plus a timer, independently.
+rtest!(fork_both_sides_work_after_reinit, |be| {
+    let _g = process_lock();
+    let mut b = be.base()?;
+    let (pa, pb) = pair()?; // the parent's
+    let (ca, cb) = pair()?; // the child's
+    let (pev, pfired, _) = counting_read_event(&mut b, pa.as_raw_fd());
+    let (cev, cfired, _) = counting_read_event(&mut b, ca.as_raw_fd());
+    b.add(pev, None)?;
+    b.add(cev, None)?;
+    flush(&mut b)?;
+    match sys::process::fork()? {
+        Fork::Child => child_exit(|| {
+            b.reinit()?;
+            b.del(pev)?;
+            let t = counter();
+            let tc = t.clone();
+            let timer = b.new_timer(move |_, _, _| tc.set(tc.get() + 1));
+            b.add(timer, Some(ms(10)))?;
+            put(&cb, b"c")?;
+            let io = run_until(&mut b, Duration::from_secs(5), || cfired.get() > 0)?;
+            let tm = run_until(&mut b, Duration::from_secs(5), || t.get() > 0)?;
+            Ok(if io && tm && pfired.get() == 0 { OK } else { 13 })
+        }),
+        Fork::Parent(pid) => {
+            b.del(cev)?;
+            put(&pb, b"p")?;
+            assert!(fires_within(&mut b, &pfired, Duration::from_secs(5))?);
+            assert_eq!(wait_child(pid, CHILD_TIMEOUT)?, ExitStatus::Code(OK));
+            assert_eq!(cfired.get(), 0);
+            put(&pb, b"p")?;
+            assert!(fires_within(&mut b, &pfired, Duration::from_secs(5))?);
+            Ok(())
+        }
+    }
+});
