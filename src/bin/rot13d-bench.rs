@@ -47,10 +47,7 @@ pub struct Fail {
 impl Fail {
     /// The server's answer was wrong.
     pub fn mismatch(msg: String) -> Fail {
-        Fail {
-            code: 1,
-            msg: format!("verification failed: {msg}"),
-        }
+        Fail { code: 1, msg: format!("verification failed: {msg}") }
     }
 
     /// An I/O or setup error.
@@ -107,11 +104,7 @@ pub struct Common {
 }
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "rot13d-bench",
-    version,
-    about = "Load generator and verifier for rot13d and its peers"
-)]
+#[command(name = "rot13d-bench", version, about = "Load generator and verifier for rot13d and its peers")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

@@ -60,21 +60,13 @@ impl Kid {
     /// Reads the child's next report: `Ok(words)`, or its error.
     fn hear(&mut self, want: &str) -> Result<Vec<String>, Fail> {
         let mut line = String::new();
-        self.rx
-            .read_line(&mut line)
-            .map_err(|e| Fail::io(format!("client {}: {e}", self.pid)))?;
+        self.rx.read_line(&mut line).map_err(|e| Fail::io(format!("client {}: {e}", self.pid)))?;
         let words: Vec<String> = line.split_whitespace().map(str::to_string).collect();
         match words.first().map(String::as_str) {
             Some(w) if w == want => Ok(words),
-            Some("mismatch") => Err(Fail::mismatch(
-                line.trim_end()["mismatch ".len()..].to_string(),
-            )),
+            Some("mismatch") => Err(Fail::mismatch(line.trim_end()["mismatch ".len()..].to_string())),
             Some("err") => Err(Fail::io(line.trim_end()["err ".len()..].to_string())),
-            _ => Err(Fail::io(format!(
-                "client {} exited or said {:?}",
-                self.pid,
-                line.trim_end()
-            ))),
+            _ => Err(Fail::io(format!("client {} exited or said {:?}", self.pid, line.trim_end()))),
         }
     }
 }
@@ -89,10 +81,7 @@ pub fn run(a: &ConnsArgs) -> Result<(), Fail> {
     let procs = a.procs.unwrap_or(k.div_ceil(15_000)).clamp(1, k);
     let per = k.div_ceil(procs);
     if per > PER_PROC_MAX {
-        return Err(Fail::io(format!(
-            "{per} connections per process: use --procs {}",
-            k.div_ceil(PER_PROC_MAX)
-        )));
+        return Err(Fail::io(format!("{per} connections per process: use --procs {}", k.div_ceil(PER_PROC_MAX))));
     }
     let l = c.line_len.unwrap_or(64);
     if l == 0 || l > c.max_line + 1 {
@@ -116,21 +105,10 @@ pub fn run(a: &ConnsArgs) -> Result<(), Fail> {
                 // when the parent goes away.
                 drop(std::mem::take(&mut kids));
                 drop((down_w, up_r));
-                let code = child(
-                    c,
-                    a.src_addrs.max(1),
-                    first,
-                    count,
-                    BufReader::new(down_r),
-                    up_w,
-                );
+                let code = child(c, a.src_addrs.max(1), first, count, BufReader::new(down_r), up_w);
                 process::exit_now(code);
             }
-            process::Fork::Parent(pid) => kids.push(Kid {
-                pid,
-                tx: down_w,
-                rx: BufReader::new(up_r),
-            }),
+            process::Fork::Parent(pid) => kids.push(Kid { pid, tx: down_w, rx: BufReader::new(up_r) }),
         }
     }
     let result = parent(&mut kids, k, settle, rss);
@@ -144,10 +122,7 @@ pub fn run(a: &ConnsArgs) -> Result<(), Fail> {
         codes.push(process::wait_pid(pid));
     }
     let (open_secs, verify_secs, rss_idle, rss_active) = result?;
-    if let Some(bad) = codes
-        .iter()
-        .find(|s| !matches!(s, Ok(process::ExitStatus::Code(0))))
-    {
+    if let Some(bad) = codes.iter().find(|s| !matches!(s, Ok(process::ExitStatus::Code(0)))) {
         return Err(Fail::io(format!("a client process ended with {bad:?}")));
     }
     std::thread::sleep(settle);
@@ -164,11 +139,7 @@ pub fn run(a: &ConnsArgs) -> Result<(), Fail> {
             .num("rss_after_line_mib", x as f64 / 1048576.0, 2)
             .num("rss_closed_mib", z as f64 / 1048576.0, 2)
             .num("bytes_per_idle_conn", (i as f64 - b as f64) / k as f64, 0)
-            .num(
-                "bytes_per_conn_after_line",
-                (x as f64 - b as f64) / k as f64,
-                0,
-            );
+            .num("bytes_per_conn_after_line", (x as f64 - b as f64) / k as f64, 0);
     }
     r.print(c.json);
     Ok(())
@@ -176,16 +147,11 @@ pub fn run(a: &ConnsArgs) -> Result<(), Fail> {
 
 type Phases = (f64, f64, Option<u64>, Option<u64>);
 
-fn parent(
-    kids: &mut [Kid],
-    k: usize,
-    settle: Duration,
-    rss: impl Fn() -> Option<u64>,
-) -> Result<Phases, Fail> {
+fn parent(kids: &mut [Kid], k: usize, settle: Duration, rss: impl Fn() -> Option<u64>) -> Result<Phases, Fail> {
     let t = Instant::now();
     let mut opened = 0;
     for kid in kids.iter_mut() {
-        opened += kid.hear("open")?[1].parse::<usize>().unwrap_or(0);
+        opened += kid.hear("open")?.get(1).and_then(|n| n.parse::<usize>().ok()).unwrap_or(0);
     }
     let open_secs = t.elapsed().as_secs_f64();
     if opened != k {
@@ -207,14 +173,7 @@ fn parent(
 
 /// A client process: open `count` connections, report, wait for `go`, send
 /// one line on each and check every answer, report, wait for `close`.
-fn child(
-    c: &Common,
-    src_addrs: u8,
-    first: usize,
-    count: usize,
-    mut down: BufReader<File>,
-    mut up: File,
-) -> i32 {
+fn child(c: &Common, src_addrs: u8, first: usize, count: usize, mut down: BufReader<File>, mut up: File) -> i32 {
     let mut tell = |s: String| {
         let _ = writeln!(up, "{s}");
     };
@@ -232,10 +191,7 @@ fn child(
         match connect(c.addr, Some(src)) {
             Ok(s) => socks.push(s),
             Err(e) => {
-                tell(format!(
-                    "err connect #{g} from {src}: {e} (after {:?})",
-                    t.elapsed()
-                ));
+                tell(format!("err connect #{g} from {src}: {e} (after {:?})", t.elapsed()));
                 return 2;
             }
         }

@@ -97,19 +97,13 @@ impl Engine {
     /// Adds a connected stream; returns its index.
     pub fn add(&mut self, stream: TcpStream, spec: Spec) -> Result<usize, Fail> {
         let fd = stream.as_raw_fd();
-        stream
-            .set_nonblocking(true)
-            .map_err(|e| io_fail("set_nonblocking", e))?;
-        stream
-            .set_nodelay(true)
-            .map_err(|e| io_fail("set_nodelay", e))?;
+        stream.set_nonblocking(true).map_err(|e| io_fail("set_nonblocking", e))?;
+        stream.set_nodelay(true).map_err(|e| io_fail("set_nodelay", e))?;
         let i = self.conns.len();
         let lines = spec.pattern.lines() as u64;
         let base = (i as u64 * 7919 % lines) * spec.pattern.line_len as u64;
         let mask = if self.reading { EPOLLIN as u32 } else { 0 };
-        self.ep
-            .ctl(Op::Add, fd, mask, i as u64)
-            .map_err(|e| io_fail("epoll_ctl", e))?;
+        self.ep.ctl(Op::Add, fd, mask, i as u64).map_err(|e| io_fail("epoll_ctl", e))?;
         self.conns.push(Conn {
             _stream: stream,
             fd,
@@ -154,9 +148,7 @@ impl Engine {
 
     /// Every connection sent its limit and got all of it back.
     pub fn all_answered(&self) -> bool {
-        self.conns
-            .iter()
-            .all(|c| c.sent == c.spec.limit && c.recv == c.sent)
+        self.conns.iter().all(|c| c.sent == c.spec.limit && c.recv == c.sent)
     }
 
     /// Every connection saw EOF after [`Engine::shutdown_all`].
@@ -166,9 +158,7 @@ impl Engine {
 
     /// Bytes sent and received so far over all connections.
     pub fn totals(&self) -> (u64, u64) {
-        self.conns
-            .iter()
-            .fold((0, 0), |(s, r), c| (s + c.sent, r + c.recv))
+        self.conns.iter().fold((0, 0), |(s, r), c| (s + c.sent, r + c.recv))
     }
 
     /// Bytes answered on connection `i` so far.
@@ -190,9 +180,7 @@ impl Engine {
     pub fn step(&mut self, timeout_ms: i32) -> Result<usize, Fail> {
         let mut evs = std::mem::take(&mut self.events);
         evs.clear();
-        self.ep
-            .wait(timeout_ms, |e| evs.push((e.events, e.data)))
-            .map_err(|e| io_fail("epoll_wait", e))?;
+        self.ep.wait(timeout_ms, |e| evs.push((e.events, e.data))).map_err(|e| io_fail("epoll_wait", e))?;
         let mut res = Ok(evs.len());
         for &(bits, i) in &evs {
             let i = i as usize;
@@ -220,19 +208,11 @@ impl Engine {
         let cap = self.rbuf.len().min(c.spec.pattern.size);
         let n = match sys::read(c.fd, &mut self.rbuf[..cap]) {
             Ok(n) => n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) =>
-            {
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {
                 return Ok(());
             }
             Err(e) => {
-                return Err(Fail::io(format!(
-                    "conn {i}: read after {} of {} bytes answered: {e}",
-                    c.recv, c.sent
-                )));
+                return Err(Fail::io(format!("conn {i}: read after {} of {} bytes answered: {e}", c.recv, c.sent)));
             }
         };
         if n == 0 {
@@ -303,14 +283,7 @@ impl Engine {
                     // the pattern period: there is more to send right away.
                     want_out = (n as u64) < amt || (room > amt && left > amt);
                 }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                    ) =>
-                {
-                    want_out = true
-                }
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => want_out = true,
                 Err(e) => {
                     return Err(Fail::io(format!(
                         "conn {i}: send after {} bytes sent, {} answered: {e}",
@@ -319,15 +292,9 @@ impl Engine {
                 }
             }
         }
-        let mask = if self.reading && !c.eof {
-            EPOLLIN as u32
-        } else {
-            0
-        } | if want_out { EPOLLOUT as u32 } else { 0 };
+        let mask = if self.reading && !c.eof { EPOLLIN as u32 } else { 0 } | if want_out { EPOLLOUT as u32 } else { 0 };
         if mask != c.mask && !c.eof {
-            self.ep
-                .ctl(Op::Mod, c.fd, mask, i as u64)
-                .map_err(|e| io_fail("epoll_ctl", e))?;
+            self.ep.ctl(Op::Mod, c.fd, mask, i as u64).map_err(|e| io_fail("epoll_ctl", e))?;
             c.mask = mask;
         }
         Ok(())

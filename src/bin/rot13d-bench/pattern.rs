@@ -39,16 +39,14 @@ pub fn rot13_byte(c: u8) -> u8 {
 
 /// The printable bytes lines are made of: both cases (so rot13 changes them),
 /// digits, space, punctuation, and CR (which SPEC §1 says passes unchanged).
-const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 .,;:!?-_+=*/()[]{}<>@#$%^&~'\"\r";
+const ALPHABET: &[u8] =
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 .,;:!?-_+=*/()[]{}<>@#$%^&~'\"\r";
 
 impl Pattern {
     /// Lines of `line_len` bytes (LF included, at least 1), enough of them
     /// to fill at least `min_size` bytes; `seed` varies the content.
     pub fn new(line_len: usize, min_size: usize, seed: u64) -> Pattern {
-        assert!(
-            line_len >= 1,
-            "line_len includes the LF, so it is at least 1"
-        );
+        assert!(line_len >= 1, "line_len includes the LF, so it is at least 1");
         let lines = min_size.div_ceil(line_len).max(1);
         let size = lines * line_len;
         let mut send = Vec::with_capacity(2 * size);
@@ -65,12 +63,7 @@ impl Pattern {
         }
         send.extend_from_within(..size);
         let expect = send.iter().map(|&c| rot13_byte(c)).collect();
-        Pattern {
-            line_len,
-            size,
-            send,
-            expect,
-        }
+        Pattern { line_len, size, send, expect }
     }
 
     /// Number of lines in one period.
@@ -93,20 +86,13 @@ impl Pattern {
     /// Checks `got` (at most `size` bytes) against the expected answer at
     /// stream offset `off`.
     pub fn check(&self, off: u64, got: &[u8]) -> Result<(), Mismatch> {
-        assert!(
-            got.len() <= self.size,
-            "checked slice longer than the pattern period"
-        );
+        assert!(got.len() <= self.size, "checked slice longer than the pattern period");
         let want = self.expect_at(off, got.len());
         if want == got {
             return Ok(());
         }
         let index = want.iter().zip(got).position(|(a, b)| a != b).unwrap_or(0);
-        Err(Mismatch {
-            index,
-            expected: want[index],
-            got: got[index],
-        })
+        Err(Mismatch { index, expected: want[index], got: got[index] })
     }
 }
 
@@ -129,10 +115,7 @@ mod tests {
         assert!(p.size >= 1000);
         let s = p.send_at(0, p.size);
         assert_eq!(s.iter().filter(|&&c| c == b'\n').count(), p.lines());
-        assert!(
-            s.chunks(64)
-                .all(|l| l[63] == b'\n' && !l[..63].contains(&b'\n'))
-        );
+        assert!(s.chunks(64).all(|l| l[63] == b'\n' && !l[..63].contains(&b'\n')));
         assert_eq!(p.send_at(p.size as u64 + 5, 10), p.send_at(5, 10));
         assert_eq!(p.send_at(p.size as u64 - 3, 10).len(), 10);
     }

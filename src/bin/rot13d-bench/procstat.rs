@@ -60,10 +60,7 @@ pub fn tree_cpu_ticks(pid: i32) -> u64 {
 
 /// Resident bytes of `pid` and its descendants.
 pub fn tree_rss(pid: i32) -> u64 {
-    tree(pid)
-        .into_iter()
-        .filter_map(rot13d::sys::process::rss_bytes)
-        .sum()
+    tree(pid).into_iter().filter_map(rot13d::sys::process::rss_bytes).sum()
 }
 
 /// CPU ticks used so far by this process.

@@ -157,22 +157,14 @@ mod tests {
     #[test]
     fn json_round_trips() {
         let mut r = Report::new("tput", "ceil \"x\"", "");
-        r.int("conns", 64)
-            .num("mb_per_s", 1729.25, 1)
-            .num("bad", f64::NAN, 1);
+        r.int("conns", 64).num("mb_per_s", 1729.25, 1).num("bad", f64::NAN, 1);
         let line = r.render(true);
-        assert_eq!(
-            line,
-            r#"{"scenario":"tput","label":"ceil \"x\"","case":"tput","conns":64,"mb_per_s":1729.2}"#
-        );
+        assert_eq!(line, r#"{"scenario":"tput","label":"ceil \"x\"","case":"tput","conns":64,"mb_per_s":1729.2}"#);
         let f = parse_flat(&line).unwrap();
         assert_eq!(f[1], ("label".to_string(), Val::Str("ceil \"x\"".into())));
         assert_eq!(f[3], ("conns".to_string(), Val::Int(64)));
         assert_eq!(f[4].1, Val::Num(1729.2, 3));
-        assert_eq!(
-            r.render(false),
-            "tput label=ceil \"x\" case=tput conns=64 mb_per_s=1729.2"
-        );
+        assert_eq!(r.render(false), "tput label=ceil \"x\" case=tput conns=64 mb_per_s=1729.2");
         assert!(parse_flat("not json").is_none());
     }
 }

@@ -28,12 +28,7 @@ pub fn connect(addr: SocketAddr, src: Option<Ipv4Addr>) -> std::io::Result<TcpSt
         use std::os::fd::AsRawFd;
         // IP_BIND_ADDRESS_NO_PORT: leave the port to connect(), which only
         // needs the 4-tuple to be unique (best effort: old kernels lack it).
-        let _ = rot13d::sys::setsockopt_int(
-            s.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            1,
-        );
+        let _ = rot13d::sys::setsockopt_int(s.as_raw_fd(), libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1);
         s.bind(&SockAddr::from(SocketAddrV4::new(ip, 0)))?;
     }
     s.connect(&SockAddr::from(addr))?;
@@ -42,9 +37,7 @@ pub fn connect(addr: SocketAddr, src: Option<Ipv4Addr>) -> std::io::Result<TcpSt
 
 /// Connects `n` streams, with a useful error.
 fn connect_n(addr: SocketAddr, n: usize) -> Result<Vec<TcpStream>, Fail> {
-    (0..n)
-        .map(|i| connect(addr, None).map_err(|e| Fail::io(format!("connect #{i} to {addr}: {e}"))))
-        .collect()
+    (0..n).map(|i| connect(addr, None).map_err(|e| Fail::io(format!("connect #{i} to {addr}: {e}")))).collect()
 }
 
 /// Checks the line length against the protocol and builds its pattern.
@@ -55,11 +48,7 @@ pub fn pattern(line_len: usize, c: &Common, min: usize) -> Result<Rc<Pattern>, F
             c.max_line + 1
         )));
     }
-    Ok(Rc::new(Pattern::new(
-        line_len,
-        min.max(PATTERN_MIN),
-        c.seed,
-    )))
+    Ok(Rc::new(Pattern::new(line_len, min.max(PATTERN_MIN), c.seed)))
 }
 
 fn pin(c: &Common) -> Result<(), Fail> {
@@ -154,9 +143,7 @@ pub fn drive(eng: &mut Engine, c: &Common) -> Result<Measured, Fail> {
     while !eng.all_answered() {
         if t.elapsed() > DRAIN_TIMEOUT {
             let (s, r) = eng.totals();
-            return Err(Fail::io(format!(
-                "drain: {r} of {s} bytes answered after {DRAIN_TIMEOUT:?}"
-            )));
+            return Err(Fail::io(format!("drain: {r} of {s} bytes answered after {DRAIN_TIMEOUT:?}")));
         }
         eng.step(10)?;
     }
@@ -165,29 +152,18 @@ pub fn drive(eng: &mut Engine, c: &Common) -> Result<Measured, Fail> {
 
 fn add_cpu(r: &mut Report, m: &Measured, units: f64) {
     if let Some(t) = m.server_ticks {
+        r.num("server_cpu_s", procstat::ticks_to_us(t) / 1e6, 2);
         r.num("server_cpu_pct", procstat::ticks_to_us(t) / m.secs / 1e4, 1);
         if units > 0.0 {
-            r.num(
-                "server_cpu_us_per_kline",
-                procstat::ticks_to_us(t) / (units / 1000.0),
-                2,
-            );
+            r.num("server_cpu_us_per_kline", procstat::ticks_to_us(t) / (units / 1000.0), 2);
         }
     }
     if let Some(rss) = m.server_rss {
         r.int("server_rss_kib", rss / 1024);
     }
-    r.num(
-        "gen_cpu_pct",
-        procstat::ticks_to_us(m.self_ticks) / m.secs / 1e4,
-        1,
-    );
+    r.num("gen_cpu_pct", procstat::ticks_to_us(m.self_ticks) / m.secs / 1e4, 1);
     if units > 0.0 {
-        r.num(
-            "gen_cpu_us_per_kline",
-            procstat::ticks_to_us(m.self_ticks) / (units / 1000.0),
-            2,
-        );
+        r.num("gen_cpu_us_per_kline", procstat::ticks_to_us(m.self_ticks) / (units / 1000.0), 2);
     }
 }
 
@@ -195,8 +171,7 @@ fn add_lat(r: &mut Report, lat: &[u32]) {
     if lat.is_empty() {
         return;
     }
-    let q =
-        |p: f64| lat[((p * lat.len() as f64).ceil() as usize).clamp(1, lat.len()) - 1] as f64 / 1e3;
+    let q = |p: f64| lat[((p * lat.len() as f64).ceil() as usize).clamp(1, lat.len()) - 1] as f64 / 1e3;
     let mean = lat.iter().map(|&x| x as f64).sum::<f64>() / lat.len() as f64 / 1e3;
     r.num("p50_us", q(0.50), 1)
         .num("p90_us", q(0.90), 1)
@@ -216,16 +191,7 @@ pub fn tput(c: &Common) -> Result<(), Fail> {
     let mut eng = Engine::new(READ_CHUNK)?;
     for (i, s) in connect_n(c.addr, n)?.into_iter().enumerate() {
         let limit = limit_for(c, i, n, l);
-        eng.add(
-            s,
-            Spec {
-                pattern: pat.clone(),
-                window,
-                min_write: window / 4,
-                limit,
-                interactive: false,
-            },
-        )?;
+        eng.add(s, Spec { pattern: pat.clone(), window, min_write: window / 4, limit, interactive: false })?;
     }
     let m = drive(&mut eng, c)?;
     let lines = m.bulk / l as u64;
@@ -251,22 +217,16 @@ pub fn lat(c: &Common) -> Result<(), Fail> {
     let mut eng = Engine::new(READ_CHUNK)?;
     for (i, s) in connect_n(c.addr, n)?.into_iter().enumerate() {
         let limit = limit_for(c, i, n, l);
-        let spec = Spec {
-            pattern: pat.clone(),
-            window: l as u64,
-            min_write: l as u64,
-            limit,
-            interactive: true,
-        };
+        let spec = Spec { pattern: pat.clone(), window: l as u64, min_write: l as u64, limit, interactive: true };
         eng.add(s, spec)?;
     }
     let m = drive(&mut eng, c)?;
     let mut r = Report::new("lat", &c.label, &c.case);
-    r.int("conns", n as u64)
-        .int("line_len", l as u64)
-        .num("secs", m.secs, 3)
-        .int("reqs", m.reqs)
-        .num("req_per_s", m.reqs as f64 / m.secs, 0);
+    r.int("conns", n as u64).int("line_len", l as u64).num("secs", m.secs, 3).int("reqs", m.reqs).num(
+        "req_per_s",
+        m.reqs as f64 / m.secs,
+        0,
+    );
     add_lat(&mut r, &m.lat);
     add_cpu(&mut r, &m, m.reqs as f64);
     r.print(c.json);
@@ -307,29 +267,14 @@ pub fn mixed(a: &MixedArgs) -> Result<(), Fail> {
         let s = streams.next().expect("connected all");
         let spec = if bulk {
             nb += 1;
-            Spec {
-                pattern: bulk_pat.clone(),
-                window,
-                min_write: window / 4,
-                limit: u64::MAX,
-                interactive: false,
-            }
+            Spec { pattern: bulk_pat.clone(), window, min_write: window / 4, limit: u64::MAX, interactive: false }
         } else {
             ni += 1;
-            Spec {
-                pattern: pat.clone(),
-                window: l as u64,
-                min_write: l as u64,
-                limit: u64::MAX,
-                interactive: true,
-            }
+            Spec { pattern: pat.clone(), window: l as u64, min_write: l as u64, limit: u64::MAX, interactive: true }
         };
         eng.add(s, spec)?;
     }
-    let c2 = Common {
-        lines: None,
-        ..c.clone()
-    };
+    let c2 = Common { lines: None, ..c.clone() };
     let m = drive(&mut eng, &c2)?;
     let lines = m.bulk / a.bulk_line_len as u64;
     let mut r = Report::new("mixed", &c.label, &c.case);
@@ -379,16 +324,7 @@ pub fn slow(a: &SlowArgs) -> Result<(), Fail> {
     let mut eng = Engine::new(READ_CHUNK)?;
     eng.set_reading(false)?;
     for s in connect_n(c.addr, n)? {
-        eng.add(
-            s,
-            Spec {
-                pattern: pat.clone(),
-                window: u64::MAX,
-                min_write: 0,
-                limit,
-                interactive: false,
-            },
-        )?;
+        eng.add(s, Spec { pattern: pat.clone(), window: u64::MAX, min_write: 0, limit, interactive: false })?;
     }
     let sample = |peak: &mut u64| {
         if let Some(p) = pid {
@@ -441,11 +377,7 @@ pub fn slow(a: &SlowArgs) -> Result<(), Fail> {
         .num("read_back_secs", secs, 3);
     if let (Some(r0), Some(rh)) = (rss0, rss_hold) {
         r.num("rss_before_mib", r0 as f64 / 1048576.0, 1)
-            .num(
-                "rss_growth_at_hold_end_mib",
-                (rh as f64 - r0 as f64) / 1048576.0,
-                1,
-            )
+            .num("rss_growth_at_hold_end_mib", (rh as f64 - r0 as f64) / 1048576.0, 1)
             .num("rss_peak_growth_mib", (peak - r0) as f64 / 1048576.0, 1);
     }
     r.print(c.json);
@@ -470,17 +402,11 @@ pub fn oneshot(a: &OneshotArgs) -> Result<(), Fail> {
     let n = c.conns.unwrap_or(1).max(1);
     let l = c.line_len.unwrap_or(64);
     if a.tail >= l {
-        return Err(Fail::io(format!(
-            "--tail {} must be shorter than a line ({l})",
-            a.tail
-        )));
+        return Err(Fail::io(format!("--tail {} must be shorter than a line ({l})", a.tail)));
     }
     let pat = pattern(l, c, 0)?;
     let total = c.lines.unwrap_or(200_000);
-    let c2 = Common {
-        lines: Some(total),
-        ..c.clone()
-    };
+    let c2 = Common { lines: Some(total), ..c.clone() };
     let t = Instant::now();
     let cpu0 = c.server_pid.map(procstat::tree_cpu_ticks);
     let mut eng = Engine::new(READ_CHUNK)?;
@@ -489,16 +415,7 @@ pub fn oneshot(a: &OneshotArgs) -> Result<(), Fail> {
         let lines = limit_for(&c2, i, n, l);
         full.push(lines);
         let limit = lines + a.tail as u64;
-        eng.add(
-            s,
-            Spec {
-                pattern: pat.clone(),
-                window: 256 * 1024,
-                min_write: 16 * 1024,
-                limit,
-                interactive: false,
-            },
-        )?;
+        eng.add(s, Spec { pattern: pat.clone(), window: 256 * 1024, min_write: 16 * 1024, limit, interactive: false })?;
     }
     // Every complete line answered first (the libevent peer drops pending
     // output at EOF), then the tail, the half-close, its answer and EOF.
@@ -515,9 +432,7 @@ pub fn oneshot(a: &OneshotArgs) -> Result<(), Fail> {
     while !eng.all_eof() {
         if Instant::now() > deadline {
             let (s, r) = eng.totals();
-            return Err(Fail::io(format!(
-                "oneshot: no EOF ({r} of {s} bytes answered)"
-            )));
+            return Err(Fail::io(format!("oneshot: no EOF ({r} of {s} bytes answered)")));
         }
         eng.step(20)?;
     }
@@ -531,11 +446,7 @@ pub fn oneshot(a: &OneshotArgs) -> Result<(), Fail> {
         .num("lines_per_s", total as f64 / secs, 0);
     if let (Some(p), Some(c0)) = (c.server_pid, cpu0) {
         let t = procstat::tree_cpu_ticks(p).saturating_sub(c0);
-        r.num(
-            "server_cpu_us_per_kline",
-            procstat::ticks_to_us(t) / (total as f64 / 1000.0),
-            2,
-        );
+        r.num("server_cpu_us_per_kline", procstat::ticks_to_us(t) / (total as f64 / 1000.0), 2);
     }
     r.print(c.json);
     Ok(())

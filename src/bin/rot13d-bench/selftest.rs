@@ -71,17 +71,14 @@ pub fn common(addr: SocketAddr, conns: usize, lines: u64) -> Common {
 pub fn check_single_byte() -> Result<(), Fail> {
     let p = Pattern::new(64, 4096, 9);
     let good = p.expect_at(100, 3000).to_vec();
-    p.check(100, &good)
-        .map_err(|m| Fail::io(format!("good data rejected: {m:?}")))?;
+    p.check(100, &good).map_err(|m| Fail::io(format!("good data rejected: {m:?}")))?;
     for i in [0, 1, 63, 64, 1500, 2999] {
         let mut bad = good.clone();
         bad[i] ^= 0x01;
         match p.check(100, &bad) {
             Err(m) if m.index == i => {}
             other => {
-                return Err(Fail::io(format!(
-                    "byte {i} flipped: verifier said {other:?}"
-                )));
+                return Err(Fail::io(format!("byte {i} flipped: verifier said {other:?}")));
             }
         }
     }
@@ -98,10 +95,7 @@ pub fn run() -> Result<(), Fail> {
     match scenarios::tput(&common(bad, 2, 10_000)) {
         Err(f) if f.code == 1 => eprintln!("selftest: corrupted byte caught: {}", f.msg),
         Err(f) => {
-            return Err(Fail::io(format!(
-                "corrupt server: wrong failure: {}",
-                f.msg
-            )));
+            return Err(Fail::io(format!("corrupt server: wrong failure: {}", f.msg)));
         }
         Ok(()) => return Err(Fail::io("corrupt server: run passed".into())),
     }

@@ -25,19 +25,9 @@ fn columns(scenario: &str) -> &'static [(&'static str, &'static str, f64, usize)
         "tput" => &[
             ("lines_per_s", "M lines/s", 1e-6, 2),
             ("mb_per_s", "MB/s", 1.0, 0),
-            (
-                "server_cpu_us_per_kline",
-                "server CPU-µs / 1k lines",
-                1.0,
-                1,
-            ),
+            ("server_cpu_us_per_kline", "server CPU-µs / 1k lines", 1.0, 1),
             ("server_cpu_pct", "server CPU %", 1.0, 0),
-            (
-                "gen_cpu_us_per_kline",
-                "generator CPU-µs / 1k lines",
-                1.0,
-                1,
-            ),
+            ("gen_cpu_us_per_kline", "generator CPU-µs / 1k lines", 1.0, 1),
             ("gen_cpu_pct", "generator CPU %", 1.0, 0),
         ],
         "lat" => &[
@@ -60,12 +50,7 @@ fn columns(scenario: &str) -> &'static [(&'static str, &'static str, f64, usize)
         ],
         "conns" => &[
             ("bytes_per_idle_conn", "RSS bytes / idle conn", 1.0, 0),
-            (
-                "bytes_per_conn_after_line",
-                "RSS bytes / conn after a line",
-                1.0,
-                0,
-            ),
+            ("bytes_per_conn_after_line", "RSS bytes / conn after a line", 1.0, 0),
             ("rss_idle_mib", "RSS idle MiB", 1.0, 1),
             ("open_secs", "open s", 1.0, 2),
         ],
@@ -74,10 +59,7 @@ fn columns(scenario: &str) -> &'static [(&'static str, &'static str, f64, usize)
             ("sent_during_hold_mib", "accepted unread MiB", 1.0, 1),
             ("read_back_secs", "read-back s", 1.0, 2),
         ],
-        "oneshot" => &[
-            ("secs", "seconds", 1.0, 3),
-            ("lines_per_s", "k lines/s", 1e-3, 0),
-        ],
+        "oneshot" => &[("secs", "seconds", 1.0, 3), ("lines_per_s", "k lines/s", 1e-3, 0)],
         "efficiency" => &[
             ("ir_per_line", "instructions / line", 1.0, 0),
             ("syscalls_per_kline", "syscalls / 1k lines", 1.0, 1),
@@ -90,11 +72,7 @@ fn columns(scenario: &str) -> &'static [(&'static str, &'static str, f64, usize)
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
 }
 
 /// Field -> its value in each run.
@@ -149,10 +127,7 @@ pub fn tables(lines: &str, baselines: &[String]) -> String {
         let mut cols: Vec<(&str, &str, f64, usize)> = columns(scen).to_vec();
         if cols.is_empty() {
             // Unknown scenario: every numeric field, as is.
-            let mut names: Vec<&str> = rows
-                .iter()
-                .flat_map(|r| r.1.keys().map(String::as_str))
-                .collect();
+            let mut names: Vec<&str> = rows.iter().flat_map(|r| r.1.keys().map(String::as_str)).collect();
             names.dedup();
             cols = names.into_iter().map(|n| (n, n, 1.0, 2)).collect();
         }
@@ -171,14 +146,7 @@ pub fn tables(lines: &str, baselines: &[String]) -> String {
         let primary = cols.first().map(|c| c.0).unwrap_or("");
         let base_vals: Vec<(&String, Option<f64>)> = baselines
             .iter()
-            .map(|b| {
-                (
-                    b,
-                    rows.iter()
-                        .position(|r| &r.0 == b)
-                        .and_then(|i| meds[i].get(primary).map(|m| m.0)),
-                )
-            })
+            .map(|b| (b, rows.iter().position(|r| &r.0 == b).and_then(|i| meds[i].get(primary).map(|m| m.0))))
             .collect();
         let _ = writeln!(out, "\n### {case}\n");
         let mut head = String::from("| server | runs |");
