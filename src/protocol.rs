@@ -452,6 +452,25 @@ mod tests {
         Ok(())
     }
 
+    #[test]
+    fn memory_follows_bytes_when_the_client_does_not_read() -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let (client, server) = crate::sys::socketpair()?;
+        let mut framer = Framer::default();
+        let mut input = EvBuffer::new();
+        let mut output = EvBuffer::new();
+        // Tiny lines, each in its own read (each read lands in a 64 KiB
+        // block), answers never written.
+        for _ in 0..2000 {
+            crate::sys::write(client.as_raw_fd(), b"hello\n")?;
+            input.read_from(server.as_raw_fd(), usize::MAX)?;
+            framer.process(&mut input, &mut output);
+        }
+        assert_eq!(output.len(), 2000 * 6);
+        assert!(output.heap_size() <= 2 * output.len() + 2 * 65536, "heap {}", output.heap_size());
+        Ok(())
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
