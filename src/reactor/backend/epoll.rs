@@ -147,7 +147,7 @@ impl Backend for EpollBackend {
         true
     }
     fn fd_closed(&mut self, fd: RawFd) {
-        if let Some(Some((orig, _))) = self.pending.get_mut(fd as usize) {
+        if let Some(Some((orig, _, _))) = self.pending.get_mut(fd as usize) {
             *orig = EventFlags::NONE;
         }
     }
