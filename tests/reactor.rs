@@ -283,25 +283,59 @@ rtest!(edge_triggered_fires_once_per_edge, [epoll, epoll_changelist], |be| {
     Ok(())
 });
 
-rtest!(level_triggered_event_stays_level_after_et_neighbour_is_deleted, [epoll, epoll_changelist], |be| {
-    // A write event (level-triggered) and an edge-triggered read event on one
-    // socket; once the ET read event is deleted, the write event must be
-    // level-triggered again: it fires on every turn while the fd is writable.
+rtest!(fd_goes_back_to_level_triggered_after_its_et_events, [epoll, epoll_changelist], |be| {
+    // Edge-triggered read and write events on a socket are deleted and a
+    // level-triggered write event takes the fd (in one batch of changes,
+    // for the changelist): it fires on every turn while writable.
     let mut b = be.base()?;
     let (x, _y) = pair()?;
     let n = counter();
     let c = n.clone();
     let r = b.new_event(x.as_raw_fd(), EventFlags::READ | EventFlags::PERSIST | EventFlags::ET, |_, _, _| {});
+    let we = b.new_event(x.as_raw_fd(), EventFlags::WRITE | EventFlags::PERSIST | EventFlags::ET, |_, _, _| {});
     let w = b.new_event(x.as_raw_fd(), EventFlags::WRITE | EventFlags::PERSIST, move |_, _, _| c.set(c.get() + 1));
     b.add(r, None)?;
-    b.add(w, None)?;
+    b.add(we, None)?;
     b.run(LoopFlags::NONBLOCK)?;
     b.del(r)?;
-    let before = n.get();
+    b.del(we)?;
+    b.add(w, None)?;
     for _ in 0..3 {
         b.run(LoopFlags::NONBLOCK)?;
     }
-    assert_eq!(n.get(), before + 3, "the write event kept the ET flag of a deleted neighbour");
+    assert_eq!(n.get(), 3, "the write event kept the ET mode of the deleted events");
+    Ok(())
+});
+
+rtest!(edge_and_level_triggered_events_do_not_mix_on_one_fd, [epoll, epoll_changelist], |be| {
+    // epoll has one mode per fd. libevent refuses to mix: an event whose
+    // mode differs from the events already on the fd is not added, rather
+    // than silently turning the others edge-triggered (or level).
+    let mut b = be.base()?;
+    let (x, _y) = pair()?;
+    let n = counter();
+    let c = n.clone();
+    let w = b.new_event(x.as_raw_fd(), EventFlags::WRITE | EventFlags::PERSIST, move |_, _, _| c.set(c.get() + 1));
+    b.add(w, None)?;
+    let r = b.new_event(x.as_raw_fd(), EventFlags::READ | EventFlags::PERSIST | EventFlags::ET, |_, _, _| {});
+    let e = b.add(r, None).expect_err("mixed ET and level-triggered on one fd");
+    assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    assert_eq!(b.pending(r, EventFlags::READ).0, EventFlags::NONE);
+    // The level-triggered write event is untouched: it fires every turn.
+    for _ in 0..3 {
+        b.run(LoopFlags::NONBLOCK)?;
+    }
+    assert_eq!(n.get(), 3);
+    // The other way round, and events of one mode are fine together.
+    b.del(w)?;
+    b.add(r, None)?;
+    assert!(b.add(w, None).is_err());
+    let w_et = b.new_event(x.as_raw_fd(), EventFlags::WRITE | EventFlags::ET, |_, _, _| {});
+    b.add(w_et, None)?;
+    // With no event left on the fd, either mode may come.
+    b.del(r)?;
+    b.del(w_et)?;
+    b.add(w, None)?;
     Ok(())
 });
 

@@ -553,6 +553,19 @@ impl EventBase {
                 if fd < 0 {
                     return Err(io::Error::new(io::ErrorKind::InvalidInput, "io event without an fd"));
                 }
+                // One fd has one mode in epoll: mixing would silently change
+                // the mode of the events already there (libevent refuses too).
+                if self
+                    .evmap
+                    .get(fd)
+                    .and_then(|e| e.edge_triggered())
+                    .is_some_and(|et| et != flags.contains(EventFlags::ET))
+                {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "edge-triggered and level-triggered events cannot share an fd",
+                    ));
+                }
                 let (old, delta) = self.evmap.add(fd, idx, flags);
                 if !delta.is_empty()
                     && let Err(e) = self.backend.add(fd, old, delta)
