@@ -1,3 +1,4 @@
 mod util;
 
+mod cli;
 mod protocol;
