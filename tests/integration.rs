@@ -1,4 +1,5 @@
 mod util;
 
 mod cli;
+mod lifecycle;
 mod protocol;
