@@ -1,5 +1,6 @@
 mod util;
 
+mod admin;
 mod cli;
 mod lifecycle;
 mod limits;

@@ -295,3 +295,151 @@ fn max_connections_third_waits_in_backlog_w0() -> io::Result<()> {
 fn max_connections_third_waits_in_backlog_w1() -> io::Result<()> {
     max_connections_third_waits_in_backlog(1)
 }
+
+/// A client that resets its connection (RST, unread answers pending) frees
+/// its slot; the other connection does not notice.
+#[test]
+fn reset_connection_frees_its_slot() -> io::Result<()> {
+    let d = Daemon::builder().workers(1).config("[server]\nmax_connections = 2\n").start()?;
+    let mut other = d.connect()?;
+    other.send(b"before\n")?;
+    ensure_bytes_eq("other before", &other.read_exact(7)?, b"orsber\n")?;
+    let mut a = d.connect()?;
+    // Fits in the socket buffers: sent without reading, no writer thread
+    // (the RST needs the last descriptor of the socket closed).
+    a.send(&random_lines(11, 256 * 1024, 100))?;
+    // The server has answered something: A is being served.
+    a.read_exact(1)?;
+    socket2::SockRef::from(&a.stream).set_linger(Some(Duration::ZERO))?;
+    drop(a);
+    other.send(b"after\n")?;
+    ensure_bytes_eq("other after the reset", &other.read_exact(6)?, b"nsgre\n")?;
+    // The slot is free: a new client is served while `other` stays open.
+    let mut b = d.connect()?;
+    b.send(b"new\n")?;
+    ensure_bytes_eq("new client", &b.read_exact(4)?, b"arj\n")?;
+    b.half_close()?;
+    ensure_bytes_eq("new client EOF", &b.read_to_end()?, b"")?;
+    other.half_close()?;
+    ensure_bytes_eq("other EOF", &other.read_to_end()?, b"")
+}
+
+/// Every backend serves more connections at once than FD_SETSIZE (1024):
+/// select with sized fd sets.
+fn beyond_fd_setsize(backend: &str) -> io::Result<()> {
+    const N: usize = 1100;
+    let (soft, _) = rot13d::sys::raise_nofile_limit()?;
+    ensure!(soft as usize > N + 64 || rot13d::sys::nofile_limit()?.0 as usize > N + 64, "fd limit too low");
+    let d = Daemon::start(1, &["--backend", backend])?;
+    let mut clients = Vec::with_capacity(N);
+    for _ in 0..N {
+        clients.push(d.connect()?);
+    }
+    // Every connection open at once; each one answered.
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send(format!("client {i}\n").as_bytes())?;
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        let want = rot13_model(format!("client {i}\n").as_bytes(), 16384);
+        ensure_bytes_eq(&format!("client {i} of {N} on {backend}"), &c.read_exact(want.len())?, &want)?;
+    }
+    for c in &clients {
+        c.half_close()?;
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        ensure_bytes_eq(&format!("client {i} EOF"), &c.read_to_end()?, b"")?;
+    }
+    Ok(())
+}
+
+#[test]
+fn beyond_fd_setsize_select() -> io::Result<()> {
+    beyond_fd_setsize("select")
+}
+
+#[test]
+fn beyond_fd_setsize_poll() -> io::Result<()> {
+    beyond_fd_setsize("poll")
+}
+
+#[test]
+fn beyond_fd_setsize_epoll() -> io::Result<()> {
+    beyond_fd_setsize("epoll")
+}
+
+/// Sends from a thread without reading until the writes stall (the server
+/// applies backpressure); the writer thread and the bytes sent.
+fn stall_writer(c: &Client) -> io::Result<(thread::JoinHandle<io::Result<()>>, Arc<AtomicUsize>)> {
+    let mut w = c.stream.try_clone()?;
+    w.set_write_timeout(Some(Duration::from_secs(30)))?;
+    let sent = Arc::new(AtomicUsize::new(0));
+    let s = sent.clone();
+    let block = random_lines(8, MIB, 200);
+    let writer = thread::spawn(move || -> io::Result<()> {
+        for _ in 0..64 {
+            for chunk in block.chunks(64 * 1024) {
+                w.write_all(chunk)?;
+                s.fetch_add(chunk.len(), Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    });
+    // Stalled: no progress for 300 ms (bounded).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = (sent.load(Ordering::Relaxed), Instant::now());
+    loop {
+        thread::sleep(Duration::from_millis(20));
+        let now = sent.load(Ordering::Relaxed);
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if last.1.elapsed() >= Duration::from_millis(300) {
+            break;
+        }
+        ensure!(Instant::now() < deadline && !writer.is_finished(), "the writer never stalled ({now} bytes)");
+    }
+    Ok((writer, sent))
+}
+
+/// `write_timeout = 1`: output that makes no progress for 1 s (the client
+/// does not read) closes the connection; the writer then fails.
+#[test]
+fn write_timeout_closes_a_client_that_does_not_read() -> io::Result<()> {
+    let d = Daemon::builder().workers(1).config("[server]\nwrite_timeout = 1\n").start()?;
+    let t0 = Instant::now();
+    let c = d.connect()?;
+    let (writer, _) = stall_writer(&c)?;
+    ensure!(
+        crate::util::poll_until(Duration::from_secs(5), || writer.is_finished()),
+        "connection still open {:?} after the writes stalled (write_timeout 1 s)",
+        t0.elapsed()
+    );
+    let took = t0.elapsed();
+    let r = writer.join().map_err(|_| fail("writer panicked"))?;
+    ensure!(r.is_err(), "the writer finished 64 MiB although the client never read");
+    ensure!(took >= Duration::from_millis(990), "closed after {took:?}, before write_timeout");
+    // Another client is still served.
+    ensure_bytes_eq("after the write timeout", &d.roundtrip(b"ok\n")?, b"bx\n")
+}
+
+/// SIGTERM with `shutdown_grace = 1` while a client neither reads nor
+/// finishes (output pending, blocked): closed after the grace without
+/// waiting for the socket; the master exits 0.
+#[test]
+fn shutdown_grace_does_not_wait_for_a_blocked_client() -> io::Result<()> {
+    let mut d = Daemon::builder().workers(1).config("[server]\nshutdown_grace = 1\n").start()?;
+    let c = d.connect()?;
+    let (writer, _) = stall_writer(&c)?;
+    let t0 = Instant::now();
+    d.signal(libc::SIGTERM)?;
+    let s = d.wait_exit(Duration::from_secs(5))?;
+    let took = t0.elapsed();
+    ensure!(s.code() == Some(0), "master exited {s:?}");
+    ensure!(took >= Duration::from_millis(990), "exit {took:?} after SIGTERM, before the 1 s grace");
+    ensure!(took < Duration::from_secs(4), "exit {took:?} after SIGTERM with a 1 s grace");
+    // The connection is gone: the writer fails.
+    ensure!(crate::util::poll_until(Duration::from_secs(5), || writer.is_finished()), "writer still blocked");
+    let r = writer.join().map_err(|_| fail("writer panicked"))?;
+    ensure!(r.is_err(), "the writer finished 64 MiB although the client never read");
+    drop(c);
+    Ok(())
+}
