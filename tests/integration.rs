@@ -5,3 +5,4 @@ mod cli;
 mod lifecycle;
 mod limits;
 mod protocol;
+mod systemd;
