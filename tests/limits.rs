@@ -443,3 +443,52 @@ fn shutdown_grace_does_not_wait_for_a_blocked_client() -> io::Result<()> {
     drop(c);
     Ok(())
 }
+
+/// One 32 MiB line without any LF, read concurrently: it streams back in
+/// `max_line` pieces and the server's memory stays bounded.
+#[test]
+fn endless_line_streams_in_pieces_with_bounded_memory() -> io::Result<()> {
+    const LEN: usize = 32 * MIB;
+    let d = Daemon::start(1, &[])?;
+    let pid = d.serving_pid()?;
+    let baseline = rss_bytes(pid).ok_or_else(|| fail("no RSS"))?;
+    let sampler = RssSampler::start(pid);
+    let mut c = d.connect()?;
+    let mut w = c.stream.try_clone()?;
+    let writer = thread::spawn(move || -> io::Result<()> {
+        let chunk = vec![b'a'; 64 * 1024];
+        for _ in 0..LEN / chunk.len() {
+            w.write_all(&chunk)?;
+        }
+        w.shutdown(Shutdown::Write)
+    });
+    // 16384 'n' then LF, repeated; the last piece without LF (EOF).
+    let pieces = LEN / 16384;
+    let mut want_piece = vec![b'n'; 16384];
+    want_piece.push(b'\n');
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0usize;
+    let expected = pieces * 16385 - 1;
+    let read = (|| -> io::Result<()> {
+        loop {
+            let n = c.stream.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            for (i, &b) in buf[..n].iter().enumerate() {
+                let at = total + i;
+                let want = if at == expected { 0 } else { want_piece[at % 16385] };
+                ensure!(at < expected && b == want, "byte {at}: got {b:#04x}, want {want:#04x} (of {expected})");
+            }
+            total += n;
+        }
+        ensure!(total == expected, "answer has {total} bytes, want {expected}");
+        Ok(())
+    })();
+    let wrote = writer.join().map_err(|_| fail("writer panicked"))?;
+    read?;
+    wrote?;
+    let growth = sampler.max().saturating_sub(baseline);
+    ensure!(growth < RSS_GROWTH, "RSS grew by {} KiB for one endless line", growth / 1024);
+    Ok(())
+}

@@ -196,6 +196,17 @@ fn max_line_boundaries(backend: &str, workers: usize) -> io::Result<()> {
     c.send(b"\nb")?;
     c.half_close()?;
     ensure_bytes_eq("100 bytes, LF later", &c.read_to_end()?, &cat(&[lf(n(100)), b"o".to_vec()]))?;
+    // A piece is sent as soon as max_line bytes and one more byte of the
+    // same line arrived: no LF, no EOF needed.
+    let mut c = d.connect()?;
+    c.send(&line(b'a', 101))?;
+    ensure_bytes_eq("first piece before the LF", &c.read_exact(101)?, &lf(n(100)))?;
+    c.send(&line(b'a', 100))?;
+    ensure_bytes_eq("second piece before the LF", &c.read_exact(101)?, &lf(n(100)))?;
+    c.send(b"\n")?;
+    ensure_bytes_eq("rest of the line", &c.read_exact(2)?, b"n\n")?;
+    c.half_close()?;
+    ensure_bytes_eq("EOF", &c.read_to_end()?, b"")?;
     // All boundary lines pipelined on one connection.
     let mut all = Vec::new();
     for len in [0, 1, 99, 100, 101, 199, 200, 201, 300, 1000] {

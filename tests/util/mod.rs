@@ -386,10 +386,19 @@ pub struct DaemonBuilder {
     config: Option<String>,
     env: Vec<(String, String)>,
     workers: usize,
+    workers_arg: Option<String>,
     listen: bool,
 }
 
 impl DaemonBuilder {
+    /// Passes `--workers ARG` verbatim (e.g. `auto`); the start waits for
+    /// `serving` reactor lines.
+    pub fn workers_arg(mut self, arg: &str, serving: usize) -> Self {
+        self.workers_arg = Some(arg.to_string());
+        self.workers = serving;
+        self
+    }
+
     /// Sets `--workers N` (default 1); the start waits for `max(N, 1)`
     /// `reactor backend=` lines.
     pub fn workers(mut self, n: usize) -> Self {
@@ -435,7 +444,8 @@ impl DaemonBuilder {
         if self.listen {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
-        cmd.args(["--workers", &self.workers.to_string()]);
+        let workers = self.workers_arg.clone().unwrap_or_else(|| self.workers.to_string());
+        cmd.args(["--workers", &workers]);
         cmd.args(&self.args);
         cmd.env_remove("RUST_LOG").env_remove("NOTIFY_SOCKET").env_remove("LISTEN_FDS").env_remove("LISTEN_PID");
         for (k, v) in &self.env {
@@ -477,7 +487,7 @@ pub struct Daemon {
 impl Daemon {
     /// A builder with `--workers 1` and `--listen 127.0.0.1:0`.
     pub fn builder() -> DaemonBuilder {
-        DaemonBuilder { args: Vec::new(), config: None, env: Vec::new(), workers: 1, listen: true }
+        DaemonBuilder { args: Vec::new(), config: None, env: Vec::new(), workers: 1, workers_arg: None, listen: true }
     }
 
     /// Starts with `--workers N` and the extra `args`.
