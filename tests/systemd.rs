@@ -97,7 +97,7 @@ fn ready_after_every_worker_serves() -> io::Result<()> {
     ensure!(reactors.len() == 2, "reactor lines: {reactors:?}\n{text}");
     for r in &reactors {
         ensure!(
-            *r <= secs(ready_at),
+            (*r * 1e6) as i64 <= (secs(ready_at) * 1e6) as i64,
             "READY=1 arrived at {:.6} before a worker logged its reactor at {r:.6}\n{text}",
             secs(ready_at)
         );
