@@ -26,6 +26,21 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default read/write timeout of a [`Client`].
 pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Variables of the test's own environment that would change the daemon;
+/// removed before each start (a test sets what it needs).
+pub const ENV_CLEARED: [&str; 10] = [
+    "RUST_LOG",
+    "NO_COLOR",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "EVENT_NOEPOLL",
+    "EVENT_NOPOLL",
+    "EVENT_NOSELECT",
+    "EVENT_EPOLL_USE_CHANGELIST",
+];
+
 /// Backends in the order `--list-backends` prints them.
 pub const BACKENDS: [&str; 3] = ["epoll", "poll", "select"];
 
@@ -166,7 +181,9 @@ pub struct Output {
 pub fn run_bin(args: &[&str], env: &[(&str, &str)], timeout: Duration) -> io::Result<Output> {
     let mut cmd = Command::new(BIN);
     cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    cmd.env_remove("RUST_LOG");
+    for k in ENV_CLEARED {
+        cmd.env_remove(k);
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -388,6 +405,7 @@ pub struct DaemonBuilder {
     workers: usize,
     workers_arg: Option<String>,
     listen: bool,
+    json: bool,
 }
 
 impl DaemonBuilder {
@@ -425,6 +443,14 @@ impl DaemonBuilder {
         self
     }
 
+    /// Passes `--log-format json` and waits for the JSON form of the
+    /// `listening` and `reactor` events.
+    pub fn json_log(mut self) -> Self {
+        self.json = true;
+        self.args.extend(["--log-format".to_string(), "json".to_string()]);
+        self
+    }
+
     /// Leaves out `--listen 127.0.0.1:0` (the caller passes its own).
     pub fn no_default_listen(mut self) -> Self {
         self.listen = false;
@@ -447,7 +473,9 @@ impl DaemonBuilder {
         let workers = self.workers_arg.clone().unwrap_or_else(|| self.workers.to_string());
         cmd.args(["--workers", &workers]);
         cmd.args(&self.args);
-        cmd.env_remove("RUST_LOG").env_remove("NOTIFY_SOCKET").env_remove("LISTEN_FDS").env_remove("LISTEN_PID");
+        for k in ENV_CLEARED {
+            cmd.env_remove(k);
+        }
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -457,18 +485,30 @@ impl DaemonBuilder {
         let log = Log::capture(child.stderr.take().ok_or_else(|| fail("no stderr"))?);
         let mut d =
             Daemon { child: Some(child), pid, log, addr: None, dir, config_path, status: None, workers: self.workers };
-        d.log.wait_count(&["listening addr="], 1, START_TIMEOUT)?;
+        let (listening, reactor): (&[&str], &[&str]) = if self.json {
+            (&["\"message\":\"listening\""], &["\"message\":\"reactor\"", "\"backend\":"])
+        } else {
+            (&["listening addr="], &["reactor", "backend="])
+        };
+        d.log.wait_count(listening, 1, START_TIMEOUT)?;
         d.addr = Some(parse_listen_addr(&d.log.text()).ok_or_else(|| fail("no address in the log"))?);
-        d.log.wait_count(&["reactor", "backend="], self.workers.max(1), START_TIMEOUT)?;
+        d.log.wait_count(reactor, self.workers.max(1), START_TIMEOUT)?;
         Ok(d)
     }
 }
 
-/// The first `listening addr=` address of `log`.
+/// The first rot13 `listening` address of `log` (text or JSON lines).
 pub fn parse_listen_addr(log: &str) -> Option<SocketAddr> {
-    log.lines().filter(|l| l.contains("listening") && l.contains("kind=rot13")).find_map(|l| {
-        let a = &l[l.find("addr=")? + 5..];
-        a.split_whitespace().next()?.parse().ok()
+    log.lines().find_map(|l| {
+        if l.contains("listening") && l.contains("kind=rot13") {
+            let a = &l[l.find("addr=")? + 5..];
+            a.split_whitespace().next()?.parse().ok()
+        } else if l.contains("\"message\":\"listening\"") && l.contains("\"kind\":\"rot13\"") {
+            let a = &l[l.find("\"addr\":\"")? + 8..];
+            a.split('"').next()?.parse().ok()
+        } else {
+            None
+        }
     })
 }
 
@@ -487,7 +527,15 @@ pub struct Daemon {
 impl Daemon {
     /// A builder with `--workers 1` and `--listen 127.0.0.1:0`.
     pub fn builder() -> DaemonBuilder {
-        DaemonBuilder { args: Vec::new(), config: None, env: Vec::new(), workers: 1, workers_arg: None, listen: true }
+        DaemonBuilder {
+            args: Vec::new(),
+            config: None,
+            env: Vec::new(),
+            workers: 1,
+            workers_arg: None,
+            listen: true,
+            json: false,
+        }
     }
 
     /// Starts with `--workers N` and the extra `args`.
