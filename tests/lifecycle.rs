@@ -470,3 +470,61 @@ fn workers_auto_starts_one_worker_per_cpu() -> io::Result<()> {
     ensure!(d.log().count(&["reactor", "backend="]) == cpus, "reactors:\n{}", d.log().text());
     ensure_bytes_eq("auto", &d.roundtrip(b"auto\n")?, b"nhgb\n")
 }
+
+/// `idle_timeout` changed on reload applies to new connections (the
+/// timeout of the new generation is registered in the serving process).
+fn reload_changes_idle_timeout(workers: usize) -> io::Result<()> {
+    let d = Daemon::builder().workers(workers).config("[server]\nidle_timeout = 30\n").start()?;
+    std::fs::write(d.config_path(), "[server]\nidle_timeout = 1\n")?;
+    d.signal(libc::SIGHUP)?;
+    d.log().wait_count(&["reloaded"], 1, T)?;
+    if workers > 0 {
+        d.log().wait_count(&["draining"], workers, T)?;
+    }
+    let t0 = Instant::now();
+    let mut c = d.connect()?;
+    let got = c.read_to_end_within(Duration::from_secs(5))?;
+    let took = t0.elapsed();
+    ensure_bytes_eq("idle connection after the reload", &got, b"")?;
+    ensure!(took >= Duration::from_millis(990), "closed after {took:?}, before the new 1 s idle_timeout");
+    ensure!(took <= Duration::from_millis(2500), "closed after {took:?} (idle_timeout 1 s)");
+    Ok(())
+}
+
+#[test]
+fn reload_changes_idle_timeout_w0() -> io::Result<()> {
+    reload_changes_idle_timeout(0)
+}
+
+#[test]
+fn reload_changes_idle_timeout_w1() -> io::Result<()> {
+    reload_changes_idle_timeout(1)
+}
+
+/// SIGQUIT during a graceful drain (a busy client, grace 30 s) still stops
+/// within 1 s.
+fn sigquit_during_drain(workers: usize) -> io::Result<()> {
+    let mut d = Daemon::start(workers, &[])?;
+    let mut c = d.connect()?;
+    c.send(b"x\nbusy")?;
+    ensure_bytes_eq("before the signal", &c.read_exact(2)?, b"k\n")?;
+    d.signal(libc::SIGTERM)?;
+    d.log().wait_count(&["draining", "busy=1"], 1, T)?;
+    ensure!(alive(d.pid()), "master exited with a busy connection and 30 s of grace");
+    let t0 = Instant::now();
+    d.signal(libc::SIGQUIT)?;
+    ensure_exit_0(&mut d, Duration::from_secs(1))?;
+    ensure!(t0.elapsed() < Duration::from_secs(1), "SIGQUIT during the drain: exit after {:?}", t0.elapsed());
+    ensure!(poll_until(Duration::from_secs(1), || d.worker_pids().is_empty()), "workers left: {:?}", d.worker_pids());
+    Ok(())
+}
+
+#[test]
+fn sigquit_during_drain_w0() -> io::Result<()> {
+    sigquit_during_drain(0)
+}
+
+#[test]
+fn sigquit_during_drain_w1() -> io::Result<()> {
+    sigquit_during_drain(1)
+}
