@@ -34,8 +34,8 @@ fn ensure_exit_0(d: &mut Daemon, within: Duration) -> io::Result<()> {
 /// served: it sends 1 MiB more after the signal, every answer arrives,
 /// the connection closes after the client half-closes; new connections
 /// are refused meanwhile; exit 0.
-fn graceful_stop_serves_busy_client(workers: usize) -> io::Result<()> {
-    let mut d = Daemon::start(workers, &["--max-line", "100"])?;
+fn graceful_stop_serves_busy_client(backend: &str, workers: usize) -> io::Result<()> {
+    let mut d = Daemon::start(workers, &["--max-line", "100", "--backend", backend])?;
     let mut c = d.connect()?;
     let mut input = b"first line\npartial".to_vec();
     c.send(&input)?;
@@ -79,18 +79,33 @@ fn graceful_stop_serves_busy_client(workers: usize) -> io::Result<()> {
 }
 
 #[test]
-fn graceful_stop_serves_busy_client_w0() -> io::Result<()> {
-    graceful_stop_serves_busy_client(0)
+fn graceful_stop_serves_busy_client_epoll_w0() -> io::Result<()> {
+    graceful_stop_serves_busy_client("epoll", 0)
 }
 
 #[test]
-fn graceful_stop_serves_busy_client_w1() -> io::Result<()> {
-    graceful_stop_serves_busy_client(1)
+fn graceful_stop_serves_busy_client_epoll_w1() -> io::Result<()> {
+    graceful_stop_serves_busy_client("epoll", 1)
 }
 
 #[test]
-fn graceful_stop_serves_busy_client_w2() -> io::Result<()> {
-    graceful_stop_serves_busy_client(2)
+fn graceful_stop_serves_busy_client_epoll_w2() -> io::Result<()> {
+    graceful_stop_serves_busy_client("epoll", 2)
+}
+
+#[test]
+fn graceful_stop_serves_busy_client_poll_w1() -> io::Result<()> {
+    graceful_stop_serves_busy_client("poll", 1)
+}
+
+#[test]
+fn graceful_stop_serves_busy_client_select_w0() -> io::Result<()> {
+    graceful_stop_serves_busy_client("select", 0)
+}
+
+#[test]
+fn graceful_stop_serves_busy_client_select_w2() -> io::Result<()> {
+    graceful_stop_serves_busy_client("select", 2)
 }
 
 /// Idle connections (never sent a byte, or every answer read) are closed at

@@ -59,8 +59,8 @@ impl Drop for RssSampler {
 /// A client sends 64 MiB without reading: the server stops reading (the
 /// writer stalls far below 64 MiB) and its RSS grows by less than 32 MiB;
 /// then the client reads everything back, byte for byte.
-fn backpressure_bounds_memory(workers: usize) -> io::Result<()> {
-    let d = Daemon::start(workers, &[])?;
+fn backpressure_bounds_memory(backend: &str, workers: usize) -> io::Result<()> {
+    let d = Daemon::start(workers, &["--backend", backend])?;
     let pid = d.serving_pid()?;
     // Warm up: one connection through, so lazily grown pools count in the
     // baseline.
@@ -160,27 +160,41 @@ fn backpressure_bounds_memory(workers: usize) -> io::Result<()> {
 }
 
 #[test]
-fn backpressure_bounds_memory_w0() -> io::Result<()> {
-    backpressure_bounds_memory(0)
+fn backpressure_bounds_memory_epoll_w0() -> io::Result<()> {
+    backpressure_bounds_memory("epoll", 0)
 }
 
 #[test]
-fn backpressure_bounds_memory_w1() -> io::Result<()> {
-    backpressure_bounds_memory(1)
+fn backpressure_bounds_memory_epoll_w1() -> io::Result<()> {
+    backpressure_bounds_memory("epoll", 1)
+}
+
+#[test]
+fn backpressure_bounds_memory_poll_w1() -> io::Result<()> {
+    backpressure_bounds_memory("poll", 1)
+}
+
+#[test]
+fn backpressure_bounds_memory_select_w1() -> io::Result<()> {
+    backpressure_bounds_memory("select", 1)
 }
 
 /// `idle_timeout = 1`: an idle connection is closed after >= 1 s (and
 /// within about one more second).
 fn idle_daemon(workers: usize) -> io::Result<Daemon> {
-    Daemon::builder().workers(workers).config("[server]\nidle_timeout = 1\n").start()
+    idle_daemon_on("epoll", workers)
+}
+
+fn idle_daemon_on(backend: &str, workers: usize) -> io::Result<Daemon> {
+    Daemon::builder().workers(workers).args(["--backend", backend]).config("[server]\nidle_timeout = 1\n").start()
 }
 
 /// Upper bound of an idle close: SPEC says within one more second; 0.5 s
 /// slack for a loaded CI machine.
 const IDLE_LATEST: Duration = Duration::from_millis(2500);
 
-fn idle_timeout_closes_idle_connection(workers: usize) -> io::Result<()> {
-    let d = idle_daemon(workers)?;
+fn idle_timeout_closes_idle_connection(backend: &str, workers: usize) -> io::Result<()> {
+    let d = idle_daemon_on(backend, workers)?;
     // Never sent anything.
     let t0 = Instant::now();
     let mut c = d.connect()?;
@@ -203,13 +217,23 @@ fn idle_timeout_closes_idle_connection(workers: usize) -> io::Result<()> {
 }
 
 #[test]
-fn idle_timeout_closes_idle_connection_w0() -> io::Result<()> {
-    idle_timeout_closes_idle_connection(0)
+fn idle_timeout_closes_idle_connection_epoll_w0() -> io::Result<()> {
+    idle_timeout_closes_idle_connection("epoll", 0)
 }
 
 #[test]
-fn idle_timeout_closes_idle_connection_w1() -> io::Result<()> {
-    idle_timeout_closes_idle_connection(1)
+fn idle_timeout_closes_idle_connection_epoll_w1() -> io::Result<()> {
+    idle_timeout_closes_idle_connection("epoll", 1)
+}
+
+#[test]
+fn idle_timeout_closes_idle_connection_poll_w1() -> io::Result<()> {
+    idle_timeout_closes_idle_connection("poll", 1)
+}
+
+#[test]
+fn idle_timeout_closes_idle_connection_select_w0() -> io::Result<()> {
+    idle_timeout_closes_idle_connection("select", 0)
 }
 
 /// A buffered partial line is answered (no LF) before the idle close.
