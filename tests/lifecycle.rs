@@ -543,3 +543,114 @@ fn sigquit_during_drain_w0() -> io::Result<()> {
 fn sigquit_during_drain_w1() -> io::Result<()> {
     sigquit_during_drain(1)
 }
+
+/// SIGTERM while the only worker is dead and its replacement waits in the
+/// crash-loop backoff: the master exits 0 at once.
+#[test]
+fn sigterm_during_crash_backoff_exits_at_once() -> io::Result<()> {
+    let mut d = Daemon::start(1, &[])?;
+    for n in 1..=6usize {
+        let w = d.worker_pids();
+        ensure!(w.len() == 1, "workers before kill {n}: {w:?}");
+        kill(w[0], libc::SIGKILL)?;
+        death_line(&d, w[0], T)?;
+        if n <= 5 {
+            d.log().wait_count(&["reactor", "backend="], n + 1, T)?;
+        }
+    }
+    d.log().wait_count(&["workers keep dying"], 1, T)?;
+    ensure!(d.worker_pids().is_empty(), "a worker runs during the backoff: {:?}", d.worker_pids());
+    let t0 = Instant::now();
+    d.signal(libc::SIGTERM)?;
+    ensure_exit_0(&mut d, Duration::from_secs(2))?;
+    ensure!(t0.elapsed() < Duration::from_secs(1), "exit {:?} after SIGTERM with no worker", t0.elapsed());
+    ensure!(d.log().count(&["reactor", "backend="]) == 6, "a worker started after SIGTERM:\n{}", d.log().text());
+    Ok(())
+}
+
+/// Several SIGHUPs in a row: every old generation retires; exactly
+/// `workers` workers remain, all of the newest generation, serving.
+#[test]
+fn rapid_reloads_leave_exactly_the_configured_workers() -> io::Result<()> {
+    let d = Daemon::builder().workers(2).config("[server]\n").start()?;
+    for _ in 0..5 {
+        d.signal(libc::SIGHUP)?;
+    }
+    // Signals may coalesce: at least one reload, at most five.
+    d.log().wait_count(&["reloaded"], 1, T)?;
+    let settled = poll_until(T, || {
+        let reloads = d.log().count(&["reloaded"]);
+        let generation = format!("generation={}", reloads + 1);
+        d.log().count(&["reactor", &generation]) == 2
+            && d.log().count(&["worker exited"]) == 2 * reloads
+            && d.worker_pids().len() == 2
+    });
+    ensure!(settled, "workers {:?} after rapid reloads:\n{}", d.worker_pids(), d.log().text());
+    for i in 0..10 {
+        let l = format!("after reloads {i}\n");
+        ensure_bytes_eq("after reloads", &d.roundtrip(l.as_bytes())?, &rot13_model(l.as_bytes(), 16384))?;
+    }
+    Ok(())
+}
+
+/// A reload that changes `workers` starts the new count.
+#[test]
+fn reload_changes_worker_count() -> io::Result<()> {
+    // `--workers` on the command line would win over the file: leave it out.
+    let d = Daemon::builder().workers(1).config("[server]\nworkers = 1\n").start_without_workers_arg()?;
+    ensure!(d.worker_pids().len() == 1, "workers {:?}", d.worker_pids());
+    std::fs::write(d.config_path(), "[server]\nworkers = 3\n")?;
+    d.signal(libc::SIGHUP)?;
+    d.log().wait_count(&["reactor", "generation=2"], 3, T)?;
+    d.log().wait_count(&["worker exited"], 1, T)?;
+    ensure!(poll_until(T, || d.worker_pids().len() == 3), "workers after reload: {:?}", d.worker_pids());
+    ensure_bytes_eq("after the reload", &d.roundtrip(b"three\n")?, b"guerr\n")
+}
+
+/// A user change on reload needs a restart: logged at WARN, not applied,
+/// the reload of the rest goes on.
+#[test]
+fn reload_user_change_is_refused_with_a_warning() -> io::Result<()> {
+    let d = Daemon::builder().workers(1).config("[server]\nmax_line = 10\n").start()?;
+    std::fs::write(d.config_path(), "[server]\nmax_line = 20\nuser = \"nobody\"\n")?;
+    d.signal(libc::SIGHUP)?;
+    d.log().wait_count(&["WARN", "restart"], 1, T)?;
+    d.log().wait_count(&["reactor", "generation=2"], 1, T)?;
+    d.log().wait_count(&["draining"], 1, T)?;
+    ensure_max_line(&d, 20)?;
+    let w = d.worker_pids();
+    ensure!(w.len() == 1, "workers {w:?}");
+    let uid = |pid: i32| -> io::Result<String> {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        Ok(s.lines().find(|l| l.starts_with("Uid:")).unwrap_or("").to_string())
+    };
+    ensure!(uid(w[0])? == uid(d.pid())?, "the new worker changed user: {} vs {}", uid(w[0])?, uid(d.pid())?);
+    Ok(())
+}
+
+/// `--pid-file` without `--daemon`: written with the master's pid at
+/// start, removed at a graceful stop.
+#[test]
+fn pid_file_without_daemon() -> io::Result<()> {
+    let dir = crate::util::TempDir::new()?;
+    let pf = dir.join("rot13d.pid");
+    let pfs = pf.to_string_lossy().into_owned();
+    let mut d = Daemon::start(1, &["--pid-file", &pfs])?;
+    let content = std::fs::read_to_string(&pf)?;
+    ensure!(content.trim() == d.pid().to_string(), "pid file holds {content:?}, master is {}", d.pid());
+    d.signal(libc::SIGTERM)?;
+    ensure_exit_0(&mut d, T)?;
+    ensure!(!pf.exists(), "pid file left after the stop");
+    Ok(())
+}
+
+/// A pid file that cannot be written is an OS error at start: exit 71.
+#[test]
+fn unwritable_pid_file_exits_71() -> io::Result<()> {
+    let dir = crate::util::TempDir::new()?;
+    let pf = dir.join("no-such-dir/rot13d.pid").to_string_lossy().into_owned();
+    let out = crate::util::run_bin(&["--listen", "127.0.0.1:0", "--workers", "1", "--pid-file", &pf], &[], T)?;
+    ensure!(out.code == Some(71), "exit {:?}, want 71:\n{}", out.code, out.stderr);
+    ensure!(out.stderr.contains(&pf), "the message does not name {pf}:\n{}", out.stderr);
+    Ok(())
+}

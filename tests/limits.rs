@@ -322,9 +322,8 @@ fn max_connections_third_waits_in_backlog_w1() -> io::Result<()> {
 
 /// A client that resets its connection (RST, unread answers pending) frees
 /// its slot; the other connection does not notice.
-#[test]
-fn reset_connection_frees_its_slot() -> io::Result<()> {
-    let d = Daemon::builder().workers(1).config("[server]\nmax_connections = 2\n").start()?;
+fn reset_connection_frees_its_slot(workers: usize) -> io::Result<()> {
+    let d = Daemon::builder().workers(workers).config("[server]\nmax_connections = 2\n").start()?;
     let mut other = d.connect()?;
     other.send(b"before\n")?;
     ensure_bytes_eq("other before", &other.read_exact(7)?, b"orsber\n")?;
@@ -346,6 +345,16 @@ fn reset_connection_frees_its_slot() -> io::Result<()> {
     ensure_bytes_eq("new client EOF", &b.read_to_end()?, b"")?;
     other.half_close()?;
     ensure_bytes_eq("other EOF", &other.read_to_end()?, b"")
+}
+
+#[test]
+fn reset_connection_frees_its_slot_w0() -> io::Result<()> {
+    reset_connection_frees_its_slot(0)
+}
+
+#[test]
+fn reset_connection_frees_its_slot_w1() -> io::Result<()> {
+    reset_connection_frees_its_slot(1)
 }
 
 /// Every backend serves more connections at once than FD_SETSIZE (1024):

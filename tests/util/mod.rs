@@ -457,6 +457,13 @@ impl DaemonBuilder {
         self
     }
 
+    /// As [`start`](DaemonBuilder::start) without `--workers` (the file
+    /// decides); waits for the builder's worker count of reactors.
+    pub fn start_without_workers_arg(mut self) -> io::Result<Daemon> {
+        self.workers_arg = Some(String::new());
+        self.start()
+    }
+
     /// Starts the binary and waits (bounded) until it listens and every
     /// serving process logged its reactor.
     pub fn start(self) -> io::Result<Daemon> {
@@ -471,7 +478,9 @@ impl DaemonBuilder {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
         let workers = self.workers_arg.clone().unwrap_or_else(|| self.workers.to_string());
-        cmd.args(["--workers", &workers]);
+        if !workers.is_empty() {
+            cmd.args(["--workers", &workers]);
+        }
         cmd.args(&self.args);
         for k in ENV_CLEARED {
             cmd.env_remove(k);
