@@ -257,6 +257,11 @@ pub fn proc_stat(pid: i32) -> Option<(char, i32)> {
     Some((state, ppid))
 }
 
+/// The command name of `pid` (`/proc/PID/comm`).
+pub fn proc_comm(pid: i32) -> Option<String> {
+    Some(std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?.trim().to_string())
+}
+
 /// Whether `pid` exists and is not a zombie.
 pub fn alive(pid: i32) -> bool {
     matches!(proc_stat(pid), Some((s, _)) if s != 'Z' && s != 'X')
@@ -492,8 +497,17 @@ impl DaemonBuilder {
         let mut child = cmd.spawn()?;
         let pid = child.id() as i32;
         let log = Log::capture(child.stderr.take().ok_or_else(|| fail("no stderr"))?);
-        let mut d =
-            Daemon { child: Some(child), pid, log, addr: None, dir, config_path, status: None, workers: self.workers };
+        let mut d = Daemon {
+            child: Some(child),
+            pid,
+            log,
+            addr: None,
+            dir,
+            config_path,
+            status: None,
+            workers: self.workers,
+            seen: Mutex::new(Vec::new()),
+        };
         let (listening, reactor): (&[&str], &[&str]) = if self.json {
             (&["\"message\":\"listening\""], &["\"message\":\"reactor\"", "\"backend\":"])
         } else {
@@ -502,6 +516,7 @@ impl DaemonBuilder {
         d.log.wait_count(listening, 1, START_TIMEOUT)?;
         d.addr = Some(parse_listen_addr(&d.log.text()).ok_or_else(|| fail("no address in the log"))?);
         d.log.wait_count(reactor, self.workers.max(1), START_TIMEOUT)?;
+        d.worker_pids();
         Ok(d)
     }
 }
@@ -531,6 +546,9 @@ pub struct Daemon {
     config_path: PathBuf,
     status: Option<ExitStatus>,
     workers: usize,
+    /// Every worker pid seen, killed on drop if still a rot13d (a worker
+    /// outliving its master is no longer its child).
+    seen: Mutex<Vec<i32>>,
 }
 
 impl Daemon {
@@ -564,7 +582,14 @@ impl Daemon {
 
     /// Live worker processes (children of the master), sorted.
     pub fn worker_pids(&self) -> Vec<i32> {
-        children_of(self.pid)
+        let w = children_of(self.pid);
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        for p in &w {
+            if !seen.contains(p) {
+                seen.push(*p);
+            }
+        }
+        w
     }
 
     /// The pid serving connections: the only worker, or the master with
@@ -630,13 +655,15 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if self.status.is_none() {
-            kill_tree(self.pid);
-        } else {
-            // The master is gone; workers it left behind are reparented.
-            for c in children_of(self.pid) {
-                let _ = kill(c, libc::SIGKILL);
+        let mut pids = children_of(self.pid);
+        pids.extend(self.seen.lock().unwrap_or_else(|e| e.into_inner()).iter());
+        for p in pids {
+            if alive(p) && proc_comm(p).as_deref() == Some("rot13d") {
+                let _ = kill(p, libc::SIGKILL);
             }
+        }
+        if self.status.is_none() {
+            let _ = kill(self.pid, libc::SIGKILL);
         }
         if let Some(mut c) = self.child.take() {
             let _ = wait_child(&mut c, Duration::from_secs(5));
