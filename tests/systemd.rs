@@ -156,3 +156,42 @@ fn watchdog_pings_every_half_interval() -> io::Result<()> {
     ensure!(took <= Duration::from_secs(3), "5 WATCHDOG=1 took {took:?}");
     Ok(())
 }
+
+/// Socket activation: with `LISTEN_FDS=1` and `LISTEN_PID` = the daemon's
+/// pid, fd 3 replaces `--listen`; every worker serves on it.
+#[test]
+fn socket_activation_replaces_listen() -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let fd = listener.as_raw_fd();
+    // Inherited by the shell (this test process spawns nothing else), which
+    // moves it to fd 3 and execs the daemon with its own pid.
+    rot13d::sys::set_cloexec(fd, false)?;
+    let prefix = if fd == 3 {
+        "LISTEN_PID=$$ LISTEN_FDS=1; export LISTEN_PID LISTEN_FDS;".to_string()
+    } else {
+        format!("exec 3<&{fd} {fd}<&-; LISTEN_PID=$$ LISTEN_FDS=1; export LISTEN_PID LISTEN_FDS;")
+    };
+    let d = Daemon::builder().workers(2).sh_prefix(&prefix).start()?;
+    drop(listener);
+    d.log().wait_count(&["socket-activated"], 1, T)?;
+    let text = d.log().text();
+    ensure!(d.addr() == addr, "daemon listens on {}, want the activated {addr}:\n{text}", d.addr());
+    ensure!(d.log().count(&["listening", "kind=rot13"]) == 1, "--listen not replaced:\n{text}");
+    for i in 0..10 {
+        let l = format!("activated {i}\n");
+        let got = crate::util::Client::connect(addr)?.roundtrip(l.as_bytes())?;
+        crate::util::ensure_bytes_eq("activated", &got, &crate::util::rot13_model(l.as_bytes(), 16384))?;
+    }
+    Ok(())
+}
+
+/// `LISTEN_PID` naming another process: the passed fds are not ours;
+/// `--listen` applies.
+#[test]
+fn socket_activation_for_another_pid_is_ignored() -> io::Result<()> {
+    let d = Daemon::builder().workers(1).env("LISTEN_PID", "1").env("LISTEN_FDS", "1").start()?;
+    ensure!(d.log().count(&["socket-activated"]) == 0, "used fds meant for pid 1:\n{}", d.log().text());
+    crate::util::ensure_bytes_eq("own listener", &d.roundtrip(b"own\n")?, b"bja\n")
+}

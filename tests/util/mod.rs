@@ -411,6 +411,7 @@ pub struct DaemonBuilder {
     workers_arg: Option<String>,
     listen: bool,
     json: bool,
+    sh_prefix: Option<String>,
 }
 
 impl DaemonBuilder {
@@ -456,6 +457,13 @@ impl DaemonBuilder {
         self
     }
 
+    /// Starts the binary through `sh -c 'PREFIX exec BIN ARGS'` (e.g. to
+    /// move an inherited fd to 3 and set `LISTEN_PID=$$`).
+    pub fn sh_prefix(mut self, prefix: &str) -> Self {
+        self.sh_prefix = Some(prefix.to_string());
+        self
+    }
+
     /// Leaves out `--listen 127.0.0.1:0` (the caller passes its own).
     pub fn no_default_listen(mut self) -> Self {
         self.listen = false;
@@ -473,7 +481,16 @@ impl DaemonBuilder {
     /// serving process logged its reactor.
     pub fn start(self) -> io::Result<Daemon> {
         let dir = TempDir::new()?;
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match &self.sh_prefix {
+            // `sh -c 'PREFIX exec "$0" "$@"' BIN ARGS...`: the shell's pid
+            // becomes the daemon's.
+            Some(prefix) => {
+                let mut c = Command::new("sh");
+                c.args(["-c", &format!("{prefix} exec \"$0\" \"$@\""), BIN]);
+                c
+            }
+            None => Command::new(BIN),
+        };
         let config_path = dir.join("rot13d.toml");
         if let Some(c) = &self.config {
             std::fs::write(&config_path, c)?;
@@ -562,6 +579,7 @@ impl Daemon {
             workers_arg: None,
             listen: true,
             json: false,
+            sh_prefix: None,
         }
     }
 
