@@ -407,11 +407,12 @@ fn killed_worker_is_replaced_within_1s() -> io::Result<()> {
     Ok(())
 }
 
-/// More than 5 deaths in 10 s: the next replacement waits >= 1 s.
+/// More than 5 deaths in 10 s: the next replacement waits >= 1 s, the one
+/// after >= 2 s (exponential).
 #[test]
 fn worker_crash_loop_backs_off() -> io::Result<()> {
     let d = Daemon::start(1, &[])?;
-    for n in 1..=6usize {
+    for n in 1..=7usize {
         let w = d.worker_pids();
         ensure!(w.len() == 1, "workers before kill {n}: {w:?}");
         let t0 = Instant::now();
@@ -421,11 +422,13 @@ fn worker_crash_loop_backs_off() -> io::Result<()> {
             d.log().wait_count(&["reactor", "backend="], n + 1, Duration::from_secs(1))?;
             continue;
         }
-        // The sixth death within 10 s: backoff.
-        d.log().wait_count(&["workers keep dying"], 1, T)?;
-        d.log().wait_count(&["reactor", "backend="], n + 1, Duration::from_secs(5))?;
+        // The sixth and seventh deaths within 10 s: backoff 1 s, then 2 s.
+        let backoff = Duration::from_secs(1 << (n - 6));
+        d.log().wait_count(&["workers keep dying"], n - 5, T)?;
+        d.log().wait_count(&["reactor", "backend="], n + 1, backoff + Duration::from_secs(3))?;
         let took = t0.elapsed();
-        ensure!(took >= Duration::from_millis(990), "sixth replacement after {took:?}, want a backoff >= 1 s");
+        ensure!(took + Duration::from_millis(10) >= backoff, "replacement {n} after {took:?}, want >= {backoff:?}");
+        ensure!(took < backoff + Duration::from_secs(1), "replacement {n} after {took:?}, want about {backoff:?}");
     }
     ensure_bytes_eq("after the crash loop", &d.roundtrip(b"ok\n")?, b"bx\n")
 }
@@ -653,4 +656,39 @@ fn unwritable_pid_file_exits_71() -> io::Result<()> {
     ensure!(out.code == Some(71), "exit {:?}, want 71:\n{}", out.code, out.stderr);
     ensure!(out.stderr.contains(&pf), "the message does not name {pf}:\n{}", out.stderr);
     Ok(())
+}
+
+/// `user = "nobody"` (needs root): the serving processes run as nobody
+/// after binding; with workers the master keeps its user.
+fn user_drops_privileges(workers: usize) -> io::Result<()> {
+    if rot13d::sys::process::geteuid() != 0 {
+        eprintln!("not root: privilege drop not testable here");
+        return Ok(());
+    }
+    let Some((uid, _)) = rot13d::sys::process::lookup_user("nobody")? else {
+        eprintln!("no user nobody here");
+        return Ok(());
+    };
+    let d = Daemon::builder().workers(workers).config("[server]\nuser = \"nobody\"\n").start()?;
+    let uids = |pid: i32| -> io::Result<Vec<u32>> {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let l = s.lines().find(|l| l.starts_with("Uid:")).unwrap_or("");
+        Ok(l.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect())
+    };
+    let serving = d.serving_pid()?;
+    ensure!(uids(serving)? == vec![uid; 4], "serving process uids {:?}, want {uid}", uids(serving)?);
+    if workers > 0 {
+        ensure!(uids(d.pid())?[1] == 0, "master euid {:?}", uids(d.pid())?);
+    }
+    ensure_bytes_eq("as nobody", &d.roundtrip(b"nobody\n")?, b"abobql\n")
+}
+
+#[test]
+fn user_drops_privileges_w0() -> io::Result<()> {
+    user_drops_privileges(0)
+}
+
+#[test]
+fn user_drops_privileges_w1() -> io::Result<()> {
+    user_drops_privileges(1)
 }
