@@ -525,3 +525,58 @@ fn endless_line_streams_in_pieces_with_bounded_memory() -> io::Result<()> {
     ensure!(growth < RSS_GROWTH, "RSS grew by {} KiB for one endless line", growth / 1024);
     Ok(())
 }
+
+/// Open descriptors of `pid`.
+fn fd_count(pid: i32) -> io::Result<usize> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+}
+
+/// Connections of every kind (answered, reset mid-stream, closed at once,
+/// half-closed empty, dropped with unread answers) leave no descriptor
+/// behind in the serving process.
+fn no_fd_leak(backend: &str, workers: usize) -> io::Result<()> {
+    let d = Daemon::start(workers, &["--backend", backend])?;
+    let pid = d.serving_pid()?;
+    // One connection first: lazily created descriptors count in the baseline.
+    ensure_bytes_eq("warm-up", &d.roundtrip(b"warm\n")?, b"jnez\n")?;
+    let baseline = fd_count(pid)?;
+    for i in 0..100 {
+        // Answered.
+        ensure_bytes_eq("answered", &d.roundtrip(b"a\nb")?, b"n\no")?;
+        // Closed at once, nothing sent.
+        drop(d.connect()?);
+        // Half-closed without data.
+        ensure_bytes_eq("empty", &d.roundtrip(b"")?, b"")?;
+        // Reset with data in flight.
+        let mut c = d.connect()?;
+        c.send(&random_lines(i, 32 * 1024, 100))?;
+        socket2::SockRef::from(&c.stream).set_linger(Some(Duration::ZERO))?;
+        drop(c);
+        // Closed with answers unread.
+        let mut c = d.connect()?;
+        c.send(b"unread\n")?;
+        drop(c);
+    }
+    let mut now = 0;
+    let settled = crate::util::poll_until(Duration::from_secs(5), || {
+        now = fd_count(pid).unwrap_or(usize::MAX);
+        now == baseline
+    });
+    ensure!(settled, "serving process has {now} fds after 500 connections, {baseline} before");
+    ensure_bytes_eq("still serving", &d.roundtrip(b"ok\n")?, b"bx\n")
+}
+
+#[test]
+fn no_fd_leak_epoll_w1() -> io::Result<()> {
+    no_fd_leak("epoll", 1)
+}
+
+#[test]
+fn no_fd_leak_poll_w0() -> io::Result<()> {
+    no_fd_leak("poll", 0)
+}
+
+#[test]
+fn no_fd_leak_select_w1() -> io::Result<()> {
+    no_fd_leak("select", 1)
+}

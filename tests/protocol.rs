@@ -65,6 +65,7 @@ each_backend_and_workers!(
     pipelined_lines,
     split_does_not_matter,
     concurrent_clients,
+    long_lines_with_default_max_line,
 );
 
 each_backend!(large_stream_send_and_receive_concurrently);
@@ -305,6 +306,18 @@ fn concurrent_clients(backend: &str, workers: usize) -> io::Result<()> {
         .collect();
     for h in handles {
         h.join().map_err(|_| crate::util::fail("client panicked"))??;
+    }
+    Ok(())
+}
+
+fn long_lines_with_default_max_line(backend: &str, workers: usize) -> io::Result<()> {
+    let d = Daemon::builder().workers(workers).args(["--backend", backend]).start()?;
+    let mut input = random_lines(77, 600 * 1024, 40_000);
+    input.extend(line(b'Z', 20_000));
+    let want = rot13_model(&input, 16384);
+    for chunk in [usize::MAX, 1000, 16384, 16385] {
+        let got = d.connect()?.roundtrip_chunked(&input, chunk)?;
+        ensure_bytes_eq(&format!("long lines in writes of {chunk}"), &got, &want)?;
     }
     Ok(())
 }
