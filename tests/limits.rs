@@ -580,3 +580,67 @@ fn no_fd_leak_poll_w0() -> io::Result<()> {
 fn no_fd_leak_select_w1() -> io::Result<()> {
     no_fd_leak("select", 1)
 }
+
+/// `idle_timeout = 1`, `write_timeout = 0`: a client that sends without
+/// reading for 3 s is not idle (output is pending): the connection stays,
+/// backpressure still holds memory, and every answer arrives afterwards.
+#[test]
+fn idle_timeout_spares_a_connection_with_pending_output() -> io::Result<()> {
+    let d = Daemon::builder().workers(1).config("[server]\nidle_timeout = 1\nwrite_timeout = 0\n").start()?;
+    let pid = d.serving_pid()?;
+    let baseline = rss_bytes(pid).ok_or_else(|| fail("no RSS"))?;
+    let sampler = RssSampler::start(pid);
+    let block = {
+        let mut b = random_lines(21, MIB - 1, 300);
+        b.push(b'\n');
+        b
+    };
+    let want = rot13_model(&block, 16384);
+    let times = 48;
+    let mut c = d.connect()?;
+    c.stream.set_write_timeout(Some(Duration::from_secs(60)))?;
+    let mut w = c.stream.try_clone()?;
+    let sent = Arc::new(AtomicUsize::new(0));
+    let s = sent.clone();
+    let writer = thread::spawn(move || -> io::Result<()> {
+        for _ in 0..times {
+            for chunk in block.chunks(64 * 1024) {
+                w.write_all(chunk)?;
+                s.fetch_add(chunk.len(), Ordering::Relaxed);
+            }
+        }
+        w.shutdown(Shutdown::Write)
+    });
+    // Pending output for three idle periods (a fixed span is the point).
+    thread::sleep(Duration::from_secs(3));
+    let sent_while_blocked = sent.load(Ordering::Relaxed);
+    ensure!(sent_while_blocked < times * MIB, "all {sent_while_blocked} bytes read without the client reading");
+    let growth = sampler.max().saturating_sub(baseline);
+    ensure!(growth < RSS_GROWTH, "RSS grew by {} KiB while blocked across idle timeouts", growth / 1024);
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0usize;
+    let read = (|| -> io::Result<()> {
+        loop {
+            let n = c.stream.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            let mut done = 0;
+            while done < n {
+                let at = (total + done) % want.len();
+                let k = (n - done).min(want.len() - at);
+                ensure!(buf[done..done + k] == want[at..at + k], "answer differs in bytes from {}", total + done);
+                done += k;
+            }
+            total += n;
+        }
+        ensure!(total == want.len() * times, "answer has {total} bytes, want {}", want.len() * times);
+        Ok(())
+    })();
+    let wrote = writer.join().map_err(|_| fail("writer panicked"))?;
+    read?;
+    wrote?;
+    let growth = sampler.max().saturating_sub(baseline);
+    ensure!(growth < RSS_GROWTH, "RSS grew by {} KiB", growth / 1024);
+    Ok(())
+}
