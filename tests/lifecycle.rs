@@ -386,6 +386,7 @@ fn death_line(d: &Daemon, pid: i32, timeout: Duration) -> io::Result<String> {
 #[test]
 fn killed_worker_is_replaced_within_1s() -> io::Result<()> {
     let d = Daemon::start(2, &[])?;
+    d.wait_for_log("master running", T)?;
     let before = d.worker_pids();
     ensure!(before.len() == 2, "workers {before:?}");
     // A connection on each side of the kill keeps working if it is on the

@@ -6,6 +6,7 @@
 //! read from the log), no sleep as synchronisation (conditions are polled
 //! with a deadline), every wait bounded, every process killed by pid.
 
+// A helper library: not every topic uses every helper.
 #![allow(dead_code)]
 
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -40,9 +41,6 @@ pub const ENV_CLEARED: [&str; 10] = [
     "EVENT_NOSELECT",
     "EVENT_EPOLL_USE_CHANGELIST",
 ];
-
-/// Backends in the order `--list-backends` prints them.
-pub const BACKENDS: [&str; 3] = ["epoll", "poll", "select"];
 
 /// An `io::Error` of kind `Other` (test failures carry their context).
 pub fn fail(msg: impl Into<String>) -> io::Error {
@@ -87,11 +85,6 @@ pub fn rot13_byte(b: u8) -> u8 {
         b'n'..=b'z' | b'N'..=b'Z' => b - 13,
         _ => b,
     }
-}
-
-/// ROT13 of a byte string.
-pub fn rot13(input: &[u8]) -> Vec<u8> {
-    input.iter().map(|&b| rot13_byte(b)).collect()
 }
 
 /// What the server answers to `input` followed by end of input (SPEC §1):
@@ -780,31 +773,4 @@ impl Client {
         wrote?;
         read
     }
-}
-
-/// Reads from `r` and compares with `want` as bytes arrive (no copy of the
-/// whole answer); fails at the first difference or at a short/long answer.
-pub fn read_and_verify(r: &mut impl Read, want: &[u8]) -> io::Result<()> {
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut at = 0usize;
-    loop {
-        let n = r.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        let end = at + n;
-        ensure!(end <= want.len(), "answer longer than expected: at least {end} bytes, want {}", want.len());
-        if buf[..n] != want[at..end] {
-            let i = buf[..n].iter().zip(&want[at..end]).position(|(a, b)| a != b).unwrap_or(0);
-            return Err(fail(format!(
-                "answer differs at byte {}: got {:#04x}, want {:#04x}",
-                at + i,
-                buf[i],
-                want[at + i]
-            )));
-        }
-        at = end;
-    }
-    ensure!(at == want.len(), "answer short: {at} bytes, want {}", want.len());
-    Ok(())
 }
