@@ -417,3 +417,20 @@ fn rust_log_wins_over_log_level() -> io::Result<()> {
     crate::util::ensure_bytes_eq("answer", &d.roundtrip(b"x\n")?, b"k\n")?;
     d.log().wait_count(&["DEBUG", "connection accepted"], 1, T)
 }
+
+/// Values valid alone but not together (low watermark above the high one).
+#[test]
+fn inconsistent_watermarks_exit_78() -> io::Result<()> {
+    let dir = TempDir::new()?;
+    let path = write(&dir, "w.toml", "[server]\nwrite_high_watermark = 1000\nwrite_low_watermark = 2000\n")?;
+    let out = run_bin(&["-c", &path, "--check-config"], &[], T)?;
+    ensure_code("low > high watermark", &out, 78)?;
+    ensure!(
+        out.stderr.contains(&format!("{path}:2")) || out.stderr.contains(&format!("{path}:3")),
+        "no FILE:LINE in:\n{}",
+        out.stderr
+    );
+    ensure!(out.stderr.contains("watermark"), "no key in:\n{}", out.stderr);
+    let out = run_serving(&["-c", &path], &[])?;
+    ensure_code("low > high watermark, serving", &out, 78)
+}

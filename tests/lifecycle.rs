@@ -693,3 +693,19 @@ fn user_drops_privileges_w0() -> io::Result<()> {
 fn user_drops_privileges_w1() -> io::Result<()> {
     user_drops_privileges(1)
 }
+
+/// `shutdown_grace = 0`: at SIGTERM a busy client's partial line is
+/// answered (no LF) and the connection closed at once; exit 0.
+#[test]
+fn shutdown_grace_zero_closes_at_once() -> io::Result<()> {
+    let mut d = Daemon::builder().workers(1).config("[server]\nshutdown_grace = 0\n").start()?;
+    let mut c = d.connect()?;
+    c.send(b"x\nabc")?;
+    ensure_bytes_eq("before the signal", &c.read_exact(2)?, b"k\n")?;
+    let t0 = Instant::now();
+    d.signal(libc::SIGTERM)?;
+    let got = c.read_to_end_within(Duration::from_secs(3))?;
+    ensure_bytes_eq("partial line at once", &got, b"nop")?;
+    ensure!(t0.elapsed() < Duration::from_secs(1), "closed {:?} after SIGTERM with grace 0", t0.elapsed());
+    ensure_exit_0(&mut d, T)
+}

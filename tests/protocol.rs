@@ -390,3 +390,33 @@ fn model_matches_spec_examples() {
     assert_eq!(rot13_model(b"\n\n", 1), b"\n\n");
     assert_eq!(rot13_model(b"x", 1), b"k");
 }
+
+/// Tiny write watermarks (below max_line): the output is still exact for a
+/// client that reads slowly in small pieces.
+#[test]
+fn tiny_watermarks_keep_the_output_exact() -> io::Result<()> {
+    let d = Daemon::builder()
+        .workers(1)
+        .config("[server]\nwrite_high_watermark = 1024\nwrite_low_watermark = 256\nmax_line = 4096\n")
+        .start()?;
+    let input = random_lines(31, 300 * 1024, 10_000);
+    let want = rot13_model(&input, 4096);
+    let mut c = d.connect()?;
+    let mut w = c.stream.try_clone()?;
+    let data = input.clone();
+    let writer = thread::spawn(move || -> io::Result<()> {
+        w.write_all(&data)?;
+        w.shutdown(Shutdown::Write)
+    });
+    let mut got = Vec::new();
+    let mut buf = [0u8; 700];
+    loop {
+        let n = c.stream.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    writer.join().map_err(|_| crate::util::fail("writer panicked"))??;
+    ensure_bytes_eq("tiny watermarks", &got, &want)
+}
