@@ -34,6 +34,8 @@ macro_rules! each_backend_and_workers {
             fn select_w1() -> std::io::Result<()> { super::$name("select", 1) }
             #[test]
             fn select_w2() -> std::io::Result<()> { super::$name("select", 2) }
+            #[test]
+            fn epoll_changelist_w1() -> std::io::Result<()> { super::$name("epoll+changelist", 1) }
         }
     )*};
 }
@@ -51,6 +53,8 @@ macro_rules! each_backend {
             fn poll_w1() -> std::io::Result<()> { super::$name("poll", 1) }
             #[test]
             fn select_w1() -> std::io::Result<()> { super::$name("select", 1) }
+            #[test]
+            fn epoll_changelist_w1() -> std::io::Result<()> { super::$name("epoll+changelist", 1) }
         }
     )*};
 }
@@ -70,11 +74,22 @@ each_backend_and_workers!(
 
 each_backend!(large_stream_send_and_receive_concurrently);
 
+/// A builder for `backend` (`epoll+changelist`: epoll with
+/// `EVENT_EPOLL_USE_CHANGELIST` set) and `workers`.
+fn builder(backend: &str, workers: usize) -> crate::util::DaemonBuilder {
+    let b = Daemon::builder().workers(workers);
+    match backend.strip_suffix("+changelist") {
+        Some(base) => b.args(["--backend", base]).env("EVENT_EPOLL_USE_CHANGELIST", "1"),
+        None => b.args(["--backend", backend]),
+    }
+}
+
 /// A daemon with `backend`, `workers` and `--max-line 100`; checks that
 /// every serving process runs `backend`.
 fn daemon(backend: &str, workers: usize) -> io::Result<Daemon> {
     let max_line = MAX_LINE.to_string();
-    let d = Daemon::builder().workers(workers).args(["--backend", backend, "--max-line", &max_line]).start()?;
+    let d = builder(backend, workers).args(["--max-line", &max_line]).start()?;
+    let backend = backend.split('+').next().unwrap_or(backend);
     let want = workers.max(1);
     let got = d.log().count(&["reactor", &format!("backend={backend} ")]);
     ensure!(got == want, "{got} reactors with backend={backend}, want {want}:\n{}", d.log().text());
@@ -311,7 +326,7 @@ fn concurrent_clients(backend: &str, workers: usize) -> io::Result<()> {
 }
 
 fn long_lines_with_default_max_line(backend: &str, workers: usize) -> io::Result<()> {
-    let d = Daemon::builder().workers(workers).args(["--backend", backend]).start()?;
+    let d = builder(backend, workers).start()?;
     let mut input = random_lines(77, 600 * 1024, 40_000);
     input.extend(line(b'Z', 20_000));
     let want = rot13_model(&input, 16384);
