@@ -55,7 +55,6 @@ fn metric(body: &str, name: &str) -> Option<u64> {
 }
 
 #[test]
-#[ignore = "bug: the [admin] listener is bound and logged but never served (no accept): GET /healthz times out"]
 fn healthz_answers_200() -> io::Result<()> {
     let (_d, admin) = admin_daemon(1)?;
     let (code, _) = get(admin, "/healthz")?;
@@ -66,7 +65,6 @@ fn healthz_answers_200() -> io::Result<()> {
 }
 
 #[test]
-#[ignore = "bug: the [admin] listener is bound and logged but never served (no accept): GET /metrics times out"]
 fn metrics_count_exactly_over_all_workers() -> io::Result<()> {
     let (d, admin) = admin_daemon(2)?;
     let inputs: [&[u8]; 3] = [b"one\ntwo\n", b"three\n", b"four\nfive\nsix\n"];

@@ -283,7 +283,6 @@ fn reload_under_connect_loop(workers: usize) -> io::Result<()> {
 }
 
 #[test]
-#[ignore = "bug: a retiring worker closes (RST) connections it accepted just before SIGHUP's drain, before their first bytes arrived"]
 fn reload_under_connect_loop_refuses_and_cuts_nothing_w2() -> io::Result<()> {
     reload_under_connect_loop(2)
 }
@@ -714,7 +713,6 @@ fn shutdown_grace_zero_closes_at_once() -> io::Result<()> {
 /// old generation accepted, but whose first bytes arrive only after the
 /// reload, must still be served (SPEC: no client is refused or cut).
 #[test]
-#[ignore = "bug: on SIGHUP the retiring worker closes accepted connections that have not sent a byte yet"]
 fn reload_does_not_cut_a_connection_that_has_not_sent_yet() -> io::Result<()> {
     let d = Daemon::builder().workers(1).config("[server]\n").args(["--log-level", "debug"]).start()?;
     let mut c = d.connect()?;

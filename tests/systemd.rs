@@ -84,7 +84,6 @@ fn log_time_parses_rfc3339() {
 /// READY=1 comes after every worker logged its reactor (the log lines carry
 /// earlier timestamps than READY's arrival); then STOPPING=1 on SIGTERM.
 #[test]
-#[ignore = "bug: READY=1 is sent before the workers are forked (daemon::start notifies before Master::run spawns them)"]
 fn ready_after_every_worker_serves() -> io::Result<()> {
     let n = Notify::new()?;
     // Receive concurrently with the start, so the arrival time is READY's.
@@ -132,14 +131,12 @@ fn notify_reload_and_stop_w1() -> io::Result<()> {
 }
 
 #[test]
-#[ignore = "bug: with workers = 0 a reload sends neither RELOADING=1 nor READY=1 (serve_standalone's reload never notifies)"]
 fn notify_reload_and_stop_w0() -> io::Result<()> {
     notify_reload_and_stop(0)
 }
 
 /// WATCHDOG_USEC = 400 ms: WATCHDOG=1 about every 200 ms.
 #[test]
-#[ignore = "bug: WATCHDOG=1 is never sent (sdnotify::watchdog_interval is not used)"]
 fn watchdog_pings_every_half_interval() -> io::Result<()> {
     let n = Notify::new()?;
     let _d = Daemon::builder().workers(1).env("NOTIFY_SOCKET", &n.path).env("WATCHDOG_USEC", "400000").start()?;

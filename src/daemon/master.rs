@@ -505,7 +505,9 @@ impl Master {
         }
         for w in self.workers.iter_mut().filter(|w| old_pids.contains(&w.pid)) {
             w.retiring = true;
-            let _ = sys::signal::kill(w.pid, libc::SIGTERM);
+            // SIGUSR1 = retire: drain without cutting clients that have just
+            // connected (the new generation serves the listeners).
+            let _ = sys::signal::kill(w.pid, libc::SIGUSR1);
         }
         tracing::info!(target: "rot13d", generation = self.generation, workers = self.settings.workers, "reloaded");
         self.ready_owed = true;

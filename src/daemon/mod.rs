@@ -273,12 +273,24 @@ pub(crate) fn serve(
     let ServeArgs { listeners, params, metrics, slot, generation, ready } = w;
     let shared = worker::start(base, listeners, params, metrics, slot).map_err(Error::Reactor)?;
     let want_reload = Rc::new(Cell::new(false));
+    // Serving alone (workers = 0): this process talks to systemd.
+    let standalone = reload.is_some();
     for sig in [libc::SIGTERM, libc::SIGINT] {
         let s = shared.clone();
-        let id = base.new_signal(sig, move |base, _, _| s.begin_drain(base));
+        let id = base.new_signal(sig, move |base, _, _| {
+            if standalone {
+                sdnotify::notify("STOPPING=1");
+            }
+            s.begin_drain(base, false)
+        });
         base.set_priority(id, worker::LANE_CONTROL).map_err(Error::Reactor)?;
         base.add(id, None).map_err(Error::Reactor)?;
     }
+    // SIGUSR1: the master retires this worker (a reload).
+    let s = shared.clone();
+    let id = base.new_signal(libc::SIGUSR1, move |base, _, _| s.begin_drain(base, true));
+    base.set_priority(id, worker::LANE_CONTROL).map_err(Error::Reactor)?;
+    base.add(id, None).map_err(Error::Reactor)?;
     let id = base.new_signal(libc::SIGQUIT, |_, _, _| process::exit_now(0));
     base.add(id, None).map_err(Error::Reactor)?;
     if reload.is_some() {
@@ -328,6 +340,15 @@ fn serve_standalone(
     let mut current = settings;
     let mut reload = || -> Option<WorkerParams> {
         tracing::info!(target: "rot13d", "reload requested");
+        sdnotify::notify("RELOADING=1");
+        // READY=1 follows whatever the outcome: the process keeps serving.
+        struct ReadyAgain;
+        impl Drop for ReadyAgain {
+            fn drop(&mut self) {
+                sdnotify::notify("READY=1");
+            }
+        }
+        let _ready = ReadyAgain;
         match Settings::load(&startup.args) {
             Ok(mut s) => {
                 if s.listen != current.listen {

@@ -344,3 +344,11 @@ pub fn dup2(old: RawFd, new: RawFd) -> io::Result<()> {
     syscall!(dup2(old, new))?;
     Ok(())
 }
+
+/// Bytes received on a socket and not yet read (`FIONREAD`).
+pub fn inq(fd: RawFd) -> io::Result<usize> {
+    let mut v: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer.
+    syscall!(ioctl(fd, libc::FIONREAD, &mut v))?;
+    Ok(v.max(0) as usize)
+}
