@@ -150,10 +150,12 @@ fn invalid_toml_names_the_key() -> io::Result<()> {
 }
 
 #[test]
-fn max_line_zero_on_command_line_exits_78() -> io::Result<()> {
-    let out = run_serving(&["--max-line", "0"], &[])?;
-    ensure_code("--max-line 0", &out, 78)?;
-    ensure!(out.stderr.contains("--max-line"), "stderr does not name --max-line:\n{}", out.stderr);
+fn max_line_zero_or_huge_on_command_line_exits_78() -> io::Result<()> {
+    for v in ["0", "2000000000"] {
+        let out = run_serving(&["--max-line", v], &[])?;
+        ensure_code(&format!("--max-line {v}"), &out, 78)?;
+        ensure!(out.stderr.contains("--max-line"), "stderr does not name --max-line:\n{}", out.stderr);
+    }
     Ok(())
 }
 
