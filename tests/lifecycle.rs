@@ -740,3 +740,41 @@ fn reload_applies_listen_changes_w0() -> io::Result<()> {
     let second = *listening_on(&d, "127.0.0.2").first().ok_or_else(|| fail("127.0.0.2 not bound on reload"))?;
     ensure_bytes_eq("new listener", &Client::connect(second)?.roundtrip(b"new\n")?, b"arj\n")
 }
+
+/// The master killed with SIGKILL: its workers do not outlive it (they
+/// drain and exit), and the port is released.
+#[test]
+fn workers_do_not_outlive_a_killed_master() -> io::Result<()> {
+    let mut d = Daemon::start(2, &[])?;
+    let workers = d.worker_pids();
+    ensure!(workers.len() == 2, "workers {workers:?}");
+    kill(d.pid(), libc::SIGKILL)?;
+    let s = d.wait_exit(T)?;
+    ensure!(s.code().is_none(), "master status {s:?}, want killed");
+    for w in &workers {
+        ensure!(poll_until(Duration::from_secs(2), || !alive(*w)), "worker {w} still alive 2 s after its master died");
+    }
+    ensure_refused(&d)
+}
+
+/// systemd's default `KillMode=control-group` sends SIGTERM to every
+/// process of the service at once: a busy client is still served to the
+/// end and the master exits 0.
+#[test]
+fn sigterm_to_every_process_at_once_is_still_graceful() -> io::Result<()> {
+    let mut d = Daemon::start(2, &[])?;
+    let mut c = d.connect()?;
+    c.send(b"x\npartial")?;
+    ensure_bytes_eq("before the signal", &c.read_exact(2)?, b"k\n")?;
+    for w in d.worker_pids() {
+        kill(w, libc::SIGTERM)?;
+    }
+    d.signal(libc::SIGTERM)?;
+    d.log().wait_count(&["draining", "busy=1"], 1, T)?;
+    c.send(b" line\nmore\n")?;
+    c.half_close()?;
+    ensure_bytes_eq("answers during the stop", &c.read_to_end()?, b"cnegvny yvar\nzber\n")?;
+    ensure_exit_0(&mut d, T)?;
+    ensure!(d.worker_pids().is_empty(), "workers left: {:?}", d.worker_pids());
+    Ok(())
+}
