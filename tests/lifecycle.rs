@@ -21,6 +21,14 @@ fn ensure_refused(d: &Daemon) -> io::Result<()> {
     }
 }
 
+/// Every serving process the log names is gone (within 1 s).
+fn ensure_no_serving_process_left(d: &Daemon) -> io::Result<()> {
+    for w in d.reactor_pids() {
+        ensure!(poll_until(Duration::from_secs(1), || !alive(w)), "serving process {w} left after the master exited");
+    }
+    Ok(())
+}
+
 fn ensure_exit_0(d: &mut Daemon, within: Duration) -> io::Result<()> {
     let s = d.wait_exit(within)?;
     ensure!(s.code() == Some(0), "master exited {s:?}, want 0; log:\n{}", d.log().text());
@@ -74,7 +82,7 @@ fn graceful_stop_serves_busy_client(backend: &str, workers: usize) -> io::Result
     got.extend(c.read_to_end()?);
     ensure_bytes_eq("answers during the drain", &got, &want[11..])?;
     ensure_exit_0(&mut d, T)?;
-    ensure!(d.worker_pids().is_empty(), "workers left after the master exited");
+    ensure_no_serving_process_left(&d)?;
     Ok(())
 }
 
@@ -534,7 +542,7 @@ fn sigquit_during_drain(workers: usize) -> io::Result<()> {
     d.signal(libc::SIGQUIT)?;
     ensure_exit_0(&mut d, Duration::from_secs(1))?;
     ensure!(t0.elapsed() < Duration::from_secs(1), "SIGQUIT during the drain: exit after {:?}", t0.elapsed());
-    ensure!(poll_until(Duration::from_secs(1), || d.worker_pids().is_empty()), "workers left: {:?}", d.worker_pids());
+    ensure_no_serving_process_left(&d)?;
     Ok(())
 }
 
@@ -775,6 +783,22 @@ fn sigterm_to_every_process_at_once_is_still_graceful() -> io::Result<()> {
     c.half_close()?;
     ensure_bytes_eq("answers during the stop", &c.read_to_end()?, b"cnegvny yvar\nzber\n")?;
     ensure_exit_0(&mut d, T)?;
-    ensure!(d.worker_pids().is_empty(), "workers left: {:?}", d.worker_pids());
+    ensure_no_serving_process_left(&d)?;
     Ok(())
+}
+
+/// SIGHUP immediately followed by SIGTERM: both generations stop, exit 0,
+/// no worker left behind.
+#[test]
+fn sigterm_right_after_sighup_stops_every_generation() -> io::Result<()> {
+    let mut d = Daemon::builder().workers(2).config("[server]\n").start()?;
+    d.signal(libc::SIGHUP)?;
+    d.signal(libc::SIGTERM)?;
+    ensure_exit_0(&mut d, T)?;
+    let started = d.reactor_pids();
+    ensure!(started.len() == 2 || started.len() == 4, "{started:?} reactors started:\n{}", d.log().text());
+    for w in started {
+        ensure!(poll_until(Duration::from_secs(2), || !alive(w)), "worker {w} left after the stop");
+    }
+    ensure_refused(&d)
 }

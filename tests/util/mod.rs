@@ -603,6 +603,17 @@ impl Daemon {
         w
     }
 
+    /// The pids of every `reactor` line logged so far (every serving
+    /// process ever started, master included with `--workers 0`).
+    pub fn reactor_pids(&self) -> Vec<i32> {
+        self.log
+            .text()
+            .lines()
+            .filter(|l| l.contains("reactor") && l.contains("backend="))
+            .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("pid=")).and_then(|p| p.parse().ok()))
+            .collect()
+    }
+
     /// The pid serving connections: the only worker, or the master with
     /// `--workers 0`.
     pub fn serving_pid(&self) -> io::Result<i32> {
