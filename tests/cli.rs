@@ -150,10 +150,12 @@ fn invalid_toml_names_the_key() -> io::Result<()> {
 }
 
 #[test]
-fn max_line_zero_on_command_line_exits_78() -> io::Result<()> {
-    let out = run_serving(&["--max-line", "0"], &[])?;
-    ensure_code("--max-line 0", &out, 78)?;
-    ensure!(out.stderr.contains("--max-line"), "stderr does not name --max-line:\n{}", out.stderr);
+fn max_line_zero_or_huge_on_command_line_exits_78() -> io::Result<()> {
+    for v in ["0", "2000000000"] {
+        let out = run_serving(&["--max-line", v], &[])?;
+        ensure_code(&format!("--max-line {v}"), &out, 78)?;
+        ensure!(out.stderr.contains("--max-line"), "stderr does not name --max-line:\n{}", out.stderr);
+    }
     Ok(())
 }
 
@@ -433,4 +435,45 @@ fn inconsistent_watermarks_exit_78() -> io::Result<()> {
     ensure!(out.stderr.contains("watermark"), "no key in:\n{}", out.stderr);
     let out = run_serving(&["-c", &path], &[])?;
     ensure_code("low > high watermark, serving", &out, 78)
+}
+
+/// With no options: `0.0.0.0:40713`, `workers = auto`, the documented
+/// defaults (read through --print-config; the port is not bound).
+#[test]
+fn defaults_are_the_documented_ones() -> io::Result<()> {
+    let out = run_bin(&["--print-config"], &[], T)?;
+    ensure_code("--print-config", &out, 0)?;
+    for want in [
+        "listen = [\"0.0.0.0:40713\"]",
+        "max_line = 16384",
+        "idle_timeout = 300",
+        "write_timeout = 60",
+        "write_high_watermark = 262144",
+        "write_low_watermark = 65536",
+        "shutdown_grace = 30",
+    ] {
+        ensure!(out.stdout.lines().any(|l| l.trim() == want), "defaults lack {want:?}:\n{}", out.stdout);
+    }
+    // auto, printed as is or resolved to the CPUs this process may use.
+    let cpus = format!("workers = {}", rot13d::sys::available_cpus().max(1));
+    ensure!(
+        out.stdout.lines().any(|l| l.trim() == "workers = \"auto\"" || l.trim() == cpus),
+        "workers is neither auto nor {cpus:?}:\n{}",
+        out.stdout
+    );
+    Ok(())
+}
+
+/// Several problems in one file: each is reported with its line and key.
+#[test]
+fn every_problem_is_reported() -> io::Result<()> {
+    let dir = TempDir::new()?;
+    let path = write(&dir, "m.toml", "[server]\nmax_line = 0\nbacklog = 0\n[reactor]\npriorities = 0\n")?;
+    let out = run_bin(&["-c", &path, "--check-config"], &[], T)?;
+    ensure_code("three problems", &out, 78)?;
+    let all = format!("{}{}", out.stdout, out.stderr);
+    for (line, key) in [(2, "max_line"), (3, "backlog"), (5, "priorities")] {
+        ensure_names("three problems", &all, &path, line, key)?;
+    }
+    Ok(())
 }

@@ -3,7 +3,7 @@
 //! leaves further clients waiting in the backlog.
 
 use crate::ensure;
-use crate::util::{Client, Daemon, ensure_bytes_eq, fail, random_lines, rot13_model};
+use crate::util::{Client, Cyclic, Daemon, ensure_bytes_eq, fail, random_lines, rot13_model};
 use rot13d::sys::process::rss_bytes;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
@@ -126,31 +126,8 @@ fn backpressure_bounds_memory(backend: &str, workers: usize) -> io::Result<()> {
     );
 
     // Now read everything back, verifying as it comes.
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut total = 0usize;
-    let read = (|| -> io::Result<()> {
-        loop {
-            let n = c.stream.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            let mut done = 0;
-            while done < n {
-                let at = (total + done) % want.len();
-                let k = (n - done).min(want.len() - at);
-                ensure!(
-                    buf[done..done + k] == want[at..at + k],
-                    "answer differs in bytes {}..{}",
-                    total + done,
-                    total + done + k
-                );
-                done += k;
-            }
-            total += n;
-        }
-        ensure!(total == want.len() * times, "answer has {total} bytes, want {}", want.len() * times);
-        Ok(())
-    })();
+    let mut answer = Cyclic::new(want);
+    let read = answer.read_to_end(&mut c.stream).and_then(|()| answer.ensure_repeats(times));
     let wrote = writer.join().map_err(|_| fail("writer panicked"))?;
     read?;
     wrote?;
@@ -400,22 +377,26 @@ fn beyond_fd_setsize_epoll() -> io::Result<()> {
     beyond_fd_setsize("epoll")
 }
 
-/// Sends from a thread without reading until the writes stall (the server
-/// applies backpressure); the writer thread and the bytes sent.
-fn stall_writer(c: &Client) -> io::Result<(thread::JoinHandle<io::Result<()>>, Arc<AtomicUsize>)> {
+/// Sends `block` `times` times from a thread (then half-closes) without
+/// reading; returns once the writes stall (the server applies
+/// backpressure): the writer thread and the bytes sent so far.
+fn stall_writer(
+    c: &Client,
+    block: Vec<u8>,
+    times: usize,
+) -> io::Result<(thread::JoinHandle<io::Result<()>>, Arc<AtomicUsize>)> {
     let mut w = c.stream.try_clone()?;
     w.set_write_timeout(Some(Duration::from_secs(30)))?;
     let sent = Arc::new(AtomicUsize::new(0));
     let s = sent.clone();
-    let block = random_lines(8, MIB, 200);
     let writer = thread::spawn(move || -> io::Result<()> {
-        for _ in 0..64 {
+        for _ in 0..times {
             for chunk in block.chunks(64 * 1024) {
                 w.write_all(chunk)?;
                 s.fetch_add(chunk.len(), Ordering::Relaxed);
             }
         }
-        Ok(())
+        w.shutdown(Shutdown::Write)
     });
     // Stalled: no progress for 300 ms (bounded).
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -433,6 +414,13 @@ fn stall_writer(c: &Client) -> io::Result<(thread::JoinHandle<io::Result<()>>, A
     Ok((writer, sent))
 }
 
+/// A block of lines that ends with LF (so repeating it repeats its answer).
+fn lf_block(seed: u64, len: usize) -> Vec<u8> {
+    let mut b = random_lines(seed, len - 1, 300);
+    b.push(b'\n');
+    b
+}
+
 /// `write_timeout = 1`: output that makes no progress for 1 s (the client
 /// does not read) closes the connection; the writer then fails.
 #[test]
@@ -440,7 +428,7 @@ fn write_timeout_closes_a_client_that_does_not_read() -> io::Result<()> {
     let d = Daemon::builder().workers(1).config("[server]\nwrite_timeout = 1\n").start()?;
     let t0 = Instant::now();
     let c = d.connect()?;
-    let (writer, _) = stall_writer(&c)?;
+    let (writer, _) = stall_writer(&c, lf_block(8, MIB), 64)?;
     ensure!(
         crate::util::poll_until(Duration::from_secs(5), || writer.is_finished()),
         "connection still open {:?} after the writes stalled (write_timeout 1 s)",
@@ -461,7 +449,7 @@ fn write_timeout_closes_a_client_that_does_not_read() -> io::Result<()> {
 fn shutdown_grace_does_not_wait_for_a_blocked_client() -> io::Result<()> {
     let mut d = Daemon::builder().workers(1).config("[server]\nshutdown_grace = 1\n").start()?;
     let c = d.connect()?;
-    let (writer, _) = stall_writer(&c)?;
+    let (writer, _) = stall_writer(&c, lf_block(8, MIB), 64)?;
     let t0 = Instant::now();
     d.signal(libc::SIGTERM)?;
     let s = d.wait_exit(Duration::from_secs(5))?;
@@ -617,30 +605,52 @@ fn idle_timeout_spares_a_connection_with_pending_output() -> io::Result<()> {
     ensure!(sent_while_blocked < times * MIB, "all {sent_while_blocked} bytes read without the client reading");
     let growth = sampler.max().saturating_sub(baseline);
     ensure!(growth < RSS_GROWTH, "RSS grew by {} KiB while blocked across idle timeouts", growth / 1024);
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut total = 0usize;
-    let read = (|| -> io::Result<()> {
-        loop {
-            let n = c.stream.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            let mut done = 0;
-            while done < n {
-                let at = (total + done) % want.len();
-                let k = (n - done).min(want.len() - at);
-                ensure!(buf[done..done + k] == want[at..at + k], "answer differs in bytes from {}", total + done);
-                done += k;
-            }
-            total += n;
-        }
-        ensure!(total == want.len() * times, "answer has {total} bytes, want {}", want.len() * times);
-        Ok(())
-    })();
+    let mut answer = Cyclic::new(want);
+    let read = answer.read_to_end(&mut c.stream).and_then(|()| answer.ensure_repeats(times));
     let wrote = writer.join().map_err(|_| fail("writer panicked"))?;
     read?;
     wrote?;
     let growth = sampler.max().saturating_sub(baseline);
     ensure!(growth < RSS_GROWTH, "RSS grew by {} KiB", growth / 1024);
     Ok(())
+}
+
+/// `write_timeout = 1` measures lack of progress, not pending time: a
+/// client that reads slowly (200 KiB every 50 ms, so the server's output
+/// stays pending for 3 s) keeps its connection, and every byte arrives.
+#[test]
+fn write_timeout_spares_a_slow_reader() -> io::Result<()> {
+    let d = Daemon::builder().workers(1).config("[server]\nwrite_timeout = 1\n").start()?;
+    let mut c = d.connect()?;
+    let block = lf_block(9, MIB);
+    let times = 12;
+    let mut answer = Cyclic::new(rot13_model(&block, 16384));
+    let mut w = c.stream.try_clone()?;
+    let writer = thread::spawn(move || -> io::Result<()> {
+        for _ in 0..times {
+            w.write_all(&block)?;
+        }
+        w.shutdown(Shutdown::Write)
+    });
+    let t0 = Instant::now();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // Pacing, not synchronisation: a slow reader.
+        thread::sleep(Duration::from_millis(50));
+        let mut burst = 0;
+        while burst < 200 * 1024 {
+            let n = c.stream.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            answer.feed(&buf[..n])?;
+            burst += n;
+        }
+        if burst < 200 * 1024 {
+            break;
+        }
+    }
+    answer.ensure_repeats(times)?;
+    ensure!(t0.elapsed() >= Duration::from_secs(2), "the slow reader took only {:?}", t0.elapsed());
+    writer.join().map_err(|_| fail("writer panicked"))?
 }

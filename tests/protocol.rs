@@ -3,7 +3,7 @@
 //! (`scenario::epoll_w0` ... `scenario::select_w2`).
 
 use crate::ensure;
-use crate::util::{Client, Daemon, ensure_bytes_eq, random_lines, rot13_model};
+use crate::util::{Client, Cyclic, Daemon, ensure_bytes_eq, random_lines, rot13_model};
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::thread;
@@ -361,35 +361,8 @@ fn large_stream_send_and_receive_concurrently(backend: &str, workers: usize) -> 
         }
         w.shutdown(Shutdown::Write)
     });
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut total = 0usize;
-    let result = (|| -> io::Result<()> {
-        loop {
-            let n = c.stream.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            ensure!(total + n <= want.len() * times, "answer longer than {} bytes", want.len() * times);
-            let mut done = 0;
-            while done < n {
-                let at = (total + done) % want.len();
-                let k = (n - done).min(want.len() - at);
-                if buf[done..done + k] != want[at..at + k] {
-                    let i = buf[done..done + k].iter().zip(&want[at..at + k]).position(|(a, b)| a != b).unwrap_or(0);
-                    return Err(crate::util::fail(format!(
-                        "answer differs at byte {}: got {:#04x}, want {:#04x}",
-                        total + done + i,
-                        buf[done + i],
-                        want[at + i]
-                    )));
-                }
-                done += k;
-            }
-            total += n;
-        }
-        ensure!(total == want.len() * times, "answer has {total} bytes, want {}", want.len() * times);
-        Ok(())
-    })();
+    let mut answer = Cyclic::new(want);
+    let result = answer.read_to_end(&mut c.stream).and_then(|()| answer.ensure_repeats(times));
     let wrote = writer.join().map_err(|_| crate::util::fail("writer panicked"))?;
     result?;
     wrote

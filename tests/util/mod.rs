@@ -603,6 +603,17 @@ impl Daemon {
         w
     }
 
+    /// The pids of every `reactor` line logged so far (every serving
+    /// process ever started, master included with `--workers 0`).
+    pub fn reactor_pids(&self) -> Vec<i32> {
+        self.log
+            .text()
+            .lines()
+            .filter(|l| l.contains("reactor") && l.contains("backend="))
+            .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("pid=")).and_then(|p| p.parse().ok()))
+            .collect()
+    }
+
     /// The pid serving connections: the only worker, or the master with
     /// `--workers 0`.
     pub fn serving_pid(&self) -> io::Result<i32> {
@@ -772,5 +783,62 @@ impl Client {
         let wrote = writer.join().map_err(|_| fail("writer panicked"))?;
         wrote?;
         read
+    }
+}
+
+/// Verifies, as bytes arrive, an answer that is `want` repeated.
+pub struct Cyclic {
+    want: Vec<u8>,
+    /// Bytes verified so far.
+    pub total: usize,
+}
+
+impl Cyclic {
+    /// Expects `want` repeated.
+    pub fn new(want: Vec<u8>) -> Cyclic {
+        assert!(!want.is_empty());
+        Cyclic { want, total: 0 }
+    }
+
+    /// Checks the next bytes of the answer.
+    pub fn feed(&mut self, got: &[u8]) -> io::Result<()> {
+        let mut done = 0;
+        while done < got.len() {
+            let at = (self.total + done) % self.want.len();
+            let k = (got.len() - done).min(self.want.len() - at);
+            if got[done..done + k] != self.want[at..at + k] {
+                let i = got[done..done + k].iter().zip(&self.want[at..at + k]).position(|(a, b)| a != b).unwrap_or(0);
+                return Err(fail(format!(
+                    "answer differs at byte {}: got {:#04x}, want {:#04x}",
+                    self.total + done + i,
+                    got[done + i],
+                    self.want[at + i]
+                )));
+            }
+            done += k;
+        }
+        self.total += got.len();
+        Ok(())
+    }
+
+    /// Reads `r` to EOF, checking every byte.
+    pub fn read_to_end(&mut self, r: &mut impl Read) -> io::Result<()> {
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = r.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            self.feed(&buf[..n])?;
+        }
+    }
+
+    /// The answer was exactly `times` repetitions.
+    pub fn ensure_repeats(&self, times: usize) -> io::Result<()> {
+        let want = self.want.len() * times;
+        if self.total != want {
+            return Err(fail(format!("answer has {} bytes, want {want}", self.total)));
+        }
+        Ok(())
     }
 }
