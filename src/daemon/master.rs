@@ -43,6 +43,8 @@ const DEATHS_BEFORE_BACKOFF: usize = 5;
 const DEATH_WINDOW: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A worker that exited 0 on its own is replaced after this long.
+const CLEAN_EXIT_RESPAWN: Duration = Duration::from_millis(200);
 /// Extra time after shutdown_grace before left-over workers are killed.
 const STOP_SLACK: Duration = Duration::from_secs(5);
 
@@ -359,6 +361,14 @@ impl Master {
                 continue;
             }
             tracing::warn!(target: "rot13d", pid, %status, index = w.index, "worker died");
+            if status == process::ExitStatus::Code(0) {
+                // A clean exit the master did not ask for: the worker was
+                // told to stop, most likely by a SIGTERM sent to the whole
+                // control group, which reaches the master next. Replace it
+                // after a moment unless that stop arrives.
+                self.schedule_spawn(w.index, CLEAN_EXIT_RESPAWN);
+                continue;
+            }
             let now = Instant::now();
             self.deaths.push_back(now);
             while self.deaths.front().is_some_and(|t| now.duration_since(*t) > DEATH_WINDOW) {

@@ -291,7 +291,12 @@ pub(crate) fn serve(
     let id = base.new_signal(libc::SIGUSR1, move |base, _, _| s.begin_drain(base, true));
     base.set_priority(id, worker::LANE_CONTROL).map_err(Error::Reactor)?;
     base.add(id, None).map_err(Error::Reactor)?;
-    let id = base.new_signal(libc::SIGQUIT, |_, _, _| process::exit_now(0));
+    let id = base.new_signal(libc::SIGQUIT, move |_, _, _| {
+        if standalone {
+            sdnotify::notify("STOPPING=1");
+        }
+        process::exit_now(0)
+    });
     base.add(id, None).map_err(Error::Reactor)?;
     if reload.is_some() {
         let w = want_reload.clone();
