@@ -140,7 +140,6 @@ fn invalid_toml_exits_78_naming_file_and_line() -> io::Result<()> {
 }
 
 #[test]
-#[ignore = "bug: a TOML syntax error names file and line but not the key (`max_line = ` -> `FILE:3:12: invalid string`)"]
 fn invalid_toml_names_the_key() -> io::Result<()> {
     let dir = TempDir::new()?;
     let path = write(&dir, "bad.toml", "[server]\nworkers = 0\nmax_line = \n")?;
@@ -308,7 +307,6 @@ fn daemon_mode_start_failure_exits_with_the_error_code() -> io::Result<()> {
 }
 
 #[test]
-#[ignore = "bug: an unsatisfiable [reactor] (backend = select, require_features = [o1]) names the file but no line"]
 fn unsatisfiable_reactor_requirements_exit_78_naming_file_line_and_key() -> io::Result<()> {
     let dir = TempDir::new()?;
     let path = write(&dir, "r.toml", "[reactor]\nbackend = \"select\"\nrequire_features = [\"o1\"]\n")?;

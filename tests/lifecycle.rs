@@ -735,7 +735,6 @@ fn reload_does_not_cut_a_connection_that_has_not_sent_yet() -> io::Result<()> {
 /// With `workers = 0` too, a listen-address change on reload is applied
 /// (SPEC: new addresses bound, removed ones closed).
 #[test]
-#[ignore = "bug: with workers = 0 a reload keeps the old listeners and only logs \"listen changes need workers >= 1 or a restart\""]
 fn reload_applies_listen_changes_w0() -> io::Result<()> {
     let d =
         Daemon::builder().workers(0).no_default_listen().config("[server]\nlisten = [\"127.0.0.1:0\"]\n").start()?;

@@ -26,7 +26,7 @@ use metrics::Metrics;
 use settings::Settings;
 use std::cell::Cell;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use worker::{LANES, WorkerParams};
 
@@ -210,9 +210,22 @@ pub fn reactor_config(s: &Settings) -> Result<EventConfig, Error> {
 fn base_error(e: BaseError, s: &Settings) -> Error {
     match e {
         BaseError::NoBackend { .. } => {
-            let key = if s.reactor.backend.is_some() { "reactor.backend" } else { "reactor.require_features" };
-            ConfigError::Invalid { key: key.into(), message: e.to_string(), path: s.config_path.clone(), line: None }
-                .into()
+            // Name the key that decided it, with its line when the file set it.
+            let candidates = ["reactor.backend", "reactor.require_features", "reactor.avoid"];
+            let file = s.config_path.as_deref().and_then(|p| config::ConfigFile::load(p).ok());
+            let line_of = |k: &str| file.as_ref().and_then(|f| f.line_of(k));
+            let key = candidates
+                .iter()
+                .copied()
+                .find(|k| line_of(k).is_some())
+                .unwrap_or(if s.reactor.backend.is_some() { "reactor.backend" } else { "reactor.require_features" });
+            ConfigError::Invalid {
+                key: key.into(),
+                message: e.to_string(),
+                path: s.config_path.clone(),
+                line: line_of(key),
+            }
+            .into()
         }
         BaseError::Io(e) => Error::os("create the event base", e),
     }
@@ -247,6 +260,16 @@ pub(crate) fn drop_privileges(s: &Settings) -> Result<(), Error> {
     Ok(())
 }
 
+/// What a reload of a process serving alone changes.
+pub(crate) struct Reloaded {
+    /// Parameters for new connections.
+    pub params: WorkerParams,
+    /// Newly bound listening sockets to accept on.
+    pub add: Vec<RawFd>,
+    /// Listening sockets to stop accepting on and close.
+    pub remove: Vec<RawFd>,
+}
+
 /// What a serving process is given.
 pub(crate) struct ServeArgs<'a> {
     /// Listening sockets to accept on.
@@ -268,7 +291,7 @@ pub(crate) struct ServeArgs<'a> {
 pub(crate) fn serve(
     base: &mut EventBase,
     w: ServeArgs<'_>,
-    mut reload: Option<&mut dyn FnMut() -> Option<WorkerParams>>,
+    mut reload: Option<&mut dyn FnMut() -> Option<Reloaded>>,
 ) -> Result<(), Error> {
     let ServeArgs { listeners, params, metrics, slot, generation, ready } = w;
     let shared = worker::start(base, listeners, params, metrics, slot).map_err(Error::Reactor)?;
@@ -322,7 +345,15 @@ pub(crate) fn serve(
             && let Some(r) = reload.as_mut()
             && let Some(p) = r()
         {
-            shared.set_params(p);
+            shared.set_params(p.params);
+            for fd in p.remove {
+                shared.remove_listener(base, fd);
+            }
+            for fd in p.add {
+                if let Err(e) = shared.add_listener(base, fd) {
+                    tracing::error!(target: "rot13d", error = %e, "cannot accept on a new listener");
+                }
+            }
         }
     }
 }
@@ -334,16 +365,25 @@ fn serve_standalone(
     listeners: Vec<Listener>,
 ) -> Result<(), Error> {
     let metrics = Rc::new(Metrics::new(1).map_err(|e| Error::os("map the shared counters", e))?);
-    let fds: Vec<RawFd> = listeners.iter().filter(|l| l.kind == Kind::Rot13).map(|l| l.fd.as_raw_fd()).collect();
     let _admin = match listeners.iter().find(|l| l.kind == Kind::Admin) {
         Some(l) => Some(admin::Admin::start(&mut base, l.raw(), metrics.clone()).map_err(Error::Reactor)?),
         None => None,
     };
-    // The worker closes the listeners when it drains.
-    let _keep = listeners.into_iter().map(|l| std::mem::ManuallyDrop::new(l.fd)).collect::<Vec<_>>();
+    // The worker closes the rot13 listeners when it drains or drops one;
+    // the admin listener lives as long as this process.
+    let mut rot13: Vec<(SocketAddr, RawFd)> = Vec::new();
+    let mut keep_admin = Vec::new();
+    for l in listeners {
+        if l.kind == Kind::Rot13 {
+            rot13.push((l.requested, l.fd.into_raw_fd()));
+        } else {
+            keep_admin.push(l);
+        }
+    }
+    let fds: Vec<RawFd> = rot13.iter().map(|(_, fd)| *fd).collect();
     let params = worker_params(&settings);
     let mut current = settings;
-    let mut reload = || -> Option<WorkerParams> {
+    let mut reload = move || -> Option<Reloaded> {
         tracing::info!(target: "rot13d", "reload requested");
         sdnotify::notify("RELOADING=1");
         // READY=1 follows whatever the outcome: the process keeps serving.
@@ -354,23 +394,53 @@ fn serve_standalone(
             }
         }
         let _ready = ReadyAgain;
-        match Settings::load(&startup.args) {
-            Ok(mut s) => {
-                if s.listen != current.listen {
-                    tracing::warn!(target: "rot13d", "listen changes need workers >= 1 or a restart; keeping the listeners");
-                }
-                s.max_connections = s.max_connections.or(current.max_connections);
-                current = s;
-                tracing::info!(target: "rot13d", "reloaded: new connections use the new settings");
-                Some(worker_params(&current))
-            }
+        let mut s = match Settings::load(&startup.args) {
+            Ok(s) => s,
             Err(e) => {
                 for p in e.problems() {
                     tracing::error!(target: "rot13d", problem = %p, "reload failed: configuration invalid; keeping the running one");
                 }
-                None
+                return None;
+            }
+        };
+        if s.admin_listen != current.admin_listen {
+            tracing::warn!(target: "rot13d", "admin address changes need a restart with workers = 0");
+        }
+        // Bind what is new first: a failure leaves everything as it was.
+        let mut added = Vec::new();
+        for addr in s.listen.iter().filter(|a| !rot13.iter().any(|(r, _)| r == *a)) {
+            match listener::bind(*addr, s.backlog, Kind::Rot13, 1) {
+                Ok(l) => {
+                    tracing::info!(target: "rot13d", addr = %l.local, kind = %Kind::Rot13.as_str(), "listening");
+                    added.push((*addr, l));
+                }
+                Err(e) => {
+                    tracing::error!(target: "rot13d", error = %e, "reload failed: keeping the running configuration");
+                    return None;
+                }
             }
         }
+        let mut remove = Vec::new();
+        rot13.retain(|(a, fd)| {
+            let keep = s.listen.contains(a);
+            if !keep {
+                tracing::info!(target: "rot13d", addr = %a, kind = %Kind::Rot13.as_str(), "listener closed");
+                remove.push(*fd);
+            }
+            keep
+        });
+        let add: Vec<RawFd> = added
+            .into_iter()
+            .map(|(a, l)| {
+                let fd = l.fd.into_raw_fd();
+                rot13.push((a, fd));
+                fd
+            })
+            .collect();
+        s.max_connections = s.max_connections.or(current.max_connections);
+        current = s;
+        tracing::info!(target: "rot13d", "reloaded: new connections use the new settings");
+        Some(Reloaded { params: worker_params(&current), add, remove })
     };
     sdnotify::notify("READY=1");
     serve(

@@ -335,6 +335,29 @@ impl Shared {
         let _ = base.loopexit(None);
     }
 
+    /// Starts accepting on another listening socket (a reload).
+    pub fn add_listener(self: &Rc<Self>, base: &mut EventBase, fd: RawFd) -> std::io::Result<()> {
+        sys::set_nonblocking(fd, true)?;
+        let s = self.clone();
+        let ev = base.new_event(fd, EventFlags::READ | EventFlags::PERSIST, move |base, _, _| s.accept_ready(base, fd));
+        base.set_priority(ev, LANE_CONTROL)?;
+        if self.listening.get() {
+            base.add(ev, None)?;
+        }
+        self.listeners.borrow_mut().push(Listening { fd, ev });
+        Ok(())
+    }
+
+    /// Stops accepting on a listening socket and closes it (a reload).
+    pub fn remove_listener(&self, base: &mut EventBase, fd: RawFd) {
+        let mut ls = self.listeners.borrow_mut();
+        if let Some(pos) = ls.iter().position(|l| l.fd == fd) {
+            let l = ls.swap_remove(pos);
+            base.free(l.ev);
+            sys::close(l.fd);
+        }
+    }
+
     /// New settings for connections accepted from now on (workers = 0
     /// reload).
     pub fn set_params(&self, p: WorkerParams) {
