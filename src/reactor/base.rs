@@ -985,9 +985,17 @@ impl EventBase {
         if !persist {
             let _ = self.del_idx(idx, false);
         } else if timeout != NO_TIMEOUT {
-            // A persistent event's timeout restarts each time it runs.
+            // A persistent event's timeout restarts each time it runs: from
+            // its previous deadline when the timeout fired (a periodic timer
+            // does not drift; libevent's event_persist_closure), from now
+            // when io woke it or when whole periods were missed.
             let was = self.is_pending_idx(idx);
-            self.timers.schedule(idx, now, timeout);
+            let next = match self.timers.last_deadline(idx) {
+                Some(prev) if res.contains(EventFlags::TIMEOUT) => prev.saturating_add(timeout),
+                _ => now.saturating_add(timeout),
+            };
+            let next = if next < now { now.saturating_add(timeout) } else { next };
+            self.timers.schedule_at(idx, next, timeout);
             self.recount(idx, was);
         }
         let Some(mut cb) = self.slots[idx as usize].cb.take() else { return };

@@ -82,8 +82,19 @@ impl Timers {
 
     /// Arms (or re-arms) `idx` to expire at `now + dur`.
     pub fn schedule(&mut self, idx: u32, now: u64, dur: u64) {
+        self.schedule_at(idx, now.saturating_add(dur), dur);
+    }
+
+    /// The deadline `idx` had when last armed (still known after it
+    /// expired), for re-arming a periodic timer without drift.
+    pub fn last_deadline(&self, idx: u32) -> Option<u64> {
+        self.nodes.get(idx as usize).map(|n| n.deadline)
+    }
+
+    /// Arms `idx` to expire at `deadline`; `dur` picks a common-timeout
+    /// queue when the deadline keeps that queue sorted, else the heap.
+    pub fn schedule_at(&mut self, idx: u32, deadline: u64, dur: u64) {
         self.cancel(idx);
-        let deadline = now.saturating_add(dur);
         if let Some(q) = self.queues.iter().position(|q| q.dur == dur) {
             let tail = self.queues[q].tail;
             if tail == NONE || self.nodes[tail as usize].deadline <= deadline {
