@@ -471,11 +471,13 @@ rtest!(pure_timeout_waits_at_least_its_duration, |be| {
 rtest!(timers_fire_in_deadline_order, |be| {
     let mut b = be.base()?;
     let log = Log::default();
+    // Deadlines count from the add: start the clock before it, or a
+    // preemption between add and start makes the timers look early.
+    let start = Instant::now();
     for (tag, d) in [("c", 60), ("a", 20), ("b", 40)] {
         let t = b.new_timer(log.cb(tag));
         b.add(t, Some(ms(d)))?;
     }
-    let start = Instant::now();
     assert_eq!(b.dispatch()?, LoopExit::NoEvents);
     assert_between(start.elapsed(), ms(60), Duration::from_secs(5));
     assert_eq!(log.tags(), ["a", "b", "c"]);
@@ -1233,10 +1235,10 @@ rtest!(loop_once_and_nonblock, |be| {
     let log = Log::default();
     let fast = b.new_timer(log.cb("fast"));
     let slow = b.new_timer(log.cb("slow"));
+    let start = Instant::now();
     b.add(fast, Some(ms(10)))?;
     b.add(slow, Some(Duration::from_secs(30)))?;
     // NONBLOCK: nothing is due, it returns at once.
-    let start = Instant::now();
     assert_eq!(b.run(LoopFlags::NONBLOCK)?, LoopExit::Done);
     assert!(start.elapsed() < ms(500));
     assert_eq!(log.len(), 0);
