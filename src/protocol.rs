@@ -475,7 +475,11 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(512))]
+        #![proptest_config(ProptestConfig {
+            cases: 512,
+            rng_algorithm: proptest::test_runner::RngAlgorithm::XorShift,
+            ..ProptestConfig::default()
+        })]
 
         #[test]
         fn any_split_gives_the_reference_output(
@@ -496,6 +500,52 @@ mod tests {
             let split = run(&parts, max_line);
             let whole = run(&[&data], max_line);
             prop_assert_eq!(split, whole);
+        }
+
+        /// The driver of `fuzz/fuzz_targets/protocol.rs`: pieces fed three
+        /// ways, input compacted and output taken out at random points.
+        #[test]
+        fn framing_with_moves_and_shrinks(
+            stream in proptest::collection::vec(
+                prop_oneof![Just(b'\n'), Just(b'\r'), Just(b'q'), any::<u8>()], 0..400),
+            steps in proptest::collection::vec((1usize..40, 0u8..3, any::<bool>(), any::<u16>()), 1..60),
+            max_line in 1usize..20,
+        ) {
+            let mut framer = Framer::new(max_line);
+            let mut input = EvBuffer::new();
+            let mut output = EvBuffer::new();
+            let mut wire = EvBuffer::new();
+            let mut fed = 0;
+            let mut steps = steps.into_iter().cycle();
+            while fed < stream.len() {
+                let Some((n, how, shrink, take)) = steps.next() else { break };
+                let n = n.min(stream.len() - fed);
+                let piece = &stream[fed..fed + n];
+                match how {
+                    0 => input.add(piece),
+                    1 => input.add_vec(piece.to_vec()),
+                    _ => {
+                        let mut other = EvBuffer::new();
+                        other.add(piece);
+                        input.add_buffer(&mut other);
+                    }
+                }
+                fed += n;
+                framer.process(&mut input, &mut output);
+                prop_assert!(input.len() <= max_line);
+                if shrink {
+                    input.shrink();
+                }
+                let take = take as usize % (output.len() + 1);
+                output.remove_buffer(&mut wire, take);
+                let mut sent = contents(&wire);
+                sent.extend(contents(&output));
+                prop_assert_eq!(sent, reference(&stream[..fed], max_line, false));
+            }
+            framer.finish(&mut input, &mut output);
+            prop_assert!(input.is_empty());
+            wire.add_buffer(&mut output);
+            prop_assert_eq!(contents(&wire), reference(&stream, max_line, true));
         }
     }
 }

@@ -1320,7 +1320,11 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(400))]
+        #![proptest_config(ProptestConfig {
+            cases: 400,
+            rng_algorithm: proptest::test_runner::RngAlgorithm::XorShift,
+            ..ProptestConfig::default()
+        })]
 
         #[test]
         fn matches_a_byte_queue_model(ops in proptest::collection::vec(op(), 1..60)) {
