@@ -24,6 +24,10 @@
 //!   line) is copied into a fresh chunk that stays behind, so the zero-copy
 //!   read → rot13 in place → move to output path of the protocol copies at
 //!   most one partial line per read.
+//! - [`readln`](EvBuffer::readln) keeps a scan cursor per buffer: after a
+//!   miss, the next search for the same style resumes where it stopped as
+//!   long as only appends happened, so a line trickling in byte by byte is
+//!   scanned once.
 //! - [`read_from`](EvBuffer::read_from) `readv`s into the tail chunk's free
 //!   space plus one new chunk (libevent's `evbuffer_read` with two iovecs);
 //!   [`write_to`](EvBuffer::write_to) gathers up to `IOV_MAX` chunks into one
@@ -234,6 +238,10 @@ pub struct EvBuffer {
     chunks: VecDeque<Chunk>,
     len: usize,
     read_size: usize,
+    /// `readln`'s scan cursor: the last search for this style found no
+    /// terminator starting before this offset, and only appends happened
+    /// since. A line trickling in is thus scanned once, not once per read.
+    eol_hint: Option<(Eol, usize)>,
 }
 
 impl Default for EvBuffer {
@@ -264,7 +272,7 @@ impl EvBuffer {
     /// An empty buffer. Allocates nothing.
     #[doc(alias = "evbuffer_new")]
     pub const fn new() -> EvBuffer {
-        EvBuffer { chunks: VecDeque::new(), len: 0, read_size: DEFAULT_READ_SIZE }
+        EvBuffer { chunks: VecDeque::new(), len: 0, read_size: DEFAULT_READ_SIZE, eol_hint: None }
     }
 
     /// Number of queued bytes.
@@ -368,6 +376,7 @@ impl EvBuffer {
         if n == 0 {
             return;
         }
+        self.eol_hint = None;
         self.len += n;
         if let Some(front) = self.chunks.front_mut()
             && front.start >= n
@@ -390,6 +399,9 @@ impl EvBuffer {
     #[doc(alias = "evbuffer_drain")]
     pub fn drain(&mut self, n: usize) {
         let mut left = n.min(self.len);
+        if left > 0 {
+            self.eol_hint = None;
+        }
         self.len -= left;
         while left > 0 {
             let Some(front) = self.chunks.front_mut() else { break };
@@ -445,6 +457,7 @@ impl EvBuffer {
         if other.len == 0 {
             return;
         }
+        other.eol_hint = None;
         if self.chunks.is_empty() && other.chunks.iter().all(Chunk::dense) {
             // Take over the whole chunk array: no allocation.
             std::mem::swap(&mut self.chunks, &mut other.chunks);
@@ -480,6 +493,7 @@ impl EvBuffer {
     #[doc(alias = "evbuffer_remove_buffer")]
     pub fn remove_buffer(&mut self, dst: &mut EvBuffer, n: usize) -> usize {
         let n = n.min(self.len);
+        self.eol_hint = None;
         if n == self.len {
             dst.add_buffer(self);
             return n;
@@ -525,6 +539,7 @@ impl EvBuffer {
         if start >= end {
             return;
         }
+        self.eol_hint = None;
         let mut base = 0;
         for c in self.chunks.iter_mut() {
             let cl = c.len();
@@ -663,22 +678,31 @@ impl EvBuffer {
         None
     }
 
-    /// Finds the first line: `(line length, terminator length)`.
-    fn find_eol(&self, eol: Eol) -> Option<(usize, usize)> {
-        match eol {
-            Eol::Lf => self.search_byte(b'\n', 0).map(|i| (i, 1)),
-            Eol::Nul => self.search_byte(0, 0).map(|i| (i, 1)),
-            Eol::CrlfStrict => self.search(b"\r\n", 0).map(|i| (i, 2)),
-            Eol::Crlf => {
-                let i = self.search_byte(b'\n', 0)?;
-                if i > 0 && self.byte_at(i - 1) == Some(b'\r') { Some((i - 1, 2)) } else { Some((i, 1)) }
-            }
-            Eol::Any => {
-                let i = self.scan(0, |s| memchr::memchr2(b'\r', b'\n', s))?;
+    /// Finds the first line: `(line length, terminator length)`. Resumes
+    /// at the scan cursor, and moves it on a miss.
+    fn find_eol(&mut self, eol: Eol) -> Option<(usize, usize)> {
+        let from = match self.eol_hint {
+            Some((style, at)) if style == eol => at,
+            _ => 0,
+        };
+        let found = match eol {
+            Eol::Lf => self.search_byte(b'\n', from).map(|i| (i, 1)),
+            Eol::Nul => self.search_byte(0, from).map(|i| (i, 1)),
+            Eol::CrlfStrict => self.search(b"\r\n", from).map(|i| (i, 2)),
+            Eol::Crlf => self
+                .search_byte(b'\n', from)
+                .map(|i| if i > 0 && self.byte_at(i - 1) == Some(b'\r') { (i - 1, 2) } else { (i, 1) }),
+            Eol::Any => self.scan(from, |s| memchr::memchr2(b'\r', b'\n', s)).map(|i| {
                 let run_end = self.scan(i, |s| s.iter().position(|&b| b != b'\r' && b != b'\n'));
-                Some((i, run_end.unwrap_or(self.len) - i))
-            }
+                (i, run_end.unwrap_or(self.len) - i)
+            }),
+        };
+        if found.is_none() {
+            // A final CR may yet pair with an LF: CRLF_STRICT rescans it.
+            let at = if eol == Eol::CrlfStrict { self.len.saturating_sub(1) } else { self.len };
+            self.eol_hint = Some((eol, at));
         }
+        found
     }
 
     /// Removes the first line and returns it without its terminator, or
@@ -945,6 +969,29 @@ mod tests {
         assert_eq!(b.readln(Eol::Any).as_deref(), Some(&b""[..]));
         assert_eq!(b.readln(Eol::Any).as_deref(), Some(&b"x"[..]));
         assert_eq!(b.readln(Eol::Any), None);
+    }
+
+    #[test]
+    fn readln_cursor_survives_appends_only() {
+        let mut b = EvBuffer::new();
+        b.add(b"ab");
+        assert_eq!(b.readln(Eol::CrlfStrict), None);
+        b.add(b"c\r");
+        assert_eq!(b.readln(Eol::CrlfStrict), None);
+        b.add(b"\nd\n");
+        assert_eq!(b.readln(Eol::CrlfStrict).as_deref(), Some(&b"abc"[..]));
+        // A miss for one style says nothing about another.
+        assert_eq!(b.readln(Eol::Nul), None);
+        assert_eq!(b.readln(Eol::Lf).as_deref(), Some(&b"d"[..]));
+        // A change in front of the cursor resets it.
+        b.add(b"xyz");
+        assert_eq!(b.readln(Eol::Lf), None);
+        b.prepend(b"\n");
+        assert_eq!(b.readln(Eol::Lf).as_deref(), Some(&b""[..]));
+        assert_eq!(b.readln(Eol::Lf), None);
+        b.for_each_mut(0..1, |s| s[0] = b'\n');
+        assert_eq!(b.readln(Eol::Lf).as_deref(), Some(&b""[..]));
+        assert_eq!(contents(&b), b"yz");
     }
 
     #[test]
