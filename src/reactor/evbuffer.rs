@@ -16,9 +16,10 @@
 //! - [`add_buffer`](EvBuffer::add_buffer) and
 //!   [`remove_buffer`](EvBuffer::remove_buffer) move whole chunks between
 //!   buffers (libevent's `evbuffer_add_buffer`/`evbuffer_remove_buffer`),
-//!   except that a chunk less than half full is copied into the destination's
-//!   tail and its block released, so that memory follows the byte count
-//!   (tiny reads into 64 KiB blocks must not pile up in an unread output). A
+//!   except that, once the destination holds a couple of chunks, a chunk
+//!   less than half full is copied into its tail and the block released, so
+//!   that memory follows the byte count (tiny reads into 64 KiB blocks must
+//!   not pile up in an output the client does not read). A
 //!   chunk cut by `remove_buffer` copies only its *smaller* side: when most
 //!   of it moves, the chunk itself moves and its tail (typically a partial
 //!   line) is copied into a fresh chunk that stays behind, so the zero-copy
@@ -93,6 +94,11 @@ const POOL_MIN: usize = 4 * 1024;
 
 /// Largest block the pool keeps.
 const POOL_MAX: usize = 256 * 1024;
+
+/// A buffer holding fewer chunks than this takes sparse chunks by move
+/// anyway (see [`EvBuffer::add_buffer`]): at most this many blocks are
+/// wasted, and the common case (output written at once) copies nothing.
+pub const SPARSE_MOVES: usize = 2;
 
 /// Smallest chunk `add`/`prepend` allocate, so that many small adds share one.
 const MIN_CHUNK: usize = 1024;
@@ -446,19 +452,21 @@ impl EvBuffer {
 
     /// Moves every byte of `other` to the end of `self`.
     ///
-    /// Chunks at least half full move without copying. The bytes of a
-    /// sparser chunk (a small read into a big block) are copied into the
-    /// tail instead and the block is released: otherwise a client sending
-    /// many tiny lines without reading the answers would pin one read-sized
-    /// block per line in the output, and the memory of a connection would
-    /// no longer follow its byte count (SPEC §1 bounds it).
+    /// Chunks move without copying if at least half full, or while `self`
+    /// holds fewer than [`SPARSE_MOVES`] chunks. Otherwise the bytes of a
+    /// sparse chunk (a small read into a big block) are copied into the tail
+    /// and the block is released: else a client sending many tiny lines
+    /// without reading the answers would pin one read-sized block per line
+    /// in the output, and the memory of a connection would no longer follow
+    /// its byte count (SPEC §1 bounds it). An output written at once (the
+    /// usual case) never holds more than a chunk or two, so it never copies.
     #[doc(alias = "evbuffer_add_buffer")]
     pub fn add_buffer(&mut self, other: &mut EvBuffer) {
         if other.len == 0 {
             return;
         }
         other.eol_hint = None;
-        if self.chunks.is_empty() && other.chunks.iter().all(Chunk::dense) {
+        if self.chunks.is_empty() && (other.chunks.len() <= SPARSE_MOVES || other.chunks.iter().all(Chunk::dense)) {
             // Take over the whole chunk array: no allocation.
             std::mem::swap(&mut self.chunks, &mut other.chunks);
             self.len = other.len;
@@ -470,10 +478,18 @@ impl EvBuffer {
         other.len = 0;
     }
 
+    /// Whether a chunk taken from another buffer should be moved here
+    /// rather than copied: it is dense, or this buffer is short enough that
+    /// the waste is bounded (the usual case: an output written at once).
+    fn takes(&self, c: &Chunk) -> bool {
+        c.dense() || self.chunks.len() < SPARSE_MOVES
+    }
+
     /// Appends the bytes of a chunk taken from another buffer: the chunk
-    /// itself if it is dense, else a copy (and the block is released).
+    /// itself if [`takes`](EvBuffer::takes) says so, else a copy (and the
+    /// block is released).
     fn push_chunk(&mut self, c: Chunk) {
-        if c.dense() {
+        if self.takes(&c) {
             self.len += c.len();
             self.chunks.push_back(c);
         } else {
@@ -510,7 +526,7 @@ impl EvBuffer {
                 left -= cl;
                 continue;
             }
-            if left >= cl - left && 2 * left >= front.data.len() {
+            if left >= cl - left && (2 * left >= front.data.len() || dst.chunks.len() < SPARSE_MOVES) {
                 let stay = cl - left;
                 let mut rest = new_chunk(stay, self.read_size);
                 rest.append(&front.bytes()[left..]);
