@@ -204,7 +204,7 @@ fn bench_pipeline(c: &mut C) {
     let data = lines(64, 256 * 1024);
     let mut scratch = vec![0u8; 256 * 1024];
     g.throughput(Throughput::Bytes(data.len() as u64));
-    for (read_size, shrink) in [(4 * 1024, false), (16 * 1024, false), (64 * 1024, false), (64 * 1024, true)] {
+    for (read_size, shrink) in [(4 * 1024, false), (16 * 1024, false), (32 * 1024, false), (64 * 1024, false), (64 * 1024, true)] {
         let (srv, cli) = sys::socketpair().expect("socketpair");
         let _ = sys::setsockopt_int(srv.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, 1 << 20);
         let _ = sys::setsockopt_int(cli.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, 1 << 20);

@@ -1,13 +1,15 @@
 //! The rot13d line protocol (SPEC §1) as framing on `EvBuffer`s; no I/O.
 //!
-//! A [`Framer`] turns the bytes of a connection's input buffer into its
-//! responses in the output buffer: every complete line becomes
-//! `rot13(line)` + LF, an overlong line is cut into pieces of `max_line`
-//! bytes each followed by LF (a piece goes out once its `max_line` bytes and
-//! one more byte of the same line are in, so a line of exactly `max_line`
-//! bytes is never cut), and at end of input the partial line goes out
-//! rotated, without LF ([`Framer::finish`]). The output is a pure function of
-//! the byte stream: it does not depend on how reads split it.
+//! A [`Framer`](crate::protocol::Framer) turns the bytes of a connection's
+//! input buffer into its responses in the output buffer: every complete
+//! line becomes `rot13(line)` + LF, an overlong line is cut into pieces of
+//! `max_line` bytes each followed by LF (a piece goes out once its
+//! `max_line` bytes and one more byte of the same line are in, so a line of
+//! exactly `max_line` bytes is never cut), and at end of input the partial
+//! line goes out rotated, without LF
+//! ([`Framer::finish`](crate::protocol::Framer::finish)). The output is a
+//! pure function of the byte stream: it does not depend on how reads split
+//! it.
 //!
 //! # The hot path
 //!

