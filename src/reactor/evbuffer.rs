@@ -1121,6 +1121,40 @@ mod tests {
     }
 
     #[test]
+    fn partial_writes_drain_exactly_what_was_written() -> io::Result<()> {
+        let (a, b) = sys::socketpair()?;
+        let mut out = EvBuffer::new();
+        let total = 64 * 65536;
+        for i in 0..64u32 {
+            out.add_vec((0..65536u32).map(|j| (i * 7 + j) as u8).collect());
+        }
+        let expected = contents(&out);
+        let mut written = 0;
+        loop {
+            match out.write_to(a.as_raw_fd()) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        assert!(written > 0 && written < total, "the socket filled up");
+        assert_eq!(written + out.len(), total);
+        let mut got = EvBuffer::new();
+        loop {
+            // Drain the peer, then write the rest as room appears.
+            while let Ok(n) = got.read_from(b.as_raw_fd(), usize::MAX) {
+                assert!(n > 0);
+            }
+            if out.is_empty() && got.len() == total {
+                break;
+            }
+            let _ = out.write_to(a.as_raw_fd());
+        }
+        assert_eq!(contents(&got), expected);
+        Ok(())
+    }
+
+    #[test]
     fn write_to_a_pipe_falls_back_to_writev() -> io::Result<()> {
         let (r, w) = sys::pipe()?;
         let mut out = chunked(&[b"ab", b"cd"]);
