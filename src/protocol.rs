@@ -34,6 +34,37 @@
 //! After `process` the input holds only the current partial line, at most
 //! `max_line` bytes: per-connection input memory is bounded whatever the
 //! client sends.
+//!
+//! # Use from a bufferevent
+//!
+//! ```ignore
+//! // Readable (fd non-blocking; output below the high watermark):
+//! loop {
+//!     match input.read_from(fd, usize::MAX) {
+//!         Ok(0) => {
+//!             // EOF: flush the partial line, then write out and close.
+//!             lines += framer.finish(&mut input, &mut output);
+//!             break;
+//!         }
+//!         Ok(_) => lines += framer.process(&mut input, &mut output),
+//!         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+//!             input.shrink(); // drained: going idle, give the block back
+//!             break;
+//!         }
+//!         Err(e) => return Err(e), // reset: drop the connection
+//!     }
+//!     if output.len() >= high_watermark { break; } // stop reading
+//! }
+//! // Writable (or right after processing):
+//! while !output.is_empty() {
+//!     match output.write_to(fd) {
+//!         Ok(_) => {}
+//!         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break, // wait
+//!         Err(e) => return Err(e),
+//!     }
+//! }
+//! if output.is_empty() { output.shrink(); }
+//! ```
 
 use crate::evbuffer::EvBuffer;
 use crate::rot13::rot13_in_place;

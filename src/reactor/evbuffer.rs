@@ -67,8 +67,11 @@
 //! exact-size allocation, returns the big chunks to the pool and releases
 //! the queue array, so an idle connection holds `len + 40` bytes per buffer
 //! (plus allocator overhead). The bufferevent calls it when a connection
-//! becomes idle: after a read that returned less than asked (the socket is
-//! drained), on the input; and on the output when it becomes empty.
+//! becomes idle: on the input when a read pass ends with `WouldBlock` (the
+//! socket is drained), and on the output when a write empties it. It costs
+//! one small allocation and a copy of the partial line, nothing measurable
+//! next to the syscalls (`pipeline/read64KiB_shrink_when_idle` in
+//! `benches/buffers.rs`); see the usage sketch in `protocol`.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
