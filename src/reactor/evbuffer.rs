@@ -813,23 +813,40 @@ impl EvBuffer {
     /// an empty buffer; `WouldBlock` when the socket is full.
     #[doc(alias = "evbuffer_write")]
     pub fn write_to(&mut self, fd: RawFd) -> io::Result<usize> {
+        self.write_atmost(fd, usize::MAX)
+    }
+
+    /// Like [`write_to`](EvBuffer::write_to), writing at most `max` bytes
+    /// (for rate limits). `Ok(0)` for an empty buffer or `max == 0`.
+    #[doc(alias = "evbuffer_write_atmost")]
+    pub fn write_atmost(&mut self, fd: RawFd, max: usize) -> io::Result<usize> {
+        if max == 0 {
+            return Ok(0);
+        }
         let n = match self.chunks.len() {
             0 => return Ok(0),
-            1..=8 => self.gather_write::<8>(fd)?,
-            9..=64 => self.gather_write::<64>(fd)?,
-            _ => self.gather_write::<{ sys::IOV_MAX }>(fd)?,
+            1..=8 => self.gather_write::<8>(fd, max)?,
+            9..=64 => self.gather_write::<64>(fd, max)?,
+            _ => self.gather_write::<{ sys::IOV_MAX }>(fd, max)?,
         };
         self.drain(n);
         Ok(n)
     }
 
-    /// One gathered write of the first `N` chunks at most.
-    fn gather_write<const N: usize>(&self, fd: RawFd) -> io::Result<usize> {
+    /// One gathered write of at most `max` bytes from the first `N` chunks.
+    fn gather_write<const N: usize>(&self, fd: RawFd, max: usize) -> io::Result<usize> {
         let mut iov = [IoSlice::new(&[]); N];
         let mut k = 0;
+        let mut left = max;
         for (slot, c) in iov.iter_mut().zip(self.chunks.iter()) {
-            *slot = IoSlice::new(c.bytes());
+            let s = c.bytes();
+            let s = &s[..s.len().min(left)];
+            *slot = IoSlice::new(s);
             k += 1;
+            left -= s.len();
+            if left == 0 {
+                break;
+            }
         }
         match sys::sendv(fd, &iov[..k]) {
             Err(e) if e.raw_os_error() == Some(libc::ENOTSOCK) => sys::writev(fd, &iov[..k]),
@@ -1207,6 +1224,7 @@ mod tests {
         SetReadSize(usize),
         ReadFrom(Vec<u8>, usize),
         WriteTo,
+        WriteAtmost(usize),
     }
 
     /// Bytes drawn mostly from a small alphabet so that lines and matches
@@ -1248,6 +1266,7 @@ mod tests {
             1 => (0usize..200).prop_map(Op::SetReadSize),
             2 => (bytes(300), 1usize..400).prop_map(|(d, m)| Op::ReadFrom(d, m)),
             1 => Just(Op::WriteTo),
+            1 => (0usize..60).prop_map(Op::WriteAtmost),
         ]
     }
 
@@ -1407,9 +1426,12 @@ mod tests {
                     }
                 }
             }
-            Op::WriteTo => {
-                let n = buf.write_to(pair.a.as_raw_fd()).expect("write_to");
-                assert_eq!(n, model.len(), "small buffers go out whole");
+            Op::WriteTo | Op::WriteAtmost(_) => {
+                let (n, want) = match op {
+                    Op::WriteAtmost(max) => (buf.write_atmost(pair.a.as_raw_fd(), max).expect("write"), max),
+                    _ => (buf.write_to(pair.a.as_raw_fd()).expect("write_to"), usize::MAX),
+                };
+                assert_eq!(n, model.len().min(want), "small buffers go out whole");
                 let mut got = vec![0; n];
                 let mut at = 0;
                 while at < n {
