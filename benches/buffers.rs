@@ -204,7 +204,9 @@ fn bench_pipeline(c: &mut C) {
     let data = lines(64, 256 * 1024);
     let mut scratch = vec![0u8; 256 * 1024];
     g.throughput(Throughput::Bytes(data.len() as u64));
-    for (read_size, shrink) in [(4 * 1024, false), (16 * 1024, false), (32 * 1024, false), (64 * 1024, false), (64 * 1024, true)] {
+    for (read_size, shrink) in
+        [(4 * 1024, false), (16 * 1024, false), (32 * 1024, false), (64 * 1024, false), (64 * 1024, true)]
+    {
         let (srv, cli) = sys::socketpair().expect("socketpair");
         let _ = sys::setsockopt_int(srv.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, 1 << 20);
         let _ = sys::setsockopt_int(cli.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, 1 << 20);
@@ -250,6 +252,45 @@ fn bench_pipeline(c: &mut C) {
             })
         });
     }
+    // Baseline: the same traffic echoed with one plain 64 KiB buffer, no
+    // framing and no ROT13: what a bare read/write loop costs.
+    let (srv, cli) = sys::socketpair().expect("socketpair");
+    let _ = sys::setsockopt_int(srv.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, 1 << 20);
+    let _ = sys::setsockopt_int(cli.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, 1 << 20);
+    let mut buf = vec![0u8; 64 * 1024];
+    g.bench_function("bare_echo_read64KiB", |b| {
+        b.iter(|| {
+            let mut sent = 0;
+            let mut echoed = 0;
+            while echoed < data.len() {
+                if sent < data.len()
+                    && let Ok(n) = sys::write(cli.as_raw_fd(), &data[sent..])
+                {
+                    sent += n;
+                }
+                while let Ok(n) = sys::read(srv.as_raw_fd(), &mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let mut at = 0;
+                    while at < n {
+                        match sys::write(srv.as_raw_fd(), &buf[at..n]) {
+                            Ok(w) => at += w,
+                            Err(_) => {
+                                // Peer full: drain it, as the client does.
+                                if let Ok(r) = sys::read(cli.as_raw_fd(), &mut scratch) {
+                                    echoed += r;
+                                }
+                            }
+                        }
+                    }
+                }
+                if let Ok(n) = sys::read(cli.as_raw_fd(), &mut scratch) {
+                    echoed += n;
+                }
+            }
+        })
+    });
     g.finish();
 }
 
