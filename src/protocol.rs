@@ -144,10 +144,10 @@ impl Framer {
         // Cursor: chunk `ci` starts at offset `base` and is the chunk where
         // the search resumes (at `pos`).
         let (mut ci, mut base) = (0usize, 0usize);
-        let mut line_start = 0;
+        let mut line_start: usize = 0;
         let mut pos = from;
         loop {
-            let window_end = (line_start + max + 1).min(total);
+            let window_end = line_start.saturating_add(max).saturating_add(1).min(total);
             let found = if pos < window_end { rfind_lf(input, &mut ci, &mut base, pos, window_end) } else { None };
             match found {
                 Some(lf) => {
@@ -375,6 +375,12 @@ mod tests {
                 run(&bytes, max);
             }
         }
+    }
+
+    #[test]
+    fn huge_max_line_does_not_overflow() {
+        assert_eq!(run(&[b"ab\ncd", b"e\n"], usize::MAX), b"no\npqr\n");
+        assert_eq!(Framer::new(0).max_line(), 1);
     }
 
     #[test]
