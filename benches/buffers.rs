@@ -18,7 +18,7 @@ use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use rot13d::evbuffer::{Eol, EvBuffer};
 use rot13d::protocol::{DEFAULT_MAX_LINE, Framer};
-use rot13d::rot13::{rot13_in_place, rot13_into};
+use rot13d::rot13::{rot13_in_place, rot13_in_place_count_lf, rot13_into};
 use rot13d::sys;
 
 /// Thread CPU time as a criterion measurement.
@@ -79,6 +79,7 @@ fn bench_rot13(c: &mut C) {
     let mut buf = lines(64, 64 * 1024);
     g.throughput(Throughput::Bytes(buf.len() as u64));
     g.bench_function("in_place_64KiB", |b| b.iter(|| rot13_in_place(black_box(&mut buf))));
+    g.bench_function("in_place_count_lf_64KiB", |b| b.iter(|| rot13_in_place_count_lf(black_box(&mut buf))));
     let src = buf.clone();
     let mut dst = Vec::with_capacity(src.len());
     g.bench_function("into_64KiB", |b| {

@@ -67,7 +67,7 @@
 //! ```
 
 use crate::evbuffer::EvBuffer;
-use crate::rot13::rot13_in_place;
+use crate::rot13::rot13_in_place_count_lf;
 
 /// The default `max_line` (SPEC §1).
 pub const DEFAULT_MAX_LINE: usize = 16 * 1024;
@@ -167,10 +167,7 @@ impl Framer {
     /// `output`; returns how many LFs they hold.
     fn emit(input: &mut EvBuffer, output: &mut EvBuffer, n: usize) -> usize {
         let mut lines = 0;
-        input.for_each_mut(0..n, |s| {
-            lines += memchr::memchr_iter(b'\n', s).count();
-            rot13_in_place(s);
-        });
+        input.for_each_mut(0..n, |s| lines += rot13_in_place_count_lf(s));
         input.remove_buffer(output, n);
         lines
     }
