@@ -1,13 +1,15 @@
 //! The rot13d line protocol (SPEC §1) as framing on `EvBuffer`s; no I/O.
 //!
-//! A [`Framer`] turns the bytes of a connection's input buffer into its
-//! responses in the output buffer: every complete line becomes
-//! `rot13(line)` + LF, an overlong line is cut into pieces of `max_line`
-//! bytes each followed by LF (a piece goes out once its `max_line` bytes and
-//! one more byte of the same line are in, so a line of exactly `max_line`
-//! bytes is never cut), and at end of input the partial line goes out
-//! rotated, without LF ([`Framer::finish`]). The output is a pure function of
-//! the byte stream: it does not depend on how reads split it.
+//! A [`Framer`](crate::protocol::Framer) turns the bytes of a connection's
+//! input buffer into its responses in the output buffer: every complete
+//! line becomes `rot13(line)` + LF, an overlong line is cut into pieces of
+//! `max_line` bytes each followed by LF (a piece goes out once its
+//! `max_line` bytes and one more byte of the same line are in, so a line of
+//! exactly `max_line` bytes is never cut), and at end of input the partial
+//! line goes out rotated, without LF
+//! ([`Framer::finish`](crate::protocol::Framer::finish)). The output is a
+//! pure function of the byte stream: it does not depend on how reads split
+//! it.
 //!
 //! # The hot path
 //!
@@ -32,9 +34,40 @@
 //! After `process` the input holds only the current partial line, at most
 //! `max_line` bytes: per-connection input memory is bounded whatever the
 //! client sends.
+//!
+//! # Use from a bufferevent
+//!
+//! ```ignore
+//! // Readable (fd non-blocking; output below the high watermark):
+//! loop {
+//!     match input.read_from(fd, usize::MAX) {
+//!         Ok(0) => {
+//!             // EOF: flush the partial line, then write out and close.
+//!             lines += framer.finish(&mut input, &mut output);
+//!             break;
+//!         }
+//!         Ok(_) => lines += framer.process(&mut input, &mut output),
+//!         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+//!             input.shrink(); // drained: going idle, give the block back
+//!             break;
+//!         }
+//!         Err(e) => return Err(e), // reset: drop the connection
+//!     }
+//!     if output.len() >= high_watermark { break; } // stop reading
+//! }
+//! // Writable (or right after processing):
+//! while !output.is_empty() {
+//!     match output.write_to(fd) {
+//!         Ok(_) => {}
+//!         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break, // wait
+//!         Err(e) => return Err(e),
+//!     }
+//! }
+//! if output.is_empty() { output.shrink(); }
+//! ```
 
 use crate::reactor::evbuffer::EvBuffer;
-use crate::rot13::rot13_count_lf;
+use crate::rot13::rot13_in_place_count_lf;
 
 /// The default `max_line` (SPEC §1).
 pub const DEFAULT_MAX_LINE: usize = 16 * 1024;
@@ -111,10 +144,10 @@ impl Framer {
         // Cursor: chunk `ci` starts at offset `base` and is the chunk where
         // the search resumes (at `pos`).
         let (mut ci, mut base) = (0usize, 0usize);
-        let mut line_start = 0;
+        let mut line_start: usize = 0;
         let mut pos = from;
         loop {
-            let window_end = (line_start + max + 1).min(total);
+            let window_end = line_start.saturating_add(max).saturating_add(1).min(total);
             let found = if pos < window_end { rfind_lf(input, &mut ci, &mut base, pos, window_end) } else { None };
             match found {
                 Some(lf) => {
@@ -134,7 +167,7 @@ impl Framer {
     /// `output`; returns how many LFs they hold.
     fn emit(input: &mut EvBuffer, output: &mut EvBuffer, n: usize) -> usize {
         let mut lines = 0;
-        input.for_each_mut(0..n, |s| lines += rot13_count_lf(s));
+        input.for_each_mut(0..n, |s| lines += rot13_in_place_count_lf(s));
         input.remove_buffer(output, n);
         lines
     }
@@ -342,6 +375,12 @@ mod tests {
     }
 
     #[test]
+    fn huge_max_line_does_not_overflow() {
+        assert_eq!(run(&[b"ab\ncd", b"e\n"], usize::MAX), b"no\npqr\n");
+        assert_eq!(Framer::new(0).max_line(), 1);
+    }
+
+    #[test]
     fn exact_max_line_is_never_cut() {
         let mut f = Framer::new(4);
         let mut input = EvBuffer::new();
@@ -472,7 +511,11 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(512))]
+        #![proptest_config(ProptestConfig {
+            cases: 512,
+            rng_algorithm: proptest::test_runner::RngAlgorithm::XorShift,
+            ..ProptestConfig::default()
+        })]
 
         #[test]
         fn any_split_gives_the_reference_output(
@@ -493,6 +536,52 @@ mod tests {
             let split = run(&parts, max_line);
             let whole = run(&[&data], max_line);
             prop_assert_eq!(split, whole);
+        }
+
+        /// The driver of `fuzz/fuzz_targets/protocol.rs`: pieces fed three
+        /// ways, input compacted and output taken out at random points.
+        #[test]
+        fn framing_with_moves_and_shrinks(
+            stream in proptest::collection::vec(
+                prop_oneof![Just(b'\n'), Just(b'\r'), Just(b'q'), any::<u8>()], 0..400),
+            steps in proptest::collection::vec((1usize..40, 0u8..3, any::<bool>(), any::<u16>()), 1..60),
+            max_line in 1usize..20,
+        ) {
+            let mut framer = Framer::new(max_line);
+            let mut input = EvBuffer::new();
+            let mut output = EvBuffer::new();
+            let mut wire = EvBuffer::new();
+            let mut fed = 0;
+            let mut steps = steps.into_iter().cycle();
+            while fed < stream.len() {
+                let Some((n, how, shrink, take)) = steps.next() else { break };
+                let n = n.min(stream.len() - fed);
+                let piece = &stream[fed..fed + n];
+                match how {
+                    0 => input.add(piece),
+                    1 => input.add_vec(piece.to_vec()),
+                    _ => {
+                        let mut other = EvBuffer::new();
+                        other.add(piece);
+                        input.add_buffer(&mut other);
+                    }
+                }
+                fed += n;
+                framer.process(&mut input, &mut output);
+                prop_assert!(input.len() <= max_line);
+                if shrink {
+                    input.shrink();
+                }
+                let take = take as usize % (output.len() + 1);
+                output.remove_buffer(&mut wire, take);
+                let mut sent = contents(&wire);
+                sent.extend(contents(&output));
+                prop_assert_eq!(sent, reference(&stream[..fed], max_line, false));
+            }
+            framer.finish(&mut input, &mut output);
+            prop_assert!(input.is_empty());
+            wire.add_buffer(&mut output);
+            prop_assert_eq!(contents(&wire), reference(&stream, max_line, true));
         }
     }
 }
