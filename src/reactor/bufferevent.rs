@@ -379,7 +379,10 @@ impl<C: 'static> BufferEvent<C> {
     /// Registers or removes the read event to match `enabled` and
     /// `suspend`. The only place that touches read interest.
     fn sync_read(&mut self, base: &mut EventBase) -> io::Result<()> {
-        let want = self.enabled.contains(EventFlags::READ) && self.suspend.is_empty() && !self.freed;
+        // Not while connecting: a refused socket reads as EOF or as the
+        // connect's error, which the write side must report.
+        let want =
+            self.enabled.contains(EventFlags::READ) && self.suspend.is_empty() && !self.freed && !self.connecting;
         if want && !self.read_added {
             self.read_added = true;
             base.add(self.read_ev, self.read_timeout.get())?;
@@ -568,9 +571,17 @@ impl<C: 'static> BufferEvent<C> {
             let err = sys::borrow(self.fd).and_then(|fd| socket2::SockRef::from(&fd).take_error().ok().flatten());
             if let Some(e) = err {
                 self.last_error = e.raw_os_error().unwrap_or(libc::EIO);
+                // The dead socket polls ready for ever: take it out of the
+                // loop (as libevent does) or the loop spins until freed.
+                self.enabled = EventFlags::NONE;
+                if self.write_added {
+                    self.write_added = false;
+                    let _ = base.del(self.write_ev);
+                }
                 self.report(base, BevEvent::ERROR);
                 return;
             }
+            let _ = self.sync_read(base);
             if self.output.is_empty() && self.write_added {
                 self.write_added = false;
                 let _ = base.del(self.write_ev);
