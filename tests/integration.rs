@@ -1,1 +1,2 @@
+mod bufferevent;
 mod reactor;
