@@ -553,6 +553,11 @@ impl<C: 'static> BufferEvent<C> {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 self.last_error = e.raw_os_error().unwrap_or(libc::EIO);
+                // Like libevent: a failed direction is disabled before the
+                // report, or an owner that frees later sees the loop spin
+                // and the error (then EOF) reported again.
+                self.enabled &= !EventFlags::READ;
+                let _ = self.sync_read(base);
                 self.report(base, BevEvent::READING | BevEvent::ERROR);
             }
         }
@@ -617,6 +622,12 @@ impl<C: 'static> BufferEvent<C> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     self.last_error = e.raw_os_error().unwrap_or(libc::EIO);
+                    // Disabled before the report (see on_read).
+                    self.enabled &= !EventFlags::WRITE;
+                    if self.write_added {
+                        self.write_added = false;
+                        let _ = base.del(self.write_ev);
+                    }
                     self.report(base, BevEvent::WRITING | BevEvent::ERROR);
                     return;
                 }
