@@ -709,11 +709,13 @@ impl<C: 'static> BufferEvent<C> {
         {
             cb(base, self);
         }
-        if ev != BevEvent::default()
-            && !self.freed
-            && let Some(cb) = self.eventcb
-        {
-            cb(base, self, ev);
+        if ev != BevEvent::default() && !self.freed {
+            if let Some(cb) = self.eventcb {
+                cb(base, self, ev);
+            } else if ev.contains(BevEvent::ERROR) || ev.contains(BevEvent::EOF) {
+                // As in `report`: nobody listens, a dead socket must go.
+                self.free(base);
+            }
         }
     }
 
