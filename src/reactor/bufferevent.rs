@@ -477,7 +477,10 @@ impl<C: 'static> BufferEvent<C> {
         self.closing = true;
         self.suspend_read(base, Suspend::CLOSING);
         self.enabled |= EventFlags::WRITE;
-        if self.output.is_empty() {
+        // A socket that already failed cannot flush: free now. (Retrying
+        // the write from the event callback of its error would report the
+        // error again, and that callback recurse without end.)
+        if self.output.is_empty() || self.last_error != 0 {
             self.free(base);
         } else {
             self.try_write(base);
