@@ -641,6 +641,112 @@ rtest!(reset_while_writing_reports_error, |be| {
     Ok(())
 });
 
+/// An owner that records an error and keeps the bufferevent for a while
+/// (frees it later): the dead socket must not keep the loop busy, nor be
+/// reported again and again. `what` is what is enabled.
+fn error_kept_case(be: Backend, kind: Link, what: EventFlags) -> io::Result<Vec<BevEvent>> {
+    let mut b = be.base()?;
+    let (x, y) = link(kind, true)?;
+    let bev = new_bev(&mut b, x, BevOptions::default(), Ctx { on_read: OnRead::Drain, ..Ctx::default() })?;
+    with(&bev, |e| {
+        // Unread data at the peer (the AF_UNIX reset), and more pending.
+        e.output.add(&pattern(1 << 20));
+        e.enable(&mut b, what)
+    })?;
+    abort_peer(kind, y)?;
+    assert!(run_until(&mut b, LIMIT, |_| !ctx(&bev, |c| c.events.is_empty()))?, "{kind:?}: nothing reported");
+    let turns = turns_in(&mut b, ms(100))?;
+    assert!(turns <= 20, "{kind:?} {what:?}: {turns} turns in 100 ms after the error: the loop spins");
+    let events = ctx(&bev, |c| c.events.clone());
+    assert!(events.iter().all(|e| e.contains(BevEvent::ERROR)), "{kind:?} {what:?}: {events:?}");
+    assert_eq!(b.run(LoopFlags::NONBLOCK)?, LoopExit::NoEvents, "{kind:?} {what:?}: events left after the error");
+    with(&bev, |e| e.free(&mut b));
+    Ok(events)
+}
+
+rtest!(errors_disable_the_failed_direction, |be| {
+    for kind in LINKS {
+        let ev = error_kept_case(be, kind, EventFlags::WRITE)?;
+        assert_eq!(ev, [BevEvent::WRITING | BevEvent::ERROR], "{kind:?}");
+        let ev = error_kept_case(be, kind, EventFlags::READ | EventFlags::WRITE)?;
+        assert!(ev.len() <= 2, "{kind:?}: {ev:?}");
+    }
+    Ok(())
+});
+
+rtest!(close_when_flushed_after_a_write_error_frees, |be| {
+    for kind in LINKS {
+        let mut b = be.base()?;
+        let (x, y) = link(kind, true)?;
+        // An owner that answers every event with close_when_flushed.
+        let c = Ctx { on_event: OnEvent::CloseWhenFlushed, ..Ctx::default() };
+        let bev = new_bev(&mut b, x, BevOptions::default(), c)?;
+        with(&bev, |e| {
+            e.output.add(&pattern(1 << 20));
+            e.enable(&mut b, EventFlags::WRITE)
+        })?;
+        abort_peer(kind, y)?;
+        // Output that can never be delivered: it gives up and frees, once.
+        assert!(run_until(&mut b, LIMIT, |_| with(&bev, |e| e.is_freed()))?, "{kind:?}: never freed");
+        ctx(&bev, |c| {
+            assert_eq!(c.events, [BevEvent::WRITING | BevEvent::ERROR], "{kind:?}");
+            assert_eq!(c.closes, 1, "{kind:?}");
+        });
+        assert_eq!(b.run(LoopFlags::NONBLOCK)?, LoopExit::NoEvents, "{kind:?}");
+    }
+    Ok(())
+});
+
+rtest!(read_error_is_reported_once, |be| {
+    for kind in LINKS {
+        let mut b = be.base()?;
+        let (x, y) = link(kind, false)?;
+        let bev = new_bev(&mut b, x, BevOptions::default(), Ctx { on_read: OnRead::Drain, ..Ctx::default() })?;
+        with(&bev, |e| {
+            e.output.add(b"unread");
+            e.enable(&mut b, EventFlags::READ | EventFlags::WRITE)
+        })?;
+        assert!(run_until(&mut b, LIMIT, |_| with(&bev, |e| e.output.is_empty()))?);
+        abort_peer(kind, y)?;
+        assert!(run_until(&mut b, LIMIT, |_| !ctx(&bev, |c| c.events.is_empty()))?, "{kind:?}");
+        for _ in 0..20 {
+            b.run(LoopFlags::NONBLOCK)?;
+        }
+        with(&bev, |e| {
+            assert_eq!(e.ctx.events, [BevEvent::READING | BevEvent::ERROR], "{kind:?}");
+            assert!(!e.is_reading(), "{kind:?}");
+            e.free(&mut b);
+        });
+    }
+    Ok(())
+});
+
+rtest!(without_an_event_callback_eof_and_errors_free, |be| {
+    for opts in [BevOptions::default(), BevOptions::DEFER_CALLBACKS] {
+        for kind in LINKS {
+            let mut b = be.base()?;
+            let (x, y) = link(kind, false)?;
+            let c = Ctx { on_read: OnRead::Drain, ..Ctx::default() };
+            let token = c.token.clone();
+            let bev = new_bev(&mut b, x, opts, c)?;
+            with(&bev, |e| {
+                e.setcb(Some(readcb), None, None);
+                e.enable(&mut b, EventFlags::READ)
+            })?;
+            put(&y, b"bye")?;
+            drop(y);
+            let freed = run_until(&mut b, LIMIT, |_| with(&bev, |e| e.is_freed()))?;
+            assert!(freed, "{opts:?} {kind:?}: EOF with nobody listening did not free");
+            // The data before the EOF still reached the read callback.
+            assert_eq!(ctx(&bev, |c| (c.got.clone(), c.closes)), (b"bye".to_vec(), 1), "{opts:?} {kind:?}");
+            assert_eq!(b.run(LoopFlags::NONBLOCK)?, LoopExit::NoEvents, "{opts:?} {kind:?}");
+            drop(bev);
+            assert_eq!(Rc::strong_count(&token), 1, "{opts:?} {kind:?}");
+        }
+    }
+    Ok(())
+});
+
 // ----- timeouts ----------------------------------------------------------------------
 
 rtest!(read_timeout_fires_and_disables_reading, |be| {
