@@ -732,6 +732,10 @@ impl<C: 'static> BufferEvent<C> {
             self.try_write(base);
         }
         if !self.freed {
+            // try_write applies backpressure only when it may write: with
+            // WRITE disabled (or still connecting) the output cannot drain,
+            // and reading must pause all the same.
+            self.check_backpressure(base);
             self.check_read_watermark(base);
         }
     }
