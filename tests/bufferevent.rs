@@ -438,61 +438,129 @@ rtest!(write_low_watermark, |be| {
 
 // ----- output backpressure -----------------------------------------------------
 
-rtest!(output_backpressure_bounds_memory_and_loses_nothing, |be| {
+/// An echo with output backpressure `(HIGH, LOW)` and a peer that writes
+/// 1 MiB without reading, then reads. With `write_first` false, WRITE is
+/// enabled only once the peer starts reading (the output cannot drain at
+/// all until then).
+fn backpressure_case(be: Backend, kind: Link, opts: BevOptions, write_first: bool) -> io::Result<()> {
     const N: usize = 1 << 20;
     const HIGH: usize = 64 * 1024;
     const LOW: usize = 16 * 1024;
-    for kind in LINKS {
-        let mut b = be.base()?;
-        let (x, y) = link(kind, true)?;
-        let bev = new_bev(&mut b, x, BevOptions::default(), Ctx { on_read: OnRead::Echo, ..Ctx::default() })?;
-        let read_size = with(&bev, |e| {
-            e.set_backpressure(&mut b, HIGH, LOW);
-            e.input.read_size()
-        });
-        with(&bev, |e| e.enable(&mut b, EventFlags::READ | EventFlags::WRITE))?;
-        let data = pattern(N);
-        let yfd = y.as_raw_fd();
-        let mut off = 0;
-        // The peer writes and does not read: the echo piles up in the
-        // output until reading pauses; then the peer's own writes block.
-        let paused = run_until(&mut b, LIMIT, |_| {
-            let full = feed(yfd, &data, &mut off);
-            full && with(&bev, |e| e.suspended().intersects(Suspend::BACKPRESSURE))
-        })?;
-        assert!(paused, "{kind:?}: reading never paused (fed {off})");
-        let (out, reads) = with(&bev, |e| {
-            assert!(!e.is_reading(), "{kind:?}");
-            assert!(e.output.len() > HIGH, "{kind:?}: paused at {} <= high", e.output.len());
-            (e.output.len(), e.ctx.seen.len())
-        });
-        // Paused means paused: turns read nothing more.
-        for _ in 0..200 {
-            b.run(LoopFlags::NONBLOCK)?;
-        }
-        assert_eq!(with(&bev, |e| (e.output.len(), e.ctx.seen.len())), (out, reads), "{kind:?}");
-        assert!(off < N, "{kind:?}: the whole input went in while paused");
+    let what = format!("{kind:?} {opts:?} write_first={write_first}");
+    let mut b = be.base()?;
+    let (x, y) = link(kind, true)?;
+    let bev = new_bev(&mut b, x, opts, Ctx { on_read: OnRead::Echo, ..Ctx::default() })?;
+    let read_size = with(&bev, |e| {
+        e.set_backpressure(&mut b, HIGH, LOW);
+        e.input.read_size()
+    });
+    let first = if write_first { EventFlags::READ | EventFlags::WRITE } else { EventFlags::READ };
+    with(&bev, |e| e.enable(&mut b, first))?;
+    let data = pattern(N);
+    let yfd = y.as_raw_fd();
+    let mut off = 0;
+    // The peer writes and does not read: the echo piles up in the output
+    // until reading pauses; then the peer's own writes block.
+    let paused = run_until(&mut b, LIMIT, |_| {
+        let full = feed(yfd, &data, &mut off);
+        full && with(&bev, |e| e.suspended().intersects(Suspend::BACKPRESSURE))
+    })?;
+    assert!(paused, "{what}: reading never paused (fed {off}, output {})", with(&bev, |e| e.output.len()));
+    let (out, reads) = with(&bev, |e| {
+        assert!(!e.is_reading(), "{what}");
+        assert!(e.output.len() > HIGH, "{what}: paused at {} <= high", e.output.len());
+        (e.output.len(), e.ctx.seen.len())
+    });
+    // Paused means paused: turns read nothing more.
+    for _ in 0..200 {
+        b.run(LoopFlags::NONBLOCK)?;
+    }
+    assert_eq!(with(&bev, |e| (e.output.len(), e.ctx.seen.len())), (out, reads), "{what}");
+    assert!(off < N, "{what}: the whole input went in while paused");
 
-        // The peer reads: output drains, reading resumes, all arrives.
-        let mut got = Vec::new();
-        let mut resumed = false;
-        let ok = run_until(&mut b, LIMIT, |_| {
-            feed(yfd, &data, &mut off);
-            slurp(yfd, &mut got);
-            resumed |= with(&bev, |e| e.is_reading());
-            got.len() == N
-        })?;
-        assert!(ok, "{kind:?}: stalled at {} of {N} (fed {off})", got.len());
-        assert!(resumed, "{kind:?}");
-        assert!(got == data, "{kind:?}: echoed bytes differ");
-        let max_out = ctx(&bev, |c| c.max_out);
-        assert!(max_out <= HIGH + read_size, "{kind:?}: output reached {max_out} > {HIGH} + {read_size}");
+    // The peer reads: output drains, reading resumes, all arrives.
+    if !write_first {
+        with(&bev, |e| e.enable(&mut b, EventFlags::WRITE))?;
+    }
+    let mut got = Vec::new();
+    let mut resumed = false;
+    let ok = run_until(&mut b, LIMIT, |_| {
+        feed(yfd, &data, &mut off);
+        slurp(yfd, &mut got);
         with(&bev, |e| {
-            assert!(e.suspended().is_empty(), "{kind:?}: {:?}", e.suspended());
-            e.free(&mut b)
+            // Hysteresis: never paused at or below the low mark.
+            if e.suspended().intersects(Suspend::BACKPRESSURE) {
+                assert!(e.output.len() > LOW, "{what}: still paused at {}", e.output.len());
+            } else {
+                resumed = true;
+            }
         });
+        got.len() == N
+    })?;
+    assert!(ok, "{what}: stalled at {} of {N} (fed {off})", got.len());
+    assert!(resumed, "{what}");
+    assert!(got == data, "{what}: echoed bytes differ");
+    let max_out = ctx(&bev, |c| c.max_out);
+    assert!(max_out <= HIGH + read_size, "{what}: output reached {max_out} > {HIGH} + {read_size}");
+    with(&bev, |e| {
+        assert!(e.suspended().is_empty(), "{what}: {:?}", e.suspended());
+        e.free(&mut b)
+    });
+    Ok(())
+}
+
+rtest!(output_backpressure_bounds_memory_and_loses_nothing, |be| {
+    for kind in LINKS {
+        backpressure_case(be, kind, BevOptions::default(), true)?;
+    }
+    backpressure_case(be, Link::Tcp, BevOptions::DEFER_CALLBACKS, true)?;
+    Ok(())
+});
+
+rtest!(output_backpressure_holds_while_writing_is_disabled, |be| {
+    for kind in LINKS {
+        backpressure_case(be, kind, BevOptions::default(), false)?;
     }
     Ok(())
+});
+
+rtest!(output_backpressure_hysteresis, |be| {
+    let mut b = be.base()?;
+    let (x, _y) = link(Link::Unix, false)?;
+    let bev = new_bev(&mut b, x, BevOptions::default(), Ctx::default())?;
+    with(&bev, |e| -> io::Result<()> {
+        e.enable(&mut b, EventFlags::READ)?;
+        // Pending output above the high mark when it is set: paused.
+        e.output.add(&[0; 100]);
+        e.set_backpressure(&mut b, 50, 20);
+        assert!(e.suspended().intersects(Suspend::BACKPRESSURE) && !e.is_reading());
+        // Below high but above low: still paused (re-checked by setting
+        // the same marks again).
+        e.output.drain(60);
+        e.set_backpressure(&mut b, 50, 20);
+        assert!(e.suspended().intersects(Suspend::BACKPRESSURE), "resumed at 40 > low 20");
+        // At low: resumes.
+        e.output.drain(20);
+        e.set_backpressure(&mut b, 50, 20);
+        assert!(e.suspended().is_empty() && e.is_reading());
+        // Turning backpressure off lifts a pause.
+        e.output.add(&[0; 100]);
+        e.set_backpressure(&mut b, 50, 20);
+        assert!(!e.is_reading());
+        e.set_backpressure(&mut b, 0, 0);
+        assert!(e.suspended().is_empty() && e.is_reading());
+        // Independent of the other reasons: a USER pause outlives it.
+        e.suspend_read(&mut b, Suspend::USER);
+        e.set_backpressure(&mut b, 50, 20);
+        e.output.drain(100);
+        e.set_backpressure(&mut b, 50, 20);
+        assert_eq!(e.suspended(), Suspend::USER);
+        assert!(!e.is_reading());
+        e.unsuspend_read(&mut b, Suspend::USER);
+        assert!(e.is_reading());
+        e.free(&mut b);
+        Ok(())
+    })
 });
 
 // ----- EOF and close when flushed ------------------------------------------------
