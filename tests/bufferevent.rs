@@ -222,6 +222,8 @@ struct Ctx {
     /// Held by the context: its strong count tells whether the bufferevent
     /// itself was dropped.
     token: Rc<()>,
+    /// Another bufferevent the read callback frees (once).
+    victim: Option<Bev<Ctx>>,
 }
 
 type TBev = BufferEvent<Ctx>;
@@ -231,6 +233,9 @@ fn readcb(base: &mut EventBase, b: &mut TBev) {
     b.ctx.seen.push(n);
     b.ctx.max_in = b.ctx.max_in.max(n);
     b.ctx.log.borrow_mut().push(format!("read{}", b.ctx.tag));
+    if let Some(v) = b.ctx.victim.take() {
+        v.with(|o| o.free(base)).expect("the victim is borrowed");
+    }
     match b.ctx.on_read {
         OnRead::Keep => {}
         OnRead::Drain => {
@@ -933,6 +938,67 @@ rtest!(write_timeout_rearms_on_progress, |be| {
     Ok(())
 });
 
+rtest!(timeouts_can_be_changed_and_cleared, |be| {
+    let mut b = be.base()?;
+    let (x, _y) = link(Link::Unix, false)?;
+    let bev = new_bev(&mut b, x, BevOptions::default(), Ctx::default())?;
+    // Cleared while pending: never fires.
+    with(&bev, |e| {
+        e.set_timeouts(&mut b, Some(ms(30)), None);
+        e.enable(&mut b, EventFlags::READ)?;
+        e.set_timeouts(&mut b, None, None);
+        Ok::<_, io::Error>(())
+    })?;
+    assert!(!run_until(&mut b, ms(150), |_| !ctx(&bev, |c| c.events.is_empty()))?, "a cleared timeout fired");
+    // Set while reading is already enabled: it applies at once.
+    let t0 = Instant::now();
+    with(&bev, |e| e.set_timeouts(&mut b, Some(ms(60)), None));
+    assert!(run_until(&mut b, LIMIT, |_| !ctx(&bev, |c| c.events.is_empty()))?);
+    assert!(t0.elapsed() >= ms(60), "{:?}", t0.elapsed());
+    assert_eq!(ctx(&bev, |c| c.events.clone()), [BevEvent::READING | BevEvent::TIMEOUT]);
+    // Enabled again, it counts afresh.
+    let t1 = Instant::now();
+    with(&bev, |e| e.enable(&mut b, EventFlags::READ))?;
+    assert!(run_until(&mut b, LIMIT, |_| ctx(&bev, |c| c.events.len()) == 2)?);
+    assert!(t1.elapsed() >= ms(60), "{:?}", t1.elapsed());
+    with(&bev, |e| e.free(&mut b));
+    Ok(())
+});
+
+rtest!(a_paused_reader_does_not_time_out, |be| {
+    // Reading paused at the high watermark takes the read event, and so
+    // its timeout, out of the loop (as libevent's suspend does); the
+    // timeout counts afresh once reading resumes.
+    let mut b = be.base()?;
+    let (x, y) = link(Link::Unix, false)?;
+    let bev = new_bev(&mut b, x, BevOptions::default(), Ctx::default())?;
+    with(&bev, |e| {
+        e.set_watermark(&mut b, EventFlags::READ, 0, 4);
+        e.set_timeouts(&mut b, Some(ms(50)), None);
+        e.enable(&mut b, EventFlags::READ)
+    })?;
+    put(&y, b"12345678")?;
+    assert!(run_until(&mut b, LIMIT, |_| !with(&bev, |e| e.is_reading()))?);
+    assert!(!run_until(&mut b, ms(150), |_| !ctx(&bev, |c| c.events.is_empty()))?, "timed out while paused");
+    let t0 = Instant::now();
+    with(&bev, |e| {
+        e.input.drain(4);
+        e.input_consumed(&mut b);
+    });
+    // The other 4 bytes come in (and pause it again) ...
+    assert!(run_until(&mut b, LIMIT, |_| ctx(&bev, |c| c.seen.len()) == 2)?);
+    with(&bev, |e| {
+        e.input.drain(4);
+        e.input_consumed(&mut b);
+    });
+    // ... then silence: the timeout fires, counted from the resume.
+    assert!(run_until(&mut b, LIMIT, |_| !ctx(&bev, |c| c.events.is_empty()))?);
+    assert!(t0.elapsed() >= ms(50));
+    assert_eq!(ctx(&bev, |c| c.events.clone()), [BevEvent::READING | BevEvent::TIMEOUT]);
+    with(&bev, |e| e.free(&mut b));
+    Ok(())
+});
+
 // ----- connect -------------------------------------------------------------------------
 
 rtest!(connect_reports_connected_and_sends_queued_output, |be| {
@@ -1154,6 +1220,79 @@ rtest!(close_callback_runs_once, |be| {
     Ok(())
 });
 
+rtest!(free_another_bufferevent_that_is_active, |be| {
+    let mut b = be.base()?;
+    let (x1, y1) = link(Link::Unix, false)?;
+    let (x2, y2) = link(Link::Unix, false)?;
+    let log = Rc::new(RefCell::new(Vec::new()));
+    let c = |tag| Ctx { on_read: OnRead::Drain, log: log.clone(), tag, ..Ctx::default() };
+    let one = new_bev(&mut b, x1, BevOptions::default(), c(" one"))?;
+    let two = new_bev(&mut b, x2, BevOptions::default(), c(" two"))?;
+    // Each frees the other: whichever runs first in the turn wins.
+    with(&one, |e| e.ctx.victim = Some(two.clone()));
+    with(&two, |e| e.ctx.victim = Some(one.clone()));
+    for bev in [&one, &two] {
+        with(bev, |e| e.enable(&mut b, EventFlags::READ))?;
+    }
+    put(&y1, b"x")?;
+    put(&y2, b"x")?;
+    // Both ready in one turn; the loser was active and must not run.
+    assert_eq!(b.run(LoopFlags::ONCE)?, LoopExit::Done);
+    for _ in 0..5 {
+        b.run(LoopFlags::NONBLOCK)?;
+    }
+    let l = log.borrow().clone();
+    assert_eq!(l.len(), 2, "{l:?}");
+    assert_eq!(l[1], "close", "{l:?}");
+    let (winner, loser) = if l[0] == "read one" { (&one, &two) } else { (&two, &one) };
+    assert!(with(loser, |e| e.is_freed() && e.ctx.closes == 1 && e.ctx.seen.is_empty()));
+    assert!(with(winner, |e| !e.is_freed()));
+    with(winner, |e| e.free(&mut b));
+    // Break the handle cycle left in the loser's context.
+    with(loser, |e| e.ctx.victim = None);
+    assert_eq!(b.run(LoopFlags::NONBLOCK)?, LoopExit::NoEvents);
+    Ok(())
+});
+
+rtest!(close_when_flushed_with_nothing_pending_closes_at_once, |be| {
+    for kind in LINKS {
+        let mut b = be.base()?;
+        let (x, y) = link(kind, false)?;
+        let bev = new_bev(&mut b, x, BevOptions::default(), Ctx::default())?;
+        with(&bev, |e| -> io::Result<()> {
+            e.enable(&mut b, EventFlags::READ | EventFlags::WRITE)?;
+            e.close_when_flushed(&mut b);
+            assert!(e.is_freed());
+            Ok(())
+        })?;
+        assert_eq!(ctx(&bev, |c| c.closes), 1);
+        let mut got = Vec::new();
+        assert!(slurp(y.as_raw_fd(), &mut got), "{kind:?}: no EOF at the peer");
+        assert_eq!(b.run(LoopFlags::NONBLOCK)?, LoopExit::NoEvents);
+    }
+    Ok(())
+});
+
+rtest!(dropping_the_base_closes_a_live_bufferevent, |be| {
+    let mut b = be.base()?;
+    let (x, y) = link(Link::Unix, false)?;
+    let c = Ctx::default();
+    let token = c.token.clone();
+    let bev = new_bev(&mut b, x, BevOptions::default(), c)?;
+    let fd = with(&bev, |e| e.fd());
+    let target = fd_target(fd);
+    with(&bev, |e| e.enable(&mut b, EventFlags::READ))?;
+    drop(bev);
+    // The base's events hold it: still open.
+    assert_eq!(fd_target(fd), target);
+    drop(b);
+    assert_eq!(Rc::strong_count(&token), 1, "the bufferevent outlived its base");
+    assert_ne!(fd_target(fd), target, "its socket is still open");
+    let mut got = Vec::new();
+    assert!(slurp(y.as_raw_fd(), &mut got), "no EOF at the peer");
+    Ok(())
+});
+
 // ----- priority --------------------------------------------------------------------------
 
 rtest!(set_priority, |be| {
@@ -1277,6 +1416,44 @@ rtest!(write_through_sends_in_the_same_turn, |be| {
             assert_eq!(b.run(LoopFlags::NONBLOCK)?, LoopExit::NoEvents, "{kind:?}: a write event is pending");
             with(&bev, |e| e.enable(&mut b, EventFlags::READ))?;
         }
+        // Output added outside any callback goes out on flush(), also
+        // without an event.
+        with(&bev, |e| {
+            e.output.add(b"pushed");
+            e.flush(&mut b);
+        });
+        let mut got = Vec::new();
+        slurp(y.as_raw_fd(), &mut got);
+        assert_eq!(got, b"pushed", "{kind:?}");
+        with(&bev, |e| e.disable(&mut b, EventFlags::READ))?;
+        assert_eq!(b.run(LoopFlags::NONBLOCK)?, LoopExit::NoEvents, "{kind:?}");
+        with(&bev, |e| e.free(&mut b));
+    }
+    Ok(())
+});
+
+rtest!(write_event_is_registered_only_while_the_socket_is_full, |be| {
+    for kind in LINKS {
+        let mut b = be.base()?;
+        let (x, y) = link(kind, true)?;
+        let bev = new_bev(&mut b, x, BevOptions::default(), Ctx::default())?;
+        let data = pattern(1 << 20);
+        with(&bev, |e| {
+            e.output.add(&data);
+            e.enable(&mut b, EventFlags::WRITE)
+        })?;
+        // Full: the write event waits in the loop.
+        assert!(with(&bev, |e| !e.output.is_empty()), "{kind:?}");
+        assert_eq!(b.run(LoopFlags::NONBLOCK)?, LoopExit::Done, "{kind:?}: no write event while full");
+        let mut got = Vec::new();
+        assert!(run_until(&mut b, LIMIT, |_| {
+            slurp(y.as_raw_fd(), &mut got);
+            got.len() == data.len()
+        })?);
+        assert!(got == data, "{kind:?}");
+        // Drained: it is gone again.
+        assert_eq!(b.run(LoopFlags::NONBLOCK)?, LoopExit::NoEvents, "{kind:?}: write event left");
+        assert_eq!(ctx(&bev, |c| c.out_seen.clone()), [0], "{kind:?}");
         with(&bev, |e| e.free(&mut b));
     }
     Ok(())
