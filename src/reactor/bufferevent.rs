@@ -298,7 +298,13 @@ impl<C: 'static> BufferEvent<C> {
     #[doc(alias = "bufferevent_priority_set")]
     pub fn set_priority(&mut self, base: &mut EventBase, pri: usize) -> io::Result<()> {
         base.set_priority(self.read_ev, pri)?;
-        base.set_priority(self.write_ev, pri)
+        base.set_priority(self.write_ev, pri)?;
+        // Deferred callbacks run at the bufferevent's priority (as in
+        // libevent), not at the base's default one.
+        if self.defer_ev != EventId::INVALID {
+            base.set_priority(self.defer_ev, pri)?;
+        }
+        Ok(())
     }
 
     /// The priority of its events.
