@@ -887,10 +887,10 @@ rtest!(write_timeout_fires_when_the_peer_does_not_read, |be| {
         let t0 = Instant::now();
         with(&bev, |e| {
             e.set_timeouts(&mut b, None, Some(ms(100)));
-            e.output.add(&pattern(4 << 20));
+            e.output.add(&pattern(1 << 20));
             e.enable(&mut b, EventFlags::WRITE)
         })?;
-        assert!(with(&bev, |e| !e.output.is_empty()), "{kind:?}: the socket took 4 MiB");
+        assert!(with(&bev, |e| !e.output.is_empty()), "{kind:?}: the socket took 1 MiB");
         assert!(run_until(&mut b, LIMIT, |_| !ctx(&bev, |c| c.events.is_empty()))?, "{kind:?}: no timeout");
         let el = t0.elapsed();
         assert!(el >= ms(100), "{kind:?}: fired after {el:?}");
@@ -1323,6 +1323,32 @@ rtest!(set_priority, |be| {
     assert_eq!(b.run(LoopFlags::ONCE)?, LoopExit::Done);
     assert_eq!(*log.borrow(), ["read high", "read low"]);
     for bev in &bevs {
+        with(bev, |e| e.free(&mut b));
+    }
+    Ok(())
+});
+
+rtest!(deferred_callbacks_keep_the_priority, |be| {
+    // An urgent bufferevent with DEFER_CALLBACKS and a less urgent plain
+    // one, both readable in one turn: the urgent one's (deferred) read
+    // callback still runs first.
+    let mut b = be.base()?;
+    b.priority_init(3)?;
+    let log = Rc::new(RefCell::new(Vec::new()));
+    let mut keep = Vec::new();
+    for (tag, pri, opts) in [(" urgent", 0, BevOptions::DEFER_CALLBACKS), (" normal", 1, BevOptions::default())] {
+        let (x, y) = link(Link::Unix, false)?;
+        let bev = new_bev(&mut b, x, opts, Ctx { on_read: OnRead::Drain, log: log.clone(), tag, ..Ctx::default() })?;
+        with(&bev, |e| -> io::Result<()> {
+            e.set_priority(&mut b, pri)?;
+            e.enable(&mut b, EventFlags::READ)
+        })?;
+        put(&y, b"x")?;
+        keep.push((bev, y));
+    }
+    assert_eq!(b.run(LoopFlags::ONCE)?, LoopExit::Done);
+    assert_eq!(*log.borrow(), ["read urgent", "read normal"]);
+    for (bev, _) in &keep {
         with(bev, |e| e.free(&mut b));
     }
     Ok(())
