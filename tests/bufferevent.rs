@@ -568,6 +568,39 @@ rtest!(output_backpressure_hysteresis, |be| {
     })
 });
 
+rtest!(echo_under_every_limit_loses_nothing, |be| {
+    // An echo with a small read high watermark, output backpressure and
+    // (or not) deferred callbacks, against a peer that writes and reads
+    // at the same time: every byte comes back, in order, and the input
+    // never holds more than the high mark.
+    const N: usize = 256 * 1024;
+    const HIGH_IN: usize = 3000;
+    for opts in [BevOptions::default(), BevOptions::DEFER_CALLBACKS] {
+        for kind in LINKS {
+            let mut b = be.base()?;
+            let (x, y) = link(kind, true)?;
+            let bev = new_bev(&mut b, x, opts, Ctx { on_read: OnRead::Echo, ..Ctx::default() })?;
+            with(&bev, |e| {
+                e.set_watermark(&mut b, EventFlags::READ, 0, HIGH_IN);
+                e.set_backpressure(&mut b, 8 * 1024, 2 * 1024);
+                e.enable(&mut b, EventFlags::READ | EventFlags::WRITE)
+            })?;
+            let data = pattern(N);
+            let (mut off, mut got) = (0, Vec::new());
+            let ok = run_until(&mut b, LIMIT, |_| {
+                feed(y.as_raw_fd(), &data, &mut off);
+                slurp(y.as_raw_fd(), &mut got);
+                got.len() == N
+            })?;
+            assert!(ok, "{opts:?} {kind:?}: stalled at {} (fed {off})", got.len());
+            assert!(got == data, "{opts:?} {kind:?}: bytes differ");
+            assert!(ctx(&bev, |c| c.max_in) <= HIGH_IN, "{opts:?} {kind:?}");
+            with(&bev, |e| e.free(&mut b));
+        }
+    }
+    Ok(())
+});
+
 // ----- EOF and close when flushed ------------------------------------------------
 
 rtest!(eof_then_close_when_flushed_sends_everything, |be| {
@@ -1290,6 +1323,32 @@ rtest!(dropping_the_base_closes_a_live_bufferevent, |be| {
     assert_ne!(fd_target(fd), target, "its socket is still open");
     let mut got = Vec::new();
     assert!(slurp(y.as_raw_fd(), &mut got), "no EOF at the peer");
+    Ok(())
+});
+
+rtest!(fd_number_reused_after_free, |be| {
+    // Free a reading bufferevent and wrap a new socket that gets the same
+    // fd number, all between two turns: the backend (a changelist above
+    // all) must not lose or misapply the new registration.
+    let mut b = be.base()?;
+    let (x, _y) = link(Link::Unix, false)?;
+    let old = new_bev(&mut b, x, BevOptions::default(), Ctx::default())?;
+    with(&old, |e| e.enable(&mut b, EventFlags::READ))?;
+    b.run(LoopFlags::NONBLOCK)?; // the registration reaches the kernel
+    let fd = with(&old, |e| e.fd());
+    with(&old, |e| {
+        e.disable(&mut b, EventFlags::READ)?;
+        e.free(&mut b);
+        Ok::<_, io::Error>(())
+    })?;
+    let (x2, y2) = link(Link::Unix, false)?;
+    assert_eq!(x2.as_raw_fd(), fd, "the fd number was not reused: the test proves nothing");
+    let new = new_bev(&mut b, x2, BevOptions::default(), Ctx { on_read: OnRead::Drain, ..Ctx::default() })?;
+    with(&new, |e| e.enable(&mut b, EventFlags::READ))?;
+    put(&y2, b"fresh")?;
+    assert!(run_until(&mut b, LIMIT, |_| ctx(&new, |c| c.got.len()) == 5)?, "the new socket is not watched");
+    assert_eq!(ctx(&new, |c| c.got.clone()), b"fresh");
+    with(&new, |e| e.free(&mut b));
     Ok(())
 });
 
