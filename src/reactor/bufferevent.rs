@@ -660,6 +660,23 @@ impl<C: 'static> BufferEvent<C> {
         }
         if progressed && self.output.len() <= self.write_low as usize {
             self.call_write(base);
+            self.arm_write(base);
+        }
+    }
+
+    /// Registers the write event if a callback left output that nothing
+    /// will send: the write callback refilling a drained output, the event
+    /// callback answering. (Not written at once: a producer refilling from
+    /// its write callback would recurse, or starve the loop.)
+    fn arm_write(&mut self, base: &mut EventBase) {
+        if !self.freed
+            && !self.connecting
+            && !self.write_added
+            && !self.output.is_empty()
+            && self.enabled.contains(EventFlags::WRITE)
+        {
+            self.write_added = true;
+            let _ = base.add(self.write_ev, self.write_timeout.get());
         }
     }
 
@@ -696,6 +713,7 @@ impl<C: 'static> BufferEvent<C> {
         }
         if let Some(cb) = self.eventcb {
             cb(base, self, ev);
+            self.arm_write(base);
         } else if ev.contains(BevEvent::ERROR) || ev.contains(BevEvent::EOF) {
             // Nobody listens: a dead socket must not spin.
             self.free(base);
@@ -726,6 +744,7 @@ impl<C: 'static> BufferEvent<C> {
                 self.free(base);
             }
         }
+        self.arm_write(base);
     }
 
     /// After the read callback: write what it produced, re-check the input
