@@ -195,6 +195,8 @@ enum OnEvent {
     Record,
     Free,
     CloseWhenFlushed,
+    /// Add these bytes to the output (no flush).
+    Say(&'static [u8]),
 }
 
 /// Per-connection state of the test bufferevents: what the callbacks saw.
@@ -224,6 +226,10 @@ struct Ctx {
     token: Rc<()>,
     /// Another bufferevent the read callback frees (once).
     victim: Option<Bev<Ctx>>,
+    /// What the write callback feeds into the output, `chunk` bytes a call.
+    produce: Vec<u8>,
+    produced: usize,
+    chunk: usize,
 }
 
 type TBev = BufferEvent<Ctx>;
@@ -255,6 +261,12 @@ fn writecb(_: &mut EventBase, b: &mut TBev) {
     let n = b.output.len();
     b.ctx.out_seen.push(n);
     b.ctx.log.borrow_mut().push("write".into());
+    let c = &mut b.ctx;
+    if c.produced < c.produce.len() {
+        let end = (c.produced + c.chunk).min(c.produce.len());
+        b.output.add(&c.produce[c.produced..end]);
+        b.ctx.produced = end;
+    }
 }
 
 fn eventcb(base: &mut EventBase, b: &mut TBev, ev: BevEvent) {
@@ -266,6 +278,7 @@ fn eventcb(base: &mut EventBase, b: &mut TBev, ev: BevEvent) {
         OnEvent::Record => {}
         OnEvent::Free => b.free(base),
         OnEvent::CloseWhenFlushed => b.close_when_flushed(base),
+        OnEvent::Say(bytes) => b.output.add(bytes),
     }
 }
 
@@ -437,6 +450,66 @@ rtest!(write_low_watermark, |be| {
         assert!(!seen.is_empty(), "{kind:?}");
         assert!(seen.iter().all(|&l| l <= low), "{kind:?}: callback above the low mark: {seen:?}");
         assert_eq!(seen.last(), Some(&0), "{kind:?}");
+    }
+    Ok(())
+});
+
+rtest!(output_added_by_the_write_callback_is_sent, |be| {
+    // The classic producer: the write callback refills the output each
+    // time it drained (to the low mark). No flush: it is a callback of
+    // this bufferevent, so its output is written through.
+    const N: usize = 512 * 1024;
+    for opts in [BevOptions::default(), BevOptions::DEFER_CALLBACKS] {
+        for (kind, low, chunk) in [(Link::Unix, 0, 16 * 1024), (Link::Tcp, 0, 16 * 1024), (Link::Unix, 0, 100)] {
+            let what = format!("{opts:?} {kind:?} low={low} chunk={chunk}");
+            let mut b = be.base()?;
+            let (x, y) = link(kind, false)?;
+            let data = pattern(if chunk < 1000 { 64 * 1024 } else { N });
+            let c = Ctx { produce: data.clone(), chunk, ..Ctx::default() };
+            let bev = new_bev(&mut b, x, opts, c)?;
+            with(&bev, |e| {
+                e.set_watermark(&mut b, EventFlags::WRITE, low, 0);
+                e.ctx.produced = chunk;
+                e.output.add(&data[..chunk]);
+                e.enable(&mut b, EventFlags::WRITE)
+            })?;
+            let mut got = Vec::new();
+            let ok = run_until(&mut b, LIMIT, |_| {
+                slurp(y.as_raw_fd(), &mut got);
+                got.len() == data.len()
+            })?;
+            assert!(
+                ok,
+                "{what}: stalled at {} of {} (output {})",
+                got.len(),
+                data.len(),
+                with(&bev, |e| e.output.len())
+            );
+            assert!(got == data, "{what}: bytes differ");
+            with(&bev, |e| e.free(&mut b));
+        }
+    }
+    Ok(())
+});
+
+rtest!(output_added_by_the_event_callback_is_sent, |be| {
+    for opts in [BevOptions::default(), BevOptions::DEFER_CALLBACKS] {
+        let mut b = be.base()?;
+        let (x, y) = link(Link::Unix, false)?;
+        let bev = new_bev(&mut b, x, opts, Ctx { on_event: OnEvent::Say(b"idle, bye\n"), ..Ctx::default() })?;
+        with(&bev, |e| {
+            e.set_timeouts(&mut b, Some(ms(20)), None);
+            e.enable(&mut b, EventFlags::READ | EventFlags::WRITE)
+        })?;
+        let mut got = Vec::new();
+        let ok = run_until(&mut b, ms(2000), |_| {
+            slurp(y.as_raw_fd(), &mut got);
+            !got.is_empty()
+        })?;
+        assert_eq!(ctx(&bev, |c| c.events.clone()), [BevEvent::READING | BevEvent::TIMEOUT], "{opts:?}");
+        assert!(ok, "{opts:?}: the event callback's output was not sent");
+        assert_eq!(got, b"idle, bye\n", "{opts:?}");
+        with(&bev, |e| e.free(&mut b));
     }
     Ok(())
 });
