@@ -1616,3 +1616,66 @@ rtest!(write_event_is_registered_only_while_the_socket_is_full, |be| {
     }
     Ok(())
 });
+
+// Known bug, ignored until fixed (run with `--run-ignored all`): the
+// peer gets 253952 of 262144 bytes, then ECONNRESET, on every backend.
+// A fix is a lingering close (shutdown(SHUT_WR) once flushed, then read and
+// discard until EOF or a time bound, then close), not a surgical change.
+fn close_while_the_peer_sends(be: Backend) -> io::Result<()> {
+    // The owner answers and closes while the peer is still sending (the
+    // rest of a pipelined request, say): reading stops at once, so what
+    // the peer sends afterwards is never read. Closing a TCP socket with
+    // unread input makes the kernel send RST and drop what it still had
+    // to send: the answer must still reach the peer entirely.
+    const N: usize = 256 * 1024;
+    let mut b = be.base()?;
+    let (x, y) = link(Link::Tcp, true)?;
+    let bev = new_bev(&mut b, x, BevOptions::default(), Ctx::default())?;
+    let data = pattern(N);
+    with(&bev, |e| -> io::Result<()> {
+        e.enable(&mut b, EventFlags::READ | EventFlags::WRITE)?;
+        e.output.add(&data);
+        e.close_when_flushed(&mut b);
+        Ok(())
+    })?;
+    // The peer keeps sending a little, and reads.
+    put(&y, b"more request bytes")?;
+    let mut got = Vec::new();
+    let mut outcome = None;
+    let done = run_until(&mut b, LIMIT, |_| {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match sys::read(y.as_raw_fd(), &mut buf) {
+                Ok(0) => {
+                    outcome = Some(Ok(()));
+                    return true;
+                }
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) => {
+                    outcome = Some(Err(e));
+                    return true;
+                }
+            }
+        }
+    })?;
+    assert!(done, "the peer saw neither EOF nor an error");
+    assert!(with(&bev, |e| e.is_freed()));
+    assert_eq!(got.len(), N, "the peer got {} of {N} answer bytes, then {outcome:?}", got.len());
+    assert!(got == data);
+    Ok(())
+}
+
+mod close_when_flushed_while_the_peer_still_sends {
+    use super::*;
+    #[test]
+    #[ignore = "bug: close_when_flushed with unread input resets the connection and loses the answer's tail"]
+    fn epoll() -> io::Result<()> {
+        close_while_the_peer_sends(Backend::Epoll)
+    }
+    #[test]
+    #[ignore = "bug: close_when_flushed with unread input resets the connection and loses the answer's tail"]
+    fn poll() -> io::Result<()> {
+        close_while_the_peer_sends(Backend::Poll)
+    }
+}
