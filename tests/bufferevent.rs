@@ -230,6 +230,8 @@ struct Ctx {
     produce: Vec<u8>,
     produced: usize,
     chunk: usize,
+    /// The write callback frees the bufferevent.
+    free_in_write: bool,
 }
 
 type TBev = BufferEvent<Ctx>;
@@ -257,10 +259,14 @@ fn readcb(base: &mut EventBase, b: &mut TBev) {
     }
 }
 
-fn writecb(_: &mut EventBase, b: &mut TBev) {
+fn writecb(base: &mut EventBase, b: &mut TBev) {
     let n = b.output.len();
     b.ctx.out_seen.push(n);
     b.ctx.log.borrow_mut().push("write".into());
+    if b.ctx.free_in_write {
+        b.free(base);
+        return;
+    }
     let c = &mut b.ctx;
     if c.produced < c.produce.len() {
         let end = (c.produced + c.chunk).min(c.produce.len());
@@ -1298,6 +1304,42 @@ rtest!(free_from_the_event_callback, |be| {
     assert_eq!(b.run(LoopFlags::NONBLOCK)?, LoopExit::NoEvents);
     drop(bev);
     assert_eq!(Rc::strong_count(&token), 1);
+    Ok(())
+});
+
+rtest!(free_from_any_callback_deferred_or_not, |be| {
+    for opts in [BevOptions::default(), BevOptions::DEFER_CALLBACKS] {
+        for from in ["read", "write", "event"] {
+            let what = format!("{opts:?} from {from}");
+            let mut b = be.base()?;
+            let (x, y) = link(Link::Unix, false)?;
+            let mut c = Ctx::default();
+            match from {
+                "read" => c.on_read = OnRead::Free,
+                "write" => c.free_in_write = true,
+                _ => c.on_event = OnEvent::Free,
+            }
+            let token = c.token.clone();
+            let bev = new_bev(&mut b, x, opts, c)?;
+            with(&bev, |e| e.enable(&mut b, EventFlags::READ | EventFlags::WRITE))?;
+            match from {
+                "read" => put(&y, b"x")?,
+                "write" => with(&bev, |e| {
+                    e.output.add(b"x");
+                    e.flush(&mut b);
+                }),
+                _ => drop(y),
+            }
+            assert!(run_until(&mut b, LIMIT, |_| with(&bev, |e| e.is_freed()))?, "{what}: not freed");
+            assert_eq!(ctx(&bev, |c| c.closes), 1, "{what}");
+            for _ in 0..3 {
+                b.run(LoopFlags::NONBLOCK)?;
+            }
+            assert_eq!(b.run(LoopFlags::NONBLOCK)?, LoopExit::NoEvents, "{what}");
+            drop(bev);
+            assert_eq!(Rc::strong_count(&token), 1, "{what}: not dropped");
+        }
+    }
     Ok(())
 });
 
