@@ -961,7 +961,19 @@ rtest!(read_timeout_fires_and_disables_reading, |be| {
 });
 
 rtest!(read_timeout_rearms_on_data, |be| {
+    for common in [false, true] {
+        read_timeout_rearm_case(be, common)?;
+    }
+    Ok(())
+});
+
+/// `common`: the timeout is a common timeout of the base (the O(1) queue
+/// the daemon uses for its idle timeout).
+fn read_timeout_rearm_case(be: Backend, common: bool) -> io::Result<()> {
     let mut b = be.base()?;
+    if common {
+        b.init_common_timeout(ms(150))?;
+    }
     let (x, y) = link(Link::Tcp, false)?;
     let bev = new_bev(&mut b, x, BevOptions::default(), Ctx { on_read: OnRead::Drain, ..Ctx::default() })?;
     let t0 = Instant::now();
@@ -981,15 +993,15 @@ rtest!(read_timeout_rearms_on_data, |be| {
     let el = t0.elapsed();
     // The last data came at >= 160 ms, so the timeout cannot fire before
     // 160 + 150 ms.
-    assert!(el >= ms(310), "fired after {el:?}");
-    assert!(el < ms(5000), "fired after {el:?}");
+    assert!(el >= ms(310), "common={common}: fired after {el:?}");
+    assert!(el < ms(5000), "common={common}: fired after {el:?}");
     ctx(&bev, |c| {
-        assert_eq!(c.got, b"xx");
-        assert_eq!(c.events, [BevEvent::READING | BevEvent::TIMEOUT]);
+        assert_eq!(c.got, b"xx", "common={common}");
+        assert_eq!(c.events, [BevEvent::READING | BevEvent::TIMEOUT], "common={common}");
     });
     with(&bev, |e| e.free(&mut b));
     Ok(())
-});
+}
 
 rtest!(write_timeout_fires_when_the_peer_does_not_read, |be| {
     for kind in LINKS {
