@@ -1,6 +1,7 @@
 mod util;
 
 mod admin;
+mod bufferevent;
 mod cli;
 mod lifecycle;
 mod limits;

@@ -106,6 +106,8 @@ macro_rules! rtest {
         rtest!($name, [epoll, epoll_changelist, epoll_et, poll, select], |$be| $body);
     };
 }
+// Reused by the other test modules (`use crate::reactor::rtest;`).
+pub(crate) use rtest;
 
 // ----- helpers ---------------------------------------------------------------
 

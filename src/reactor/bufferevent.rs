@@ -298,7 +298,13 @@ impl<C: 'static> BufferEvent<C> {
     #[doc(alias = "bufferevent_priority_set")]
     pub fn set_priority(&mut self, base: &mut EventBase, pri: usize) -> io::Result<()> {
         base.set_priority(self.read_ev, pri)?;
-        base.set_priority(self.write_ev, pri)
+        base.set_priority(self.write_ev, pri)?;
+        // Deferred callbacks run at the bufferevent's priority (as in
+        // libevent), not at the base's default one.
+        if self.defer_ev != EventId::INVALID {
+            base.set_priority(self.defer_ev, pri)?;
+        }
+        Ok(())
     }
 
     /// The priority of its events.
@@ -379,7 +385,10 @@ impl<C: 'static> BufferEvent<C> {
     /// Registers or removes the read event to match `enabled` and
     /// `suspend`. The only place that touches read interest.
     fn sync_read(&mut self, base: &mut EventBase) -> io::Result<()> {
-        let want = self.enabled.contains(EventFlags::READ) && self.suspend.is_empty() && !self.freed;
+        // Not while connecting: a refused socket reads as EOF or as the
+        // connect's error, which the write side must report.
+        let want =
+            self.enabled.contains(EventFlags::READ) && self.suspend.is_empty() && !self.freed && !self.connecting;
         if want && !self.read_added {
             self.read_added = true;
             base.add(self.read_ev, self.read_timeout.get())?;
@@ -474,7 +483,10 @@ impl<C: 'static> BufferEvent<C> {
         self.closing = true;
         self.suspend_read(base, Suspend::CLOSING);
         self.enabled |= EventFlags::WRITE;
-        if self.output.is_empty() {
+        // A socket that already failed cannot flush: free now. (Retrying
+        // the write from the event callback of its error would report the
+        // error again, and that callback recurse without end.)
+        if self.output.is_empty() || self.last_error != 0 {
             self.free(base);
         } else {
             self.try_write(base);
@@ -550,6 +562,11 @@ impl<C: 'static> BufferEvent<C> {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 self.last_error = e.raw_os_error().unwrap_or(libc::EIO);
+                // Like libevent: a failed direction is disabled before the
+                // report, or an owner that frees later sees the loop spin
+                // and the error (then EOF) reported again.
+                self.enabled &= !EventFlags::READ;
+                let _ = self.sync_read(base);
                 self.report(base, BevEvent::READING | BevEvent::ERROR);
             }
         }
@@ -568,9 +585,17 @@ impl<C: 'static> BufferEvent<C> {
             let err = sys::borrow(self.fd).and_then(|fd| socket2::SockRef::from(&fd).take_error().ok().flatten());
             if let Some(e) = err {
                 self.last_error = e.raw_os_error().unwrap_or(libc::EIO);
+                // The dead socket polls ready for ever: take it out of the
+                // loop (as libevent does) or the loop spins until freed.
+                self.enabled = EventFlags::NONE;
+                if self.write_added {
+                    self.write_added = false;
+                    let _ = base.del(self.write_ev);
+                }
                 self.report(base, BevEvent::ERROR);
                 return;
             }
+            let _ = self.sync_read(base);
             if self.output.is_empty() && self.write_added {
                 self.write_added = false;
                 let _ = base.del(self.write_ev);
@@ -606,6 +631,12 @@ impl<C: 'static> BufferEvent<C> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     self.last_error = e.raw_os_error().unwrap_or(libc::EIO);
+                    // Disabled before the report (see on_read).
+                    self.enabled &= !EventFlags::WRITE;
+                    if self.write_added {
+                        self.write_added = false;
+                        let _ = base.del(self.write_ev);
+                    }
                     self.report(base, BevEvent::WRITING | BevEvent::ERROR);
                     return;
                 }
@@ -629,6 +660,23 @@ impl<C: 'static> BufferEvent<C> {
         }
         if progressed && self.output.len() <= self.write_low as usize {
             self.call_write(base);
+            self.arm_write(base);
+        }
+    }
+
+    /// Registers the write event if a callback left output that nothing
+    /// will send: the write callback refilling a drained output, the event
+    /// callback answering. (Not written at once: a producer refilling from
+    /// its write callback would recurse, or starve the loop.)
+    fn arm_write(&mut self, base: &mut EventBase) {
+        if !self.freed
+            && !self.connecting
+            && !self.write_added
+            && !self.output.is_empty()
+            && self.enabled.contains(EventFlags::WRITE)
+        {
+            self.write_added = true;
+            let _ = base.add(self.write_ev, self.write_timeout.get());
         }
     }
 
@@ -665,6 +713,7 @@ impl<C: 'static> BufferEvent<C> {
         }
         if let Some(cb) = self.eventcb {
             cb(base, self, ev);
+            self.arm_write(base);
         } else if ev.contains(BevEvent::ERROR) || ev.contains(BevEvent::EOF) {
             // Nobody listens: a dead socket must not spin.
             self.free(base);
@@ -687,12 +736,15 @@ impl<C: 'static> BufferEvent<C> {
         {
             cb(base, self);
         }
-        if ev != BevEvent::default()
-            && !self.freed
-            && let Some(cb) = self.eventcb
-        {
-            cb(base, self, ev);
+        if ev != BevEvent::default() && !self.freed {
+            if let Some(cb) = self.eventcb {
+                cb(base, self, ev);
+            } else if ev.contains(BevEvent::ERROR) || ev.contains(BevEvent::EOF) {
+                // As in `report`: nobody listens, a dead socket must go.
+                self.free(base);
+            }
         }
+        self.arm_write(base);
     }
 
     /// After the read callback: write what it produced, re-check the input
@@ -705,6 +757,10 @@ impl<C: 'static> BufferEvent<C> {
             self.try_write(base);
         }
         if !self.freed {
+            // try_write applies backpressure only when it may write: with
+            // WRITE disabled (or still connecting) the output cannot drain,
+            // and reading must pause all the same.
+            self.check_backpressure(base);
             self.check_read_watermark(base);
         }
     }
