@@ -215,9 +215,11 @@ run_main() {
   local s c r
   for s in $SERVERS; do
     case "$s" in rot13d-*) [ -x "$ROT13D" ] || { log "no $ROT13D: $s skipped"; continue; } ;; esac
-    start_server "$s" || continue
-    log "$s: pid $SRV_PID port $SRV_PORT"
     for c in $CASES; do
+      # A fresh server per case: RSS figures must not inherit another
+      # case's heap, and a crash stays within its case.
+      start_server "$s" || break
+      log "$s $c: pid $SRV_PID port $SRV_PORT"
       for r in $(seq 1 "$(case_runs "$c")"); do
         local args line
         args="$(case_args "$c")"
@@ -232,11 +234,11 @@ run_main() {
         fi
         if ! kill -0 "$SRV_PID" 2>/dev/null; then
           log "$s died during $c"
-          break 2
+          break
         fi
       done
+      stop_server
     done
-    stop_server
   done
   {
     echo "## rot13d and its peers (scripts/bench.sh)"
