@@ -96,8 +96,8 @@ port_busy() {
 }
 
 free_port() {
-  local p i
-  for i in $(seq 1 200); do
+  local p _
+  for _ in $(seq 1 200); do
     p=$((20000 + RANDOM % 10000))
     [ "$p" -eq 40713 ] && continue
     port_busy "$p" || { echo "$p"; return; }
@@ -126,8 +126,8 @@ SRV_LOG=""
 # Waits until the server accepts connections (a probe connection, which
 # every server closes at once) or its process is gone.
 wait_ready() {
-  local pid="$1" port="$2" secs="$3" i
-  for i in $(seq 1 $((secs * 20))); do
+  local pid="$1" port="$2" secs="$3" _
+  for _ in $(seq 1 $((secs * 20))); do
     kill -0 "$pid" 2>/dev/null || return 1
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
     sleep 0.05
@@ -156,8 +156,8 @@ start_server() {
 stop_server() {
   [ -n "$SRV_PID" ] || return 0
   kill -TERM "$SRV_PID" 2>/dev/null || true
-  local i
-  for i in $(seq 1 100); do
+  local _
+  for _ in $(seq 1 100); do
     kill -0 "$SRV_PID" 2>/dev/null || break
     sleep 0.1
   done
