@@ -7,8 +7,8 @@ use std::hint::black_box;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use rot13d::evbuffer::{Eol, EvBuffer};
 use rot13d::protocol::{DEFAULT_MAX_LINE, Framer};
+use rot13d::reactor::evbuffer::{Eol, EvBuffer};
 use rot13d::rot13::{rot13_in_place, rot13_into};
 use rot13d::sys;
 
@@ -173,10 +173,10 @@ fn bench_pipeline(c: &mut Criterion) {
                 let mut sent = 0;
                 let mut echoed = 0;
                 while echoed < data.len() {
-                    if sent < data.len() {
-                        if let Ok(n) = sys::write(cli.as_raw_fd(), &data[sent..]) {
-                            sent += n;
-                        }
+                    if sent < data.len()
+                        && let Ok(n) = sys::write(cli.as_raw_fd(), &data[sent..])
+                    {
+                        sent += n;
                     }
                     loop {
                         match input.read_from(srv.as_raw_fd(), usize::MAX) {

@@ -34,7 +34,7 @@
 //! client sends.
 
 use crate::reactor::evbuffer::EvBuffer;
-use crate::rot13::rot13_in_place;
+use crate::rot13::rot13_count_lf;
 
 /// The default `max_line` (SPEC §1).
 pub const DEFAULT_MAX_LINE: usize = 16 * 1024;
@@ -134,10 +134,7 @@ impl Framer {
     /// `output`; returns how many LFs they hold.
     fn emit(input: &mut EvBuffer, output: &mut EvBuffer, n: usize) -> usize {
         let mut lines = 0;
-        input.for_each_mut(0..n, |s| {
-            lines += memchr::memchr_iter(b'\n', s).count();
-            rot13_in_place(s);
-        });
+        input.for_each_mut(0..n, |s| lines += rot13_count_lf(s));
         input.remove_buffer(output, n);
         lines
     }
@@ -452,6 +449,25 @@ mod tests {
         input.read_from(server.as_raw_fd(), usize::MAX)?;
         assert_eq!(framer.process(&mut input, &mut output), 1);
         assert_eq!(contents(&output), b"cnegvny yvar, ab YS lrg!\n");
+        Ok(())
+    }
+
+    #[test]
+    fn memory_follows_bytes_when_the_client_does_not_read() -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let (client, server) = crate::sys::socketpair()?;
+        let mut framer = Framer::default();
+        let mut input = EvBuffer::new();
+        let mut output = EvBuffer::new();
+        // Tiny lines, each in its own read (each read lands in a 64 KiB
+        // block), answers never written.
+        for _ in 0..2000 {
+            crate::sys::write(client.as_raw_fd(), b"hello\n")?;
+            input.read_from(server.as_raw_fd(), usize::MAX)?;
+            framer.process(&mut input, &mut output);
+        }
+        assert_eq!(output.len(), 2000 * 6);
+        assert!(output.heap_size() <= 2 * output.len() + 2 * 65536, "heap {}", output.heap_size());
         Ok(())
     }
 

@@ -10,7 +10,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rot13d::evbuffer::EvBuffer;
+use rot13d::reactor::evbuffer::EvBuffer;
 use rot13d::protocol::{Framer, reference_output};
 
 /// xorshift64*: cheap, deterministic choices from the seed.

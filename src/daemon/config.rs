@@ -471,6 +471,28 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
         .map(|(key, _, _)| key)
 }
 
+/// The key a line sets, read as text (`name = ...` under the last
+/// `[section]` above it): the fallback where the file does not parse, so
+/// that a syntax error in a value still names its key.
+fn key_on_line(text: &str, line: usize) -> Option<String> {
+    let mut section = String::new();
+    for (i, l) in text.lines().enumerate() {
+        let t = l.trim();
+        if i + 1 == line {
+            let (name, _) = t.split_once('=')?;
+            let name = name.trim().trim_matches('"');
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) {
+                return None;
+            }
+            return Some(if section.is_empty() { name.to_string() } else { format!("{section}.{name}") });
+        }
+        if let Some(h) = t.strip_prefix('[').and_then(|h| h.split(']').next()) {
+            section = h.trim().to_string();
+        }
+    }
+    None
+}
+
 /// 1-based line and column (in characters) of byte `offset` of `text`.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let mut offset = offset.min(text.len());
@@ -490,7 +512,7 @@ fn parse_error(text: &str, path: &Path, err: &toml::de::Error) -> ConfigError {
     let (line, col, key) = match err.span() {
         Some(span) => {
             let (line, col) = line_col(text, span.start);
-            (line, col, key_at(text, span.start))
+            (line, col, key_at(text, span.start).or_else(|| key_on_line(text, line)))
         }
         None => (1, 1, None),
     };

@@ -46,6 +46,9 @@ pub struct Conn {
     pub(crate) last_heavy: u32,
     /// The lane (a priority of the worker's base).
     pub(crate) lane: u8,
+    /// When bytes last arrived (ms of the base's clock; the accept time
+    /// before any).
+    pub(crate) last_read: u32,
 }
 
 /// The bufferevent of a connection.
@@ -73,8 +76,9 @@ pub(crate) fn on_read(base: &mut EventBase, bev: &mut ConnBev) {
 /// Moves a connection to the bulk lane after heavy traffic and back once it
 /// has been quiet: a bulk sender then waits behind interactive clients.
 fn update_lane(base: &mut EventBase, bev: &mut ConnBev, received: u64) {
-    let Some(lanes) = bev.ctx.shared.lanes() else { return };
     let now = base.now().as_millis() as u32;
+    bev.ctx.last_read = now;
+    let Some(lanes) = bev.ctx.shared.lanes() else { return };
     let c = &mut bev.ctx;
     if now.wrapping_sub(c.window_start) >= lanes.window_ms {
         c.window_start = now;

@@ -34,6 +34,8 @@ pub enum Intent {
     Spawn(usize),
     /// The stop deadline passed: kill what is left.
     Deadline,
+    /// A worker reported that it serves.
+    Ready,
 }
 
 /// How many deaths within [`DEATH_WINDOW`] start the backoff.
@@ -41,6 +43,8 @@ const DEATHS_BEFORE_BACKOFF: usize = 5;
 const DEATH_WINDOW: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A worker that exited 0 on its own is replaced after this long.
+const CLEAN_EXIT_RESPAWN: Duration = Duration::from_millis(200);
 /// Extra time after shutdown_grace before left-over workers are killed.
 const STOP_SLACK: Duration = Duration::from_secs(5);
 
@@ -70,6 +74,14 @@ pub struct Master {
     backoff: Duration,
     stopping: bool,
     pid: i32,
+    admin: Option<Rc<super::admin::Admin>>,
+    /// Workers write their pid here once they serve.
+    ready_read: std::os::fd::OwnedFd,
+    ready_write: std::os::fd::OwnedFd,
+    /// Pids that reported ready.
+    ready: Rc<RefCell<Vec<i32>>>,
+    /// READY=1 is owed to systemd once every current worker serves.
+    ready_owed: bool,
 }
 
 impl Master {
@@ -82,6 +94,7 @@ impl Master {
     ) -> Result<Master, Error> {
         let slots = settings.workers.max(1) * 4;
         let metrics = Rc::new(Metrics::new(slots).map_err(|e| Error::os("map the shared counters", e))?);
+        let (ready_read, ready_write) = sys::pipe().map_err(|e| Error::os("create the readiness pipe", e))?;
         Ok(Master {
             startup,
             settings,
@@ -97,6 +110,11 @@ impl Master {
             backoff: Duration::ZERO,
             stopping: false,
             pid: process::getpid(),
+            admin: None,
+            ready_read,
+            ready_write,
+            ready: Rc::new(RefCell::new(Vec::new())),
+            ready_owed: true,
         })
     }
 
@@ -122,9 +140,74 @@ impl Master {
         Ok(())
     }
 
+    /// (Re)starts the admin endpoint on the current admin listener.
+    fn restart_admin(&mut self) {
+        let fd = self.listeners.iter().find(|l| l.kind == Kind::Admin).map(|l| l.raw());
+        if self.admin.as_ref().map(|a| a.fd()) == fd {
+            return;
+        }
+        if let Some(a) = self.admin.take() {
+            a.stop(&mut self.base);
+        }
+        if let Some(fd) = fd {
+            match super::admin::Admin::start(&mut self.base, fd, self.metrics.clone()) {
+                Ok(a) => self.admin = Some(a),
+                Err(e) => tracing::error!(target: "rot13d", error = %e, "cannot serve the admin endpoint"),
+            }
+        }
+    }
+
+    fn watch_readiness(&mut self) -> Result<(), Error> {
+        use std::os::fd::AsRawFd;
+        let fd = self.ready_read.as_raw_fd();
+        let ready = self.ready.clone();
+        let q = self.intents.clone();
+        let id = self.base.new_event(fd, EventFlags::READ | EventFlags::PERSIST, move |base, _, _| {
+            let mut buf = [0u8; 4 * 64];
+            while let Ok(n) = sys::read(fd, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                for c in buf[..n].chunks_exact(4) {
+                    ready.borrow_mut().push(i32::from_ne_bytes([c[0], c[1], c[2], c[3]]));
+                }
+                if n < buf.len() {
+                    break;
+                }
+            }
+            Master::push(&q, base, Intent::Ready);
+        });
+        self.base.add(id, None).map_err(|e| Error::os("watch worker readiness", e))?;
+        self.own_events.push(id);
+        if let Some(every) = super::sdnotify::watchdog_interval() {
+            let wd = self.base.new_event(-1, EventFlags::PERSIST, |_, _, _| super::sdnotify::notify("WATCHDOG=1"));
+            self.base.add(wd, Some(every)).map_err(|e| Error::os("start the watchdog timer", e))?;
+            self.own_events.push(wd);
+        }
+        Ok(())
+    }
+
+    /// READY=1 once every worker of the current generation serves (at
+    /// start and after a reload).
+    fn check_ready(&mut self) {
+        let ready = self.ready.borrow();
+        let current: Vec<&WorkerProc> = self.workers.iter().filter(|w| !w.retiring).collect();
+        let all = current.len() >= self.settings.workers && current.iter().all(|w| ready.contains(&w.pid));
+        drop(ready);
+        if all && self.ready_owed && !self.stopping {
+            self.ready_owed = false;
+            tracing::info!(target: "rot13d", workers = current.len(), generation = self.generation, "ready");
+            super::sdnotify::notify("READY=1");
+        }
+        let alive: Vec<i32> = self.workers.iter().map(|w| w.pid).collect();
+        self.ready.borrow_mut().retain(|p| alive.contains(p));
+    }
+
     /// Runs until stopped; returns when every worker is gone.
     pub fn run(mut self) -> Result<(), Error> {
         self.watch_signals()?;
+        self.watch_readiness()?;
+        self.restart_admin();
         for index in 0..self.settings.workers {
             self.spawn(index)?;
         }
@@ -153,6 +236,7 @@ impl Master {
                 }
             }
             Intent::Reap => self.reap(),
+            Intent::Ready => self.check_ready(),
             Intent::Spawn(index) => {
                 if !self.stopping
                     && !self.workers.iter().any(|w| w.index == index && !w.retiring)
@@ -236,7 +320,12 @@ impl Master {
             tracing::error!(target: "rot13d", error = %e, "worker cannot drop privileges");
             return 71;
         }
-        let code = super::serve(base, rot13, params, self.metrics.clone(), slot, generation, None);
+        use std::os::fd::AsRawFd;
+        sys::close(self.ready_read.as_raw_fd());
+        let ready = Some(self.ready_write.as_raw_fd());
+        let args =
+            super::ServeArgs { listeners: rot13, params, metrics: self.metrics.clone(), slot, generation, ready };
+        let code = super::serve(base, args, None);
         match code {
             Ok(()) => 0,
             Err(e) => {
@@ -272,6 +361,14 @@ impl Master {
                 continue;
             }
             tracing::warn!(target: "rot13d", pid, %status, index = w.index, "worker died");
+            if status == process::ExitStatus::Code(0) {
+                // A clean exit the master did not ask for: the worker was
+                // told to stop, most likely by a SIGTERM sent to the whole
+                // control group, which reaches the master next. Replace it
+                // after a moment unless that stop arrives.
+                self.schedule_spawn(w.index, CLEAN_EXIT_RESPAWN);
+                continue;
+            }
             let now = Instant::now();
             self.deaths.push_back(now);
             while self.deaths.front().is_some_and(|t| now.duration_since(*t) > DEATH_WINDOW) {
@@ -301,6 +398,9 @@ impl Master {
         self.stopping = true;
         tracing::info!(target: "rot13d", workers = self.workers.len(), "graceful stop");
         super::sdnotify::notify("STOPPING=1");
+        if let Some(a) = self.admin.take() {
+            a.stop(&mut self.base);
+        }
         // New clients are refused once every copy of the listeners is
         // closed: ours now, the workers' as they begin to drain.
         self.listeners.clear();
@@ -389,8 +489,14 @@ impl Master {
         for l in &old {
             tracing::info!(target: "rot13d", addr = %l.local, kind = %l.kind.as_str(), "listener closed");
         }
+        // The admin endpoint stops with its listener (an address removed).
+        let stale = self.admin.as_ref().is_some_and(|a| old.iter().any(|l| l.raw() == a.fd()));
+        if stale && let Some(a) = self.admin.take() {
+            a.stop(&mut self.base);
+        }
         drop(old);
         self.listeners = next;
+        self.restart_admin();
         let mut settings = new;
         settings.user = self.settings.user.clone();
         settings.group = self.settings.group.clone();
@@ -409,9 +515,12 @@ impl Master {
         }
         for w in self.workers.iter_mut().filter(|w| old_pids.contains(&w.pid)) {
             w.retiring = true;
-            let _ = sys::signal::kill(w.pid, libc::SIGTERM);
+            // SIGUSR1 = retire: drain without cutting clients that have just
+            // connected (the new generation serves the listeners).
+            let _ = sys::signal::kill(w.pid, libc::SIGUSR1);
         }
         tracing::info!(target: "rot13d", generation = self.generation, workers = self.settings.workers, "reloaded");
-        super::sdnotify::notify("READY=1");
+        self.ready_owed = true;
+        self.check_ready();
     }
 }

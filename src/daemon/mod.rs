@@ -2,6 +2,7 @@
 //! serve. [`run`] is the start-up sequence; `main.rs` maps its error to an
 //! exit code.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod connection;
@@ -25,7 +26,7 @@ use metrics::Metrics;
 use settings::Settings;
 use std::cell::Cell;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use worker::{LANES, WorkerParams};
 
@@ -121,7 +122,6 @@ fn start(args: Args, mut settings: Settings, cfg: EventConfig, reporter: Option<
         serve_standalone(startup, settings, base, listeners)
     } else {
         let m = master::Master::new(startup, settings, base, listeners)?;
-        sdnotify::notify("READY=1");
         m.run()
     }
 }
@@ -210,9 +210,22 @@ pub fn reactor_config(s: &Settings) -> Result<EventConfig, Error> {
 fn base_error(e: BaseError, s: &Settings) -> Error {
     match e {
         BaseError::NoBackend { .. } => {
-            let key = if s.reactor.backend.is_some() { "reactor.backend" } else { "reactor.require_features" };
-            ConfigError::Invalid { key: key.into(), message: e.to_string(), path: s.config_path.clone(), line: None }
-                .into()
+            // Name the key that decided it, with its line when the file set it.
+            let candidates = ["reactor.backend", "reactor.require_features", "reactor.avoid"];
+            let file = s.config_path.as_deref().and_then(|p| config::ConfigFile::load(p).ok());
+            let line_of = |k: &str| file.as_ref().and_then(|f| f.line_of(k));
+            let key = candidates
+                .iter()
+                .copied()
+                .find(|k| line_of(k).is_some())
+                .unwrap_or(if s.reactor.backend.is_some() { "reactor.backend" } else { "reactor.require_features" });
+            ConfigError::Invalid {
+                key: key.into(),
+                message: e.to_string(),
+                path: s.config_path.clone(),
+                line: line_of(key),
+            }
+            .into()
         }
         BaseError::Io(e) => Error::os("create the event base", e),
     }
@@ -247,26 +260,66 @@ pub(crate) fn drop_privileges(s: &Settings) -> Result<(), Error> {
     Ok(())
 }
 
+/// What a reload of a process serving alone changes.
+pub(crate) struct Reloaded {
+    /// Parameters for new connections.
+    pub params: WorkerParams,
+    /// Newly bound listening sockets to accept on.
+    pub add: Vec<RawFd>,
+    /// Listening sockets to stop accepting on and close.
+    pub remove: Vec<RawFd>,
+}
+
+/// What a serving process is given.
+pub(crate) struct ServeArgs<'a> {
+    /// Listening sockets to accept on.
+    pub listeners: &'a [RawFd],
+    /// Its generation's parameters.
+    pub params: WorkerParams,
+    /// The shared counters.
+    pub metrics: Rc<Metrics>,
+    /// Its slot in the counters.
+    pub slot: usize,
+    /// Its generation (for logs).
+    pub generation: u32,
+    /// Where to report "serving" (a worker's readiness pipe).
+    pub ready: Option<RawFd>,
+}
+
 /// Serves on `base` until a graceful drain ends (worker, or workers = 0).
 /// `reload`, for the master serving alone, re-reads the settings on SIGHUP.
 pub(crate) fn serve(
     base: &mut EventBase,
-    listeners: &[RawFd],
-    params: WorkerParams,
-    metrics: Rc<Metrics>,
-    slot: usize,
-    generation: u32,
-    mut reload: Option<&mut dyn FnMut() -> Option<WorkerParams>>,
+    w: ServeArgs<'_>,
+    mut reload: Option<&mut dyn FnMut() -> Option<Reloaded>>,
 ) -> Result<(), Error> {
+    let ServeArgs { listeners, params, metrics, slot, generation, ready } = w;
     let shared = worker::start(base, listeners, params, metrics, slot).map_err(Error::Reactor)?;
     let want_reload = Rc::new(Cell::new(false));
+    // Serving alone (workers = 0): this process talks to systemd.
+    let standalone = reload.is_some();
     for sig in [libc::SIGTERM, libc::SIGINT] {
         let s = shared.clone();
-        let id = base.new_signal(sig, move |base, _, _| s.begin_drain(base));
+        let id = base.new_signal(sig, move |base, _, _| {
+            if standalone {
+                sdnotify::notify("STOPPING=1");
+            }
+            s.begin_drain(base, false)
+        });
         base.set_priority(id, worker::LANE_CONTROL).map_err(Error::Reactor)?;
         base.add(id, None).map_err(Error::Reactor)?;
     }
-    let id = base.new_signal(libc::SIGQUIT, |_, _, _| process::exit_now(0));
+    // SIGUSR1: the master retires this worker (a reload).
+    let s = shared.clone();
+    let id = base.new_signal(libc::SIGUSR1, move |base, _, _| s.begin_drain(base, true));
+    base.set_priority(id, worker::LANE_CONTROL).map_err(Error::Reactor)?;
+    base.add(id, None).map_err(Error::Reactor)?;
+    let id = base.new_signal(libc::SIGQUIT, move |_, _, _| {
+        if standalone {
+            sdnotify::notify("STOPPING=1");
+        }
+        process::exit_now(0)
+    });
     base.add(id, None).map_err(Error::Reactor)?;
     if reload.is_some() {
         let w = want_reload.clone();
@@ -277,6 +330,11 @@ pub(crate) fn serve(
         base.add(id, None).map_err(Error::Reactor)?;
     }
     tracing::info!(target: "rot13d", backend = %base.backend_name(), pid = process::getpid(), generation, "reactor");
+    if let Some(fd) = ready {
+        // Tell the master this worker serves: its pid, one atomic write.
+        let _ = sys::write(fd, &process::getpid().to_ne_bytes());
+        sys::close(fd);
+    }
     sys::signal::unblock_all();
     loop {
         base.run(LoopFlags::NO_EXIT_ON_EMPTY).map_err(Error::Reactor)?;
@@ -287,7 +345,15 @@ pub(crate) fn serve(
             && let Some(r) = reload.as_mut()
             && let Some(p) = r()
         {
-            shared.set_params(p);
+            shared.set_params(p.params);
+            for fd in p.remove {
+                shared.remove_listener(base, fd);
+            }
+            for fd in p.add {
+                if let Err(e) = shared.add_listener(base, fd) {
+                    tracing::error!(target: "rot13d", error = %e, "cannot accept on a new listener");
+                }
+            }
         }
     }
 }
@@ -299,33 +365,89 @@ fn serve_standalone(
     listeners: Vec<Listener>,
 ) -> Result<(), Error> {
     let metrics = Rc::new(Metrics::new(1).map_err(|e| Error::os("map the shared counters", e))?);
-    let fds: Vec<RawFd> = listeners.iter().filter(|l| l.kind == Kind::Rot13).map(|l| l.fd.as_raw_fd()).collect();
-    // The worker closes the listeners when it drains.
-    let _keep = listeners.into_iter().map(|l| std::mem::ManuallyDrop::new(l.fd)).collect::<Vec<_>>();
+    let _admin = match listeners.iter().find(|l| l.kind == Kind::Admin) {
+        Some(l) => Some(admin::Admin::start(&mut base, l.raw(), metrics.clone()).map_err(Error::Reactor)?),
+        None => None,
+    };
+    // The worker closes the rot13 listeners when it drains or drops one;
+    // the admin listener lives as long as this process.
+    let mut rot13: Vec<(SocketAddr, RawFd)> = Vec::new();
+    let mut keep_admin = Vec::new();
+    for l in listeners {
+        if l.kind == Kind::Rot13 {
+            rot13.push((l.requested, l.fd.into_raw_fd()));
+        } else {
+            keep_admin.push(l);
+        }
+    }
+    let fds: Vec<RawFd> = rot13.iter().map(|(_, fd)| *fd).collect();
     let params = worker_params(&settings);
     let mut current = settings;
-    let mut reload = || -> Option<WorkerParams> {
+    let mut reload = move || -> Option<Reloaded> {
         tracing::info!(target: "rot13d", "reload requested");
-        match Settings::load(&startup.args) {
-            Ok(mut s) => {
-                if s.listen != current.listen {
-                    tracing::warn!(target: "rot13d", "listen changes need workers >= 1 or a restart; keeping the listeners");
-                }
-                s.max_connections = s.max_connections.or(current.max_connections);
-                current = s;
-                tracing::info!(target: "rot13d", "reloaded: new connections use the new settings");
-                Some(worker_params(&current))
+        sdnotify::notify("RELOADING=1");
+        // READY=1 follows whatever the outcome: the process keeps serving.
+        struct ReadyAgain;
+        impl Drop for ReadyAgain {
+            fn drop(&mut self) {
+                sdnotify::notify("READY=1");
             }
+        }
+        let _ready = ReadyAgain;
+        let mut s = match Settings::load(&startup.args) {
+            Ok(s) => s,
             Err(e) => {
                 for p in e.problems() {
                     tracing::error!(target: "rot13d", problem = %p, "reload failed: configuration invalid; keeping the running one");
                 }
-                None
+                return None;
+            }
+        };
+        if s.admin_listen != current.admin_listen {
+            tracing::warn!(target: "rot13d", "admin address changes need a restart with workers = 0");
+        }
+        // Bind what is new first: a failure leaves everything as it was.
+        let mut added = Vec::new();
+        for addr in s.listen.iter().filter(|a| !rot13.iter().any(|(r, _)| r == *a)) {
+            match listener::bind(*addr, s.backlog, Kind::Rot13, 1) {
+                Ok(l) => {
+                    tracing::info!(target: "rot13d", addr = %l.local, kind = %Kind::Rot13.as_str(), "listening");
+                    added.push((*addr, l));
+                }
+                Err(e) => {
+                    tracing::error!(target: "rot13d", error = %e, "reload failed: keeping the running configuration");
+                    return None;
+                }
             }
         }
+        let mut remove = Vec::new();
+        rot13.retain(|(a, fd)| {
+            let keep = s.listen.contains(a);
+            if !keep {
+                tracing::info!(target: "rot13d", addr = %a, kind = %Kind::Rot13.as_str(), "listener closed");
+                remove.push(*fd);
+            }
+            keep
+        });
+        let add: Vec<RawFd> = added
+            .into_iter()
+            .map(|(a, l)| {
+                let fd = l.fd.into_raw_fd();
+                rot13.push((a, fd));
+                fd
+            })
+            .collect();
+        s.max_connections = s.max_connections.or(current.max_connections);
+        current = s;
+        tracing::info!(target: "rot13d", "reloaded: new connections use the new settings");
+        Some(Reloaded { params: worker_params(&current), add, remove })
     };
     sdnotify::notify("READY=1");
-    serve(&mut base, &fds, params, metrics, 0, 1, Some(&mut reload))
+    serve(
+        &mut base,
+        ServeArgs { listeners: &fds, params, metrics, slot: 0, generation: 1, ready: None },
+        Some(&mut reload),
+    )
 }
 
 /// The pid file: written after the listeners are bound, removed on exit.

@@ -25,6 +25,11 @@ pub const LANE_BULK: usize = 2;
 /// Number of priorities a serving base uses.
 pub const LANES: usize = 3;
 
+/// A retiring worker closes a connection once it has been quiet this long.
+pub const RETIRE_QUIET: Duration = Duration::from_secs(1);
+/// How often a draining worker looks for connections that became idle.
+const RETIRE_CHECK: Duration = Duration::from_millis(250);
+
 /// How many connections one listener wake-up accepts at most, so one busy
 /// listener cannot starve the connections already open.
 const ACCEPT_BATCH: usize = 64;
@@ -209,6 +214,7 @@ impl Shared {
             window_start: base.now().as_millis() as u32,
             last_heavy: 0,
             lane: LANE_INTERACTIVE as u8,
+            last_read: base.now().as_millis() as u32,
         };
         let bev = BufferEvent::socket_new(base, fd, BevOptions::CLOSE_ON_FREE, conn)?;
         let setup = bev.with(|b: &mut ConnBev| -> std::io::Result<()> {
@@ -233,10 +239,48 @@ impl Shared {
         }
     }
 
-    /// Graceful stop: listeners closed at once; idle connections closed at
-    /// once; busy ones served until their client finishes, for at most the
-    /// grace period.
-    pub fn begin_drain(self: &Rc<Self>, base: &mut EventBase) {
+    /// Whether a connection can be closed now without cutting anything:
+    /// nothing buffered either way, nothing unread in the kernel (closing
+    /// then would send RST and lose it) and, when retiring, quiet for
+    /// [`RETIRE_QUIET`] (a client that has just connected is about to send).
+    fn closable(b: &ConnBev, now_ms: u32, retiring: bool) -> bool {
+        b.input.is_empty()
+            && b.output.is_empty()
+            && sys::inq(b.fd()).is_ok_and(|n| n == 0)
+            && (!retiring || now_ms.wrapping_sub(b.ctx.last_read) >= RETIRE_QUIET.as_millis() as u32)
+    }
+
+    /// Closes every connection that is [`closable`](Self::closable) now;
+    /// returns how many stay open.
+    fn close_idle(&self, base: &mut EventBase, retiring: bool) -> usize {
+        let now = base.now().as_millis() as u32;
+        let conns: Vec<Bev<Conn>> = self.conns.borrow().iter().flatten().cloned().collect();
+        let mut busy = 0;
+        for c in conns {
+            c.with(|b| {
+                if b.is_freed() || b.is_closing() {
+                    return;
+                }
+                if Self::closable(b, now, retiring) {
+                    b.free(base);
+                } else {
+                    busy += 1;
+                }
+            });
+        }
+        busy
+    }
+
+    /// Graceful stop (SIGTERM): listeners closed at once; idle connections
+    /// closed at once; busy ones served until their client finishes, for at
+    /// most the grace period.
+    ///
+    /// Retiring (SIGUSR1, a reload): the same, except that a connection is
+    /// closed only once it has been quiet for [`RETIRE_QUIET`], checked
+    /// every [`RETIRE_CHECK`]: the listeners stay open in the new
+    /// generation, so a client that connected just before the reload must
+    /// not see its connection cut before its first line.
+    pub fn begin_drain(self: &Rc<Self>, base: &mut EventBase, retiring: bool) {
         if self.draining.replace(true) {
             return;
         }
@@ -246,27 +290,20 @@ impl Shared {
             sys::close(l.fd);
         }
         base.free(self.resume_timer.get());
-        let conns: Vec<Bev<Conn>> = self.conns.borrow().iter().flatten().cloned().collect();
-        let mut busy = 0;
-        for c in conns {
-            c.with(|b| {
-                if b.is_freed() || b.is_closing() {
-                    return;
-                }
-                if b.input.is_empty() && b.output.is_empty() {
-                    b.free(base);
-                } else {
-                    busy += 1;
-                }
-            });
-        }
+        let busy = self.close_idle(base, retiring);
         let grace = self.params.borrow().shutdown_grace;
         let accepted = self.metrics.get(self.slot, Counter::Accepted);
-        tracing::info!(target: "rot13d", busy, accepted, grace_s = grace.as_secs_f64(), "draining");
+        tracing::info!(target: "rot13d", busy, accepted, retiring, grace_s = grace.as_secs_f64(), "draining");
         if self.open.get() == 0 {
             let _ = base.loopexit(None);
             return;
         }
+        let me = self.clone();
+        let check = base.new_event(-1, EventFlags::PERSIST, move |base, _, _| {
+            me.close_idle(base, retiring);
+        });
+        let _ = base.set_priority(check, LANE_CONTROL);
+        let _ = base.add(check, Some(RETIRE_CHECK));
         let me = self.clone();
         if grace.is_zero() {
             me.force_close_all(base);
@@ -296,6 +333,29 @@ impl Shared {
             });
         }
         let _ = base.loopexit(None);
+    }
+
+    /// Starts accepting on another listening socket (a reload).
+    pub fn add_listener(self: &Rc<Self>, base: &mut EventBase, fd: RawFd) -> std::io::Result<()> {
+        sys::set_nonblocking(fd, true)?;
+        let s = self.clone();
+        let ev = base.new_event(fd, EventFlags::READ | EventFlags::PERSIST, move |base, _, _| s.accept_ready(base, fd));
+        base.set_priority(ev, LANE_CONTROL)?;
+        if self.listening.get() {
+            base.add(ev, None)?;
+        }
+        self.listeners.borrow_mut().push(Listening { fd, ev });
+        Ok(())
+    }
+
+    /// Stops accepting on a listening socket and closes it (a reload).
+    pub fn remove_listener(&self, base: &mut EventBase, fd: RawFd) {
+        let mut ls = self.listeners.borrow_mut();
+        if let Some(pos) = ls.iter().position(|l| l.fd == fd) {
+            let l = ls.swap_remove(pos);
+            base.free(l.ev);
+            sys::close(l.fd);
+        }
     }
 
     /// New settings for connections accepted from now on (workers = 0

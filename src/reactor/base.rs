@@ -553,6 +553,19 @@ impl EventBase {
                 if fd < 0 {
                     return Err(io::Error::new(io::ErrorKind::InvalidInput, "io event without an fd"));
                 }
+                // One fd has one mode in epoll: mixing would silently change
+                // the mode of the events already there (libevent refuses too).
+                if self
+                    .evmap
+                    .get(fd)
+                    .and_then(|e| e.edge_triggered())
+                    .is_some_and(|et| et != flags.contains(EventFlags::ET))
+                {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "edge-triggered and level-triggered events cannot share an fd",
+                    ));
+                }
                 let (old, delta) = self.evmap.add(fd, idx, flags);
                 if !delta.is_empty()
                     && let Err(e) = self.backend.add(fd, old, delta)
@@ -941,7 +954,8 @@ impl EventBase {
         let n = self.queues[pri].len();
         let mut ran = 0;
         for _ in 0..n {
-            let Some((idx, seq)) = self.queues[pri].pop_front() else { break };
+            // A callback may have called priority_init and dropped this queue.
+            let Some((idx, seq)) = self.queues.get_mut(pri).and_then(|q| q.pop_front()) else { break };
             let s = &self.slots[idx as usize];
             if s.qseq != seq || s.state & ACTIVE == 0 {
                 continue;

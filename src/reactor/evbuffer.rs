@@ -15,7 +15,10 @@
 //!   the chunks it empties. No chunk in the queue is ever empty.
 //! - [`add_buffer`](EvBuffer::add_buffer) and
 //!   [`remove_buffer`](EvBuffer::remove_buffer) move whole chunks between
-//!   buffers (libevent's `evbuffer_add_buffer`/`evbuffer_remove_buffer`). A
+//!   buffers (libevent's `evbuffer_add_buffer`/`evbuffer_remove_buffer`),
+//!   except that a chunk less than half full is copied into the destination's
+//!   tail and its block released, so that memory follows the byte count
+//!   (tiny reads into 64 KiB blocks must not pile up in an unread output). A
 //!   chunk cut by `remove_buffer` copies only its *smaller* side: when most
 //!   of it moves, the chunk itself moves and its tail (typically a partial
 //!   line) is copied into a fresh chunk that stays behind, so the zero-copy
@@ -169,6 +172,12 @@ impl Chunk {
 
     fn free(&self) -> usize {
         self.data.len() - self.end
+    }
+
+    /// At least half of the block holds queued bytes: worth moving whole
+    /// rather than copying its bytes.
+    fn dense(&self) -> bool {
+        2 * self.len() >= self.data.len()
     }
 
     /// Copies as much of `src` as fits into the free space; returns how much.
@@ -423,27 +432,48 @@ impl EvBuffer {
         n
     }
 
-    /// Moves every byte of `other` to the end of `self`, chunk by chunk (no
-    /// byte is copied).
+    /// Moves every byte of `other` to the end of `self`.
+    ///
+    /// Chunks at least half full move without copying. The bytes of a
+    /// sparser chunk (a small read into a big block) are copied into the
+    /// tail instead and the block is released: otherwise a client sending
+    /// many tiny lines without reading the answers would pin one read-sized
+    /// block per line in the output, and the memory of a connection would
+    /// no longer follow its byte count (SPEC §1 bounds it).
     #[doc(alias = "evbuffer_add_buffer")]
     pub fn add_buffer(&mut self, other: &mut EvBuffer) {
         if other.len == 0 {
             return;
         }
-        if self.chunks.is_empty() {
+        if self.chunks.is_empty() && other.chunks.iter().all(Chunk::dense) {
             // Take over the whole chunk array: no allocation.
             std::mem::swap(&mut self.chunks, &mut other.chunks);
+            self.len = other.len;
         } else {
-            self.chunks.append(&mut other.chunks);
+            while let Some(c) = other.chunks.pop_front() {
+                self.push_chunk(c);
+            }
         }
-        self.len += other.len;
         other.len = 0;
+    }
+
+    /// Appends the bytes of a chunk taken from another buffer: the chunk
+    /// itself if it is dense, else a copy (and the block is released).
+    fn push_chunk(&mut self, c: Chunk) {
+        if c.dense() {
+            self.len += c.len();
+            self.chunks.push_back(c);
+        } else {
+            self.add(c.bytes());
+            pool_give(c.data);
+        }
     }
 
     /// Moves the first `n` bytes of `self` (all if fewer) to the end of
     /// `dst`; returns how many moved.
     ///
-    /// Whole chunks move without copying. A chunk cut in two copies its
+    /// Whole chunks move without copying (unless sparse, as in
+    /// [`add_buffer`](EvBuffer::add_buffer)). A chunk cut in two copies its
     /// smaller side: if most of it moves, the chunk moves and the bytes that
     /// stay are copied into a fresh (pooled) chunk, which keeps free space
     /// behind them for the next read.
@@ -460,14 +490,13 @@ impl EvBuffer {
             let cl = front.len();
             if cl <= left {
                 if let Some(c) = self.chunks.pop_front() {
-                    dst.chunks.push_back(c);
+                    dst.push_chunk(c);
                 }
                 self.len -= cl;
-                dst.len += cl;
                 left -= cl;
                 continue;
             }
-            if left >= cl - left {
+            if left >= cl - left && 2 * left >= front.data.len() {
                 let stay = cl - left;
                 let mut rest = new_chunk(stay, self.read_size);
                 rest.append(&front.bytes()[left..]);

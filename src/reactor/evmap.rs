@@ -44,6 +44,12 @@ impl FdEntry {
         f
     }
 
+    /// Whether the events on this fd are edge-triggered; `None` when there
+    /// are none.
+    pub fn edge_triggered(&self) -> Option<bool> {
+        if self.events().next().is_none() { None } else { Some(self.net > 0) }
+    }
+
     /// The event slots on this fd.
     pub fn events(&self) -> impl Iterator<Item = u32> + '_ {
         self.inline.iter().copied().filter(|&i| i != NONE).chain(self.more.iter().copied())

@@ -11,6 +11,7 @@ pub mod process;
 pub mod select;
 pub mod shm;
 pub mod signal;
+pub mod simd;
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -342,4 +343,12 @@ pub fn adopt_fd(fd: RawFd) -> OwnedFd {
 pub fn dup2(old: RawFd, new: RawFd) -> io::Result<()> {
     syscall!(dup2(old, new))?;
     Ok(())
+}
+
+/// Bytes received on a socket and not yet read (`FIONREAD`).
+pub fn inq(fd: RawFd) -> io::Result<usize> {
+    let mut v: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer.
+    syscall!(ioctl(fd, libc::FIONREAD, &mut v))?;
+    Ok(v.max(0) as usize)
 }

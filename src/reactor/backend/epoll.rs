@@ -21,9 +21,9 @@ const MAX_EVENTS: usize = 4096;
 pub struct EpollBackend {
     ep: Epoll,
     changelist: bool,
-    /// fd -> (interest registered in the kernel, interest wanted); used only
-    /// with the changelist.
-    pending: Vec<Option<(EventFlags, EventFlags)>>,
+    /// fd -> (interest registered in the kernel, interest wanted, whether
+    /// the interest went empty in between); used only with the changelist.
+    pending: Vec<Option<(EventFlags, EventFlags, bool)>>,
     changed: Vec<RawFd>,
 }
 
@@ -82,6 +82,15 @@ impl EpollBackend {
         }
     }
 
+    /// Registers `fd` for `want` whether or not the kernel still knows it.
+    fn reregister(&self, fd: RawFd, want: EventFlags) -> io::Result<()> {
+        let ev = to_epoll(want);
+        match self.ep.ctl(Op::Mod, fd, ev, fd as u64) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => self.ep.ctl(Op::Add, fd, ev, fd as u64),
+            r => r,
+        }
+    }
+
     fn change(&mut self, fd: RawFd, old: EventFlags, new: EventFlags) -> io::Result<()> {
         if !self.changelist {
             return self.apply(fd, old, new);
@@ -90,10 +99,14 @@ impl EpollBackend {
         if self.pending.len() <= i {
             self.pending.resize(i + 1, None);
         }
+        let emptied_now = (new & EventFlags::IO).is_empty();
         match &mut self.pending[i] {
-            Some((_, want)) => *want = new,
+            Some((_, want, emptied)) => {
+                *want = new;
+                *emptied |= emptied_now;
+            }
             slot @ None => {
-                *slot = Some((old, new));
+                *slot = Some((old, new, emptied_now));
                 self.changed.push(fd);
             }
         }
@@ -103,9 +116,19 @@ impl EpollBackend {
     fn flush_changes(&mut self) -> io::Result<()> {
         let mut first_err = None;
         for fd in std::mem::take(&mut self.changed) {
-            if let Some((orig, want)) = self.pending[fd as usize].take()
-                && let Err(e) = self.apply(fd, orig, want)
-            {
+            let Some((orig, want, emptied)) = self.pending[fd as usize].take() else { continue };
+            // Deleted and added again in one batch: the fd may have been
+            // closed and reopened in between (a connection freed, accept()
+            // handing out its number), and closing the last reference removed
+            // the kernel's registration. Even when the interest looks
+            // unchanged, say so again: MOD, or ADD when that fails with ENOENT
+            // (libevent's changelist does the same).
+            let r = if emptied && !(orig & EventFlags::IO).is_empty() && !(want & EventFlags::IO).is_empty() {
+                self.reregister(fd, want)
+            } else {
+                self.apply(fd, orig, want)
+            };
+            if let Err(e) = r {
                 first_err.get_or_insert(e);
             }
         }
@@ -124,7 +147,7 @@ impl Backend for EpollBackend {
         true
     }
     fn fd_closed(&mut self, fd: RawFd) {
-        if let Some(Some((orig, _))) = self.pending.get_mut(fd as usize) {
+        if let Some(Some((orig, _, _))) = self.pending.get_mut(fd as usize) {
             *orig = EventFlags::NONE;
         }
     }
@@ -142,11 +165,11 @@ impl Backend for EpollBackend {
         self.change(fd, old, new)
     }
     fn dispatch(&mut self, timeout: Option<Duration>, ready: &mut Vec<(RawFd, EventFlags)>) -> io::Result<()> {
-        if self.changelist {
-            // A failed change is reported once the wait has run, so the
-            // remaining fds are still served.
-            self.flush_changes()?;
-        }
+        // A failed change is reported once the wait has run, so the fds that
+        // are ready are still served; the wait does not block then, so the
+        // error is not held back until something happens.
+        let flushed = if self.changelist { self.flush_changes() } else { Ok(()) };
+        let timeout = if flushed.is_err() { Some(Duration::ZERO) } else { timeout };
         let n = self.ep.wait(timeout_ms(timeout), |ev| {
             let e = ev.events;
             let mut what = EventFlags::NONE;
@@ -167,6 +190,6 @@ impl Backend for EpollBackend {
         if n == self.ep.capacity() && n < MAX_EVENTS {
             self.ep.grow(n * 2);
         }
-        Ok(())
+        flushed
     }
 }

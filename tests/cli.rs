@@ -1,0 +1,477 @@
+//! SPEC §2 and §3 from the outside: exit codes (64 usage, 71 OS, 78
+//! configuration), what the messages name, the one-shot modes, and
+//! `--daemon --pid-file`.
+
+use crate::ensure;
+use crate::util::{Client, Log, Output, TempDir, alive, kill, kill_tree, parse_listen_addr, poll_until, run_bin};
+use std::io;
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(10);
+
+/// Runs a serving command line that must fail at start (bounded; the
+/// options keep it on loopback in one process).
+fn run_serving(extra: &[&str], env: &[(&str, &str)]) -> io::Result<Output> {
+    let mut args = vec!["--listen", "127.0.0.1:0", "--workers", "0"];
+    args.extend_from_slice(extra);
+    run_bin(&args, env, T)
+}
+
+fn ensure_code(what: &str, out: &Output, code: i32) -> io::Result<()> {
+    ensure!(out.code == Some(code), "{what}: exit {:?}, want {code}; stderr:\n{}", out.code, out.stderr);
+    Ok(())
+}
+
+/// Writes `text` as `name` in `dir`; its path as a string.
+fn write(dir: &TempDir, name: &str, text: &str) -> io::Result<String> {
+    let p = dir.join(name);
+    std::fs::write(&p, text)?;
+    Ok(p.to_string_lossy().into_owned())
+}
+
+#[test]
+fn unknown_option_exits_64() -> io::Result<()> {
+    let out = run_bin(&["--bogus"], &[], T)?;
+    ensure_code("--bogus", &out, 64)?;
+    ensure!(out.stderr.contains("--bogus"), "stderr does not name the option:\n{}", out.stderr);
+    Ok(())
+}
+
+#[test]
+fn unparsable_values_exit_64() -> io::Result<()> {
+    for args in [
+        &["--workers", "many"][..],
+        &["--max-line", "x"],
+        &["--listen", "nowhere"],
+        &["--log-level", "loud"],
+        &["--workers"],
+        &["stray"],
+    ] {
+        let out = run_bin(args, &[], T)?;
+        ensure_code(&format!("{args:?}"), &out, 64)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn daemon_without_pid_file_exits_64() -> io::Result<()> {
+    let out = run_bin(&["--daemon", "--listen", "127.0.0.1:0"], &[], T)?;
+    ensure_code("--daemon", &out, 64)?;
+    ensure!(out.stderr.contains("--pid-file"), "stderr does not name --pid-file:\n{}", out.stderr);
+    Ok(())
+}
+
+#[test]
+fn version_and_help_exit_0() -> io::Result<()> {
+    for flag in ["--version", "-V"] {
+        let out = run_bin(&[flag], &[], T)?;
+        ensure_code(flag, &out, 0)?;
+        ensure!(out.stdout.trim() == "rot13d 0.1.0", "{flag}: {:?}", out.stdout);
+    }
+    for flag in ["--help", "-h"] {
+        let out = run_bin(&[flag], &[], T)?;
+        ensure_code(flag, &out, 0)?;
+        for opt in ["--listen", "--workers", "--backend", "--max-line", "--daemon", "--pid-file", "--check-config"] {
+            ensure!(out.stdout.contains(opt), "{flag} lacks {opt}:\n{}", out.stdout);
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn list_backends_prints_fastest_first() -> io::Result<()> {
+    let out = run_bin(&["--list-backends"], &[], T)?;
+    ensure_code("--list-backends", &out, 0)?;
+    ensure!(
+        out.stdout == "epoll et,o1,early_close\npoll fds,early_close\nselect fds\n",
+        "--list-backends printed {:?}",
+        out.stdout
+    );
+    Ok(())
+}
+
+/// One bad configuration: its text, the line and the key the message must
+/// name.
+struct Bad {
+    what: &'static str,
+    text: &'static str,
+    line: usize,
+    key: &'static str,
+}
+
+const BAD_CONFIGS: [Bad; 4] = [
+    Bad { what: "unknown key", text: "[server]\nworkers = 0\nbogus = 1\n", line: 3, key: "bogus" },
+    Bad { what: "wrong type", text: "[server]\nworkers = 0\n\nmax_line = \"long\"\n", line: 4, key: "max_line" },
+    Bad { what: "max_line = 0", text: "# rot13d\n[server]\nmax_line = 0\n", line: 3, key: "max_line" },
+    Bad { what: "unknown section key", text: "[reactor]\nbackend = \"epoll\"\nturbo = true\n", line: 3, key: "turbo" },
+];
+
+/// The message names the file and `FILE:LINE`, and the key.
+fn ensure_names(what: &str, stderr: &str, path: &str, line: usize, key: &str) -> io::Result<()> {
+    ensure!(stderr.contains(&format!("{path}:{line}")), "{what}: stderr does not name {path}:{line}:\n{stderr}");
+    ensure!(stderr.contains(key), "{what}: stderr does not name the key {key}:\n{stderr}");
+    Ok(())
+}
+
+#[test]
+fn bad_configuration_exits_78_naming_file_line_and_key() -> io::Result<()> {
+    let dir = TempDir::new()?;
+    for b in &BAD_CONFIGS {
+        let path = write(&dir, "bad.toml", b.text)?;
+        let out = run_serving(&["-c", &path], &[])?;
+        ensure_code(b.what, &out, 78)?;
+        ensure_names(b.what, &out.stderr, &path, b.line, b.key)?;
+        ensure!(!out.stderr.contains("listening"), "{}: started listening:\n{}", b.what, out.stderr);
+    }
+    Ok(())
+}
+
+#[test]
+fn invalid_toml_exits_78_naming_file_and_line() -> io::Result<()> {
+    let dir = TempDir::new()?;
+    let path = write(&dir, "bad.toml", "[server]\nworkers = 0\nmax_line = \n")?;
+    let out = run_serving(&["-c", &path], &[])?;
+    ensure_code("invalid TOML", &out, 78)?;
+    ensure!(out.stderr.contains(&format!("{path}:3")), "stderr does not name {path}:3:\n{}", out.stderr);
+    let out = run_bin(&["-c", &path, "--check-config"], &[], T)?;
+    ensure_code("invalid TOML, --check-config", &out, 78)
+}
+
+#[test]
+fn invalid_toml_names_the_key() -> io::Result<()> {
+    let dir = TempDir::new()?;
+    let path = write(&dir, "bad.toml", "[server]\nworkers = 0\nmax_line = \n")?;
+    let out = run_serving(&["-c", &path], &[])?;
+    ensure_code("invalid TOML", &out, 78)?;
+    ensure_names("invalid TOML", &out.stderr, &path, 3, "max_line")
+}
+
+#[test]
+fn max_line_zero_or_huge_on_command_line_exits_78() -> io::Result<()> {
+    for v in ["0", "2000000000"] {
+        let out = run_serving(&["--max-line", v], &[])?;
+        ensure_code(&format!("--max-line {v}"), &out, 78)?;
+        ensure!(out.stderr.contains("--max-line"), "stderr does not name --max-line:\n{}", out.stderr);
+    }
+    Ok(())
+}
+
+#[test]
+fn backend_disabled_by_environment_exits_78() -> io::Result<()> {
+    // Set to the empty string: any value disables.
+    let out = run_serving(&["--backend", "select"], &[("EVENT_NOSELECT", "")])?;
+    ensure_code("--backend select with EVENT_NOSELECT", &out, 78)?;
+    ensure!(out.stderr.contains("backend"), "stderr does not name the backend:\n{}", out.stderr);
+    let out = run_serving(&["--backend", "kqueue"], &[])?;
+    ensure_code("--backend kqueue", &out, 78)?;
+    // Another backend still works with EVENT_NOSELECT (one-shot check).
+    let out = run_bin(&["--backend", "poll", "--check-config"], &[("EVENT_NOSELECT", "")], T)?;
+    ensure_code("--backend poll --check-config with EVENT_NOSELECT", &out, 0)?;
+    let out = run_bin(&["--backend", "select", "--check-config"], &[("EVENT_NOSELECT", "1")], T)?;
+    ensure_code("--backend select --check-config with EVENT_NOSELECT", &out, 78)
+}
+
+#[test]
+fn address_in_use_exits_71_naming_the_address() -> io::Result<()> {
+    let taken = TcpListener::bind("127.0.0.1:0")?;
+    let addr = taken.local_addr()?.to_string();
+    let out = run_bin(&["--listen", &addr, "--workers", "1"], &[], T)?;
+    ensure_code("address in use", &out, 71)?;
+    ensure!(out.stderr.contains(&addr), "stderr does not name {addr}:\n{}", out.stderr);
+    let os = io::Error::from_raw_os_error(libc::EADDRINUSE).to_string();
+    let os = os.split(" (os error").next().unwrap_or(&os).to_string();
+    ensure!(out.stderr.contains(&os), "stderr does not give the OS error {os:?}:\n{}", out.stderr);
+    Ok(())
+}
+
+#[test]
+fn check_config_accepts_good_and_refuses_bad() -> io::Result<()> {
+    let dir = TempDir::new()?;
+    let good = write(
+        &dir,
+        "good.toml",
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 2\nmax_line = 100\nidle_timeout = 5\n\
+         shutdown_grace = 1\n[reactor]\nbackend = \"poll\"\n",
+    )?;
+    let out = run_bin(&["-c", &good, "--check-config"], &[], T)?;
+    ensure_code("good --check-config", &out, 0)?;
+    let out = run_bin(&["--check-config"], &[], T)?;
+    ensure_code("defaults --check-config", &out, 0)?;
+    for b in &BAD_CONFIGS {
+        let path = write(&dir, "bad.toml", b.text)?;
+        let out = run_bin(&["-c", &path, "--check-config"], &[], T)?;
+        ensure_code(&format!("{} --check-config", b.what), &out, 78)?;
+        ensure_names(b.what, &format!("{}{}", out.stdout, out.stderr), &path, b.line, b.key)?;
+    }
+    let out = run_bin(&["-c", &dir.join("missing.toml").to_string_lossy(), "--check-config"], &[], T)?;
+    ensure!(out.code != Some(0), "a missing file passed --check-config");
+    Ok(())
+}
+
+#[test]
+fn print_config_output_passes_check_config() -> io::Result<()> {
+    let dir = TempDir::new()?;
+    let cfg = write(&dir, "in.toml", "[server]\nmax_line = 123\nidle_timeout = 7\n[reactor]\nbackend = \"poll\"\n")?;
+    let out = run_bin(&["-c", &cfg, "--print-config", "--listen", "127.0.0.1:0", "--workers", "3"], &[], T)?;
+    ensure_code("--print-config", &out, 0)?;
+    for want in ["max_line = 123", "idle_timeout = 7", "\"127.0.0.1:0\"", "workers = 3", "backend = \"poll\""] {
+        ensure!(out.stdout.contains(want), "--print-config lacks {want:?}:\n{}", out.stdout);
+    }
+    let printed = write(&dir, "printed.toml", &out.stdout)?;
+    let check = run_bin(&["-c", &printed, "--check-config"], &[], T)?;
+    ensure_code("--check-config of --print-config", &check, 0)?;
+    // Printing the printed file again gives the same settings (comments
+    // aside: the header names the file).
+    let again = run_bin(&["-c", &printed, "--print-config"], &[], T)?;
+    ensure_code("--print-config again", &again, 0)?;
+    let settings = |s: &str| s.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>().join("\n");
+    ensure!(
+        settings(&again.stdout) == settings(&out.stdout),
+        "not a fixed point:\n{}\n---\n{}",
+        out.stdout,
+        again.stdout
+    );
+    // The defaults too.
+    let out = run_bin(&["--print-config"], &[], T)?;
+    ensure_code("--print-config defaults", &out, 0)?;
+    let printed = write(&dir, "defaults.toml", &out.stdout)?;
+    ensure_code("defaults --check-config", &run_bin(&["-c", &printed, "--check-config"], &[], T)?, 0)
+}
+
+/// Kills the detached daemon (and its workers) on drop.
+struct PidGuard(i32);
+
+impl Drop for PidGuard {
+    fn drop(&mut self) {
+        kill_tree(self.0);
+    }
+}
+
+#[test]
+fn daemon_mode_detaches_serves_and_removes_pid_file() -> io::Result<()> {
+    let dir = TempDir::new()?;
+    let pid_file = dir.join("rot13d.pid");
+    let mut launcher = Command::new(crate::util::BIN)
+        .args(["--daemon", "--pid-file"])
+        .arg(&pid_file)
+        .args(["--listen", "127.0.0.1:0", "--workers", "1"])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let log = Log::capture(launcher.stderr.take().ok_or_else(|| crate::util::fail("no stderr"))?);
+    let status = crate::util::wait_child(&mut launcher, T);
+    // Whatever happens next, kill what the pid file names.
+    let pid: i32 = std::fs::read_to_string(&pid_file).unwrap_or_default().trim().parse().unwrap_or(0);
+    let _guard = PidGuard(pid);
+    let status = status?;
+    ensure!(status.code() == Some(0), "launcher exited {status:?}; log:\n{}", log.text());
+    // The pid file exists and names a live process other than the launcher.
+    ensure!(pid > 0, "no pid in {} after the launcher exited", pid_file.display());
+    ensure!(pid != launcher.id() as i32 && alive(pid), "pid file names {pid}, not a live detached process");
+    // The listeners are bound before the launcher exits; the log (the
+    // inherited stderr) names the address.
+    log.wait_count(&["listening addr="], 1, T)?;
+    let addr = parse_listen_addr(&log.text()).ok_or_else(|| crate::util::fail("no address"))?;
+    let got = Client::connect(addr)?.roundtrip(b"Daemon\n")?;
+    crate::util::ensure_bytes_eq("detached daemon", &got, b"Qnrzba\n")?;
+    // A new session: the detached process is not in the test's session.
+    kill(pid, libc::SIGTERM)?;
+    ensure!(
+        poll_until(T, || !pid_file.exists()),
+        "pid file {} still there after SIGTERM; log:\n{}",
+        pid_file.display(),
+        log.text()
+    );
+    ensure!(poll_until(T, || !alive(pid)), "daemon {pid} still running after SIGTERM");
+    Ok(())
+}
+
+#[test]
+fn daemon_mode_start_failure_exits_with_the_error_code() -> io::Result<()> {
+    let dir = TempDir::new()?;
+    let pid_file = dir.join("rot13d.pid");
+    let taken = TcpListener::bind("127.0.0.1:0")?;
+    let addr = taken.local_addr()?.to_string();
+    let pf = pid_file.to_string_lossy().into_owned();
+    let out = run_bin(&["--daemon", "--pid-file", &pf, "--listen", &addr, "--workers", "1"], &[], T)?;
+    let pid: i32 = std::fs::read_to_string(&pid_file).unwrap_or_default().trim().parse().unwrap_or(0);
+    let _guard = PidGuard(pid);
+    ensure_code("--daemon with the address in use", &out, 71)?;
+    ensure!(out.stderr.contains(&addr), "stderr does not name {addr}:\n{}", out.stderr);
+    ensure!(!pid_file.exists(), "pid file left behind after a failed start");
+    Ok(())
+}
+
+#[test]
+fn unsatisfiable_reactor_requirements_exit_78_naming_file_line_and_key() -> io::Result<()> {
+    let dir = TempDir::new()?;
+    let path = write(&dir, "r.toml", "[reactor]\nbackend = \"select\"\nrequire_features = [\"o1\"]\n")?;
+    for args in [&["-c", &path, "--check-config"][..], &["-c", &path, "--listen", "127.0.0.1:0", "--workers", "0"]] {
+        let out = run_bin(args, &[], T)?;
+        ensure_code("select with o1 required", &out, 78)?;
+        ensure!(out.stderr.contains("reactor."), "no key named:\n{}", out.stderr);
+        ensure!(
+            out.stderr.contains(&format!("{path}:2")) || out.stderr.contains(&format!("{path}:3")),
+            "the message does not give {path}:LINE:\n{}",
+            out.stderr
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn unsatisfiable_reactor_requirements_exit_78() -> io::Result<()> {
+    let dir = TempDir::new()?;
+    let path = write(&dir, "r.toml", "[reactor]\nbackend = \"select\"\nrequire_features = [\"o1\"]\n")?;
+    let out = run_bin(&["-c", &path, "--check-config"], &[], T)?;
+    ensure_code("select with o1 required", &out, 78)?;
+    ensure!(out.stderr.contains(&path), "the message does not name {path}:\n{}", out.stderr);
+    let out = run_bin(&["--check-config"], &[("EVENT_NOEPOLL", ""), ("EVENT_NOPOLL", ""), ("EVENT_NOSELECT", "")], T)?;
+    ensure_code("every backend disabled", &out, 78)
+}
+
+#[test]
+fn backend_error_from_the_command_line_names_the_option() -> io::Result<()> {
+    let out = run_serving(&["--backend", "kqueue"], &[])?;
+    ensure_code("--backend kqueue", &out, 78)?;
+    ensure!(out.stderr.contains("--backend"), "the message does not name --backend:\n{}", out.stderr);
+    Ok(())
+}
+
+/// `EVENT_NO*` disable backends (the next fastest is used) unless
+/// `[reactor] ignore_env = true`.
+#[test]
+fn environment_disables_backends_unless_ignore_env() -> io::Result<()> {
+    let d = crate::util::Daemon::builder().workers(0).env("EVENT_NOEPOLL", "").start()?;
+    ensure!(d.log().count(&["reactor", "backend=poll "]) == 1, "EVENT_NOEPOLL:\n{}", d.log().text());
+    drop(d);
+    let d = crate::util::Daemon::builder().workers(1).env("EVENT_NOEPOLL", "1").env("EVENT_NOPOLL", "").start()?;
+    ensure!(d.log().count(&["reactor", "backend=select "]) == 1, "EVENT_NOEPOLL+NOPOLL:\n{}", d.log().text());
+    crate::util::ensure_bytes_eq("select by environment", &d.roundtrip(b"env\n")?, b"rai\n")?;
+    drop(d);
+    let d = crate::util::Daemon::builder()
+        .workers(0)
+        .env("EVENT_NOEPOLL", "")
+        .config("[reactor]\nignore_env = true\n")
+        .start()?;
+    ensure!(d.log().count(&["reactor", "backend=epoll "]) == 1, "ignore_env:\n{}", d.log().text());
+    Ok(())
+}
+
+/// Several `--listen`: each address is bound, logged and served (IPv6
+/// loopback too when the host has it).
+#[test]
+fn several_listen_addresses_are_all_served() -> io::Result<()> {
+    let v6 = std::net::TcpListener::bind("[::1]:0").is_ok();
+    let mut args = vec!["--listen", "127.0.0.2:0"];
+    if v6 {
+        args.extend(["--listen", "[::1]:0"]);
+    }
+    let d = crate::util::Daemon::builder().workers(2).args(&args).start()?;
+    let text = d.log().text();
+    let addrs: Vec<std::net::SocketAddr> = text
+        .lines()
+        .filter(|l| l.contains("listening") && l.contains("kind=rot13"))
+        .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("addr=")).and_then(|a| a.parse().ok()))
+        .collect();
+    let want = if v6 { 3 } else { 2 };
+    ensure!(addrs.len() == want, "listening lines: {addrs:?}, want {want}:\n{text}");
+    ensure!(addrs.iter().all(|a| a.port() != 0), "port 0 logged: {addrs:?}");
+    for a in addrs {
+        for i in 0..4 {
+            let l = format!("to {a} #{i}\n");
+            let got = Client::connect(a)?.roundtrip(l.as_bytes())?;
+            crate::util::ensure_bytes_eq(&format!("on {a}"), &got, &crate::util::rot13_model(l.as_bytes(), 16384))?;
+        }
+    }
+    Ok(())
+}
+
+/// `--log-format json`: every line of stderr is one JSON object; the
+/// `listening` event carries `addr` and `kind`.
+#[test]
+fn json_log_lines_are_objects() -> io::Result<()> {
+    let d = crate::util::Daemon::builder().workers(1).json_log().start()?;
+    crate::util::ensure_bytes_eq("json", &d.roundtrip(b"json\n")?, b"wfba\n")?;
+    let text = d.log().text();
+    for l in text.lines() {
+        ensure!(l.starts_with('{') && l.ends_with('}'), "not a JSON object line: {l:?}");
+        ensure!(l.contains("\"timestamp\":") && l.contains("\"level\":"), "no timestamp/level: {l:?}");
+    }
+    ensure!(text.contains(&format!("\"addr\":\"{}\"", d.addr())), "no addr field:\n{text}");
+    Ok(())
+}
+
+/// `RUST_LOG` wins over `--log-level`.
+#[test]
+fn rust_log_wins_over_log_level() -> io::Result<()> {
+    let d = crate::util::Daemon::builder()
+        .workers(0)
+        .args(["--log-level", "error"])
+        .env("RUST_LOG", "rot13d=debug")
+        .start()?;
+    crate::util::ensure_bytes_eq("answer", &d.roundtrip(b"x\n")?, b"k\n")?;
+    d.log().wait_count(&["DEBUG", "connection accepted"], 1, T)
+}
+
+/// Values valid alone but not together (low watermark above the high one).
+#[test]
+fn inconsistent_watermarks_exit_78() -> io::Result<()> {
+    let dir = TempDir::new()?;
+    let path = write(&dir, "w.toml", "[server]\nwrite_high_watermark = 1000\nwrite_low_watermark = 2000\n")?;
+    let out = run_bin(&["-c", &path, "--check-config"], &[], T)?;
+    ensure_code("low > high watermark", &out, 78)?;
+    ensure!(
+        out.stderr.contains(&format!("{path}:2")) || out.stderr.contains(&format!("{path}:3")),
+        "no FILE:LINE in:\n{}",
+        out.stderr
+    );
+    ensure!(out.stderr.contains("watermark"), "no key in:\n{}", out.stderr);
+    let out = run_serving(&["-c", &path], &[])?;
+    ensure_code("low > high watermark, serving", &out, 78)
+}
+
+/// With no options: `0.0.0.0:40713`, `workers = auto`, the documented
+/// defaults (read through --print-config; the port is not bound).
+#[test]
+fn defaults_are_the_documented_ones() -> io::Result<()> {
+    let out = run_bin(&["--print-config"], &[], T)?;
+    ensure_code("--print-config", &out, 0)?;
+    for want in [
+        "listen = [\"0.0.0.0:40713\"]",
+        "max_line = 16384",
+        "idle_timeout = 300",
+        "write_timeout = 60",
+        "write_high_watermark = 262144",
+        "write_low_watermark = 65536",
+        "shutdown_grace = 30",
+    ] {
+        ensure!(out.stdout.lines().any(|l| l.trim() == want), "defaults lack {want:?}:\n{}", out.stdout);
+    }
+    // auto, printed as is or resolved to the CPUs this process may use.
+    let cpus = format!("workers = {}", rot13d::sys::available_cpus().max(1));
+    ensure!(
+        out.stdout.lines().any(|l| l.trim() == "workers = \"auto\"" || l.trim() == cpus),
+        "workers is neither auto nor {cpus:?}:\n{}",
+        out.stdout
+    );
+    Ok(())
+}
+
+/// Several problems in one file: each is reported with its line and key.
+#[test]
+fn every_problem_is_reported() -> io::Result<()> {
+    let dir = TempDir::new()?;
+    let path = write(&dir, "m.toml", "[server]\nmax_line = 0\nbacklog = 0\n[reactor]\npriorities = 0\n")?;
+    let out = run_bin(&["-c", &path, "--check-config"], &[], T)?;
+    ensure_code("three problems", &out, 78)?;
+    let all = format!("{}{}", out.stdout, out.stderr);
+    for (line, key) in [(2, "max_line"), (3, "backlog"), (5, "priorities")] {
+        ensure_names("three problems", &all, &path, line, key)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,194 @@
+//! SPEC §2 systemd: `Type=notify` messages to `NOTIFY_SOCKET` (READY=1 once
+//! every worker serves, RELOADING=1/READY=1 around a reload, STOPPING=1,
+//! WATCHDOG=1 every half of `WATCHDOG_USEC`).
+
+use crate::ensure;
+use crate::util::{Daemon, TempDir, fail};
+use std::io;
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const T: Duration = Duration::from_secs(10);
+
+/// The notify socket of a test: a datagram socket bound in a temp dir.
+struct Notify {
+    sock: UnixDatagram,
+    _dir: TempDir,
+    path: String,
+}
+
+impl Notify {
+    fn new() -> io::Result<Notify> {
+        let dir = TempDir::new()?;
+        let p = dir.join("notify.sock");
+        let sock = UnixDatagram::bind(&p)?;
+        Ok(Notify { sock, path: p.to_string_lossy().into_owned(), _dir: dir })
+    }
+
+    /// The next message and when it arrived (bounded by `timeout`).
+    fn recv(&self, timeout: Duration) -> io::Result<(String, SystemTime)> {
+        self.sock.set_read_timeout(Some(timeout))?;
+        let mut buf = [0u8; 4096];
+        let n = self.sock.recv(&mut buf).map_err(|e| fail(format!("no notify message within {timeout:?}: {e}")))?;
+        Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), SystemTime::now()))
+    }
+
+    /// Receives until a message holds `field` (e.g. `READY=1`); returns
+    /// every message seen, and when the wanted one arrived.
+    fn until(&self, field: &str, timeout: Duration) -> io::Result<(Vec<String>, SystemTime)> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            ensure!(!left.is_zero(), "no {field} within {timeout:?}; got {seen:?}");
+            let (m, at) = self.recv(left).map_err(|e| fail(format!("waiting for {field} (got {seen:?}): {e}")))?;
+            let hit = m.lines().any(|l| l == field);
+            seen.push(m);
+            if hit {
+                return Ok((seen, at));
+            }
+        }
+    }
+}
+
+/// The time of a log line (`2026-11-28T01:22:21.192743Z ...`) as seconds
+/// since the epoch.
+fn log_time(line: &str) -> Option<f64> {
+    let ts = line.split_whitespace().next()?.strip_suffix('Z')?;
+    let (date, time) = ts.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>());
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let mut t = time.split(':');
+    let (h, min, s) = (t.next()?.parse::<f64>().ok()?, t.next()?.parse::<f64>().ok()?, t.next()?.parse::<f64>().ok()?);
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days as f64 * 86400.0 + h * 3600.0 + min * 60.0 + s)
+}
+
+fn secs(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64()
+}
+
+#[test]
+fn log_time_parses_rfc3339() {
+    assert_eq!(log_time("1970-01-01T00:00:00.000000Z  INFO x"), Some(0.0));
+    assert_eq!(log_time("2000-03-01T00:00:01.5Z x"), Some(951_868_801.5));
+}
+
+/// READY=1 comes after every worker logged its reactor (the log lines carry
+/// earlier timestamps than READY's arrival); then STOPPING=1 on SIGTERM.
+#[test]
+fn ready_after_every_worker_serves() -> io::Result<()> {
+    let n = Notify::new()?;
+    // Receive concurrently with the start, so the arrival time is READY's.
+    let rx = Notify { sock: n.sock.try_clone()?, _dir: TempDir::new()?, path: n.path.clone() };
+    let waiter = std::thread::spawn(move || rx.until("READY=1", T));
+    let mut d = Daemon::builder().workers(2).env("NOTIFY_SOCKET", &n.path).start()?;
+    let (_, ready_at) = waiter.join().map_err(|_| fail("waiter panicked"))??;
+    let text = d.log().text();
+    let reactors: Vec<f64> = text.lines().filter(|l| l.contains("reactor backend=")).filter_map(log_time).collect();
+    ensure!(reactors.len() == 2, "reactor lines: {reactors:?}\n{text}");
+    for r in &reactors {
+        ensure!(
+            (*r * 1e6) as i64 <= (secs(ready_at) * 1e6) as i64,
+            "READY=1 arrived at {:.6} before a worker logged its reactor at {r:.6}\n{text}",
+            secs(ready_at)
+        );
+    }
+    d.signal(libc::SIGTERM)?;
+    n.until("STOPPING=1", T)?;
+    let s = d.wait_exit(T)?;
+    ensure!(s.code() == Some(0), "exit {s:?}");
+    Ok(())
+}
+
+/// RELOADING=1 then READY=1 around a reload; STOPPING=1 at SIGQUIT too.
+fn notify_reload_and_stop(workers: usize) -> io::Result<()> {
+    let n = Notify::new()?;
+    let mut d = Daemon::builder().workers(workers).config("[server]\n").env("NOTIFY_SOCKET", &n.path).start()?;
+    n.until("READY=1", T)?;
+    d.signal(libc::SIGHUP)?;
+    let (seen, _) = n.until("RELOADING=1", T)?;
+    ensure!(seen.len() == 1, "before RELOADING=1: {seen:?}");
+    n.until("READY=1", T)?;
+    d.log().wait_count(&["reloaded"], 1, T)?;
+    d.signal(libc::SIGQUIT)?;
+    n.until("STOPPING=1", T)?;
+    let s = d.wait_exit(T)?;
+    ensure!(s.code() == Some(0), "exit {s:?}");
+    Ok(())
+}
+
+#[test]
+fn notify_reload_and_stop_w1() -> io::Result<()> {
+    notify_reload_and_stop(1)
+}
+
+#[test]
+fn notify_reload_and_stop_w0() -> io::Result<()> {
+    notify_reload_and_stop(0)
+}
+
+/// WATCHDOG_USEC = 400 ms: WATCHDOG=1 about every 200 ms.
+#[test]
+fn watchdog_pings_every_half_interval() -> io::Result<()> {
+    let n = Notify::new()?;
+    let _d = Daemon::builder().workers(1).env("NOTIFY_SOCKET", &n.path).env("WATCHDOG_USEC", "400000").start()?;
+    n.until("READY=1", T)?;
+    let t0 = Instant::now();
+    let mut pings = 0;
+    while pings < 5 {
+        n.until("WATCHDOG=1", Duration::from_secs(2))?;
+        pings += 1;
+    }
+    let took = t0.elapsed();
+    // 5 pings at 200 ms: at least ~0.8 s (the first may come at once).
+    ensure!(took >= Duration::from_millis(750), "5 WATCHDOG=1 in {took:?}: more often than every 200 ms");
+    ensure!(took <= Duration::from_secs(3), "5 WATCHDOG=1 took {took:?}");
+    Ok(())
+}
+
+/// Socket activation: with `LISTEN_FDS=1` and `LISTEN_PID` = the daemon's
+/// pid, fd 3 replaces `--listen`; every worker serves on it.
+#[test]
+fn socket_activation_replaces_listen() -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let fd = listener.as_raw_fd();
+    // Inherited by the shell (this test process spawns nothing else), which
+    // moves it to fd 3 and execs the daemon with its own pid.
+    rot13d::sys::set_cloexec(fd, false)?;
+    let prefix = if fd == 3 {
+        "LISTEN_PID=$$ LISTEN_FDS=1; export LISTEN_PID LISTEN_FDS;".to_string()
+    } else {
+        format!("exec 3<&{fd} {fd}<&-; LISTEN_PID=$$ LISTEN_FDS=1; export LISTEN_PID LISTEN_FDS;")
+    };
+    let d = Daemon::builder().workers(2).sh_prefix(&prefix).start()?;
+    drop(listener);
+    d.log().wait_count(&["socket-activated"], 1, T)?;
+    let text = d.log().text();
+    ensure!(d.addr() == addr, "daemon listens on {}, want the activated {addr}:\n{text}", d.addr());
+    ensure!(d.log().count(&["listening", "kind=rot13"]) == 1, "--listen not replaced:\n{text}");
+    for i in 0..10 {
+        let l = format!("activated {i}\n");
+        let got = crate::util::Client::connect(addr)?.roundtrip(l.as_bytes())?;
+        crate::util::ensure_bytes_eq("activated", &got, &crate::util::rot13_model(l.as_bytes(), 16384))?;
+    }
+    Ok(())
+}
+
+/// `LISTEN_PID` naming another process: the passed fds are not ours;
+/// `--listen` applies.
+#[test]
+fn socket_activation_for_another_pid_is_ignored() -> io::Result<()> {
+    let d = Daemon::builder().workers(1).env("LISTEN_PID", "1").env("LISTEN_FDS", "1").start()?;
+    ensure!(d.log().count(&["socket-activated"]) == 0, "used fds meant for pid 1:\n{}", d.log().text());
+    crate::util::ensure_bytes_eq("own listener", &d.roundtrip(b"own\n")?, b"bja\n")
+}

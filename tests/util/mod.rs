@@ -1,0 +1,844 @@
+//! Helpers of the daemon tests: the [`Daemon`] guard around the real binary,
+//! a [`Client`] with bounded timeouts, and [`rot13_model`], the reference
+//! implementation of SPEC §1 every answer is compared with.
+//!
+//! Rules (STYLE §8): no fixed ports (`--listen 127.0.0.1:0`, the port is
+//! read from the log), no sleep as synchronisation (conditions are polled
+//! with a deadline), every wait bounded, every process killed by pid.
+
+// A helper library: not every topic uses every helper.
+#![allow(dead_code)]
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The binary cargo built for these tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_rot13d");
+
+/// How long a daemon may take to start (listen and every reactor up).
+pub const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default read/write timeout of a [`Client`].
+pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Variables of the test's own environment that would change the daemon;
+/// removed before each start (a test sets what it needs).
+pub const ENV_CLEARED: [&str; 10] = [
+    "RUST_LOG",
+    "NO_COLOR",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "EVENT_NOEPOLL",
+    "EVENT_NOPOLL",
+    "EVENT_NOSELECT",
+    "EVENT_EPOLL_USE_CHANGELIST",
+];
+
+/// An `io::Error` of kind `Other` (test failures carry their context).
+pub fn fail(msg: impl Into<String>) -> io::Error {
+    io::Error::other(msg.into())
+}
+
+/// Returns `Err` with `msg` (and the values) unless `cond`.
+#[macro_export]
+macro_rules! ensure {
+    ($cond:expr, $($fmt:tt)+) => {
+        if !$cond {
+            return Err($crate::util::fail(format!($($fmt)+)));
+        }
+    };
+}
+
+/// Compares two byte strings; on a difference, fails naming the first
+/// differing offset and a window around it.
+pub fn ensure_bytes_eq(what: &str, got: &[u8], want: &[u8]) -> io::Result<()> {
+    if got == want {
+        return Ok(());
+    }
+    let at = got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(got.len().min(want.len()));
+    let lo = at.saturating_sub(16);
+    let window = |b: &[u8]| String::from_utf8_lossy(&b[lo.min(b.len())..(at + 48).min(b.len())]).into_owned();
+    Err(fail(format!(
+        "{what}: got {} bytes, want {}; first difference at byte {at}: got {:?}, want {:?}",
+        got.len(),
+        want.len(),
+        window(got),
+        window(want)
+    )))
+}
+
+// ---------------------------------------------------------------------------
+// The reference model of SPEC §1.
+
+/// ROT13 of one byte: ASCII letters rotate, every other byte passes.
+pub fn rot13_byte(b: u8) -> u8 {
+    match b {
+        b'a'..=b'm' | b'A'..=b'M' => b + 13,
+        b'n'..=b'z' | b'N'..=b'Z' => b - 13,
+        _ => b,
+    }
+}
+
+/// What the server answers to `input` followed by end of input (SPEC §1):
+/// lines split at LF; a complete line gives `rot13(line)` + LF; a line
+/// longer than `max_line` is cut into `max_line` pieces, each followed by
+/// LF (a piece is cut only when one more byte of the same line arrived, so
+/// a line of exactly `max_line` is never cut); the final unterminated tail
+/// gives `rot13(tail)` without LF.
+pub fn rot13_model(input: &[u8], max_line: usize) -> Vec<u8> {
+    assert!(max_line > 0);
+    let mut out = Vec::with_capacity(input.len() + input.len() / max_line + 1);
+    let mut len = 0usize;
+    for &b in input {
+        if b == b'\n' {
+            out.push(b'\n');
+            len = 0;
+            continue;
+        }
+        if len == max_line {
+            out.push(b'\n');
+            len = 0;
+        }
+        out.push(rot13_byte(b));
+        len += 1;
+    }
+    out
+}
+
+/// A small deterministic PRNG (xorshift64*), so failures reproduce.
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator seeded with `seed` (0 is replaced).
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.max(1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+}
+
+/// `len` bytes of text: lines of random length (0..=`longest`) of random
+/// bytes (all 256 values but LF), each ended by LF.
+pub fn random_lines(seed: u64, len: usize, longest: usize) -> Vec<u8> {
+    let mut rng = Rng::new(seed);
+    let mut v = Vec::with_capacity(len);
+    while v.len() < len {
+        let n = rng.below(longest + 1);
+        for _ in 0..n {
+            let b = (rng.next_u64() >> 56) as u8;
+            v.push(if b == b'\n' { b'x' } else { b });
+        }
+        v.push(b'\n');
+    }
+    v.truncate(len);
+    v
+}
+
+// ---------------------------------------------------------------------------
+// Running the binary once (CLI tests).
+
+/// What a finished run of the binary left.
+#[derive(Debug)]
+pub struct Output {
+    /// Exit code (`None` if killed by a signal).
+    pub code: Option<i32>,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+/// Runs the binary with `args` and extra `env`, bounded by `timeout`
+/// (killed by pid after it). Stdin is /dev/null.
+pub fn run_bin(args: &[&str], env: &[(&str, &str)], timeout: Duration) -> io::Result<Output> {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    for k in ENV_CLEARED {
+        cmd.env_remove(k);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn()?;
+    let mut out = child.stdout.take().ok_or_else(|| fail("no stdout"))?;
+    let mut err = child.stderr.take().ok_or_else(|| fail("no stderr"))?;
+    let t_out = thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = out.read_to_end(&mut s);
+        s
+    });
+    let t_err = thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err.read_to_end(&mut s);
+        s
+    });
+    let status = wait_child(&mut child, timeout);
+    let status = match status {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(fail(format!("rot13d {args:?} did not exit within {timeout:?}: {e}")));
+        }
+    };
+    let stdout = String::from_utf8_lossy(&t_out.join().map_err(|_| fail("stdout reader panicked"))?).into_owned();
+    let stderr = String::from_utf8_lossy(&t_err.join().map_err(|_| fail("stderr reader panicked"))?).into_owned();
+    Ok(Output { code: status.code(), stdout, stderr })
+}
+
+/// Polls `child` until it exits or `timeout` passes.
+pub fn wait_child(child: &mut Child, timeout: Duration) -> io::Result<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(s) = child.try_wait()? {
+            return Ok(s);
+        }
+        if Instant::now() >= deadline {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "process still running"));
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Polls `cond` every few milliseconds until it holds or `timeout` passes;
+/// returns whether it held.
+pub fn poll_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Processes.
+
+/// `(state, ppid)` of `pid` from `/proc/PID/stat`.
+pub fn proc_stat(pid: i32) -> Option<(char, i32)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces.
+    let rest = &s[s.rfind(')')? + 2..];
+    let mut it = rest.split_whitespace();
+    let state = it.next()?.chars().next()?;
+    let ppid = it.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
+/// The command name of `pid` (`/proc/PID/comm`).
+pub fn proc_comm(pid: i32) -> Option<String> {
+    Some(std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?.trim().to_string())
+}
+
+/// Whether `pid` exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    matches!(proc_stat(pid), Some((s, _)) if s != 'Z' && s != 'X')
+}
+
+/// Live (non-zombie) children of `parent`, sorted.
+pub fn children_of(parent: i32) -> Vec<i32> {
+    let mut v = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+            if let Some((state, ppid)) = proc_stat(pid)
+                && ppid == parent
+                && state != 'Z'
+                && state != 'X'
+            {
+                v.push(pid);
+            }
+        }
+    }
+    v.sort_unstable();
+    v
+}
+
+/// Sends `sig` to `pid`.
+pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
+    rot13d::sys::signal::kill(pid, sig)
+}
+
+/// SIGKILLs `pid`'s children, then `pid`; errors ignored (used by guards).
+pub fn kill_tree(pid: i32) {
+    if pid <= 0 {
+        return;
+    }
+    for c in children_of(pid) {
+        let _ = kill(c, libc::SIGKILL);
+    }
+    let _ = kill(pid, libc::SIGKILL);
+}
+
+// ---------------------------------------------------------------------------
+// Temporary directories.
+
+static TEMP_SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// A directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// A fresh directory under the system temp dir.
+    pub fn new() -> io::Result<TempDir> {
+        let n = TEMP_SEQ.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        let p = std::env::temp_dir().join(format!("rot13d-itest-{}-{n}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&p)?;
+        Ok(TempDir(p))
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// A path inside it.
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The log on stderr.
+
+/// The stderr of a process, appended by a reader thread.
+#[derive(Clone, Default)]
+pub struct Log(Arc<(Mutex<String>, Condvar)>);
+
+impl Log {
+    /// Starts a thread that appends every line of `r` (until EOF).
+    pub fn capture(r: impl Read + Send + 'static) -> Log {
+        let log = Log::default();
+        let l = log.clone();
+        thread::spawn(move || {
+            let mut r = BufReader::new(r);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match r.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let (m, c) = &*l.0;
+                        m.lock().unwrap_or_else(|e| e.into_inner()).push_str(&String::from_utf8_lossy(&line));
+                        c.notify_all();
+                    }
+                }
+            }
+        });
+        log
+    }
+
+    /// Everything captured so far.
+    pub fn text(&self) -> String {
+        self.0.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// How many lines contain every one of `patterns`.
+    pub fn count(&self, patterns: &[&str]) -> usize {
+        self.text().lines().filter(|l| patterns.iter().all(|p| l.contains(p))).count()
+    }
+
+    /// Waits until at least `n` lines contain every one of `patterns`.
+    pub fn wait_count(&self, patterns: &[&str], n: usize, timeout: Duration) -> io::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let (m, c) = &*self.0;
+        let mut g = m.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if g.lines().filter(|l| patterns.iter().all(|p| l.contains(p))).count() >= n {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no {n} log lines with {patterns:?} within {timeout:?}; log:\n{}", *g),
+                ));
+            }
+            g = c.wait_timeout(g, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The daemon guard.
+
+/// How to start a [`Daemon`].
+#[derive(Clone)]
+pub struct DaemonBuilder {
+    args: Vec<String>,
+    config: Option<String>,
+    env: Vec<(String, String)>,
+    workers: usize,
+    workers_arg: Option<String>,
+    listen: bool,
+    json: bool,
+    sh_prefix: Option<String>,
+}
+
+impl DaemonBuilder {
+    /// Passes `--workers ARG` verbatim (e.g. `auto`); the start waits for
+    /// `serving` reactor lines.
+    pub fn workers_arg(mut self, arg: &str, serving: usize) -> Self {
+        self.workers_arg = Some(arg.to_string());
+        self.workers = serving;
+        self
+    }
+
+    /// Sets `--workers N` (default 1); the start waits for `max(N, 1)`
+    /// `reactor backend=` lines.
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    /// Adds command-line arguments.
+    pub fn args<I: IntoIterator<Item = S>, S: AsRef<str>>(mut self, args: I) -> Self {
+        self.args.extend(args.into_iter().map(|s| s.as_ref().to_string()));
+        self
+    }
+
+    /// Writes `toml` to `rot13d.toml` in the daemon's temp dir and passes
+    /// `-c` with it.
+    pub fn config(mut self, toml: &str) -> Self {
+        self.config = Some(toml.to_string());
+        self
+    }
+
+    /// Sets an environment variable of the daemon.
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.to_string(), v.to_string()));
+        self
+    }
+
+    /// Passes `--log-format json` and waits for the JSON form of the
+    /// `listening` and `reactor` events.
+    pub fn json_log(mut self) -> Self {
+        self.json = true;
+        self.args.extend(["--log-format".to_string(), "json".to_string()]);
+        self
+    }
+
+    /// Starts the binary through `sh -c 'PREFIX exec BIN ARGS'` (e.g. to
+    /// move an inherited fd to 3 and set `LISTEN_PID=$$`).
+    pub fn sh_prefix(mut self, prefix: &str) -> Self {
+        self.sh_prefix = Some(prefix.to_string());
+        self
+    }
+
+    /// Leaves out `--listen 127.0.0.1:0` (the caller passes its own).
+    pub fn no_default_listen(mut self) -> Self {
+        self.listen = false;
+        self
+    }
+
+    /// As [`start`](DaemonBuilder::start) without `--workers` (the file
+    /// decides); waits for the builder's worker count of reactors.
+    pub fn start_without_workers_arg(mut self) -> io::Result<Daemon> {
+        self.workers_arg = Some(String::new());
+        self.start()
+    }
+
+    /// Starts the binary and waits (bounded) until it listens and every
+    /// serving process logged its reactor.
+    pub fn start(self) -> io::Result<Daemon> {
+        let dir = TempDir::new()?;
+        let mut cmd = match &self.sh_prefix {
+            // `sh -c 'PREFIX exec "$0" "$@"' BIN ARGS...`: the shell's pid
+            // becomes the daemon's.
+            Some(prefix) => {
+                let mut c = Command::new("sh");
+                c.args(["-c", &format!("{prefix} exec \"$0\" \"$@\""), BIN]);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let config_path = dir.join("rot13d.toml");
+        if let Some(c) = &self.config {
+            std::fs::write(&config_path, c)?;
+            cmd.arg("-c").arg(&config_path);
+        }
+        if self.listen {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        let workers = self.workers_arg.clone().unwrap_or_else(|| self.workers.to_string());
+        if !workers.is_empty() {
+            cmd.args(["--workers", &workers]);
+        }
+        cmd.args(&self.args);
+        for k in ENV_CLEARED {
+            cmd.env_remove(k);
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = cmd.spawn()?;
+        let pid = child.id() as i32;
+        let log = Log::capture(child.stderr.take().ok_or_else(|| fail("no stderr"))?);
+        let mut d = Daemon {
+            child: Some(child),
+            pid,
+            log,
+            addr: None,
+            dir,
+            config_path,
+            status: None,
+            workers: self.workers,
+            seen: Mutex::new(Vec::new()),
+        };
+        let (listening, reactor): (&[&str], &[&str]) = if self.json {
+            (&["\"message\":\"listening\""], &["\"message\":\"reactor\"", "\"backend\":"])
+        } else {
+            (&["listening addr="], &["reactor", "backend="])
+        };
+        d.log.wait_count(listening, 1, START_TIMEOUT)?;
+        d.addr = Some(parse_listen_addr(&d.log.text()).ok_or_else(|| fail("no address in the log"))?);
+        d.log.wait_count(reactor, self.workers.max(1), START_TIMEOUT)?;
+        d.worker_pids();
+        Ok(d)
+    }
+}
+
+/// The first rot13 `listening` address of `log` (text or JSON lines).
+pub fn parse_listen_addr(log: &str) -> Option<SocketAddr> {
+    log.lines().find_map(|l| {
+        if l.contains("listening") && l.contains("kind=rot13") {
+            let a = &l[l.find("addr=")? + 5..];
+            a.split_whitespace().next()?.parse().ok()
+        } else if l.contains("\"message\":\"listening\"") && l.contains("\"kind\":\"rot13\"") {
+            let a = &l[l.find("\"addr\":\"")? + 8..];
+            a.split('"').next()?.parse().ok()
+        } else {
+            None
+        }
+    })
+}
+
+/// A running `rot13d` (master), killed with its workers on drop.
+pub struct Daemon {
+    child: Option<Child>,
+    pid: i32,
+    log: Log,
+    addr: Option<SocketAddr>,
+    dir: TempDir,
+    config_path: PathBuf,
+    status: Option<ExitStatus>,
+    workers: usize,
+    /// Every worker pid seen, killed on drop if still a rot13d (a worker
+    /// outliving its master is no longer its child).
+    seen: Mutex<Vec<i32>>,
+}
+
+impl Daemon {
+    /// A builder with `--workers 1` and `--listen 127.0.0.1:0`.
+    pub fn builder() -> DaemonBuilder {
+        DaemonBuilder {
+            args: Vec::new(),
+            config: None,
+            env: Vec::new(),
+            workers: 1,
+            workers_arg: None,
+            listen: true,
+            json: false,
+            sh_prefix: None,
+        }
+    }
+
+    /// Starts with `--workers N` and the extra `args`.
+    pub fn start(workers: usize, args: &[&str]) -> io::Result<Daemon> {
+        Daemon::builder().workers(workers).args(args).start()
+    }
+
+    /// The bound rot13 address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// The master's pid.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Live worker processes (children of the master), sorted.
+    pub fn worker_pids(&self) -> Vec<i32> {
+        let w = children_of(self.pid);
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        for p in &w {
+            if !seen.contains(p) {
+                seen.push(*p);
+            }
+        }
+        w
+    }
+
+    /// The pids of every `reactor` line logged so far (every serving
+    /// process ever started, master included with `--workers 0`).
+    pub fn reactor_pids(&self) -> Vec<i32> {
+        self.log
+            .text()
+            .lines()
+            .filter(|l| l.contains("reactor") && l.contains("backend="))
+            .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("pid=")).and_then(|p| p.parse().ok()))
+            .collect()
+    }
+
+    /// The pid serving connections: the only worker, or the master with
+    /// `--workers 0`.
+    pub fn serving_pid(&self) -> io::Result<i32> {
+        if self.workers == 0 {
+            return Ok(self.pid);
+        }
+        let w = self.worker_pids();
+        ensure!(w.len() == 1, "want exactly one worker, have {w:?}");
+        Ok(w[0])
+    }
+
+    /// The config file path (written by [`DaemonBuilder::config`]).
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// The daemon's temp dir.
+    pub fn dir(&self) -> &TempDir {
+        &self.dir
+    }
+
+    /// The stderr captured so far.
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+
+    /// Waits until a log line contains `pattern`.
+    pub fn wait_for_log(&self, pattern: &str, timeout: Duration) -> io::Result<()> {
+        self.log.wait_count(&[pattern], 1, timeout)
+    }
+
+    /// Sends `sig` to the master.
+    pub fn signal(&self, sig: i32) -> io::Result<()> {
+        kill(self.pid, sig)
+    }
+
+    /// Waits until the master exits; its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> io::Result<ExitStatus> {
+        if let Some(s) = self.status {
+            return Ok(s);
+        }
+        let child = self.child.as_mut().ok_or_else(|| fail("no child"))?;
+        let s = wait_child(child, timeout).map_err(|e| {
+            fail(format!("master {} did not exit within {timeout:?}: {e}\n{}", self.pid, self.log.text()))
+        })?;
+        self.status = Some(s);
+        Ok(s)
+    }
+
+    /// Connects a [`Client`].
+    pub fn connect(&self) -> io::Result<Client> {
+        Client::connect(self.addr())
+    }
+
+    /// One connection: sends `input`, half-closes, returns everything read
+    /// until EOF.
+    pub fn roundtrip(&self, input: &[u8]) -> io::Result<Vec<u8>> {
+        self.connect()?.roundtrip(input)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let mut pids = children_of(self.pid);
+        pids.extend(self.seen.lock().unwrap_or_else(|e| e.into_inner()).iter());
+        for p in pids {
+            if alive(p) && proc_comm(p).as_deref() == Some("rot13d") {
+                let _ = kill(p, libc::SIGKILL);
+            }
+        }
+        if self.status.is_none() {
+            let _ = kill(self.pid, libc::SIGKILL);
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = wait_child(&mut c, Duration::from_secs(5));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The client.
+
+/// A TCP client with bounded read and write timeouts.
+pub struct Client {
+    /// The connection.
+    pub stream: TcpStream,
+}
+
+impl Client {
+    /// Connects to `addr` (5 s at most) with [`IO_TIMEOUT`] on reads and
+    /// writes, `TCP_NODELAY` on.
+    pub fn connect(addr: SocketAddr) -> io::Result<Client> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        stream.set_nodelay(true)?;
+        Ok(Client { stream })
+    }
+
+    /// Sends all of `b`.
+    pub fn send(&mut self, b: &[u8]) -> io::Result<()> {
+        self.stream.write_all(b)
+    }
+
+    /// Shuts down the write side (EOF for the server).
+    pub fn half_close(&self) -> io::Result<()> {
+        self.stream.shutdown(Shutdown::Write)
+    }
+
+    /// Reads exactly `n` bytes.
+    pub fn read_exact(&mut self, n: usize) -> io::Result<Vec<u8>> {
+        let mut v = vec![0; n];
+        self.stream.read_exact(&mut v)?;
+        Ok(v)
+    }
+
+    /// Reads until EOF.
+    pub fn read_to_end(&mut self) -> io::Result<Vec<u8>> {
+        let mut v = Vec::new();
+        self.stream.read_to_end(&mut v)?;
+        Ok(v)
+    }
+
+    /// Reads until EOF with `timeout` on each read.
+    pub fn read_to_end_within(&mut self, timeout: Duration) -> io::Result<Vec<u8>> {
+        self.stream.set_read_timeout(Some(timeout))?;
+        let r = self.read_to_end();
+        self.stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        r
+    }
+
+    /// Waits at most `timeout` for something to read: `Ok(None)` if nothing
+    /// came, `Ok(Some(bytes))` (empty at EOF) otherwise.
+    pub fn read_some_within(&mut self, timeout: Duration) -> io::Result<Option<Vec<u8>>> {
+        self.stream.set_read_timeout(Some(timeout))?;
+        let mut buf = vec![0; 64 * 1024];
+        let r = self.stream.read(&mut buf);
+        self.stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        match r {
+            Ok(n) => {
+                buf.truncate(n);
+                Ok(Some(buf))
+            }
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends `input` (from a thread, so that neither side blocks the other),
+    /// half-closes, and returns everything read until EOF.
+    pub fn roundtrip(self, input: &[u8]) -> io::Result<Vec<u8>> {
+        self.roundtrip_chunked(input, usize::MAX)
+    }
+
+    /// As [`roundtrip`](Client::roundtrip), writing at most `chunk` bytes a
+    /// `write` call.
+    pub fn roundtrip_chunked(mut self, input: &[u8], chunk: usize) -> io::Result<Vec<u8>> {
+        let mut w = self.stream.try_clone()?;
+        let data = input.to_vec();
+        let writer = thread::spawn(move || -> io::Result<()> {
+            for c in data.chunks(chunk.max(1)) {
+                w.write_all(c)?;
+            }
+            w.shutdown(Shutdown::Write)
+        });
+        let read = self.read_to_end();
+        let wrote = writer.join().map_err(|_| fail("writer panicked"))?;
+        wrote?;
+        read
+    }
+}
+
+/// Verifies, as bytes arrive, an answer that is `want` repeated.
+pub struct Cyclic {
+    want: Vec<u8>,
+    /// Bytes verified so far.
+    pub total: usize,
+}
+
+impl Cyclic {
+    /// Expects `want` repeated.
+    pub fn new(want: Vec<u8>) -> Cyclic {
+        assert!(!want.is_empty());
+        Cyclic { want, total: 0 }
+    }
+
+    /// Checks the next bytes of the answer.
+    pub fn feed(&mut self, got: &[u8]) -> io::Result<()> {
+        let mut done = 0;
+        while done < got.len() {
+            let at = (self.total + done) % self.want.len();
+            let k = (got.len() - done).min(self.want.len() - at);
+            if got[done..done + k] != self.want[at..at + k] {
+                let i = got[done..done + k].iter().zip(&self.want[at..at + k]).position(|(a, b)| a != b).unwrap_or(0);
+                return Err(fail(format!(
+                    "answer differs at byte {}: got {:#04x}, want {:#04x}",
+                    self.total + done + i,
+                    got[done + i],
+                    self.want[at + i]
+                )));
+            }
+            done += k;
+        }
+        self.total += got.len();
+        Ok(())
+    }
+
+    /// Reads `r` to EOF, checking every byte.
+    pub fn read_to_end(&mut self, r: &mut impl Read) -> io::Result<()> {
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = r.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            self.feed(&buf[..n])?;
+        }
+    }
+
+    /// The answer was exactly `times` repetitions.
+    pub fn ensure_repeats(&self, times: usize) -> io::Result<()> {
+        let want = self.want.len() * times;
+        if self.total != want {
+            return Err(fail(format!("answer has {} bytes, want {want}", self.total)));
+        }
+        Ok(())
+    }
+}
