@@ -96,8 +96,8 @@ port_busy() {
 }
 
 free_port() {
-  local p i
-  for i in $(seq 1 200); do
+  local p _
+  for _ in $(seq 1 200); do
     p=$((20000 + RANDOM % 10000))
     [ "$p" -eq 40713 ] && continue
     port_busy "$p" || { echo "$p"; return; }
@@ -126,8 +126,8 @@ SRV_LOG=""
 # Waits until the server accepts connections (a probe connection, which
 # every server closes at once) or its process is gone.
 wait_ready() {
-  local pid="$1" port="$2" secs="$3" i
-  for i in $(seq 1 $((secs * 20))); do
+  local pid="$1" port="$2" secs="$3" _
+  for _ in $(seq 1 $((secs * 20))); do
     kill -0 "$pid" 2>/dev/null || return 1
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
     sleep 0.05
@@ -156,8 +156,8 @@ start_server() {
 stop_server() {
   [ -n "$SRV_PID" ] || return 0
   kill -TERM "$SRV_PID" 2>/dev/null || true
-  local i
-  for i in $(seq 1 100); do
+  local _
+  for _ in $(seq 1 100); do
     kill -0 "$SRV_PID" 2>/dev/null || break
     sleep 0.1
   done
@@ -215,9 +215,11 @@ run_main() {
   local s c r
   for s in $SERVERS; do
     case "$s" in rot13d-*) [ -x "$ROT13D" ] || { log "no $ROT13D: $s skipped"; continue; } ;; esac
-    start_server "$s" || continue
-    log "$s: pid $SRV_PID port $SRV_PORT"
     for c in $CASES; do
+      # A fresh server per case: RSS figures must not inherit another
+      # case's heap, and a crash stays within its case.
+      start_server "$s" || break
+      log "$s $c: pid $SRV_PID port $SRV_PORT"
       for r in $(seq 1 "$(case_runs "$c")"); do
         local args line
         args="$(case_args "$c")"
@@ -232,11 +234,11 @@ run_main() {
         fi
         if ! kill -0 "$SRV_PID" 2>/dev/null; then
           log "$s died during $c"
-          break 2
+          break
         fi
       done
+      stop_server
     done
-    stop_server
   done
   {
     echo "## rot13d and its peers (scripts/bench.sh)"

@@ -13,6 +13,9 @@
 //!
 //! With `--server-pid PID` every scenario reports the server's CPU time
 //! (summed over PID and its descendants: a master and its workers) and RSS.
+//! Rates count answered data: `lines_per_s` whole lines, `mb_per_s` bytes
+//! of one direction in 10^6 B/s; latencies run from just before the line's
+//! `send` to the read that completes its answer.
 
 #[path = "rot13d-bench/conns.rs"]
 mod conns;

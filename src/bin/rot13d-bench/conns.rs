@@ -9,7 +9,7 @@
 
 use crate::pattern::Pattern;
 use crate::report::Report;
-use crate::scenarios::connect;
+use crate::scenarios::{self, connect};
 use crate::{Common, Fail, procstat};
 use clap::Args;
 use rot13d::sys::{self, process};
@@ -84,9 +84,7 @@ pub fn run(a: &ConnsArgs) -> Result<(), Fail> {
         return Err(Fail::io(format!("{per} connections per process: use --procs {}", k.div_ceil(PER_PROC_MAX))));
     }
     let l = c.line_len.unwrap_or(64);
-    if l == 0 || l > c.max_line + 1 {
-        return Err(Fail::io(format!("--line-len {l} out of range")));
-    }
+    scenarios::check_line_len(l, c)?;
     let pid = c.server_pid;
     let settle = Duration::from_secs_f64(a.settle);
     let rss = || pid.map(procstat::tree_rss);

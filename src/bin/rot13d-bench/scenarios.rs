@@ -40,14 +40,21 @@ fn connect_n(addr: SocketAddr, n: usize) -> Result<Vec<TcpStream>, Fail> {
     (0..n).map(|i| connect(addr, None).map_err(|e| Fail::io(format!("connect #{i} to {addr}: {e}")))).collect()
 }
 
-/// Checks the line length against the protocol and builds its pattern.
-pub fn pattern(line_len: usize, c: &Common, min: usize) -> Result<Rc<Pattern>, Fail> {
+/// Refuses lines the server would cut into max_line pieces (the expected
+/// image is rot13 of the input byte for byte only without cuts).
+pub fn check_line_len(line_len: usize, c: &Common) -> Result<(), Fail> {
     if line_len == 0 || line_len > c.max_line + 1 {
         return Err(Fail::io(format!(
             "--line-len {line_len}: must be 1..={} (LF included; longer lines are cut by the server)",
             c.max_line + 1
         )));
     }
+    Ok(())
+}
+
+/// Checks the line length and builds its pattern.
+pub fn pattern(line_len: usize, c: &Common, min: usize) -> Result<Rc<Pattern>, Fail> {
+    check_line_len(line_len, c)?;
     Ok(Rc::new(Pattern::new(line_len, min.max(PATTERN_MIN), c.seed)))
 }
 

@@ -155,7 +155,9 @@ pub fn tables(lines: &str, baselines: &[String]) -> String {
             let _ = write!(head, " {h} |");
             rule.push_str("---:|");
         }
-        if let Some((_, h, _, _)) = cols.first() {
+        // The spread column only when some row has more than one run.
+        let spread = cols.first().filter(|_| meds.iter().any(|m| m.get(primary).is_some_and(|x| x.3 > 1)));
+        if let Some((_, h, _, _)) = spread {
             let _ = write!(head, " {h} min–max |");
             rule.push_str("---:|");
         }
@@ -178,7 +180,7 @@ pub fn tables(lines: &str, baselines: &[String]) -> String {
                     None => row.push_str(" – |"),
                 }
             }
-            if let Some((f, _, scale, d)) = cols.first() {
+            if let Some((f, _, scale, d)) = spread {
                 match m.get(f) {
                     Some((_, lo, hi, _)) => {
                         let _ = write!(row, " {:.*}–{:.*} |", *d, lo * scale, *d, hi * scale);
@@ -231,5 +233,7 @@ garbage
         assert!(t.contains("20.00–24.00 | 1.00× |"), "{t}");
         assert!(t.contains("| x | 1 | 11.00 | 704 |"), "{t}");
         assert!(t.contains(" 0.50× |"), "{t}");
+        let one = tables(input.lines().nth(1).unwrap(), &[]);
+        assert!(!one.contains("min–max"), "{one}");
     }
 }
