@@ -753,6 +753,36 @@ rtest!(eof_without_output_is_reported, |be| {
     Ok(())
 });
 
+rtest!(half_close_eof_then_still_writing, |be| {
+    // The peer shuts down its sending side only: EOF is reported, reading
+    // stops, and the bufferevent can still answer.
+    for kind in LINKS {
+        let mut b = be.base()?;
+        let (x, y) = link(kind, false)?;
+        let bev = new_bev(&mut b, x, BevOptions::default(), Ctx { on_read: OnRead::Drain, ..Ctx::default() })?;
+        with(&bev, |e| e.enable(&mut b, EventFlags::READ | EventFlags::WRITE))?;
+        put(&y, b"question")?;
+        sys::shutdown_write(y.as_raw_fd())?;
+        assert!(run_until(&mut b, LIMIT, |_| !ctx(&bev, |c| c.events.is_empty()))?, "{kind:?}");
+        ctx(&bev, |c| {
+            assert_eq!(c.got, b"question", "{kind:?}");
+            assert_eq!(c.events, [BevEvent::READING | BevEvent::EOF], "{kind:?}");
+        });
+        with(&bev, |e| {
+            e.output.add(b"answer");
+            e.flush(&mut b);
+        });
+        let mut got = Vec::new();
+        slurp(y.as_raw_fd(), &mut got);
+        assert_eq!(got, b"answer", "{kind:?}");
+        with(&bev, |e| e.close_when_flushed(&mut b));
+        got.clear();
+        assert!(slurp(y.as_raw_fd(), &mut got), "{kind:?}: no EOF after close");
+        assert_eq!(b.run(LoopFlags::NONBLOCK)?, LoopExit::NoEvents, "{kind:?}");
+    }
+    Ok(())
+});
+
 // ----- reset by peer -------------------------------------------------------------
 
 /// The peer closes abortively: with SO_LINGER 0 for TCP; for an AF_UNIX
