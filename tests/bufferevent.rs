@@ -186,6 +186,8 @@ enum OnRead {
     Echo,
     /// Free the bufferevent.
     Free,
+    /// Move it to this priority; record the outcome in `ctx.pri`.
+    SetPriority(usize),
 }
 
 /// What the event callback does.
@@ -232,6 +234,9 @@ struct Ctx {
     chunk: usize,
     /// The write callback frees the bufferevent.
     free_in_write: bool,
+    /// OnRead::SetPriority: (whether set_priority succeeded, priority()
+    /// before, priority() after).
+    pri: Vec<(bool, Option<usize>, Option<usize>)>,
 }
 
 type TBev = BufferEvent<Ctx>;
@@ -256,6 +261,13 @@ fn readcb(base: &mut EventBase, b: &mut TBev) {
             b.ctx.max_out = b.ctx.max_out.max(b.output.len());
         }
         OnRead::Free => b.free(base),
+        OnRead::SetPriority(p) => {
+            let before = b.priority(base);
+            let ok = b.set_priority(base, p).is_ok();
+            let after = b.priority(base);
+            b.ctx.pri.push((ok, before, after));
+            b.input.drain(n);
+        }
     }
 }
 
@@ -1567,6 +1579,38 @@ rtest!(deferred_callbacks_keep_the_priority, |be| {
     for (bev, _) in &keep {
         with(bev, |e| e.free(&mut b));
     }
+    Ok(())
+});
+
+rtest!(set_priority_from_a_callback_is_all_or_nothing, |be| {
+    // From the read callback while the write event is active in the same
+    // turn, the base refuses to move the (active) write event: then
+    // nothing may have moved, or the bufferevent's events sit at two
+    // priorities while priority() reports one of them.
+    let mut b = be.base()?;
+    b.priority_init(3)?;
+    let (x, y) = link(Link::Unix, true)?;
+    let bev = new_bev(&mut b, x, BevOptions::default(), Ctx { on_read: OnRead::SetPriority(2), ..Ctx::default() })?;
+    with(&bev, |e| -> io::Result<()> {
+        e.set_priority(&mut b, 0)?;
+        e.enable(&mut b, EventFlags::READ)?;
+        // Fill the socket so the write event is registered, waiting.
+        e.output.add(&pattern(1 << 20));
+        e.enable(&mut b, EventFlags::WRITE)
+    })?;
+    // Make it readable and writable at once.
+    let mut sink = Vec::new();
+    slurp(y.as_raw_fd(), &mut sink);
+    put(&y, b"x")?;
+    assert!(run_until(&mut b, LIMIT, |_| !ctx(&bev, |c| c.pri.is_empty()))?);
+    let (ok, before, after) = ctx(&bev, |c| c.pri[0]);
+    assert_eq!(before, Some(0));
+    if ok {
+        assert_eq!(after, Some(2));
+    } else {
+        assert_eq!(after, Some(0), "set_priority failed, yet priority() moved");
+    }
+    with(&bev, |e| e.free(&mut b));
     Ok(())
 });
 
