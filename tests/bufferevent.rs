@@ -1242,6 +1242,41 @@ rtest!(connect_to_a_closed_port_reports_refused, |be| {
     Ok(())
 });
 
+rtest!(connect_timeout, |be| {
+    // A listener whose accept queue is full drops further SYNs, so a
+    // connect to it stays under way: the write timeout bounds it.
+    use socket2::{Domain, Socket, Type};
+    let mut b = be.base()?;
+    let l = Socket::new(Domain::IPV4, Type::STREAM.cloexec(), None)?;
+    l.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
+    l.listen(0)?;
+    let addr = l.local_addr()?.as_socket().expect("an inet address");
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        let c = Socket::new(Domain::IPV4, Type::STREAM.nonblocking().cloexec(), None)?;
+        let _ = c.connect(&addr.into());
+        fillers.push(c);
+    }
+    let t0 = Instant::now();
+    let bev = BufferEvent::connect(&mut b, addr, Ctx::default())?;
+    with(&bev, |e| {
+        e.setcb(Some(readcb), Some(writecb), Some(eventcb));
+        e.set_timeouts(&mut b, None, Some(ms(100)));
+    });
+    assert!(run_until(&mut b, LIMIT, |_| !ctx(&bev, |c| c.events.is_empty()))?);
+    let el = t0.elapsed();
+    let ev = ctx(&bev, |c| c.events[0]);
+    assert_eq!(ev, BevEvent::WRITING | BevEvent::TIMEOUT, "the connect was not held up: the test proves nothing");
+    assert!(el >= ms(100), "fired after {el:?}");
+    assert!(el < ms(3000), "fired after {el:?}");
+    // Kept by the owner, the pending connect does not busy the loop (like
+    // libevent, the timeout may report again each period).
+    let turns = turns_in(&mut b, ms(100))?;
+    assert!(turns <= 20, "{turns} turns in 100 ms");
+    with(&bev, |e| e.free(&mut b));
+    Ok(())
+});
+
 // ----- enable / disable --------------------------------------------------------------
 
 rtest!(enable_and_disable, |be| {
