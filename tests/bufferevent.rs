@@ -8,7 +8,7 @@
 //! upper bound only. The peer side of a connection is a plain non-blocking
 //! fd driven by the test between loop turns.
 
-use crate::reactor::{Backend, rtest};
+use crate::reactor::{Backend, rtest, watchdog};
 use rot13d::reactor::{Bev, BevEvent, BevOptions, BufferEvent, EventBase, EventFlags, LoopExit, LoopFlags, Suspend};
 use rot13d::sys;
 use std::cell::RefCell;
@@ -1704,8 +1704,10 @@ rtest!(deferred_callbacks_within_one_once_turn, |be| {
     with(&bev, |e| e.enable(&mut b, EventFlags::READ | EventFlags::WRITE))?;
     put(&y, b"ping")?;
     // ONCE runs everything that became active, the deferred event included:
-    // the echo is out when the turn returns.
-    assert!(run_until(&mut b, LIMIT, |_| ctx(&bev, |c| !c.seen.is_empty()))?);
+    // the echo is out when the (single) turn returns.
+    watchdog(&mut b, 10)?;
+    assert_eq!(b.run(LoopFlags::ONCE)?, LoopExit::Done);
+    assert_eq!(ctx(&bev, |c| c.seen.clone()), [4]);
     let mut got = Vec::new();
     slurp(y.as_raw_fd(), &mut got);
     assert_eq!(got, b"ping");
@@ -1725,7 +1727,9 @@ rtest!(write_through_sends_in_the_same_turn, |be| {
             let msg = format!("line {round}\n");
             put(&y, msg.as_bytes())?;
             // Exactly one turn: the read callback's output goes out in it.
+            let wd = watchdog(&mut b, 10)?;
             assert_eq!(b.run(LoopFlags::ONCE)?, LoopExit::Done);
+            b.free(wd);
             assert_eq!(ctx(&bev, |c| c.seen.len()), round + 1, "{kind:?}");
             let mut got = Vec::new();
             slurp(y.as_raw_fd(), &mut got);
