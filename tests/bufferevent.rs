@@ -8,7 +8,7 @@
 //! upper bound only. The peer side of a connection is a plain non-blocking
 //! fd driven by the test between loop turns.
 
-use crate::reactor::{Backend, rtest};
+use crate::reactor::{Backend, rtest, watchdog};
 use rot13d::reactor::{Bev, BevEvent, BevOptions, BufferEvent, EventBase, EventFlags, LoopExit, LoopFlags, Suspend};
 use rot13d::sys;
 use std::cell::RefCell;
@@ -186,6 +186,8 @@ enum OnRead {
     Echo,
     /// Free the bufferevent.
     Free,
+    /// Move it to this priority; record the outcome in `ctx.pri`.
+    SetPriority(usize),
 }
 
 /// What the event callback does.
@@ -232,6 +234,9 @@ struct Ctx {
     chunk: usize,
     /// The write callback frees the bufferevent.
     free_in_write: bool,
+    /// OnRead::SetPriority: (whether set_priority succeeded, priority()
+    /// before, priority() after).
+    pri: Vec<(bool, Option<usize>, Option<usize>)>,
 }
 
 type TBev = BufferEvent<Ctx>;
@@ -256,6 +261,13 @@ fn readcb(base: &mut EventBase, b: &mut TBev) {
             b.ctx.max_out = b.ctx.max_out.max(b.output.len());
         }
         OnRead::Free => b.free(base),
+        OnRead::SetPriority(p) => {
+            let before = b.priority(base);
+            let ok = b.set_priority(base, p).is_ok();
+            let after = b.priority(base);
+            b.ctx.pri.push((ok, before, after));
+            b.input.drain(n);
+        }
     }
 }
 
@@ -753,6 +765,36 @@ rtest!(eof_without_output_is_reported, |be| {
     Ok(())
 });
 
+rtest!(half_close_eof_then_still_writing, |be| {
+    // The peer shuts down its sending side only: EOF is reported, reading
+    // stops, and the bufferevent can still answer.
+    for kind in LINKS {
+        let mut b = be.base()?;
+        let (x, y) = link(kind, false)?;
+        let bev = new_bev(&mut b, x, BevOptions::default(), Ctx { on_read: OnRead::Drain, ..Ctx::default() })?;
+        with(&bev, |e| e.enable(&mut b, EventFlags::READ | EventFlags::WRITE))?;
+        put(&y, b"question")?;
+        sys::shutdown_write(y.as_raw_fd())?;
+        assert!(run_until(&mut b, LIMIT, |_| !ctx(&bev, |c| c.events.is_empty()))?, "{kind:?}");
+        ctx(&bev, |c| {
+            assert_eq!(c.got, b"question", "{kind:?}");
+            assert_eq!(c.events, [BevEvent::READING | BevEvent::EOF], "{kind:?}");
+        });
+        with(&bev, |e| {
+            e.output.add(b"answer");
+            e.flush(&mut b);
+        });
+        let mut got = Vec::new();
+        slurp(y.as_raw_fd(), &mut got);
+        assert_eq!(got, b"answer", "{kind:?}");
+        with(&bev, |e| e.close_when_flushed(&mut b));
+        got.clear();
+        assert!(slurp(y.as_raw_fd(), &mut got), "{kind:?}: no EOF after close");
+        assert_eq!(b.run(LoopFlags::NONBLOCK)?, LoopExit::NoEvents, "{kind:?}");
+    }
+    Ok(())
+});
+
 // ----- reset by peer -------------------------------------------------------------
 
 /// The peer closes abortively: with SO_LINGER 0 for TCP; for an AF_UNIX
@@ -1200,6 +1242,41 @@ rtest!(connect_to_a_closed_port_reports_refused, |be| {
     Ok(())
 });
 
+rtest!(connect_timeout, |be| {
+    // A listener whose accept queue is full drops further SYNs, so a
+    // connect to it stays under way: the write timeout bounds it.
+    use socket2::{Domain, Socket, Type};
+    let mut b = be.base()?;
+    let l = Socket::new(Domain::IPV4, Type::STREAM.cloexec(), None)?;
+    l.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
+    l.listen(0)?;
+    let addr = l.local_addr()?.as_socket().expect("an inet address");
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        let c = Socket::new(Domain::IPV4, Type::STREAM.nonblocking().cloexec(), None)?;
+        let _ = c.connect(&addr.into());
+        fillers.push(c);
+    }
+    let t0 = Instant::now();
+    let bev = BufferEvent::connect(&mut b, addr, Ctx::default())?;
+    with(&bev, |e| {
+        e.setcb(Some(readcb), Some(writecb), Some(eventcb));
+        e.set_timeouts(&mut b, None, Some(ms(100)));
+    });
+    assert!(run_until(&mut b, LIMIT, |_| !ctx(&bev, |c| c.events.is_empty()))?);
+    let el = t0.elapsed();
+    let ev = ctx(&bev, |c| c.events[0]);
+    assert_eq!(ev, BevEvent::WRITING | BevEvent::TIMEOUT, "the connect was not held up: the test proves nothing");
+    assert!(el >= ms(100), "fired after {el:?}");
+    assert!(el < ms(3000), "fired after {el:?}");
+    // Kept by the owner, the pending connect does not busy the loop (like
+    // libevent, the timeout may report again each period).
+    let turns = turns_in(&mut b, ms(100))?;
+    assert!(turns <= 20, "{turns} turns in 100 ms");
+    with(&bev, |e| e.free(&mut b));
+    Ok(())
+});
+
 // ----- enable / disable --------------------------------------------------------------
 
 rtest!(enable_and_disable, |be| {
@@ -1540,6 +1617,38 @@ rtest!(deferred_callbacks_keep_the_priority, |be| {
     Ok(())
 });
 
+rtest!(set_priority_from_a_callback_is_all_or_nothing, |be| {
+    // From the read callback while the write event is active in the same
+    // turn, the base refuses to move the (active) write event: then
+    // nothing may have moved, or the bufferevent's events sit at two
+    // priorities while priority() reports one of them.
+    let mut b = be.base()?;
+    b.priority_init(3)?;
+    let (x, y) = link(Link::Unix, true)?;
+    let bev = new_bev(&mut b, x, BevOptions::default(), Ctx { on_read: OnRead::SetPriority(2), ..Ctx::default() })?;
+    with(&bev, |e| -> io::Result<()> {
+        e.set_priority(&mut b, 0)?;
+        e.enable(&mut b, EventFlags::READ)?;
+        // Fill the socket so the write event is registered, waiting.
+        e.output.add(&pattern(1 << 20));
+        e.enable(&mut b, EventFlags::WRITE)
+    })?;
+    // Make it readable and writable at once.
+    let mut sink = Vec::new();
+    slurp(y.as_raw_fd(), &mut sink);
+    put(&y, b"x")?;
+    assert!(run_until(&mut b, LIMIT, |_| !ctx(&bev, |c| c.pri.is_empty()))?);
+    let (ok, before, after) = ctx(&bev, |c| c.pri[0]);
+    assert_eq!(before, Some(0));
+    if ok {
+        assert_eq!(after, Some(2));
+    } else {
+        assert_eq!(after, Some(0), "set_priority failed, yet priority() moved");
+    }
+    with(&bev, |e| e.free(&mut b));
+    Ok(())
+});
+
 // ----- deferred callbacks ----------------------------------------------------------------
 
 rtest!(deferred_callbacks_run_from_their_own_event, |be| {
@@ -1595,8 +1704,10 @@ rtest!(deferred_callbacks_within_one_once_turn, |be| {
     with(&bev, |e| e.enable(&mut b, EventFlags::READ | EventFlags::WRITE))?;
     put(&y, b"ping")?;
     // ONCE runs everything that became active, the deferred event included:
-    // the echo is out when the turn returns.
-    assert!(run_until(&mut b, LIMIT, |_| ctx(&bev, |c| !c.seen.is_empty()))?);
+    // the echo is out when the (single) turn returns.
+    watchdog(&mut b, 10)?;
+    assert_eq!(b.run(LoopFlags::ONCE)?, LoopExit::Done);
+    assert_eq!(ctx(&bev, |c| c.seen.clone()), [4]);
     let mut got = Vec::new();
     slurp(y.as_raw_fd(), &mut got);
     assert_eq!(got, b"ping");
@@ -1616,7 +1727,9 @@ rtest!(write_through_sends_in_the_same_turn, |be| {
             let msg = format!("line {round}\n");
             put(&y, msg.as_bytes())?;
             // Exactly one turn: the read callback's output goes out in it.
+            let wd = watchdog(&mut b, 10)?;
             assert_eq!(b.run(LoopFlags::ONCE)?, LoopExit::Done);
+            b.free(wd);
             assert_eq!(ctx(&bev, |c| c.seen.len()), round + 1, "{kind:?}");
             let mut got = Vec::new();
             slurp(y.as_raw_fd(), &mut got);

@@ -297,12 +297,24 @@ impl<C: 'static> BufferEvent<C> {
     /// Sets the priority of its read and write events.
     #[doc(alias = "bufferevent_priority_set")]
     pub fn set_priority(&mut self, base: &mut EventBase, pri: usize) -> io::Result<()> {
-        base.set_priority(self.read_ev, pri)?;
-        base.set_priority(self.write_ev, pri)?;
         // Deferred callbacks run at the bufferevent's priority (as in
-        // libevent), not at the base's default one.
-        if self.defer_ev != EventId::INVALID {
-            base.set_priority(self.defer_ev, pri)?;
+        // libevent), not at the base's default one. All or nothing: the
+        // base refuses to move an active event (say the write event, from
+        // the read callback of the same turn); undo what moved before it.
+        let ids = [self.read_ev, self.write_ev, self.defer_ev];
+        let old = ids.map(|id| base.priority(id));
+        for (i, &id) in ids.iter().enumerate() {
+            if id == EventId::INVALID {
+                continue;
+            }
+            if let Err(e) = base.set_priority(id, pri) {
+                for (&done, &was) in ids[..i].iter().zip(&old[..i]) {
+                    if let Some(p) = was {
+                        let _ = base.set_priority(done, p);
+                    }
+                }
+                return Err(e);
+            }
         }
         Ok(())
     }
