@@ -69,6 +69,9 @@
 use crate::reactor::evbuffer::EvBuffer;
 use crate::rot13::rot13_in_place_count_lf;
 
+/// The largest `max_line` a framer takes (the configuration allows 1 GiB).
+pub const MAX_MAX_LINE: usize = 1 << 30;
+
 /// The default `max_line` (SPEC §1).
 pub const DEFAULT_MAX_LINE: usize = 16 * 1024;
 
@@ -82,9 +85,9 @@ pub const DEFAULT_MAX_LINE: usize = 16 * 1024;
 #[derive(Clone, Debug)]
 pub struct Framer {
     /// Longest line sent whole (LF excluded, CR included); at least 1.
-    max_line: usize,
+    max_line: u32,
     /// Bytes at the front of the input already known to hold no LF.
-    scanned: usize,
+    scanned: u32,
 }
 
 /// What one scan of the input found.
@@ -106,12 +109,12 @@ impl Framer {
     /// A framer that cuts lines longer than `max_line` bytes (0 is taken
     /// as 1; configuration rejects 0 before this point).
     pub fn new(max_line: usize) -> Framer {
-        Framer { max_line: max_line.max(1), scanned: 0 }
+        Framer { max_line: max_line.clamp(1, MAX_MAX_LINE) as u32, scanned: 0 }
     }
 
     /// The longest line sent whole.
     pub fn max_line(&self) -> usize {
-        self.max_line
+        self.max_line as usize
     }
 
     /// Forgets the scan position (the input was changed behind the
@@ -136,7 +139,7 @@ impl Framer {
     /// per 64 KiB read whatever the line length; lines are counted later,
     /// while rotating (`emit`).
     fn scan(&self, input: &EvBuffer, from: usize) -> Scan {
-        let max = self.max_line;
+        let max = self.max_line as usize;
         let total = input.len();
         if from > max {
             return Scan { run_end: 0, overlong: Some(from) };
@@ -176,25 +179,25 @@ impl Framer {
     /// complete piece of an overlong line) to `output`; returns how many
     /// lines and pieces were emitted. The partial line stays in `input`.
     pub fn process(&mut self, input: &mut EvBuffer, output: &mut EvBuffer) -> usize {
-        if self.scanned > input.len() {
+        if self.scanned as usize > input.len() {
             self.scanned = 0;
         }
         let mut emitted = 0;
         loop {
-            let scan = self.scan(input, self.scanned);
+            let scan = self.scan(input, self.scanned as usize);
             if scan.run_end > 0 {
                 emitted += Self::emit(input, output, scan.run_end);
             }
             match scan.overlong {
                 None => {
-                    self.scanned = input.len();
+                    self.scanned = input.len().min(u32::MAX as usize) as u32;
                     return emitted;
                 }
                 Some(known) => {
-                    Self::emit(input, output, self.max_line);
+                    Self::emit(input, output, self.max_line as usize);
                     output.add(b"\n");
                     emitted += 1;
-                    self.scanned = known - self.max_line;
+                    self.scanned = (known - self.max_line as usize).min(u32::MAX as usize) as u32;
                 }
             }
         }

@@ -249,11 +249,11 @@ pub enum Eol {
 pub struct EvBuffer {
     chunks: VecDeque<Chunk>,
     len: usize,
-    read_size: usize,
+    read_size: u32,
     /// `readln`'s scan cursor: the last search for this style found no
     /// terminator starting before this offset, and only appends happened
     /// since. A line trickling in is thus scanned once, not once per read.
-    eol_hint: Option<(Eol, usize)>,
+    eol_hint: Option<(Eol, u32)>,
 }
 
 impl Default for EvBuffer {
@@ -284,7 +284,7 @@ impl EvBuffer {
     /// An empty buffer. Allocates nothing.
     #[doc(alias = "evbuffer_new")]
     pub const fn new() -> EvBuffer {
-        EvBuffer { chunks: VecDeque::new(), len: 0, read_size: DEFAULT_READ_SIZE, eol_hint: None }
+        EvBuffer { chunks: VecDeque::new(), len: 0, read_size: DEFAULT_READ_SIZE as u32, eol_hint: None }
     }
 
     /// Number of queued bytes.
@@ -324,13 +324,13 @@ impl EvBuffer {
 
     /// Bytes one [`read_from`](EvBuffer::read_from) asks for at most.
     pub fn read_size(&self) -> usize {
-        self.read_size
+        self.read_size as usize
     }
 
     /// Sets how many bytes one [`read_from`](EvBuffer::read_from) asks for
     /// at most, clamped to [`MIN_READ_SIZE`]..=[`MAX_READ_SIZE`].
     pub fn set_read_size(&mut self, size: usize) {
-        self.read_size = size.clamp(MIN_READ_SIZE, MAX_READ_SIZE);
+        self.read_size = size.clamp(MIN_READ_SIZE, MAX_READ_SIZE) as u32;
     }
 
     /// Appends a copy of `data`.
@@ -534,7 +534,7 @@ impl EvBuffer {
             }
             if left >= cl - left && (2 * left >= front.data.len() || dst.chunks.len() < SPARSE_MOVES) {
                 let stay = cl - left;
-                let mut rest = new_chunk(stay, self.read_size);
+                let mut rest = new_chunk(stay, self.read_size as usize);
                 rest.append(&front.bytes()[left..]);
                 front.end = front.start + left;
                 if let Some(c) = self.chunks.pop_front() {
@@ -704,7 +704,7 @@ impl EvBuffer {
     /// at the scan cursor, and moves it on a miss.
     fn find_eol(&mut self, eol: Eol) -> Option<(usize, usize)> {
         let from = match self.eol_hint {
-            Some((style, at)) if style == eol => at,
+            Some((style, at)) if style == eol => at as usize,
             _ => 0,
         };
         let found = match eol {
@@ -722,7 +722,8 @@ impl EvBuffer {
         if found.is_none() {
             // A final CR may yet pair with an LF: CRLF_STRICT rescans it.
             let at = if eol == Eol::CrlfStrict { self.len.saturating_sub(1) } else { self.len };
-            self.eol_hint = Some((eol, at));
+            // Offsets past u32 are not remembered: the next call rescans.
+            self.eol_hint = u32::try_from(at).ok().map(|at| (eol, at));
         }
         found
     }
@@ -760,7 +761,7 @@ impl EvBuffer {
     /// 0` is refused (`InvalidInput`) so that `Ok(0)` always means EOF.
     #[doc(alias = "evbuffer_read")]
     pub fn read_from(&mut self, fd: RawFd, max: usize) -> io::Result<usize> {
-        let want = max.min(self.read_size);
+        let want = max.min(self.read_size as usize);
         if want == 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "read of 0 bytes"));
         }
@@ -773,7 +774,7 @@ impl EvBuffer {
             self.len += r;
             return Ok(r);
         }
-        let mut fresh = new_chunk(want - tail_free, self.read_size);
+        let mut fresh = new_chunk(want - tail_free, self.read_size as usize);
         let second = (want - tail_free).min(fresh.data.len());
         let res = match self.chunks.back_mut() {
             Some(t) if tail_free > 0 => {

@@ -5,7 +5,7 @@ use std::fmt;
 
 /// What an event watches, and what happened to it (libevent's `EV_*`).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct EventFlags(pub(crate) u16);
+pub struct EventFlags(pub(crate) u8);
 
 impl EventFlags {
     /// No bits.
@@ -40,13 +40,15 @@ impl EventFlags {
     pub const fn is_empty(self) -> bool {
         self.0 == 0
     }
-    /// The raw bits (libevent's values).
+    /// The raw bits (libevent's values; all fit in a byte, which keeps an
+    /// event slot small).
     pub const fn bits(self) -> u16 {
-        self.0
+        self.0 as u16
     }
-    /// Builds flags from libevent's raw values.
+    /// Builds flags from libevent's raw values (every `EV_*` flag fits in
+    /// a byte; higher bits are dropped).
     pub const fn from_bits(bits: u16) -> EventFlags {
-        EventFlags(bits)
+        EventFlags(bits as u8)
     }
 }
 
