@@ -799,3 +799,38 @@ fn sigterm_right_after_sighup_stops_every_generation() -> io::Result<()> {
     }
     ensure_refused(&d)
 }
+
+/// Accepts spread over the workers (a SO_REUSEPORT group, one socket per
+/// worker): 10,000 short connections over 2 workers, each worker's share
+/// (from its `draining accepted=N` line at stop) within 20% of an even split.
+#[test]
+fn short_connections_split_evenly_over_two_workers() -> io::Result<()> {
+    use std::io::{Read, Write};
+    let mut d = Daemon::builder().workers(2).start()?;
+    let addr = d.addr();
+    const N: usize = 10_000;
+    for i in 0..N {
+        let mut s = std::net::TcpStream::connect(addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"a\n")?;
+        let mut b = [0u8; 2];
+        s.read_exact(&mut b)?;
+        ensure!(&b == b"n\n", "connection {i}: {b:?}");
+    }
+    d.signal(libc::SIGTERM)?;
+    let status = d.wait_exit(Duration::from_secs(20))?;
+    ensure!(status.code() == Some(0), "exit {status:?}");
+    let text = d.log().text();
+    let shares: Vec<usize> = text
+        .lines()
+        .filter(|l| l.contains("draining"))
+        .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("accepted=")))
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    ensure!(shares.len() == 2, "expected two draining lines: {shares:?}\n{text}");
+    ensure!(shares.iter().sum::<usize>() == N, "accepted {shares:?} != {N}");
+    for s in &shares {
+        ensure!(*s >= N / 2 * 8 / 10 && *s <= N / 2 * 12 / 10, "uneven split {shares:?}");
+    }
+    Ok(())
+}
