@@ -302,7 +302,7 @@ run_efficiency() {
   {
     echo "## Efficiency: instructions and syscalls per line (scripts/bench.sh efficiency)"
     echo
-    echo "_$(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'). Server side only: callgrind Ir of the whole server process tree (start-up included) / $EFF_LINES lines; strace -f -c calls (start-up included) per 1,000 lines. Client: rot13d-bench oneshot (one connection, all lines pipelined within a 256 KiB window, then half-close). These counts do not depend on other load._"
+    echo "_$(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'). Server side only: callgrind Ir of the whole server process tree (start-up included) / $EFF_LINES lines; strace -f -c calls (start-up included) per 1,000 lines. Client: rot13d-bench oneshot (one connection, all lines pipelined within a 256 KiB window, then half-close). Instruction counts do not depend on other load; syscall counts vary by up to ±25% with how the kernel batches the stream into reads._"
     "$BENCH" summarize "$raw" --baseline ceiling --baseline tokio-multi
   } >"$OUT/efficiency.md"
   cat "$OUT/efficiency.md"
