@@ -9,7 +9,8 @@
 #                                 start-up included
 #
 # Each server runs pinned to CPU 0 (taskset -c 0) on a free port in 20000-30000,
-# the generator pinned to CPU 1; every case runs RUNS times and the tables show
+# the generator pinned to CPU 1; every case runs RUNS times, round-robin over
+# the servers, each run on a fresh server, and the tables show
 # medians, the min-max of the first column, and ratios against the ceiling and
 # tokio multi. Output: bench-out/results.md (+ results.jsonl, the raw lines),
 # bench-out/efficiency.md (+ efficiency.jsonl).
@@ -212,15 +213,19 @@ run_main() {
   local raw="$OUT/results.jsonl" load0
   load0="$(cut -d' ' -f1-3 /proc/loadavg)"
   : >"$raw"
-  local s c r
+  local s c r servers=""
   for s in $SERVERS; do
     case "$s" in rot13d-*) [ -x "$ROT13D" ] || { log "no $ROT13D: $s skipped"; continue; } ;; esac
-    for c in $CASES; do
-      # A fresh server per case: RSS figures must not inherit another
-      # case's heap, and a crash stays within its case.
-      start_server "$s" || break
-      log "$s $c: pid $SRV_PID port $SRV_PORT"
-      for r in $(seq 1 "$(case_runs "$c")"); do
+    servers="$servers $s"
+  done
+  # Runs go round-robin over the servers (run 1 of each, then run 2 of
+  # each, ...) so that every server samples the same spells of outside load;
+  # each run gets a fresh server (RSS must not inherit another run's heap,
+  # a crash stays within its run).
+  for c in $CASES; do
+    for r in $(seq 1 "$(case_runs "$c")"); do
+      for s in $servers; do
+        start_server "$s" || continue
         local args line
         args="$(case_args "$c")"
         # shellcheck disable=SC2086
@@ -232,12 +237,9 @@ run_main() {
           log "$s $c run $r: FAILED (exit $?)"
           echo "{\"scenario\":\"failed\",\"label\":\"$s\",\"case\":\"failures\",\"$c\":1}" >>"$raw"
         fi
-        if ! kill -0 "$SRV_PID" 2>/dev/null; then
-          log "$s died during $c"
-          break
-        fi
+        kill -0 "$SRV_PID" 2>/dev/null || log "$s died during $c run $r"
+        stop_server
       done
-      stop_server
     done
   done
   {
@@ -300,7 +302,7 @@ run_efficiency() {
   {
     echo "## Efficiency: instructions and syscalls per line (scripts/bench.sh efficiency)"
     echo
-    echo "_$(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'). Server side only: callgrind Ir of the whole server process tree (start-up included) / $EFF_LINES lines; strace -f -c calls (start-up included) per 1,000 lines. Client: rot13d-bench oneshot (one connection, all lines pipelined within a 256 KiB window, then half-close). These counts do not depend on other load._"
+    echo "_$(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'). Server side only: callgrind Ir of the whole server process tree (start-up included) / $EFF_LINES lines; strace -f -c calls (start-up included) per 1,000 lines. Client: rot13d-bench oneshot (one connection, all lines pipelined within a 256 KiB window, then half-close). Instruction counts do not depend on other load; syscall counts vary by up to ±25% with how the kernel batches the stream into reads._"
     "$BENCH" summarize "$raw" --baseline ceiling --baseline tokio-multi
   } >"$OUT/efficiency.md"
   cat "$OUT/efficiency.md"
