@@ -1703,3 +1703,38 @@ fn common_timeout_rearms_100k_events_in_o1_queue() -> io::Result<()> {
 // After the macro, so that its textual scope reaches the module.
 mod fork;
 mod model;
+
+rtest!(starvation_limit_lets_a_busy_base_run_low_priorities, |be| {
+    // An urgent event that re-activates itself every time it runs keeps
+    // priority 0 busy for ever. libevent's strict rule never runs priority 1
+    // then; with a starvation limit of 2 it runs once every few turns.
+    for limit in [None, Some(2)] {
+        let mut cfg = be.config();
+        cfg.set_starvation_limit(limit);
+        let mut b = be.base_with(&cfg)?;
+        b.priority_init(2)?;
+        let urgent_runs = counter();
+        let low_runs = counter();
+        let u = urgent_runs.clone();
+        let urgent = b.new_event(-1, EventFlags::NONE, move |b, id, _| {
+            u.set(u.get() + 1);
+            b.active(id, EventFlags::TIMEOUT);
+        });
+        b.set_priority(urgent, 0)?;
+        let l = low_runs.clone();
+        let low = b.new_event(-1, EventFlags::PERSIST, move |_, _, _| l.set(l.get() + 1));
+        b.set_priority(low, 1)?;
+        b.active(urgent, EventFlags::TIMEOUT);
+        b.active(low, EventFlags::TIMEOUT);
+        for _ in 0..10 {
+            b.run(LoopFlags::NONBLOCK)?;
+        }
+        assert_eq!(urgent_runs.get(), 10);
+        match limit {
+            None => assert_eq!(low_runs.get(), 0, "strict priorities starve the low one"),
+            Some(_) => assert_eq!(low_runs.get(), 1, "the low one ran once after two skipped turns"),
+        }
+        b.del(urgent)?;
+    }
+    Ok(())
+});

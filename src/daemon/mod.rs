@@ -36,6 +36,8 @@ const FD_RESERVE: u64 = 64;
 
 /// Bulk callbacks per loop turn when lanes are on and no limit is set.
 const BULK_TURN_CALLBACKS: usize = 8;
+/// After this many turns without bulk callbacks, bulk gets one bounded pass.
+const BULK_STARVE_TURNS: usize = 2;
 /// Longest run of bulk callbacks per loop turn in that case.
 const BULK_TURN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1);
 
@@ -201,6 +203,8 @@ pub fn reactor_config(s: &Settings) -> Result<EventConfig, Error> {
         // callbacks (each up to one 64 KiB read) before interactive
         // connections are looked at again.
         cfg.set_max_dispatch_interval(Some(BULK_TURN_INTERVAL), Some(BULK_TURN_CALLBACKS), worker::LANE_BULK);
+        // ...and interactive traffic that never pauses cannot starve bulk.
+        cfg.set_starvation_limit(Some(BULK_STARVE_TURNS));
     } else {
         cfg.set_max_dispatch_interval(r.max_dispatch_interval, r.max_callbacks.map(|n| n as usize), r.min_priority);
     }

@@ -166,6 +166,9 @@ pub struct EventBase {
     max_interval: Option<Duration>,
     max_callbacks: Option<usize>,
     min_priority: usize,
+    starve_limit: Option<usize>,
+    /// Per priority: turns in a row it had live events but did not run.
+    skipped: Vec<usize>,
     signals: Option<SignalPipe>,
     signal_ev: EventId,
     wake: Option<Arc<WakeShared>>,
@@ -265,6 +268,8 @@ impl EventBase {
             max_interval: cfg.max_dispatch_interval,
             max_callbacks: cfg.max_callbacks,
             min_priority: cfg.min_priority,
+            starve_limit: cfg.starve_limit.filter(|&n| n > 0),
+            skipped: Vec::new(),
             signals: None,
             signal_ev: EventId::INVALID,
             wake: None,
@@ -929,21 +934,55 @@ impl EventBase {
         self.expired = expired;
     }
 
+    /// Whether queue `p` holds a live entry (stale ones at its front are
+    /// dropped on the way).
+    fn queue_live(&mut self, p: usize) -> bool {
+        while let Some(&(idx, seq)) = self.queues[p].front() {
+            let s = &self.slots[idx as usize];
+            if s.qseq == seq && s.state & ACTIVE != 0 {
+                return true;
+            }
+            self.queues[p].pop_front();
+        }
+        false
+    }
+
     fn process_active(&mut self) -> usize {
         // The most urgent queue with a live entry: a queue holding only
         // stale entries must not use up the turn (NONBLOCK would run nothing).
-        let Some(pri) = (0..self.queues.len()).find(|&p| {
-            while let Some(&(idx, seq)) = self.queues[p].front() {
-                let s = &self.slots[idx as usize];
-                if s.qseq == seq && s.state & ACTIVE != 0 {
-                    return true;
-                }
-                self.queues[p].pop_front();
-            }
-            false
-        }) else {
+        let Some(pri) = (0..self.queues.len()).find(|&p| self.queue_live(p)) else {
             return 0;
         };
+        let mut ran = self.run_queue(pri);
+        // Starvation limit: a less urgent queue passed over this many turns
+        // in a row gets one bounded pass now, so a steady stream of urgent
+        // events cannot stop it for good.
+        if let Some(limit) = self.starve_limit {
+            if self.skipped.len() < self.queues.len() {
+                self.skipped.resize(self.queues.len(), 0);
+            }
+            self.skipped[pri] = 0;
+            for p in pri + 1..self.queues.len() {
+                if self.break_flag || self.continue_flag {
+                    break;
+                }
+                if !self.queue_live(p) {
+                    self.skipped[p] = 0;
+                    continue;
+                }
+                self.skipped[p] += 1;
+                if self.skipped[p] >= limit {
+                    self.skipped[p] = 0;
+                    ran += self.run_queue(p);
+                }
+            }
+        }
+        ran
+    }
+
+    /// One pass over priority `pri`'s queue: the entries queued when it
+    /// starts, bounded by the max-dispatch settings from `min_priority` on.
+    fn run_queue(&mut self, pri: usize) -> usize {
         let limited = pri >= self.min_priority;
         let max_cb = if limited { self.max_callbacks.unwrap_or(usize::MAX) } else { usize::MAX };
         let until = if limited {
@@ -951,7 +990,7 @@ impl EventBase {
         } else {
             None
         };
-        let n = self.queues[pri].len();
+        let n = self.queues.get(pri).map_or(0, VecDeque::len);
         let mut ran = 0;
         for _ in 0..n {
             // A callback may have called priority_init and dropped this queue.

@@ -64,6 +64,7 @@ pub struct EventConfig {
     pub(crate) max_dispatch_interval: Option<Duration>,
     pub(crate) max_callbacks: Option<usize>,
     pub(crate) min_priority: usize,
+    pub(crate) starve_limit: Option<usize>,
     pub(crate) capacity_hint: usize,
 }
 
@@ -108,6 +109,16 @@ impl EventConfig {
         self.max_dispatch_interval = max_interval;
         self.max_callbacks = max_callbacks;
         self.min_priority = min_priority;
+        self
+    }
+
+    /// Beyond libevent: a less urgent priority whose events were passed
+    /// over `turns` loop turns in a row gets one pass (bounded by the
+    /// max-dispatch settings) in the next turn. libevent's strict rule lets
+    /// a steady stream of urgent events starve it for ever; `None` (the
+    /// default) keeps that rule.
+    pub fn set_starvation_limit(&mut self, turns: Option<usize>) -> &mut Self {
+        self.starve_limit = turns;
         self
     }
 
