@@ -708,6 +708,26 @@ rtest!(signal_events, |be| {
     Ok(())
 });
 
+rtest!(signal_delivered_three_times_runs_three_times, |be| {
+    // libevent calls a signal callback once per delivery (ncalls), even
+    // when the deliveries arrive before the loop looks.
+    let _g = process_lock();
+    let mut b = be.base()?;
+    let log = Log::default();
+    let s1 = b.new_signal(libc::SIGUSR1, log.cb("usr1"));
+    b.add(s1, None)?;
+    watchdog(&mut b, 10)?;
+    for _ in 0..3 {
+        sys::signal::raise(libc::SIGUSR1)?;
+    }
+    while log.len() < 3 {
+        b.run(LoopFlags::ONCE)?;
+    }
+    assert_eq!(log.tags(), ["usr1", "usr1", "usr1"]);
+    b.free(s1);
+    Ok(())
+});
+
 rtest!(signal_event_deleted_and_added_again, |be| {
     let _g = process_lock();
     let mut b = be.base()?;

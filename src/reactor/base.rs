@@ -169,6 +169,8 @@ pub struct EventBase {
     starve_limit: Option<usize>,
     /// Per priority: turns in a row it had live events but did not run.
     skipped: Vec<usize>,
+    /// Signal events activated, with how many deliveries they owe.
+    sig_calls: Vec<(u32, u32)>,
     signals: Option<SignalPipe>,
     signal_ev: EventId,
     wake: Option<Arc<WakeShared>>,
@@ -270,6 +272,7 @@ impl EventBase {
             min_priority: cfg.min_priority,
             starve_limit: cfg.starve_limit.filter(|&n| n > 0),
             skipped: Vec::new(),
+            sig_calls: Vec::new(),
             signals: None,
             signal_ev: EventId::INVALID,
             wake: None,
@@ -621,6 +624,7 @@ impl EventBase {
             s.state &= !ACTIVE;
             s.res = EventFlags::NONE;
             self.n_active -= 1;
+            self.sig_calls.retain(|(i, _)| *i != idx);
         }
         let s = &mut self.slots[idx as usize];
         let mut result = Ok(());
@@ -752,10 +756,15 @@ impl EventBase {
         let mut fire = Vec::new();
         for (sig, &n) in counts.iter().enumerate() {
             if n > 0 {
-                fire.extend(sp.events[sig].iter().copied());
+                fire.extend(sp.events[sig].iter().map(|&idx| (idx, n)));
             }
         }
-        for idx in fire {
+        for (idx, n) in fire {
+            // The callback runs once per delivery (libevent's ncalls).
+            match self.sig_calls.iter_mut().find(|(i, _)| *i == idx) {
+                Some((_, c)) => *c = c.saturating_add(n),
+                None => self.sig_calls.push((idx, n)),
+            }
             self.activate(idx, EventFlags::SIGNAL);
         }
     }
@@ -1037,11 +1046,26 @@ impl EventBase {
             self.timers.schedule_at(idx, next, timeout);
             self.recount(idx, was);
         }
+        let calls = if res.contains(EventFlags::SIGNAL) {
+            match self.sig_calls.iter().position(|(i, _)| *i == idx) {
+                Some(p) => self.sig_calls.swap_remove(p).1.max(1),
+                None => 1,
+            }
+        } else {
+            1
+        };
         let Some(mut cb) = self.slots[idx as usize].cb.take() else { return };
         let id = EventId { idx, generation };
-        match &mut cb {
-            Cb::Boxed(f) => f(self, id, res),
-            Cb::Shared(h) => h.handle(self, id, res),
+        for _ in 0..calls {
+            match &mut cb {
+                Cb::Boxed(f) => f(self, id, res),
+                Cb::Shared(h) => h.handle(self, id, res),
+            }
+            // Stop repeating once the event is gone or the loop must stop.
+            let s = &self.slots[idx as usize];
+            if s.generation != generation || s.state & ALLOCATED == 0 || s.state & INSERTED == 0 || self.break_flag {
+                break;
+            }
         }
         let s = &mut self.slots[idx as usize];
         if s.generation == generation && s.state & ALLOCATED != 0 {

@@ -141,11 +141,14 @@ pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
     Ok(())
 }
 
-/// Sends `sig` to this process (tests).
+/// Sends `sig` to the calling thread (`raise(3)`): its handler has run
+/// when this returns, so several calls are several deliveries (a signal
+/// sent to the whole process may wait for another thread and merge with
+/// the next one).
 pub fn raise(sig: i32) -> io::Result<()> {
-    // SAFETY: getpid has no preconditions.
-    let pid = unsafe { libc::getpid() };
-    kill(pid, sig)
+    // SAFETY: raise has no memory-safety preconditions.
+    let r = unsafe { libc::raise(sig) };
+    if r != 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
 /// A saved signal mask.
