@@ -10,8 +10,10 @@
 //! - write timeout: output made no progress for `write_timeout`: closed.
 //! - error or reset: closed, everything it held freed.
 //!
-//! The state machine has a phase so that a header (the PROXY protocol) can
-//! be read before the ROT13 stream.
+//! A header read before the ROT13 stream (the PROXY protocol) goes in
+//! `on_read`, before the framer, with a flag in `Conn` saying whether it is
+//! done; flushing before the close is the bufferevent's own state
+//! (`is_closing`).
 
 use super::metrics::Counter;
 use super::worker::{LANE_BULK, LANE_INTERACTIVE, Shared};
@@ -19,23 +21,11 @@ use crate::protocol::Framer;
 use crate::reactor::{BevEvent, BufferEvent, EventBase, EventFlags};
 use std::rc::Rc;
 
-/// Where a connection is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Phase {
-    /// Reading a header before the stream (reserved for the PROXY protocol).
-    Header,
-    /// Serving ROT13 lines.
-    Stream,
-    /// The client finished or the worker drains: flushing, then closing.
-    Closing,
-}
-
 /// The per-connection state stored inside the bufferevent.
 pub struct Conn {
     pub(crate) framer: Framer,
     pub(crate) shared: Rc<Shared>,
     pub(crate) id: u32,
-    pub(crate) phase: Phase,
     /// Input bytes already counted as received.
     pub(crate) carried: u32,
     /// Lane bookkeeping: bytes received in the current window...
@@ -118,7 +108,6 @@ pub(crate) fn on_event(base: &mut EventBase, bev: &mut ConnBev, ev: BevEvent) {
     if ev.contains(BevEvent::EOF) {
         tracing::debug!(target: "rot13d", fd = bev.fd(), "client finished sending");
         answer_tail(bev);
-        bev.ctx.phase = Phase::Closing;
         bev.close_when_flushed(base);
     } else if ev.contains(BevEvent::ERROR) {
         tracing::debug!(target: "rot13d", fd = bev.fd(), error = ?bev.last_error(), "connection error");
@@ -133,7 +122,6 @@ pub(crate) fn on_event(base: &mut EventBase, bev: &mut ConnBev, ev: BevEvent) {
             tracing::debug!(target: "rot13d", fd = bev.fd(), "idle timeout");
             bev.ctx.shared.count(Counter::IdleClosed, 1);
             answer_tail(bev);
-            bev.ctx.phase = Phase::Closing;
             bev.close_when_flushed(base);
         } else {
             // Output is pending: not idle; the write timeout watches it.

@@ -349,7 +349,7 @@ pub(crate) fn serve(
             && let Some(r) = reload.as_mut()
             && let Some(p) = r()
         {
-            shared.set_params(p.params);
+            shared.set_params(base, p.params);
             for fd in p.remove {
                 shared.remove_listener(base, fd);
             }

@@ -6,7 +6,7 @@
 //! and serves until its loop runs out of connections after a drain.
 //! With `workers = 0` the master runs the same code in its own process.
 
-use super::connection::{self, Conn, ConnBev, Phase};
+use super::connection::{self, Conn, ConnBev};
 use super::metrics::{Counter, Metrics};
 use crate::protocol::Framer;
 use crate::reactor::{Bev, BevOptions, BufferEvent, EventBase, EventFlags, EventId};
@@ -204,17 +204,17 @@ impl Shared {
             c.push(None);
             (c.len() - 1) as u32
         });
+        let now_ms = base.now().as_millis() as u32;
         let conn = Conn {
             framer: Framer::new(params.max_line),
             shared: self.clone(),
             id,
-            phase: Phase::Stream,
             carried: 0,
             window_bytes: 0,
-            window_start: base.now().as_millis() as u32,
+            window_start: now_ms,
             last_heavy: 0,
             lane: LANE_INTERACTIVE as u8,
-            last_read: base.now().as_millis() as u32,
+            last_read: now_ms,
         };
         let bev = BufferEvent::socket_new(base, fd, BevOptions::CLOSE_ON_FREE, conn)?;
         let setup = bev.with(|b: &mut ConnBev| -> std::io::Result<()> {
@@ -360,9 +360,21 @@ impl Shared {
 
     /// New settings for connections accepted from now on (workers = 0
     /// reload).
-    pub fn set_params(&self, p: WorkerParams) {
+    pub fn set_params(&self, base: &mut EventBase, p: WorkerParams) {
+        if let Err(e) = register_timeouts(base, &p) {
+            tracing::warn!(target: "rot13d", error = %e, "new timeouts use the timer heap");
+        }
         *self.params.borrow_mut() = p;
     }
+}
+
+/// Makes the idle and write timeouts common timeouts of `base`, so that
+/// re-arming them for each read or write is O(1).
+fn register_timeouts(base: &mut EventBase, p: &WorkerParams) -> std::io::Result<()> {
+    for d in [p.idle_timeout, p.write_timeout].into_iter().flatten() {
+        base.init_common_timeout(d)?;
+    }
+    Ok(())
 }
 
 /// Registers the listeners on `base` and returns the shared worker state.
@@ -373,12 +385,7 @@ pub fn start(
     metrics: Rc<Metrics>,
     slot: usize,
 ) -> std::io::Result<Rc<Shared>> {
-    if let Some(d) = params.idle_timeout {
-        base.init_common_timeout(d)?;
-    }
-    if let Some(d) = params.write_timeout {
-        base.init_common_timeout(d)?;
-    }
+    register_timeouts(base, &params)?;
     metrics.set(slot, Counter::Open, 0);
     let shared = Rc::new(Shared {
         metrics,
@@ -400,11 +407,7 @@ pub fn start(
     base.set_priority(t, LANE_CONTROL)?;
     shared.resume_timer.set(t);
     for &fd in listeners {
-        sys::set_nonblocking(fd, true)?;
-        let s = shared.clone();
-        let ev = base.new_event(fd, EventFlags::READ | EventFlags::PERSIST, move |base, _, _| s.accept_ready(base, fd));
-        base.set_priority(ev, LANE_CONTROL)?;
-        shared.listeners.borrow_mut().push(Listening { fd, ev });
+        shared.add_listener(base, fd)?;
     }
     shared.sync_listeners(base);
     Ok(shared)

@@ -227,14 +227,6 @@ pub fn set_linger_zero(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Bytes queued in the socket's send buffer not yet acknowledged (`SIOCOUTQ`).
-pub fn outq(fd: RawFd) -> io::Result<usize> {
-    let mut v: libc::c_int = 0;
-    // SAFETY: SIOCOUTQ (== TIOCOUTQ) writes one int through the pointer.
-    syscall!(ioctl(fd, libc::TIOCOUTQ, &mut v))?;
-    Ok(v.max(0) as usize)
-}
-
 /// `dup(2)` with close-on-exec.
 pub fn dup(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     let n = syscall!(fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0))?;
