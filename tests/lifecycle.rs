@@ -834,3 +834,30 @@ fn short_connections_split_evenly_over_two_workers() -> io::Result<()> {
     }
     Ok(())
 }
+
+/// SPEC §2: after SIGTERM a connection that was busy is "served as usual
+/// until the client shuts down its write side" — also through pauses in
+/// which it has nothing buffered (it is not closed as idle later on).
+#[test]
+fn busy_connection_survives_pauses_during_a_drain() -> io::Result<()> {
+    let mut d = Daemon::builder().workers(0).start()?;
+    let mut c = d.connect()?;
+    // Busy at the signal: a partial line is buffered.
+    c.send(b"ab")?;
+    let mut probe = d.connect()?;
+    probe.send(b"x\n")?;
+    ensure_bytes_eq("probe", &probe.read_exact(2)?, b"k\n")?;
+    d.signal(libc::SIGTERM)?;
+    d.wait_for_log("draining", T)?;
+    c.send(b"c\n")?;
+    ensure_bytes_eq("first line", &c.read_exact(4)?, b"nop\n")?;
+    // Nothing buffered now; the client pauses (the behaviour under test).
+    thread::sleep(Duration::from_millis(700));
+    c.send(b"d\n")?;
+    ensure_bytes_eq("after the pause", &c.read_exact(2)?, b"q\n")?;
+    c.half_close()?;
+    ensure_bytes_eq("then EOF", &c.read_to_end()?, b"")?;
+    let s = d.wait_exit(T)?;
+    ensure!(s.code() == Some(0), "exit {s:?}");
+    Ok(())
+}

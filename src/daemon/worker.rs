@@ -27,8 +27,6 @@ pub const LANES: usize = 3;
 
 /// A retiring worker closes a connection once it has been quiet this long.
 pub const RETIRE_QUIET: Duration = Duration::from_secs(1);
-/// How often a draining worker looks for connections that became idle.
-const RETIRE_CHECK: Duration = Duration::from_millis(250);
 
 /// How many connections one listener wake-up accepts at most, so one busy
 /// listener cannot starve the connections already open.
@@ -275,11 +273,12 @@ impl Shared {
     /// closed at once; busy ones served until their client finishes, for at
     /// most the grace period.
     ///
-    /// Retiring (SIGUSR1, a reload): the same, except that a connection is
-    /// closed only once it has been quiet for [`RETIRE_QUIET`], checked
-    /// every [`RETIRE_CHECK`]: the listeners stay open in the new
-    /// generation, so a client that connected just before the reload must
-    /// not see its connection cut before its first line.
+    /// Retiring (SIGUSR1, a reload): the same, except that an idle
+    /// connection is closed at once only if it has been quiet for
+    /// [`RETIRE_QUIET`]: the listeners stay open in the new generation, so
+    /// a client that connected just before the reload must not see its
+    /// connection cut before its first line. Like every busy connection it
+    /// is then served until its client finishes, or the grace period ends.
     pub fn begin_drain(self: &Rc<Self>, base: &mut EventBase, retiring: bool) {
         if self.draining.replace(true) {
             return;
@@ -298,12 +297,6 @@ impl Shared {
             let _ = base.loopexit(None);
             return;
         }
-        let me = self.clone();
-        let check = base.new_event(-1, EventFlags::PERSIST, move |base, _, _| {
-            me.close_idle(base, retiring);
-        });
-        let _ = base.set_priority(check, LANE_CONTROL);
-        let _ = base.add(check, Some(RETIRE_CHECK));
         let me = self.clone();
         if grace.is_zero() {
             me.force_close_all(base);
