@@ -264,6 +264,14 @@ pub(crate) fn drop_privileges(s: &Settings) -> Result<(), Error> {
     Ok(())
 }
 
+/// Runs `cb` on every delivery of `sig`, on the control lane (before any
+/// connection).
+fn watch_signal(base: &mut EventBase, sig: i32, mut cb: impl FnMut(&mut EventBase) + 'static) -> Result<(), Error> {
+    let id = base.new_signal(sig, move |base, _, _| cb(base));
+    base.set_priority(id, worker::LANE_CONTROL).map_err(Error::Reactor)?;
+    base.add(id, None).map_err(Error::Reactor)
+}
+
 /// What a reload of a process serving alone changes.
 pub(crate) struct Reloaded {
     /// Parameters for new connections.
@@ -304,34 +312,28 @@ pub(crate) fn serve(
     let standalone = reload.is_some();
     for sig in [libc::SIGTERM, libc::SIGINT] {
         let s = shared.clone();
-        let id = base.new_signal(sig, move |base, _, _| {
+        watch_signal(base, sig, move |base| {
             if standalone {
                 sdnotify::notify("STOPPING=1");
             }
             s.begin_drain(base, false)
-        });
-        base.set_priority(id, worker::LANE_CONTROL).map_err(Error::Reactor)?;
-        base.add(id, None).map_err(Error::Reactor)?;
+        })?;
     }
     // SIGUSR1: the master retires this worker (a reload).
     let s = shared.clone();
-    let id = base.new_signal(libc::SIGUSR1, move |base, _, _| s.begin_drain(base, true));
-    base.set_priority(id, worker::LANE_CONTROL).map_err(Error::Reactor)?;
-    base.add(id, None).map_err(Error::Reactor)?;
-    let id = base.new_signal(libc::SIGQUIT, move |_, _, _| {
+    watch_signal(base, libc::SIGUSR1, move |base| s.begin_drain(base, true))?;
+    watch_signal(base, libc::SIGQUIT, move |_| {
         if standalone {
             sdnotify::notify("STOPPING=1");
         }
         process::exit_now(0)
-    });
-    base.add(id, None).map_err(Error::Reactor)?;
-    if reload.is_some() {
+    })?;
+    if standalone {
         let w = want_reload.clone();
-        let id = base.new_signal(libc::SIGHUP, move |base, _, _| {
+        watch_signal(base, libc::SIGHUP, move |base| {
             w.set(true);
             base.loopbreak();
-        });
-        base.add(id, None).map_err(Error::Reactor)?;
+        })?;
     }
     tracing::info!(target: "rot13d", backend = %base.backend_name(), pid = process::getpid(), generation, "reactor");
     if let Some(fd) = ready {
