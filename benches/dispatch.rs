@@ -130,13 +130,14 @@ fn bench_dispatch(
         ids.push(base.new_event(fd, EventFlags::READ | EventFlags::PERSIST, move |_, _, _| {
             let mut c = chain.borrow_mut();
             let mut ch = [0u8; 1];
-            match sys::read(fd, &mut ch) {
+            match sys::recv(fd, &mut ch) {
                 Ok(k) => c.count += k,
                 Err(_) => c.failures += 1,
             }
             if c.writes > 0 {
-                let next = (i + 1) % c.wfds.len();
-                if sys::write(c.wfds[next], b"e").ok() != Some(1) {
+                // As bench.c: wrap with a compare, not a division.
+                let next = if i + 1 >= c.wfds.len() { i + 1 - c.wfds.len() } else { i + 1 };
+                if sys::send(c.wfds[next], b"e").ok() != Some(1) {
                     c.failures += 1;
                 }
                 c.writes -= 1;
@@ -158,7 +159,7 @@ fn bench_dispatch(
             let mut c = chain.borrow_mut();
             c.fired = 0;
             for i in 0..active.min(n) {
-                sys::write(c.wfds[i * space], b"e")?;
+                sys::send(c.wfds[i * space], b"e")?;
                 c.fired += 1;
             }
             c.count = 0;

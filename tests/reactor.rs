@@ -19,7 +19,7 @@ use rot13d::reactor::{
 use rot13d::sys;
 use std::cell::{Cell, RefCell};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -419,6 +419,63 @@ rtest!(fd_closed_and_reopened_within_one_turn, +et, |be| {
     b.add(stop, Some(Duration::from_secs(2)))?;
     b.run(LoopFlags::ONCE)?;
     assert_eq!(n.get(), 1, "the new socket on fd {xfd} is not watched");
+    Ok(())
+});
+
+rtest!(readd_in_one_turn_reports_unread_data, |be| {
+    // A delete and an add of the same event with no dispatch in between
+    // (with the changelist they meet in one batch): data that was there
+    // before and is still unread is reported again, edge-triggered too (a
+    // re-add polls the fd afresh, as a new ADD does).
+    let rp = EventFlags::READ | EventFlags::PERSIST;
+    let modes = match be {
+        Backend::Poll | Backend::Select => vec![rp],
+        _ => vec![rp, rp | EventFlags::ET],
+    };
+    for flags in modes {
+        let mut b = be.base()?;
+        let (x, y) = pair()?;
+        let n = counter();
+        let c = n.clone();
+        let ev = b.new_event(x.as_raw_fd(), flags, move |_, _, _| c.set(c.get() + 1));
+        b.add(ev, None)?;
+        put(&y, b"unread")?;
+        b.run(LoopFlags::NONBLOCK)?;
+        assert_eq!(n.get(), 1);
+        b.del(ev)?;
+        b.add(ev, None)?;
+        b.run(LoopFlags::NONBLOCK)?;
+        assert_eq!(n.get(), 2, "unread data not reported after the re-add ({flags:?})");
+        assert_eq!(take(x.as_raw_fd()).as_deref(), Some(&b"unread"[..]));
+    }
+    Ok(())
+});
+
+rtest!(same_file_back_on_its_fd_number_within_one_turn, +et, |be| {
+    // The fd is closed while another fd keeps the file open, and dup2 puts
+    // the same file back on the number before the loop polls again: the
+    // re-added event is served (epoll keys its registrations by file and
+    // number, and the old one is still there).
+    let mut b = be.base()?;
+    let (x, y) = pair()?;
+    let keep = sys::dup(x.as_fd())?;
+    let xfd = x.as_raw_fd();
+    let n = counter();
+    let c = n.clone();
+    let ev = b.new_event(xfd, be.io(EventFlags::READ | EventFlags::PERSIST), move |_, _, _| {
+        assert_eq!(take(xfd).as_deref(), Some(&b"back"[..]));
+        c.set(c.get() + 1);
+    });
+    b.add(ev, None)?;
+    b.run(LoopFlags::NONBLOCK)?;
+    b.del(ev)?;
+    sys::dup2(keep.as_raw_fd(), xfd)?;
+    b.add(ev, None)?;
+    put(&y, b"back")?;
+    let stop = b.new_timer(|b, _, _| b.loopbreak());
+    b.add(stop, Some(Duration::from_secs(2)))?;
+    b.run(LoopFlags::ONCE)?;
+    assert_eq!(n.get(), 1, "the event on fd {xfd} is not served");
     Ok(())
 });
 

@@ -546,7 +546,6 @@ impl EventBase {
     /// goes to that O(1) queue.
     #[doc(alias = "event_add")]
     pub fn add(&mut self, id: EventId, timeout: Option<Duration>) -> io::Result<()> {
-        let now = self.now_ns();
         let s = self.slot_mut(id)?;
         let (fd, flags, inserted) = (s.fd, s.flags, s.state & INSERTED != 0);
         let idx = id.idx;
@@ -597,6 +596,7 @@ impl EventBase {
                     s.res = EventFlags::NONE;
                     self.n_active -= 1;
                 }
+                let now = self.now_ns();
                 self.timers.schedule(idx, now, t);
             }
             None => {
@@ -684,6 +684,14 @@ impl EventBase {
         // ahead of events activated since. Queue afresh; the old entry is
         // skipped by its activation number.
         s.qseq = s.qseq.wrapping_add(1);
+        // The callback's state lives behind a pointer; start loading it now,
+        // while the rest of the ready list is queued, rather than when it
+        // runs (with thousands of events it is usually out of cache).
+        match &s.cb {
+            Some(Cb::Boxed(f)) => sys::prefetch(&**f),
+            Some(Cb::Shared(h)) => sys::prefetch(std::rc::Rc::as_ptr(h)),
+            None => {}
+        }
         let q = (s.pri as usize).min(self.queues.len() - 1);
         self.queues[q].push_back((idx, s.qseq));
     }

@@ -102,6 +102,13 @@ pub fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     Ok(n as usize)
 }
 
+/// `recv(2)` into `buf` with no flags; `Ok(0)` is end of stream.
+pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: the pointer and length describe `buf`, which is writable.
+    let n = syscall!(recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0))?;
+    Ok(n as usize)
+}
+
 /// `send(2)` with `MSG_NOSIGNAL`, so a reset peer gives `EPIPE`, not SIGPIPE.
 pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     // SAFETY: the pointer and length describe `buf`, which is readable.
@@ -354,4 +361,20 @@ pub fn inq(fd: RawFd) -> io::Result<usize> {
     // SAFETY: FIONREAD writes one int through the pointer.
     syscall!(ioctl(fd, libc::FIONREAD, &mut v))?;
     Ok(v.max(0) as usize)
+}
+
+/// Asks the CPU to start loading the cache line at `p`, so that a later
+/// access does not wait for memory. A hint only: it never faults and has no
+/// effect another thread or the program can observe.
+#[inline(always)]
+pub fn prefetch<T: ?Sized>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: PREFETCHT0 is a hint: it does not fault on any address (null,
+    // dangling or unmapped) and reads nothing into the program; SSE, which it
+    // needs, is part of the x86_64 baseline.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast::<i8>());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }

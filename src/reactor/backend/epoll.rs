@@ -82,11 +82,27 @@ impl EpollBackend {
         }
     }
 
-    /// Registers `fd` for `want` whether or not the kernel still knows it.
-    fn reregister(&self, fd: RawFd, want: EventFlags) -> io::Result<()> {
+    /// Registers `fd` for `want` after a delete and an add in one batch,
+    /// whether or not the kernel still knows it: the fd may have been closed
+    /// and reopened in between (a connection freed, accept() handing out its
+    /// number), and closing the last reference dropped the registration.
+    ///
+    /// ADD tells the two apart cheaply: EEXIST means the file now at `fd` is
+    /// still registered, with the interest `orig` it had (nothing was sent
+    /// since), and only then can an unchanged level-triggered interest skip
+    /// the MOD, which re-polls the file (touching every socket of a batch).
+    /// An edge-triggered one is always MODified: a re-add reports a file
+    /// that is ready now, as a fresh ADD would.
+    fn reregister(&self, fd: RawFd, orig: EventFlags, want: EventFlags) -> io::Result<()> {
         let ev = to_epoll(want);
-        match self.ep.ctl(Op::Mod, fd, ev, fd as u64) {
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => self.ep.ctl(Op::Add, fd, ev, fd as u64),
+        match self.ep.ctl(Op::Add, fd, ev, fd as u64) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                if to_epoll(orig) == ev && !want.contains(EventFlags::ET) {
+                    Ok(())
+                } else {
+                    self.ep.ctl(Op::Mod, fd, ev, fd as u64)
+                }
+            }
             r => r,
         }
     }
@@ -117,14 +133,10 @@ impl EpollBackend {
         let mut first_err = None;
         for fd in std::mem::take(&mut self.changed) {
             let Some((orig, want, emptied)) = self.pending[fd as usize].take() else { continue };
-            // Deleted and added again in one batch: the fd may have been
-            // closed and reopened in between (a connection freed, accept()
-            // handing out its number), and closing the last reference removed
-            // the kernel's registration. Even when the interest looks
-            // unchanged, say so again: MOD, or ADD when that fails with ENOENT
-            // (libevent's changelist does the same).
+            // Deleted and added again in one batch: even when the interest
+            // looks unchanged, the kernel may have forgotten the fd.
             let r = if emptied && !(orig & EventFlags::IO).is_empty() && !(want & EventFlags::IO).is_empty() {
-                self.reregister(fd, want)
+                self.reregister(fd, orig, want)
             } else {
                 self.apply(fd, orig, want)
             };
