@@ -1491,7 +1491,9 @@ rtest!(free_another_bufferevent_that_is_active, |be| {
     Ok(())
 });
 
-rtest!(close_when_flushed_with_nothing_pending_closes_at_once, |be| {
+rtest!(close_when_flushed_with_nothing_pending_shuts_down_at_once, |be| {
+    // Nothing to write: the peer sees EOF at once; the socket lingers until
+    // the peer's EOF, then closes, with no callback but the close callback.
     for kind in LINKS {
         let mut b = be.base()?;
         let (x, y) = link(kind, false)?;
@@ -1499,14 +1501,73 @@ rtest!(close_when_flushed_with_nothing_pending_closes_at_once, |be| {
         with(&bev, |e| -> io::Result<()> {
             e.enable(&mut b, EventFlags::READ | EventFlags::WRITE)?;
             e.close_when_flushed(&mut b);
-            assert!(e.is_freed());
+            assert!(e.is_lingering() && !e.is_freed(), "{kind:?}");
             Ok(())
         })?;
-        assert_eq!(ctx(&bev, |c| c.closes), 1);
         let mut got = Vec::new();
         assert!(slurp(y.as_raw_fd(), &mut got), "{kind:?}: no EOF at the peer");
+        assert!(got.is_empty());
+        assert_eq!(ctx(&bev, |c| c.closes), 0);
+        drop(y);
+        assert!(run_until(&mut b, LIMIT, |_| with(&bev, |e| e.is_freed()))?, "{kind:?}: not freed");
+        assert_eq!(ctx(&bev, |c| (c.closes, c.events.len())), (1, 0), "{kind:?}");
         assert_eq!(b.run(LoopFlags::NONBLOCK)?, LoopExit::NoEvents);
     }
+    Ok(())
+});
+
+rtest!(close_when_flushed_after_the_peers_eof_closes_at_once, |be| {
+    // The peer finished first (the usual end of a request): once the output
+    // is written there is nothing to wait for.
+    for kind in LINKS {
+        let mut b = be.base()?;
+        let (x, y) = link(kind, false)?;
+        let bev = new_bev(&mut b, x, BevOptions::default(), Ctx::default())?;
+        with(&bev, |e| e.enable(&mut b, EventFlags::READ | EventFlags::WRITE))?;
+        sys::shutdown_write(y.as_raw_fd())?;
+        assert!(run_until(&mut b, LIMIT, |_| !ctx(&bev, |c| c.events.is_empty()))?);
+        assert_eq!(ctx(&bev, |c| c.events.clone()), [BevEvent::READING | BevEvent::EOF], "{kind:?}");
+        with(&bev, |e| {
+            e.output.add(b"bye");
+            e.close_when_flushed(&mut b);
+            assert!(e.is_freed(), "{kind:?}");
+        });
+        let mut got = Vec::new();
+        assert!(slurp(y.as_raw_fd(), &mut got), "{kind:?}: no EOF at the peer");
+        assert_eq!(got, b"bye");
+        assert_eq!(b.run(LoopFlags::NONBLOCK)?, LoopExit::NoEvents);
+    }
+    Ok(())
+});
+
+rtest!(lingering_ends_after_its_bound, |be| {
+    // A peer that neither closes nor stops sending: the lingering ends at
+    // its bound all the same (not restarted by each read).
+    let mut b = be.base()?;
+    let (x, y) = link(Link::Tcp, false)?;
+    let bev = new_bev(&mut b, x, BevOptions::default(), Ctx::default())?;
+    let start = Instant::now();
+    with(&bev, |e| -> io::Result<()> {
+        e.enable(&mut b, EventFlags::READ | EventFlags::WRITE)?;
+        e.set_linger(Duration::from_millis(300));
+        e.output.add(b"answer");
+        e.close_when_flushed(&mut b);
+        Ok(())
+    })?;
+    let mut got = Vec::new();
+    let freed = run_until(&mut b, LIMIT, |_| {
+        let mut buf = [0u8; 64];
+        if let Ok(n) = sys::read(y.as_raw_fd(), &mut buf) {
+            got.extend_from_slice(&buf[..n]);
+        }
+        let _ = sys::write(y.as_raw_fd(), b"chatter");
+        with(&bev, |e| e.is_freed())
+    })?;
+    assert!(freed, "still lingering");
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(290) && took < Duration::from_secs(3), "{took:?}");
+    assert_eq!(got, b"answer");
+    assert_eq!(ctx(&bev, |c| (c.closes, c.events.len())), (1, 0));
     Ok(())
 });
 
@@ -1784,10 +1845,6 @@ rtest!(write_event_is_registered_only_while_the_socket_is_full, |be| {
     Ok(())
 });
 
-// Known bug, ignored until fixed (run with `--run-ignored all`): the
-// peer gets 253952 of 262144 bytes, then ECONNRESET, on every backend.
-// A fix is a lingering close (shutdown(SHUT_WR) once flushed, then read and
-// discard until EOF or a time bound, then close), not a surgical change.
 fn close_while_the_peer_sends(be: Backend) -> io::Result<()> {
     // The owner answers and closes while the peer is still sending (the
     // rest of a pipelined request, say): reading stops at once, so what
@@ -1827,21 +1884,24 @@ fn close_while_the_peer_sends(be: Backend) -> io::Result<()> {
         }
     })?;
     assert!(done, "the peer saw neither EOF nor an error");
-    assert!(with(&bev, |e| e.is_freed()));
     assert_eq!(got.len(), N, "the peer got {} of {N} answer bytes, then {outcome:?}", got.len());
     assert!(got == data);
+    assert!(matches!(outcome, Some(Ok(()))), "{outcome:?}");
+    // The socket lingers until the peer closes too.
+    assert!(with(&bev, |e| e.is_lingering() && !e.is_freed()));
+    put(&y, b"and a last word")?;
+    drop(y);
+    assert!(run_until(&mut b, LIMIT, |_| with(&bev, |e| e.is_freed()))?, "not freed after the peer's EOF");
     Ok(())
 }
 
 mod close_when_flushed_while_the_peer_still_sends {
     use super::*;
     #[test]
-    #[ignore = "bug: close_when_flushed with unread input resets the connection and loses the answer's tail"]
     fn epoll() -> io::Result<()> {
         close_while_the_peer_sends(Backend::Epoll)
     }
     #[test]
-    #[ignore = "bug: close_when_flushed with unread input resets the connection and loses the answer's tail"]
     fn poll() -> io::Result<()> {
         close_while_the_peer_sends(Backend::Poll)
     }

@@ -2,9 +2,15 @@
 //! and write events, watermarks and timeouts (libevent's
 //! `bufferevent_sock.c`), plus what libevent lacks:
 //!
-//! - **close when flushed**: stop reading, write every pending byte, then
-//!   close. Freeing a libevent bufferevent drops unsent output; ours never
-//!   loses a byte on a normal close.
+//! - **close when flushed**: stop handing input to the owner, write every
+//!   pending byte, then close. Freeing a libevent bufferevent drops unsent
+//!   output; ours never loses a byte on a normal close. The close lingers
+//!   (as nginx's `lingering_close`): input is read and thrown away while the
+//!   output drains, then the write side is shut down and the socket kept
+//!   until the peer's EOF or [`DEFAULT_LINGER`]. Closing a TCP socket
+//!   with unread input makes the kernel send RST and drop what it still
+//!   had to send, so a peer still sending (a pipelined request) would lose
+//!   the end of its answer.
 //! - **output backpressure**: when pending output passes a high mark,
 //!   reading from the same socket pauses until it drains below a low mark.
 //! - **write-through**: output added by a callback is written at once; the
@@ -86,8 +92,6 @@ impl Suspend {
     pub const BACKPRESSURE: Suspend = Suspend(0x02);
     /// The owner paused it (e.g. a connection limit or a drain).
     pub const USER: Suspend = Suspend(0x04);
-    /// Closing: never read again.
-    pub const CLOSING: Suspend = Suspend(0x08);
 
     /// Whether any reason of `o` is set.
     pub const fn intersects(self, o: Suspend) -> bool {
@@ -126,6 +130,10 @@ impl std::ops::BitOr for BevOptions {
 pub type DataCb<C> = fn(&mut EventBase, &mut BufferEvent<C>);
 /// Event callback.
 pub type EventCb<C> = fn(&mut EventBase, &mut BufferEvent<C>, BevEvent);
+
+/// How long a close waits, once every byte is written and the write side
+/// shut down, for the peer's EOF (reading and discarding what it sends).
+pub const DEFAULT_LINGER: Duration = Duration::from_secs(5);
 
 /// Called once when the bufferevent is freed (closed), from `free`.
 pub type CloseCb<C> = fn(&mut EventBase, &mut BufferEvent<C>);
@@ -194,11 +202,19 @@ pub struct BufferEvent<C: 'static> {
     read_added: bool,
     write_added: bool,
     closing: bool,
+    /// Closing, output written, write side shut: waiting for the peer's EOF.
+    lingering: bool,
+    /// The peer's EOF was read.
+    read_eof: bool,
     freed: bool,
     connecting: bool,
     deferred: u8,
     deferred_events: BevEvent,
     last_error: i32,
+    /// The lingering bound in ms, and when the lingering ends (the base's
+    /// clock in ms, wrapping).
+    linger_ms: u32,
+    linger_until: u32,
 }
 
 impl<C: 'static> BufferEvent<C> {
@@ -232,11 +248,15 @@ impl<C: 'static> BufferEvent<C> {
             read_added: false,
             write_added: false,
             closing: false,
+            lingering: false,
+            read_eof: false,
             freed: false,
             connecting: false,
             deferred: 0,
             deferred_events: BevEvent::default(),
             last_error: 0,
+            linger_ms: DEFAULT_LINGER.as_millis() as u32,
+            linger_until: 0,
         }));
         // One shared handler for both events: no closure allocation each.
         let handler: Rc<dyn Handler> = bev.clone();
@@ -359,6 +379,19 @@ impl<C: 'static> BufferEvent<C> {
         self.closing
     }
 
+    /// Whether a close-when-flushed has written everything and now waits
+    /// for the peer's EOF.
+    pub fn is_lingering(&self) -> bool {
+        self.lingering
+    }
+
+    /// How long [`close_when_flushed`](Self::close_when_flushed) waits for
+    /// the peer's EOF once everything is written (default
+    /// [`DEFAULT_LINGER`]; zero closes at once, as a plain free would).
+    pub fn set_linger(&mut self, linger: Duration) {
+        self.linger_ms = linger.as_millis().min(u32::MAX as u128 / 2) as u32;
+    }
+
     /// Enables READ and/or WRITE (`bufferevent_enable`).
     #[doc(alias = "bufferevent_enable")]
     pub fn enable(&mut self, base: &mut EventBase, what: EventFlags) -> io::Result<()> {
@@ -398,12 +431,19 @@ impl<C: 'static> BufferEvent<C> {
     /// `suspend`. The only place that touches read interest.
     fn sync_read(&mut self, base: &mut EventBase) -> io::Result<()> {
         // Not while connecting: a refused socket reads as EOF or as the
-        // connect's error, which the write side must report.
-        let want =
-            self.enabled.contains(EventFlags::READ) && self.suspend.is_empty() && !self.freed && !self.connecting;
+        // connect's error, which the write side must report. While closing,
+        // input is read (and thrown away) until EOF whatever the owner
+        // enabled: unread input would turn the close into a reset.
+        let want = !self.freed
+            && !self.connecting
+            && if self.closing {
+                !self.read_eof
+            } else {
+                self.enabled.contains(EventFlags::READ) && self.suspend.is_empty()
+            };
         if want && !self.read_added {
             self.read_added = true;
-            base.add(self.read_ev, self.read_timeout.get())?;
+            base.add(self.read_ev, self.read_timeout_now(base))?;
         } else if !want && self.read_added {
             self.read_added = false;
             base.del(self.read_ev)?;
@@ -442,7 +482,7 @@ impl<C: 'static> BufferEvent<C> {
         self.read_timeout = Timeout::new(read);
         self.write_timeout = Timeout::new(write);
         if self.read_added {
-            let _ = base.add(self.read_ev, read);
+            let _ = base.add(self.read_ev, self.read_timeout_now(base));
         }
         if self.write_added {
             let _ = base.add(self.write_ev, write);
@@ -488,20 +528,132 @@ impl<C: 'static> BufferEvent<C> {
         self.try_write(base);
     }
 
-    /// Stops reading, writes every pending byte, then frees (and closes)
-    /// the bufferevent. The event callback still gets ERROR or TIMEOUT if
-    /// the peer goes away first.
+    /// Stops handing input to the owner, writes every pending byte, then
+    /// frees (and closes) the bufferevent, lingering first: see the module
+    /// documentation. The event callback still gets ERROR or TIMEOUT if the
+    /// peer goes away or stops reading before the output is written; once
+    /// it is, the bufferevent frees itself without another callback.
     pub fn close_when_flushed(&mut self, base: &mut EventBase) {
+        if self.freed || self.closing {
+            return;
+        }
         self.closing = true;
-        self.suspend_read(base, Suspend::CLOSING);
         self.enabled |= EventFlags::WRITE;
         // A socket that already failed cannot flush: free now. (Retrying
         // the write from the event callback of its error would report the
         // error again, and that callback recurse without end.)
-        if self.output.is_empty() || self.last_error != 0 {
+        if self.last_error != 0 {
             self.free(base);
+            return;
+        }
+        // Read on, to discard, without the owner's read timeout.
+        if self.read_added {
+            self.read_added = false;
+            let _ = base.del(self.read_ev);
+        }
+        let _ = self.sync_read(base);
+        if self.output.is_empty() {
+            self.linger(base);
         } else {
             self.try_write(base);
+        }
+    }
+
+    /// The read event's timeout now: the owner's, none while the output of
+    /// a close drains (the write timeout watches that), and what is left of
+    /// the lingering.
+    fn read_timeout_now(&self, base: &EventBase) -> Option<Duration> {
+        if !self.closing {
+            return self.read_timeout.get();
+        }
+        if !self.lingering {
+            return None;
+        }
+        let now = base.now().as_millis() as u32;
+        let left = self.linger_until.wrapping_sub(now);
+        Some(Duration::from_millis(if left > u32::MAX / 2 { 0 } else { left as u64 }))
+    }
+
+    /// Everything of a close is written: shut the write side (the peer reads
+    /// the rest, then EOF) and wait for the peer's EOF, reading and
+    /// discarding, for at most the lingering bound.
+    fn linger(&mut self, base: &mut EventBase) {
+        if self.lingering || self.freed {
+            return;
+        }
+        // Nothing can come any more, or nobody to wait for: close now.
+        if self.read_eof || self.last_error != 0 || self.linger_ms == 0 || self.connecting {
+            self.free(base);
+            return;
+        }
+        // Not a socket (a pipe), or not connected any more: plain close.
+        if sys::shutdown_write(self.fd).is_err() {
+            self.free(base);
+            return;
+        }
+        self.lingering = true;
+        self.linger_until = (base.now().as_millis() as u32).wrapping_add(self.linger_ms);
+        // Re-arm the read event with the lingering bound as its timeout.
+        if self.read_added {
+            self.read_added = false;
+            let _ = base.del(self.read_ev);
+        }
+        if self.sync_read(base).is_err() {
+            self.free(base);
+        }
+    }
+
+    /// The read event of a closing bufferevent: throw input away; EOF (or
+    /// the end of the lingering) completes the close.
+    fn discard_input(&mut self, base: &mut EventBase, what: EventFlags) {
+        if what == EventFlags::TIMEOUT {
+            // Only the lingering arms a timeout here: the peer did not
+            // finish in time. What it sends from now on may be answered
+            // with RST; everything of ours was written long ago.
+            self.free(base);
+            return;
+        }
+        let mut buf = [0u8; 16 * 1024];
+        // A few reads per turn: a peer that floods cannot hold the loop.
+        for _ in 0..4 {
+            match sys::read(self.fd, &mut buf) {
+                Ok(0) => {
+                    self.read_eof = true;
+                    if self.lingering {
+                        self.free(base);
+                    } else {
+                        // The output still drains; nothing left to read.
+                        let _ = self.sync_read(base);
+                    }
+                    return;
+                }
+                Ok(n) if n == buf.len() => continue,
+                Ok(_) => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => break,
+                Err(e) => {
+                    self.last_error = e.raw_os_error().unwrap_or(libc::EIO);
+                    self.read_eof = true;
+                    let _ = self.sync_read(base);
+                    if self.lingering {
+                        self.free(base);
+                    } else {
+                        // The peer is gone before the output was written.
+                        self.report(base, BevEvent::READING | BevEvent::ERROR);
+                    }
+                    return;
+                }
+            }
+        }
+        if self.lingering {
+            // A persistent event's timeout restarts on each wake-up: set
+            // what is left of the bound again, so a trickle cannot keep the
+            // socket for ever.
+            match self.read_timeout_now(base) {
+                Some(d) if d.is_zero() => self.free(base),
+                d => {
+                    let _ = base.add(self.read_ev, d);
+                }
+            }
         }
     }
 
@@ -538,6 +690,10 @@ impl<C: 'static> BufferEvent<C> {
         if self.freed {
             return;
         }
+        if self.closing {
+            self.discard_input(base, what);
+            return;
+        }
         if what == EventFlags::TIMEOUT {
             // libevent disables reading on a read timeout.
             self.enabled &= !EventFlags::READ;
@@ -555,6 +711,7 @@ impl<C: 'static> BufferEvent<C> {
         }
         match self.input.read_from(self.fd, max) {
             Ok(0) => {
+                self.read_eof = true;
                 self.enabled &= !EventFlags::READ;
                 let _ = self.sync_read(base);
                 self.report(base, BevEvent::READING | BevEvent::EOF);
@@ -667,7 +824,7 @@ impl<C: 'static> BufferEvent<C> {
         }
         self.check_backpressure(base);
         if self.closing && self.output.is_empty() {
-            self.free(base);
+            self.linger(base);
             return;
         }
         if progressed && self.output.len() <= self.write_low as usize {
