@@ -86,11 +86,12 @@ impl Backend for PollBackend {
         if n == 0 || self.fds.is_empty() {
             return Ok(());
         }
-        let len = self.fds.len();
-        let start = next_random(&mut self.rng) as usize % len;
+        // From a random entry, so that low fds are not always served first;
+        // stop once the `n` entries poll counted are found.
+        let start = next_random(&mut self.rng) as usize % self.fds.len();
+        let (tail, head) = self.fds.split_at(start);
         let mut found = 0;
-        for k in 0..len {
-            let p = &self.fds[(start + k) % len];
+        for p in head.iter().chain(tail) {
             let r = p.revents;
             if r == 0 {
                 continue;

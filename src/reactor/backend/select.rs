@@ -16,7 +16,7 @@ pub struct SelectBackend {
     write: FdSet,
     read_out: FdSet,
     write_out: FdSet,
-    /// Watched fds, for the scan and to find the highest one.
+    /// Watched fds, to find the highest one.
     watched: Vec<RawFd>,
     pos: Vec<u32>,
     max_fd: RawFd,
@@ -93,22 +93,38 @@ impl Backend for SelectBackend {
             Duration::from_micros(us.min(u64::MAX as u128) as u64)
         });
         let n = select(nfds, &mut self.read_out, &mut self.write_out, timeout)?;
-        if n == 0 || self.watched.is_empty() {
+        if n == 0 {
             return Ok(());
         }
-        let len = self.watched.len();
-        let start = next_random(&mut self.rng) as usize % len;
-        for k in 0..len {
-            let fd = self.watched[(start + k) % len];
-            let mut what = EventFlags::NONE;
-            if self.read_out.contains(fd) {
-                what |= EventFlags::READ;
+        // Walk the result sets a word (64 fds) at a time, from a random word
+        // so that low fds are not always served first; stop once the `n`
+        // bits select counted are found.
+        let (r, w) = (self.read_out.words(), self.write_out.words());
+        let nwords = nfds.div_ceil(64).min(r.len().max(w.len()));
+        if nwords == 0 {
+            return Ok(());
+        }
+        let start = next_random(&mut self.rng) as usize % nwords;
+        let mut left = n;
+        for i in (start..nwords).chain(0..start) {
+            let (rw, ww) = (r.get(i).copied().unwrap_or(0), w.get(i).copied().unwrap_or(0));
+            let mut bits = rw | ww;
+            while bits != 0 {
+                let b = bits.trailing_zeros();
+                bits &= bits - 1;
+                let mut what = EventFlags::NONE;
+                if rw >> b & 1 != 0 {
+                    what |= EventFlags::READ;
+                    left = left.saturating_sub(1);
+                }
+                if ww >> b & 1 != 0 {
+                    what |= EventFlags::WRITE;
+                    left = left.saturating_sub(1);
+                }
+                ready.push(((i * 64) as RawFd + b as RawFd, what));
             }
-            if self.write_out.contains(fd) {
-                what |= EventFlags::WRITE;
-            }
-            if !what.is_empty() {
-                ready.push((fd, what));
+            if left == 0 {
+                break;
             }
         }
         Ok(())
