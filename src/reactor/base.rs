@@ -9,11 +9,10 @@
 use super::backend::{self, Backend, BackendInfo, Features};
 use super::config::{BaseFlags, EventConfig};
 use super::event::{Cb, EventFlags, EventId, Handler};
-use super::evmap::EvMap;
+use super::evmap::{self, EvMap};
 use super::signal::SignalPipe;
 use super::timer::Timers;
 use crate::sys::{self, Clock};
-use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
@@ -39,6 +38,41 @@ struct Slot {
     /// event was deleted while active, and maybe activated again since).
     qseq: u32,
     cb: Option<Cb>,
+}
+
+/// One priority's active events in activation order: (slot, activation
+/// number). A `Vec` read from `head`, emptied when read to the end (the
+/// usual case: a turn runs every callback it queued), compacted when most
+/// of it has been read; cheaper per entry than a ring buffer.
+#[derive(Debug, Default)]
+struct ActiveQueue {
+    items: Vec<(u32, u32)>,
+    head: usize,
+}
+
+impl ActiveQueue {
+    fn push_back(&mut self, e: (u32, u32)) {
+        if self.head >= 1024 && self.head * 2 >= self.items.len() {
+            self.items.drain(..self.head);
+            self.head = 0;
+        }
+        self.items.push(e);
+    }
+    fn front(&self) -> Option<&(u32, u32)> {
+        self.items.get(self.head)
+    }
+    fn pop_front(&mut self) -> Option<(u32, u32)> {
+        let e = *self.items.get(self.head)?;
+        self.head += 1;
+        if self.head == self.items.len() {
+            self.items.clear();
+            self.head = 0;
+        }
+        Some(e)
+    }
+    fn len(&self) -> usize {
+        self.items.len() - self.head
+    }
 }
 
 /// Flags of one loop run (libevent's `EVLOOP_*`).
@@ -159,7 +193,7 @@ pub struct EventBase {
     evmap: EvMap,
     timers: Timers,
     /// Per priority: (slot, activation number) in activation order.
-    queues: Vec<VecDeque<(u32, u32)>>,
+    queues: Vec<ActiveQueue>,
     n_active: usize,
     n_pending_user: usize,
     cached_now: Option<u64>,
@@ -263,7 +297,7 @@ impl EventBase {
             free: Vec::new(),
             evmap: EvMap::default(),
             timers: Timers::default(),
-            queues: vec![VecDeque::new()],
+            queues: vec![ActiveQueue::default()],
             n_active: 0,
             n_pending_user: 0,
             cached_now: None,
@@ -388,7 +422,7 @@ impl EventBase {
                 "priorities cannot change while events are active",
             ));
         }
-        self.queues.resize_with(n, VecDeque::new);
+        self.queues.resize_with(n, ActiveQueue::default);
         self.queues.truncate(n);
         for s in &mut self.slots {
             s.pri = s.pri.min((n - 1) as u8);
@@ -915,6 +949,18 @@ impl EventBase {
 
     fn activate_fd(&mut self, fd: RawFd, what: EventFlags) {
         let Some(e) = self.evmap.get(fd) else { return };
+        // The common case, one or two events on the fd: no list to build.
+        if let Some(inline) = e.inline_events() {
+            for idx in inline {
+                if idx != evmap::NONE {
+                    let res = self.slots[idx as usize].flags & what & EventFlags::IO;
+                    if !res.is_empty() {
+                        self.activate(idx, res);
+                    }
+                }
+            }
+            return;
+        }
         let mut hit = [u32::MAX; 4];
         let mut more = Vec::new();
         let mut n = 0;
@@ -1007,7 +1053,7 @@ impl EventBase {
         } else {
             None
         };
-        let n = self.queues.get(pri).map_or(0, VecDeque::len);
+        let n = self.queues.get(pri).map_or(0, ActiveQueue::len);
         let mut ran = 0;
         for _ in 0..n {
             // A callback may have called priority_init and dropped this queue.
@@ -1029,22 +1075,22 @@ impl EventBase {
     }
 
     fn run_one(&mut self, idx: u32) {
-        let now = self.now_ns();
         let s = &mut self.slots[idx as usize];
         s.state &= !ACTIVE;
-        self.n_active -= 1;
         let res = std::mem::take(&mut s.res);
-        let generation = s.generation;
-        let persist = s.flags.contains(EventFlags::PERSIST);
-        let timeout = s.timeout;
-        let oneshot = s.state & ONESHOT != 0;
-        if !persist {
+        let (generation, flags, timeout, oneshot) = (s.generation, s.flags, s.timeout, s.state & ONESHOT != 0);
+        // Out of its slot while it runs: the callback may free the event,
+        // or free it and allocate another one in the same slot.
+        let cb = s.cb.take();
+        self.n_active -= 1;
+        if !flags.contains(EventFlags::PERSIST) {
             let _ = self.del_idx(idx, false);
         } else if timeout != NO_TIMEOUT {
             // A persistent event's timeout restarts each time it runs: from
             // its previous deadline when the timeout fired (a periodic timer
             // does not drift; libevent's event_persist_closure), from now
             // when io woke it or when whole periods were missed.
+            let now = self.now_ns();
             let was = self.is_pending_idx(idx);
             let next = match self.timers.last_deadline(idx) {
                 Some(prev) if res.contains(EventFlags::TIMEOUT) => prev.saturating_add(timeout),
@@ -1054,6 +1100,8 @@ impl EventBase {
             self.timers.schedule_at(idx, next, timeout);
             self.recount(idx, was);
         }
+        // A signal callback runs once per delivery since it last ran
+        // (libevent's ncalls).
         let calls = if res.contains(EventFlags::SIGNAL) {
             match self.sig_calls.iter().position(|(i, _)| *i == idx) {
                 Some(p) => self.sig_calls.swap_remove(p).1.max(1),
@@ -1062,23 +1110,28 @@ impl EventBase {
         } else {
             1
         };
-        let Some(mut cb) = self.slots[idx as usize].cb.take() else { return };
+        let Some(mut cb) = cb else { return };
         let id = EventId { idx, generation };
-        for _ in 0..calls {
-            match &mut cb {
-                Cb::Boxed(f) => f(self, id, res),
-                Cb::Shared(h) => h.handle(self, id, res),
-            }
-            // Stop repeating once the event is gone or the loop must stop.
-            let s = &self.slots[idx as usize];
-            if s.generation != generation || s.state & ALLOCATED == 0 || s.state & INSERTED == 0 || self.break_flag {
-                break;
+        let mut call = |base: &mut EventBase| match &mut cb {
+            Cb::Boxed(f) => f(base, id, res),
+            Cb::Shared(h) => h.handle(base, id, res),
+        };
+        call(self);
+        if calls > 1 {
+            for _ in 1..calls {
+                // Stop repeating once the event is gone or the loop must stop.
+                let s = &self.slots[idx as usize];
+                if s.generation != generation || s.state & ALLOCATED == 0 || s.state & INSERTED == 0 || self.break_flag
+                {
+                    break;
+                }
+                call(self);
             }
         }
         let s = &mut self.slots[idx as usize];
         if s.generation == generation && s.state & ALLOCATED != 0 {
             if oneshot {
-                self.free(EventId { idx, generation });
+                self.free(id);
             } else if s.cb.is_none() {
                 s.cb = Some(cb);
             }

@@ -5,7 +5,7 @@
 use super::event::EventFlags;
 use std::os::fd::RawFd;
 
-const NONE: u32 = u32::MAX;
+pub(crate) const NONE: u32 = u32::MAX;
 
 /// The events on one fd. Two inline slots cover a socket's read and write
 /// events without a heap allocation.
@@ -46,6 +46,13 @@ impl FdEntry {
 
     /// Whether the events on this fd are edge-triggered; `None` when there
     /// are none.
+    /// The events of the fd when they all fit inline (the common case: no
+    /// more than two), `NONE` marking empty places; `None` otherwise.
+    #[inline]
+    pub fn inline_events(&self) -> Option<[u32; 2]> {
+        self.more.is_empty().then_some(self.inline)
+    }
+
     pub fn edge_triggered(&self) -> Option<bool> {
         if self.events().next().is_none() { None } else { Some(self.net > 0) }
     }
