@@ -43,7 +43,7 @@ EFF_LINES="${EFF_LINES:-200000}"
 OUT="$TOP/bench-out"
 PEERS_BIN="$TOP/peers-bin"
 BENCH="$TOP/target/release/rot13d-bench"
-ROT13D="$TOP/target/release/rot13d"
+ROT13D="${ROT13D:-$TOP/target/release/rot13d}"
 mkdir -p "$OUT"
 
 log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
