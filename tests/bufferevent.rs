@@ -1540,6 +1540,60 @@ rtest!(close_when_flushed_after_the_peers_eof_closes_at_once, |be| {
     Ok(())
 });
 
+rtest!(lingering_ends_early_for_a_quiet_peer_that_has_everything, |be| {
+    // The peer reads the answer and EOF but keeps its socket open and says
+    // nothing: once every byte is acknowledged (TCP) or read (Unix), the
+    // close completes long before the lingering bound.
+    for kind in LINKS {
+        let mut b = be.base()?;
+        let (x, y) = link(kind, false)?;
+        let bev = new_bev(&mut b, x, BevOptions::default(), Ctx::default())?;
+        let start = Instant::now();
+        with(&bev, |e| -> io::Result<()> {
+            e.enable(&mut b, EventFlags::READ | EventFlags::WRITE)?;
+            e.set_linger(Duration::from_secs(30));
+            e.output.add(b"answer");
+            e.close_when_flushed(&mut b);
+            Ok(())
+        })?;
+        let mut got = Vec::new();
+        let mut eof = false;
+        let freed = run_until(&mut b, LIMIT, |_| {
+            eof = eof || slurp(y.as_raw_fd(), &mut got);
+            with(&bev, |e| e.is_freed())
+        })?;
+        assert!(freed, "{kind:?}: still lingering");
+        assert!(start.elapsed() < Duration::from_secs(5), "{kind:?}: {:?}", start.elapsed());
+        slurp(y.as_raw_fd(), &mut got);
+        assert_eq!(got, b"answer", "{kind:?}");
+        assert_eq!(ctx(&bev, |c| (c.closes, c.events.len())), (1, 0), "{kind:?}");
+    }
+    Ok(())
+});
+
+rtest!(lingering_waits_for_a_peer_that_has_not_read, |be| {
+    // A Unix peer that has not read the answer yet: the close waits (up to
+    // the bound), and the answer is still there to read afterwards.
+    let mut b = be.base()?;
+    let (x, y) = link(Link::Unix, false)?;
+    let bev = new_bev(&mut b, x, BevOptions::default(), Ctx::default())?;
+    let start = Instant::now();
+    with(&bev, |e| -> io::Result<()> {
+        e.enable(&mut b, EventFlags::READ | EventFlags::WRITE)?;
+        e.set_linger(Duration::from_millis(300));
+        e.output.add(b"answer");
+        e.close_when_flushed(&mut b);
+        Ok(())
+    })?;
+    assert!(run_until(&mut b, LIMIT, |_| with(&bev, |e| e.is_freed()))?, "still lingering");
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(290), "{took:?}");
+    let mut got = Vec::new();
+    assert!(slurp(y.as_raw_fd(), &mut got));
+    assert_eq!(got, b"answer");
+    Ok(())
+});
+
 rtest!(lingering_ends_after_its_bound, |be| {
     // A peer that neither closes nor stops sending: the lingering ends at
     // its bound all the same (not restarted by each read).

@@ -7,7 +7,8 @@
 //!   output; ours never loses a byte on a normal close. The close lingers
 //!   (as nginx's `lingering_close`): input is read and thrown away while the
 //!   output drains, then the write side is shut down and the socket kept
-//!   until the peer's EOF or [`DEFAULT_LINGER`]. Closing a TCP socket
+//!   until the peer's EOF, [`DEFAULT_LINGER`], or a quiet peer has
+//!   acknowledged every byte. Closing a TCP socket
 //!   with unread input makes the kernel send RST and drop what it still
 //!   had to send, so a peer still sending (a pipelined request) would lose
 //!   the end of its answer.
@@ -135,6 +136,10 @@ pub type EventCb<C> = fn(&mut EventBase, &mut BufferEvent<C>, BevEvent);
 /// shut down, for the peer's EOF (reading and discarding what it sends).
 pub const DEFAULT_LINGER: Duration = Duration::from_secs(5);
 
+/// While lingering, how often a quiet peer is checked for having received
+/// everything (see [`BufferEvent::close_when_flushed`]).
+const LINGER_TICK_MS: u32 = 50;
+
 /// Called once when the bufferevent is freed (closed), from `free`.
 pub type CloseCb<C> = fn(&mut EventBase, &mut BufferEvent<C>);
 
@@ -204,6 +209,8 @@ pub struct BufferEvent<C: 'static> {
     closing: bool,
     /// Closing, output written, write side shut: waiting for the peer's EOF.
     lingering: bool,
+    /// Input was thrown away since the last lingering tick.
+    linger_busy: bool,
     /// The peer's EOF was read.
     read_eof: bool,
     freed: bool,
@@ -249,6 +256,7 @@ impl<C: 'static> BufferEvent<C> {
             write_added: false,
             closing: false,
             lingering: false,
+            linger_busy: false,
             read_eof: false,
             freed: false,
             connecting: false,
@@ -530,7 +538,10 @@ impl<C: 'static> BufferEvent<C> {
 
     /// Stops handing input to the owner, writes every pending byte, then
     /// frees (and closes) the bufferevent, lingering first: see the module
-    /// documentation. The event callback still gets ERROR or TIMEOUT if the
+    /// documentation. The lingering ends at the peer's EOF, at the bound
+    /// ([`set_linger`](Self::set_linger)), or as soon as a quiet peer (nothing
+    /// read from it for a tick of 50 ms, nothing unread) has acknowledged
+    /// every byte: closing then neither resets nor loses anything. The event callback still gets ERROR or TIMEOUT if the
     /// peer goes away or stops reading before the output is written; once
     /// it is, the bufferevent frees itself without another callback.
     pub fn close_when_flushed(&mut self, base: &mut EventBase) {
@@ -571,7 +582,14 @@ impl<C: 'static> BufferEvent<C> {
         }
         let now = base.now().as_millis() as u32;
         let left = self.linger_until.wrapping_sub(now);
-        Some(Duration::from_millis(if left > u32::MAX / 2 { 0 } else { left as u64 }))
+        let left = if left > u32::MAX / 2 { 0 } else { left };
+        Some(Duration::from_millis(left.min(LINGER_TICK_MS) as u64))
+    }
+
+    /// Whether the lingering bound has passed.
+    fn linger_over(&self, base: &EventBase) -> bool {
+        let left = self.linger_until.wrapping_sub(base.now().as_millis() as u32);
+        left == 0 || left > u32::MAX / 2
     }
 
     /// Everything of a close is written: shut the write side (the peer reads
@@ -607,12 +625,21 @@ impl<C: 'static> BufferEvent<C> {
     /// the end of the lingering) completes the close.
     fn discard_input(&mut self, base: &mut EventBase, what: EventFlags) {
         if what == EventFlags::TIMEOUT {
-            // Only the lingering arms a timeout here: the peer did not
-            // finish in time. What it sends from now on may be answered
-            // with RST; everything of ours was written long ago.
-            self.free(base);
+            // A lingering tick (only the lingering arms a timeout here).
+            // Done at the bound (what the peer sends from now on may be
+            // answered with RST; everything of ours was written long ago),
+            // or once a quiet peer has acknowledged every byte of ours.
+            let quiet = !std::mem::take(&mut self.linger_busy)
+                && sys::outq(self.fd).is_ok_and(|n| n == 0)
+                && sys::inq(self.fd).is_ok_and(|n| n == 0);
+            if quiet || self.linger_over(base) {
+                self.free(base);
+            } else {
+                let _ = base.add(self.read_ev, self.read_timeout_now(base));
+            }
             return;
         }
+        self.linger_busy = true;
         let mut buf = [0u8; 16 * 1024];
         // A few reads per turn: a peer that floods cannot hold the loop.
         for _ in 0..4 {
@@ -645,14 +672,11 @@ impl<C: 'static> BufferEvent<C> {
             }
         }
         if self.lingering {
-            // A persistent event's timeout restarts on each wake-up: set
-            // what is left of the bound again, so a trickle cannot keep the
-            // socket for ever.
-            match self.read_timeout_now(base) {
-                Some(d) if d.is_zero() => self.free(base),
-                d => {
-                    let _ = base.add(self.read_ev, d);
-                }
+            // A persistent event's timeout restarts on each wake-up: check
+            // the bound here too, so a trickle cannot keep the socket for
+            // ever.
+            if self.linger_over(base) {
+                self.free(base);
             }
         }
     }

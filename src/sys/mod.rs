@@ -363,6 +363,15 @@ pub fn inq(fd: RawFd) -> io::Result<usize> {
     Ok(v.max(0) as usize)
 }
 
+/// Bytes sent on a socket and not yet acknowledged by the peer (TCP) or
+/// not yet read by it (Unix stream) (`SIOCOUTQ`).
+pub fn outq(fd: RawFd) -> io::Result<usize> {
+    let mut v: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ writes one int through the pointer.
+    syscall!(ioctl(fd, libc::TIOCOUTQ, &mut v))?;
+    Ok(v.max(0) as usize)
+}
+
 /// Asks the CPU to start loading the cache line at `p`, so that a later
 /// access does not wait for memory. A hint only: it never faults and has no
 /// effect another thread or the program can observe.
