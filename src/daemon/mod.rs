@@ -172,7 +172,7 @@ pub fn reactor_config(s: &Settings) -> Result<EventConfig, Error> {
     let mut req = Features::empty();
     for f in &r.require_features {
         match Features::from_name(f) {
-            Some(x) => req = req | x,
+            Some(x) => req |= x,
             None => {
                 return Err(ConfigError::Invalid {
                     key: "reactor.require_features".into(),

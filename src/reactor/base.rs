@@ -75,27 +75,15 @@ impl ActiveQueue {
     }
 }
 
-/// Flags of one loop run (libevent's `EVLOOP_*`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct LoopFlags(u8);
-
-impl LoopFlags {
-    /// Block until something is active, run it, return.
-    pub const ONCE: LoopFlags = LoopFlags(0x01);
-    /// Do not block: run what is ready now, return.
-    pub const NONBLOCK: LoopFlags = LoopFlags(0x02);
-    /// Keep running with no events pending, until loopexit/loopbreak.
-    pub const NO_EXIT_ON_EMPTY: LoopFlags = LoopFlags(0x04);
-
-    /// Whether every bit of `o` is set.
-    pub const fn contains(self, o: LoopFlags) -> bool {
-        self.0 & o.0 == o.0
-    }
-}
-impl std::ops::BitOr for LoopFlags {
-    type Output = LoopFlags;
-    fn bitor(self, r: LoopFlags) -> LoopFlags {
-        LoopFlags(self.0 | r.0)
+flag_set! {
+    /// Flags of one loop run (libevent's `EVLOOP_*`).
+    pub struct LoopFlags(u8) {
+        /// Block until something is active, run it, return.
+        const ONCE = 0x01;
+        /// Do not block: run what is ready now, return.
+        const NONBLOCK = 0x02;
+        /// Keep running with no events pending, until loopexit/loopbreak.
+        const NO_EXIT_ON_EMPTY = 0x04;
     }
 }
 

@@ -38,92 +38,44 @@ use std::os::fd::{IntoRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::time::Duration;
 
-/// What happened, for the event callback (libevent's `BEV_EVENT_*`).
-#[derive(Clone, Copy, PartialEq, Eq, Default)]
-pub struct BevEvent(u8);
-
-impl BevEvent {
-    /// While reading.
-    pub const READING: BevEvent = BevEvent(0x01);
-    /// While writing.
-    pub const WRITING: BevEvent = BevEvent(0x02);
-    /// End of file from the peer.
-    pub const EOF: BevEvent = BevEvent(0x10);
-    /// An error; see [`BufferEvent::last_error`].
-    pub const ERROR: BevEvent = BevEvent(0x20);
-    /// A read or write timeout expired.
-    pub const TIMEOUT: BevEvent = BevEvent(0x40);
-    /// An outgoing connect finished.
-    pub const CONNECTED: BevEvent = BevEvent(0x80);
-
-    /// Whether every bit of `o` is set.
-    pub const fn contains(self, o: BevEvent) -> bool {
-        self.0 & o.0 == o.0
-    }
-}
-impl std::ops::BitOr for BevEvent {
-    type Output = BevEvent;
-    fn bitor(self, r: BevEvent) -> BevEvent {
-        BevEvent(self.0 | r.0)
-    }
-}
-impl std::fmt::Debug for BevEvent {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names = [
-            (BevEvent::READING, "READING"),
-            (BevEvent::WRITING, "WRITING"),
-            (BevEvent::EOF, "EOF"),
-            (BevEvent::ERROR, "ERROR"),
-            (BevEvent::TIMEOUT, "TIMEOUT"),
-            (BevEvent::CONNECTED, "CONNECTED"),
-        ];
-        let v: Vec<&str> = names.iter().filter(|(b, _)| self.contains(*b)).map(|(_, n)| *n).collect();
-        f.write_str(&v.join(" | "))
+flag_set! {
+    /// What happened, for the event callback (libevent's `BEV_EVENT_*`).
+    pub struct BevEvent(u8) {
+        /// While reading.
+        const READING = 0x01;
+        /// While writing.
+        const WRITING = 0x02;
+        /// End of file from the peer.
+        const EOF = 0x10;
+        /// An error; see [`BufferEvent::last_error`].
+        const ERROR = 0x20;
+        /// A read or write timeout expired.
+        const TIMEOUT = 0x40;
+        /// An outgoing connect finished.
+        const CONNECTED = 0x80;
     }
 }
 
-/// Why reading is paused (libevent's `bufferevent_suspend_flags`).
-#[derive(Clone, Copy, PartialEq, Eq, Default, Debug)]
-pub struct Suspend(u8);
-
-impl Suspend {
-    /// Input reached the read high watermark.
-    pub const WATERMARK: Suspend = Suspend(0x01);
-    /// Output passed the backpressure high mark.
-    pub const BACKPRESSURE: Suspend = Suspend(0x02);
-    /// The owner paused it (e.g. a connection limit or a drain).
-    pub const USER: Suspend = Suspend(0x04);
-
-    /// Whether any reason of `o` is set.
-    pub const fn intersects(self, o: Suspend) -> bool {
-        self.0 & o.0 != 0
-    }
-    /// No reason.
-    pub const fn is_empty(self) -> bool {
-        self.0 == 0
+flag_set! {
+    /// Why reading is paused (libevent's `bufferevent_suspend_flags`).
+    pub struct Suspend(u8) {
+        /// Input reached the read high watermark.
+        const WATERMARK = 0x01;
+        /// Output passed the backpressure high mark.
+        const BACKPRESSURE = 0x02;
+        /// The owner paused it (e.g. a connection limit or a drain).
+        const USER = 0x04;
     }
 }
 
-/// Options at creation (libevent's `BEV_OPT_*`).
-#[derive(Clone, Copy, PartialEq, Eq, Default, Debug)]
-pub struct BevOptions(u8);
-
-impl BevOptions {
-    /// Close the fd when the bufferevent is freed.
-    pub const CLOSE_ON_FREE: BevOptions = BevOptions(0x01);
-    /// Run the user callbacks from a separate event of the loop instead of
-    /// from inside the I/O callback.
-    pub const DEFER_CALLBACKS: BevOptions = BevOptions(0x04);
-
-    /// Whether every bit of `o` is set.
-    pub const fn contains(self, o: BevOptions) -> bool {
-        self.0 & o.0 == o.0
-    }
-}
-impl std::ops::BitOr for BevOptions {
-    type Output = BevOptions;
-    fn bitor(self, r: BevOptions) -> BevOptions {
-        BevOptions(self.0 | r.0)
+flag_set! {
+    /// Options at creation (libevent's `BEV_OPT_*`).
+    pub struct BevOptions(u8) {
+        /// Close the fd when the bufferevent is freed.
+        const CLOSE_ON_FREE = 0x01;
+        /// Run the user callbacks from a separate event of the loop instead
+        /// of from inside the I/O callback.
+        const DEFER_CALLBACKS = 0x04;
     }
 }
 
@@ -900,7 +852,7 @@ impl<C: 'static> BufferEvent<C> {
 
     fn report(&mut self, base: &mut EventBase, ev: BevEvent) {
         if self.options.contains(BevOptions::DEFER_CALLBACKS) {
-            self.deferred_events = self.deferred_events | ev;
+            self.deferred_events |= ev;
             base.active(self.defer_ev, EventFlags::NONE);
             return;
         }

@@ -3,55 +3,19 @@
 use super::backend::Features;
 use std::time::Duration;
 
-/// Base flags (libevent's `EVENT_BASE_FLAG_*`).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct BaseFlags(u8);
-
-impl BaseFlags {
-    /// No locking: the base hands out no cross-thread handle.
-    pub const NOLOCK: BaseFlags = BaseFlags(0x01);
-    /// Ignore the `EVENT_*` environment variables.
-    pub const IGNORE_ENV: BaseFlags = BaseFlags(0x02);
-    /// Read the clock on every query instead of once per loop turn.
-    pub const NO_CACHE_TIME: BaseFlags = BaseFlags(0x08);
-    /// epoll: coalesce changes per fd until the next dispatch.
-    pub const EPOLL_USE_CHANGELIST: BaseFlags = BaseFlags(0x10);
-    /// Use the precise monotonic clock instead of the coarse one.
-    pub const PRECISE_TIMER: BaseFlags = BaseFlags(0x20);
-
-    /// Whether every bit of `o` is set.
-    pub const fn contains(self, o: BaseFlags) -> bool {
-        self.0 & o.0 == o.0
-    }
-    /// No flag.
-    pub const fn empty() -> BaseFlags {
-        BaseFlags(0)
-    }
-}
-
-impl std::ops::BitOr for BaseFlags {
-    type Output = BaseFlags;
-    fn bitor(self, r: BaseFlags) -> BaseFlags {
-        BaseFlags(self.0 | r.0)
-    }
-}
-impl std::ops::BitOrAssign for BaseFlags {
-    fn bitor_assign(&mut self, r: BaseFlags) {
-        self.0 |= r.0;
-    }
-}
-
-impl std::fmt::Debug for BaseFlags {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names = [
-            (BaseFlags::NOLOCK, "NOLOCK"),
-            (BaseFlags::IGNORE_ENV, "IGNORE_ENV"),
-            (BaseFlags::NO_CACHE_TIME, "NO_CACHE_TIME"),
-            (BaseFlags::EPOLL_USE_CHANGELIST, "EPOLL_USE_CHANGELIST"),
-            (BaseFlags::PRECISE_TIMER, "PRECISE_TIMER"),
-        ];
-        let set: Vec<&str> = names.iter().filter(|(b, _)| self.contains(*b) && b.0 != 0).map(|(_, n)| *n).collect();
-        if set.is_empty() { f.write_str("NONE") } else { f.write_str(&set.join(" | ")) }
+flag_set! {
+    /// Base flags (libevent's `EVENT_BASE_FLAG_*`).
+    pub struct BaseFlags(u8) {
+        /// No locking: the base hands out no cross-thread handle.
+        const NOLOCK = 0x01;
+        /// Ignore the `EVENT_*` environment variables.
+        const IGNORE_ENV = 0x02;
+        /// Read the clock on every query instead of once per loop turn.
+        const NO_CACHE_TIME = 0x08;
+        /// epoll: coalesce changes per fd until the next dispatch.
+        const EPOLL_USE_CHANGELIST = 0x10;
+        /// Use the precise monotonic clock instead of the coarse one.
+        const PRECISE_TIMER = 0x20;
     }
 }
 

@@ -24,6 +24,91 @@
 //!
 //! The reactor never imports the daemon and logs at debug/trace only.
 
+/// A set of bit flags in a `u8` newtype: the named single-bit flags as
+/// constants, set operations, and a `Debug` that lists the set flags'
+/// names (`READ | WRITE`, `NONE` when empty). Composite constants go in an
+/// ordinary `impl` beside it.
+macro_rules! flag_set {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident($fvis:vis u8) {
+            $( $(#[$fmeta:meta])* const $flag:ident = $value:expr; )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+        $vis struct $name($fvis u8);
+
+        impl $name {
+            $( $(#[$fmeta])* pub const $flag: $name = $name($value); )+
+
+            /// No flag set.
+            pub const fn empty() -> $name {
+                $name(0)
+            }
+            /// Whether every flag of `o` is set.
+            pub const fn contains(self, o: $name) -> bool {
+                self.0 & o.0 == o.0
+            }
+            /// Whether any flag of `o` is set.
+            pub const fn intersects(self, o: $name) -> bool {
+                self.0 & o.0 != 0
+            }
+            /// Whether no flag is set.
+            pub const fn is_empty(self) -> bool {
+                self.0 == 0
+            }
+        }
+
+        impl ::std::ops::BitOr for $name {
+            type Output = $name;
+            fn bitor(self, r: $name) -> $name {
+                $name(self.0 | r.0)
+            }
+        }
+        impl ::std::ops::BitOrAssign for $name {
+            fn bitor_assign(&mut self, r: $name) {
+                self.0 |= r.0;
+            }
+        }
+        impl ::std::ops::BitAnd for $name {
+            type Output = $name;
+            fn bitand(self, r: $name) -> $name {
+                $name(self.0 & r.0)
+            }
+        }
+        impl ::std::ops::BitAndAssign for $name {
+            fn bitand_assign(&mut self, r: $name) {
+                self.0 &= r.0;
+            }
+        }
+        impl ::std::ops::Not for $name {
+            type Output = $name;
+            fn not(self) -> $name {
+                $name(!self.0)
+            }
+        }
+        impl ::std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                let mut first = true;
+                $(
+                    if self.contains($name::$flag) {
+                        if !first {
+                            f.write_str(" | ")?;
+                        }
+                        f.write_str(stringify!($flag))?;
+                        first = false;
+                    }
+                )+
+                if first {
+                    f.write_str("NONE")?;
+                }
+                Ok(())
+            }
+        }
+    };
+}
+
 pub mod backend;
 mod base;
 pub mod bufferevent;

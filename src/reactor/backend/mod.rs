@@ -30,28 +30,21 @@ use std::io;
 use std::os::fd::RawFd;
 use std::time::Duration;
 
-/// What a backend can do (libevent's `EV_FEATURE_*`).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct Features(u8);
+flag_set! {
+    /// What a backend can do (libevent's `EV_FEATURE_*`).
+    pub struct Features(u8) {
+        /// Edge-triggered events.
+        const ET = 0x01;
+        /// O(1) add, delete and dispatch of one ready event.
+        const O1 = 0x02;
+        /// Any kind of fd, not only sockets (files, pipes, ttys).
+        const FDS = 0x04;
+        /// Detects a peer's close without reading (`EV_CLOSED`).
+        const EARLY_CLOSE = 0x08;
+    }
+}
 
 impl Features {
-    /// Edge-triggered events.
-    pub const ET: Features = Features(0x01);
-    /// O(1) add, delete and dispatch of one ready event.
-    pub const O1: Features = Features(0x02);
-    /// Any kind of fd, not only sockets (files, pipes, ttys).
-    pub const FDS: Features = Features(0x04);
-    /// Detects a peer's close without reading (`EV_CLOSED`).
-    pub const EARLY_CLOSE: Features = Features(0x08);
-
-    /// Whether every feature of `o` is present.
-    pub const fn contains(self, o: Features) -> bool {
-        self.0 & o.0 == o.0
-    }
-    /// No feature.
-    pub const fn empty() -> Features {
-        Features(0)
-    }
     /// Parses a feature name as the CLI and config spell it.
     pub fn from_name(name: &str) -> Option<Features> {
         match name {
@@ -72,19 +65,6 @@ impl Features {
         ];
         let v: Vec<&str> = all.iter().filter(|(f, _)| self.contains(*f)).map(|(_, n)| *n).collect();
         if v.is_empty() { "-".to_string() } else { v.join(",") }
-    }
-}
-
-impl std::ops::BitOr for Features {
-    type Output = Features;
-    fn bitor(self, r: Features) -> Features {
-        Features(self.0 | r.0)
-    }
-}
-
-impl std::fmt::Debug for Features {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.names())
     }
 }
 
