@@ -1540,22 +1540,29 @@ rtest!(close_when_flushed_after_the_peers_eof_closes_at_once, |be| {
     Ok(())
 });
 
+/// A bufferevent on a fresh link that answers "answer" and closes when
+/// flushed, lingering at most `linger`; and the peer's end.
+fn answer_and_close(b: &mut EventBase, kind: Link, linger: Duration) -> io::Result<(Bev<Ctx>, OwnedFd)> {
+    let (x, y) = link(kind, false)?;
+    let bev = new_bev(b, x, BevOptions::default(), Ctx::default())?;
+    with(&bev, |e| -> io::Result<()> {
+        e.enable(b, EventFlags::READ | EventFlags::WRITE)?;
+        e.set_linger(linger);
+        e.output.add(b"answer");
+        e.close_when_flushed(b);
+        Ok(())
+    })?;
+    Ok((bev, y))
+}
+
 rtest!(lingering_ends_early_for_a_quiet_peer_that_has_everything, |be| {
     // The peer reads the answer and EOF but keeps its socket open and says
     // nothing: once every byte is acknowledged (TCP) or read (Unix), the
     // close completes long before the lingering bound.
     for kind in LINKS {
         let mut b = be.base()?;
-        let (x, y) = link(kind, false)?;
-        let bev = new_bev(&mut b, x, BevOptions::default(), Ctx::default())?;
         let start = Instant::now();
-        with(&bev, |e| -> io::Result<()> {
-            e.enable(&mut b, EventFlags::READ | EventFlags::WRITE)?;
-            e.set_linger(Duration::from_secs(30));
-            e.output.add(b"answer");
-            e.close_when_flushed(&mut b);
-            Ok(())
-        })?;
+        let (bev, y) = answer_and_close(&mut b, kind, Duration::from_secs(30))?;
         let mut got = Vec::new();
         let mut eof = false;
         let freed = run_until(&mut b, LIMIT, |_| {
@@ -1575,16 +1582,8 @@ rtest!(lingering_waits_for_a_peer_that_has_not_read, |be| {
     // A Unix peer that has not read the answer yet: the close waits (up to
     // the bound), and the answer is still there to read afterwards.
     let mut b = be.base()?;
-    let (x, y) = link(Link::Unix, false)?;
-    let bev = new_bev(&mut b, x, BevOptions::default(), Ctx::default())?;
     let start = Instant::now();
-    with(&bev, |e| -> io::Result<()> {
-        e.enable(&mut b, EventFlags::READ | EventFlags::WRITE)?;
-        e.set_linger(Duration::from_millis(300));
-        e.output.add(b"answer");
-        e.close_when_flushed(&mut b);
-        Ok(())
-    })?;
+    let (bev, y) = answer_and_close(&mut b, Link::Unix, Duration::from_millis(300))?;
     assert!(run_until(&mut b, LIMIT, |_| with(&bev, |e| e.is_freed()))?, "still lingering");
     let took = start.elapsed();
     assert!(took >= Duration::from_millis(290), "{took:?}");
@@ -1598,16 +1597,8 @@ rtest!(lingering_ends_after_its_bound, |be| {
     // A peer that neither closes nor stops sending: the lingering ends at
     // its bound all the same (not restarted by each read).
     let mut b = be.base()?;
-    let (x, y) = link(Link::Tcp, false)?;
-    let bev = new_bev(&mut b, x, BevOptions::default(), Ctx::default())?;
     let start = Instant::now();
-    with(&bev, |e| -> io::Result<()> {
-        e.enable(&mut b, EventFlags::READ | EventFlags::WRITE)?;
-        e.set_linger(Duration::from_millis(300));
-        e.output.add(b"answer");
-        e.close_when_flushed(&mut b);
-        Ok(())
-    })?;
+    let (bev, y) = answer_and_close(&mut b, Link::Tcp, Duration::from_millis(300))?;
     let mut got = Vec::new();
     let freed = run_until(&mut b, LIMIT, |_| {
         let mut buf = [0u8; 64];
