@@ -479,6 +479,34 @@ rtest!(same_file_back_on_its_fd_number_within_one_turn, +et, |be| {
     Ok(())
 });
 
+rtest!(free_all_leaves_a_clean_base, +et, |be| {
+    // What a forked worker does with its parent's events: after free_all
+    // nothing is pending, and a new event on the same fd is watched.
+    let mut b = be.base()?;
+    let (x, y) = pair()?;
+    let old = b.new_event(x.as_raw_fd(), be.io(EventFlags::READ | EventFlags::PERSIST), |_, _, _| panic!("old ran"));
+    b.add(old, None)?;
+    let t = b.new_timer(|_, _, _| panic!("old timer ran"));
+    b.add(t, Some(Duration::from_millis(1)))?;
+    b.free_all();
+    assert_eq!(b.pending(old, EventFlags::READ | EventFlags::TIMEOUT).0, EventFlags::NONE);
+    assert_eq!(b.run(LoopFlags::NONBLOCK)?, LoopExit::NoEvents);
+    let n = counter();
+    let c = n.clone();
+    let xfd = x.as_raw_fd();
+    let ev = b.new_event(xfd, be.io(EventFlags::READ | EventFlags::PERSIST), move |_, _, _| {
+        take(xfd);
+        c.set(c.get() + 1)
+    });
+    b.add(ev, None)?;
+    put(&y, b"x")?;
+    let stop = b.new_timer(|b, _, _| b.loopbreak());
+    b.add(stop, Some(Duration::from_secs(2)))?;
+    b.run(LoopFlags::ONCE)?;
+    assert_eq!(n.get(), 1, "the new event on the fd is not watched");
+    Ok(())
+});
+
 rtest!(changelist_error_still_serves_ready_fds, [epoll_changelist], |be| {
     // With the changelist an add is only tried at the next dispatch. An fd
     // closed before that fails (EBADF): run() reports the error, but the

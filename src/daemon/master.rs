@@ -11,7 +11,7 @@ use super::listener::{self, Kind, Listener};
 use super::metrics::Metrics;
 use super::settings::Settings;
 use super::worker::WorkerParams;
-use crate::reactor::{EventBase, EventFlags, EventId, LoopFlags};
+use crate::reactor::{EventBase, EventFlags, LoopFlags};
 use crate::sys::{self, process};
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -68,8 +68,6 @@ pub struct Master {
     slots_used: Vec<bool>,
     generation: u32,
     intents: Rc<RefCell<VecDeque<Intent>>>,
-    /// The master's own events, freed by each worker after fork.
-    own_events: Vec<EventId>,
     deaths: VecDeque<Instant>,
     backoff: Duration,
     stopping: bool,
@@ -105,7 +103,6 @@ impl Master {
             slots_used: vec![false; slots],
             generation: 1,
             intents: Rc::new(RefCell::new(VecDeque::new())),
-            own_events: Vec::new(),
             deaths: VecDeque::new(),
             backoff: Duration::ZERO,
             stopping: false,
@@ -135,7 +132,6 @@ impl Master {
             let q = self.intents.clone();
             let id = self.base.new_signal(sig, move |base, _, _| Master::push(&q, base, intent));
             self.base.add(id, None).map_err(|e| Error::os("install signal handlers", e))?;
-            self.own_events.push(id);
         }
         Ok(())
     }
@@ -178,11 +174,9 @@ impl Master {
             Master::push(&q, base, Intent::Ready);
         });
         self.base.add(id, None).map_err(|e| Error::os("watch worker readiness", e))?;
-        self.own_events.push(id);
         if let Some(every) = super::sdnotify::watchdog_interval() {
             let wd = self.base.new_event(-1, EventFlags::PERSIST, |_, _, _| super::sdnotify::notify("WATCHDOG=1"));
             self.base.add(wd, Some(every)).map_err(|e| Error::os("start the watchdog timer", e))?;
-            self.own_events.push(wd);
         }
         Ok(())
     }
@@ -303,9 +297,10 @@ impl Master {
             tracing::error!(target: "rot13d", error = %e, "worker cannot reinit its event base");
             return 71;
         }
-        for id in self.own_events.drain(..) {
-            base.free(id);
-        }
+        // Nothing of the master's runs here: its signal, timer and admin
+        // events (listener and connections in flight) all go, before their
+        // fds are closed below.
+        base.free_all();
         // SIGHUP is for the master; a terminal hangup must not kill workers.
         sys::signal::ignore(libc::SIGHUP);
         // Close every listening socket this worker does not accept on.
@@ -323,8 +318,15 @@ impl Master {
         use std::os::fd::AsRawFd;
         sys::close(self.ready_read.as_raw_fd());
         let ready = Some(self.ready_write.as_raw_fd());
-        let args =
-            super::ServeArgs { listeners: rot13, params, metrics: self.metrics.clone(), slot, generation, ready };
+        let args = super::ServeArgs {
+            listeners: rot13,
+            params,
+            metrics: self.metrics.clone(),
+            slot,
+            generation,
+            ready,
+            on_stop: None,
+        };
         let code = super::serve(base, args, None);
         match code {
             Ok(()) => 0,

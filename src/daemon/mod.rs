@@ -24,7 +24,7 @@ use error::ConfigError;
 use listener::{Kind, Listener};
 use metrics::Metrics;
 use settings::Settings;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
@@ -282,6 +282,12 @@ pub(crate) struct Reloaded {
     pub remove: Vec<RawFd>,
 }
 
+/// A hook run once when a graceful stop begins.
+pub(crate) type OnStop = Box<dyn Fn(&mut EventBase)>;
+
+/// A reload of a process serving alone: re-reads the settings (SIGHUP).
+pub(crate) type Reload<'r> = &'r mut dyn FnMut(&mut EventBase) -> Option<Reloaded>;
+
 /// What a serving process is given.
 pub(crate) struct ServeArgs<'a> {
     /// Listening sockets to accept on.
@@ -296,6 +302,9 @@ pub(crate) struct ServeArgs<'a> {
     pub generation: u32,
     /// Where to report "serving" (a worker's readiness pipe).
     pub ready: Option<RawFd>,
+    /// Run when a graceful stop begins (serving alone: stop the admin
+    /// endpoint, as the master does).
+    pub on_stop: Option<OnStop>,
 }
 
 /// Serves on `base` until a graceful drain ends (worker, or workers = 0).
@@ -303,18 +312,23 @@ pub(crate) struct ServeArgs<'a> {
 pub(crate) fn serve(
     base: &mut EventBase,
     w: ServeArgs<'_>,
-    mut reload: Option<&mut dyn FnMut() -> Option<Reloaded>>,
+    mut reload: Option<Reload<'_>>,
 ) -> Result<(), Error> {
-    let ServeArgs { listeners, params, metrics, slot, generation, ready } = w;
+    let ServeArgs { listeners, params, metrics, slot, generation, ready, on_stop } = w;
+    let on_stop = Rc::new(on_stop);
     let shared = worker::start(base, listeners, params, metrics, slot).map_err(Error::Reactor)?;
     let want_reload = Rc::new(Cell::new(false));
     // Serving alone (workers = 0): this process talks to systemd.
     let standalone = reload.is_some();
     for sig in [libc::SIGTERM, libc::SIGINT] {
         let s = shared.clone();
+        let on_stop = on_stop.clone();
         watch_signal(base, sig, move |base| {
             if standalone {
                 sdnotify::notify("STOPPING=1");
+            }
+            if let Some(f) = on_stop.as_ref() {
+                f(base);
             }
             s.begin_drain(base, false)
         })?;
@@ -349,7 +363,7 @@ pub(crate) fn serve(
         }
         if want_reload.replace(false)
             && let Some(r) = reload.as_mut()
-            && let Some(p) = r()
+            && let Some(p) = r(base)
         {
             shared.set_params(base, p.params);
             for fd in p.remove {
@@ -364,6 +378,33 @@ pub(crate) fn serve(
     }
 }
 
+/// The admin endpoint of a process serving alone, with its listener.
+#[derive(Default)]
+struct AdminSlot {
+    listener: Option<Listener>,
+    admin: Option<Rc<admin::Admin>>,
+}
+
+impl AdminSlot {
+    /// Stops serving and closes the listener.
+    fn stop(&mut self, base: &mut EventBase) {
+        if let Some(a) = self.admin.take() {
+            a.stop(base);
+        }
+        self.listener = None;
+    }
+
+    /// Serves on `l` from now on (none: no admin endpoint).
+    fn replace(&mut self, base: &mut EventBase, l: Option<Listener>, metrics: &Rc<Metrics>) -> std::io::Result<()> {
+        self.stop(base);
+        if let Some(l) = l {
+            self.admin = Some(admin::Admin::start(base, l.raw(), metrics.clone())?);
+            self.listener = Some(l);
+        }
+        Ok(())
+    }
+}
+
 fn serve_standalone(
     startup: Startup,
     settings: Settings,
@@ -371,25 +412,23 @@ fn serve_standalone(
     listeners: Vec<Listener>,
 ) -> Result<(), Error> {
     let metrics = Rc::new(Metrics::new(1).map_err(|e| Error::os("map the shared counters", e))?);
-    let _admin = match listeners.iter().find(|l| l.kind == Kind::Admin) {
-        Some(l) => Some(admin::Admin::start(&mut base, l.raw(), metrics.clone()).map_err(Error::Reactor)?),
-        None => None,
-    };
     // The worker closes the rot13 listeners when it drains or drops one;
-    // the admin listener lives as long as this process.
+    // the admin listener is this function's, stopped when a stop begins.
     let mut rot13: Vec<(SocketAddr, RawFd)> = Vec::new();
-    let mut keep_admin = Vec::new();
+    let admin = Rc::new(RefCell::new(AdminSlot::default()));
     for l in listeners {
         if l.kind == Kind::Rot13 {
             rot13.push((l.requested, l.fd.into_raw_fd()));
         } else {
-            keep_admin.push(l);
+            admin.borrow_mut().replace(&mut base, Some(l), &metrics).map_err(Error::Reactor)?;
         }
     }
     let fds: Vec<RawFd> = rot13.iter().map(|(_, fd)| *fd).collect();
     let params = worker_params(&settings);
     let mut current = settings;
-    let mut reload = move || -> Option<Reloaded> {
+    let admin_at_reload = admin.clone();
+    let metrics_at_reload = metrics.clone();
+    let mut reload = move |base: &mut EventBase| -> Option<Reloaded> {
         tracing::info!(target: "rot13d", "reload requested");
         sdnotify::notify("RELOADING=1");
         // READY=1 follows whatever the outcome: the process keeps serving.
@@ -409,22 +448,29 @@ fn serve_standalone(
                 return None;
             }
         };
-        if s.admin_listen != current.admin_listen {
-            tracing::warn!(target: "rot13d", "admin address changes need a restart with workers = 0");
+        if s.reactor != current.reactor {
+            tracing::warn!(target: "rot13d", "reactor changes need a restart; keeping the current event base");
         }
-        // Bind what is new first: a failure leaves everything as it was.
+        if s.user != current.user || s.group != current.group {
+            tracing::warn!(target: "rot13d", "user/group changes need a restart; keeping the current ones");
+        }
+        // Bind what is new first: a failure leaves everything as it was
+        // (what was bound is closed again when `added` and `new_admin` drop).
         let mut added = Vec::new();
-        for addr in s.listen.iter().filter(|a| !rot13.iter().any(|(r, _)| r == *a)) {
-            match listener::bind(*addr, s.backlog, Kind::Rot13, 1) {
-                Ok(l) => {
-                    tracing::info!(target: "rot13d", addr = %l.local, kind = %Kind::Rot13.as_str(), "listening");
-                    added.push((*addr, l));
-                }
+        let new_rot13 = s.listen.iter().filter(|a| !rot13.iter().any(|(r, _)| r == *a));
+        let new_admin = (s.admin_listen != current.admin_listen).then_some(s.admin_listen);
+        let to_bind = new_rot13.map(|a| (*a, Kind::Rot13)).chain(new_admin.flatten().map(|a| (a, Kind::Admin)));
+        for (addr, kind) in to_bind {
+            match listener::bind(addr, s.backlog, kind, 1) {
+                Ok(l) => added.push(l),
                 Err(e) => {
                     tracing::error!(target: "rot13d", error = %e, "reload failed: keeping the running configuration");
                     return None;
                 }
             }
+        }
+        for l in &added {
+            tracing::info!(target: "rot13d", addr = %l.local, kind = %l.kind.as_str(), "listening");
         }
         let mut remove = Vec::new();
         rot13.retain(|(a, fd)| {
@@ -435,23 +481,39 @@ fn serve_standalone(
             }
             keep
         });
-        let add: Vec<RawFd> = added
-            .into_iter()
-            .map(|(a, l)| {
+        let mut add = Vec::new();
+        let mut admin_listener = None;
+        for l in added {
+            if l.kind == Kind::Admin {
+                admin_listener = Some(l);
+            } else {
                 let fd = l.fd.into_raw_fd();
-                rot13.push((a, fd));
-                fd
-            })
-            .collect();
+                rot13.push((l.requested, fd));
+                add.push(fd);
+            }
+        }
+        if new_admin.is_some() {
+            let mut slot = admin_at_reload.borrow_mut();
+            if let Some(old) = slot.listener.as_ref() {
+                tracing::info!(target: "rot13d", addr = %old.local, kind = %Kind::Admin.as_str(), "listener closed");
+            }
+            if let Err(e) = slot.replace(base, admin_listener, &metrics_at_reload) {
+                tracing::error!(target: "rot13d", error = %e, "cannot serve the admin endpoint");
+            }
+        }
         s.max_connections = s.max_connections.or(current.max_connections);
+        s.reactor = current.reactor.clone();
+        s.user = current.user.clone();
+        s.group = current.group.clone();
         current = s;
         tracing::info!(target: "rot13d", "reloaded: new connections use the new settings");
         Some(Reloaded { params: worker_params(&current), add, remove })
     };
     sdnotify::notify("READY=1");
+    let on_stop: OnStop = Box::new(move |base| admin.borrow_mut().stop(base));
     serve(
         &mut base,
-        ServeArgs { listeners: &fds, params, metrics, slot: 0, generation: 1, ready: None },
+        ServeArgs { listeners: &fds, params, metrics, slot: 0, generation: 1, ready: None, on_stop: Some(on_stop) },
         Some(&mut reload),
     )
 }

@@ -684,6 +684,24 @@ impl EventBase {
         self.free.push(id.idx);
     }
 
+    /// Frees every event registered through the public API (the base's
+    /// own signal and wake-up events stay). For a forked child that serves
+    /// on its own after [`reinit`](Self::reinit): the parent's events there
+    /// would watch fds the child closes, and an fd number the child reuses
+    /// would then look already watched (its new socket never registered).
+    /// Freeing drops the callbacks, and with them what they own (a
+    /// bufferevent dropped this way closes its socket). Call it after
+    /// `reinit`, never before: before, the deletes would reach the epoll
+    /// instance the parent still uses.
+    pub fn free_all(&mut self) {
+        for idx in 0..self.slots.len() as u32 {
+            let s = &self.slots[idx as usize];
+            if s.state & ALLOCATED != 0 && s.state & INTERNAL == 0 {
+                self.free(EventId { idx, generation: s.generation });
+            }
+        }
+    }
+
     /// Makes `id` active with `res` now, whether pending or not
     /// (`event_active`).
     #[doc(alias = "event_active")]
