@@ -194,3 +194,51 @@ fn every_connection_is_served_with_an_admin_listener() -> io::Result<()> {
     }
     Ok(())
 }
+
+/// An admin request in flight while the master forks workers (a reload)
+/// is answered by the master alone and then closed: a worker must not keep
+/// a copy of its socket (it did, so the client saw no EOF until that worker
+/// exited).
+#[test]
+fn admin_request_open_across_a_reload_is_closed_after_its_answer() -> io::Result<()> {
+    let (d, admin) = admin_daemon(1)?;
+    let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")?;
+    // The master has accepted it (it counts no admin connection, so wait
+    // for a second request to be answered first).
+    ensure!(get(admin, "/healthz")?.0 == 200, "healthz");
+    d.signal(libc::SIGHUP)?;
+    d.log().wait_count(&["ready", "workers=1"], 2, T)?;
+    s.write_all(b"Connection: close\r\n\r\n")?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).map_err(|e| fail(format!("no EOF after the answer: {e}; got {raw:?}")))?;
+    let text = String::from_utf8_lossy(&raw);
+    ensure!(text.starts_with("HTTP/1.1 200"), "answer {text:?}");
+    ensure!(text.matches("HTTP/1.1").count() == 1, "answered more than once: {text:?}");
+    // And no worker holds the server side of that connection.
+    let inode = server_socket_inode(admin, s.local_addr()?.port())?;
+    for pid in d.worker_pids() {
+        // (A worker of the old generation may be gone already.)
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
+        let held = fds
+            .flatten()
+            .any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy() == format!("socket:[{inode}]")));
+        ensure!(!held, "worker {pid} holds the admin connection's socket");
+    }
+    Ok(())
+}
+
+/// The inode of the server's socket of the TCP connection from local port
+/// `client_port` to `server` (IPv4, from /proc/net/tcp).
+fn server_socket_inode(server: SocketAddr, client_port: u16) -> io::Result<String> {
+    let local = format!(":{:04X}", server.port());
+    let remote = format!(":{client_port:04X}");
+    std::fs::read_to_string("/proc/net/tcp")?
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 9 && f[1].ends_with(&local) && f[2].ends_with(&remote))
+        .map(|f| f[9].to_string())
+        .ok_or_else(|| fail(format!("no server socket for {server} <- port {client_port} in /proc/net/tcp")))
+}

@@ -309,11 +309,7 @@ pub(crate) struct ServeArgs<'a> {
 
 /// Serves on `base` until a graceful drain ends (worker, or workers = 0).
 /// `reload`, for the master serving alone, re-reads the settings on SIGHUP.
-pub(crate) fn serve(
-    base: &mut EventBase,
-    w: ServeArgs<'_>,
-    mut reload: Option<Reload<'_>>,
-) -> Result<(), Error> {
+pub(crate) fn serve(base: &mut EventBase, w: ServeArgs<'_>, mut reload: Option<Reload<'_>>) -> Result<(), Error> {
     let ServeArgs { listeners, params, metrics, slot, generation, ready, on_stop } = w;
     let on_stop = Rc::new(on_stop);
     let shared = worker::start(base, listeners, params, metrics, slot).map_err(Error::Reactor)?;
