@@ -202,6 +202,8 @@ fn every_connection_is_served_with_an_admin_listener() -> io::Result<()> {
 #[test]
 fn admin_request_open_across_a_reload_is_closed_after_its_answer() -> io::Result<()> {
     let (d, admin) = admin_daemon(1)?;
+    // The first generation serves (a reload before that logs one "ready").
+    d.log().wait_count(&["ready", "workers=1"], 1, T)?;
     let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(3))?;
     s.set_read_timeout(Some(Duration::from_secs(3)))?;
     s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")?;

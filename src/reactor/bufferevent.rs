@@ -156,27 +156,56 @@ pub struct BufferEvent<C: 'static> {
     read_timeout: Timeout,
     write_timeout: Timeout,
     options: BevOptions,
-    read_added: bool,
-    write_added: bool,
-    closing: bool,
-    /// Closing, output written, write side shut: waiting for the peer's EOF.
-    lingering: bool,
-    /// Input was thrown away since the last lingering tick.
-    linger_busy: bool,
-    /// The peer's EOF was read.
-    read_eof: bool,
-    freed: bool,
-    connecting: bool,
+    /// State bits (`F_*`), one byte for what would be eight bools.
+    flags: u8,
     deferred: u8,
     deferred_events: BevEvent,
     last_error: i32,
-    /// The lingering bound in ms, and when the lingering ends (the base's
-    /// clock in ms, wrapping).
-    linger_ms: u32,
+    /// When the lingering ends (the base's clock in ms, wrapping), and its
+    /// bound in ms (at most a minute).
     linger_until: u32,
+    linger_ms: u16,
 }
 
+// State bits of a bufferevent.
+/// The read event is registered.
+const F_READ_ADDED: u8 = 0x01;
+/// The write event is registered.
+const F_WRITE_ADDED: u8 = 0x02;
+/// A close-when-flushed is under way.
+const F_CLOSING: u8 = 0x04;
+/// Closing, output written, write side shut: waiting for the peer's EOF.
+const F_LINGERING: u8 = 0x08;
+/// Input was thrown away since the last lingering tick.
+const F_LINGER_BUSY: u8 = 0x10;
+/// The peer's EOF was read.
+const F_READ_EOF: u8 = 0x20;
+/// Freed: events released, socket closed.
+const F_FREED: u8 = 0x40;
+/// An outgoing connect is in progress.
+const F_CONNECTING: u8 = 0x80;
+
 impl<C: 'static> BufferEvent<C> {
+    #[inline]
+    fn flag(&self, f: u8) -> bool {
+        self.flags & f != 0
+    }
+    #[inline]
+    fn set_flag(&mut self, f: u8, on: bool) {
+        if on {
+            self.flags |= f;
+        } else {
+            self.flags &= !f;
+        }
+    }
+    /// Clears `f`; whether it was set.
+    #[inline]
+    fn take_flag(&mut self, f: u8) -> bool {
+        let was = self.flag(f);
+        self.flags &= !f;
+        was
+    }
+
     /// Wraps a connected non-blocking socket (`bufferevent_socket_new`).
     /// Neither reading nor writing is enabled yet.
     #[doc(alias = "bufferevent_socket_new")]
@@ -204,19 +233,12 @@ impl<C: 'static> BufferEvent<C> {
             read_timeout: Timeout::NONE,
             write_timeout: Timeout::NONE,
             options: options | BevOptions::CLOSE_ON_FREE,
-            read_added: false,
-            write_added: false,
-            closing: false,
-            lingering: false,
-            linger_busy: false,
-            read_eof: false,
-            freed: false,
-            connecting: false,
+            flags: 0,
             deferred: 0,
             deferred_events: BevEvent::default(),
             last_error: 0,
-            linger_ms: DEFAULT_LINGER.as_millis() as u32,
             linger_until: 0,
+            linger_ms: DEFAULT_LINGER.as_millis() as u16,
         }));
         // One shared handler for both events: no closure allocation each.
         let handler: Rc<dyn Handler> = bev.clone();
@@ -248,9 +270,9 @@ impl<C: 'static> BufferEvent<C> {
         };
         let bev = BufferEvent::socket_new(base, OwnedFd::from(sock), BevOptions::CLOSE_ON_FREE, ctx)?;
         if let Some(r) = bev.with(|b| {
-            b.connecting = pending;
+            b.set_flag(F_CONNECTING, pending);
             if pending {
-                b.write_added = true;
+                b.set_flag(F_WRITE_ADDED, true);
                 base.add(b.write_ev, b.write_timeout.get())
             } else {
                 Ok(())
@@ -326,30 +348,31 @@ impl<C: 'static> BufferEvent<C> {
 
     /// Whether the read event is registered with the backend (tests).
     pub fn is_reading(&self) -> bool {
-        self.read_added
+        self.flag(F_READ_ADDED)
     }
 
     /// Whether it was freed.
     pub fn is_freed(&self) -> bool {
-        self.freed
+        self.flag(F_FREED)
     }
 
     /// Whether a close-when-flushed is under way.
     pub fn is_closing(&self) -> bool {
-        self.closing
+        self.flag(F_CLOSING)
     }
 
     /// Whether a close-when-flushed has written everything and now waits
     /// for the peer's EOF.
     pub fn is_lingering(&self) -> bool {
-        self.lingering
+        self.flag(F_LINGERING)
     }
 
     /// How long [`close_when_flushed`](Self::close_when_flushed) waits for
     /// the peer's EOF once everything is written (default
-    /// [`DEFAULT_LINGER`]; zero closes at once, as a plain free would).
+    /// [`DEFAULT_LINGER`], at most 65 s; zero closes at once, as a plain free
+    /// would).
     pub fn set_linger(&mut self, linger: Duration) {
-        self.linger_ms = linger.as_millis().min(u32::MAX as u128 / 2) as u32;
+        self.linger_ms = linger.as_millis().min(u16::MAX as u128) as u16;
     }
 
     /// Enables READ and/or WRITE (`bufferevent_enable`).
@@ -368,8 +391,8 @@ impl<C: 'static> BufferEvent<C> {
     pub fn disable(&mut self, base: &mut EventBase, what: EventFlags) -> io::Result<()> {
         self.enabled &= !(what & (EventFlags::READ | EventFlags::WRITE));
         self.sync_read(base)?;
-        if what.contains(EventFlags::WRITE) && self.write_added && !self.connecting {
-            self.write_added = false;
+        if what.contains(EventFlags::WRITE) && self.flag(F_WRITE_ADDED) && !self.flag(F_CONNECTING) {
+            self.set_flag(F_WRITE_ADDED, false);
             base.del(self.write_ev)?;
         }
         Ok(())
@@ -394,18 +417,18 @@ impl<C: 'static> BufferEvent<C> {
         // connect's error, which the write side must report. While closing,
         // input is read (and thrown away) until EOF whatever the owner
         // enabled: unread input would turn the close into a reset.
-        let want = !self.freed
-            && !self.connecting
-            && if self.closing {
-                !self.read_eof
+        let want = !self.flag(F_FREED)
+            && !self.flag(F_CONNECTING)
+            && if self.flag(F_CLOSING) {
+                !self.flag(F_READ_EOF)
             } else {
                 self.enabled.contains(EventFlags::READ) && self.suspend.is_empty()
             };
-        if want && !self.read_added {
-            self.read_added = true;
+        if want && !self.flag(F_READ_ADDED) {
+            self.set_flag(F_READ_ADDED, true);
             base.add(self.read_ev, self.read_timeout_now(base))?;
-        } else if !want && self.read_added {
-            self.read_added = false;
+        } else if !want && self.flag(F_READ_ADDED) {
+            self.set_flag(F_READ_ADDED, false);
             base.del(self.read_ev)?;
         }
         Ok(())
@@ -441,10 +464,10 @@ impl<C: 'static> BufferEvent<C> {
     pub fn set_timeouts(&mut self, base: &mut EventBase, read: Option<Duration>, write: Option<Duration>) {
         self.read_timeout = Timeout::new(read);
         self.write_timeout = Timeout::new(write);
-        if self.read_added {
+        if self.flag(F_READ_ADDED) {
             let _ = base.add(self.read_ev, self.read_timeout_now(base));
         }
-        if self.write_added {
+        if self.flag(F_WRITE_ADDED) {
             let _ = base.add(self.write_ev, write);
         }
     }
@@ -497,10 +520,10 @@ impl<C: 'static> BufferEvent<C> {
     /// peer goes away or stops reading before the output is written; once
     /// it is, the bufferevent frees itself without another callback.
     pub fn close_when_flushed(&mut self, base: &mut EventBase) {
-        if self.freed || self.closing {
+        if self.flag(F_FREED) || self.flag(F_CLOSING) {
             return;
         }
-        self.closing = true;
+        self.set_flag(F_CLOSING, true);
         self.enabled |= EventFlags::WRITE;
         // A socket that already failed cannot flush: free now. (Retrying
         // the write from the event callback of its error would report the
@@ -510,8 +533,8 @@ impl<C: 'static> BufferEvent<C> {
             return;
         }
         // Read on, to discard, without the owner's read timeout.
-        if self.read_added {
-            self.read_added = false;
+        if self.flag(F_READ_ADDED) {
+            self.set_flag(F_READ_ADDED, false);
             let _ = base.del(self.read_ev);
         }
         let _ = self.sync_read(base);
@@ -526,10 +549,10 @@ impl<C: 'static> BufferEvent<C> {
     /// a close drains (the write timeout watches that), and what is left of
     /// the lingering.
     fn read_timeout_now(&self, base: &EventBase) -> Option<Duration> {
-        if !self.closing {
+        if !self.flag(F_CLOSING) {
             return self.read_timeout.get();
         }
-        if !self.lingering {
+        if !self.flag(F_LINGERING) {
             return None;
         }
         let now = base.now().as_millis() as u32;
@@ -548,11 +571,11 @@ impl<C: 'static> BufferEvent<C> {
     /// the rest, then EOF) and wait for the peer's EOF, reading and
     /// discarding, for at most the lingering bound.
     fn linger(&mut self, base: &mut EventBase) {
-        if self.lingering || self.freed {
+        if self.flag(F_LINGERING) || self.flag(F_FREED) {
             return;
         }
         // Nothing can come any more, or nobody to wait for: close now.
-        if self.read_eof || self.last_error != 0 || self.linger_ms == 0 || self.connecting {
+        if self.flag(F_READ_EOF) || self.last_error != 0 || self.linger_ms == 0 || self.flag(F_CONNECTING) {
             self.free(base);
             return;
         }
@@ -561,11 +584,11 @@ impl<C: 'static> BufferEvent<C> {
             self.free(base);
             return;
         }
-        self.lingering = true;
-        self.linger_until = (base.now().as_millis() as u32).wrapping_add(self.linger_ms);
+        self.set_flag(F_LINGERING, true);
+        self.linger_until = (base.now().as_millis() as u32).wrapping_add(self.linger_ms as u32);
         // Re-arm the read event with the lingering bound as its timeout.
-        if self.read_added {
-            self.read_added = false;
+        if self.flag(F_READ_ADDED) {
+            self.set_flag(F_READ_ADDED, false);
             let _ = base.del(self.read_ev);
         }
         if self.sync_read(base).is_err() {
@@ -581,7 +604,7 @@ impl<C: 'static> BufferEvent<C> {
             // Done at the bound (what the peer sends from now on may be
             // answered with RST; everything of ours was written long ago),
             // or once a quiet peer has acknowledged every byte of ours.
-            let quiet = !std::mem::take(&mut self.linger_busy)
+            let quiet = !self.take_flag(F_LINGER_BUSY)
                 && sys::outq(self.fd).is_ok_and(|n| n == 0)
                 && sys::inq(self.fd).is_ok_and(|n| n == 0);
             if quiet || self.linger_over(base) {
@@ -591,14 +614,14 @@ impl<C: 'static> BufferEvent<C> {
             }
             return;
         }
-        self.linger_busy = true;
+        self.set_flag(F_LINGER_BUSY, true);
         let mut buf = [0u8; 16 * 1024];
         // A few reads per turn: a peer that floods cannot hold the loop.
         for _ in 0..4 {
             match sys::read(self.fd, &mut buf) {
                 Ok(0) => {
-                    self.read_eof = true;
-                    if self.lingering {
+                    self.set_flag(F_READ_EOF, true);
+                    if self.flag(F_LINGERING) {
                         self.free(base);
                     } else {
                         // The output still drains; nothing left to read.
@@ -611,9 +634,9 @@ impl<C: 'static> BufferEvent<C> {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => break,
                 Err(e) => {
                     self.last_error = e.raw_os_error().unwrap_or(libc::EIO);
-                    self.read_eof = true;
+                    self.set_flag(F_READ_EOF, true);
                     let _ = self.sync_read(base);
-                    if self.lingering {
+                    if self.flag(F_LINGERING) {
                         self.free(base);
                     } else {
                         // The peer is gone before the output was written.
@@ -623,7 +646,7 @@ impl<C: 'static> BufferEvent<C> {
                 }
             }
         }
-        if self.lingering {
+        if self.flag(F_LINGERING) {
             // A persistent event's timeout restarts on each wake-up: check
             // the bound here too, so a trickle cannot keep the socket for
             // ever.
@@ -638,15 +661,15 @@ impl<C: 'static> BufferEvent<C> {
     /// to keep it. Safe to call from any callback of this bufferevent.
     #[doc(alias = "bufferevent_free")]
     pub fn free(&mut self, base: &mut EventBase) {
-        if self.freed {
+        if self.flag(F_FREED) {
             return;
         }
-        self.freed = true;
+        self.set_flag(F_FREED, true);
         base.free(self.read_ev);
         base.free(self.write_ev);
         base.free(self.defer_ev);
-        self.read_added = false;
-        self.write_added = false;
+        self.set_flag(F_READ_ADDED, false);
+        self.set_flag(F_WRITE_ADDED, false);
         if self.options.contains(BevOptions::CLOSE_ON_FREE) && self.fd >= 0 {
             base.fd_closed(self.fd);
             sys::close(self.fd);
@@ -663,10 +686,10 @@ impl<C: 'static> BufferEvent<C> {
     // ----- I/O --------------------------------------------------------------
 
     fn on_read(&mut self, base: &mut EventBase, what: EventFlags) {
-        if self.freed {
+        if self.flag(F_FREED) {
             return;
         }
-        if self.closing {
+        if self.flag(F_CLOSING) {
             self.discard_input(base, what);
             return;
         }
@@ -687,7 +710,7 @@ impl<C: 'static> BufferEvent<C> {
         }
         match self.input.read_from(self.fd, max) {
             Ok(0) => {
-                self.read_eof = true;
+                self.set_flag(F_READ_EOF, true);
                 self.enabled &= !EventFlags::READ;
                 let _ = self.sync_read(base);
                 self.report(base, BevEvent::READING | BevEvent::EOF);
@@ -700,7 +723,7 @@ impl<C: 'static> BufferEvent<C> {
                 // A short read drained the socket: the connection may stay
                 // quiet now, so what is left of the input (a partial line)
                 // moves out of its read-size chunk into an exact allocation.
-                if n < max.min(self.input.read_size()) && !self.freed {
+                if n < max.min(self.input.read_size()) && !self.flag(F_FREED) {
                     self.input.shrink();
                 }
             }
@@ -718,41 +741,41 @@ impl<C: 'static> BufferEvent<C> {
     }
 
     fn on_write(&mut self, base: &mut EventBase, what: EventFlags) {
-        if self.freed {
+        if self.flag(F_FREED) {
             return;
         }
-        if self.connecting {
+        if self.flag(F_CONNECTING) {
             if what == EventFlags::TIMEOUT {
                 self.report(base, BevEvent::WRITING | BevEvent::TIMEOUT);
                 return;
             }
-            self.connecting = false;
+            self.set_flag(F_CONNECTING, false);
             let err = sys::borrow(self.fd).and_then(|fd| socket2::SockRef::from(&fd).take_error().ok().flatten());
             if let Some(e) = err {
                 self.last_error = e.raw_os_error().unwrap_or(libc::EIO);
                 // The dead socket polls ready for ever: take it out of the
                 // loop (as libevent does) or the loop spins until freed.
                 self.enabled = EventFlags::NONE;
-                if self.write_added {
-                    self.write_added = false;
+                if self.flag(F_WRITE_ADDED) {
+                    self.set_flag(F_WRITE_ADDED, false);
                     let _ = base.del(self.write_ev);
                 }
                 self.report(base, BevEvent::ERROR);
                 return;
             }
             let _ = self.sync_read(base);
-            if self.output.is_empty() && self.write_added {
-                self.write_added = false;
+            if self.output.is_empty() && self.flag(F_WRITE_ADDED) {
+                self.set_flag(F_WRITE_ADDED, false);
                 let _ = base.del(self.write_ev);
             }
             self.report(base, BevEvent::CONNECTED);
-            if !self.freed && !self.output.is_empty() {
+            if !self.flag(F_FREED) && !self.output.is_empty() {
                 self.try_write(base);
             }
             return;
         }
         if what == EventFlags::TIMEOUT {
-            self.write_added = false;
+            self.set_flag(F_WRITE_ADDED, false);
             let _ = base.del(self.write_ev);
             self.enabled &= !EventFlags::WRITE;
             self.report(base, BevEvent::WRITING | BevEvent::TIMEOUT);
@@ -764,7 +787,7 @@ impl<C: 'static> BufferEvent<C> {
     /// Writes what the socket takes; keeps the write event registered only
     /// while output remains; applies backpressure and the write callback.
     fn try_write(&mut self, base: &mut EventBase) {
-        if self.freed || self.connecting || !self.enabled.contains(EventFlags::WRITE) {
+        if self.flag(F_FREED) || self.flag(F_CONNECTING) || !self.enabled.contains(EventFlags::WRITE) {
             return;
         }
         let mut progressed = false;
@@ -778,8 +801,8 @@ impl<C: 'static> BufferEvent<C> {
                     self.last_error = e.raw_os_error().unwrap_or(libc::EIO);
                     // Disabled before the report (see on_read).
                     self.enabled &= !EventFlags::WRITE;
-                    if self.write_added {
-                        self.write_added = false;
+                    if self.flag(F_WRITE_ADDED) {
+                        self.set_flag(F_WRITE_ADDED, false);
                         let _ = base.del(self.write_ev);
                     }
                     self.report(base, BevEvent::WRITING | BevEvent::ERROR);
@@ -788,18 +811,18 @@ impl<C: 'static> BufferEvent<C> {
             }
         }
         if self.output.is_empty() {
-            if self.write_added {
-                self.write_added = false;
+            if self.flag(F_WRITE_ADDED) {
+                self.set_flag(F_WRITE_ADDED, false);
                 let _ = base.del(self.write_ev);
             }
             self.output.shrink();
-        } else if !self.write_added || progressed {
+        } else if !self.flag(F_WRITE_ADDED) || progressed {
             // (Re-)arm: the write timeout counts from the last progress.
-            self.write_added = true;
+            self.set_flag(F_WRITE_ADDED, true);
             let _ = base.add(self.write_ev, self.write_timeout.get());
         }
         self.check_backpressure(base);
-        if self.closing && self.output.is_empty() {
+        if self.flag(F_CLOSING) && self.output.is_empty() {
             self.linger(base);
             return;
         }
@@ -814,13 +837,13 @@ impl<C: 'static> BufferEvent<C> {
     /// callback answering. (Not written at once: a producer refilling from
     /// its write callback would recurse, or starve the loop.)
     fn arm_write(&mut self, base: &mut EventBase) {
-        if !self.freed
-            && !self.connecting
-            && !self.write_added
+        if !self.flag(F_FREED)
+            && !self.flag(F_CONNECTING)
+            && !self.flag(F_WRITE_ADDED)
             && !self.output.is_empty()
             && self.enabled.contains(EventFlags::WRITE)
         {
-            self.write_added = true;
+            self.set_flag(F_WRITE_ADDED, true);
             let _ = base.add(self.write_ev, self.write_timeout.get());
         }
     }
@@ -869,19 +892,19 @@ impl<C: 'static> BufferEvent<C> {
         let d = std::mem::take(&mut self.deferred);
         let ev = std::mem::take(&mut self.deferred_events);
         if d & DEFER_READ != 0
-            && !self.freed
+            && !self.flag(F_FREED)
             && let Some(cb) = self.readcb
         {
             cb(base, self);
             self.after_callback(base);
         }
         if d & DEFER_WRITE != 0
-            && !self.freed
+            && !self.flag(F_FREED)
             && let Some(cb) = self.writecb
         {
             cb(base, self);
         }
-        if ev != BevEvent::default() && !self.freed {
+        if ev != BevEvent::default() && !self.flag(F_FREED) {
             if let Some(cb) = self.eventcb {
                 cb(base, self, ev);
             } else if ev.contains(BevEvent::ERROR) || ev.contains(BevEvent::EOF) {
@@ -895,13 +918,13 @@ impl<C: 'static> BufferEvent<C> {
     /// After the read callback: write what it produced, re-check the input
     /// watermark (it may have consumed input).
     fn after_callback(&mut self, base: &mut EventBase) {
-        if self.freed {
+        if self.flag(F_FREED) {
             return;
         }
         if !self.output.is_empty() {
             self.try_write(base);
         }
-        if !self.freed {
+        if !self.flag(F_FREED) {
             // try_write applies backpressure only when it may write: with
             // WRITE disabled (or still connecting) the output cannot drain,
             // and reading must pause all the same.
@@ -930,7 +953,7 @@ impl<C: 'static> Drop for BufferEvent<C> {
     fn drop(&mut self) {
         // Reached only when the owner dropped every handle without free()
         // (the events hold handles until then), so the fd is still ours.
-        if !self.freed && self.options.contains(BevOptions::CLOSE_ON_FREE) && self.fd >= 0 {
+        if !self.flag(F_FREED) && self.options.contains(BevOptions::CLOSE_ON_FREE) && self.fd >= 0 {
             sys::close(self.fd);
         }
     }
