@@ -639,6 +639,45 @@ fn reload_user_change_is_refused_with_a_warning() -> io::Result<()> {
     Ok(())
 }
 
+/// A `[reactor]` change on reload applies to the new generation: its
+/// workers build their own event base (here another backend and more
+/// priorities); nothing is logged at WARN. With the master's base it is
+/// epoll, with the new generation's poll.
+#[test]
+fn reload_reactor_change_applies_to_the_new_generation() -> io::Result<()> {
+    let d = Daemon::builder().workers(2).config("[reactor]\nbackend = \"epoll\"\n").start()?;
+    d.log().wait_count(&["reactor", "backend=epoll", "generation=1"], 2, T)?;
+    ensure_bytes_eq("before the reload", &d.roundtrip(b"one\n")?, b"bar\n")?;
+    std::fs::write(d.config_path(), "[reactor]\nbackend = \"poll\"\npriorities = 8\nmax_callbacks = 4\n")?;
+    d.signal(libc::SIGHUP)?;
+    d.log().wait_count(&["reactor", "backend=poll", "generation=2"], 2, T)?;
+    d.log().wait_count(&["draining"], 2, T)?;
+    for i in 0..4 {
+        ensure_bytes_eq(&format!("after the reload, {i}"), &d.roundtrip(b"two\n")?, b"gjb\n")?;
+    }
+    ensure!(d.log().count(&["WARN"]) == 0, "warnings:\n{}", d.log().text());
+    // And back: a base like the master's again.
+    std::fs::write(d.config_path(), "[reactor]\nbackend = \"epoll\"\n")?;
+    d.signal(libc::SIGHUP)?;
+    d.log().wait_count(&["reactor", "backend=epoll", "generation=3"], 2, T)?;
+    ensure_bytes_eq("after the second reload", &d.roundtrip(b"three\n")?, b"guerr\n")
+}
+
+/// A `[reactor]` no backend can satisfy fails the reload (logged at ERROR);
+/// the old generation keeps serving.
+#[test]
+fn reload_with_an_impossible_reactor_keeps_running() -> io::Result<()> {
+    let d = Daemon::builder().workers(1).config("[server]\nmax_line = 10\n").start()?;
+    d.log().wait_count(&["ready"], 1, T)?;
+    let pids = d.worker_pids();
+    std::fs::write(d.config_path(), "[server]\nmax_line = 20\n[reactor]\nrequire_features = [\"o1\", \"fds\"]\n")?;
+    d.signal(libc::SIGHUP)?;
+    d.log().wait_count(&["ERROR", "reload failed"], 1, T)?;
+    ensure!(d.log().count(&["reloaded"]) == 0, "an impossible reactor was applied:\n{}", d.log().text());
+    ensure!(d.worker_pids() == pids, "workers changed: {:?} -> {:?}", pids, d.worker_pids());
+    ensure_max_line(&d, 10)
+}
+
 /// `--pid-file` without `--daemon`: written with the master's pid at
 /// start, removed at a graceful stop.
 #[test]

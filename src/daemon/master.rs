@@ -62,6 +62,9 @@ pub struct Master {
     startup: Startup,
     settings: Settings,
     base: EventBase,
+    /// The `[reactor]` the master's base was built with (a reload may ask
+    /// for another: the workers then build their own).
+    base_reactor: super::settings::ReactorSettings,
     listeners: Vec<Listener>,
     metrics: Rc<Metrics>,
     workers: Vec<WorkerProc>,
@@ -95,6 +98,7 @@ impl Master {
         let (ready_read, ready_write) = sys::pipe().map_err(|e| Error::os("create the readiness pipe", e))?;
         Ok(Master {
             startup,
+            base_reactor: settings.reactor.clone(),
             settings,
             base,
             listeners,
@@ -292,15 +296,27 @@ impl Master {
         if process::getppid() != self.pid {
             return 0;
         }
-        let base = &mut self.base;
-        if let Err(e) = base.reinit() {
+        if let Err(e) = self.base.reinit() {
             tracing::error!(target: "rot13d", error = %e, "worker cannot reinit its event base");
             return 71;
         }
         // Nothing of the master's runs here: its signal, timer and admin
         // events (listener and connections in flight) all go, before their
         // fds are closed below.
-        base.free_all();
+        self.base.free_all();
+        // A reload changed [reactor]: this generation gets a base of its own
+        // (the master's, cleaned above, is dropped: after reinit it shares
+        // nothing with the master's any more).
+        if self.settings.reactor != self.base_reactor {
+            match super::reactor_config(&self.settings).and_then(|cfg| super::build_base(&cfg, &self.settings)) {
+                Ok(fresh) => drop(std::mem::replace(&mut self.base, fresh)),
+                Err(e) => {
+                    tracing::error!(target: "rot13d", error = %e, "worker cannot build its event base");
+                    return 71;
+                }
+            }
+        }
+        let base = &mut self.base;
         // SIGHUP is for the master; a terminal hangup must not kill workers.
         sys::signal::ignore(libc::SIGHUP);
         // Close every listening socket this worker does not accept on.
@@ -454,8 +470,14 @@ impl Master {
         if new.user != self.settings.user || new.group != self.settings.group {
             tracing::warn!(target: "rot13d", "user/group changes need a restart; keeping the current ones");
         }
-        if new.reactor != self.settings.reactor {
-            tracing::warn!(target: "rot13d", "reactor changes need a restart; keeping the current event base");
+        // A new [reactor] applies to the new generation: each of its workers
+        // builds a base of its own. Check now that one can be built.
+        if new.reactor != self.settings.reactor
+            && let Err(e) = super::reactor_config(&new).and_then(|cfg| super::build_base(&cfg, &new))
+        {
+            tracing::error!(target: "rot13d", error = %e, "reload failed: keeping the running configuration");
+            super::sdnotify::notify("READY=1");
+            return;
         }
         if new.workers == 0 {
             tracing::warn!(target: "rot13d", "workers = 0 needs a restart; keeping {} workers", self.settings.workers);
@@ -502,7 +524,6 @@ impl Master {
         let mut settings = new;
         settings.user = self.settings.user.clone();
         settings.group = self.settings.group.clone();
-        settings.reactor = self.settings.reactor.clone();
         if settings.workers == 0 {
             settings.workers = self.settings.workers;
         }

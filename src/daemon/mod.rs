@@ -92,8 +92,7 @@ fn start(args: Args, mut settings: Settings, cfg: EventConfig, reporter: Option<
         let (soft, _) = sys::nofile_limit().unwrap_or((1024, 1024));
         settings.max_connections = Some(soft.saturating_sub(FD_RESERVE).max(1) as usize);
     }
-    let mut base = EventBase::with_config(&cfg).map_err(|e| base_error(e, &settings))?;
-    base.priority_init(settings.reactor.priorities.max(LANES)).map_err(Error::Reactor)?;
+    let base = build_base(&cfg, &settings)?;
     let listeners = match listener::activated()? {
         Some(l) => {
             tracing::info!(target: "rot13d", count = l.len(), "using socket-activated listeners");
@@ -126,6 +125,14 @@ fn start(args: Args, mut settings: Settings, cfg: EventConfig, reporter: Option<
         let m = master::Master::new(startup, settings, base, listeners)?;
         m.run()
     }
+}
+
+/// An event base as the settings' `[reactor]` asks (`cfg` is
+/// `reactor_config(s)`), with the lanes' priorities.
+pub(crate) fn build_base(cfg: &EventConfig, s: &Settings) -> Result<EventBase, Error> {
+    let mut base = EventBase::with_config(cfg).map_err(|e| base_error(e, s))?;
+    base.priority_init(s.reactor.priorities.max(LANES)).map_err(Error::Reactor)?;
+    Ok(base)
 }
 
 /// The typed parameters of a serving process.
