@@ -158,18 +158,7 @@ fn watchdog_pings_every_half_interval() -> io::Result<()> {
 /// pid, fd 3 replaces `--listen`; every worker serves on it.
 #[test]
 fn socket_activation_replaces_listen() -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let addr = listener.local_addr()?;
-    let fd = listener.as_raw_fd();
-    // Inherited by the shell (this test process spawns nothing else), which
-    // moves it to fd 3 and execs the daemon with its own pid.
-    rot13d::sys::set_cloexec(fd, false)?;
-    let prefix = if fd == 3 {
-        "LISTEN_PID=$$ LISTEN_FDS=1; export LISTEN_PID LISTEN_FDS;".to_string()
-    } else {
-        format!("exec 3<&{fd} {fd}<&-; LISTEN_PID=$$ LISTEN_FDS=1; export LISTEN_PID LISTEN_FDS;")
-    };
+    let (listener, addr, prefix) = activation_prefix()?;
     let d = Daemon::builder().workers(2).sh_prefix(&prefix).start()?;
     drop(listener);
     d.log().wait_count(&["socket-activated"], 1, T)?;
@@ -182,6 +171,64 @@ fn socket_activation_replaces_listen() -> io::Result<()> {
         crate::util::ensure_bytes_eq("activated", &got, &crate::util::rot13_model(l.as_bytes(), 16384))?;
     }
     Ok(())
+}
+
+/// A listening socket to pass as fd 3, its address, and the shell prefix
+/// that passes it: the socket is inherited by the shell (this test process
+/// spawns nothing else in between), which moves it to fd 3 and execs the
+/// daemon with its own pid in `LISTEN_PID`.
+fn activation_prefix() -> io::Result<(std::net::TcpListener, std::net::SocketAddr, String)> {
+    use std::os::fd::AsRawFd;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let fd = listener.as_raw_fd();
+    rot13d::sys::set_cloexec(fd, false)?;
+    let prefix = if fd == 3 {
+        "LISTEN_PID=$$ LISTEN_FDS=1; export LISTEN_PID LISTEN_FDS;".to_string()
+    } else {
+        format!("exec 3<&{fd} {fd}<&-; LISTEN_PID=$$ LISTEN_FDS=1; export LISTEN_PID LISTEN_FDS;")
+    };
+    Ok((listener, addr, prefix))
+}
+
+/// Socket activation with an admin endpoint, then a reload: the admin
+/// listener is bound from the file as usual, and the reload keeps serving
+/// on the activated socket (it neither binds `[server].listen` nor tries to
+/// grow the passed socket into a reuseport group).
+fn socket_activation_with_admin_and_reload(workers: usize) -> io::Result<()> {
+    let (listener, addr, prefix) = activation_prefix()?;
+    let d =
+        Daemon::builder().workers(workers).config("[admin]\nlisten = \"127.0.0.1:0\"\n").sh_prefix(&prefix).start()?;
+    drop(listener);
+    d.log().wait_count(&["socket-activated"], 1, T)?;
+    d.log().wait_count(&["listening", "kind=admin"], 1, T)?;
+    let roundtrip = |tag: &str| -> io::Result<()> {
+        let got = crate::util::Client::connect(addr)?.roundtrip(b"activated\n")?;
+        crate::util::ensure_bytes_eq(tag, &got, b"npgvingrq\n")
+    };
+    roundtrip("before the reload")?;
+    d.signal(libc::SIGHUP)?;
+    d.log().wait_count(&["reloaded"], 1, T)?;
+    if workers > 0 {
+        d.log().wait_count(&["reactor", "generation=2"], workers, T)?;
+    }
+    for i in 0..4 {
+        roundtrip(&format!("after the reload, {i}"))?;
+    }
+    let text = d.log().text();
+    ensure!(d.log().count(&["listening", "kind=rot13"]) == 1, "a rot13 listener was bound on reload:\n{text}");
+    ensure!(d.log().count(&["ERROR"]) + d.log().count(&["WARN"]) == 0, "errors or warnings:\n{text}");
+    Ok(())
+}
+
+#[test]
+fn socket_activation_with_admin_and_reload_w2() -> io::Result<()> {
+    socket_activation_with_admin_and_reload(2)
+}
+
+#[test]
+fn socket_activation_with_admin_and_reload_w0() -> io::Result<()> {
+    socket_activation_with_admin_and_reload(0)
 }
 
 /// `LISTEN_PID` naming another process: the passed fds are not ours;

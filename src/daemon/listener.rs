@@ -51,6 +51,8 @@ pub struct Listener {
     /// The other sockets of a reuseport group.
     pub group: Vec<OwnedFd>,
     backlog: u32,
+    /// Passed by systemd: one socket all workers share, never grown.
+    activated: bool,
 }
 
 impl Listener {
@@ -70,7 +72,7 @@ impl Listener {
 
     /// Grows a reuseport group to `n` sockets (reload to more workers).
     pub fn grow(&mut self, n: usize) -> Result<(), Error> {
-        if self.group.is_empty() && n <= 1 {
+        if self.activated || (self.group.is_empty() && n <= 1) {
             return Ok(());
         }
         while 1 + self.group.len() < n {
@@ -109,7 +111,15 @@ pub fn bind(addr: SocketAddr, backlog: u32, kind: Kind, group: usize) -> Result<
     let reuseport = group > 1;
     let sock = socket(addr, backlog, reuseport)?;
     let local = sock.local_addr().ok().and_then(|a| a.as_socket()).unwrap_or(addr);
-    let mut l = Listener { requested: addr, local, kind, fd: OwnedFd::from(sock), group: Vec::new(), backlog };
+    let mut l = Listener {
+        requested: addr,
+        local,
+        kind,
+        fd: OwnedFd::from(sock),
+        group: Vec::new(),
+        backlog,
+        activated: false,
+    };
     if reuseport {
         l.grow(group)?;
     }
@@ -144,6 +154,7 @@ pub fn activated() -> Result<Option<Vec<Listener>>, Error> {
             fd: OwnedFd::from(sock),
             group: Vec::new(),
             backlog: 0,
+            activated: true,
         });
     }
     Ok(Some(out))

@@ -457,7 +457,7 @@ impl Master {
     fn reload(&mut self) {
         tracing::info!(target: "rot13d", "reload requested");
         super::sdnotify::notify("RELOADING=1");
-        let new = match Settings::load(&self.startup.args) {
+        let mut new = match Settings::load(&self.startup.args) {
             Ok(s) => s,
             Err(e) => {
                 for p in e.problems() {
@@ -467,6 +467,8 @@ impl Master {
                 return;
             }
         };
+        let rot13_now = self.listeners.iter().filter(|l| l.kind == Kind::Rot13).map(|l| l.requested);
+        self.startup.pin_listen(&mut new, rot13_now);
         if new.user != self.settings.user || new.group != self.settings.group {
             tracing::warn!(target: "rot13d", "user/group changes need a restart; keeping the current ones");
         }

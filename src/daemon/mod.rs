@@ -46,6 +46,19 @@ const BULK_TURN_INTERVAL: std::time::Duration = std::time::Duration::from_millis
 pub struct Startup {
     /// The parsed command line.
     pub args: Args,
+    /// The rot13 listeners came from systemd (socket activation): they
+    /// replace `[server].listen`, at start and at every reload.
+    pub activated: bool,
+}
+
+impl Startup {
+    /// `new` as a reload applies it: with socket activation the listen set
+    /// stays the activated one (`current`), whatever the file says.
+    pub(crate) fn pin_listen(&self, new: &mut Settings, current: impl Iterator<Item = SocketAddr>) {
+        if self.activated {
+            new.listen = current.collect();
+        }
+    }
 }
 
 /// Runs rot13d as the command line says.
@@ -93,9 +106,15 @@ fn start(args: Args, mut settings: Settings, cfg: EventConfig, reporter: Option<
         settings.max_connections = Some(soft.saturating_sub(FD_RESERVE).max(1) as usize);
     }
     let base = build_base(&cfg, &settings)?;
-    let listeners = match listener::activated()? {
-        Some(l) => {
+    let activated = listener::activated()?;
+    let socket_activated = activated.is_some();
+    let listeners = match activated {
+        Some(mut l) => {
             tracing::info!(target: "rot13d", count = l.len(), "using socket-activated listeners");
+            // They replace [server].listen; the admin endpoint is still ours.
+            if let Some(a) = settings.admin_listen {
+                l.push(listener::bind(a, settings.backlog, Kind::Admin, 1)?);
+            }
             l
         }
         None => {
@@ -117,7 +136,7 @@ fn start(args: Args, mut settings: Settings, cfg: EventConfig, reporter: Option<
     if let Some(r) = reporter {
         report(r, 0);
     }
-    let startup = Startup { args };
+    let startup = Startup { args, activated: socket_activated };
     if settings.workers == 0 {
         drop_privileges(&settings)?;
         serve_standalone(startup, settings, base, listeners)
@@ -451,6 +470,7 @@ fn serve_standalone(
                 return None;
             }
         };
+        startup.pin_listen(&mut s, rot13.iter().map(|(a, _)| *a));
         if s.reactor != current.reactor {
             tracing::warn!(target: "rot13d", "reactor changes need a restart; keeping the current event base");
         }
