@@ -11,14 +11,7 @@ const T: Duration = Duration::from_secs(10);
 
 fn admin_daemon(workers: usize) -> io::Result<(Daemon, SocketAddr)> {
     let d = Daemon::builder().workers(workers).config("[admin]\nlisten = \"127.0.0.1:0\"\n").start()?;
-    d.log().wait_count(&["listening", "kind=admin"], 1, T)?;
-    let text = d.log().text();
-    let line = text.lines().find(|l| l.contains("listening") && l.contains("kind=admin")).unwrap_or("");
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("addr="))
-        .and_then(|a| a.parse().ok())
-        .ok_or_else(|| fail(format!("no admin address in {line:?}")))?;
+    let addr = nth_admin_addr(&d, 0)?;
     ensure!(addr != d.addr(), "admin and rot13 share {addr}");
     Ok((d, addr))
 }

@@ -770,9 +770,7 @@ rtest!(half_close_eof_then_still_writing, |be| {
     // stops, and the bufferevent can still answer.
     for kind in LINKS {
         let mut b = be.base()?;
-        let (x, y) = link(kind, false)?;
-        let bev = new_bev(&mut b, x, BevOptions::default(), Ctx { on_read: OnRead::Drain, ..Ctx::default() })?;
-        with(&bev, |e| e.enable(&mut b, EventFlags::READ | EventFlags::WRITE))?;
+        let (bev, y) = enabled_bev(&mut b, kind, Ctx { on_read: OnRead::Drain, ..Ctx::default() })?;
         put(&y, b"question")?;
         sys::shutdown_write(y.as_raw_fd())?;
         assert!(run_until(&mut b, LIMIT, |_| !ctx(&bev, |c| c.events.is_empty()))?, "{kind:?}");
@@ -1521,9 +1519,7 @@ rtest!(close_when_flushed_after_the_peers_eof_closes_at_once, |be| {
     // is written there is nothing to wait for.
     for kind in LINKS {
         let mut b = be.base()?;
-        let (x, y) = link(kind, false)?;
-        let bev = new_bev(&mut b, x, BevOptions::default(), Ctx::default())?;
-        with(&bev, |e| e.enable(&mut b, EventFlags::READ | EventFlags::WRITE))?;
+        let (bev, y) = enabled_bev(&mut b, kind, Ctx::default())?;
         sys::shutdown_write(y.as_raw_fd())?;
         assert!(run_until(&mut b, LIMIT, |_| !ctx(&bev, |c| c.events.is_empty()))?);
         assert_eq!(ctx(&bev, |c| c.events.clone()), [BevEvent::READING | BevEvent::EOF], "{kind:?}");
@@ -1540,13 +1536,20 @@ rtest!(close_when_flushed_after_the_peers_eof_closes_at_once, |be| {
     Ok(())
 });
 
+/// A bufferevent on a fresh link of `kind` (default buffers) with reading
+/// and writing enabled; and the peer's end.
+fn enabled_bev(b: &mut EventBase, kind: Link, ctx: Ctx) -> io::Result<(Bev<Ctx>, OwnedFd)> {
+    let (x, y) = link(kind, false)?;
+    let bev = new_bev(b, x, BevOptions::default(), ctx)?;
+    with(&bev, |e| e.enable(b, EventFlags::READ | EventFlags::WRITE))?;
+    Ok((bev, y))
+}
+
 /// A bufferevent on a fresh link that answers "answer" and closes when
 /// flushed, lingering at most `linger`; and the peer's end.
 fn answer_and_close(b: &mut EventBase, kind: Link, linger: Duration) -> io::Result<(Bev<Ctx>, OwnedFd)> {
-    let (x, y) = link(kind, false)?;
-    let bev = new_bev(b, x, BevOptions::default(), Ctx::default())?;
+    let (bev, y) = enabled_bev(b, kind, Ctx::default())?;
     with(&bev, |e| -> io::Result<()> {
-        e.enable(b, EventFlags::READ | EventFlags::WRITE)?;
         e.set_linger(linger);
         e.output.add(b"answer");
         e.close_when_flushed(b);
@@ -1826,9 +1829,7 @@ rtest!(deferred_callbacks_within_one_once_turn, |be| {
 rtest!(write_through_sends_in_the_same_turn, |be| {
     for kind in LINKS {
         let mut b = be.base()?;
-        let (x, y) = link(kind, false)?;
-        let bev = new_bev(&mut b, x, BevOptions::default(), Ctx { on_read: OnRead::Echo, ..Ctx::default() })?;
-        with(&bev, |e| e.enable(&mut b, EventFlags::READ | EventFlags::WRITE))?;
+        let (bev, y) = enabled_bev(&mut b, kind, Ctx { on_read: OnRead::Echo, ..Ctx::default() })?;
         for round in 0..3 {
             let msg = format!("line {round}\n");
             put(&y, msg.as_bytes())?;

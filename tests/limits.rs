@@ -77,35 +77,9 @@ fn backpressure_bounds_memory(backend: &str, workers: usize) -> io::Result<()> {
     let want = rot13_model(&block, 16384);
     let times = UNREAD / block.len();
     let mut c = d.connect()?;
-    c.stream.set_write_timeout(Some(Duration::from_secs(60)))?;
-    let mut w = c.stream.try_clone()?;
-    let sent = Arc::new(AtomicUsize::new(0));
-    let s = sent.clone();
-    let writer = thread::spawn(move || -> io::Result<()> {
-        for _ in 0..times {
-            for chunk in block.chunks(64 * 1024) {
-                w.write_all(chunk)?;
-                s.fetch_add(chunk.len(), Ordering::Relaxed);
-            }
-        }
-        w.shutdown(Shutdown::Write)
-    });
-
-    // The writer stalls: no progress for 500 ms (bounded by 20 s).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut last = (sent.load(Ordering::Relaxed), Instant::now());
-    let stalled_at = loop {
-        thread::sleep(Duration::from_millis(50));
-        let now = sent.load(Ordering::Relaxed);
-        if now != last.0 {
-            last = (now, Instant::now());
-        } else if last.1.elapsed() >= Duration::from_millis(500) {
-            break now;
-        }
-        if Instant::now() >= deadline || now >= UNREAD {
-            break now;
-        }
-    };
+    // Fails unless the writes stall (the server stops reading: backpressure).
+    let (writer, sent) = stall_writer(&c, block, times)?;
+    let stalled_at = sent.load(Ordering::Relaxed);
     ensure!(stalled_at < UNREAD, "the server read all {UNREAD} bytes without the client reading: no backpressure");
     let stalled_rss = rss_bytes(pid).unwrap_or(0);
     let growth = sampler.max().saturating_sub(baseline);
