@@ -955,36 +955,29 @@ impl EventBase {
 
     fn activate_fd(&mut self, fd: RawFd, what: EventFlags) {
         let Some(e) = self.evmap.get(fd) else { return };
-        // The common case, one or two events on the fd: no list to build.
+        // Copied out, as activating needs `&mut self`. One or two events
+        // (the common case) sit inline in the fd's entry: no list to build.
         if let Some(inline) = e.inline_events() {
             for idx in inline {
-                if idx != evmap::NONE {
-                    let res = self.slots[idx as usize].flags & what & EventFlags::IO;
-                    if !res.is_empty() {
-                        self.activate(idx, res);
-                    }
-                }
+                self.activate_io(idx, what);
             }
-            return;
-        }
-        let mut hit = [u32::MAX; 4];
-        let mut more = Vec::new();
-        let mut n = 0;
-        for idx in e.events() {
-            let s = &self.slots[idx as usize];
-            let res = s.flags & what & EventFlags::IO;
-            if !res.is_empty() {
-                if n < hit.len() {
-                    hit[n] = idx;
-                    n += 1;
-                } else {
-                    more.push(idx);
-                }
+        } else {
+            let many: Vec<u32> = e.events().collect();
+            for idx in many {
+                self.activate_io(idx, what);
             }
         }
-        for idx in hit[..n].iter().copied().chain(more) {
+    }
+
+    /// Activates event `idx` (`evmap::NONE`: none) for what of `what` it
+    /// watches.
+    #[inline]
+    fn activate_io(&mut self, idx: u32, what: EventFlags) {
+        if idx != evmap::NONE {
             let res = self.slots[idx as usize].flags & what & EventFlags::IO;
-            self.activate(idx, res);
+            if !res.is_empty() {
+                self.activate(idx, res);
+            }
         }
     }
 
@@ -1123,16 +1116,13 @@ impl EventBase {
             Cb::Shared(h) => h.handle(base, id, res),
         };
         call(self);
-        if calls > 1 {
-            for _ in 1..calls {
-                // Stop repeating once the event is gone or the loop must stop.
-                let s = &self.slots[idx as usize];
-                if s.generation != generation || s.state & ALLOCATED == 0 || s.state & INSERTED == 0 || self.break_flag
-                {
-                    break;
-                }
-                call(self);
+        for _ in 1..calls {
+            // Stop repeating once the event is gone or the loop must stop.
+            let s = &self.slots[idx as usize];
+            if s.generation != generation || s.state & ALLOCATED == 0 || s.state & INSERTED == 0 || self.break_flag {
+                break;
             }
+            call(self);
         }
         let s = &mut self.slots[idx as usize];
         if s.generation == generation && s.state & ALLOCATED != 0 {
