@@ -1326,6 +1326,37 @@ rtest!(two_read_events_on_one_fd, |be| {
     Ok(())
 });
 
+rtest!(five_events_on_one_fd, |be| {
+    // More events than an fd's entry holds inline: every one that watches
+    // what is ready runs, once per turn, and a deleted one no more.
+    let mut b = be.base()?;
+    let (x, y) = pair()?;
+    let log = Log::default();
+    let fd = x.as_raw_fd();
+    let reads: Vec<_> = ["r1", "r2", "r3", "r4"]
+        .into_iter()
+        .map(|t| b.new_event(fd, EventFlags::READ | EventFlags::PERSIST, log.cb(t)))
+        .collect();
+    let w = b.new_event(fd, EventFlags::WRITE, log.cb("w"));
+    for &e in reads.iter().chain([&w]) {
+        b.add(e, None)?;
+    }
+    b.run(LoopFlags::NONBLOCK)?;
+    assert_eq!(log.tags(), ["w"], "only the write event: nothing to read yet");
+    put(&y, b"x")?;
+    b.run(LoopFlags::NONBLOCK)?;
+    let mut t = log.tags()[1..].to_vec();
+    t.sort();
+    assert_eq!(t, ["r1", "r2", "r3", "r4"]);
+    b.del(reads[1])?;
+    b.del(reads[2])?;
+    b.run(LoopFlags::NONBLOCK)?;
+    let mut t = log.tags()[5..].to_vec();
+    t.sort();
+    assert_eq!(t, ["r1", "r4"]);
+    Ok(())
+});
+
 // ----- loop control --------------------------------------------------------------
 
 rtest!(empty_loop_returns_no_events, |be| {
