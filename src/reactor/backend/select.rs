@@ -16,14 +16,10 @@ pub struct SelectBackend {
     write: FdSet,
     read_out: FdSet,
     write_out: FdSet,
-    /// Watched fds, to find the highest one.
-    watched: Vec<RawFd>,
-    pos: Vec<u32>,
+    /// The highest fd in either set; -1 when both are empty.
     max_fd: RawFd,
     rng: u32,
 }
-
-const NONE: u32 = u32::MAX;
 
 impl SelectBackend {
     /// Empty sets.
@@ -42,25 +38,19 @@ impl SelectBackend {
         } else {
             self.write.remove(fd);
         }
-        let i = fd as usize;
-        if self.pos.len() <= i {
-            self.pos.resize(i + 1, NONE);
-        }
-        let on = want.intersects(EventFlags::READ | EventFlags::WRITE);
-        let p = self.pos[i];
-        if on && p == NONE {
-            self.pos[i] = self.watched.len() as u32;
-            self.watched.push(fd);
+        if want.intersects(EventFlags::READ | EventFlags::WRITE) {
             self.max_fd = self.max_fd.max(fd);
-        } else if !on && p != NONE {
-            self.watched.swap_remove(p as usize);
-            if let Some(&moved) = self.watched.get(p as usize) {
-                self.pos[moved as usize] = p;
-            }
-            self.pos[i] = NONE;
-            if fd == self.max_fd {
-                self.max_fd = self.watched.iter().copied().max().unwrap_or(-1);
-            }
+        } else if fd == self.max_fd {
+            // The highest fd left: the top set bit of either set, found from
+            // the top word down.
+            let (r, w) = (self.read.words(), self.write.words());
+            self.max_fd = (0..r.len().max(w.len()))
+                .rev()
+                .find_map(|i| {
+                    let bits = r.get(i).copied().unwrap_or(0) | w.get(i).copied().unwrap_or(0);
+                    (bits != 0).then(|| (i * 64) as RawFd + 63 - bits.leading_zeros() as RawFd)
+                })
+                .unwrap_or(-1);
         }
     }
 }
@@ -128,5 +118,32 @@ impl Backend for SelectBackend {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_fd_follows_the_highest_watched_fd() {
+        let mut b = SelectBackend::new();
+        let (r, w) = (EventFlags::READ, EventFlags::WRITE);
+        b.set(5, r);
+        b.set(1500, w);
+        b.set(70, r | w);
+        assert_eq!(b.max_fd, 1500);
+        b.set(1500, EventFlags::NONE);
+        assert_eq!(b.max_fd, 70);
+        b.set(70, w);
+        assert_eq!(b.max_fd, 70, "still watched for writing");
+        b.set(5, EventFlags::NONE);
+        assert_eq!(b.max_fd, 70, "a lower fd removed");
+        b.set(70, EventFlags::NONE);
+        assert_eq!(b.max_fd, -1);
+        b.set(63, r);
+        b.set(64, r);
+        b.set(64, EventFlags::NONE);
+        assert_eq!(b.max_fd, 63, "across a word boundary");
     }
 }
