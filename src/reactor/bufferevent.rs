@@ -533,11 +533,7 @@ impl<C: 'static> BufferEvent<C> {
             return;
         }
         // Read on, to discard, without the owner's read timeout.
-        if self.flag(F_READ_ADDED) {
-            self.set_flag(F_READ_ADDED, false);
-            let _ = base.del(self.read_ev);
-        }
-        let _ = self.sync_read(base);
+        let _ = self.rearm_read(base);
         if self.output.is_empty() {
             self.linger(base);
         } else {
@@ -555,16 +551,25 @@ impl<C: 'static> BufferEvent<C> {
         if !self.flag(F_LINGERING) {
             return None;
         }
-        let now = base.now().as_millis() as u32;
-        let left = self.linger_until.wrapping_sub(now);
-        let left = if left > u32::MAX / 2 { 0 } else { left };
-        Some(Duration::from_millis(left.min(LINGER_TICK_MS) as u64))
+        Some(Duration::from_millis(self.linger_left_ms(base).min(LINGER_TICK_MS) as u64))
     }
 
-    /// Whether the lingering bound has passed.
-    fn linger_over(&self, base: &EventBase) -> bool {
+    /// Milliseconds left of the lingering; 0 once its bound has passed.
+    fn linger_left_ms(&self, base: &EventBase) -> u32 {
         let left = self.linger_until.wrapping_sub(base.now().as_millis() as u32);
-        left == 0 || left > u32::MAX / 2
+        if left > u32::MAX / 2 { 0 } else { left }
+    }
+
+    /// Registers or removes the read event as [`sync_read`](Self::sync_read)
+    /// decides, and gives a registered one the timeout that applies now
+    /// (re-adding a pending event only replaces its timeout).
+    fn rearm_read(&mut self, base: &mut EventBase) -> io::Result<()> {
+        let was = self.flag(F_READ_ADDED);
+        self.sync_read(base)?;
+        if was && self.flag(F_READ_ADDED) {
+            base.add(self.read_ev, self.read_timeout_now(base))?;
+        }
+        Ok(())
     }
 
     /// Everything of a close is written: shut the write side (the peer reads
@@ -586,12 +591,8 @@ impl<C: 'static> BufferEvent<C> {
         }
         self.set_flag(F_LINGERING, true);
         self.linger_until = (base.now().as_millis() as u32).wrapping_add(self.linger_ms as u32);
-        // Re-arm the read event with the lingering bound as its timeout.
-        if self.flag(F_READ_ADDED) {
-            self.set_flag(F_READ_ADDED, false);
-            let _ = base.del(self.read_ev);
-        }
-        if self.sync_read(base).is_err() {
+        // The read event now times the lingering.
+        if self.rearm_read(base).is_err() {
             self.free(base);
         }
     }
@@ -607,10 +608,10 @@ impl<C: 'static> BufferEvent<C> {
             let quiet = !self.take_flag(F_LINGER_BUSY)
                 && sys::outq(self.fd).is_ok_and(|n| n == 0)
                 && sys::inq(self.fd).is_ok_and(|n| n == 0);
-            if quiet || self.linger_over(base) {
+            if quiet || self.linger_left_ms(base) == 0 {
                 self.free(base);
             } else {
-                let _ = base.add(self.read_ev, self.read_timeout_now(base));
+                let _ = self.rearm_read(base);
             }
             return;
         }
@@ -650,7 +651,7 @@ impl<C: 'static> BufferEvent<C> {
             // A persistent event's timeout restarts on each wake-up: check
             // the bound here too, so a trickle cannot keep the socket for
             // ever.
-            if self.linger_over(base) {
+            if self.linger_left_ms(base) == 0 {
                 self.free(base);
             }
         }
