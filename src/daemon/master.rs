@@ -455,23 +455,11 @@ impl Master {
     /// workers, then the old one retires gracefully; listeners for
     /// unchanged addresses stay open throughout.
     fn reload(&mut self) {
-        tracing::info!(target: "rot13d", "reload requested");
-        super::sdnotify::notify("RELOADING=1");
-        let mut new = match Settings::load(&self.startup.args) {
-            Ok(s) => s,
-            Err(e) => {
-                for p in e.problems() {
-                    tracing::error!(target: "rot13d", problem = %p, "reload failed: configuration invalid; keeping the running one");
-                }
-                super::sdnotify::notify("READY=1");
-                return;
-            }
-        };
         let rot13_now = self.listeners.iter().filter(|l| l.kind == Kind::Rot13).map(|l| l.requested);
-        self.startup.pin_listen(&mut new, rot13_now);
-        if new.user != self.settings.user || new.group != self.settings.group {
-            tracing::warn!(target: "rot13d", "user/group changes need a restart; keeping the current ones");
-        }
+        let Some(new) = self.startup.reload_settings(&self.settings, rot13_now) else {
+            super::sdnotify::notify("READY=1");
+            return;
+        };
         // A new [reactor] applies to the new generation: each of its workers
         // builds a base of its own. Check now that one can be built.
         if new.reactor != self.settings.reactor

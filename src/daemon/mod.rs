@@ -52,12 +52,34 @@ pub struct Startup {
 }
 
 impl Startup {
-    /// `new` as a reload applies it: with socket activation the listen set
-    /// stays the activated one (`current`), whatever the file says.
-    pub(crate) fn pin_listen(&self, new: &mut Settings, current: impl Iterator<Item = SocketAddr>) {
+    /// The first half of a reload, with or without workers: log it, tell
+    /// systemd (RELOADING=1), read the file again (`None`, its problems
+    /// logged, when it is invalid), keep the activated listen set
+    /// (`rot13_now`) with socket activation whatever the file says, and warn
+    /// about user/group changes, which need a restart.
+    pub(crate) fn reload_settings(
+        &self,
+        current: &Settings,
+        rot13_now: impl Iterator<Item = SocketAddr>,
+    ) -> Option<Settings> {
+        tracing::info!(target: "rot13d", "reload requested");
+        sdnotify::notify("RELOADING=1");
+        let mut new = match Settings::load(&self.args) {
+            Ok(s) => s,
+            Err(e) => {
+                for p in e.problems() {
+                    tracing::error!(target: "rot13d", problem = %p, "reload failed: configuration invalid; keeping the running one");
+                }
+                return None;
+            }
+        };
         if self.activated {
-            new.listen = current.collect();
+            new.listen = rot13_now.collect();
         }
+        if new.user != current.user || new.group != current.group {
+            tracing::warn!(target: "rot13d", "user/group changes need a restart; keeping the current ones");
+        }
+        Some(new)
     }
 }
 
@@ -451,8 +473,6 @@ fn serve_standalone(
     let admin_at_reload = admin.clone();
     let metrics_at_reload = metrics.clone();
     let mut reload = move |base: &mut EventBase| -> Option<Reloaded> {
-        tracing::info!(target: "rot13d", "reload requested");
-        sdnotify::notify("RELOADING=1");
         // READY=1 follows whatever the outcome: the process keeps serving.
         struct ReadyAgain;
         impl Drop for ReadyAgain {
@@ -461,21 +481,9 @@ fn serve_standalone(
             }
         }
         let _ready = ReadyAgain;
-        let mut s = match Settings::load(&startup.args) {
-            Ok(s) => s,
-            Err(e) => {
-                for p in e.problems() {
-                    tracing::error!(target: "rot13d", problem = %p, "reload failed: configuration invalid; keeping the running one");
-                }
-                return None;
-            }
-        };
-        startup.pin_listen(&mut s, rot13.iter().map(|(a, _)| *a));
+        let mut s = startup.reload_settings(&current, rot13.iter().map(|(a, _)| *a))?;
         if s.reactor != current.reactor {
-            tracing::warn!(target: "rot13d", "reactor changes need a restart; keeping the current event base");
-        }
-        if s.user != current.user || s.group != current.group {
-            tracing::warn!(target: "rot13d", "user/group changes need a restart; keeping the current ones");
+            tracing::warn!(target: "rot13d", "reactor changes need a restart with workers = 0; keeping the current event base");
         }
         // Bind what is new first: a failure leaves everything as it was
         // (what was bound is closed again when `added` and `new_admin` drop).
