@@ -308,7 +308,7 @@ impl Master {
         // (the master's, cleaned above, is dropped: after reinit it shares
         // nothing with the master's any more).
         if self.settings.reactor != self.base_reactor {
-            match super::reactor_config(&self.settings).and_then(|cfg| super::build_base(&cfg, &self.settings)) {
+            match super::build_base(&self.settings) {
                 Ok(fresh) => drop(std::mem::replace(&mut self.base, fresh)),
                 Err(e) => {
                     tracing::error!(target: "rot13d", error = %e, "worker cannot build its event base");
@@ -463,7 +463,7 @@ impl Master {
         // A new [reactor] applies to the new generation: each of its workers
         // builds a base of its own. Check now that one can be built.
         if new.reactor != self.settings.reactor
-            && let Err(e) = super::reactor_config(&new).and_then(|cfg| super::build_base(&cfg, &new))
+            && let Err(e) = super::build_base(&new)
         {
             tracing::error!(target: "rot13d", error = %e, "reload failed: keeping the running configuration");
             super::sdnotify::notify("READY=1");

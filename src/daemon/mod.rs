@@ -98,9 +98,11 @@ pub fn run(mut args: Args) -> Result<(), Error> {
     // but absolute paths keep the pid file and config findable regardless.
     args.make_paths_absolute().map_err(|e| Error::os("resolve the paths of the command line", e))?;
     let settings = Settings::load(&args)?;
-    let cfg = reactor_config(&settings)?;
+    // A [reactor] no backend satisfies is a configuration error, found
+    // before anything starts (or detaches).
+    reactor_config(&settings)?;
     if args.check_config {
-        EventBase::with_config(&cfg).map_err(|e| base_error(e, &settings))?;
+        build_base(&settings)?;
         println!("configuration ok");
         return Ok(());
     }
@@ -110,14 +112,14 @@ pub fn run(mut args: Args) -> Result<(), Error> {
     }
     logging::init(settings.log.level, settings.log.format)?;
     let reporter = if args.daemon { Some(daemonize()?) } else { None };
-    let result = start(args, settings, cfg, reporter.as_ref());
+    let result = start(args, settings, reporter.as_ref());
     if let (Some(r), Err(e)) = (&reporter, &result) {
         report(r, e.exit_code());
     }
     result
 }
 
-fn start(args: Args, mut settings: Settings, cfg: EventConfig, reporter: Option<&OwnedFd>) -> Result<(), Error> {
+fn start(args: Args, mut settings: Settings, reporter: Option<&OwnedFd>) -> Result<(), Error> {
     sys::signal::ignore_sigpipe();
     match sys::raise_nofile_limit() {
         Ok((old, new)) => tracing::info!(target: "rot13d", soft = old, limit = new, "open file limit"),
@@ -127,7 +129,7 @@ fn start(args: Args, mut settings: Settings, cfg: EventConfig, reporter: Option<
         let (soft, _) = sys::nofile_limit().unwrap_or((1024, 1024));
         settings.max_connections = Some(soft.saturating_sub(FD_RESERVE).max(1) as usize);
     }
-    let base = build_base(&cfg, &settings)?;
+    let base = build_base(&settings)?;
     let activated = listener::activated()?;
     let socket_activated = activated.is_some();
     let listeners = match activated {
@@ -168,10 +170,10 @@ fn start(args: Args, mut settings: Settings, cfg: EventConfig, reporter: Option<
     }
 }
 
-/// An event base as the settings' `[reactor]` asks (`cfg` is
-/// `reactor_config(s)`), with the lanes' priorities.
-pub(crate) fn build_base(cfg: &EventConfig, s: &Settings) -> Result<EventBase, Error> {
-    let mut base = EventBase::with_config(cfg).map_err(|e| base_error(e, s))?;
+/// An event base as the settings' `[reactor]` asks, with the lanes'
+/// priorities.
+pub(crate) fn build_base(s: &Settings) -> Result<EventBase, Error> {
+    let mut base = EventBase::with_config(&reactor_config(s)?).map_err(|e| base_error(e, s))?;
     base.priority_init(s.reactor.priorities.max(LANES)).map_err(Error::Reactor)?;
     Ok(base)
 }
