@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the tests need (if missing) and runs every test.
+# Installs what the tests need (if missing) and runs every check CI runs:
+# formatting, clippy with warnings as errors, then every test.
 #   scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -7,5 +8,9 @@ export CARGO_TERM_COLOR=never
 if ! command -v cargo-nextest >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
+rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 
-cargo nextest run --no-fail-fast --profile ci
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+cargo nextest run --no-fail-fast --profile ci --locked
