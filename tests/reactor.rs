@@ -507,35 +507,6 @@ rtest!(free_all_leaves_a_clean_base, +et, |be| {
     Ok(())
 });
 
-rtest!(changelist_error_still_serves_ready_fds, [epoll_changelist], |be| {
-    // With the changelist an add is only tried at the next dispatch. An fd
-    // closed before that fails (EBADF): run() reports the error, but the
-    // wait still runs, so the fds that are ready are activated, and they run
-    // on the next call.
-    let mut b = be.base()?;
-    let (x, y) = pair()?;
-    let n = counter();
-    let c = n.clone();
-    let fd = x.as_raw_fd();
-    let good = b.new_event(fd, EventFlags::READ, move |_, _, _| {
-        take(fd);
-        c.set(c.get() + 1)
-    });
-    b.add(good, None)?;
-    put(&y, b"ready")?;
-    let (p, _q) = pair()?;
-    let bad = b.new_event(p.as_raw_fd(), EventFlags::READ, |_, _, _| panic!("ran on a closed fd"));
-    b.add(bad, None)?;
-    drop(p);
-    let e = b.run(LoopFlags::NONBLOCK).expect_err("the failed change is reported");
-    assert_eq!(e.raw_os_error(), Some(libc::EBADF), "{e}");
-    assert_eq!(b.num_active(), 1, "the ready fd was not collected");
-    b.run(LoopFlags::NONBLOCK)?;
-    assert_eq!(n.get(), 1);
-    b.del(bad)?;
-    Ok(())
-});
-
 // ----- timeouts ----------------------------------------------------------------
 
 rtest!(pure_timeout_waits_at_least_its_duration, |be| {
@@ -968,9 +939,9 @@ rtest!(priority_init_rules, |be| {
     let mut b = be.base()?;
     assert_eq!(b.npriorities(), 1);
     assert!(b.priority_init(0).is_err());
-    assert!(b.priority_init(257).is_err());
-    b.priority_init(256)?;
-    assert_eq!(b.npriorities(), 256);
+    assert!(b.priority_init(256).is_err());
+    b.priority_init(255)?;
+    assert_eq!(b.npriorities(), 255);
     b.priority_init(3)?;
     assert_eq!(b.npriorities(), 3);
     // New events get n / 2.
@@ -1737,7 +1708,16 @@ fn env_probe() {
     if mode == "ignore" {
         cfg.set_flag(BaseFlags::IGNORE_ENV);
     }
-    match EventBase::with_config(&cfg) {
+    // Every fd taken: a backend that needs one cannot initialise.
+    let mut fill = Vec::new();
+    if std::env::var_os("ROT13D_PROBE_NO_FDS").is_some() {
+        while let Ok(fd) = sys::dup(std::io::stdout().as_fd()) {
+            fill.push(fd);
+        }
+    }
+    let made = EventBase::with_config(&cfg);
+    drop(fill);
+    match made {
         Ok(b) => println!(
             "PROBE {} changelist={} precise={}",
             b.backend_name(),
@@ -1839,6 +1819,7 @@ fn common_timeout_rearms_100k_events_in_o1_queue() -> io::Result<()> {
 // After the macro, so that its textual scope reaches the module.
 mod fork;
 mod model;
+mod robust;
 
 rtest!(starvation_limit_lets_a_busy_base_run_low_priorities, |be| {
     // An urgent event that re-activates itself every time it runs keeps

@@ -1194,7 +1194,58 @@ impl Drop for EventBase {
 
 #[cfg(test)]
 mod tests {
-    use super::ActiveQueue;
+    use super::*;
+
+    fn base() -> EventBase {
+        let mut cfg = EventConfig::new();
+        cfg.set_flag(BaseFlags::IGNORE_ENV);
+        EventBase::with_config(&cfg).expect("base")
+    }
+
+    fn queued_commands(b: &EventBase) -> usize {
+        b.wake.as_ref().map_or(0, |w| w.cmds.lock().map_or(0, |q| q.len()))
+    }
+
+    #[test]
+    fn handle_commands_are_bounded() {
+        // Other threads may call a handle much faster than the loop runs
+        // (or while it does not run at all): repeated calls must not pile up.
+        let mut b = base();
+        let h = b.handle().expect("handle");
+        let ev = b.new_timer(|_, _, _| {});
+        for _ in 0..100_000 {
+            h.activate(ev, EventFlags::TIMEOUT);
+            h.wake();
+            h.loopexit();
+        }
+        assert!(queued_commands(&b) <= 1, "{} commands queued", queued_commands(&b));
+    }
+
+    #[test]
+    fn stale_entries_of_a_starved_priority_are_bounded() {
+        // Strict priorities (no starvation limit): priority 1 never runs
+        // while priority 0 keeps itself busy. An event of priority 1 that is
+        // activated and deleted again and again leaves a stale entry in its
+        // queue each time; they must not pile up.
+        let mut b = base();
+        b.priority_init(2).expect("priorities");
+        let low = b.new_timer(|_, _, _| panic!("starved priority ran"));
+        b.set_priority(low, 1).expect("priority");
+        let urgent = b.new_event(-1, EventFlags::NONE, move |b, id, _| {
+            for _ in 0..100 {
+                b.active(low, EventFlags::TIMEOUT);
+                b.del(low).expect("del");
+            }
+            b.active(id, EventFlags::TIMEOUT);
+        });
+        b.set_priority(urgent, 0).expect("priority");
+        b.active(urgent, EventFlags::TIMEOUT);
+        for _ in 0..200 {
+            b.run(LoopFlags::NONBLOCK).expect("run");
+        }
+        let stale = b.queues[1].len();
+        assert!(stale <= 1024, "{stale} stale entries in the starved queue");
+    }
 
     #[test]
     fn active_queue_is_fifo_across_compaction() {

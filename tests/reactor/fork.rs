@@ -291,3 +291,120 @@ rtest!(fork_both_sides_work_after_reinit, |be| {
         }
     }
 });
+
+// ----- handles and other bases across fork (issue 10) ------------------------------
+
+// A BaseHandle cloned before the fork names the parent's base. In the child
+// it must stay inert: before, it wrote the eventfd the child shares with the
+// parent, and the parent's loop woke for the child's calls. The child gets a
+// handle of its own from its base after reinit.
+rtest!(fork_handle_from_before_the_fork_does_not_reach_the_parent, |be| {
+    let _g = process_lock();
+    let mut b = be.base()?;
+    let old = b.handle()?;
+    flush(&mut b)?;
+    match sys::process::fork()? {
+        Fork::Child => child_exit(move || {
+            b.reinit()?;
+            old.wake();
+            old.loopbreak();
+            // The child's own handle works.
+            let n = counter();
+            let c = n.clone();
+            let ev = b.new_timer(move |_, _, _| c.set(c.get() + 1));
+            b.handle()?.activate(ev, EventFlags::TIMEOUT);
+            let got = fires_within(&mut b, &n, Duration::from_secs(5))?;
+            Ok(if got { OK } else { 14 })
+        }),
+        Fork::Parent(pid) => {
+            assert_eq!(wait_child(pid, CHILD_TIMEOUT)?, ExitStatus::Code(OK));
+            // Only a timer is pending: a ONCE turn blocks until it fires,
+            // unless something wakes the loop first.
+            let t = counter();
+            let tc = t.clone();
+            let timer = b.new_timer(move |_, _, _| tc.set(tc.get() + 1));
+            b.add(timer, Some(ms(300)))?;
+            b.run(LoopFlags::ONCE)?;
+            assert_eq!(t.get(), 1, "the parent's loop was woken by a handle used in the child");
+            assert!(!b.got_break());
+            Ok(())
+        }
+    }
+});
+
+// A signal raised in the child must not reach a base of the parent that the
+// child never reinitialised (the parent's other loops: before, their pipes
+// stayed registered in the child, and the child's handler wrote into them).
+rtest!(fork_other_bases_signals_stay_in_the_parent, |be| {
+    let _g = process_lock();
+    let mut a = be.base()?;
+    let mut other = be.base()?;
+    let (na, no) = (counter(), counter());
+    let (ca, co) = (na.clone(), no.clone());
+    let sa = a.new_signal(libc::SIGUSR2, move |_, _, _| ca.set(ca.get() + 1));
+    a.add(sa, None)?;
+    let so = other.new_signal(libc::SIGUSR2, move |_, _, _| co.set(co.get() + 1));
+    other.add(so, None)?;
+    match sys::process::fork()? {
+        Fork::Child => child_exit(|| {
+            a.reinit()?;
+            sys::signal::raise(libc::SIGUSR2)?;
+            let got = fires_within(&mut a, &na, Duration::from_secs(5))?;
+            Ok(if got && na.get() == 1 { OK } else { 15 })
+        }),
+        Fork::Parent(pid) => {
+            assert_eq!(wait_child(pid, CHILD_TIMEOUT)?, ExitStatus::Code(OK));
+            // The child has exited: whatever it wrote is in the pipes by now.
+            other.run(LoopFlags::NONBLOCK)?;
+            other.run(LoopFlags::NONBLOCK)?;
+            assert_eq!(no.get(), 0, "the child's signal reached another base of the parent");
+            a.run(LoopFlags::NONBLOCK)?;
+            assert_eq!(na.get(), 0, "the child's signal reached the parent's base");
+            sys::signal::raise(libc::SIGUSR2)?;
+            assert!(fires_within(&mut other, &no, Duration::from_secs(5))?, "the parent's own signal");
+            assert!(fires_within(&mut a, &na, Duration::from_secs(5))?, "the parent's own signal");
+            a.free(sa);
+            other.free(so);
+            Ok(())
+        }
+    }
+});
+
+// Another thread keeps using a handle while the process forks: the child's
+// reinit must not take the handle's lock (the thread that may hold it does
+// not exist in the child, so it would never be released). Many forks, so
+// that some land while the lock is held; a child that hangs is killed.
+#[test]
+fn fork_while_another_thread_uses_a_handle() -> io::Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let _g = process_lock();
+    let mut b = Backend::Epoll.base()?;
+    let h = b.handle()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let hammer = std::thread::spawn(move || {
+        while !s.load(Ordering::Relaxed) {
+            h.wake();
+        }
+    });
+    let mut result = Ok(());
+    for i in 0..100 {
+        match sys::process::fork()? {
+            Fork::Child => child_exit(|| {
+                b.reinit()?;
+                Ok(OK)
+            }),
+            Fork::Parent(pid) => match wait_child(pid, Duration::from_secs(3)) {
+                Ok(ExitStatus::Code(OK)) => {}
+                other => {
+                    result = Err(io::Error::other(format!("fork {i}: child {pid}: {other:?}")));
+                    break;
+                }
+            },
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    hammer.join().expect("hammer thread");
+    result
+}
