@@ -19,7 +19,7 @@ use rot13d::reactor::{
 use rot13d::sys;
 use std::cell::{Cell, RefCell};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -179,18 +179,26 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-/// Where the kernel's CLOCK_MONOTONIC_COARSE ticks every millisecond the
-/// base reads time from it (libevent's rule), and a deadline taken from a
-/// lagging coarse reading can come due up to one tick early by a precise
-/// clock such as `Instant`.
-const COARSE_TICK: Duration = Duration::from_millis(1);
+/// A base reads CLOCK_MONOTONIC_COARSE unless PRECISE_TIMER (libevent's
+/// rule), and a deadline taken from a lagging coarse reading can come due
+/// up to one tick of it (1 to 4 ms) early by a precise clock such as
+/// `Instant`.
+pub fn coarse_tick() -> Duration {
+    sys::clock_resolution(sys::Clock::Coarse)
+}
+
+/// `d` less one coarse tick: the earliest a timer of `d` may fire, by
+/// `Instant`.
+pub fn early(d: Duration) -> Duration {
+    d.saturating_sub(coarse_tick())
+}
 
 /// Lower bound (the point of the test, less one coarse tick) and a generous
 /// upper bound.
 #[track_caller]
 fn assert_between(elapsed: Duration, lo: Duration, hi: Duration) {
-    let floor = lo.saturating_sub(COARSE_TICK);
-    assert!(elapsed >= floor, "elapsed {elapsed:?} < lower bound {lo:?} (less {COARSE_TICK:?})");
+    let floor = early(lo);
+    assert!(elapsed >= floor, "elapsed {elapsed:?} < lower bound {lo:?} (less {:?})", coarse_tick());
     assert!(elapsed < hi, "elapsed {elapsed:?} >= upper bound {hi:?}");
 }
 
@@ -469,7 +477,10 @@ rtest!(same_file_back_on_its_fd_number_within_one_turn, +et, |be| {
     b.add(ev, None)?;
     b.run(LoopFlags::NONBLOCK)?;
     b.del(ev)?;
-    sys::dup2(keep.as_raw_fd(), xfd)?;
+    let xfd = x.into_raw_fd();
+    // SAFETY: nothing owns `xfd` any more (x gave it up just above); the
+    // result owns it again.
+    let _x = unsafe { sys::dup2(keep.as_fd(), xfd)? };
     b.add(ev, None)?;
     put(&y, b"back")?;
     let stop = b.new_timer(|b, _, _| b.loopbreak());
@@ -565,8 +576,10 @@ rtest!(huge_timeouts_do_not_overflow, |be| {
 
 rtest!(time_is_cached_per_turn, |be| {
     // now() is read once per turn; NO_CACHE_TIME reads the clock each time.
+    // (The precise clock: the coarse one may tick only every 4 ms.)
     fn stamps(be: Backend, no_cache: bool) -> io::Result<Vec<Duration>> {
         let mut cfg = be.config();
+        cfg.set_flag(BaseFlags::PRECISE_TIMER);
         if no_cache {
             cfg.set_flag(BaseFlags::NO_CACHE_TIME);
         }
@@ -597,7 +610,9 @@ rtest!(time_is_cached_per_turn, |be| {
     let fresh = stamps(be, true)?;
     assert!(fresh[1] >= fresh[0] + ms(2), "NO_CACHE_TIME: {fresh:?}");
     // Outside a loop the clock is read every time.
-    let b = be.base()?;
+    let mut cfg = be.config();
+    cfg.set_flag(BaseFlags::PRECISE_TIMER);
+    let b = be.base_with(&cfg)?;
     let t0 = b.now();
     let until = Instant::now() + ms(10);
     while Instant::now() < until {}
@@ -685,7 +700,7 @@ rtest!(persistent_timer_repeats, |be| {
     let st = stamps.borrow();
     for (k, t) in st.iter().enumerate() {
         let since = *t - st[0];
-        assert!(since + COARSE_TICK >= ms(20) * k as u32, "run {k} after {since:?}");
+        assert!(since + coarse_tick() >= ms(20) * k as u32, "run {k} after {since:?}");
     }
     Ok(())
 });
@@ -1370,13 +1385,13 @@ rtest!(no_exit_on_empty_with_loopexit, |be| {
     assert!(b.got_exit() && !b.got_break());
     // With nothing to wake it but a thread handle.
     let h = b.handle()?;
+    let start = Instant::now();
     let t = std::thread::spawn(move || {
         std::thread::sleep(ms(20));
         h.loopexit();
     });
-    let start = Instant::now();
     assert_eq!(b.run(LoopFlags::NO_EXIT_ON_EMPTY)?, LoopExit::Done);
-    assert!(start.elapsed() >= ms(20));
+    assert!(start.elapsed() >= ms(20), "ended before the handle's loopexit");
     assert!(b.got_exit());
     t.join().expect("thread");
     Ok(())
@@ -1535,7 +1550,7 @@ rtest!(thread_handle_activates_and_breaks, |be| {
         to_thread.send(()).unwrap();
     });
     let t = std::thread::spawn(move || {
-        h.activate(ev, EventFlags::READ);
+        h.activate(ev, EventFlags::READ).expect("activate");
         // Break only once the callback has run.
         from_cb.recv_timeout(Duration::from_secs(10)).expect("callback never ran");
         h.wake();
@@ -1577,7 +1592,7 @@ rtest!(thread_handles_lose_no_wakeups, |be| {
         let done = done.clone();
         joins.push(std::thread::spawn(move || {
             for _ in 0..ROUNDS {
-                h.activate(ev, EventFlags::TIMEOUT);
+                h.activate(ev, EventFlags::TIMEOUT).expect("activate");
                 ack_rx.recv_timeout(Duration::from_secs(10)).expect("activation lost");
             }
             if done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == THREADS {

@@ -77,8 +77,8 @@ pub struct Master {
     pid: i32,
     admin: Option<Rc<super::admin::Admin>>,
     /// Workers write their pid here once they serve.
-    ready_read: std::os::fd::OwnedFd,
-    ready_write: std::os::fd::OwnedFd,
+    ready_read: Option<std::os::fd::OwnedFd>,
+    ready_write: Option<std::os::fd::OwnedFd>,
     /// Pids that reported ready.
     ready: Rc<RefCell<Vec<i32>>>,
     /// READY=1 is owed to systemd once every current worker serves.
@@ -112,8 +112,8 @@ impl Master {
             stopping: false,
             pid: process::getpid(),
             admin: None,
-            ready_read,
-            ready_write,
+            ready_read: Some(ready_read),
+            ready_write: Some(ready_write),
             ready: Rc::new(RefCell::new(Vec::new())),
             ready_owed: true,
         })
@@ -159,7 +159,7 @@ impl Master {
 
     fn watch_readiness(&mut self) -> Result<(), Error> {
         use std::os::fd::AsRawFd;
-        let fd = self.ready_read.as_raw_fd();
+        let Some(fd) = self.ready_read.as_ref().map(|f| f.as_raw_fd()) else { return Ok(()) };
         let ready = self.ready.clone();
         let q = self.intents.clone();
         let id = self.base.new_event(fd, EventFlags::READ | EventFlags::PERSIST, move |base, _, _| {
@@ -319,11 +319,14 @@ impl Master {
         let base = &mut self.base;
         // SIGHUP is for the master; a terminal hangup must not kill workers.
         sys::signal::ignore(libc::SIGHUP);
-        // Close every listening socket this worker does not accept on.
-        for l in &self.listeners {
-            for fd in l.all_fds() {
-                if !rot13.contains(&fd) {
-                    sys::close(fd);
+        // Close every listening socket this worker does not accept on; the
+        // worker owns the others from here on.
+        use std::os::fd::AsRawFd;
+        let mut own = Vec::new();
+        for l in std::mem::take(&mut self.listeners) {
+            for fd in std::iter::once(l.fd).chain(l.group) {
+                if rot13.contains(&fd.as_raw_fd()) {
+                    own.push(fd);
                 }
             }
         }
@@ -331,11 +334,10 @@ impl Master {
             tracing::error!(target: "rot13d", error = %e, "worker cannot drop privileges");
             return 71;
         }
-        use std::os::fd::AsRawFd;
-        sys::close(self.ready_read.as_raw_fd());
-        let ready = Some(self.ready_write.as_raw_fd());
+        drop(self.ready_read.take());
+        let ready = self.ready_write.take();
         let args = super::ServeArgs {
-            listeners: rot13,
+            listeners: own,
             params,
             metrics: self.metrics.clone(),
             slot,

@@ -121,19 +121,4 @@ mod tests {
         assert!(text.contains("rot13d_lines_total 12\n"));
         assert!(text.contains("# TYPE rot13d_connections_open gauge\nrot13d_connections_open 1\n"));
     }
-
-    #[test]
-    fn shared_across_fork() {
-        let m = Metrics::new(1).unwrap();
-        match crate::sys::process::fork().unwrap() {
-            crate::sys::process::Fork::Child => {
-                m.add(0, Counter::Accepted, 42);
-                crate::sys::process::exit_now(0);
-            }
-            crate::sys::process::Fork::Parent(pid) => {
-                crate::sys::process::wait_pid(pid).unwrap();
-                assert_eq!(m.get(0, Counter::Accepted), 42);
-            }
-        }
-    }
 }

@@ -26,7 +26,7 @@ use metrics::Metrics;
 use settings::Settings;
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use worker::{LANES, WorkerParams};
 
@@ -327,7 +327,7 @@ pub(crate) struct Reloaded {
     /// Parameters for new connections.
     pub params: WorkerParams,
     /// Newly bound listening sockets to accept on.
-    pub add: Vec<RawFd>,
+    pub add: Vec<OwnedFd>,
     /// Listening sockets to stop accepting on and close.
     pub remove: Vec<RawFd>,
 }
@@ -339,9 +339,9 @@ pub(crate) type OnStop = Box<dyn Fn(&mut EventBase)>;
 pub(crate) type Reload<'r> = &'r mut dyn FnMut(&mut EventBase) -> Option<Reloaded>;
 
 /// What a serving process is given.
-pub(crate) struct ServeArgs<'a> {
+pub(crate) struct ServeArgs {
     /// Listening sockets to accept on.
-    pub listeners: &'a [RawFd],
+    pub listeners: Vec<OwnedFd>,
     /// Its generation's parameters.
     pub params: WorkerParams,
     /// The shared counters.
@@ -351,7 +351,7 @@ pub(crate) struct ServeArgs<'a> {
     /// Its generation (for logs).
     pub generation: u32,
     /// Where to report "serving" (a worker's readiness pipe).
-    pub ready: Option<RawFd>,
+    pub ready: Option<OwnedFd>,
     /// Run when a graceful stop begins (serving alone: stop the admin
     /// endpoint, as the master does).
     pub on_stop: Option<OnStop>,
@@ -359,7 +359,7 @@ pub(crate) struct ServeArgs<'a> {
 
 /// Serves on `base` until a graceful drain ends (worker, or workers = 0).
 /// `reload`, for the master serving alone, re-reads the settings on SIGHUP.
-pub(crate) fn serve(base: &mut EventBase, w: ServeArgs<'_>, mut reload: Option<Reload<'_>>) -> Result<(), Error> {
+pub(crate) fn serve(base: &mut EventBase, w: ServeArgs, mut reload: Option<Reload<'_>>) -> Result<(), Error> {
     let ServeArgs { listeners, params, metrics, slot, generation, ready, on_stop } = w;
     let on_stop = Rc::new(on_stop);
     let shared = worker::start(base, listeners, params, metrics, slot).map_err(Error::Reactor)?;
@@ -398,8 +398,8 @@ pub(crate) fn serve(base: &mut EventBase, w: ServeArgs<'_>, mut reload: Option<R
     tracing::info!(target: "rot13d", backend = %base.backend_name(), pid = process::getpid(), generation, "reactor");
     if let Some(fd) = ready {
         // Tell the master this worker serves: its pid, one atomic write.
-        let _ = sys::write(fd, &process::getpid().to_ne_bytes());
-        sys::close(fd);
+        let _ = sys::write(fd.as_raw_fd(), &process::getpid().to_ne_bytes());
+        drop(fd);
     }
     sys::signal::unblock_all();
     loop {
@@ -461,15 +461,16 @@ fn serve_standalone(
     // The worker closes the rot13 listeners when it drains or drops one;
     // the admin listener is this function's, stopped when a stop begins.
     let mut rot13: Vec<(SocketAddr, RawFd)> = Vec::new();
+    let mut fds: Vec<OwnedFd> = Vec::new();
     let admin = Rc::new(RefCell::new(AdminSlot::default()));
     for l in listeners {
         if l.kind == Kind::Rot13 {
-            rot13.push((l.requested, l.fd.into_raw_fd()));
+            rot13.push((l.requested, l.fd.as_raw_fd()));
+            fds.push(l.fd);
         } else {
             admin.borrow_mut().replace(&mut base, Some(l), &metrics).map_err(Error::Reactor)?;
         }
     }
-    let fds: Vec<RawFd> = rot13.iter().map(|(_, fd)| *fd).collect();
     let params = worker_params(&settings);
     let mut current = settings;
     let admin_at_reload = admin.clone();
@@ -520,9 +521,8 @@ fn serve_standalone(
             if l.kind == Kind::Admin {
                 admin_listener = Some(l);
             } else {
-                let fd = l.fd.into_raw_fd();
-                rot13.push((l.requested, fd));
-                add.push(fd);
+                rot13.push((l.requested, l.fd.as_raw_fd()));
+                add.push(l.fd);
             }
         }
         if new_admin.is_some() {
@@ -546,7 +546,7 @@ fn serve_standalone(
     let on_stop: OnStop = Box::new(move |base| admin.borrow_mut().stop(base));
     serve(
         &mut base,
-        ServeArgs { listeners: &fds, params, metrics, slot: 0, generation: 1, ready: None, on_stop: Some(on_stop) },
+        ServeArgs { listeners: fds, params, metrics, slot: 0, generation: 1, ready: None, on_stop: Some(on_stop) },
         Some(&mut reload),
     )
 }
@@ -607,7 +607,7 @@ fn daemonize() -> Result<OwnedFd, Error> {
         process::Fork::Child => {}
     }
     if let Ok(null) = std::fs::File::open("/dev/null") {
-        let _ = sys::dup2(null.as_raw_fd(), 0);
+        let _ = sys::redirect_stdio(null.as_fd(), 0);
     }
     Ok(w)
 }

@@ -74,7 +74,7 @@ pub struct LaneParams {
 }
 
 struct Listening {
-    fd: RawFd,
+    fd: OwnedFd,
     ev: EventId,
 }
 
@@ -286,7 +286,7 @@ impl Shared {
         self.set_pause(base, PAUSE_DRAIN, true);
         for l in self.listeners.borrow_mut().drain(..) {
             base.free(l.ev);
-            sys::close(l.fd);
+            drop(l.fd);
         }
         base.free(self.resume_timer.get());
         let busy = self.close_idle(base, retiring);
@@ -329,7 +329,9 @@ impl Shared {
     }
 
     /// Starts accepting on another listening socket (a reload).
-    pub fn add_listener(self: &Rc<Self>, base: &mut EventBase, fd: RawFd) -> std::io::Result<()> {
+    pub fn add_listener(self: &Rc<Self>, base: &mut EventBase, owned: OwnedFd) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let fd = owned.as_raw_fd();
         sys::set_nonblocking(fd, true)?;
         let s = self.clone();
         let ev = base.new_event(fd, EventFlags::READ | EventFlags::PERSIST, move |base, _, _| s.accept_ready(base, fd));
@@ -337,17 +339,18 @@ impl Shared {
         if self.listening.get() {
             base.add(ev, None)?;
         }
-        self.listeners.borrow_mut().push(Listening { fd, ev });
+        self.listeners.borrow_mut().push(Listening { fd: owned, ev });
         Ok(())
     }
 
     /// Stops accepting on a listening socket and closes it (a reload).
     pub fn remove_listener(&self, base: &mut EventBase, fd: RawFd) {
         let mut ls = self.listeners.borrow_mut();
-        if let Some(pos) = ls.iter().position(|l| l.fd == fd) {
+        use std::os::fd::AsRawFd;
+        if let Some(pos) = ls.iter().position(|l| l.fd.as_raw_fd() == fd) {
             let l = ls.swap_remove(pos);
             base.free(l.ev);
-            sys::close(l.fd);
+            drop(l.fd);
         }
     }
 
@@ -373,7 +376,7 @@ fn register_timeouts(base: &mut EventBase, p: &WorkerParams) -> std::io::Result<
 /// Registers the listeners on `base` and returns the shared worker state.
 pub fn start(
     base: &mut EventBase,
-    listeners: &[RawFd],
+    listeners: Vec<OwnedFd>,
     params: WorkerParams,
     metrics: Rc<Metrics>,
     slot: usize,
@@ -399,7 +402,7 @@ pub fn start(
     let t = base.new_timer(move |base, _, _| s.set_pause(base, PAUSE_FDS, false));
     base.set_priority(t, LANE_CONTROL)?;
     shared.resume_timer.set(t);
-    for &fd in listeners {
+    for fd in listeners {
         shared.add_listener(base, fd)?;
     }
     shared.sync_listeners(base);

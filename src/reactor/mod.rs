@@ -39,6 +39,7 @@ macro_rules! flag_set {
         #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
         $vis struct $name($fvis u8);
 
+        #[allow(dead_code)]
         impl $name {
             $( $(#[$fmeta])* pub const $flag: $name = $name($value); )+
 
@@ -57,6 +58,21 @@ macro_rules! flag_set {
             /// Whether no flag is set.
             pub const fn is_empty(self) -> bool {
                 self.0 == 0
+            }
+            /// Sets every flag of `o`.
+            #[inline]
+            pub fn insert(&mut self, o: $name) {
+                self.0 |= o.0;
+            }
+            /// Clears every flag of `o`.
+            #[inline]
+            pub fn remove(&mut self, o: $name) {
+                self.0 &= !o.0;
+            }
+            /// Sets or clears every flag of `o`.
+            #[inline]
+            pub fn set(&mut self, o: $name, on: bool) {
+                if on { self.insert(o) } else { self.remove(o) }
             }
         }
 
@@ -119,8 +135,8 @@ mod evmap;
 mod signal;
 mod timer;
 
-pub use backend::{BackendInfo, Features};
-pub use base::{BaseError, BaseHandle, EventBase, LoopExit, LoopFlags};
+pub use backend::{BackendInfo, Features, Kind as BackendKind};
+pub use base::{BaseError, BaseHandle, EventBase, LoopExit, LoopFlags, MAX_PRIORITIES};
 pub use bufferevent::{Bev, BevEvent, BevOptions, BufferEvent, Suspend};
 pub use config::{BaseFlags, EventConfig};
 pub use evbuffer::EvBuffer;
