@@ -1955,3 +1955,41 @@ mod close_when_flushed_while_the_peer_still_sends {
         close_while_the_peer_sends(Backend::Poll)
     }
 }
+
+// ----- a socket the backend cannot watch (issue 10) ---------------------------------
+
+rtest!(socket_the_backend_gives_up_is_an_error_of_that_connection, [epoll_changelist], |be| {
+    // With the changelist the read event reaches the kernel at the next
+    // dispatch. Before that the socket's number is made to refer to
+    // /dev/null (as if the fd had been closed and reused behind the
+    // bufferevent's back): EPOLL_CTL_ADD fails with EPERM. The bufferevent
+    // hears of it as an error of its own, once; the loop and the other
+    // connection go on.
+    let mut b = be.base()?;
+    let (x, _y) = link(Link::Unix, false)?;
+    let (ox, oy) = link(Link::Unix, false)?;
+    let bev = new_bev(&mut b, x, BevOptions::default(), Ctx::default())?;
+    let other = new_bev(&mut b, ox, BevOptions::default(), Ctx { on_read: OnRead::Drain, ..Ctx::default() })?;
+    with(&bev, |e| {
+        e.setcb(Some(readcb), Some(writecb), Some(eventcb));
+        e.enable(&mut b, EventFlags::READ)
+    })?;
+    with(&other, |e| e.enable(&mut b, EventFlags::READ))?;
+    let null = std::fs::File::open("/dev/null")?;
+    let fd = with(&bev, |e| e.fd());
+    // SAFETY: the number stays owned by the bufferevent, which closes it
+    // when freed; only the file behind it changes (the misuse under test),
+    // and the returned OwnedFd is forgotten so nothing closes it twice.
+    std::mem::forget(unsafe { sys::dup2(std::os::fd::AsFd::as_fd(&null), fd)? });
+    put(&oy, b"still served")?;
+    assert!(run_until(&mut b, LIMIT, |_| !ctx(&bev, |c| c.events.is_empty()) && ctx(&other, |c| c.got.len()) == 12)?);
+    let turns = turns_in(&mut b, ms(100))?;
+    assert!(turns <= 20, "{turns} turns in 100 ms: something spins");
+    let (events, errnos) = ctx(&bev, |c| (c.events.clone(), c.errnos.clone()));
+    assert_eq!(events, [BevEvent::READING | BevEvent::ERROR]);
+    assert_eq!(errnos, [Some(libc::EPERM)]);
+    assert!(with(&bev, |e| !e.is_reading()));
+    with(&bev, |e| e.free(&mut b));
+    with(&other, |e| e.free(&mut b));
+    Ok(())
+});

@@ -607,7 +607,7 @@ fn daemonize() -> Result<OwnedFd, Error> {
         process::Fork::Child => {}
     }
     if let Ok(null) = std::fs::File::open("/dev/null") {
-        let _ = sys::redirect_stdio(null.as_fd(), 0);
+        let _ = sys::redirect_stdio(null.as_fd(), sys::StdStream::Stdin);
     }
     Ok(w)
 }

@@ -273,17 +273,25 @@ pub unsafe fn dup2(src: BorrowedFd<'_>, dst: RawFd) -> io::Result<OwnedFd> {
     Ok(owned(n))
 }
 
-/// Points standard input, output or error (`stdio` = 0, 1 or 2) at `src`'s
-/// file, as a daemon does with `/dev/null`. The three standard
-/// descriptors belong to the process, not to an `OwnedFd` (std's
-/// `Stdin`/`Stdout`/`Stderr` only borrow them), so replacing one is sound.
-pub fn redirect_stdio(src: BorrowedFd<'_>, stdio: RawFd) -> io::Result<()> {
-    if !(0..=2).contains(&stdio) {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("fd {stdio} is not a standard stream")));
-    }
-    // SAFETY: `stdio` is 0, 1 or 2, owned by the process (see above); `src`
-    // is open for the duration of the borrow.
-    cvt(unsafe { libc::dup2(src.as_raw_fd(), stdio) })?;
+/// A standard stream of the process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StdStream {
+    /// fd 0.
+    Stdin = 0,
+    /// fd 1.
+    Stdout = 1,
+    /// fd 2.
+    Stderr = 2,
+}
+
+/// Points a standard stream at `src`'s file, as a daemon does with
+/// `/dev/null`. The three standard descriptors belong to the process, not
+/// to an `OwnedFd` (std's `Stdin`/`Stdout`/`Stderr` only borrow them), so
+/// replacing one is sound.
+pub fn redirect_stdio(src: BorrowedFd<'_>, stream: StdStream) -> io::Result<()> {
+    // SAFETY: `stream` is fd 0, 1 or 2, owned by the process (see above);
+    // `src` is open for the duration of the borrow.
+    cvt(unsafe { libc::dup2(src.as_raw_fd(), stream as RawFd) })?;
     Ok(())
 }
 

@@ -20,7 +20,7 @@ mod fork;
 mod handle;
 mod slab;
 
-pub use handle::BaseHandle;
+pub use handle::{BaseHandle, MAX_QUEUED as MAX_QUEUED_ACTIVATIONS};
 
 use super::backend::{self, Backend, BackendInfo, Features, Kind, Ready};
 use super::config::{BaseFlags, EventConfig};
