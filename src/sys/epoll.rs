@@ -70,10 +70,7 @@ impl Epoll {
     /// forever), no signal mask change; EINTR gives `Ok(0)`, a kernel older
     /// than 5.11 ENOSYS.
     pub fn wait_precise(&mut self, timeout: Option<Duration>, f: impl FnMut(EpollEvent)) -> io::Result<usize> {
-        let ts = timeout.map(|t| libc::timespec {
-            tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
-            tv_nsec: t.subsec_nanos() as libc::c_long,
-        });
+        let ts = super::timespec(timeout);
         let tsp = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
         let cap = self.buf.len() as libc::c_int;
         let no_mask: *const libc::sigset_t = std::ptr::null();

@@ -52,6 +52,15 @@ pub(crate) fn cvt<T: MinusOne>(r: T) -> io::Result<T> {
     if r == T::MINUS_ONE { Err(io::Error::last_os_error()) } else { Ok(r) }
 }
 
+/// A timeout as a `timespec` for the nanosecond waits (epoll_pwait2,
+/// ppoll); `None` stays `None` (forever).
+fn timespec(timeout: Option<Duration>) -> Option<libc::timespec> {
+    timeout.map(|t| libc::timespec {
+        tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: t.subsec_nanos() as libc::c_long,
+    })
+}
+
 /// Wraps a freshly returned fd so it is closed on drop.
 fn owned(fd: libc::c_int) -> OwnedFd {
     // SAFETY: `fd` was just returned by a successful syscall that creates a

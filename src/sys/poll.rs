@@ -24,10 +24,7 @@ pub fn poll(fds: &mut [PollFd], timeout_ms: i32) -> io::Result<usize> {
 /// `ppoll(2)`: the timeout as a timespec (nanoseconds; None = forever), no
 /// signal mask change; EINTR gives `Ok(0)`.
 pub fn ppoll(fds: &mut [PollFd], timeout: Option<Duration>) -> io::Result<usize> {
-    let ts = timeout.map(|t| libc::timespec {
-        tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
-        tv_nsec: t.subsec_nanos() as libc::c_long,
-    });
+    let ts = super::timespec(timeout);
     let tsp = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
     // SAFETY: `fds` is a valid, writable array of `fds.len()` pollfd
     // records; `tsp` is null or points at a live timespec; a null mask
