@@ -92,15 +92,38 @@ impl FdEntry {
         }
     }
 
-    /// The counters `flags` moves.
-    fn counters(&mut self, flags: EventFlags) -> [Option<&mut u16>; 4] {
-        let FdEntry { nread, nwrite, nclose, net, .. } = self;
-        [
-            flags.contains(EventFlags::READ).then_some(nread),
-            flags.contains(EventFlags::WRITE).then_some(nwrite),
-            flags.contains(EventFlags::CLOSED).then_some(nclose),
-            flags.contains(EventFlags::ET).then_some(net),
-        ]
+    /// Whether adding an event watching `flags` would pass a count's 0xffff.
+    #[inline]
+    fn full(&self, flags: EventFlags) -> bool {
+        // A count reaches 0xffff only with as many events on the fd, all
+        // but two of them in `more`: one test in the common case.
+        if self.more.len() + 2 < u16::MAX as usize {
+            return false;
+        }
+        (flags.contains(EventFlags::READ) && self.nread == u16::MAX)
+            || (flags.contains(EventFlags::WRITE) && self.nwrite == u16::MAX)
+            || (flags.contains(EventFlags::CLOSED) && self.nclose == u16::MAX)
+            || (flags.contains(EventFlags::ET) && self.net == u16::MAX)
+    }
+
+    /// Counts an event watching `flags` in (`up`) or out.
+    #[inline]
+    fn count(&mut self, flags: EventFlags, up: bool) {
+        let step = |c: &mut u16| {
+            if up { *c += 1 } else { *c = c.saturating_sub(1) }
+        };
+        if flags.contains(EventFlags::READ) {
+            step(&mut self.nread);
+        }
+        if flags.contains(EventFlags::WRITE) {
+            step(&mut self.nwrite);
+        }
+        if flags.contains(EventFlags::CLOSED) {
+            step(&mut self.nclose);
+        }
+        if flags.contains(EventFlags::ET) {
+            step(&mut self.net);
+        }
     }
 }
 
@@ -121,7 +144,7 @@ impl EvMap {
         }
         let e = &mut self.fds[i];
         let flags = flags & (EventFlags::IO | EventFlags::ET);
-        if e.counters(flags).iter().flatten().any(|c| **c == u16::MAX) {
+        if e.full(flags) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("too many events reading or writing on fd {fd} (at most 65535 per direction)"),
@@ -129,9 +152,7 @@ impl EvMap {
         }
         let old = e.interest();
         e.push(idx);
-        for c in e.counters(flags).into_iter().flatten() {
-            *c += 1;
-        }
+        e.count(flags, true);
         Ok((old, e.interest()))
     }
 
@@ -140,9 +161,7 @@ impl EvMap {
         let Some(e) = self.fds.get_mut(fd as usize) else { return (EventFlags::NONE, EventFlags::NONE) };
         let old = e.interest();
         e.remove(idx);
-        for c in e.counters(flags & (EventFlags::IO | EventFlags::ET)).into_iter().flatten() {
-            *c = c.saturating_sub(1);
-        }
+        e.count(flags & (EventFlags::IO | EventFlags::ET), false);
         (old, e.interest())
     }
 
