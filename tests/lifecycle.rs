@@ -712,10 +712,11 @@ fn user_drops_privileges(workers: usize) -> io::Result<()> {
         eprintln!("not root: privilege drop not testable here");
         return Ok(());
     }
-    let Some((uid, _)) = rot13d::sys::process::lookup_user("nobody")? else {
+    let Ok(Some(id)) = rot13d::sys::process::resolve_identity(Some("nobody"), None) else {
         eprintln!("no user nobody here");
         return Ok(());
     };
+    let uid = id.uid.unwrap_or(u32::MAX);
     let d = Daemon::builder().workers(workers).config("[server]\nuser = \"nobody\"\n").start()?;
     let uids = |pid: i32| -> io::Result<Vec<u32>> {
         let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
