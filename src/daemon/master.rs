@@ -278,7 +278,8 @@ impl Master {
         }
         tracing::info!(target: "rot13d", workers = self.current.settings.workers, pid = self.pid, "master running");
         loop {
-            self.base.run(LoopFlags::NO_EXIT_ON_EMPTY).map_err(Error::Reactor)?;
+            // Intents queued outside a callback (the in-process worker's
+            // readiness) are handled before the loop waits.
             loop {
                 let next = self.intents.borrow_mut().pop_front();
                 let Some(intent) = next else { break };
@@ -289,6 +290,7 @@ impl Master {
                 tracing::info!(target: "rot13d", "stopped");
                 return Ok(());
             }
+            self.base.run(LoopFlags::NO_EXIT_ON_EMPTY).map_err(Error::Reactor)?;
         }
     }
 
@@ -681,6 +683,7 @@ impl Master {
         }
         // New clients are refused once every copy of the listeners is
         // closed: ours now, the workers' as they begin to drain.
+        self.listeners.clear();
         for w in &self.workers {
             match &w.proc {
                 Proc::Forked { pid, .. } => {
@@ -689,7 +692,6 @@ impl Master {
                 Proc::Local { shared } => shared.clone().begin_drain(&mut self.base, false),
             }
         }
-        self.listeners.clear();
         let after = self.current.settings.config.server.shutdown_grace + STOP_SLACK;
         self.after(after, Intent::Deadline);
         if self.workers.is_empty() {

@@ -152,9 +152,9 @@ pub struct Identity {
 }
 
 /// Looks `user` and `group` up (names, or numeric ids). A numeric user
-/// found in the user database gets its primary and supplementary groups;
-/// one that is not keeps the current group unless `group` says otherwise
-/// (never gid = uid). `Err((key, why))` names the key at fault.
+/// found in the user database gets its primary and supplementary groups
+/// like a name; one it does not know needs `group` (never gid = uid).
+/// `Err((key, why))` names the key at fault.
 pub fn resolve_identity(user: Option<&str>, group: Option<&str>) -> Result<Option<Identity>, (&'static str, String)> {
     use nix::unistd::{Group, Uid, User};
     if user.is_none() && group.is_none() {
@@ -175,7 +175,13 @@ pub fn resolve_identity(user: Option<&str>, group: Option<&str>) -> Result<Optio
                 id.gid = Some(pw.gid.as_raw());
                 id.name = CString::new(pw.name).ok();
             }
-            Ok(None) if id.uid.is_some() => {}
+            // A uid the user database does not know has no primary group
+            // to take: the group must be named (never gid = uid, nor the
+            // root group kept by default).
+            Ok(None) if id.uid.is_some() && group.is_some() => {}
+            Ok(None) if id.uid.is_some() => {
+                return Err(("server.user", format!("uid {u} is not in the user database: set group too")));
+            }
             Ok(None) => return Err(("server.user", format!("no such user `{u}`"))),
             Err(e) => return Err(("server.user", format!("cannot look up user `{u}`: {e}"))),
         }
