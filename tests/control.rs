@@ -467,9 +467,8 @@ fn worker_ids(config: &str) -> io::Result<(String, String, String)> {
 /// with that user's group and groups, not gid 42.
 #[test]
 fn found_a_numeric_user_gets_its_own_group_not_gid_uid() -> io::Result<()> {
-    if !is_root()
-        || rot13d::sys::process::resolve_identity(Some("42"), None).ok().flatten().and_then(|i| i.gid) != Some(65534)
-    {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    if !is_root() || !passwd.lines().any(|l| l.starts_with("_apt:x:42:65534:")) {
         eprintln!("SKIPPED: needs root and a uid 42 whose group is 65534 (Debian's _apt)");
         return Ok(());
     }
