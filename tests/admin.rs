@@ -190,3 +190,29 @@ fn server_socket_inode(server: SocketAddr, client_port: u16) -> io::Result<Strin
         .map(|f| f[9].to_string())
         .ok_or_else(|| fail(format!("no server socket for {server} <- port {client_port} in /proc/net/tcp")))
 }
+
+/// The status line the endpoint answers `request` with (then closes).
+fn answer_to(admin: SocketAddr, request: &[u8]) -> io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    s.write_all(request)?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    Ok(String::from_utf8_lossy(&raw).lines().next().unwrap_or("").to_string())
+}
+
+/// A malformed head is answered 400, one over 8 KiB 431, and both closed;
+/// the endpoint serves on.
+#[test]
+fn malformed_and_oversized_heads_are_refused() -> io::Result<()> {
+    let (_d, admin) = admin_daemon(1)?;
+    let bad = answer_to(admin, b"GET /healthz\x01 HTTP/1.1\r\n\r\n")?;
+    ensure!(bad.starts_with("HTTP/1.1 400"), "malformed: {bad:?}");
+    let mut big = b"GET /healthz HTTP/1.1\r\nX-Pad: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 9000));
+    big.extend(b"\r\n\r\n");
+    let large = answer_to(admin, &big)?;
+    ensure!(large.starts_with("HTTP/1.1 431"), "oversized: {large:?}");
+    ensure!(get(admin, "/healthz")?.0 == 200, "healthz after the refusals");
+    Ok(())
+}

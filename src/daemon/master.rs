@@ -118,7 +118,7 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How a worker runs.
 enum Proc {
     /// A child process, with the master's end of its channel.
-    Forked { pid: i32, channel: OwnedFd, ev: EventId },
+    Forked { pid: i32, channel: Rc<OwnedFd>, ev: EventId },
     /// In the master's process (`workers = 0`).
     Local { shared: Rc<worker::Shared> },
 }
@@ -317,10 +317,10 @@ impl Master {
                 self.scheduled.retain(|s| *s != (generation, index));
                 let roles: Vec<Role> = self.workers.iter().map(|w| w.role).collect();
                 let gens = [Some(&self.current), self.pending.as_ref()];
-                let Some(g_) = gens.into_iter().flatten().find(|g| g.id == generation).cloned() else { return };
+                let Some(cohort) = gens.into_iter().flatten().find(|g| g.id == generation).cloned() else { return };
                 if !self.stopping
-                    && spawn_wanted(generation, index, g_.wanted(), &roles)
-                    && let Err(e) = self.start_worker(&g_, index)
+                    && spawn_wanted(generation, index, cohort.wanted(), &roles)
+                    && let Err(e) = self.start_worker(&cohort, index)
                 {
                     tracing::error!(target: "rot13d", error = %e, index, "cannot start a worker");
                     self.schedule_spawn(generation, index, self.backoff.delay().max(BACKOFF_MIN));
@@ -343,21 +343,21 @@ impl Master {
         self.after(after, Intent::Spawn { generation, index });
     }
 
-    /// Starts worker `index` of `g_`: a child process, or the in-process
+    /// Starts worker `index` of generation `cohort`: a child process, or the in-process
     /// worker with `workers = 0`.
-    fn start_worker(&mut self, g_: &Generation, index: usize) -> Result<(), Error> {
+    fn start_worker(&mut self, cohort: &Generation, index: usize) -> Result<(), Error> {
         let slot = self.metrics.acquire().map_err(|e| Error::os("map the shared counters", e))?;
         let id = WorkerId(self.next_worker);
         self.next_worker += 1;
-        let role = Role { generation: g_.id, index, phase: Phase::Starting };
-        let params = WorkerParams::new(&g_.settings);
+        let role = Role { generation: cohort.id, index, phase: Phase::Starting };
+        let params = WorkerParams::new(&cohort.settings);
         let fds: Vec<ListenFd> = self
             .listeners
             .iter()
-            .filter(|l| l.kind == Kind::Rot13 && g_.settings.config.server.listen.contains(&l.requested))
-            .flat_map(|l| l.fds_for(index, g_.settings.workers))
+            .filter(|l| l.kind == Kind::Rot13 && cohort.settings.config.server.listen.contains(&l.requested))
+            .flat_map(|l| l.fds_for(index, cohort.settings.workers))
             .collect();
-        if g_.in_process() {
+        if cohort.in_process() {
             let q = self.intents.clone();
             let on_done: worker::OnDone = Box::new(move |base| Master::push(&q, base, Intent::Done(id)));
             let shared = match worker::start(&mut self.base, fds, params, slot.clone(), on_done) {
@@ -367,7 +367,7 @@ impl Master {
                     return Err(Error::Reactor(e));
                 }
             };
-            tracing::info!(target: "rot13d", backend = %self.base.backend_name(), pid = self.pid, generation = g_.id, "reactor");
+            tracing::info!(target: "rot13d", backend = %self.base.backend_name(), pid = self.pid, generation = cohort.id, "reactor");
             self.workers.push(Worker { id, role, slot, proc: Proc::Local { shared } });
             Master::push(&self.intents, &mut self.base, Intent::Ready(id));
             return Ok(());
@@ -378,15 +378,16 @@ impl Master {
         match forked {
             Ok(process::Fork::Child) => {
                 drop(ours);
-                let code = self.worker_main(g_, fds, params, slot, theirs);
+                let code = self.worker_main(cohort, fds, params, slot, theirs);
                 process::exit_now(code);
             }
             Ok(process::Fork::Parent(pid)) => {
                 sys::signal::restore_mask(mask);
                 drop(theirs);
+                let ours = Rc::new(ours);
                 let ev = self.watch_channel(&ours, id);
                 self.workers.push(Worker { id, role, slot, proc: Proc::Forked { pid, channel: ours, ev } });
-                tracing::debug!(target: "rot13d", pid, index, generation = g_.id, "worker started");
+                tracing::debug!(target: "rot13d", pid, index, generation = cohort.id, "worker started");
                 Ok(())
             }
             Err(e) => {
@@ -398,13 +399,13 @@ impl Master {
     }
 
     /// Reads a worker's reports (READY) on the control lane.
-    fn watch_channel(&mut self, ch: &OwnedFd, id: WorkerId) -> EventId {
-        let fd = ch.as_raw_fd();
+    fn watch_channel(&mut self, ch: &Rc<OwnedFd>, id: WorkerId) -> EventId {
         let q = self.intents.clone();
+        let ch = ch.clone();
+        let fd = ch.as_raw_fd();
         let ev = self.base.new_event(fd, EventFlags::READ | EventFlags::PERSIST, move |base, ev, _| {
-            let Some(ch) = sys::borrow(fd) else { return };
             loop {
-                match process::recv_command(ch) {
+                match process::recv_command(ch.as_fd()) {
                     Ok(Some((command::READY, _))) => Master::push(&q, base, Intent::Ready(id)),
                     Ok(Some(_)) => {}
                     // Gone (SIGCHLD tells the rest), or a failed channel:
@@ -435,7 +436,7 @@ impl Master {
     /// channel, of a listener it does not serve, or of an admin socket.
     fn worker_main(
         &mut self,
-        g_: &Generation,
+        cohort: &Generation,
         fds: Vec<ListenFd>,
         params: WorkerParams,
         slot: Slot,
@@ -453,8 +454,8 @@ impl Master {
         self.workers.clear();
         // A generation with another [reactor] gets a base of its own (the
         // master's, cleaned above, shares nothing with it after reinit).
-        if g_.settings.config.reactor != self.base_reactor {
-            match super::build_base(&g_.settings) {
+        if cohort.settings.config.reactor != self.base_reactor {
+            match super::build_base(&cohort.settings) {
                 Ok(fresh) => drop(std::mem::replace(&mut self.base, fresh)),
                 Err(e) => {
                     tracing::error!(target: "rot13d", error = %e, "worker cannot build its event base");
@@ -464,7 +465,7 @@ impl Master {
         }
         // SIGHUP is for the master; a terminal hangup must not kill workers.
         sys::signal::ignore(libc::SIGHUP);
-        if let Err(e) = super::drop_privileges(&g_.settings) {
+        if let Err(e) = super::drop_privileges(&cohort.settings) {
             tracing::error!(target: "rot13d", error = %e, "worker cannot drop privileges");
             return 71;
         }
@@ -478,7 +479,7 @@ impl Master {
         if process::getppid() != self.pid {
             return 0;
         }
-        match super::serve_forked(&mut self.base, fds, params, slot, g_.id, channel) {
+        match super::serve_forked(&mut self.base, fds, params, slot, cohort.id, channel) {
             Ok(()) => 0,
             Err(e) => {
                 tracing::error!(target: "rot13d", error = %e, "worker failed");
@@ -591,7 +592,7 @@ impl Master {
                 self.retire(i);
             }
         }
-        self.scheduled.retain(|(g_, _)| *g_ != g);
+        self.scheduled.retain(|(id, _)| *id != g);
         self.prune_listeners();
         sdnotify::notify("READY=1");
     }
@@ -786,9 +787,9 @@ impl Master {
             tracing::info!(target: "rot13d", addr = %l.local, kind = %kind.as_str(), "listening");
             self.listeners.push(l);
         }
-        let g_ = Generation { id: self.next_generation, settings };
+        let cohort = Generation { id: self.next_generation, settings };
         self.next_generation += 1;
-        if g_.in_process() {
+        if cohort.in_process() {
             // The one in-process worker takes the new settings for new
             // connections and the new listener set.
             let local: Vec<Rc<worker::Shared>> = self
@@ -796,19 +797,19 @@ impl Master {
                 .iter_mut()
                 .filter_map(|w| match &w.proc {
                     Proc::Local { shared } if w.role.phase != Phase::Retiring => {
-                        w.role.generation = g_.id;
+                        w.role.generation = cohort.id;
                         Some(shared.clone())
                     }
                     _ => None,
                 })
                 .collect();
             for shared in local {
-                shared.set_params(&mut self.base, WorkerParams::new(&g_.settings));
+                shared.set_params(&mut self.base, WorkerParams::new(&cohort.settings));
                 let serving = shared.listener_fds();
                 let fds: Vec<ListenFd> = self
                     .listeners
                     .iter()
-                    .filter(|l| l.kind == Kind::Rot13 && g_.settings.config.server.listen.contains(&l.requested))
+                    .filter(|l| l.kind == Kind::Rot13 && cohort.settings.config.server.listen.contains(&l.requested))
                     .flat_map(|l| l.socks.iter().cloned())
                     .filter(|f| !serving.contains(&f.as_raw_fd()))
                     .collect();
@@ -816,18 +817,18 @@ impl Master {
                     shared.add_listener(&mut self.base, fd).map_err(Error::Reactor)?;
                 }
             }
-            self.pending = Some(g_);
+            self.pending = Some(cohort);
             self.check_generations();
             return Ok(());
         }
-        for index in 0..g_.wanted() {
-            if let Err(e) = self.start_worker(&g_, index) {
+        for index in 0..cohort.wanted() {
+            if let Err(e) = self.start_worker(&cohort, index) {
                 tracing::error!(target: "rot13d", error = %e, index, "cannot start a worker of the new generation");
-                self.schedule_spawn(g_.id, index, BACKOFF_MIN);
+                self.schedule_spawn(cohort.id, index, BACKOFF_MIN);
             }
         }
-        self.after(START_TIMEOUT, Intent::StartTimeout(g_.id));
-        self.pending = Some(g_);
+        self.after(START_TIMEOUT, Intent::StartTimeout(cohort.id));
+        self.pending = Some(cohort);
         Ok(())
     }
 }

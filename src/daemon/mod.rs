@@ -194,15 +194,16 @@ pub(crate) fn serve_forked(
             tracing::debug!(target: "rot13d", signal = process::signal_name(sig), "signal ignored by a worker");
         })?;
     }
+    let channel = std::rc::Rc::new(channel);
     let fd = channel.as_raw_fd();
     let s = shared.clone();
+    let ch = channel.clone();
     let ch = base.new_event(
         fd,
         crate::reactor::EventFlags::READ | crate::reactor::EventFlags::PERSIST,
         move |base, ev, _| {
-            let Some(ch) = sys::borrow(fd) else { return };
             loop {
-                match process::recv_command(ch) {
+                match process::recv_command(ch.as_fd()) {
                     Ok(Some((master::command::RETIRE, _))) => s.begin_drain(base, true),
                     Ok(Some((master::command::LOG_FILE, Some(file)))) => logging::use_file(std::fs::File::from(file)),
                     Ok(Some(_)) => {}
