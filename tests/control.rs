@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(10);
 
-/// An unprivileged uid of no user: what the tests run a daemon as when it
-/// must not be root.
-const NOBODY_UID: &str = "54321";
+/// Unprivileged uids of no user: what the tests run a daemon as when it
+/// must not be root (one per test: a process limit counts per uid).
+const NPROC_UID: &str = "54321";
+const DROP_UID: &str = "54322";
 
 fn is_root() -> bool {
     rot13d::sys::process::geteuid() == 0
@@ -292,17 +293,18 @@ fn hazard_7_healthz_is_503_while_a_worker_is_down() -> io::Result<()> {
     let admin = nth_admin_addr(&d, 0)?;
     ensure!(poll_until(T, || healthz(admin).is_ok_and(|(c, _)| c == 200)), "never healthy");
     ensure!(healthz(admin)?.1 == "ok\n", "body {:?}", healthz(admin)?.1);
-    // Six deaths within 10 s: the sixth replacement waits 1 s.
-    for n in 1..=6usize {
+    // Seven deaths within 10 s: the sixth replacement waits 1 s, the
+    // seventh 2 s.
+    for n in 1..=7usize {
         let w = d.worker_pids();
         ensure!(w.len() == 2, "workers before kill {n}: {w:?}");
         kill(w[0], libc::SIGKILL)?;
         d.log().wait_count(&["worker died", &format!("pid={} ", w[0])], 1, T)?;
-        if n < 6 {
+        if n < 7 {
             d.log().wait_count(&["reactor", "backend="], 2 + n, T)?;
         }
     }
-    d.log().wait_count(&["workers keep dying"], 1, T)?;
+    d.log().wait_count(&["workers keep dying"], 2, T)?;
     let (code, body) = healthz(admin)?;
     ensure!(code == 503 && body.contains("1 of 2 workers"), "with a worker in backoff: {code} {body:?}");
     ensure!(poll_until(T, || healthz(admin).is_ok_and(|(c, _)| c == 200)), "not healthy after the backoff");
@@ -369,8 +371,8 @@ fn found_old_generation_serves_until_the_new_one_does() -> io::Result<()> {
     std::fs::set_permissions(n.dir.path(), std::fs::Permissions::from_mode(0o777))?;
     std::fs::set_permissions(&n.path, std::fs::Permissions::from_mode(0o777))?;
     // Master + one worker: a second process of this uid cannot be forked.
-    let reuid = format!("--reuid={NOBODY_UID}");
-    let regid = format!("--regid={NOBODY_UID}");
+    let reuid = format!("--reuid={NPROC_UID}");
+    let regid = format!("--regid={NPROC_UID}");
     let wrapper = ["prlimit", "--nproc=2:2", "setpriv", &reuid, &regid, "--clear-groups"];
     let d =
         Daemon::builder().workers(1).config("[server]\n").wrapper(&wrapper).env("NOTIFY_SOCKET", &n.path).start()?;
@@ -524,7 +526,7 @@ fn found_w0_drops_privileges_before_the_launcher_hears_success() -> io::Result<(
     // Not root: switching to nobody fails (EPERM).
     std::fs::write(&config, "[server]\nuser = \"nobody\"\n")?;
     let pid_file = dir.join("p.pid");
-    let (reuid, regid) = (format!("--reuid={NOBODY_UID}"), format!("--regid={NOBODY_UID}"));
+    let (reuid, regid) = (format!("--reuid={DROP_UID}"), format!("--regid={DROP_UID}"));
     let args = [
         "--daemon",
         "--pid-file",
@@ -585,10 +587,12 @@ fn pipes_of(pid: i32) -> io::Result<Vec<String>> {
 fn found_daemonize_detaches_cleanly() -> io::Result<()> {
     let dir = TempDir::new()?;
     let pid_file = dir.join("d.pid");
+    let log = dir.join("log");
     let script = format!(
-        "umask 077; cd '{}' && exec \"$0\" --daemon --pid-file '{}' --workers 1 --listen 127.0.0.1:0",
+        "umask 077; cd '{}' && exec \"$0\" --daemon --pid-file '{}' --workers 1 --listen 127.0.0.1:0 2>'{}'",
         dir.path().display(),
-        pid_file.display()
+        pid_file.display(),
+        log.display()
     );
     let status = std::process::Command::new("sh")
         .args(["-c", &script, crate::util::BIN])
@@ -612,7 +616,9 @@ fn found_daemonize_detaches_cleanly() -> io::Result<()> {
     ensure!(status_field(master, "Umask:")? == "0022", "umask {}", status_field(master, "Umask:")?);
     // Its own signal pipe aside, the worker shares no pipe with the master:
     // the launcher's pipe is closed once it has been told.
-    ensure!(poll_until(T, || pipes_of(worker).is_ok_and(|p| !p.is_empty())), "worker not up");
+    // The worker has set itself up (reinit: a signal pipe of its own).
+    let up = poll_until(T, || std::fs::read_to_string(&log).is_ok_and(|l| l.contains("reactor backend=")));
+    ensure!(up, "worker not up: {}", std::fs::read_to_string(&log).unwrap_or_default());
     // (Pipes this test process holds are inherited by anything it starts.)
     let ours = pipes_of(std::process::id() as i32)?;
     let (m, w) = (pipes_of(master)?, pipes_of(worker)?);
