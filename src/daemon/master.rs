@@ -949,6 +949,12 @@ impl ReloadPlan {
             new.config.server.workers = current.config.server.workers;
             new.workers = current.workers;
         }
+        if new.config.log != current.config.log {
+            // The subscriber is installed once, before any fork; SIGUSR1
+            // reopens the file it was started with.
+            warnings.push("[log] changes need a restart; keeping the current log".to_string());
+            new.config.log = current.config.log.clone();
+        }
         if new.workers == 0 && new.config.reactor != current.config.reactor {
             warnings.push("reactor changes need a restart with workers = 0; keeping the current event base".into());
             new.config.reactor = current.config.reactor.clone();
@@ -1059,6 +1065,11 @@ mod tests {
         assert_eq!(in_process.settings.config.reactor.backend, None, "kept with workers = 0");
         let forked = ReloadPlan::new(&settings(2), Settings { workers: 2, ..reactor }, None);
         assert_eq!(forked.settings.config.reactor.backend.as_deref(), Some("poll"), "applied by new workers");
+
+        let mut log = settings(1);
+        log.config.log.file = Some("/var/log/r.log".into());
+        let kept = ReloadPlan::new(&current, log, None);
+        assert_eq!((kept.settings.config.log.file, kept.warnings.len()), (None, 1));
 
         let addr: SocketAddr = "127.0.0.1:7".parse().expect("literal");
         let activated = ReloadPlan::new(&current, settings(1), Some(&[addr]));
