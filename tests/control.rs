@@ -247,6 +247,9 @@ fn hazard_5_idle_admin_connections_past_the_cap_cost_no_cpu() -> io::Result<()> 
     // Clock ticks are 1/100 s: ticks per second of wall time = % of a core.
     let percent = (used as f64 / t0.elapsed().as_secs_f64()) as u64;
     ensure!(percent <= 10, "the master used {percent}% of a core with {} idle admin connections", conns.len());
+    // Once they go, the endpoint accepts again.
+    drop(conns);
+    ensure!(poll_until(T, || healthz(admin).is_ok_and(|(c, _)| c == 200)), "the endpoint does not accept again");
     Ok(())
 }
 
