@@ -167,8 +167,6 @@ pub struct Master {
     next_worker: u64,
     intents: Rc<RefCell<VecDeque<Intent>>>,
     backoff: Backoff,
-    /// Respawns waiting for their timer: (generation, index).
-    scheduled: Vec<(u32, usize)>,
     stopping: bool,
     pid: i32,
     /// READY=1 has been sent for the first generation.
@@ -199,7 +197,6 @@ impl Master {
             next_worker: 1,
             intents: Rc::new(RefCell::new(VecDeque::new())),
             backoff: Backoff::default(),
-            scheduled: Vec::new(),
             stopping: false,
             pid: process::getpid(),
             started: false,
@@ -314,7 +311,6 @@ impl Master {
             Intent::Ready(id) => self.ready(id),
             Intent::Done(id) => self.exited(id, None),
             Intent::Spawn { generation, index } => {
-                self.scheduled.retain(|s| *s != (generation, index));
                 let roles: Vec<Role> = self.workers.iter().map(|w| w.role).collect();
                 let gens = [Some(&self.current), self.pending.as_ref()];
                 let Some(cohort) = gens.into_iter().flatten().find(|g| g.id == generation).cloned() else { return };
@@ -339,7 +335,6 @@ impl Master {
     }
 
     fn schedule_spawn(&mut self, generation: u32, index: usize, after: Duration) {
-        self.scheduled.push((generation, index));
         self.after(after, Intent::Spawn { generation, index });
     }
 
@@ -592,7 +587,6 @@ impl Master {
                 self.retire(i);
             }
         }
-        self.scheduled.retain(|(id, _)| *id != g);
         self.prune_listeners();
         sdnotify::notify("READY=1");
     }
@@ -741,7 +735,6 @@ impl Master {
                     self.retire(i);
                 }
             }
-            self.scheduled.retain(|(g, _)| *g != p.id);
         }
         let new = match Settings::load(&self.startup.args, &self.startup.host) {
             Ok(s) => s,
