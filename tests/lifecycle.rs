@@ -641,8 +641,10 @@ fn reload_user_change_is_refused_with_a_warning() -> io::Result<()> {
     d.log().wait_count(&["reactor", "generation=2"], 1, T)?;
     d.log().wait_count(&["draining"], 1, T)?;
     ensure_max_line(&d, 20)?;
+    // The old worker has drained (nothing to serve) and is gone.
+    d.log().wait_count(&["worker exited"], 1, T)?;
+    ensure!(poll_until(T, || d.worker_pids().len() == 1), "workers {:?}", d.worker_pids());
     let w = d.worker_pids();
-    ensure!(w.len() == 1, "workers {w:?}");
     let uid = |pid: i32| -> io::Result<String> {
         let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
         Ok(s.lines().find(|l| l.starts_with("Uid:")).unwrap_or("").to_string())
