@@ -807,7 +807,9 @@ impl Master {
                     .filter(|f| !serving.contains(&f.as_raw_fd()))
                     .collect();
                 for fd in fds {
-                    shared.add_listener(&mut self.base, fd).map_err(Error::Reactor)?;
+                    if let Err(e) = shared.add_listener(&mut self.base, fd) {
+                        tracing::error!(target: "rot13d", error = %e, "cannot accept on a new listener");
+                    }
                 }
             }
             self.pending = Some(cohort);
