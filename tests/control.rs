@@ -20,8 +20,13 @@ const T: Duration = Duration::from_secs(10);
 const NPROC_UID: &str = "54321";
 const DROP_UID: &str = "54322";
 
-fn is_root() -> bool {
-    rot13d::sys::process::geteuid() == 0
+/// Whether this runs as root; says SKIPPED (and why it needs root) if not.
+fn root_or_skip(needs: &str) -> bool {
+    let root = rot13d::sys::process::geteuid() == 0;
+    if !root {
+        eprintln!("SKIPPED: needs root {needs}");
+    }
+    root
 }
 
 /// A field of `/proc/PID/status` (`Uid:`, `Gid:`, `Groups:`, `Umask:`).
@@ -203,8 +208,7 @@ fn hazard_3_sigusr1_reopens_the_log_file_in_every_process() -> io::Result<()> {
 
 #[test]
 fn hazard_4_workers_do_not_outlive_a_killed_master_after_dropping_privileges() -> io::Result<()> {
-    if !is_root() {
-        eprintln!("SKIPPED: needs root to drop privileges");
+    if !root_or_skip("to drop privileges") {
         return Ok(());
     }
     let mut d = Daemon::builder().workers(2).config("[server]\nuser = \"nobody\"\n").start()?;
@@ -365,8 +369,7 @@ fn hazard_9_print_config_keeps_workers_auto() -> io::Result<()> {
 /// serves throughout, ERROR is logged and READY=1 sent again.
 #[test]
 fn found_old_generation_serves_until_the_new_one_does() -> io::Result<()> {
-    if !is_root() {
-        eprintln!("SKIPPED: needs root to run the daemon as another uid");
+    if !root_or_skip("to run the daemon as another uid") {
         return Ok(());
     }
     let n = Notify::new()?;
@@ -473,8 +476,8 @@ fn worker_ids(config: &str) -> io::Result<(String, String, String)> {
 #[test]
 fn found_a_numeric_user_gets_its_own_group_not_gid_uid() -> io::Result<()> {
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    if !is_root() || !passwd.lines().any(|l| l.starts_with("_apt:x:42:65534:")) {
-        eprintln!("SKIPPED: needs root and a uid 42 whose group is 65534 (Debian's _apt)");
+    if !root_or_skip("to drop privileges") || !passwd.lines().any(|l| l.starts_with("_apt:x:42:65534:")) {
+        eprintln!("SKIPPED: needs a uid 42 whose group is 65534 (Debian's _apt)");
         return Ok(());
     }
     let (uid, gid, groups) = worker_ids("[server]\nuser = \"42\"\n")?;
@@ -488,8 +491,7 @@ fn found_a_numeric_user_gets_its_own_group_not_gid_uid() -> io::Result<()> {
 /// database) are set, not an empty list.
 #[test]
 fn found_the_users_supplementary_groups_are_set() -> io::Result<()> {
-    if !is_root() {
-        eprintln!("SKIPPED: needs root to drop privileges");
+    if !root_or_skip("to drop privileges") {
         return Ok(());
     }
     let (_, _, groups) = worker_ids("[server]\nuser = \"nobody\"\n")?;
@@ -518,8 +520,7 @@ fn found_check_config_resolves_user_and_group() -> io::Result<()> {
 /// `--daemon` launcher exits: a failure to drop is the launcher's exit code.
 #[test]
 fn found_w0_drops_privileges_before_the_launcher_hears_success() -> io::Result<()> {
-    if !is_root() {
-        eprintln!("SKIPPED: needs root to run the daemon as another uid");
+    if !root_or_skip("to run the daemon as another uid") {
         return Ok(());
     }
     let dir = TempDir::new()?;
