@@ -8,7 +8,7 @@
 //! upper bound only. The peer side of a connection is a plain non-blocking
 //! fd driven by the test between loop turns.
 
-use crate::reactor::{Backend, early, rtest, watchdog};
+use crate::reactor::{Backend, Watch, rtest, watchdog};
 use rot13d::reactor::{Bev, BevEvent, BevOptions, BufferEvent, EventBase, EventFlags, LoopExit, LoopFlags, Suspend};
 use rot13d::sys;
 use std::cell::RefCell;
@@ -979,14 +979,14 @@ rtest!(read_timeout_fires_and_disables_reading, |be| {
         let mut b = be.base()?;
         let (x, _y) = link(kind, false)?;
         let bev = new_bev(&mut b, x, BevOptions::default(), Ctx::default())?;
-        let t0 = Instant::now();
+        let t0 = Watch::start(&b);
         with(&bev, |e| {
             e.set_timeouts(&mut b, Some(ms(100)), None);
             e.enable(&mut b, EventFlags::READ)
         })?;
         assert!(run_until(&mut b, LIMIT, |_| !ctx(&bev, |c| c.events.is_empty()))?, "{kind:?}: no timeout");
         let el = t0.elapsed();
-        assert!(el >= early(ms(100)), "{kind:?}: fired after {el:?}");
+        assert!(el >= ms(100), "{kind:?}: fired after {el:?}");
         assert!(el < ms(3000), "{kind:?}: fired after {el:?}");
         with(&bev, |e| {
             assert_eq!(e.ctx.events, [BevEvent::READING | BevEvent::TIMEOUT], "{kind:?}");
@@ -1016,7 +1016,7 @@ fn read_timeout_rearm_case(be: Backend, common: bool) -> io::Result<()> {
     }
     let (x, y) = link(Link::Tcp, false)?;
     let bev = new_bev(&mut b, x, BevOptions::default(), Ctx { on_read: OnRead::Drain, ..Ctx::default() })?;
-    let t0 = Instant::now();
+    let t0 = Watch::start(&b);
     with(&bev, |e| {
         e.set_timeouts(&mut b, Some(ms(150)), None);
         e.enable(&mut b, EventFlags::READ)
@@ -1033,7 +1033,7 @@ fn read_timeout_rearm_case(be: Backend, common: bool) -> io::Result<()> {
     let el = t0.elapsed();
     // The last data came at >= 160 ms, so the timeout cannot fire before
     // 160 + 150 ms.
-    assert!(el >= early(ms(310)), "common={common}: fired after {el:?}");
+    assert!(el >= ms(310), "common={common}: fired after {el:?}");
     assert!(el < ms(5000), "common={common}: fired after {el:?}");
     ctx(&bev, |c| {
         assert_eq!(c.got, b"xx", "common={common}");
@@ -1048,7 +1048,7 @@ rtest!(write_timeout_fires_when_the_peer_does_not_read, |be| {
         let mut b = be.base()?;
         let (x, _y) = link(kind, true)?;
         let bev = new_bev(&mut b, x, BevOptions::default(), Ctx::default())?;
-        let t0 = Instant::now();
+        let t0 = Watch::start(&b);
         with(&bev, |e| {
             e.set_timeouts(&mut b, None, Some(ms(100)));
             e.output.add(&pattern(1 << 20));
@@ -1057,7 +1057,7 @@ rtest!(write_timeout_fires_when_the_peer_does_not_read, |be| {
         assert!(with(&bev, |e| !e.output.is_empty()), "{kind:?}: the socket took 1 MiB");
         assert!(run_until(&mut b, LIMIT, |_| !ctx(&bev, |c| c.events.is_empty()))?, "{kind:?}: no timeout");
         let el = t0.elapsed();
-        assert!(el >= early(ms(100)), "{kind:?}: fired after {el:?}");
+        assert!(el >= ms(100), "{kind:?}: fired after {el:?}");
         assert!(el < ms(3000), "{kind:?}: fired after {el:?}");
         with(&bev, |e| {
             assert_eq!(e.ctx.events, [BevEvent::WRITING | BevEvent::TIMEOUT], "{kind:?}");
@@ -1074,7 +1074,7 @@ rtest!(write_timeout_rearms_on_progress, |be| {
     let mut b = be.base()?;
     let (x, y) = link(Link::Tcp, true)?;
     let bev = new_bev(&mut b, x, BevOptions::default(), Ctx::default())?;
-    let t0 = Instant::now();
+    let t0 = Watch::start(&b);
     with(&bev, |e| {
         e.set_timeouts(&mut b, None, Some(ms(150)));
         e.output.add(&pattern(4 << 20));
@@ -1095,7 +1095,7 @@ rtest!(write_timeout_rearms_on_progress, |be| {
     assert!(run_until(&mut b, LIMIT, |_| !ctx(&bev, |c| c.events.is_empty()))?);
     let el = t0.elapsed();
     assert!(read_at.borrow().iter().all(|&n| n > 0), "the peer read nothing: {:?}", read_at.borrow());
-    assert!(el >= early(ms(310)), "fired after {el:?}");
+    assert!(el >= ms(310), "fired after {el:?}");
     assert!(el < ms(5000), "fired after {el:?}");
     assert_eq!(ctx(&bev, |c| c.events.clone()), [BevEvent::WRITING | BevEvent::TIMEOUT]);
     with(&bev, |e| e.free(&mut b));
@@ -1115,16 +1115,16 @@ rtest!(timeouts_can_be_changed_and_cleared, |be| {
     })?;
     assert!(!run_until(&mut b, ms(150), |_| !ctx(&bev, |c| c.events.is_empty()))?, "a cleared timeout fired");
     // Set while reading is already enabled: it applies at once.
-    let t0 = Instant::now();
+    let t0 = Watch::start(&b);
     with(&bev, |e| e.set_timeouts(&mut b, Some(ms(60)), None));
     assert!(run_until(&mut b, LIMIT, |_| !ctx(&bev, |c| c.events.is_empty()))?);
-    assert!(t0.elapsed() >= early(ms(60)), "{:?}", t0.elapsed());
+    assert!(t0.elapsed() >= ms(60), "{:?}", t0.elapsed());
     assert_eq!(ctx(&bev, |c| c.events.clone()), [BevEvent::READING | BevEvent::TIMEOUT]);
     // Enabled again, it counts afresh.
-    let t1 = Instant::now();
+    let t1 = Watch::start(&b);
     with(&bev, |e| e.enable(&mut b, EventFlags::READ))?;
     assert!(run_until(&mut b, LIMIT, |_| ctx(&bev, |c| c.events.len()) == 2)?);
-    assert!(t1.elapsed() >= early(ms(60)), "{:?}", t1.elapsed());
+    assert!(t1.elapsed() >= ms(60), "{:?}", t1.elapsed());
     with(&bev, |e| e.free(&mut b));
     Ok(())
 });
@@ -1144,7 +1144,7 @@ rtest!(a_paused_reader_does_not_time_out, |be| {
     put(&y, b"12345678")?;
     assert!(run_until(&mut b, LIMIT, |_| !with(&bev, |e| e.is_reading()))?);
     assert!(!run_until(&mut b, ms(150), |_| !ctx(&bev, |c| c.events.is_empty()))?, "timed out while paused");
-    let t0 = Instant::now();
+    let t0 = Watch::start(&b);
     with(&bev, |e| {
         e.input.drain(4);
         e.input_consumed(&mut b);
@@ -1157,7 +1157,7 @@ rtest!(a_paused_reader_does_not_time_out, |be| {
     });
     // ... then silence: the timeout fires, counted from the resume.
     assert!(run_until(&mut b, LIMIT, |_| !ctx(&bev, |c| c.events.is_empty()))?);
-    assert!(t0.elapsed() >= early(ms(50)));
+    assert!(t0.elapsed() >= ms(50));
     assert_eq!(ctx(&bev, |c| c.events.clone()), [BevEvent::READING | BevEvent::TIMEOUT]);
     with(&bev, |e| e.free(&mut b));
     Ok(())
@@ -1255,7 +1255,7 @@ rtest!(connect_timeout, |be| {
         let _ = c.connect(&addr.into());
         fillers.push(c);
     }
-    let t0 = Instant::now();
+    let t0 = Watch::start(&b);
     let bev = BufferEvent::connect(&mut b, addr, Ctx::default())?;
     with(&bev, |e| {
         e.setcb(Some(readcb), Some(writecb), Some(eventcb));
@@ -1265,7 +1265,7 @@ rtest!(connect_timeout, |be| {
     let el = t0.elapsed();
     let ev = ctx(&bev, |c| c.events[0]);
     assert_eq!(ev, BevEvent::WRITING | BevEvent::TIMEOUT, "the connect was not held up: the test proves nothing");
-    assert!(el >= early(ms(100)), "fired after {el:?}");
+    assert!(el >= ms(100), "fired after {el:?}");
     assert!(el < ms(3000), "fired after {el:?}");
     // Kept by the owner, the pending connect neither busies the loop nor
     // reports its timeout again each period (the write event that timed
@@ -1588,11 +1588,11 @@ rtest!(lingering_waits_for_a_peer_that_has_not_read, |be| {
     // A Unix peer that has not read the answer yet: the close waits (up to
     // the bound), and the answer is still there to read afterwards.
     let mut b = be.base()?;
-    let start = Instant::now();
+    let start = Watch::start(&b);
     let (bev, y) = answer_and_close(&mut b, Link::Unix, Duration::from_millis(300))?;
     assert!(run_until(&mut b, LIMIT, |_| with(&bev, |e| e.is_freed()))?, "still lingering");
     let took = start.elapsed();
-    assert!(took >= early(Duration::from_millis(290)), "{took:?}");
+    assert!(took >= Duration::from_millis(290), "{took:?}");
     let mut got = Vec::new();
     assert!(slurp(y.as_raw_fd(), &mut got));
     assert_eq!(got, b"answer");
@@ -1603,7 +1603,7 @@ rtest!(lingering_ends_after_its_bound, |be| {
     // A peer that neither closes nor stops sending: the lingering ends at
     // its bound all the same (not restarted by each read).
     let mut b = be.base()?;
-    let start = Instant::now();
+    let start = Watch::start(&b);
     let (bev, y) = answer_and_close(&mut b, Link::Tcp, Duration::from_millis(300))?;
     let mut got = Vec::new();
     let freed = run_until(&mut b, LIMIT, |_| {
@@ -1616,7 +1616,7 @@ rtest!(lingering_ends_after_its_bound, |be| {
     })?;
     assert!(freed, "still lingering");
     let took = start.elapsed();
-    assert!(took >= early(Duration::from_millis(290)) && took < Duration::from_secs(3), "{took:?}");
+    assert!(took >= Duration::from_millis(290) && took < Duration::from_secs(3), "{took:?}");
     assert_eq!(got, b"answer");
     assert_eq!(ctx(&bev, |c| (c.closes, c.events.len())), (1, 0));
     Ok(())

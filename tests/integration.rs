@@ -3,6 +3,7 @@ mod util;
 mod admin;
 mod bufferevent;
 mod cli;
+mod control;
 mod lifecycle;
 mod limits;
 mod protocol;
