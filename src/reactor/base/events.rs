@@ -109,6 +109,7 @@ impl EventBase {
                     if let Some(sig) = self.signals.as_mut() {
                         sig.forget_calls(idx);
                     }
+                    self.left_active();
                 }
                 let now = self.now_ns();
                 self.timers.schedule(idx, now, t);
@@ -170,6 +171,7 @@ impl EventBase {
             if let Some(sig) = self.signals.as_mut() {
                 sig.forget_calls(idx);
             }
+            self.left_active();
         }
         let s = &mut self.slots[idx as usize];
         let mut result = Ok(());
@@ -250,6 +252,11 @@ impl EventBase {
                 "priorities cannot change while events are active",
             ));
         }
+        // No event is active: whatever the queues hold is stale.
+        for q in &mut self.queues {
+            *q = Default::default();
+        }
+        self.stale = 0;
         self.queues.resize_with(n, Default::default);
         self.queues.truncate(n);
         for s in &mut self.slots {

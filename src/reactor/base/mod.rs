@@ -106,6 +106,8 @@ pub struct EventBase {
     /// Per priority: (slot, activation number) in activation order.
     queues: Vec<ActiveQueue>,
     n_active: usize,
+    /// Queue entries of events that left the active state without running.
+    stale: usize,
     n_pending_user: usize,
     cached_now: Option<u64>,
     max_interval: Option<Duration>,
@@ -180,6 +182,7 @@ impl EventBase {
             timers: Timers::default(),
             queues: vec![ActiveQueue::default()],
             n_active: 0,
+            stale: 0,
             n_pending_user: 0,
             cached_now: None,
             max_interval: cfg.max_dispatch_interval,
