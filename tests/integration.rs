@@ -5,6 +5,7 @@ mod bufferevent;
 mod cli;
 mod lifecycle;
 mod limits;
+mod probe;
 mod protocol;
 mod reactor;
 mod systemd;

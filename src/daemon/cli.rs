@@ -71,7 +71,9 @@ Environment:
         Every line a client sends (up to LF) comes back ROT13-encoded. With no options it\n\
         serves on 0.0.0.0:40713 with one worker process per usable CPU. Options given here\n\
         override the configuration file (see config/rot13d.toml for every key).",
-    after_long_help = AFTER_LONG_HELP
+    after_long_help = AFTER_LONG_HELP,
+    args_conflicts_with_subcommands = true,
+    disable_help_subcommand = true
 )]
 pub struct Args {
     /// TOML configuration file (none: built-in defaults)
@@ -97,7 +99,8 @@ pub struct Args {
         long = "workers",
         value_name = "N|auto",
         long_help = "Worker processes. 0 = serve in the master process;\n\
-            auto = the CPUs this process may run on, at least 1 [default: auto]"
+            auto = the CPUs this process may run on (affinity mask, capped by\n\
+            a cgroup CPU quota), at least 1 [default: auto]"
     )]
     pub workers: Option<Workers>,
 
@@ -149,6 +152,17 @@ pub struct Args {
     /// Log line format [default: text]
     #[arg(long = "log-format", value_name = "FMT", help_heading = "Logging")]
     pub log_format: Option<LogFormat>,
+
+    /// A subcommand instead of serving (`rot13d probe ADDR`); none = serve.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The subcommands: jobs other than serving, each alone on its command line.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
+pub enum Command {
+    /// Health probe: send one line to ADDR, check its ROT13 answer, exit 0 (healthy) or 1
+    Probe(super::probe::ProbeArgs),
 }
 
 /// Parses the process's command line. See the module doc for how `main`
@@ -340,6 +354,35 @@ mod tests {
     }
 
     #[test]
+    fn probe_subcommand_beside_the_options() {
+        use std::time::Duration;
+        let probe = |args: &[&str]| match parse(args).map(|a| a.command) {
+            Ok(Some(Command::Probe(p))) => Some((p.addr, p.timeout)),
+            _ => None,
+        };
+        assert_eq!(probe(&["probe", "127.0.0.1:40713"]), Some(("127.0.0.1:40713".into(), Duration::from_secs(2))));
+        assert_eq!(
+            probe(&["probe", "localhost:1", "--timeout", "0.5"]),
+            Some(("localhost:1".into(), Duration::from_millis(500)))
+        );
+        // The serving options stay as they were, with no subcommand.
+        let a = parse(&["--workers", "2"]).expect("valid");
+        assert_eq!(a, Args { workers: Some(Workers::Count(2)), ..Args::default() });
+        for args in [
+            &["probe"][..],
+            &["probe", "127.0.0.1:1", "--timeout", "0"],
+            &["probe", "127.0.0.1:1", "--timeout", "soon"],
+            &["probe", "127.0.0.1:1", "extra"],
+            &["--workers", "2", "probe", "127.0.0.1:1"],
+            &["probe", "127.0.0.1:1", "--workers", "2"],
+        ] {
+            let e = usage_error(args);
+            assert_eq!(exit_code(&e), 64, "{args:?}: {e}");
+        }
+        assert_eq!(exit_code(&usage_error(&["probe", "--help"])), 0);
+    }
+
+    #[test]
     fn help_lists_every_option() {
         let help = Args::command().render_long_help().to_string();
         for flag in [
@@ -359,6 +402,7 @@ mod tests {
             "-h, --help",
             "Exit status:",
             "- error:",
+            "probe",
         ] {
             assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
         }

@@ -156,9 +156,10 @@ impl Settings {
     }
 
     /// Merges an already parsed file (if any) with `args` and validates,
-    /// resolving `workers = auto` with [`sys::available_cpus`](crate::sys::available_cpus).
+    /// resolving `workers = auto` with [`cpus::available`](super::cpus::available)
+    /// (the affinity mask capped by the cgroup CPU quota).
     pub fn resolve(file: Option<&ConfigFile>, args: &Args) -> Result<Settings, ConfigError> {
-        Settings::resolve_with_cpus(file, args, crate::sys::available_cpus())
+        Settings::resolve_with_cpus(file, args, super::cpus::available())
     }
 
     /// As [`resolve`](Settings::resolve), with `auto` meaning `cpus`
