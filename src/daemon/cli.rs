@@ -72,7 +72,6 @@ Environment:
         serves on 0.0.0.0:40713 with one worker process per usable CPU. Options given here\n\
         override the configuration file (see config/rot13d.toml for every key).",
     after_long_help = AFTER_LONG_HELP,
-    args_conflicts_with_subcommands = true,
     disable_help_subcommand = true
 )]
 pub struct Args {
@@ -168,7 +167,7 @@ pub enum Command {
 /// Parses the process's command line. See the module doc for how `main`
 /// turns an error into output and an exit code.
 pub fn parse_args() -> Result<Args, clap::Error> {
-    Args::try_parse()
+    Args::try_parse().and_then(subcommand_alone)
 }
 
 /// Parses `args` (the first item is the program name), as [`parse_args`].
@@ -177,7 +176,22 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    Args::try_parse_from(args)
+    Args::try_parse_from(args).and_then(subcommand_alone)
+}
+
+/// A subcommand takes none of the serving options: `rot13d -w 2 probe ADDR`
+/// is a mistake to report, not a probe. (clap's
+/// `args_conflicts_with_subcommands` would do it, but then reads a stray
+/// word as a subcommand: `rot13d --check-config FILE` became "the subcommand
+/// 'FILE' cannot be used with '--check-config'".)
+fn subcommand_alone(args: Args) -> Result<Args, clap::Error> {
+    match &args.command {
+        Some(_) if Args { command: None, ..args.clone() } != Args::default() => {
+            Err(<Args as clap::CommandFactory>::command()
+                .error(ErrorKind::ArgumentConflict, "a subcommand takes none of the serving options"))
+        }
+        _ => Ok(args),
+    }
 }
 
 /// The exit code for a clap error: 0 for `--help` and `--version` (clap
@@ -380,6 +394,9 @@ mod tests {
             assert_eq!(exit_code(&e), 64, "{args:?}: {e}");
         }
         assert_eq!(exit_code(&usage_error(&["probe", "--help"])), 0);
+        // A stray word is named as such, not as a subcommand in conflict.
+        let e = usage_error(&["--check-config", "/etc/rot13d/rot13d.toml"]).to_string();
+        assert!(e.contains("'/etc/rot13d/rot13d.toml'") && !e.contains("cannot be used with"), "{e}");
     }
 
     #[test]

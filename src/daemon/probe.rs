@@ -24,8 +24,23 @@ pub const ANSWER: &[u8] = b"ebg13q cebor NOPQRSTUVWXYZABCDEFGHIJKLM nopqrstuvwxy
 /// Longest `--timeout`: a day (a probe is not a soak test).
 const MAX_TIMEOUT_SECS: f64 = 86_400.0;
 
+/// Shown after `rot13d probe --help` (and in rot13d-probe(8)).
+const AFTER_LONG_HELP: &str = "\
+Exit status:
+  0   healthy: ADDR answered the line with its ROT13 within SECS
+  1   unhealthy: no address of ADDR answered it (refused, timed out,
+      closed early or a wrong answer); the reason is printed on stderr
+  64  usage error: missing ADDR, an unparsable or out-of-range --timeout";
+
 /// The command line of `rot13d probe`.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+#[command(
+    long_about = "Health probe: connect to ADDR, send one line, shut the write side and check\n\
+        that exactly its ROT13 comes back before the server closes. One line on stdout\n\
+        when healthy (exit 0), one reason on stderr when not (exit 1). Needs no shell or\n\
+        other tool: made for a container's HEALTHCHECK.",
+    after_long_help = AFTER_LONG_HELP
+)]
 pub struct ProbeArgs {
     /// Address of the ROT13 listener: IP:PORT, [IPv6]:PORT or HOST:PORT
     #[arg(value_name = "ADDR")]
