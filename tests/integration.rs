@@ -8,4 +8,5 @@ mod limits;
 mod probe;
 mod protocol;
 mod reactor;
+mod sandbox;
 mod systemd;
