@@ -38,6 +38,15 @@ fn probe_is_healthy_against_a_serving_daemon() -> io::Result<()> {
 }
 
 #[test]
+fn probe_is_healthy_when_max_line_cuts_its_line() -> io::Result<()> {
+    // The probe line is longer than 5 bytes: the answer comes in pieces.
+    let d = Daemon::start(0, &["--max-line", "5"])?;
+    let out = run_bin(&["probe", &d.addr().to_string()], &[], T)?;
+    ensure!(out.code == Some(0), "exit {:?}; stderr: {}", out.code, out.stderr);
+    Ok(())
+}
+
+#[test]
 fn probe_is_unhealthy_once_the_daemon_stopped() -> io::Result<()> {
     let mut d = Daemon::start(1, &[])?;
     let addr = d.addr().to_string();

@@ -4,7 +4,8 @@
 //!
 //! It connects to ADDR, sends one line, shuts its write side (so the server
 //! answers and closes as at any end of input), and checks that the answer is
-//! that line's ROT13, byte for byte, LF included. Exit 0 = healthy, with one
+//! that line's ROT13, byte for byte, LF included (cut in `max_line` pieces
+//! when the server's `max_line` is shorter than the line). Exit 0 = healthy, with one
 //! line on stdout; exit 1 = unhealthy, with a one-line reason on stderr
 //! (Docker keeps both in the health log). The whole probe, name lookup,
 //! connect, write and read, shares one deadline.
@@ -115,11 +116,12 @@ fn exchange(mut stream: TcpStream, deadline: Instant, timeout: Duration) -> Resu
     stream.write_all(&line).map_err(|e| format!("send: {e}"))?;
     // End of input: a healthy server answers the line, then closes.
     stream.shutdown(Shutdown::Write).map_err(|e| format!("shutdown: {e}"))?;
-    let want = line.len();
-    let mut got = Vec::with_capacity(want + 1);
+    // The longest right answer: every byte its own piece (max_line = 1).
+    let longest = 2 * LINE.len();
+    let mut got = Vec::with_capacity(longest + 1);
     let mut buf = [0u8; 256];
-    // Read until EOF, one byte past the answer at most: more is wrong too.
-    while got.len() <= want {
+    // Read until EOF, one byte past the longest answer at most: more is wrong too.
+    while got.len() <= longest {
         let left = remaining(deadline).ok_or_else(timed_out)?;
         stream.set_read_timeout(Some(left)).map_err(|e| format!("set timeout: {e}"))?;
         match stream.read(&mut buf) {
@@ -136,12 +138,22 @@ fn exchange(mut stream: TcpStream, deadline: Instant, timeout: Duration) -> Resu
 }
 
 /// Whether `got` is the healthy answer; the reason when it is not.
+///
+/// A server whose `max_line` is shorter than [`LINE`] sends it back in
+/// pieces of `max_line` bytes, each followed by LF (SPEC §1), and is just as
+/// healthy: the answer is [`ANSWER`] cut into equal pieces, the last one
+/// 1..=`max_line` bytes, each with its LF.
 fn check(got: &[u8]) -> Result<(), String> {
-    match got.strip_suffix(b"\n") {
-        Some(answer) if answer == ANSWER => Ok(()),
-        _ if got.is_empty() => Err("closed without answering".into()),
-        _ => Err(format!("wrong answer: {}", shown(got))),
+    if got.is_empty() {
+        return Err("closed without answering".into());
     }
+    let wrong = || Err(format!("wrong answer: {}", shown(got)));
+    let Some(body) = got.strip_suffix(b"\n") else { return wrong() };
+    let pieces: Vec<&[u8]> = body.split(|&b| b == b'\n').collect();
+    let piece = pieces[0].len();
+    let (last, full) = pieces.split_last().unwrap_or((&pieces[0], &[]));
+    let cut_evenly = full.iter().all(|p| p.len() == piece) && (1..=piece).contains(&last.len());
+    if cut_evenly && pieces.concat() == ANSWER { Ok(()) } else { wrong() }
 }
 
 /// `bytes` as an escaped string of at most 120 bytes, for the reason line.
@@ -191,6 +203,24 @@ mod tests {
         assert!(check(&echo).is_err_and(|r| r.starts_with("wrong answer: \"rot13d probe")), "an echo is no ROT13");
         let long = vec![b'\r'; 200];
         assert_eq!(check(&long), Err(format!("wrong answer: \"{}\"... (200 bytes)", "\\r".repeat(120))));
+        // Cut in max_line pieces, as SPEC §1 sends an overlong line.
+        for max_line in [1, 4, 81] {
+            let pieces: Vec<Vec<u8>> = ANSWER.chunks(max_line).map(|c| [c, b"\n"].concat()).collect();
+            assert_eq!(check(&pieces.concat()), Ok(()), "max_line {max_line}");
+        }
+        let cut = |at: &[usize]| {
+            let mut out = Vec::new();
+            let mut from = 0;
+            for &to in at.iter().chain([ANSWER.len()].iter()) {
+                out.extend_from_slice(&ANSWER[from..to]);
+                out.push(b'\n');
+                from = to;
+            }
+            out
+        };
+        assert_eq!(check(&cut(&[4, 8, 12])), Err(format!("wrong answer: {}", shown(&cut(&[4, 8, 12])))));
+        assert!(check(&cut(&[3, 8])).is_err(), "pieces of 3 then 5 bytes are no max_line cut");
+        assert!(check(&cut(&[4, 4])).is_err(), "an empty piece");
     }
 
     /// A one-connection server that reads a line and answers `reply(line)`.
