@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the tests need (if missing) and runs every check CI runs:
-# formatting, clippy with warnings as errors, the Debian package and the
-# container image (scripts/test-package.sh, scripts/test-container.sh, each
-# its own step so that it never competes with the timing-sensitive daemon
-# tests for the CPUs), then every test with nextest.
+# formatting, clippy with warnings as errors, the Debian package, the
+# container image and the package's unit under a real systemd
+# (scripts/test-{package,container,systemd}.sh, each its own step so that
+# it never competes with the timing-sensitive daemon tests for the CPUs),
+# then every test with nextest.
 #   scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,7 +45,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 # --- the heavy steps, one after the other ----------------------------------------
 failed=()
-for step in package container; do
+for step in package container systemd; do
   start=$(date +%s)
   if "scripts/test-$step.sh"; then
     echo "step $step: ok in $(($(date +%s) - start)) s"
