@@ -1,6 +1,6 @@
 # Sourced by scripts/test-container.sh and scripts/test-systemd.sh: podman
 # as it works on this machine, and the local base image (no registry here).
-# The caller sets `work` (a temp dir it removes) and defines `die` and `ok`.
+# The caller sets `work` (a temp dir it removes) and sources test-lib.sh.
 
 # runc (crun fails on this machine's hybrid cgroups); root lacks
 # CAP_SYS_RESOURCE, so every container gets limits within the hard ones.
@@ -16,8 +16,15 @@ EOF
   podman info >"$work/podman-info" 2>&1
 }
 
-# Why podman_setup failed, in one line.
-podman_why() { tail -1 "$work/podman-info"; }
+# podman set up and the base image there, or exit 0 saying why podman
+# cannot run here (the only reason to skip).
+podman_ready() {
+  if ! podman_setup; then
+    echo "$STEP: SKIPPED: podman cannot run here: $(tail -1 "$work/podman-info")"
+    exit 0
+  fi
+  base_image
+}
 
 # A Debian bookworm made with debootstrap (minbase, plus systemd and procps
 # for scripts/test-systemd.sh), imported as BASE_SYSTEMD and tagged

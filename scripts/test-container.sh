@@ -17,9 +17,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-pass=0
-ok() { pass=$((pass + 1)); echo "container: ok: $*"; }
-die() { echo "container: FAILED: $*" >&2; exit 1; }
+STEP=container
+source scripts/test-lib.sh
 
 # --- lint ---------------------------------------------------------------------
 hadolint=${HADOLINT:-$(command -v hadolint || echo target/tools/hadolint/bin/hadolint)}
@@ -45,11 +44,7 @@ cleanup() {
 trap cleanup EXIT
 
 source scripts/podman-lib.sh
-if ! podman_setup; then
-  echo "container: SKIPPED: podman cannot run here: $(podman_why)"
-  exit 0
-fi
-base_image
+podman_ready
 
 # --- build --------------------------------------------------------------------
 cargo build --release --locked --bin rot13d --quiet
@@ -203,4 +198,4 @@ podman stop -t 10 "$c2" >/dev/null 2>&1
 [ "$(podman inspect -f '{{.State.ExitCode}}' "$c2")" = 0 ] || die "exit code after stop"
 ok "a file mounted at /etc/rot13d/rot13d.toml is the configuration (max_line = 4 applied)"
 
-echo "container: all $pass checks passed"
+all_passed

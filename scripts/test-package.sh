@@ -8,9 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-pass=0
-ok() { pass=$((pass + 1)); echo "package: ok: $*"; }
-die() { echo "package: FAILED: $*" >&2; exit 1; }
+STEP=package
+source scripts/test-lib.sh
 
 [ "$(id -u)" = 0 ] || die "needs root (dpkg -i)"
 for t in cargo-deb lintian dpkg man systemd-analyze; do
@@ -124,4 +123,4 @@ fi
 ! dpkg-query -W -f='${Status}' rot13d 2>/dev/null | grep -q 'installed' || die "still installed"
 ok "purged: no file of it left"
 
-echo "package: all $pass checks passed"
+all_passed

@@ -16,9 +16,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-pass=0
-ok() { pass=$((pass + 1)); echo "systemd: ok: $*"; }
-die() { echo "systemd: FAILED: $*" >&2; exit 1; }
+STEP=systemd
+source scripts/test-lib.sh
 
 [ "$(id -u)" = 0 ] || die "needs root (rootful podman)"
 command -v podman >/dev/null || die "podman is missing (scripts/test.sh installs it)"
@@ -34,11 +33,7 @@ cleanup() {
 trap cleanup EXIT
 
 source scripts/podman-lib.sh
-if ! podman_setup; then
-  echo "systemd: SKIPPED: podman cannot run here: $(podman_why)"
-  exit 0
-fi
-base_image
+podman_ready
 
 cp "$deb" "$work/rot13d.deb"
 podman run -d --name "$name" --privileged --systemd=always --network none \
@@ -115,4 +110,4 @@ inside journalctl -u rot13d --no-pager -o cat | grep -q 'listening addr=\[::\]:4
 inside systemctl stop rot13d.socket rot13d.service
 ok "rot13d.socket: activated by the first client, LISTEN_FDNAMES=rot13, serving [::]:40713"
 
-echo "systemd: all $pass checks passed"
+all_passed
