@@ -9,6 +9,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
+# Seconds since the last call, to see where CI's time goes.
+mark=$(date +%s)
+took() { local now; now=$(date +%s); echo "scripts/test.sh: $1 took $((now - mark)) s"; mark=$now; }
 
 # --- what the tests use --------------------------------------------------------
 # podman, runc, debootstrap: the container test; lintian, man-db, dpkg-dev
@@ -39,20 +42,17 @@ if [ ! -x "$HADOLINT" ]; then
 fi
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+took "installing"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+took "fmt and clippy"
 
 # --- the heavy steps, one after the other ----------------------------------------
 failed=()
 for step in package container systemd; do
-  start=$(date +%s)
-  if "scripts/test-$step.sh"; then
-    echo "step $step: ok in $(($(date +%s) - start)) s"
-  else
-    echo "step $step: FAILED after $(($(date +%s) - start)) s"
-    failed+=("$step")
-  fi
+  "scripts/test-$step.sh" || failed+=("$step")
+  took "step $step"
 done
 
 status=0
