@@ -80,9 +80,9 @@ start() {
   # No systemd here to schedule health checks: `podman healthcheck run` does.
   podman run -d --name "$name" -p 127.0.0.1::40713 "$@" "$image" >/dev/null 2>"$work/run.err" \
     || { cat "$work/run.err" >&2; die "podman run $name"; }
-  for _ in $(seq 100); do podman logs "$name" 2>&1 | grep -q ' ready ' && return 0; sleep 0.1; done
+  for _ in $(seq 300); do podman logs "$name" 2>&1 | grep -q ' ready ' && return 0; sleep 0.1; done
   podman logs "$name" >&2 || true
-  die "$name: no 'ready' within 10 s"
+  die "$name: no 'ready' within 30 s"
 }
 host_port() { podman port "$1" 40713/tcp | sed 's/.*://'; }
 # Sends stdin's bytes to 127.0.0.1:$1, half-closes, prints what came back (repr).
