@@ -11,6 +11,7 @@ pub mod listener;
 pub mod logging;
 pub mod master;
 pub mod metrics;
+pub mod proxy;
 pub mod sdnotify;
 pub mod settings;
 pub mod worker;
