@@ -17,6 +17,7 @@
 # - With FUZZ_SAVE=1 the entries that add coverage beyond the seeds are
 #   merged into fuzz/corpus/TARGET; review `git status fuzz/corpus` and
 #   commit the few worth keeping (the seeds stay small).
+# - fuzz/dict/TARGET.dict, if present, is the target's libFuzzer dictionary.
 # - A crash lands in fuzz/artifacts/TARGET/ (cargo-fuzz's default) and the
 #   run stops with its reproduction command. Fix the bug, keep the file:
 #   the replay test runs it from then on.
@@ -48,9 +49,11 @@ for t in "${targets[@]}"; do
   mkdir -p "$work" "fuzz/artifacts/$t"
   echo "== $t: ${secs}s"
   log=fuzz/target/fuzz-$t.log
+  dict=()
+  [ -f "fuzz/dict/$t.dict" ] && dict=(-dict="fuzz/dict/$t.dict")
   # New inputs go to the first directory; the seeds are only read.
   if ! cargo +nightly fuzz run "$t" "$work" "fuzz/corpus/$t" -- \
-      -max_total_time="$secs" -print_final_stats=1 -max_len=4096 >"$log" 2>&1; then
+      -max_total_time="$secs" -print_final_stats=1 -max_len=4096 "${dict[@]}" >"$log" 2>&1; then
     tail -n 40 "$log"
     echo "fuzz.sh: $t failed; the input is in fuzz/artifacts/$t/ (log: $log)" >&2
     exit 1
