@@ -3,6 +3,7 @@ mod util;
 mod admin;
 mod bufferevent;
 mod cli;
+mod control;
 mod fuzz_replay;
 mod lifecycle;
 mod limits;
