@@ -42,7 +42,6 @@ use crate::reactor::EvBuffer;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::str::FromStr;
 
 /// Longest v1 header, CR LF included (the spec's 107-byte line).
 pub const V1_MAX: usize = 107;
@@ -69,8 +68,9 @@ const V2_TCP4: u8 = 0x11;
 const V2_TCP6: u8 = 0x21;
 
 /// `[server] proxy_protocol`: which header every connection must begin
-/// with.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+/// with. Parsed as the other enums of the configuration are (serde for the
+/// file, `clap::ValueEnum` for an option).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// No header: the stream is ROT13 input from its first byte.
@@ -85,9 +85,6 @@ pub enum Mode {
 }
 
 impl Mode {
-    /// Every mode, in the order of the documentation.
-    pub const ALL: [Mode; 4] = [Mode::Off, Mode::V1, Mode::V2, Mode::Any];
-
     /// The header phase a new connection starts in; `None` with `Off`, so
     /// that a connection without the PROXY protocol holds nothing for it.
     pub const fn phase(self) -> Option<HeaderPhase> {
@@ -114,19 +111,6 @@ impl Mode {
 impl fmt::Display for Mode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-/// A `proxy_protocol` value that is none of `off`, `v1`, `v2`, `any`.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown proxy_protocol {0:?} (expected off, v1, v2 or any)")]
-pub struct UnknownMode(pub String);
-
-impl FromStr for Mode {
-    type Err = UnknownMode;
-
-    fn from_str(s: &str) -> Result<Mode, UnknownMode> {
-        Mode::ALL.into_iter().find(|m| m.as_str() == s).ok_or_else(|| UnknownMode(s.to_owned()))
     }
 }
 
@@ -523,19 +507,21 @@ mod tests {
     }
 
     #[test]
-    fn mode_spellings_round_trip() {
-        for m in Mode::ALL {
-            assert_eq!(m.as_str().parse::<Mode>(), Ok(m));
-            assert_eq!(m.to_string(), m.as_str());
-        }
-        assert_eq!("V1".parse::<Mode>(), Err(UnknownMode("V1".into())));
-        #[derive(Deserialize)]
+    fn mode_spellings_are_one_in_toml_cli_and_logs() {
+        use clap::ValueEnum;
+        #[derive(Deserialize, Serialize)]
         struct T {
             p: Mode,
         }
-        let t: T = toml::from_str("p = \"any\"").unwrap();
-        assert_eq!(t.p, Mode::Any);
+        for &m in Mode::value_variants() {
+            let text = format!("p = \"{m}\"\n");
+            assert_eq!(toml::from_str::<T>(&text).unwrap().p, m);
+            assert_eq!(toml::to_string(&T { p: m }).unwrap(), text);
+            assert_eq!(Mode::from_str(m.as_str(), false), Ok(m));
+        }
+        assert_eq!(Mode::value_variants().len(), 4);
         assert!(toml::from_str::<T>("p = \"v3\"").is_err());
+        assert!(toml::from_str::<T>("p = \"V1\"").is_err());
     }
 
     #[test]
