@@ -2,7 +2,7 @@
 //! summed over all workers) on the admin listener.
 
 use crate::ensure;
-use crate::util::{Client, Daemon, alive, fail, poll_until, rot13_model};
+use crate::util::{Client, Daemon, alive, fail, get, metric, nth_admin_addr, poll_until, refused, rot13_model};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
@@ -14,37 +14,6 @@ fn admin_daemon(workers: usize) -> io::Result<(Daemon, SocketAddr)> {
     let addr = nth_admin_addr(&d, 0)?;
     ensure!(addr != d.addr(), "admin and rot13 share {addr}");
     Ok((d, addr))
-}
-
-/// `GET path`: status code and body (the server closes after answering a
-/// `Connection: close` request; every read bounded by 3 s).
-fn get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
-    s.set_read_timeout(Some(Duration::from_secs(3)))?;
-    s.set_write_timeout(Some(Duration::from_secs(3)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).map_err(|e| fail(format!("GET {path}: {e} after {} bytes", raw.len())))?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status_line = text.lines().next().unwrap_or("");
-    ensure!(status_line.starts_with("HTTP/1."), "GET {path}: not HTTP: {text:?}");
-    let code = status_line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    Ok((code, body))
-}
-
-/// The sum of every sample of `name` (with or without labels).
-fn metric(body: &str, name: &str) -> Option<u64> {
-    let mut found = None;
-    for l in body.lines().filter(|l| !l.starts_with('#')) {
-        let Some(rest) = l.strip_prefix(name) else { continue };
-        if !(rest.starts_with(' ') || rest.starts_with('{')) {
-            continue;
-        }
-        let v: f64 = rest.rsplit(' ').next()?.parse().ok()?;
-        found = Some(found.unwrap_or(0) + v as u64);
-    }
-    found
 }
 
 #[test]
@@ -95,22 +64,6 @@ fn admin_listener_is_logged_with_kind_admin() -> io::Result<()> {
     ensure!(admin.ip().is_loopback(), "admin on {admin}");
     ensure!(d.log().count(&["listening", "kind=rot13"]) == 1, "rot13 listener not logged once:\n{}", d.log().text());
     Ok(())
-}
-
-/// The address of the `n`-th (from 0) admin listener logged.
-fn nth_admin_addr(d: &Daemon, n: usize) -> io::Result<SocketAddr> {
-    d.log().wait_count(&["listening", "kind=admin"], n + 1, T)?;
-    let text = d.log().text();
-    let line = text.lines().filter(|l| l.contains("listening") && l.contains("kind=admin")).nth(n).unwrap_or("");
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix("addr="))
-        .and_then(|a| a.parse().ok())
-        .ok_or_else(|| fail(format!("no admin address in {line:?}")))
-}
-
-/// Whether connecting to `addr` is refused (nothing listens there).
-fn refused(addr: SocketAddr) -> bool {
-    matches!(TcpStream::connect_timeout(&addr, Duration::from_secs(1)), Err(e) if e.kind() == io::ErrorKind::ConnectionRefused)
 }
 
 /// A reload that moves the admin endpoint: the new address answers, the old
@@ -236,4 +189,30 @@ fn server_socket_inode(server: SocketAddr, client_port: u16) -> io::Result<Strin
         .find(|f| f.len() > 9 && f[1].ends_with(&local) && f[2].ends_with(&remote))
         .map(|f| f[9].to_string())
         .ok_or_else(|| fail(format!("no server socket for {server} <- port {client_port} in /proc/net/tcp")))
+}
+
+/// The status line the endpoint answers `request` with (then closes).
+fn answer_to(admin: SocketAddr, request: &[u8]) -> io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    s.write_all(request)?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    Ok(String::from_utf8_lossy(&raw).lines().next().unwrap_or("").to_string())
+}
+
+/// A malformed head is answered 400, one over 8 KiB 431, and both closed;
+/// the endpoint serves on.
+#[test]
+fn malformed_and_oversized_heads_are_refused() -> io::Result<()> {
+    let (_d, admin) = admin_daemon(1)?;
+    let bad = answer_to(admin, b"GET /healthz\x01 HTTP/1.1\r\n\r\n")?;
+    ensure!(bad.starts_with("HTTP/1.1 400"), "malformed: {bad:?}");
+    let mut big = b"GET /healthz HTTP/1.1\r\nX-Pad: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 9000));
+    big.extend(b"\r\n\r\n");
+    let large = answer_to(admin, &big)?;
+    ensure!(large.starts_with("HTTP/1.1 431"), "oversized: {large:?}");
+    ensure!(get(admin, "/healthz")?.0 == 200, "healthz after the refusals");
+    Ok(())
 }

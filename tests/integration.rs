@@ -3,6 +3,8 @@ mod util;
 mod admin;
 mod bufferevent;
 mod cli;
+mod control;
+mod fuzz_replay;
 mod lifecycle;
 mod limits;
 mod probe;

@@ -3,53 +3,11 @@
 //! WATCHDOG=1 every half of `WATCHDOG_USEC`).
 
 use crate::ensure;
-use crate::util::{Daemon, TempDir, fail};
+use crate::util::{Daemon, Notify, TempDir, fail};
 use std::io;
-use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const T: Duration = Duration::from_secs(10);
-
-/// The notify socket of a test: a datagram socket bound in a temp dir.
-struct Notify {
-    sock: UnixDatagram,
-    _dir: TempDir,
-    path: String,
-}
-
-impl Notify {
-    fn new() -> io::Result<Notify> {
-        let dir = TempDir::new()?;
-        let p = dir.join("notify.sock");
-        let sock = UnixDatagram::bind(&p)?;
-        Ok(Notify { sock, path: p.to_string_lossy().into_owned(), _dir: dir })
-    }
-
-    /// The next message and when it arrived (bounded by `timeout`).
-    fn recv(&self, timeout: Duration) -> io::Result<(String, SystemTime)> {
-        self.sock.set_read_timeout(Some(timeout))?;
-        let mut buf = [0u8; 4096];
-        let n = self.sock.recv(&mut buf).map_err(|e| fail(format!("no notify message within {timeout:?}: {e}")))?;
-        Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), SystemTime::now()))
-    }
-
-    /// Receives until a message holds `field` (e.g. `READY=1`); returns
-    /// every message seen, and when the wanted one arrived.
-    fn until(&self, field: &str, timeout: Duration) -> io::Result<(Vec<String>, SystemTime)> {
-        let deadline = Instant::now() + timeout;
-        let mut seen = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            ensure!(!left.is_zero(), "no {field} within {timeout:?}; got {seen:?}");
-            let (m, at) = self.recv(left).map_err(|e| fail(format!("waiting for {field} (got {seen:?}): {e}")))?;
-            let hit = m.lines().any(|l| l == field);
-            seen.push(m);
-            if hit {
-                return Ok((seen, at));
-            }
-        }
-    }
-}
 
 /// The time of a log line (`2026-11-28T01:22:21.192743Z ...`) as seconds
 /// since the epoch.
@@ -87,7 +45,7 @@ fn log_time_parses_rfc3339() {
 fn ready_after_every_worker_serves() -> io::Result<()> {
     let n = Notify::new()?;
     // Receive concurrently with the start, so the arrival time is READY's.
-    let rx = Notify { sock: n.sock.try_clone()?, _dir: TempDir::new()?, path: n.path.clone() };
+    let rx = Notify { sock: n.sock.try_clone()?, dir: TempDir::new()?, path: n.path.clone() };
     let waiter = std::thread::spawn(move || rx.until("READY=1", T));
     let mut d = Daemon::builder().workers(2).env("NOTIFY_SOCKET", &n.path).start()?;
     let (_, ready_at) = waiter.join().map_err(|_| fail("waiter panicked"))??;

@@ -7,6 +7,8 @@
 //! `--log-level loud`) is a usage error, exit 64; a value that parses but is
 //! not acceptable (`--max-line 0`, `--backend kqueue`) is a configuration
 //! error, exit 78, reported by [`Settings`](super::settings::Settings).
+//! Which option overrides which key is one table,
+//! [`OVERRIDES`](super::settings::OVERRIDES).
 //!
 //! clap's own `Error::exit()` would exit 2 for usage errors; `main` maps
 //! instead:
@@ -42,14 +44,18 @@ Exit status:
   0   normal or graceful stop; --help, --version, --check-config success
   64  usage error: unknown option, missing or unparsable value,
       --daemon without --pid-file
-  71  OS error at start: address in use, permission denied
+  71  OS error at start: address in use (also by another rot13d,
+      whatever the worker count), permission denied, pid file locked
   78  configuration error: invalid TOML, unknown key, wrong type,
       unacceptable value, unavailable backend (file, line and key named)
 
 Signals (to the master process):
   SIGTERM, SIGINT  graceful stop (new clients refused, open ones drained
                    for up to [server].shutdown_grace seconds)
-  SIGHUP           reload the configuration file
+  SIGHUP           reload the configuration file (a new generation of
+                   workers; the old one retires once the new one serves)
+  SIGUSR1          reopen [log].file (logged and ignored with stderr)
+  SIGUSR2          logged and ignored
   SIGQUIT          immediate stop
 
 Environment:

@@ -1,22 +1,29 @@
-//! The TOML configuration file, as written by the operator (SPEC §3).
+//! The one configuration model (SPEC §3): the TOML file's sections as typed
+//! serde structures, each key declared once with its type, its meaning and
+//! its default.
 //!
-//! These types mirror the file one to one: sections `[server]`,
-//! `[reactor]`, `[lanes]`, `[admin]`, `[log]`, every key optional with the
-//! documented default, unknown keys refused (`deny_unknown_fields`). Values
-//! stay as the operator wrote them (addresses are strings, times are seconds
-//! or milliseconds); [`settings`](super::settings) merges them with the
-//! command line and validates them into typed values.
+//! A key is a field here and nothing else: its default is the section's
+//! `Default`, its type gives the parse (`SocketAddr`, durations in whole
+//! seconds or milliseconds, enums), [`Config::validate`] holds the rules
+//! that a type cannot say (ranges, names the reactor knows, keys that must
+//! agree), a command-line option that overrides it is one row of
+//! [`OVERRIDES`](super::settings::OVERRIDES), and
+//! [`Settings`](super::settings::Settings) carries the validated `Config`
+//! itself plus the few values derived from the host (`workers = auto`, the
+//! connection cap from the fd limit, the resolved user). Adding a key is
+//! adding a field (and its line in `config/rot13d.toml`, which a test
+//! checks equals [`Config::default()`]).
 //!
 //! [`ConfigFile`] keeps, besides the parsed [`Config`], the line of every key
-//! so that a later validation error can say where the bad value is.
-//! `config/rot13d.toml` is the annotated default configuration; a test checks
-//! that it parses to exactly [`Config::default()`].
+//! so that a validation error can say where the bad value is.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::Duration;
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
@@ -24,33 +31,47 @@ use toml::Spanned;
 
 use super::error::ConfigError;
 
-/// The default listen address (SPEC §1: TCP port 40713 on every IPv4
-/// address).
-pub const DEFAULT_LISTEN: &str = "0.0.0.0:40713";
+/// Backend names, as in logs, `--backend`, `[reactor] backend` and `avoid`.
+pub const BACKENDS: [&str; 3] = ["epoll", "poll", "select"];
+
+/// Feature names accepted by `[reactor] require_features`.
+pub const FEATURES: [&str; 4] = ["et", "o1", "fds", "early_close"];
+
+/// Most worker processes accepted: more is a typo, not a plan.
+pub const MAX_WORKERS: usize = 1024;
+
+/// Largest `max_line` and watermark: 1 GiB. A connection holds up to
+/// `max_line` + the high watermark; more than this is a mistake.
+pub const MAX_BUFFER: usize = 1 << 30;
+
+/// Largest timeout in seconds (about 100 years), so that deadlines never
+/// overflow the clock.
+pub const MAX_SECONDS: u64 = 100 * 365 * 24 * 3600;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// `[server]`: sockets, processes, per-connection limits.
-    pub server: ServerConfig,
+    pub server: Server,
     /// `[reactor]`: the event_base settings.
-    pub reactor: ReactorConfig,
+    pub reactor: Reactor,
     /// `[lanes]`: how connections map to priority lanes.
-    pub lanes: LanesConfig,
+    pub lanes: Lanes,
     /// `[admin]`: the metrics and health endpoint.
-    pub admin: AdminConfig,
-    /// `[log]`: level and format of the log on stderr.
-    pub log: LogConfig,
+    pub admin: Admin,
+    /// `[log]`: level, format and destination of the log.
+    pub log: Log,
 }
 
 /// `[server]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct ServerConfig {
+pub struct Server {
     /// Addresses to listen on: `IP:PORT`, IPv6 in brackets; port 0 = any.
     /// Default `["0.0.0.0:40713"]`.
-    pub listen: Vec<String>,
+    #[serde(deserialize_with = "addresses")]
+    pub listen: Vec<SocketAddr>,
     /// Worker processes: a number (0 = serve in the master) or `"auto"`
     /// (the CPUs this process may run on). Default `"auto"`.
     pub workers: Workers,
@@ -62,41 +83,45 @@ pub struct ServerConfig {
     pub backlog: u32,
     /// Longest line in bytes (LF excluded) before it is split. Default 16384.
     pub max_line: usize,
-    /// Seconds without input (and no output pending) before a connection is
-    /// closed; 0 = never. Default 300.
-    pub idle_timeout: u64,
-    /// Seconds pending output may make no progress before the connection is
-    /// closed; 0 = never. Default 60.
-    pub write_timeout: u64,
+    /// Without input (and no output pending) this long, a connection is
+    /// closed; 0 = never. Seconds, default 300.
+    #[serde(with = "seconds")]
+    pub idle_timeout: Duration,
+    /// Pending output that makes no progress this long closes the
+    /// connection; 0 = never. Seconds, default 60.
+    #[serde(with = "seconds")]
+    pub write_timeout: Duration,
     /// Pending output in bytes above which reading stops. Default 262144.
     pub write_high_watermark: usize,
     /// Pending output in bytes below which reading resumes. Default 65536.
     pub write_low_watermark: usize,
-    /// Seconds a graceful stop waits for connections; 0 = at once.
-    /// Default 30.
-    pub shutdown_grace: u64,
-    /// User to run as after binding. Default: unchanged.
+    /// How long a graceful stop or a retiring generation waits for
+    /// connections; 0 = at once. Seconds, default 30.
+    #[serde(with = "seconds")]
+    pub shutdown_grace: Duration,
+    /// User (name or numeric uid) to run as after binding. Default:
+    /// unchanged.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
-    /// Group to run as after binding. Default: the user's group, or
-    /// unchanged.
+    /// Group (name or numeric gid) to run as after binding. Default: the
+    /// user's group, or unchanged.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
 }
 
-impl Default for ServerConfig {
-    fn default() -> ServerConfig {
-        ServerConfig {
-            listen: vec![DEFAULT_LISTEN.to_string()],
+impl Default for Server {
+    fn default() -> Server {
+        Server {
+            listen: vec![SocketAddr::from(([0, 0, 0, 0], 40713))],
             workers: Workers::Auto,
             max_connections: None,
             backlog: 1024,
             max_line: 16384,
-            idle_timeout: 300,
-            write_timeout: 60,
+            idle_timeout: Duration::from_secs(300),
+            write_timeout: Duration::from_secs(60),
             write_high_watermark: 256 * 1024,
             write_low_watermark: 64 * 1024,
-            shutdown_grace: 30,
+            shutdown_grace: Duration::from_secs(30),
             user: None,
             group: None,
         }
@@ -106,15 +131,13 @@ impl Default for ServerConfig {
 /// `[reactor]`: the event_base settings of the design notes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct ReactorConfig {
-    /// Backend to use: `epoll`, `poll` or `select`. Default: the fastest
-    /// available.
+pub struct Reactor {
+    /// Backend to use (one of [`BACKENDS`]). Default: the fastest available.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backend: Option<String>,
     /// Backends never to use. Default empty.
     pub avoid: Vec<String>,
-    /// Features the backend must have: `et`, `o1`, `fds`, `early_close`.
-    /// Default empty.
+    /// Features the backend must have (of [`FEATURES`]). Default empty.
     pub require_features: Vec<String>,
     /// Batch epoll changes until the next dispatch. Default false.
     pub epoll_changelist: bool,
@@ -128,10 +151,10 @@ pub struct ReactorConfig {
     pub ignore_env: bool,
     /// Number of priority queues, 1..=256. Default 3.
     pub priorities: usize,
-    /// Check for higher-priority events at least this often, in
-    /// milliseconds. Default: no limit.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_dispatch_interval_ms: Option<u64>,
+    /// Check for higher-priority events at least this often (milliseconds).
+    /// Default: no limit.
+    #[serde(rename = "max_dispatch_interval_ms", with = "opt_millis", skip_serializing_if = "Option::is_none")]
+    pub max_dispatch_interval: Option<Duration>,
     /// Check for higher-priority events after this many callbacks.
     /// Default: no limit.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -141,9 +164,9 @@ pub struct ReactorConfig {
     pub min_priority: usize,
 }
 
-impl Default for ReactorConfig {
-    fn default() -> ReactorConfig {
-        ReactorConfig {
+impl Default for Reactor {
+    fn default() -> Reactor {
+        Reactor {
             backend: None,
             avoid: Vec::new(),
             require_features: Vec::new(),
@@ -152,7 +175,7 @@ impl Default for ReactorConfig {
             no_cache_time: false,
             ignore_env: false,
             priorities: 3,
-            max_dispatch_interval_ms: None,
+            max_dispatch_interval: None,
             max_callbacks: None,
             min_priority: 0,
         }
@@ -162,42 +185,53 @@ impl Default for ReactorConfig {
 /// `[lanes]`: interactive connections are served before bulk ones.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct LanesConfig {
+pub struct Lanes {
     /// Use priority lanes at all. Default true.
     pub enabled: bool,
     /// A connection that moved this many bytes within `bulk_window_ms`
     /// becomes bulk. Default 1048576.
     pub bulk_after_bytes: u64,
-    /// The window of `bulk_after_bytes`, in milliseconds. Default 1000.
-    pub bulk_window_ms: u64,
-    /// A bulk connection becomes interactive again after this many
-    /// milliseconds below the threshold. Default 1000.
-    pub quiet_ms: u64,
+    /// The window of `bulk_after_bytes` (milliseconds). Default 1000.
+    #[serde(rename = "bulk_window_ms", with = "millis")]
+    pub bulk_window: Duration,
+    /// A bulk connection becomes interactive again after this long below
+    /// the threshold (milliseconds). Default 1000.
+    #[serde(rename = "quiet_ms", with = "millis")]
+    pub quiet: Duration,
 }
 
-impl Default for LanesConfig {
-    fn default() -> LanesConfig {
-        LanesConfig { enabled: true, bulk_after_bytes: 1024 * 1024, bulk_window_ms: 1000, quiet_ms: 1000 }
+impl Default for Lanes {
+    fn default() -> Lanes {
+        Lanes {
+            enabled: true,
+            bulk_after_bytes: 1024 * 1024,
+            bulk_window: Duration::from_secs(1),
+            quiet: Duration::from_secs(1),
+        }
     }
 }
 
 /// `[admin]`: HTTP `GET /metrics` and `GET /healthz`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct AdminConfig {
+pub struct Admin {
     /// Address of the admin endpoint, `IP:PORT`. Default: absent (off).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub listen: Option<String>,
+    #[serde(deserialize_with = "opt_address", skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
 }
 
 /// `[log]`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct LogConfig {
+pub struct Log {
     /// Least severe level logged. Default `info`. `RUST_LOG` wins when set.
     pub level: LogLevel,
     /// Line format. Default `text`.
     pub format: LogFormat,
+    /// File to append the log to, reopened on SIGUSR1 (log rotation).
+    /// Default: absent = stderr.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
 }
 
 /// `[server] workers`: a count, or `auto` for one per usable CPU.
@@ -208,6 +242,16 @@ pub enum Workers {
     Auto,
     /// Exactly this many; 0 = serve in the master process.
     Count(usize),
+}
+
+impl Workers {
+    /// The count on a host with `cpus` usable CPUs.
+    pub fn resolve(self, cpus: usize) -> usize {
+        match self {
+            Workers::Auto => cpus.clamp(1, MAX_WORKERS),
+            Workers::Count(n) => n.min(MAX_WORKERS),
+        }
+    }
 }
 
 impl fmt::Display for Workers {
@@ -270,6 +314,287 @@ impl<'de> Deserialize<'de> for Workers {
             }
         }
         d.deserialize_any(V)
+    }
+}
+
+/// An `IP:PORT` address, parsed inside the value's own visitor so that a
+/// bad one is reported at its own line (an array element's too), with a
+/// message that shows the expected form.
+struct Addr(SocketAddr);
+
+impl<'de> Deserialize<'de> for Addr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Addr, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Addr;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an address IP:PORT")
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Addr, E> {
+                text.trim().parse::<SocketAddr>().map(Addr).map_err(|_| {
+                    E::custom(format!(
+                        "`{text}` is not an address: expected IP:PORT such as 0.0.0.0:40713 or [::]:40713"
+                    ))
+                })
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// `listen = ["IP:PORT", ...]`.
+fn addresses<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+    Ok(Vec::<Addr>::deserialize(d)?.into_iter().map(|a| a.0).collect())
+}
+
+/// `listen = "IP:PORT"` (optional).
+fn opt_address<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    Addr::deserialize(d).map(|a| Some(a.0))
+}
+
+/// A duration written as whole seconds.
+mod seconds {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_secs())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_secs)
+    }
+}
+
+/// A duration written as whole milliseconds.
+mod millis {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+/// An optional duration written as whole milliseconds.
+mod opt_millis {
+    use serde::{Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::millis::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        super::millis::deserialize(d).map(Some)
+    }
+}
+
+/// `Some(d)`, or `None` for zero (`idle_timeout = 0` means never).
+pub fn never_if_zero(d: Duration) -> Option<Duration> {
+    (!d.is_zero()).then_some(d)
+}
+
+/// Problems found while checking a configuration, each located at the
+/// command-line option or the file line that set the key.
+pub struct Problems<'a> {
+    file: Option<&'a ConfigFile>,
+    /// `(key, option)` of every key a command-line option set.
+    options: &'a [(&'static str, &'static str)],
+    list: Vec<ConfigError>,
+}
+
+impl<'a> Problems<'a> {
+    /// An empty list for values from `file` with `options` applied.
+    pub fn new(file: Option<&'a ConfigFile>, options: &'a [(&'static str, &'static str)]) -> Problems<'a> {
+        Problems { file, options, list: Vec::new() }
+    }
+
+    /// Records that the value of `keys[0]` is wrong. When the problem is
+    /// between keys (low > high watermark), the first one the operator set
+    /// is named: an option, else a key of the file, else `keys[0]`.
+    pub fn fail(&mut self, keys: &[&str], message: impl Into<String>) {
+        let message = message.into();
+        // `section.key[i]` is an array element: named as its key, located
+        // at its own line.
+        let base = |key: &'_ str| key.split_once('[').map_or(key, |(b, _)| b).to_string();
+        for key in keys {
+            if let Some((_, option)) = self.options.iter().find(|(k, _)| *k == base(key)) {
+                self.list.push(ConfigError::Invalid { key: option.to_string(), message, path: None, line: None });
+                return;
+            }
+            if let Some(file) = self.file
+                && let Some(line) = file.line_of(key).or_else(|| file.line_of(&base(key)))
+            {
+                let path = Some(file.path.clone());
+                self.list.push(ConfigError::Invalid { key: base(key), message, path, line: Some(line) });
+                return;
+            }
+        }
+        let first = keys.first().copied().unwrap_or("?");
+        let path = self.file.map(|f| f.path.clone());
+        self.list.push(ConfigError::Invalid { key: base(first), message, path, line: None });
+    }
+
+    /// The problems, options first, then the file's in line order.
+    pub fn into_error(mut self) -> Option<ConfigError> {
+        self.list.sort_by_key(|p| match p {
+            ConfigError::Invalid { path, line, .. } => (path.is_some(), line.unwrap_or(usize::MAX)),
+            _ => (true, usize::MAX),
+        });
+        ConfigError::from_problems(self.list)
+    }
+}
+
+impl Config {
+    /// Checks what the types cannot: ranges, names, keys that must agree.
+    pub fn validate(&self, p: &mut Problems<'_>) {
+        self.server.validate(p);
+        self.reactor.validate(p);
+        self.lanes.validate(p);
+        if let Some(a) = self.admin.listen
+            && a.port() != 0
+            && self.server.listen.contains(&a)
+        {
+            p.fail(&["admin.listen"], format!("{a} is also in server.listen"));
+        }
+        if self.log.file.as_ref().is_some_and(|f| f.as_os_str().is_empty()) {
+            p.fail(&["log.file"], "must be a path (or absent: stderr)");
+        }
+    }
+}
+
+/// Checks `secs` of `key` against [`MAX_SECONDS`].
+fn check_seconds(p: &mut Problems<'_>, key: &str, d: Duration) {
+    if d.as_secs() > MAX_SECONDS {
+        p.fail(&[key], format!("{} seconds is more than the most, {MAX_SECONDS}", d.as_secs()));
+    }
+}
+
+/// Checks a window in milliseconds: at least 1, at most [`MAX_SECONDS`].
+fn check_positive_millis(p: &mut Problems<'_>, key: &str, d: Duration) {
+    let ms = d.as_millis();
+    if ms == 0 {
+        p.fail(&[key], "must be at least 1 (milliseconds)");
+    } else if ms > u128::from(MAX_SECONDS) * 1000 {
+        p.fail(&[key], format!("{ms} ms is more than the most, {}", MAX_SECONDS * 1000));
+    }
+}
+
+/// Checks that `name` of `key` is one of `known`.
+fn check_name(p: &mut Problems<'_>, key: &str, what: &str, name: &str, known: &[&str]) -> bool {
+    if known.contains(&name) {
+        return true;
+    }
+    p.fail(&[key], format!("unknown {what} `{name}`: expected one of {}", known.join(", ")));
+    false
+}
+
+impl Server {
+    fn validate(&self, p: &mut Problems<'_>) {
+        for (i, a) in self.listen.iter().enumerate() {
+            if a.port() != 0 && self.listen[..i].contains(a) {
+                p.fail(&[&format!("server.listen[{i}]")], format!("{a} is listed twice"));
+            }
+        }
+        if self.listen.is_empty() {
+            p.fail(&["server.listen"], "needs at least one address");
+        }
+        if let Workers::Count(n) = self.workers
+            && n > MAX_WORKERS
+        {
+            p.fail(&["server.workers"], format!("{n} is more than the most, {MAX_WORKERS}"));
+        }
+        if self.max_connections == Some(0) {
+            p.fail(&["server.max_connections"], "must be at least 1 (or absent: from the fd limit)");
+        }
+        if self.backlog == 0 || self.backlog > i32::MAX as u32 {
+            p.fail(&["server.backlog"], format!("must be between 1 and {}", i32::MAX));
+        }
+        if self.max_line == 0 {
+            p.fail(&["server.max_line"], "must be at least 1");
+        } else if self.max_line > MAX_BUFFER {
+            p.fail(&["server.max_line"], format!("{} is more than the most, {MAX_BUFFER}", self.max_line));
+        }
+        let (high, low) = (self.write_high_watermark, self.write_low_watermark);
+        if high == 0 {
+            p.fail(&["server.write_high_watermark"], "must be at least 1");
+        } else if high > MAX_BUFFER {
+            p.fail(&["server.write_high_watermark"], format!("{high} is more than the most, {MAX_BUFFER}"));
+        } else if low > high {
+            p.fail(
+                &["server.write_low_watermark", "server.write_high_watermark"],
+                format!("write_low_watermark ({low}) is above write_high_watermark ({high})"),
+            );
+        }
+        check_seconds(p, "server.idle_timeout", self.idle_timeout);
+        check_seconds(p, "server.write_timeout", self.write_timeout);
+        check_seconds(p, "server.shutdown_grace", self.shutdown_grace);
+        for (key, v) in [("server.user", &self.user), ("server.group", &self.group)] {
+            if let Some(name) = v
+                && (name.is_empty() || name.contains('\0'))
+            {
+                p.fail(&[key], "must be a user or group name");
+            }
+        }
+    }
+}
+
+impl Reactor {
+    fn validate(&self, p: &mut Problems<'_>) {
+        if let Some(b) = &self.backend
+            && check_name(p, "reactor.backend", "backend", b, &BACKENDS)
+            && self.avoid.contains(b)
+        {
+            p.fail(&["reactor.backend", "reactor.avoid"], format!("`{b}` is also in reactor.avoid"));
+        }
+        for (i, b) in self.avoid.iter().enumerate() {
+            check_name(p, &format!("reactor.avoid[{i}]"), "backend", b, &BACKENDS);
+        }
+        if !self.avoid.is_empty() && BACKENDS.iter().all(|b| self.avoid.iter().any(|a| a == b)) {
+            p.fail(&["reactor.avoid"], "avoids every backend");
+        }
+        for (i, f) in self.require_features.iter().enumerate() {
+            check_name(p, &format!("reactor.require_features[{i}]"), "feature", f, &FEATURES);
+        }
+        if !(1..=256).contains(&self.priorities) {
+            p.fail(&["reactor.priorities"], format!("{} is not between 1 and 256", self.priorities));
+        } else if self.min_priority >= self.priorities {
+            p.fail(
+                &["reactor.min_priority", "reactor.priorities"],
+                format!("min_priority ({}) must be below priorities ({})", self.min_priority, self.priorities),
+            );
+        }
+        if self.max_callbacks == Some(0) {
+            p.fail(&["reactor.max_callbacks"], "must be at least 1 (or absent: no limit)");
+        }
+        if let Some(d) = self.max_dispatch_interval
+            && d.as_millis() > u128::from(MAX_SECONDS) * 1000
+        {
+            p.fail(
+                &["reactor.max_dispatch_interval_ms"],
+                format!("{} ms is more than the most, {}", d.as_millis(), MAX_SECONDS * 1000),
+            );
+        }
+    }
+}
+
+impl Lanes {
+    fn validate(&self, p: &mut Problems<'_>) {
+        if self.bulk_after_bytes == 0 {
+            p.fail(&["lanes.bulk_after_bytes"], "must be at least 1");
+        }
+        check_positive_millis(p, "lanes.bulk_window_ms", self.bulk_window);
+        check_positive_millis(p, "lanes.quiet_ms", self.quiet);
     }
 }
 
@@ -546,32 +871,33 @@ mod tests {
     #[test]
     fn defaults_are_the_documented_ones() {
         let c = Config::default();
-        assert_eq!(c.server.listen, vec!["0.0.0.0:40713".to_string()]);
+        assert_eq!(c.server.listen, vec![SocketAddr::from(([0, 0, 0, 0], 40713))]);
         assert_eq!(c.server.workers, Workers::Auto);
         assert_eq!(c.server.max_connections, None);
         assert_eq!(c.server.backlog, 1024);
         assert_eq!(c.server.max_line, 16384);
-        assert_eq!(c.server.idle_timeout, 300);
-        assert_eq!(c.server.write_timeout, 60);
+        assert_eq!(c.server.idle_timeout, Duration::from_secs(300));
+        assert_eq!(c.server.write_timeout, Duration::from_secs(60));
         assert_eq!(c.server.write_high_watermark, 262144);
         assert_eq!(c.server.write_low_watermark, 65536);
-        assert_eq!(c.server.shutdown_grace, 30);
+        assert_eq!(c.server.shutdown_grace, Duration::from_secs(30));
         assert_eq!((c.server.user.as_deref(), c.server.group.as_deref()), (None, None));
         assert_eq!(c.reactor.backend, None);
         assert!(c.reactor.avoid.is_empty() && c.reactor.require_features.is_empty());
         assert!(!c.reactor.epoll_changelist && !c.reactor.precise_timer);
         assert!(!c.reactor.no_cache_time && !c.reactor.ignore_env);
         assert_eq!(c.reactor.priorities, 3);
-        assert_eq!(c.reactor.max_dispatch_interval_ms, None);
+        assert_eq!(c.reactor.max_dispatch_interval, None);
         assert_eq!(c.reactor.max_callbacks, None);
         assert_eq!(c.reactor.min_priority, 0);
         assert!(c.lanes.enabled);
         assert_eq!(c.lanes.bulk_after_bytes, 1048576);
-        assert_eq!(c.lanes.bulk_window_ms, 1000);
-        assert_eq!(c.lanes.quiet_ms, 1000);
+        assert_eq!(c.lanes.bulk_window, Duration::from_millis(1000));
+        assert_eq!(c.lanes.quiet, Duration::from_millis(1000));
         assert_eq!(c.admin.listen, None);
         assert_eq!(c.log.level, LogLevel::Info);
         assert_eq!(c.log.format, LogFormat::Text);
+        assert_eq!(c.log.file, None);
     }
 
     #[test]
@@ -598,7 +924,7 @@ mod tests {
                 }
             }
         }
-        for optional in ["max_connections", "user", "group", "backend"] {
+        for optional in ["max_connections", "user", "group", "backend", "file"] {
             keys.push(format!("{optional} ="));
         }
         keys.push("max_dispatch_interval_ms =".into());
@@ -619,7 +945,8 @@ mod tests {
         )
         .expect("valid file");
         let c = f.config.clone();
-        assert_eq!(c.server.listen, vec!["127.0.0.1:1", "[::1]:2"]);
+        let want: Vec<SocketAddr> = vec!["127.0.0.1:1".parse().unwrap(), "[::1]:2".parse().unwrap()];
+        assert_eq!(c.server.listen, want);
         assert_eq!(c.server.workers, Workers::Count(4));
         assert_eq!(c.server.max_line, 10);
         assert_eq!(c.server.backlog, 1024);
@@ -627,7 +954,7 @@ mod tests {
         assert_eq!(c.reactor.backend.as_deref(), Some("poll"));
         assert_eq!(c.reactor.avoid, vec!["select"]);
         assert!(!c.lanes.enabled);
-        assert_eq!(c.admin.listen.as_deref(), Some("127.0.0.1:9"));
+        assert_eq!(c.admin.listen, "127.0.0.1:9".parse().ok());
         assert_eq!((c.log.level, c.log.format), (LogLevel::Debug, LogFormat::Json));
         assert_eq!(f.line_of("server.workers"), Some(3));
         assert_eq!(f.line_of("log.format"), Some(15));
@@ -743,8 +1070,33 @@ mod tests {
         c.server.max_connections = Some(10);
         c.server.workers = Workers::Count(2);
         c.reactor.max_callbacks = Some(5);
-        c.admin.listen = Some("127.0.0.1:9".into());
+        c.admin.listen = "127.0.0.1:9".parse().ok();
+        c.server.idle_timeout = Duration::ZERO;
+        c.reactor.max_dispatch_interval = Some(Duration::from_millis(7));
+        c.log.file = Some("/var/log/rot13d.log".into());
         let text = toml::to_string(&c).expect("renders");
         assert_eq!(parse(&text).map(|f| f.config).ok(), Some(c));
+    }
+
+    #[test]
+    fn bad_address_is_a_parse_error_at_its_element() {
+        let (line, _, key, message) = parse_err("[server]\nlisten = [\n\"127.0.0.1:1\",\n\"nowhere\"]\n");
+        assert_eq!((line, key.as_deref()), (4, Some("server.listen[1]")), "{message}");
+        assert!(message.contains("`nowhere` is not an address: expected IP:PORT"), "{message}");
+        let (line, _, key, message) = parse_err("\n[admin]\nlisten = \"localhost\"\n");
+        assert_eq!((line, key.as_deref()), (3, Some("admin.listen")), "{message}");
+    }
+
+    #[test]
+    fn durations_are_whole_units() {
+        let f = parse("[server]\nidle_timeout = 0\nshutdown_grace = 2\n[lanes]\nquiet_ms = 5\n").expect("valid");
+        assert_eq!(f.config.server.idle_timeout, Duration::ZERO);
+        assert_eq!(never_if_zero(f.config.server.idle_timeout), None);
+        assert_eq!(f.config.server.shutdown_grace, Duration::from_secs(2));
+        assert_eq!(f.config.lanes.quiet, Duration::from_millis(5));
+        let (line, _, key, _) = parse_err("[server]\nidle_timeout = 1.5\n");
+        assert_eq!((line, key.as_deref()), (2, Some("server.idle_timeout")));
+        let (line, _, key, _) = parse_err("[reactor]\nmax_dispatch_interval_ms = -1\n");
+        assert_eq!((line, key.as_deref()), (2, Some("reactor.max_dispatch_interval_ms")));
     }
 }

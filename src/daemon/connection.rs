@@ -10,6 +10,14 @@
 //! - write timeout: output made no progress for `write_timeout`: closed.
 //! - error or reset: closed, everything it held freed.
 //!
+//! `rot13d_bytes_sent_total` counts bytes written to the socket, not
+//! queued: `unsent` is what was queued and not yet counted; whenever a
+//! callback runs (read, the write callback when the output drains, an
+//! event) the output has shrunk by what the socket took since, and that is
+//! counted. What a close drops unwritten is never counted; a close that
+//! flushed (the bufferevent frees itself only once its output is empty)
+//! counts the rest in `on_close`.
+//!
 //! A header read before the ROT13 stream (the PROXY protocol) goes in
 //! `on_read`, before the framer, with a flag in `Conn` saying whether it is
 //! done; flushing before the close is the bufferevent's own state
@@ -39,6 +47,8 @@ pub struct Conn {
     /// When bytes last arrived (ms of the base's clock; the accept time
     /// before any).
     pub(crate) last_read: u32,
+    /// Output bytes queued and not yet counted as sent.
+    pub(crate) unsent: u32,
 }
 
 /// The bufferevent of a connection.
@@ -46,21 +56,50 @@ pub type ConnBev = BufferEvent<Conn>;
 
 /// Read callback: answer every complete line.
 pub(crate) fn on_read(base: &mut EventBase, bev: &mut ConnBev) {
+    count_written(bev);
     let before = bev.input.len();
     let received = before.saturating_sub(bev.ctx.carried as usize) as u64;
     update_lane(base, bev, received);
-    let out_before = bev.output.len();
     let lines = bev.ctx.framer.process(&mut bev.input, &mut bev.output);
-    let sent = bev.output.len().saturating_sub(out_before) as u64;
     bev.ctx.carried = bev.input.len() as u32;
+    bev.ctx.unsent = bev.output.len() as u32;
     let sh = &bev.ctx.shared;
     sh.count(Counter::BytesReceived, received);
     if lines > 0 {
         sh.count(Counter::Lines, lines as u64);
     }
-    if sent > 0 {
-        sh.count(Counter::BytesSent, sent);
+}
+
+/// Write callback (the output drained): count what was written.
+pub(crate) fn on_write(_base: &mut EventBase, bev: &mut ConnBev) {
+    count_written(bev);
+}
+
+/// Counts the bytes the socket took since the last look: the output only
+/// shrinks between our callbacks, by what was written.
+fn count_written(bev: &mut ConnBev) {
+    let now = bev.output.len() as u32;
+    let written = bev.ctx.unsent.saturating_sub(now);
+    bev.ctx.unsent = now;
+    if written > 0 {
+        bev.ctx.shared.count(Counter::BytesSent, u64::from(written));
     }
+}
+
+/// Before a close that drops what is still queued: count what was
+/// written, never the rest.
+pub(crate) fn drop_unsent(bev: &mut ConnBev) {
+    count_written(bev);
+    bev.ctx.unsent = 0;
+}
+
+/// Closes once everything is written (a socket that already failed closes
+/// now: what it had queued is dropped, not counted).
+fn close_flushed(base: &mut EventBase, bev: &mut ConnBev) {
+    if bev.last_error().is_some() {
+        drop_unsent(bev);
+    }
+    bev.close_when_flushed(base);
 }
 
 /// Moves a connection to the bulk lane after heavy traffic and back once it
@@ -91,38 +130,38 @@ fn update_lane(base: &mut EventBase, bev: &mut ConnBev, received: u64) {
 
 /// Answers the buffered partial line (no LF) and counts it.
 pub(crate) fn answer_tail(bev: &mut ConnBev) {
-    let out_before = bev.output.len();
+    count_written(bev);
     let n = bev.ctx.framer.finish(&mut bev.input, &mut bev.output);
     bev.ctx.carried = 0;
-    let sent = bev.output.len().saturating_sub(out_before) as u64;
+    bev.ctx.unsent = bev.output.len() as u32;
     if n > 0 {
         bev.ctx.shared.count(Counter::Lines, n as u64);
-    }
-    if sent > 0 {
-        bev.ctx.shared.count(Counter::BytesSent, sent);
     }
 }
 
 /// Event callback: EOF, errors and timeouts.
 pub(crate) fn on_event(base: &mut EventBase, bev: &mut ConnBev, ev: BevEvent) {
+    count_written(bev);
     if ev.contains(BevEvent::EOF) {
         tracing::debug!(target: "rot13d", fd = bev.fd(), "client finished sending");
         answer_tail(bev);
-        bev.close_when_flushed(base);
+        close_flushed(base, bev);
     } else if ev.contains(BevEvent::ERROR) {
         tracing::debug!(target: "rot13d", fd = bev.fd(), error = ?bev.last_error(), "connection error");
         bev.ctx.shared.count(Counter::Errors, 1);
+        drop_unsent(bev);
         bev.free(base);
     } else if ev.contains(BevEvent::TIMEOUT | BevEvent::WRITING) {
         tracing::debug!(target: "rot13d", fd = bev.fd(), "write timeout");
         bev.ctx.shared.count(Counter::WriteTimeouts, 1);
+        drop_unsent(bev);
         bev.free(base);
     } else if ev.contains(BevEvent::TIMEOUT | BevEvent::READING) {
         if bev.output.is_empty() {
             tracing::debug!(target: "rot13d", fd = bev.fd(), "idle timeout");
             bev.ctx.shared.count(Counter::IdleClosed, 1);
             answer_tail(bev);
-            bev.close_when_flushed(base);
+            close_flushed(base, bev);
         } else {
             // Output is pending: not idle; the write timeout watches it.
             let _ = bev.enable(base, EventFlags::READ);
@@ -132,6 +171,13 @@ pub(crate) fn on_event(base: &mut EventBase, bev: &mut ConnBev, ev: BevEvent) {
 
 /// Close callback: the worker forgets the connection.
 pub(crate) fn on_close(base: &mut EventBase, bev: &mut ConnBev) {
+    // Freed by the bufferevent itself after a flushed close: every byte
+    // still counted as unsent was written (paths that drop output zeroed
+    // it before freeing).
+    let flushed = std::mem::take(&mut bev.ctx.unsent);
+    if flushed > 0 {
+        bev.ctx.shared.count(Counter::BytesSent, u64::from(flushed));
+    }
     let shared = bev.ctx.shared.clone();
     shared.connection_closed(base, bev.ctx.id);
 }

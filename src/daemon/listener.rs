@@ -1,11 +1,24 @@
 //! Listening sockets: bound by the master (socket2), inherited by the
 //! workers across fork, kept open across reloads; or passed in by systemd
 //! socket activation (`LISTEN_FDS`/`LISTEN_PID`).
+//!
+//! A rot13 address is a SO_REUSEPORT group, one socket per worker index,
+//! so that the kernel spreads connections evenly and a reload can grow the
+//! group. SO_REUSEPORT also lets any other process of the same user join
+//! the group: a second `rot13d` started by mistake would silently take part
+//! of the traffic. So before an address is bound, a probe socket without
+//! SO_REUSEPORT is bound to it: the kernel refuses it (EADDRINUSE) while
+//! anyone else holds the address, listening or in a reuseport group
+//! (checked on Linux 6.x: a plain SO_REUSEADDR bind conflicts with a
+//! listening socket, wildcard or specific, whatever that one's options).
+//! The probe is closed before the group binds; it never listened, so the
+//! port is free again at once.
 
 use super::error::Error;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
 
 /// What a listener serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,18 +39,17 @@ impl Kind {
     }
 }
 
+/// A listening socket shared by the master and the serving processes or
+/// generations that accept on it: closed when the last holder drops it.
+pub type ListenFd = Rc<OwnedFd>;
+
 /// A bound, listening, non-blocking socket, or a SO_REUSEPORT group of
 /// them on one address.
 ///
-/// Accepts are spread over the workers by a reuseport group: one socket per
-/// worker index, and the kernel hashes each new connection to one socket, so
-/// the split is even and no worker is woken for a connection another takes
-/// (measured: one shared socket split 10,000 short connections 34/66 over
-/// two workers). Every socket of a group stays open in the master, so a
-/// connection queued on the socket of a worker that died or retires waits
-/// for the replacement instead of being reset; a group never shrinks (after
-/// a reload to fewer workers, worker `i` serves every socket `j` with
-/// `j % workers == i`).
+/// Every socket of a group stays open in the master, so a connection queued
+/// on the socket of a worker that died or retires waits for the replacement
+/// instead of being reset; a group never shrinks (after a reload to fewer
+/// workers, worker `i` serves every socket `j` with `j % workers == i`).
 #[derive(Debug)]
 pub struct Listener {
     /// The address asked for (port 0 stays 0): the key across reloads.
@@ -46,51 +58,43 @@ pub struct Listener {
     pub local: SocketAddr,
     /// What it serves.
     pub kind: Kind,
-    /// The socket (the first of the group).
-    pub fd: OwnedFd,
-    /// The other sockets of a reuseport group.
-    pub group: Vec<OwnedFd>,
+    /// The sockets: one, or the reuseport group (socket `j` for worker
+    /// index `j`).
+    pub socks: Vec<ListenFd>,
     backlog: u32,
     /// Passed by systemd: one socket all workers share, never grown.
     activated: bool,
 }
 
 impl Listener {
-    /// The raw fd.
+    /// The raw fd of the first socket (the admin endpoint's only one).
     pub fn raw(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        self.socks.first().map_or(-1, |s| s.as_raw_fd())
     }
 
-    /// The sockets worker `index` of `workers` accepts on.
-    pub fn fds_for(&self, index: usize, workers: usize) -> Vec<RawFd> {
-        let all = std::iter::once(&self.fd).chain(self.group.iter());
-        if self.group.is_empty() || workers == 0 {
-            return all.map(|f| f.as_raw_fd()).collect();
-        }
-        all.enumerate().filter(|(j, _)| j % workers == index % workers).map(|(_, f)| f.as_raw_fd()).collect()
+    /// The sockets worker `index` of `workers` accepts on (all of them with
+    /// a single serving process).
+    pub fn fds_for(&self, index: usize, workers: usize) -> Vec<ListenFd> {
+        let n = workers.max(1);
+        self.socks.iter().enumerate().filter(|(j, _)| j % n == index % n).map(|(_, f)| f.clone()).collect()
     }
 
-    /// Grows a reuseport group to `n` sockets (reload to more workers).
+    /// Grows a reuseport group to `n` sockets (a reload to more workers).
     pub fn grow(&mut self, n: usize) -> Result<(), Error> {
-        if self.activated || (self.group.is_empty() && n <= 1) {
+        if self.activated || self.kind == Kind::Admin {
             return Ok(());
         }
-        while 1 + self.group.len() < n {
+        while self.socks.len() < n {
             let s = socket(self.local, self.backlog, true)?;
-            self.group.push(OwnedFd::from(s));
+            self.socks.push(Rc::new(OwnedFd::from(s)));
         }
         Ok(())
-    }
-
-    /// Every socket of the group.
-    pub fn all_fds(&self) -> Vec<RawFd> {
-        std::iter::once(&self.fd).chain(self.group.iter()).map(|f| f.as_raw_fd()).collect()
     }
 }
 
 fn socket(addr: SocketAddr, backlog: u32, reuseport: bool) -> Result<Socket, Error> {
     let err = |source| Error::Listen { addr, source };
-    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), Some(Protocol::TCP)).map_err(err)?;
     sock.set_reuse_address(true).map_err(err)?;
     if reuseport {
         sock.set_reuse_port(true).map_err(err)?;
@@ -99,30 +103,42 @@ fn socket(addr: SocketAddr, backlog: u32, reuseport: bool) -> Result<Socket, Err
         sock.set_only_v6(true).map_err(err)?;
     }
     sock.bind(&addr.into()).map_err(err)?;
-    sock.listen(backlog.min(i32::MAX as u32) as i32).map_err(err)?;
+    if backlog > 0 {
+        sock.listen(backlog.min(i32::MAX as u32) as i32).map_err(err)?;
+    }
     sock.set_nonblocking(true).map_err(err)?;
     Ok(sock)
 }
 
-/// Binds `addr` with SO_REUSEADDR (and IPV6_V6ONLY for an IPv6 address, so
-/// `[::]` and `0.0.0.0` can both be bound), listening with `backlog`; with
-/// `group > 1`, as a SO_REUSEPORT group of that many sockets.
+/// Binds `addr`: the admin endpoint as one socket, a rot13 address as a
+/// SO_REUSEPORT group of `group` sockets (at least one) after a probe that
+/// fails with EADDRINUSE if anyone else holds the address (see the module
+/// documentation). SO_REUSEADDR always, IPV6_V6ONLY for an IPv6 address
+/// (so `[::]` and `0.0.0.0` can both be bound).
 pub fn bind(addr: SocketAddr, backlog: u32, kind: Kind, group: usize) -> Result<Listener, Error> {
-    let reuseport = group > 1;
-    let sock = socket(addr, backlog, reuseport)?;
-    let local = sock.local_addr().ok().and_then(|a| a.as_socket()).unwrap_or(addr);
+    let (first, local) = match kind {
+        Kind::Admin => {
+            let s = socket(addr, backlog, false)?;
+            let local = s.local_addr().ok().and_then(|a| a.as_socket()).unwrap_or(addr);
+            (Some(s), local)
+        }
+        Kind::Rot13 => {
+            // The probe: no SO_REUSEPORT, never listening; dropped at once.
+            let probe = socket(addr, 0, false)?;
+            let local = probe.local_addr().ok().and_then(|a| a.as_socket()).unwrap_or(addr);
+            drop(probe);
+            (None, local)
+        }
+    };
     let mut l = Listener {
         requested: addr,
         local,
         kind,
-        fd: OwnedFd::from(sock),
-        group: Vec::new(),
+        socks: first.into_iter().map(|s| Rc::new(OwnedFd::from(s))).collect(),
         backlog,
         activated: false,
     };
-    if reuseport {
-        l.grow(group)?;
-    }
+    l.grow(group.max(1))?;
     Ok(l)
 }
 
@@ -151,11 +167,42 @@ pub fn activated() -> Result<Option<Vec<Listener>>, Error> {
             requested: local,
             local,
             kind: Kind::Rot13,
-            fd: OwnedFd::from(sock),
-            group: Vec::new(),
+            socks: vec![Rc::new(OwnedFd::from(sock))],
             backlog: 0,
             activated: true,
         });
     }
     Ok(Some(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_address_is_refused_even_with_reuseport() {
+        let first = bind("127.0.0.1:0".parse().expect("literal"), 16, Kind::Rot13, 2).expect("free port");
+        assert_eq!(first.socks.len(), 2);
+        let again = bind(first.local, 16, Kind::Rot13, 2);
+        match again {
+            Err(Error::Listen { addr, source }) => {
+                assert_eq!(addr, first.local);
+                assert_eq!(source.raw_os_error(), Some(libc::EADDRINUSE));
+            }
+            other => panic!("a second group on {} was allowed: {other:?}", first.local),
+        }
+        // Our own group still grows (a reload to more workers).
+        let mut first = first;
+        first.grow(4).expect("grows");
+        assert_eq!(first.socks.len(), 4);
+    }
+
+    #[test]
+    fn a_single_worker_group_can_grow() {
+        let mut l = bind("127.0.0.1:0".parse().expect("literal"), 16, Kind::Rot13, 1).expect("free port");
+        l.grow(3).expect("one worker's socket joins a group");
+        assert_eq!(l.fds_for(1, 3).len(), 1);
+        assert_eq!(l.fds_for(0, 2).len(), 2, "sockets 0 and 2");
+        assert_eq!(l.fds_for(0, 0).len(), 3, "a single serving process takes them all");
+    }
 }

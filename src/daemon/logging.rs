@@ -1,6 +1,13 @@
-//! The log: tracing events to stderr, as text or JSON lines.
+//! The log: tracing events to stderr, or to `[log] file`, as text or JSON
+//! lines.
 //!
-//! stderr because journald and `docker logs` read it there (SPEC §2). The
+//! stderr because journald and `docker logs` read it there (SPEC §2). A
+//! log file is opened for appending by the master (before it drops
+//! privileges or forks) and reopened on SIGUSR1, so that logrotate can
+//! rename it and signal: the master opens the path anew and hands the new
+//! file to every worker over its channel ([`use_file`]), so a worker that
+//! runs as another user needs no right to open it. Every process appends
+//! whole lines (one `write` each, `O_APPEND`). The
 //! writer is synchronous, with no background thread, because the master
 //! forks after logging starts and a fork only copies the calling thread.
 //! `RUST_LOG`, when set and valid, replaces the level of `[log]` and
@@ -28,7 +35,10 @@
 //! `{"timestamp":"…","level":"INFO","message":"listening","addr":"127.0.0.1:40713","kind":"rot13","target":"rot13d"}`.
 
 use std::fmt;
-use std::io::{self, IsTerminal};
+use std::fs::File;
+use std::io::{self, IsTerminal, Write};
+use std::path::Path;
+use std::sync::Mutex;
 
 use tracing::Dispatch;
 use tracing::field::{Field, Visit};
@@ -44,16 +54,70 @@ use super::error::Error;
 /// the message.
 pub const TARGET: &str = "rot13d";
 
-/// Installs the process-wide subscriber: `format` lines on stderr, at
-/// `level` or as `RUST_LOG` says. Colours only when stderr is a terminal and
-/// `NO_COLOR` is unset. Call once, before forking.
+/// The log file, when `[log] file` is set (else the log goes to stderr).
+static FILE: Mutex<Option<File>> = Mutex::new(None);
+
+/// Where every event goes: the log file if one is open, else stderr.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Sink;
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let file = FILE.lock().unwrap_or_else(|e| e.into_inner());
+        match file.as_ref() {
+            Some(mut f) => f.write(buf),
+            None => io::stderr().write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for Sink {
+    type Writer = Sink;
+
+    fn make_writer(&'a self) -> Sink {
+        Sink
+    }
+}
+
+/// Opens `path` for appending (created `0640` if missing).
+pub fn open_file(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().append(true).create(true).mode(0o640).open(path)
+}
+
+/// From now on the log goes to `f` (the previous file is closed).
+pub fn use_file(f: File) {
+    *FILE.lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
+}
+
+/// SIGUSR1: opens `path` anew and logs there from now on; returns the new
+/// file (for the workers). On failure the old file stays in use.
+pub fn reopen(path: &Path) -> io::Result<File> {
+    let f = open_file(path)?;
+    let copy = f.try_clone()?;
+    use_file(f);
+    Ok(copy)
+}
+
+/// Installs the process-wide subscriber: `format` lines on stderr, or
+/// appended to `file`, at `level` or as `RUST_LOG` says. Colours only when
+/// writing to a terminal and `NO_COLOR` is unset. Call once, before forking.
 ///
-/// Fails (as [`Error::Os`]) only if a subscriber is already installed.
-pub fn init(level: LogLevel, format: LogFormat) -> Result<(), Error> {
+/// Fails (as [`Error::Os`]) if the file cannot be opened or a subscriber is
+/// already installed.
+pub fn init(level: LogLevel, format: LogFormat, file: Option<&Path>) -> Result<(), Error> {
     let rust_log = std::env::var("RUST_LOG").ok();
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
-    let ansi = io::stderr().is_terminal() && !no_color;
-    let (dispatch, bad_rust_log) = dispatch(level, format, rust_log.as_deref(), ansi, io::stderr);
+    let ansi = file.is_none() && io::stderr().is_terminal() && !no_color;
+    if let Some(path) = file {
+        let f = open_file(path).map_err(|e| Error::os(format!("open the log file {}", path.display()), e))?;
+        use_file(f);
+    }
+    let (dispatch, bad_rust_log) = dispatch(level, format, rust_log.as_deref(), ansi, Sink);
     tracing::dispatcher::set_global_default(dispatch)
         .map_err(|e| Error::os("install the log subscriber", io::Error::other(e)))?;
     if let Some((value, error)) = bad_rust_log {

@@ -1,24 +1,39 @@
-//! The master process: owns the listeners and the workers.
+//! The master process: the one control plane, with or without worker
+//! processes. It owns the listeners, the admin endpoint, the counters and
+//! the worker table; `workers = 0` is a master whose one worker runs in its
+//! own process (see `LIFECYCLE.md` beside this file).
 //!
-//! See `LIFECYCLE.md` beside this file. Signals become [`Intent`]s once,
-//! in signal events of the master's base; the loop breaks out to act on
-//! them, so every `fork()` happens outside a callback, with the base idle
-//! and every signal blocked (a child must not run the master's handlers).
+//! Signals become [`Intent`]s once, in signal events of the master's base
+//! on the control lane; the loop breaks out to act on them, so every
+//! `fork()` happens outside a callback, with the base idle and every signal
+//! blocked (a child must not run the master's handlers).
+//!
+//! What the master decides is in pure functions at the end of this file
+//! (unit-tested without forking): when a dead worker is replaced
+//! ([`Backoff`]), whether a scheduled start is still wanted
+//! ([`spawn_wanted`]), what a reload carries over and which listeners it
+//! binds and closes ([`ReloadPlan`], [`listener_diff`]), when a generation
+//! serves ([`generation_serves`]) and what `/healthz` says ([`health`]).
 
 use super::Startup;
+use super::admin::{Admin, Health};
+use super::config::Reactor;
 use super::error::Error;
-use super::listener::{self, Kind, Listener};
-use super::metrics::Metrics;
+use super::listener::{self, Kind, ListenFd, Listener};
+use super::metrics::{Metrics, Slot};
+use super::sdnotify;
 use super::settings::Settings;
-use super::worker::WorkerParams;
-use crate::reactor::{EventBase, EventFlags, LoopFlags};
+use super::worker::{self, LANE_CONTROL, WorkerParams};
+use crate::reactor::{EventBase, EventFlags, EventId, LoopFlags};
 use crate::sys::{self, process};
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-/// What a signal (or a timer) asks of the master.
+/// What a signal, a timer or a worker asks of the master.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Intent {
     /// SIGTERM/SIGINT (graceful) or SIGQUIT (immediate).
@@ -28,14 +43,63 @@ pub enum Intent {
     },
     /// SIGHUP.
     Reload,
+    /// SIGUSR1: reopen the log file.
+    ReopenLog,
+    /// A signal that is logged and otherwise ignored (SIGUSR2).
+    Ignore(i32),
     /// SIGCHLD: reap.
     Reap,
-    /// Start the worker of this index (after a death, or a failed fork).
-    Spawn(usize),
+    /// Start worker `index` of `generation` (a replacement after a death).
+    Spawn {
+        /// The generation it belongs to.
+        generation: u32,
+        /// Its index.
+        index: usize,
+    },
+    /// A worker reported that it serves.
+    Ready(WorkerId),
+    /// The in-process worker's drain ended.
+    Done(WorkerId),
+    /// A new generation's start-up bound passed.
+    StartTimeout(u32),
     /// The stop deadline passed: kill what is left.
     Deadline,
-    /// A worker reported that it serves.
-    Ready,
+}
+
+/// Commands of the master to a worker over its channel.
+pub mod command {
+    /// Retire: drain as at a graceful stop (the master's reload).
+    pub const RETIRE: u8 = b'R';
+    /// The log file was reopened: the new one comes with the message.
+    pub const LOG_FILE: u8 = b'L';
+    /// From a worker: it serves.
+    pub const READY: u8 = b'Y';
+}
+
+/// A worker's handle (never reused, unlike pids).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct WorkerId(pub u64);
+
+/// Where a worker is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Started, not yet serving.
+    Starting,
+    /// Serving its generation's listeners.
+    Serving,
+    /// Draining: told to retire (or stop); exits when its connections end.
+    Retiring,
+}
+
+/// The decision-relevant part of a worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Role {
+    /// Its generation.
+    pub generation: u32,
+    /// Its index in the generation (which reuseport sockets it serves).
+    pub index: usize,
+    /// Its phase.
+    pub phase: Phase,
 }
 
 /// How many deaths within [`DEATH_WINDOW`] start the backoff.
@@ -47,42 +111,66 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const CLEAN_EXIT_RESPAWN: Duration = Duration::from_millis(200);
 /// Extra time after shutdown_grace before left-over workers are killed.
 const STOP_SLACK: Duration = Duration::from_secs(5);
+/// A new generation must serve within this long, or it is stopped and the
+/// old one kept.
+pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 
-#[derive(Debug)]
-struct WorkerProc {
-    pid: i32,
-    index: usize,
-    slot: usize,
-    generation: u32,
-    retiring: bool,
+/// How a worker runs.
+enum Proc {
+    /// A child process, with the master's end of its channel.
+    Forked { pid: i32, channel: Rc<OwnedFd>, ev: EventId },
+    /// In the master's process (`workers = 0`).
+    Local { shared: Rc<worker::Shared> },
+}
+
+struct Worker {
+    id: WorkerId,
+    role: Role,
+    slot: Slot,
+    proc: Proc,
+}
+
+/// A generation: the settings its workers run with.
+#[derive(Clone, Debug)]
+struct Generation {
+    id: u32,
+    settings: Settings,
+}
+
+impl Generation {
+    /// Worker indices it wants: 0 = one in-process worker.
+    fn wanted(&self) -> usize {
+        self.settings.workers.max(1)
+    }
+
+    fn in_process(&self) -> bool {
+        self.settings.workers == 0
+    }
 }
 
 /// The master's state.
 pub struct Master {
     startup: Startup,
-    settings: Settings,
     base: EventBase,
-    /// The `[reactor]` the master's base was built with (a reload may ask
-    /// for another: the workers then build their own).
-    base_reactor: super::settings::ReactorSettings,
+    /// The `[reactor]` the master's base was built with (a new generation
+    /// that asks for another builds a base of its own in each worker).
+    base_reactor: Reactor,
     listeners: Vec<Listener>,
+    admin: Option<Rc<Admin>>,
+    health: Health,
     metrics: Rc<Metrics>,
-    workers: Vec<WorkerProc>,
-    slots_used: Vec<bool>,
-    generation: u32,
+    workers: Vec<Worker>,
+    current: Generation,
+    /// A reload's new generation while it starts.
+    pending: Option<Generation>,
+    next_generation: u32,
+    next_worker: u64,
     intents: Rc<RefCell<VecDeque<Intent>>>,
-    deaths: VecDeque<Instant>,
-    backoff: Duration,
+    backoff: Backoff,
     stopping: bool,
     pid: i32,
-    admin: Option<Rc<super::admin::Admin>>,
-    /// Workers write their pid here once they serve.
-    ready_read: std::os::fd::OwnedFd,
-    ready_write: std::os::fd::OwnedFd,
-    /// Pids that reported ready.
-    ready: Rc<RefCell<Vec<i32>>>,
-    /// READY=1 is owed to systemd once every current worker serves.
-    ready_owed: bool,
+    /// READY=1 has been sent for the first generation.
+    started: bool,
 }
 
 impl Master {
@@ -93,35 +181,42 @@ impl Master {
         base: EventBase,
         listeners: Vec<Listener>,
     ) -> Result<Master, Error> {
-        let slots = settings.workers.max(1) * 4;
-        let metrics = Rc::new(Metrics::new(slots).map_err(|e| Error::os("map the shared counters", e))?);
-        let (ready_read, ready_write) = sys::pipe().map_err(|e| Error::os("create the readiness pipe", e))?;
+        let metrics = Rc::new(Metrics::new().map_err(|e| Error::os("map the shared counters", e))?);
         Ok(Master {
             startup,
-            base_reactor: settings.reactor.clone(),
-            settings,
+            base_reactor: settings.config.reactor.clone(),
+            current: Generation { id: 1, settings },
             base,
             listeners,
+            admin: None,
+            health: Rc::new(RefCell::new(Some("starting".to_string()))),
             metrics,
             workers: Vec::new(),
-            slots_used: vec![false; slots],
-            generation: 1,
+            pending: None,
+            next_generation: 2,
+            next_worker: 1,
             intents: Rc::new(RefCell::new(VecDeque::new())),
-            deaths: VecDeque::new(),
-            backoff: Duration::ZERO,
+            backoff: Backoff::default(),
             stopping: false,
             pid: process::getpid(),
-            admin: None,
-            ready_read,
-            ready_write,
-            ready: Rc::new(RefCell::new(Vec::new())),
-            ready_owed: true,
+            started: false,
         })
     }
 
     fn push(intents: &Rc<RefCell<VecDeque<Intent>>>, base: &mut EventBase, i: Intent) {
         intents.borrow_mut().push_back(i);
         base.loopbreak();
+    }
+
+    /// A timer on the control lane that queues `intent` after `after`.
+    fn after(&mut self, after: Duration, intent: Intent) {
+        let q = self.intents.clone();
+        match self.base.once(-1, EventFlags::NONE, Some(after), move |base, _| Master::push(&q, base, intent)) {
+            Ok(id) => {
+                let _ = self.base.set_priority(id, LANE_CONTROL);
+            }
+            Err(e) => tracing::error!(target: "rot13d", error = %e, ?intent, "cannot arm a timer"),
+        }
     }
 
     fn watch_signals(&mut self) -> Result<(), Error> {
@@ -131,184 +226,231 @@ impl Master {
             (libc::SIGQUIT, Intent::Stop { graceful: false }),
             (libc::SIGHUP, Intent::Reload),
             (libc::SIGCHLD, Intent::Reap),
+            (libc::SIGUSR1, Intent::ReopenLog),
+            (libc::SIGUSR2, Intent::Ignore(libc::SIGUSR2)),
         ];
         for (sig, intent) in table {
             let q = self.intents.clone();
             let id = self.base.new_signal(sig, move |base, _, _| Master::push(&q, base, intent));
+            self.base.set_priority(id, LANE_CONTROL).map_err(Error::Reactor)?;
             self.base.add(id, None).map_err(|e| Error::os("install signal handlers", e))?;
+        }
+        if let Some(every) = sdnotify::watchdog_interval() {
+            let wd = self.base.new_event(-1, EventFlags::PERSIST, |_, _, _| sdnotify::notify("WATCHDOG=1"));
+            self.base.set_priority(wd, LANE_CONTROL).map_err(Error::Reactor)?;
+            self.base.add(wd, Some(every)).map_err(|e| Error::os("start the watchdog timer", e))?;
         }
         Ok(())
     }
 
-    /// (Re)starts the admin endpoint on the current admin listener.
-    fn restart_admin(&mut self) {
-        let fd = self.listeners.iter().find(|l| l.kind == Kind::Admin).map(|l| l.raw());
-        if self.admin.as_ref().map(|a| a.fd()) == fd {
+    /// Serves the admin endpoint on the current admin listener (none: off).
+    fn sync_admin(&mut self) {
+        let fd = self.listeners.iter().find(|l| l.kind == Kind::Admin).and_then(|l| l.socks.first().cloned());
+        let same = match (&self.admin, &fd) {
+            (Some(a), Some(f)) => Rc::ptr_eq(a.fd(), f),
+            (None, None) => true,
+            _ => false,
+        };
+        if same {
             return;
         }
         if let Some(a) = self.admin.take() {
             a.stop(&mut self.base);
         }
         if let Some(fd) = fd {
-            match super::admin::Admin::start(&mut self.base, fd, self.metrics.clone()) {
+            match Admin::start(&mut self.base, fd, self.metrics.clone(), self.health.clone()) {
                 Ok(a) => self.admin = Some(a),
                 Err(e) => tracing::error!(target: "rot13d", error = %e, "cannot serve the admin endpoint"),
             }
         }
     }
 
-    fn watch_readiness(&mut self) -> Result<(), Error> {
-        use std::os::fd::AsRawFd;
-        let fd = self.ready_read.as_raw_fd();
-        let ready = self.ready.clone();
-        let q = self.intents.clone();
-        let id = self.base.new_event(fd, EventFlags::READ | EventFlags::PERSIST, move |base, _, _| {
-            let mut buf = [0u8; 4 * 64];
-            while let Ok(n) = sys::read(fd, &mut buf) {
-                if n == 0 {
-                    break;
-                }
-                for c in buf[..n].chunks_exact(4) {
-                    ready.borrow_mut().push(i32::from_ne_bytes([c[0], c[1], c[2], c[3]]));
-                }
-                if n < buf.len() {
-                    break;
-                }
-            }
-            Master::push(&q, base, Intent::Ready);
-        });
-        self.base.add(id, None).map_err(|e| Error::os("watch worker readiness", e))?;
-        if let Some(every) = super::sdnotify::watchdog_interval() {
-            let wd = self.base.new_event(-1, EventFlags::PERSIST, |_, _, _| super::sdnotify::notify("WATCHDOG=1"));
-            self.base.add(wd, Some(every)).map_err(|e| Error::os("start the watchdog timer", e))?;
-        }
-        Ok(())
-    }
-
-    /// READY=1 once every worker of the current generation serves (at
-    /// start and after a reload).
-    fn check_ready(&mut self) {
-        let ready = self.ready.borrow();
-        let current: Vec<&WorkerProc> = self.workers.iter().filter(|w| !w.retiring).collect();
-        let all = current.len() >= self.settings.workers && current.iter().all(|w| ready.contains(&w.pid));
-        drop(ready);
-        if all && self.ready_owed && !self.stopping {
-            self.ready_owed = false;
-            tracing::info!(target: "rot13d", workers = current.len(), generation = self.generation, "ready");
-            super::sdnotify::notify("READY=1");
-        }
-        let alive: Vec<i32> = self.workers.iter().map(|w| w.pid).collect();
-        self.ready.borrow_mut().retain(|p| alive.contains(p));
-    }
-
     /// Runs until stopped; returns when every worker is gone.
     pub fn run(mut self) -> Result<(), Error> {
         self.watch_signals()?;
-        self.watch_readiness()?;
-        self.restart_admin();
-        for index in 0..self.settings.workers {
-            self.spawn(index)?;
+        self.sync_admin();
+        let first = self.current.clone();
+        for index in 0..first.wanted() {
+            self.start_worker(&first, index)?;
         }
-        tracing::info!(target: "rot13d", workers = self.settings.workers, pid = self.pid, "master running");
+        tracing::info!(target: "rot13d", workers = self.current.settings.workers, pid = self.pid, "master running");
         loop {
-            self.base.run(LoopFlags::NO_EXIT_ON_EMPTY).map_err(Error::Reactor)?;
+            // Intents queued outside a callback (the in-process worker's
+            // readiness) are handled before the loop waits.
             loop {
                 let next = self.intents.borrow_mut().pop_front();
                 let Some(intent) = next else { break };
-                self.handle(intent)?;
+                self.handle(intent);
             }
+            self.update_health();
             if self.stopping && self.workers.is_empty() {
                 tracing::info!(target: "rot13d", "stopped");
                 return Ok(());
             }
+            self.base.run(LoopFlags::NO_EXIT_ON_EMPTY).map_err(Error::Reactor)?;
         }
     }
 
-    fn handle(&mut self, intent: Intent) -> Result<(), Error> {
+    fn update_health(&mut self) {
+        let roles: Vec<Role> = self.workers.iter().map(|w| w.role).collect();
+        let pending = self.pending.as_ref().map(|g| g.id);
+        *self.health.borrow_mut() = health(self.stopping, self.current.id, self.current.wanted(), pending, &roles);
+    }
+
+    fn handle(&mut self, intent: Intent) {
         match intent {
             Intent::Stop { graceful: true } => self.stop_graceful(),
             Intent::Stop { graceful: false } => self.stop_now(),
-            Intent::Reload => {
-                if !self.stopping {
-                    self.reload();
-                }
+            Intent::Reload if !self.stopping => self.reload(),
+            Intent::Reload => {}
+            Intent::ReopenLog => self.reopen_log(),
+            Intent::Ignore(sig) => {
+                tracing::info!(target: "rot13d", signal = process::signal_name(sig), "signal ignored");
             }
             Intent::Reap => self.reap(),
-            Intent::Ready => self.check_ready(),
-            Intent::Spawn(index) => {
+            Intent::Ready(id) => self.ready(id),
+            Intent::Done(id) => self.exited(id, None),
+            Intent::Spawn { generation, index } => {
+                let roles: Vec<Role> = self.workers.iter().map(|w| w.role).collect();
+                let gens = [Some(&self.current), self.pending.as_ref()];
+                let Some(cohort) = gens.into_iter().flatten().find(|g| g.id == generation).cloned() else { return };
                 if !self.stopping
-                    && !self.workers.iter().any(|w| w.index == index && !w.retiring)
-                    && let Err(e) = self.spawn(index)
+                    && spawn_wanted(generation, index, cohort.wanted(), &roles)
+                    && let Err(e) = self.start_worker(&cohort, index)
                 {
                     tracing::error!(target: "rot13d", error = %e, index, "cannot start a worker");
-                    self.schedule_spawn(index, self.backoff.max(BACKOFF_MIN));
+                    self.schedule_spawn(generation, index, self.backoff.delay().max(BACKOFF_MIN));
                 }
             }
+            Intent::StartTimeout(g) => self.start_timed_out(g),
             Intent::Deadline => {
                 for w in &self.workers {
-                    tracing::warn!(target: "rot13d", pid = w.pid, "worker still running after the grace period: killing");
-                    let _ = sys::signal::kill(w.pid, libc::SIGKILL);
+                    if let Proc::Forked { pid, .. } = w.proc {
+                        tracing::warn!(target: "rot13d", pid, "worker still running after the grace period: killing");
+                        let _ = sys::signal::kill(pid, libc::SIGKILL);
+                    }
                 }
             }
         }
-        Ok(())
     }
 
-    fn params(settings: &Settings) -> WorkerParams {
-        super::worker_params(settings)
+    fn schedule_spawn(&mut self, generation: u32, index: usize, after: Duration) {
+        self.after(after, Intent::Spawn { generation, index });
     }
 
-    fn spawn(&mut self, index: usize) -> Result<(), Error> {
-        let slot = match self.slots_used.iter().position(|u| !u) {
-            Some(s) => s,
-            None => index % self.slots_used.len(),
-        };
-        let params = Master::params(&self.settings);
-        let n = self.settings.workers;
-        let rot13: Vec<i32> =
-            self.listeners.iter().filter(|l| l.kind == Kind::Rot13).flat_map(|l| l.fds_for(index, n)).collect();
-        let generation = self.generation;
+    /// Starts worker `index` of generation `cohort`: a child process, or the in-process
+    /// worker with `workers = 0`.
+    fn start_worker(&mut self, cohort: &Generation, index: usize) -> Result<(), Error> {
+        let slot = self.metrics.acquire().map_err(|e| Error::os("map the shared counters", e))?;
+        let id = WorkerId(self.next_worker);
+        self.next_worker += 1;
+        let role = Role { generation: cohort.id, index, phase: Phase::Starting };
+        let params = WorkerParams::new(&cohort.settings);
+        let fds: Vec<ListenFd> = self
+            .listeners
+            .iter()
+            .filter(|l| l.kind == Kind::Rot13 && cohort.settings.config.server.listen.contains(&l.requested))
+            .flat_map(|l| l.fds_for(index, cohort.settings.workers))
+            .collect();
+        if cohort.in_process() {
+            let q = self.intents.clone();
+            let on_done: worker::OnDone = Box::new(move |base| Master::push(&q, base, Intent::Done(id)));
+            let shared = match worker::start(&mut self.base, fds, params, slot.clone(), on_done) {
+                Ok(s) => s,
+                Err(e) => {
+                    self.metrics.release(&slot);
+                    return Err(Error::Reactor(e));
+                }
+            };
+            tracing::info!(target: "rot13d", backend = %self.base.backend_name(), pid = self.pid, generation = cohort.id, "reactor");
+            self.workers.push(Worker { id, role, slot, proc: Proc::Local { shared } });
+            Master::push(&self.intents, &mut self.base, Intent::Ready(id));
+            return Ok(());
+        }
+        let (ours, theirs) = channel().map_err(|e| Error::os("create a worker channel", e))?;
         let mask = sys::signal::block_all();
         let forked = process::fork();
         match forked {
             Ok(process::Fork::Child) => {
-                let code = self.worker_main(&rot13, params, slot, generation);
+                drop(ours);
+                let code = self.worker_main(cohort, fds, params, slot, theirs);
                 process::exit_now(code);
             }
             Ok(process::Fork::Parent(pid)) => {
                 sys::signal::restore_mask(mask);
-                self.slots_used[slot] = true;
-                self.workers.push(WorkerProc { pid, index, slot, generation, retiring: false });
-                tracing::debug!(target: "rot13d", pid, index, generation, "worker started");
+                drop(theirs);
+                let ours = Rc::new(ours);
+                let ev = self.watch_channel(&ours, id);
+                self.workers.push(Worker { id, role, slot, proc: Proc::Forked { pid, channel: ours, ev } });
+                tracing::debug!(target: "rot13d", pid, index, generation = cohort.id, "worker started");
                 Ok(())
             }
             Err(e) => {
                 sys::signal::restore_mask(mask);
+                self.metrics.release(&slot);
                 Err(Error::os("fork a worker", e))
             }
         }
     }
 
-    /// The child side of `spawn`: never returns to the master's code.
-    fn worker_main(&mut self, rot13: &[i32], params: WorkerParams, slot: usize, generation: u32) -> i32 {
-        // A worker must not outlive its master.
-        let _ = process::set_parent_death_signal(libc::SIGTERM);
-        if process::getppid() != self.pid {
-            return 0;
+    /// Reads a worker's reports (READY) on the control lane.
+    fn watch_channel(&mut self, ch: &Rc<OwnedFd>, id: WorkerId) -> EventId {
+        let q = self.intents.clone();
+        let ch = ch.clone();
+        let fd = ch.as_raw_fd();
+        let ev = self.base.new_event(fd, EventFlags::READ | EventFlags::PERSIST, move |base, ev, _| {
+            loop {
+                match process::recv_command(ch.as_fd()) {
+                    Ok(Some((command::READY, _))) => Master::push(&q, base, Intent::Ready(id)),
+                    Ok(Some(_)) => {}
+                    // Gone (SIGCHLD tells the rest), or a failed channel:
+                    // stop watching it, it would only spin.
+                    Ok(None) => {
+                        let _ = base.del(ev);
+                        break;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        let _ = base.del(ev);
+                        break;
+                    }
+                }
+            }
+        });
+        let _ = self.base.set_priority(ev, LANE_CONTROL);
+        if let Err(e) = self.base.add(ev, None) {
+            tracing::warn!(target: "rot13d", error = %e, "cannot watch a worker's channel");
         }
+        ev
+    }
+
+    /// The child side of `start_worker`: never returns to the master's
+    /// code. Everything of the master's that the worker does not use is
+    /// dropped here, so that the worker holds no copy of another worker's
+    /// channel, of a listener it does not serve, or of an admin socket.
+    fn worker_main(
+        &mut self,
+        cohort: &Generation,
+        fds: Vec<ListenFd>,
+        params: WorkerParams,
+        slot: Slot,
+        channel: OwnedFd,
+    ) -> i32 {
         if let Err(e) = self.base.reinit() {
             tracing::error!(target: "rot13d", error = %e, "worker cannot reinit its event base");
             return 71;
         }
-        // Nothing of the master's runs here: its signal, timer and admin
-        // events (listener and connections in flight) all go, before their
-        // fds are closed below.
+        // Nothing of the master's runs here: its signal, timer, channel and
+        // admin events all go, before their fds are closed below.
         self.base.free_all();
-        // A reload changed [reactor]: this generation gets a base of its own
-        // (the master's, cleaned above, is dropped: after reinit it shares
-        // nothing with the master's any more).
-        if self.settings.reactor != self.base_reactor {
-            match super::build_base(&self.settings) {
+        self.admin = None;
+        self.listeners.clear();
+        self.workers.clear();
+        // A generation with another [reactor] gets a base of its own (the
+        // master's, cleaned above, shares nothing with it after reinit).
+        if cohort.settings.config.reactor != self.base_reactor {
+            match super::build_base(&cohort.settings) {
                 Ok(fresh) => drop(std::mem::replace(&mut self.base, fresh)),
                 Err(e) => {
                     tracing::error!(target: "rot13d", error = %e, "worker cannot build its event base");
@@ -316,35 +458,23 @@ impl Master {
                 }
             }
         }
-        let base = &mut self.base;
         // SIGHUP is for the master; a terminal hangup must not kill workers.
         sys::signal::ignore(libc::SIGHUP);
-        // Close every listening socket this worker does not accept on.
-        for l in &self.listeners {
-            for fd in l.all_fds() {
-                if !rot13.contains(&fd) {
-                    sys::close(fd);
-                }
-            }
-        }
-        if let Err(e) = super::drop_privileges(&self.settings) {
+        if let Err(e) = super::drop_privileges(&cohort.settings) {
             tracing::error!(target: "rot13d", error = %e, "worker cannot drop privileges");
             return 71;
         }
-        use std::os::fd::AsRawFd;
-        sys::close(self.ready_read.as_raw_fd());
-        let ready = Some(self.ready_write.as_raw_fd());
-        let args = super::ServeArgs {
-            listeners: rot13,
-            params,
-            metrics: self.metrics.clone(),
-            slot,
-            generation,
-            ready,
-            on_stop: None,
-        };
-        let code = super::serve(base, args, None);
-        match code {
+        // A worker must not outlive its master. Changing identity clears
+        // the parent-death signal, so it is set after, and the parent
+        // checked after that (it may have died in between).
+        if let Err(e) = process::set_parent_death_signal(libc::SIGTERM) {
+            tracing::error!(target: "rot13d", error = %e, "worker cannot watch its master");
+            return 71;
+        }
+        if process::getppid() != self.pid {
+            return 0;
+        }
+        match super::serve_forked(&mut self.base, fds, params, slot, cohort.id, channel) {
             Ok(()) => 0,
             Err(e) => {
                 tracing::error!(target: "rot13d", error = %e, "worker failed");
@@ -353,11 +483,134 @@ impl Master {
         }
     }
 
-    fn schedule_spawn(&mut self, index: usize, after: Duration) {
-        let q = self.intents.clone();
-        let _ = self.base.once(-1, EventFlags::NONE, Some(after), move |base, _| {
-            Master::push(&q, base, Intent::Spawn(index));
-        });
+    fn ready(&mut self, id: WorkerId) {
+        if let Some(w) = self.workers.iter_mut().find(|w| w.id == id)
+            && w.role.phase == Phase::Starting
+        {
+            w.role.phase = Phase::Serving;
+        }
+        self.check_generations();
+    }
+
+    /// Promotes a pending generation that serves; READY=1 for the first.
+    fn check_generations(&mut self) {
+        if self.stopping {
+            return;
+        }
+        let roles: Vec<Role> = self.workers.iter().map(|w| w.role).collect();
+        if let Some(p) = &self.pending
+            && generation_serves(p.id, p.wanted(), &roles)
+        {
+            let new = self.pending.take().unwrap_or_else(|| self.current.clone());
+            self.promote(new);
+            return;
+        }
+        if !self.started && generation_serves(self.current.id, self.current.wanted(), &roles) {
+            self.started = true;
+            let n = roles.iter().filter(|r| r.generation == self.current.id).count();
+            tracing::info!(target: "rot13d", workers = n, generation = self.current.id, "ready");
+            sdnotify::notify("READY=1");
+        }
+    }
+
+    /// The new generation serves: the old one retires, listeners it alone
+    /// used close, the admin endpoint moves if asked.
+    fn promote(&mut self, new: Generation) {
+        let old = std::mem::replace(&mut self.current, new);
+        for i in 0..self.workers.len() {
+            if self.workers[i].role.generation != self.current.id {
+                self.retire(i);
+            }
+        }
+        self.prune_listeners();
+        self.sync_admin();
+        self.started = true;
+        let n = self.workers.iter().filter(|w| w.role.generation == self.current.id).count();
+        tracing::info!(target: "rot13d", workers = n, generation = self.current.id, "ready");
+        tracing::info!(target: "rot13d", generation = self.current.id, previous = old.id,
+            workers = self.current.settings.workers, "reloaded");
+        sdnotify::notify("READY=1");
+    }
+
+    /// Tells worker `i` to drain (a reload retires it).
+    fn retire(&mut self, i: usize) {
+        let w = &mut self.workers[i];
+        if w.role.phase == Phase::Retiring {
+            return;
+        }
+        w.role.phase = Phase::Retiring;
+        match &w.proc {
+            Proc::Forked { pid, channel, .. } => {
+                if let Err(e) = process::send_command(channel.as_fd(), command::RETIRE, None) {
+                    tracing::warn!(target: "rot13d", pid, error = %e, "cannot tell a worker to retire: stopping it");
+                    let _ = sys::signal::kill(*pid, libc::SIGTERM);
+                }
+            }
+            Proc::Local { shared } => shared.clone().begin_drain(&mut self.base, true),
+        }
+    }
+
+    /// Closes the listeners no live generation wants (their last serving
+    /// workers hold their own copies until they drain).
+    fn prune_listeners(&mut self) {
+        let mut want = super::wanted_listeners(&self.current.settings);
+        if let Some(p) = &self.pending {
+            want.extend(super::wanted_listeners(&p.settings));
+        }
+        let mut kept = Vec::new();
+        for l in std::mem::take(&mut self.listeners) {
+            if want.contains(&(l.requested, l.kind)) {
+                kept.push(l);
+            } else {
+                tracing::info!(target: "rot13d", addr = %l.local, kind = %l.kind.as_str(), "listener closed");
+                for w in &self.workers {
+                    if let Proc::Local { shared } = &w.proc {
+                        for s in &l.socks {
+                            shared.remove_listener(&mut self.base, s.as_raw_fd());
+                        }
+                    }
+                }
+            }
+        }
+        self.listeners = kept;
+    }
+
+    fn start_timed_out(&mut self, g: u32) {
+        if self.pending.as_ref().is_none_or(|p| p.id != g) {
+            return;
+        }
+        self.pending = None;
+        tracing::error!(target: "rot13d", generation = g, keeping = self.current.id, timeout_s = START_TIMEOUT.as_secs(),
+            "reload failed: the new generation did not serve in time; keeping the running one");
+        for i in 0..self.workers.len() {
+            if self.workers[i].role.generation == g {
+                self.retire(i);
+            }
+        }
+        self.prune_listeners();
+        sdnotify::notify("READY=1");
+    }
+
+    fn reopen_log(&mut self) {
+        let Some(path) = self.current.settings.config.log.file.clone() else {
+            tracing::info!(target: "rot13d", signal = "SIGUSR1", "signal ignored: the log goes to stderr");
+            return;
+        };
+        match super::logging::reopen(&path) {
+            Ok(file) => {
+                for w in &self.workers {
+                    if let Proc::Forked { pid, channel, .. } = &w.proc
+                        && let Err(e) = process::send_command(channel.as_fd(), command::LOG_FILE, Some(file.as_fd()))
+                    {
+                        tracing::warn!(target: "rot13d", pid, error = %e, "cannot hand the new log file to a worker");
+                    }
+                }
+                tracing::info!(target: "rot13d", file = %path.display(), "log file reopened");
+            }
+            Err(e) => {
+                tracing::error!(target: "rot13d", file = %path.display(), error = %e, "cannot reopen the log file")
+            }
+        }
     }
 
     fn reap(&mut self) {
@@ -370,38 +623,42 @@ impl Master {
                     break;
                 }
             };
-            let Some(pos) = self.workers.iter().position(|w| w.pid == pid) else { continue };
-            let w = self.workers.swap_remove(pos);
-            self.slots_used[w.slot] = false;
-            self.metrics.set(w.slot, super::metrics::Counter::Open, 0);
-            if w.retiring || self.stopping {
-                tracing::info!(target: "rot13d", pid, %status, generation = w.generation, "worker exited");
+            let Some(id) =
+                self.workers.iter().find(|w| matches!(w.proc, Proc::Forked { pid: p, .. } if p == pid)).map(|w| w.id)
+            else {
                 continue;
+            };
+            self.exited(id, Some((pid, status)));
+        }
+    }
+
+    /// Worker `id` is gone (reaped, or the in-process drain ended).
+    fn exited(&mut self, id: WorkerId, how: Option<(i32, process::ExitStatus)>) {
+        let Some(pos) = self.workers.iter().position(|w| w.id == id) else { return };
+        let w = self.workers.swap_remove(pos);
+        self.metrics.release(&w.slot);
+        if let Proc::Forked { ev, .. } = w.proc {
+            self.base.free(ev);
+        }
+        let (pid, status) = how.unwrap_or((self.pid, process::ExitStatus::Code(0)));
+        let role = w.role;
+        if role.phase == Phase::Retiring || self.stopping {
+            tracing::info!(target: "rot13d", pid, %status, generation = role.generation, "worker exited");
+        } else {
+            tracing::warn!(target: "rot13d", pid, %status, index = role.index, generation = role.generation, "worker died");
+            let clean = status == process::ExitStatus::Code(0);
+            let delay = self.backoff.on_death(Instant::now(), clean);
+            if self.backoff.backing_off() && !clean {
+                tracing::warn!(target: "rot13d", backoff_s = delay.as_secs(), "workers keep dying: backing off");
             }
-            tracing::warn!(target: "rot13d", pid, %status, index = w.index, "worker died");
-            if status == process::ExitStatus::Code(0) {
-                // A clean exit the master did not ask for: the worker was
-                // told to stop, most likely by a SIGTERM sent to the whole
-                // control group, which reaches the master next. Replace it
-                // after a moment unless that stop arrives.
-                self.schedule_spawn(w.index, CLEAN_EXIT_RESPAWN);
-                continue;
-            }
-            let now = Instant::now();
-            self.deaths.push_back(now);
-            while self.deaths.front().is_some_and(|t| now.duration_since(*t) > DEATH_WINDOW) {
-                self.deaths.pop_front();
-            }
-            if self.deaths.len() > DEATHS_BEFORE_BACKOFF {
-                self.backoff = (self.backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
-                tracing::warn!(target: "rot13d", backoff_s = self.backoff.as_secs(), "workers keep dying: backing off");
-                self.schedule_spawn(w.index, self.backoff);
+            if delay.is_zero() {
+                Master::push(
+                    &self.intents,
+                    &mut self.base,
+                    Intent::Spawn { generation: role.generation, index: role.index },
+                );
             } else {
-                self.backoff = Duration::ZERO;
-                if let Err(e) = self.spawn(w.index) {
-                    tracing::error!(target: "rot13d", error = %e, "cannot replace a worker");
-                    self.schedule_spawn(w.index, BACKOFF_MIN);
-                }
+                self.schedule_spawn(role.generation, role.index, delay);
             }
         }
         if self.stopping && self.workers.is_empty() {
@@ -415,7 +672,7 @@ impl Master {
         }
         self.stopping = true;
         tracing::info!(target: "rot13d", workers = self.workers.len(), "graceful stop");
-        super::sdnotify::notify("STOPPING=1");
+        sdnotify::notify("STOPPING=1");
         if let Some(a) = self.admin.take() {
             a.stop(&mut self.base);
         }
@@ -423,117 +680,405 @@ impl Master {
         // closed: ours now, the workers' as they begin to drain.
         self.listeners.clear();
         for w in &self.workers {
-            let _ = sys::signal::kill(w.pid, libc::SIGTERM);
+            match &w.proc {
+                Proc::Forked { pid, .. } => {
+                    let _ = sys::signal::kill(*pid, libc::SIGTERM);
+                }
+                Proc::Local { shared } => shared.clone().begin_drain(&mut self.base, false),
+            }
         }
-        let q = self.intents.clone();
-        let after = self.settings.shutdown_grace + STOP_SLACK;
-        let _ = self.base.once(-1, EventFlags::NONE, Some(after), move |base, _| {
-            Master::push(&q, base, Intent::Deadline);
-        });
+        let after = self.current.settings.config.server.shutdown_grace + STOP_SLACK;
+        self.after(after, Intent::Deadline);
+        if self.workers.is_empty() {
+            self.base.loopbreak();
+        }
     }
 
     fn stop_now(&mut self) {
         tracing::info!(target: "rot13d", workers = self.workers.len(), "immediate stop");
-        super::sdnotify::notify("STOPPING=1");
+        sdnotify::notify("STOPPING=1");
         self.stopping = true;
         self.listeners.clear();
+        let mut left: Vec<i32> = Vec::new();
         for w in &self.workers {
-            let _ = sys::signal::kill(w.pid, libc::SIGKILL);
+            if let Proc::Forked { pid, .. } = w.proc {
+                let _ = sys::signal::kill(pid, libc::SIGKILL);
+                left.push(pid);
+            }
         }
         let deadline = Instant::now() + Duration::from_millis(800);
-        while !self.workers.is_empty() && Instant::now() < deadline {
+        while !left.is_empty() && Instant::now() < deadline {
             match process::try_wait_any() {
-                Ok(Some((pid, _))) => self.workers.retain(|w| w.pid != pid),
+                Ok(Some((pid, _))) => left.retain(|p| *p != pid),
                 Ok(None) => std::thread::sleep(Duration::from_millis(5)),
                 Err(_) => break,
             }
         }
+        // In-process connections close with the process, unflushed.
         self.workers.clear();
+        self.base.loopbreak();
     }
 
-    /// SIGHUP: a valid new configuration starts a new generation of
-    /// workers, then the old one retires gracefully; listeners for
-    /// unchanged addresses stay open throughout.
+    /// SIGHUP: one reload path for every worker count. A valid new
+    /// configuration is planned against the running one (what carries over,
+    /// which listeners to bind); the new generation starts beside the old,
+    /// which retires only once every new worker serves, or keeps serving if
+    /// the new one does not within [`START_TIMEOUT`]. The in-process worker
+    /// is updated in place (see LIFECYCLE.md).
     fn reload(&mut self) {
-        let rot13_now = self.listeners.iter().filter(|l| l.kind == Kind::Rot13).map(|l| l.requested);
-        let Some(new) = self.startup.reload_settings(&self.settings, rot13_now) else {
-            super::sdnotify::notify("READY=1");
-            return;
+        tracing::info!(target: "rot13d", "reload requested");
+        sdnotify::notify("RELOADING=1");
+        if let Some(p) = self.pending.take() {
+            tracing::warn!(target: "rot13d", generation = p.id, "a newer reload supersedes the one still starting");
+            for i in 0..self.workers.len() {
+                if self.workers[i].role.generation == p.id {
+                    self.retire(i);
+                }
+            }
+        }
+        let new = match Settings::load(&self.startup.args, &self.startup.host) {
+            Ok(s) => s,
+            Err(e) => {
+                for p in e.problems() {
+                    tracing::error!(target: "rot13d", problem = %p, "reload failed: configuration invalid; keeping the running one");
+                }
+                self.prune_listeners();
+                sdnotify::notify("READY=1");
+                return;
+            }
         };
+        let have: Vec<SocketAddr> =
+            self.listeners.iter().filter(|l| l.kind == Kind::Rot13).map(|l| l.requested).collect();
+        let plan = ReloadPlan::new(&self.current.settings, new, self.startup.activated.then_some(&have[..]));
+        for w in &plan.warnings {
+            tracing::warn!(target: "rot13d", "{w}");
+        }
+        if let Err(e) = self.apply(plan) {
+            tracing::error!(target: "rot13d", error = %e, "reload failed: keeping the running configuration");
+            self.prune_listeners();
+            sdnotify::notify("READY=1");
+        }
+    }
+
+    fn apply(&mut self, plan: ReloadPlan) -> Result<(), Error> {
+        let settings = plan.settings;
         // A new [reactor] applies to the new generation: each of its workers
         // builds a base of its own. Check now that one can be built.
-        if new.reactor != self.settings.reactor
-            && let Err(e) = super::build_base(&new)
-        {
-            tracing::error!(target: "rot13d", error = %e, "reload failed: keeping the running configuration");
-            super::sdnotify::notify("READY=1");
-            return;
+        if settings.config.reactor != self.base_reactor {
+            super::build_base(&settings)?;
         }
-        if new.workers == 0 {
-            tracing::warn!(target: "rot13d", "workers = 0 needs a restart; keeping {} workers", self.settings.workers);
+        // Listeners: bind what is new, grow groups to the new worker count.
+        let have: Vec<(SocketAddr, Kind)> = self.listeners.iter().map(|l| (l.requested, l.kind)).collect();
+        let want = super::wanted_listeners(&settings);
+        let (bind, _) = listener_diff(&have, &want);
+        let group = settings.workers.max(1);
+        for l in self.listeners.iter_mut().filter(|l| l.kind == Kind::Rot13) {
+            l.grow(group)?;
         }
-        // Listeners: keep unchanged addresses, bind new ones, drop removed.
-        let mut next: Vec<Listener> = Vec::new();
-        let mut old = std::mem::take(&mut self.listeners);
-        let wanted = super::wanted_listeners(&new);
-        for (addr, kind) in wanted {
-            let group = if kind == Kind::Rot13 { new.workers.max(self.settings.workers) } else { 1 };
-            if let Some(pos) = old.iter().position(|l| l.requested == addr && l.kind == kind) {
-                let mut l = old.swap_remove(pos);
-                if let Err(e) = l.grow(group) {
-                    tracing::error!(target: "rot13d", error = %e, "reload: cannot grow a listener group");
+        for (addr, kind) in bind {
+            let l = listener::bind(addr, settings.config.server.backlog, kind, group)?;
+            tracing::info!(target: "rot13d", addr = %l.local, kind = %kind.as_str(), "listening");
+            self.listeners.push(l);
+        }
+        let cohort = Generation { id: self.next_generation, settings };
+        self.next_generation += 1;
+        if cohort.in_process() {
+            // The one in-process worker takes the new settings for new
+            // connections and the new listener set.
+            let local: Vec<Rc<worker::Shared>> = self
+                .workers
+                .iter_mut()
+                .filter_map(|w| match &w.proc {
+                    Proc::Local { shared } if w.role.phase != Phase::Retiring => {
+                        w.role.generation = cohort.id;
+                        Some(shared.clone())
+                    }
+                    _ => None,
+                })
+                .collect();
+            for shared in local {
+                shared.set_params(&mut self.base, WorkerParams::new(&cohort.settings));
+                let serving = shared.listener_fds();
+                let fds: Vec<ListenFd> = self
+                    .listeners
+                    .iter()
+                    .filter(|l| l.kind == Kind::Rot13 && cohort.settings.config.server.listen.contains(&l.requested))
+                    .flat_map(|l| l.socks.iter().cloned())
+                    .filter(|f| !serving.contains(&f.as_raw_fd()))
+                    .collect();
+                for fd in fds {
+                    if let Err(e) = shared.add_listener(&mut self.base, fd) {
+                        tracing::error!(target: "rot13d", error = %e, "cannot accept on a new listener");
+                    }
                 }
-                next.push(l);
-                continue;
             }
-            match listener::bind(addr, new.backlog, kind, group) {
-                Ok(l) => {
-                    tracing::info!(target: "rot13d", addr = %l.local, kind = %kind.as_str(), "listening");
-                    next.push(l);
-                }
-                Err(e) => {
-                    tracing::error!(target: "rot13d", error = %e, "reload failed: keeping the running configuration");
-                    old.extend(next);
-                    self.listeners = old;
-                    super::sdnotify::notify("READY=1");
-                    return;
-                }
-            }
+            self.pending = Some(cohort);
+            self.check_generations();
+            return Ok(());
         }
-        for l in &old {
-            tracing::info!(target: "rot13d", addr = %l.local, kind = %l.kind.as_str(), "listener closed");
-        }
-        // The admin endpoint stops with its listener (an address removed).
-        let stale = self.admin.as_ref().is_some_and(|a| old.iter().any(|l| l.raw() == a.fd()));
-        if stale && let Some(a) = self.admin.take() {
-            a.stop(&mut self.base);
-        }
-        drop(old);
-        self.listeners = next;
-        self.restart_admin();
-        let mut settings = new;
-        settings.user = self.settings.user.clone();
-        settings.group = self.settings.group.clone();
-        if settings.workers == 0 {
-            settings.workers = self.settings.workers;
-        }
-        self.settings = settings;
-        self.generation += 1;
-        let old_pids: Vec<i32> = self.workers.iter().filter(|w| !w.retiring).map(|w| w.pid).collect();
-        for index in 0..self.settings.workers {
-            if let Err(e) = self.spawn(index) {
+        for index in 0..cohort.wanted() {
+            if let Err(e) = self.start_worker(&cohort, index) {
                 tracing::error!(target: "rot13d", error = %e, index, "cannot start a worker of the new generation");
-                self.schedule_spawn(index, BACKOFF_MIN);
+                self.schedule_spawn(cohort.id, index, BACKOFF_MIN);
             }
         }
-        for w in self.workers.iter_mut().filter(|w| old_pids.contains(&w.pid)) {
-            w.retiring = true;
-            // SIGUSR1 = retire: drain without cutting clients that have just
-            // connected (the new generation serves the listeners).
-            let _ = sys::signal::kill(w.pid, libc::SIGUSR1);
+        self.after(START_TIMEOUT, Intent::StartTimeout(cohort.id));
+        self.pending = Some(cohort);
+        Ok(())
+    }
+}
+
+/// A connected, non-blocking, close-on-exec pair of sequenced-packet
+/// sockets: the master's end and the worker's.
+fn channel() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+    Ok(socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC)?)
+}
+
+// ---------------------------------------------------------------------------
+// Decisions, pure.
+
+/// When a dead worker is replaced: at once, unless more than
+/// [`DEATHS_BEFORE_BACKOFF`] died within [`DEATH_WINDOW`]; then after a
+/// delay doubling from [`BACKOFF_MIN`] up to [`BACKOFF_MAX`]. A worker that
+/// exited 0 on its own (a SIGTERM to the whole control group, which the
+/// master is about to get too) is replaced after [`CLEAN_EXIT_RESPAWN`],
+/// not counted as a crash.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Backoff {
+    deaths: VecDeque<Instant>,
+    delay: Duration,
+}
+
+impl Backoff {
+    /// Records a death at `now`; the delay before its replacement.
+    pub fn on_death(&mut self, now: Instant, clean_exit: bool) -> Duration {
+        if clean_exit {
+            return CLEAN_EXIT_RESPAWN;
         }
-        tracing::info!(target: "rot13d", generation = self.generation, workers = self.settings.workers, "reloaded");
-        self.ready_owed = true;
-        self.check_ready();
+        self.deaths.push_back(now);
+        while self.deaths.front().is_some_and(|t| now.duration_since(*t) > DEATH_WINDOW) {
+            self.deaths.pop_front();
+        }
+        if self.deaths.len() > DEATHS_BEFORE_BACKOFF {
+            self.delay = (self.delay * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
+        } else {
+            self.delay = Duration::ZERO;
+        }
+        self.delay
+    }
+
+    /// Whether replacements wait now.
+    pub fn backing_off(&self) -> bool {
+        !self.delay.is_zero()
+    }
+
+    /// The current delay.
+    pub fn delay(&self) -> Duration {
+        self.delay
+    }
+}
+
+/// Whether a scheduled start of worker `index` of `generation` is still
+/// wanted: the generation wants that many workers (a reload may have
+/// shrunk it) and none of it holds that index yet.
+pub fn spawn_wanted(generation: u32, index: usize, wanted: usize, roles: &[Role]) -> bool {
+    index < wanted
+        && !roles.iter().any(|r| r.generation == generation && r.index == index && r.phase != Phase::Retiring)
+}
+
+/// Whether every wanted worker of `generation` serves.
+pub fn generation_serves(generation: u32, wanted: usize, roles: &[Role]) -> bool {
+    (0..wanted).all(|i| roles.iter().any(|r| r.generation == generation && r.index == i && r.phase == Phase::Serving))
+}
+
+/// What `/healthz` says: `None` = 200 `ok` (every wanted worker of the
+/// current generation serves); else the one-line reason of the 503.
+pub fn health(stopping: bool, current: u32, wanted: usize, pending: Option<u32>, roles: &[Role]) -> Option<String> {
+    if stopping {
+        return Some("stopping".into());
+    }
+    let serving = (0..wanted)
+        .filter(|i| roles.iter().any(|r| r.generation == current && r.index == *i && r.phase == Phase::Serving))
+        .count();
+    if serving == wanted {
+        return None;
+    }
+    let starting = roles.iter().any(|r| r.generation == current && r.phase == Phase::Starting);
+    let what = if pending.is_none() && serving == 0 && starting { "starting" } else { "degraded" };
+    Some(format!("{what}: {serving} of {wanted} workers of generation {current} serving"))
+}
+
+/// What a reload does with a valid new configuration: the settings the
+/// new generation runs with, after carrying over what needs a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadPlan {
+    /// The new generation's settings.
+    pub settings: Settings,
+    /// What was not applied, and why (logged at WARN).
+    pub warnings: Vec<String>,
+}
+
+impl ReloadPlan {
+    /// Plans a reload from `current` to `new`. `activated`: the rot13
+    /// addresses systemd passed (they replace `[server].listen`, at every
+    /// reload). The connection cap derived at start is derived again from
+    /// the same host snapshot, so it carries over by construction.
+    pub fn new(current: &Settings, mut new: Settings, activated: Option<&[SocketAddr]>) -> ReloadPlan {
+        let mut warnings = Vec::new();
+        if let Some(addrs) = activated {
+            new.config.server.listen = addrs.to_vec();
+        }
+        let (cur, next) = (&current.config.server, &mut new.config.server);
+        if cur.user != next.user || cur.group != next.group {
+            warnings.push("user/group changes need a restart; keeping the current ones".to_string());
+            next.user = cur.user.clone();
+            next.group = cur.group.clone();
+            new.identity = current.identity.clone();
+        }
+        if (current.workers == 0) != (new.workers == 0) {
+            warnings.push(format!(
+                "changing between workers = 0 and worker processes needs a restart; keeping workers = {}",
+                current.workers
+            ));
+            new.config.server.workers = current.config.server.workers;
+            new.workers = current.workers;
+        }
+        if new.config.log != current.config.log {
+            // The subscriber is installed once, before any fork; SIGUSR1
+            // reopens the file it was started with.
+            warnings.push("[log] changes need a restart; keeping the current log".to_string());
+            new.config.log = current.config.log.clone();
+        }
+        if new.workers == 0 && new.config.reactor != current.config.reactor {
+            warnings.push("reactor changes need a restart with workers = 0; keeping the current event base".into());
+            new.config.reactor = current.config.reactor.clone();
+        }
+        ReloadPlan { settings: new, warnings }
+    }
+}
+
+/// A listener's identity across reloads: the requested address and kind.
+pub type ListenKey = (SocketAddr, Kind);
+
+/// Listeners to bind (wanted, not held) and to close (held, not wanted).
+pub fn listener_diff(have: &[ListenKey], want: &[ListenKey]) -> (Vec<ListenKey>, Vec<ListenKey>) {
+    let bind = want.iter().filter(|w| !have.contains(w)).copied().collect();
+    let close = have.iter().filter(|h| !want.contains(h)).copied().collect();
+    (bind, close)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::config::Workers;
+
+    fn role(generation: u32, index: usize, phase: Phase) -> Role {
+        Role { generation, index, phase }
+    }
+
+    #[test]
+    fn backoff_after_more_than_five_deaths_in_ten_seconds() {
+        let mut b = Backoff::default();
+        let t0 = Instant::now();
+        for i in 0..5 {
+            assert_eq!(b.on_death(t0 + Duration::from_millis(i * 100), false), Duration::ZERO, "death {i}");
+        }
+        let delays: Vec<u64> =
+            (5..10).map(|i| b.on_death(t0 + Duration::from_millis(i * 100), false).as_secs()).collect();
+        assert_eq!(delays, vec![1, 2, 4, 8, 16]);
+        assert_eq!(b.on_death(t0 + Duration::from_secs(1), false).as_secs(), 30);
+        assert_eq!(b.on_death(t0 + Duration::from_secs(2), false).as_secs(), 30, "capped");
+        assert!(b.backing_off());
+        // Quiet for more than the window: replacements are immediate again.
+        assert_eq!(b.on_death(t0 + Duration::from_secs(60), false), Duration::ZERO);
+        assert!(!b.backing_off());
+        // A clean exit is not a crash.
+        assert_eq!(b.on_death(t0 + Duration::from_secs(61), true), CLEAN_EXIT_RESPAWN);
+    }
+
+    #[test]
+    fn a_pending_respawn_is_checked_against_the_new_worker_count() {
+        let roles = [role(2, 0, Phase::Serving)];
+        assert!(!spawn_wanted(2, 3, 2, &roles), "index 3 of a generation of 2");
+        assert!(spawn_wanted(2, 1, 2, &roles));
+        assert!(!spawn_wanted(2, 0, 2, &roles), "index 0 runs");
+        assert!(spawn_wanted(2, 0, 2, &[role(2, 0, Phase::Retiring)]), "a retiring one does not count");
+    }
+
+    #[test]
+    fn a_generation_serves_once_every_index_serves() {
+        let mut roles = vec![role(1, 0, Phase::Serving), role(2, 0, Phase::Serving), role(2, 1, Phase::Starting)];
+        assert!(generation_serves(1, 1, &roles));
+        assert!(!generation_serves(2, 2, &roles));
+        roles[2].phase = Phase::Serving;
+        assert!(generation_serves(2, 2, &roles));
+        assert!(!generation_serves(2, 3, &roles), "a third index is missing");
+    }
+
+    #[test]
+    fn health_says_why_it_is_not_ok() {
+        assert_eq!(health(false, 1, 2, None, &[role(1, 0, Phase::Serving), role(1, 1, Phase::Serving)]), None);
+        let starting = health(false, 1, 2, None, &[role(1, 0, Phase::Starting), role(1, 1, Phase::Starting)]);
+        assert_eq!(starting.as_deref(), Some("starting: 0 of 2 workers of generation 1 serving"));
+        let down = health(false, 1, 2, None, &[role(1, 0, Phase::Serving)]);
+        assert_eq!(down.as_deref(), Some("degraded: 1 of 2 workers of generation 1 serving"));
+        let stopping = health(true, 1, 1, None, &[role(1, 0, Phase::Serving)]);
+        assert_eq!(stopping.as_deref(), Some("stopping"));
+        // During a reload the old generation still serves everything.
+        let reloading = [role(1, 0, Phase::Serving), role(2, 0, Phase::Starting)];
+        assert_eq!(health(false, 1, 1, Some(2), &reloading), None);
+        let all_backing_off = health(false, 1, 1, None, &[]);
+        assert_eq!(all_backing_off.as_deref(), Some("degraded: 0 of 1 workers of generation 1 serving"));
+    }
+
+    fn settings(workers: usize) -> Settings {
+        let mut config = crate::daemon::config::Config::default();
+        config.server.workers = Workers::Count(workers);
+        Settings { config, path: None, workers, max_connections: 1960, identity: None }
+    }
+
+    #[test]
+    fn reload_plan_carries_what_needs_a_restart() {
+        let current = settings(1);
+        let mut new = settings(3);
+        new.config.server.user = Some("nobody".into());
+        new.max_connections = 1960;
+        let plan = ReloadPlan::new(&current, new.clone(), None);
+        assert_eq!(plan.settings.workers, 3, "the count applies");
+        assert_eq!(plan.settings.config.server.user, None, "user kept");
+        assert_eq!(plan.settings.max_connections, current.max_connections, "the derived cap carries over");
+        assert_eq!(plan.warnings.len(), 1, "{:?}", plan.warnings);
+
+        let to_zero = ReloadPlan::new(&current, settings(0), None);
+        assert_eq!(to_zero.settings.workers, 1);
+        assert_eq!(to_zero.warnings.len(), 1);
+
+        let mut reactor = settings(0);
+        reactor.config.reactor.backend = Some("poll".into());
+        let in_process = ReloadPlan::new(&settings(0), reactor.clone(), None);
+        assert_eq!(in_process.settings.config.reactor.backend, None, "kept with workers = 0");
+        let forked = ReloadPlan::new(&settings(2), Settings { workers: 2, ..reactor }, None);
+        assert_eq!(forked.settings.config.reactor.backend.as_deref(), Some("poll"), "applied by new workers");
+
+        let mut log = settings(1);
+        log.config.log.file = Some("/var/log/r.log".into());
+        let kept = ReloadPlan::new(&current, log, None);
+        assert_eq!((kept.settings.config.log.file, kept.warnings.len()), (None, 1));
+
+        let addr: SocketAddr = "127.0.0.1:7".parse().expect("literal");
+        let activated = ReloadPlan::new(&current, settings(1), Some(&[addr]));
+        assert_eq!(activated.settings.config.server.listen, vec![addr]);
+    }
+
+    #[test]
+    fn listener_diff_binds_new_and_closes_removed() {
+        let a: SocketAddr = "127.0.0.1:1".parse().expect("literal");
+        let b: SocketAddr = "127.0.0.1:2".parse().expect("literal");
+        let have = [(a, Kind::Rot13), (b, Kind::Admin)];
+        let want = [(a, Kind::Rot13), (b, Kind::Rot13)];
+        let (bind, close) = listener_diff(&have, &want);
+        assert_eq!(bind, vec![(b, Kind::Rot13)]);
+        assert_eq!(close, vec![(b, Kind::Admin)]);
     }
 }

@@ -1,9 +1,23 @@
-//! The counters of rot13d, in one place: per serving process, in shared
-//! memory mapped by the master before it forks, so the master (and the
-//! admin endpoint) can sum them without asking the workers.
+//! The counters of rot13d, in one place: one slot per serving process (or
+//! in-process generation), in shared memory mapped by the master before it
+//! forks, so the master (and the admin endpoint) can sum them without
+//! asking the workers.
+//!
+//! Slots are handed out when a worker is started and given back when it is
+//! reaped ([`SlotTable`], a pure allocator), so two live workers never share
+//! one, whatever the generations alive. When every slot is taken the master
+//! maps another chunk before it forks; a child sees every chunk mapped
+//! before its fork, and only ever touches its own slot. A counter of a
+//! reaped worker stays in its slot (the sums never go down); its gauge is
+//! zeroed. Gauges are stored as absolute values by their one writer, never
+//! incremented and decremented, so none can wrap.
+//!
+//! A new family is one [`Counter`] variant and one row of [`DESCRIPTIONS`].
 
 use crate::sys::shm::SharedCounters;
+use std::cell::RefCell;
 use std::io;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// One counter of a serving process.
@@ -18,7 +32,7 @@ pub enum Counter {
     Lines,
     /// Bytes received from clients.
     BytesReceived,
-    /// Bytes queued to clients.
+    /// Bytes written to client sockets.
     BytesSent,
     /// Connections closed by the idle timeout.
     IdleClosed,
@@ -30,68 +44,155 @@ pub enum Counter {
     AcceptErrors,
 }
 
-/// Number of counters per process.
-pub const COUNTERS: usize = 9;
+/// Number of counters per slot.
+pub const COUNTERS: usize = DESCRIPTIONS.len();
 
-/// Prometheus name, type and help of each counter.
-pub const DESCRIPTIONS: [(Counter, &str, &str, &str); COUNTERS] = [
+/// Prometheus name, type and help of each counter, in [`Counter`] order.
+pub const DESCRIPTIONS: [(Counter, &str, &str, &str); 9] = [
     (Counter::Accepted, "rot13d_connections_accepted_total", "counter", "Connections accepted."),
     (Counter::Open, "rot13d_connections_open", "gauge", "Connections open now."),
     (Counter::Lines, "rot13d_lines_total", "counter", "Lines (and max_line pieces) answered."),
     (Counter::BytesReceived, "rot13d_bytes_received_total", "counter", "Bytes received from clients."),
-    (Counter::BytesSent, "rot13d_bytes_sent_total", "counter", "Bytes queued to clients."),
+    (Counter::BytesSent, "rot13d_bytes_sent_total", "counter", "Bytes written to client sockets."),
     (Counter::IdleClosed, "rot13d_idle_closed_total", "counter", "Connections closed by the idle timeout."),
     (Counter::WriteTimeouts, "rot13d_write_timeouts_total", "counter", "Connections closed by the write timeout."),
     (Counter::Errors, "rot13d_connection_errors_total", "counter", "Connections closed by a reset or error."),
     (Counter::AcceptErrors, "rot13d_accept_errors_total", "counter", "Times accepting paused on a full fd table."),
 ];
 
-/// The counter table of every serving-process slot.
+/// Slots per mapped chunk.
+pub const CHUNK: usize = 64;
+
+/// Which slots are taken: the lowest free one is handed out first, and the
+/// table grows when none is free. Pure, so that its decisions are tested
+/// without memory maps or forks.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SlotTable {
+    used: Vec<bool>,
+}
+
+impl SlotTable {
+    /// Takes the lowest free slot, growing the table when none is.
+    pub fn take(&mut self) -> usize {
+        match self.used.iter().position(|u| !u) {
+            Some(i) => {
+                self.used[i] = true;
+                i
+            }
+            None => {
+                self.used.push(true);
+                self.used.len() - 1
+            }
+        }
+    }
+
+    /// Frees slot `i` (its worker was reaped).
+    pub fn give_back(&mut self, i: usize) {
+        if let Some(u) = self.used.get_mut(i) {
+            *u = false;
+        }
+    }
+
+    /// Slots in use.
+    pub fn in_use(&self) -> usize {
+        self.used.iter().filter(|u| **u).count()
+    }
+
+    /// Slots ever needed at once (the table's size).
+    pub fn len(&self) -> usize {
+        self.used.len()
+    }
+
+    /// Whether no slot was ever taken.
+    pub fn is_empty(&self) -> bool {
+        self.used.is_empty()
+    }
+}
+
+/// Every slot's counters, in chunks of shared memory.
 #[derive(Debug)]
 pub struct Metrics {
-    shm: SharedCounters,
-    slots: usize,
+    chunks: RefCell<Vec<Rc<SharedCounters>>>,
+    table: RefCell<SlotTable>,
+}
+
+/// One serving process's counters: its own slot, written only by it.
+#[derive(Clone, Debug)]
+pub struct Slot {
+    chunk: Rc<SharedCounters>,
+    base: usize,
+    /// The slot's number (to give it back).
+    pub id: usize,
+}
+
+impl Slot {
+    fn cell(&self, c: Counter) -> &AtomicU64 {
+        &self.chunk.slots()[self.base + c as usize]
+    }
+
+    /// Adds `n` to counter `c`.
+    pub fn add(&self, c: Counter, n: u64) {
+        self.cell(c).fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Sets gauge `c` to `v`.
+    pub fn set(&self, c: Counter, v: u64) {
+        self.cell(c).store(v, Ordering::Relaxed);
+    }
+
+    /// Reads counter `c`.
+    pub fn get(&self, c: Counter) -> u64 {
+        self.cell(c).load(Ordering::Relaxed)
+    }
 }
 
 impl Metrics {
-    /// Maps room for `slots` serving processes (before fork).
-    pub fn new(slots: usize) -> io::Result<Metrics> {
-        let slots = slots.max(1);
-        Ok(Metrics { shm: SharedCounters::new(slots * COUNTERS)?, slots })
+    /// Maps the first chunk.
+    pub fn new() -> io::Result<Metrics> {
+        let m = Metrics { chunks: RefCell::new(Vec::new()), table: RefCell::new(SlotTable::default()) };
+        m.map_chunk()?;
+        Ok(m)
     }
 
-    /// Number of process slots.
-    pub fn slots(&self) -> usize {
-        self.slots
+    fn map_chunk(&self) -> io::Result<()> {
+        let chunk = SharedCounters::new(CHUNK * COUNTERS)?;
+        self.chunks.borrow_mut().push(Rc::new(chunk));
+        Ok(())
     }
 
-    fn cell(&self, slot: usize, c: Counter) -> &AtomicU64 {
-        &self.shm.slots()[(slot % self.slots) * COUNTERS + c as usize]
+    /// A free slot for a worker about to start (call before its fork),
+    /// mapping another chunk when every slot is taken.
+    pub fn acquire(&self) -> io::Result<Slot> {
+        let id = self.table.borrow_mut().take();
+        while self.chunks.borrow().len() * CHUNK <= id {
+            if let Err(e) = self.map_chunk() {
+                self.table.borrow_mut().give_back(id);
+                return Err(e);
+            }
+        }
+        let chunk = self.chunks.borrow()[id / CHUNK].clone();
+        let slot = Slot { chunk, base: (id % CHUNK) * COUNTERS, id };
+        slot.set(Counter::Open, 0);
+        Ok(slot)
     }
 
-    /// Adds `n` to counter `c` of `slot`.
-    pub fn add(&self, slot: usize, c: Counter, n: u64) {
-        self.cell(slot, c).fetch_add(n, Ordering::Relaxed);
+    /// Gives a reaped worker's slot back: its gauge goes to zero, its
+    /// counters stay in the sums.
+    pub fn release(&self, slot: &Slot) {
+        slot.set(Counter::Open, 0);
+        self.table.borrow_mut().give_back(slot.id);
     }
 
-    /// Subtracts `n` (gauges).
-    pub fn sub(&self, slot: usize, c: Counter, n: u64) {
-        self.cell(slot, c).fetch_sub(n, Ordering::Relaxed);
-    }
-
-    /// Sets a gauge (a worker slot that is reused starts at zero open).
-    pub fn set(&self, slot: usize, c: Counter, v: u64) {
-        self.cell(slot, c).store(v, Ordering::Relaxed);
-    }
-
-    /// Reads a counter of one slot.
-    pub fn get(&self, slot: usize, c: Counter) -> u64 {
-        self.cell(slot, c).load(Ordering::Relaxed)
+    /// Slots in use now.
+    pub fn in_use(&self) -> usize {
+        self.table.borrow().in_use()
     }
 
     /// The sum over every slot.
     pub fn total(&self, c: Counter) -> u64 {
-        (0..self.slots).map(|s| self.get(s, c)).sum()
+        let chunks = self.chunks.borrow();
+        let cells = chunks.iter().flat_map(|ch| ch.slots().chunks_exact(COUNTERS));
+        cells.map(|s| s[c as usize].load(Ordering::Relaxed)).fold(0u64, u64::wrapping_add)
     }
 
     /// The Prometheus text exposition of the sums.
@@ -109,14 +210,50 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sums_over_slots_and_renders() {
-        let m = Metrics::new(3).unwrap();
-        m.add(0, Counter::Lines, 5);
-        m.add(2, Counter::Lines, 7);
-        m.add(1, Counter::Open, 2);
-        m.sub(1, Counter::Open, 1);
-        assert_eq!(m.total(Counter::Lines), 12);
-        assert_eq!(m.total(Counter::Open), 1);
+    fn descriptions_are_in_counter_order() {
+        for (i, (c, ..)) in DESCRIPTIONS.iter().enumerate() {
+            assert_eq!(*c as usize, i);
+        }
+    }
+
+    #[test]
+    fn slot_table_hands_out_distinct_slots_and_reuses_freed_ones() {
+        let mut t = SlotTable::default();
+        let a: Vec<usize> = (0..5).map(|_| t.take()).collect();
+        assert_eq!(a, vec![0, 1, 2, 3, 4]);
+        t.give_back(1);
+        t.give_back(3);
+        assert_eq!((t.take(), t.take(), t.take()), (1, 3, 5));
+        assert_eq!((t.in_use(), t.len()), (6, 6));
+        t.give_back(99);
+        assert_eq!(t.in_use(), 6);
+    }
+
+    #[test]
+    fn more_workers_than_a_chunk_get_their_own_slots() {
+        let m = Metrics::new().expect("maps");
+        let slots: Vec<Slot> = (0..CHUNK * 2 + 3).map(|_| m.acquire().expect("slot")).collect();
+        for (i, s) in slots.iter().enumerate() {
+            s.set(Counter::Open, 1);
+            s.add(Counter::Lines, i as u64);
+        }
+        assert_eq!(m.total(Counter::Open), slots.len() as u64, "no two share a slot");
+        let lines: u64 = (0..slots.len() as u64).sum();
+        assert_eq!(m.total(Counter::Lines), lines);
+        m.release(&slots[7]);
+        assert_eq!(m.total(Counter::Open), slots.len() as u64 - 1, "a reaped worker's gauge goes");
+        assert_eq!(m.total(Counter::Lines), lines, "its counters stay");
+        let again = m.acquire().expect("slot");
+        assert_eq!((again.id, again.get(Counter::Open)), (7, 0));
+    }
+
+    #[test]
+    fn sums_and_renders() {
+        let m = Metrics::new().expect("maps");
+        let (a, b) = (m.acquire().expect("slot"), m.acquire().expect("slot"));
+        a.add(Counter::Lines, 5);
+        b.add(Counter::Lines, 7);
+        b.set(Counter::Open, 1);
         let text = m.render();
         assert!(text.contains("rot13d_lines_total 12\n"));
         assert!(text.contains("# TYPE rot13d_connections_open gauge\nrot13d_connections_open 1\n"));
@@ -124,15 +261,16 @@ mod tests {
 
     #[test]
     fn shared_across_fork() {
-        let m = Metrics::new(1).unwrap();
-        match crate::sys::process::fork().unwrap() {
+        let m = Metrics::new().expect("maps");
+        let s = m.acquire().expect("slot");
+        match crate::sys::process::fork().expect("fork") {
             crate::sys::process::Fork::Child => {
-                m.add(0, Counter::Accepted, 42);
+                s.add(Counter::Accepted, 42);
                 crate::sys::process::exit_now(0);
             }
             crate::sys::process::Fork::Parent(pid) => {
-                crate::sys::process::wait_pid(pid).unwrap();
-                assert_eq!(m.get(0, Counter::Accepted), 42);
+                crate::sys::process::wait_pid(pid).expect("child exits");
+                assert_eq!(m.total(Counter::Accepted), 42);
             }
         }
     }

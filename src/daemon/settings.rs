@@ -1,585 +1,248 @@
-//! The effective configuration: defaults, file and command line merged and
-//! validated into typed values.
+//! The effective configuration: the one [`Config`] model with the command
+//! line applied and validated, plus the values derived from the host.
 //!
-//! Precedence, lowest first: built-in defaults, the `--config` file, the
-//! command-line options. `--listen` replaces the whole `[server].listen`
-//! list. Every problem found is reported (`ConfigError::Many` when there are
-//! several), each naming the file, line and key, or the option, so that
+//! Precedence, lowest first: built-in defaults (each section's `Default`),
+//! the `--config` file, the command-line options ([`OVERRIDES`], one row per
+//! option). `--listen` replaces the whole `[server].listen` list. Every
+//! problem found is reported (`ConfigError::Many` when there are several),
+//! each naming the file, line and key, or the option, so that
 //! `--check-config` can list them all; all of them exit 78.
 //!
-//! Whether a backend is *available* on this system is the reactor's call:
-//! here the names are only checked against [`BACKENDS`] and [`FEATURES`].
-//!
-//! A reload (SIGHUP) is [`Settings::load`] again with the same [`Args`]: the
-//! file is re-read and the command-line options still win.
+//! [`Settings`] does not list the keys again: it holds the validated
+//! [`Config`] and only what is derived from the [`Host`]: `workers = auto`
+//! resolved, the per-process connection cap derived from the fd limit when
+//! `max_connections` is absent, and the resolved user and group. A reload
+//! (SIGHUP) is [`Settings::load`] again with the same [`Args`] and the same
+//! host snapshot taken at start, so whatever start-up derived, a reload
+//! derives the same way.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use super::cli::Args;
-use super::config::{
-    AdminConfig, Config, ConfigFile, LanesConfig, LogConfig, LogFormat, LogLevel, ReactorConfig, ServerConfig, Workers,
-};
+use super::config::{Config, ConfigFile, Problems, Workers};
 use super::error::ConfigError;
+use crate::reactor::{BaseFlags, EventConfig, Features};
+use crate::sys::process::{self, Identity};
 
-/// Backend names, as in logs, `--backend`, `[reactor] backend` and `avoid`.
-pub const BACKENDS: [&str; 3] = ["epoll", "poll", "select"];
+/// fds kept back from the limit for listeners, pipes, the epoll fd and logs
+/// when `max_connections` is derived from it.
+pub const FD_RESERVE: u64 = 64;
 
-/// Feature names accepted by `[reactor] require_features`.
-pub const FEATURES: [&str; 4] = ["et", "o1", "fds", "early_close"];
+/// Bulk callbacks per loop turn when lanes are on and no limit is set.
+const BULK_TURN_CALLBACKS: usize = 8;
+/// After this many turns without bulk callbacks, bulk gets one bounded pass.
+const BULK_STARVE_TURNS: usize = 2;
+/// Longest run of bulk callbacks per loop turn in that case.
+const BULK_TURN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1);
 
-/// Most worker processes accepted: more is a typo, not a plan.
-pub const MAX_WORKERS: usize = 1024;
+/// A command-line option that overrides a configuration key: the one table
+/// of them (SPEC §2). `apply` sets the key from the option when it was
+/// given and says whether it was.
+pub struct Override {
+    /// `section.key`.
+    pub key: &'static str,
+    /// The option, as problems name it.
+    pub option: &'static str,
+    /// Applies the option to the configuration; whether it was given.
+    pub apply: fn(&Args, &mut Config) -> bool,
+}
 
-/// Largest `max_line` and watermark: 1 GiB. A connection holds up to
-/// `max_line` + the high watermark; more than this is a mistake.
-pub const MAX_BUFFER: usize = 1 << 30;
+/// Sets `slot` from `given` when it is `Some`.
+fn set<T: Clone>(given: &Option<T>, slot: &mut T) -> bool {
+    given.as_ref().map(|v| *slot = v.clone()).is_some()
+}
 
-/// Largest timeout in seconds (about 100 years), so that deadlines never
-/// overflow the clock.
-pub const MAX_SECONDS: u64 = 100 * 365 * 24 * 3600;
+/// Every command-line option that is also a configuration key.
+pub const OVERRIDES: &[Override] = &[
+    Override {
+        key: "server.listen",
+        option: "--listen",
+        apply: |a, c| {
+            let given = !a.listen.is_empty();
+            if given {
+                c.server.listen = a.listen.clone();
+            }
+            given
+        },
+    },
+    Override { key: "server.workers", option: "--workers", apply: |a, c| set(&a.workers, &mut c.server.workers) },
+    Override { key: "server.max_line", option: "--max-line", apply: |a, c| set(&a.max_line, &mut c.server.max_line) },
+    Override {
+        key: "reactor.backend",
+        option: "--backend",
+        apply: |a, c| set(&a.backend.clone().map(Some), &mut c.reactor.backend),
+    },
+    Override { key: "log.level", option: "--log-level", apply: |a, c| set(&a.log_level, &mut c.log.level) },
+    Override { key: "log.format", option: "--log-format", apply: |a, c| set(&a.log_format, &mut c.log.format) },
+];
+
+/// What the settings derive from the machine they run on.
+pub trait Host {
+    /// CPUs this process may run on (`workers = auto`): the affinity mask,
+    /// capped by the cgroup CPU quota.
+    fn cpus(&self) -> usize;
+    /// The soft open-file limit (the connection cap when `max_connections`
+    /// is absent).
+    fn fd_limit(&self) -> u64;
+    /// The user and group to run as, looked up; `Err((key, why))`.
+    fn identity(&self, user: Option<&str>, group: Option<&str>) -> Result<Option<Identity>, (&'static str, String)>;
+}
+
+/// The real machine, as it was when the snapshot was taken (at start,
+/// after the fd limit was raised: a reload derives from the same figures).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct System {
+    /// The soft open-file limit.
+    pub fd_limit: u64,
+    /// Usable CPUs.
+    pub cpus: usize,
+}
+
+impl System {
+    /// The machine now.
+    pub fn now() -> System {
+        let (soft, _) = crate::sys::nofile_limit().unwrap_or((1024, 1024));
+        System { fd_limit: soft, cpus: super::cpus::available() }
+    }
+}
+
+impl Host for System {
+    fn cpus(&self) -> usize {
+        self.cpus
+    }
+
+    fn fd_limit(&self) -> u64 {
+        self.fd_limit
+    }
+
+    fn identity(&self, user: Option<&str>, group: Option<&str>) -> Result<Option<Identity>, (&'static str, String)> {
+        process::resolve_identity(user, group)
+    }
+}
 
 /// Everything the daemon needs to run, checked and typed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
-    /// Addresses to listen on, in order, without duplicates.
-    pub listen: Vec<SocketAddr>,
-    /// Worker processes (`auto` resolved); 0 = serve in the master.
+    /// The effective configuration, validated, as configured (`workers`
+    /// may still be `auto`): what `--print-config` prints.
+    pub config: Config,
+    /// The configuration file, if any (re-read on SIGHUP).
+    pub path: Option<PathBuf>,
+    /// `[server] workers` resolved on this host; 0 = serve in the master.
     pub workers: usize,
-    /// Connections per serving process; `None` = derive from the fd limit.
-    pub max_connections: Option<usize>,
-    /// `listen(2)` backlog.
-    pub backlog: u32,
-    /// Longest line before it is split, at least 1.
-    pub max_line: usize,
-    /// Idle connections close after this; `None` = never.
-    pub idle_timeout: Option<Duration>,
-    /// Stalled output closes the connection after this; `None` = never.
-    pub write_timeout: Option<Duration>,
-    /// Pending output above which reading stops.
-    pub write_high_watermark: usize,
-    /// Pending output below which reading resumes; at most the high one.
-    pub write_low_watermark: usize,
-    /// How long a graceful stop waits; zero = close at once.
-    pub shutdown_grace: Duration,
-    /// User to switch to after binding.
-    pub user: Option<String>,
-    /// Group to switch to after binding.
-    pub group: Option<String>,
-    /// Event loop settings.
-    pub reactor: ReactorSettings,
-    /// Priority lanes.
-    pub lanes: LaneSettings,
-    /// Admin endpoint (`/metrics`, `/healthz`); `None` = off.
-    pub admin_listen: Option<SocketAddr>,
-    /// Log level and format.
-    pub log: LogSettings,
-    /// The configuration file these settings came from, if any (to re-read
-    /// on SIGHUP).
-    pub config_path: Option<PathBuf>,
-}
-
-/// `[reactor]`, checked: the event_base settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReactorSettings {
-    /// The backend asked for (one of [`BACKENDS`]); `None` = fastest
-    /// available.
-    pub backend: Option<String>,
-    /// Backends never to use (each one of [`BACKENDS`]).
-    pub avoid: Vec<String>,
-    /// Features the backend must have (each one of [`FEATURES`]).
-    pub require_features: Vec<String>,
-    /// Batch epoll changes until the next dispatch.
-    pub epoll_changelist: bool,
-    /// Use a precise monotonic clock.
-    pub precise_timer: bool,
-    /// Read the clock at every use.
-    pub no_cache_time: bool,
-    /// Ignore `EVENT_NO*` and `EVENT_EPOLL_USE_CHANGELIST`.
-    pub ignore_env: bool,
-    /// Number of priority queues, 1..=256.
-    pub priorities: usize,
-    /// Look for higher-priority events at least this often; `None` = no
-    /// limit.
-    pub max_dispatch_interval: Option<Duration>,
-    /// Look for higher-priority events after this many callbacks; `None` =
-    /// no limit.
-    pub max_callbacks: Option<u32>,
-    /// The limits apply from this priority down; below `priorities`.
-    pub min_priority: usize,
-}
-
-/// `[lanes]`, checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LaneSettings {
-    /// Whether connections are sorted into lanes at all.
-    pub enabled: bool,
-    /// Bytes within `bulk_window` that make a connection bulk; at least 1.
-    pub bulk_after_bytes: u64,
-    /// The measuring window; not zero.
-    pub bulk_window: Duration,
-    /// Time below the threshold after which a bulk connection is
-    /// interactive again; not zero.
-    pub quiet: Duration,
-}
-
-/// `[log]`, with the command line applied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LogSettings {
-    /// Least severe level logged (`RUST_LOG` wins when set).
-    pub level: LogLevel,
-    /// Line format.
-    pub format: LogFormat,
-}
-
-impl Default for Settings {
-    /// The settings of `rot13d` with no file and no options, `auto` workers
-    /// resolved on this machine.
-    fn default() -> Settings {
-        // The defaults pass validation (a test checks); the fallback only
-        // keeps this function total.
-        Settings::resolve(None, &Args::default()).unwrap_or_else(|_| Settings::fallback())
-    }
+    /// Connections per serving process: `max_connections`, or derived
+    /// from the fd limit.
+    pub max_connections: usize,
+    /// The user and group to drop to, resolved (`None`: keep ours).
+    pub identity: Option<Identity>,
 }
 
 impl Settings {
     /// Reads the file named by `args.config` (if any), then merges and
-    /// validates it with `args`. This is what `main` and a SIGHUP reload
-    /// call.
-    pub fn load(args: &Args) -> Result<Settings, ConfigError> {
+    /// validates it with `args` on `host`. Start and every reload call this.
+    pub fn load(args: &Args, host: &dyn Host) -> Result<Settings, ConfigError> {
         let file = match &args.config {
             Some(path) => Some(ConfigFile::load(path)?),
             None => None,
         };
-        Settings::resolve(file.as_ref(), args)
+        Settings::resolve(file.as_ref(), args, host)
     }
 
-    /// Merges an already parsed file (if any) with `args` and validates,
-    /// resolving `workers = auto` with [`cpus::available`](super::cpus::available)
-    /// (the affinity mask capped by the cgroup CPU quota).
-    pub fn resolve(file: Option<&ConfigFile>, args: &Args) -> Result<Settings, ConfigError> {
-        Settings::resolve_with_cpus(file, args, super::cpus::available())
-    }
-
-    /// As [`resolve`](Settings::resolve), with `auto` meaning `cpus`
-    /// workers (at least 1).
-    pub fn resolve_with_cpus(file: Option<&ConfigFile>, args: &Args, cpus: usize) -> Result<Settings, ConfigError> {
-        let config = merge(file.map(|f| &f.config), args);
-        let mut check = Check { file, args, problems: Vec::new() };
-        let settings = check.settings(&config, cpus);
-        // Options first, then the file's problems in line order.
-        check.problems.sort_by_key(|p| match p {
-            ConfigError::Invalid { path, line, .. } => (path.is_some(), line.unwrap_or(usize::MAX)),
-            _ => (true, usize::MAX),
-        });
-        match ConfigError::from_problems(check.problems) {
-            Some(err) => Err(err),
-            None => Ok(Settings { config_path: file.map(|f| f.path.clone()), ..settings }),
+    /// Merges an already parsed file (if any) with `args` and validates.
+    pub fn resolve(file: Option<&ConfigFile>, args: &Args, host: &dyn Host) -> Result<Settings, ConfigError> {
+        let mut config = file.map(|f| f.config.clone()).unwrap_or_default();
+        let options: Vec<(&'static str, &'static str)> =
+            OVERRIDES.iter().filter(|o| (o.apply)(args, &mut config)).map(|o| (o.key, o.option)).collect();
+        let mut problems = Problems::new(file, &options);
+        config.validate(&mut problems);
+        let (user, group) = (config.server.user.as_deref(), config.server.group.as_deref());
+        let named = |n: Option<&str>| n.is_none_or(|n| !n.is_empty() && !n.contains('\0'));
+        let identity = if named(user) && named(group) {
+            host.identity(user, group).unwrap_or_else(|(key, why)| {
+                problems.fail(&[key], why);
+                None
+            })
+        } else {
+            None
+        };
+        if let Some(err) = problems.into_error() {
+            return Err(err);
         }
-    }
-
-    /// The settings as a [`Config`], the shape of the file: what
-    /// `--print-config` prints. Durations become whole seconds or
-    /// milliseconds, `None` timeouts 0, addresses strings.
-    pub fn to_config(&self) -> Config {
-        let secs = |d: Option<Duration>| d.map_or(0, |d| d.as_secs());
-        Config {
-            server: ServerConfig {
-                listen: self.listen.iter().map(|a| a.to_string()).collect(),
-                workers: Workers::Count(self.workers),
-                max_connections: self.max_connections,
-                backlog: self.backlog,
-                max_line: self.max_line,
-                idle_timeout: secs(self.idle_timeout),
-                write_timeout: secs(self.write_timeout),
-                write_high_watermark: self.write_high_watermark,
-                write_low_watermark: self.write_low_watermark,
-                shutdown_grace: self.shutdown_grace.as_secs(),
-                user: self.user.clone(),
-                group: self.group.clone(),
-            },
-            reactor: ReactorConfig {
-                backend: self.reactor.backend.clone(),
-                avoid: self.reactor.avoid.clone(),
-                require_features: self.reactor.require_features.clone(),
-                epoll_changelist: self.reactor.epoll_changelist,
-                precise_timer: self.reactor.precise_timer,
-                no_cache_time: self.reactor.no_cache_time,
-                ignore_env: self.reactor.ignore_env,
-                priorities: self.reactor.priorities,
-                max_dispatch_interval_ms: self.reactor.max_dispatch_interval.map(millis),
-                max_callbacks: self.reactor.max_callbacks,
-                min_priority: self.reactor.min_priority,
-            },
-            lanes: LanesConfig {
-                enabled: self.lanes.enabled,
-                bulk_after_bytes: self.lanes.bulk_after_bytes,
-                bulk_window_ms: millis(self.lanes.bulk_window),
-                quiet_ms: millis(self.lanes.quiet),
-            },
-            admin: AdminConfig { listen: self.admin_listen.map(|a| a.to_string()) },
-            log: LogConfig { level: self.log.level, format: self.log.format },
-        }
+        let workers = config.server.workers.resolve(host.cpus());
+        let derived = host.fd_limit().saturating_sub(FD_RESERVE).max(1);
+        let max_connections = config.server.max_connections.unwrap_or(usize::try_from(derived).unwrap_or(usize::MAX));
+        Ok(Settings { path: file.map(|f| f.path.clone()), config, workers, max_connections, identity })
     }
 
     /// The effective configuration as TOML, for `--print-config`: loading
-    /// it back (as a file, with no options) gives these same settings.
-    /// `workers` is printed resolved (a number, not `auto`).
+    /// it back (as a file, with no options) gives the same configuration.
+    /// Values keep their configured form (`workers = "auto"` stays auto,
+    /// an absent `max_connections` stays absent); comments say what they
+    /// come to on this machine.
     pub fn to_toml(&self) -> Result<String, ConfigError> {
-        let body = toml::to_string(&self.to_config())?;
-        let source = match &self.config_path {
+        let body = toml::to_string(&self.config)?;
+        let source = match &self.path {
             Some(p) => format!("{} and the command line", p.display()),
             None => "the command line".to_string(),
         };
-        Ok(format!(
-            "# Effective configuration of rot13d {}: defaults, {source} merged.\n\n{body}",
-            env!("CARGO_PKG_VERSION")
-        ))
-    }
-
-    /// The defaults without going through validation.
-    fn fallback() -> Settings {
-        Settings {
-            listen: vec![SocketAddr::from(([0, 0, 0, 0], 40713))],
-            workers: 1,
-            max_connections: None,
-            backlog: 1024,
-            max_line: 16384,
-            idle_timeout: Some(Duration::from_secs(300)),
-            write_timeout: Some(Duration::from_secs(60)),
-            write_high_watermark: 256 * 1024,
-            write_low_watermark: 64 * 1024,
-            shutdown_grace: Duration::from_secs(30),
-            user: None,
-            group: None,
-            reactor: ReactorSettings {
-                backend: None,
-                avoid: Vec::new(),
-                require_features: Vec::new(),
-                epoll_changelist: false,
-                precise_timer: false,
-                no_cache_time: false,
-                ignore_env: false,
-                priorities: 3,
-                max_dispatch_interval: None,
-                max_callbacks: None,
-                min_priority: 0,
-            },
-            lanes: LaneSettings {
-                enabled: true,
-                bulk_after_bytes: 1024 * 1024,
-                bulk_window: Duration::from_secs(1),
-                quiet: Duration::from_secs(1),
-            },
-            admin_listen: None,
-            log: LogSettings { level: LogLevel::Info, format: LogFormat::Text },
-            config_path: None,
+        let mut head =
+            format!("# Effective configuration of rot13d {}: defaults, {source} merged.\n", env!("CARGO_PKG_VERSION"));
+        if self.config.server.workers == Workers::Auto {
+            head.push_str(&format!("# workers = \"auto\" is {} on this machine.\n", self.workers));
         }
-    }
-}
-
-/// Whole milliseconds of `d`, saturating.
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// The file's config (or the defaults) with the command-line options
-/// applied.
-fn merge(file: Option<&Config>, args: &Args) -> Config {
-    let mut c = file.cloned().unwrap_or_default();
-    if !args.listen.is_empty() {
-        c.server.listen = args.listen.iter().map(|a| a.to_string()).collect();
-    }
-    if let Some(w) = args.workers {
-        c.server.workers = w;
-    }
-    if let Some(n) = args.max_line {
-        c.server.max_line = n;
-    }
-    if let Some(b) = &args.backend {
-        c.reactor.backend = Some(b.clone());
-    }
-    if let Some(l) = args.log_level {
-        c.log.level = l;
-    }
-    if let Some(f) = args.log_format {
-        c.log.format = f;
-    }
-    c
-}
-
-/// The option that overrides `key`, when it was given.
-fn cli_option(args: &Args, key: &str) -> Option<&'static str> {
-    let given = match key {
-        "server.listen" => !args.listen.is_empty(),
-        "server.workers" => args.workers.is_some(),
-        "server.max_line" => args.max_line.is_some(),
-        "reactor.backend" => args.backend.is_some(),
-        "log.level" => args.log_level.is_some(),
-        "log.format" => args.log_format.is_some(),
-        _ => false,
-    };
-    if !given {
-        return None;
-    }
-    Some(match key {
-        "server.listen" => "--listen",
-        "server.workers" => "--workers",
-        "server.max_line" => "--max-line",
-        "reactor.backend" => "--backend",
-        "log.level" => "--log-level",
-        _ => "--log-format",
-    })
-}
-
-/// Validation state: where values came from, and the problems so far.
-struct Check<'a> {
-    file: Option<&'a ConfigFile>,
-    args: &'a Args,
-    problems: Vec<ConfigError>,
-}
-
-impl Check<'_> {
-    /// Records that the value of `keys[0]` is wrong. When the problem is
-    /// between keys (low > high watermark), the first one the operator set
-    /// is named: an option, else a key of the file, else `keys[0]`.
-    fn fail(&mut self, keys: &[&str], message: impl Into<String>) {
-        let message = message.into();
-        // `section.key[i]` is an array element: named as its key, located
-        // at its own line.
-        let base = |key: &'_ str| key.split_once('[').map_or(key, |(b, _)| b).to_string();
-        let first = keys.first().copied().unwrap_or("?");
-        for key in keys {
-            if let Some(option) = cli_option(self.args, &base(key)) {
-                self.problems.push(ConfigError::Invalid { key: option.to_string(), message, path: None, line: None });
-                return;
-            }
-            if let Some(file) = self.file
-                && let Some(line) = file.line_of(key).or_else(|| file.line_of(&base(key)))
-            {
-                self.problems.push(ConfigError::Invalid {
-                    key: base(key),
-                    message,
-                    path: Some(file.path.clone()),
-                    line: Some(line),
-                });
-                return;
-            }
+        if self.config.server.max_connections.is_none() {
+            head.push_str(&format!(
+                "# max_connections is absent: {} here, from the open-file limit.\n",
+                self.max_connections
+            ));
         }
-        self.problems.push(ConfigError::Invalid {
-            key: base(first),
-            message,
-            path: self.file.map(|f| f.path.clone()),
-            line: None,
-        });
+        Ok(format!("{head}\n{body}"))
     }
 
-    /// Seconds as a duration, checked against [`MAX_SECONDS`].
-    fn seconds(&mut self, key: &str, secs: u64) -> Duration {
-        if secs > MAX_SECONDS {
-            self.fail(&[key], format!("{secs} seconds is more than the most, {MAX_SECONDS}"));
-        }
-        Duration::from_secs(secs.min(MAX_SECONDS))
-    }
-
-    /// Milliseconds as a duration, at least 1 ms.
-    fn positive_millis(&mut self, key: &str, ms: u64) -> Duration {
-        if ms == 0 {
-            self.fail(&[key], "must be at least 1 (milliseconds)");
-        } else if ms > MAX_SECONDS * 1000 {
-            self.fail(&[key], format!("{ms} ms is more than the most, {}", MAX_SECONDS * 1000));
-        }
-        Duration::from_millis(ms.clamp(1, MAX_SECONDS * 1000))
-    }
-
-    /// An `IP:PORT` address.
-    fn address(&mut self, key: &str, text: &str) -> Option<SocketAddr> {
-        match text.trim().parse::<SocketAddr>() {
-            Ok(a) => Some(a),
-            Err(_) => {
-                self.fail(
-                    &[key],
-                    format!(
-                        "`{text}` is not an address: expected IP:PORT such as \
-                         0.0.0.0:40713 or [::]:40713"
-                    ),
-                );
-                None
-            }
-        }
-    }
-
-    /// A name out of `known`.
-    fn name(&mut self, key: &str, what: &str, name: &str, known: &[&str]) -> bool {
-        if known.contains(&name) {
-            return true;
-        }
-        self.fail(&[key], format!("unknown {what} `{name}`: expected one of {}", known.join(", ")));
-        false
-    }
-
-    /// Checks `c` and builds the settings (with placeholder values where a
-    /// problem was recorded).
-    fn settings(&mut self, c: &Config, cpus: usize) -> Settings {
-        let s = &c.server;
-
-        let mut listen = Vec::new();
-        for (i, text) in s.listen.iter().enumerate() {
-            let key = format!("server.listen[{i}]");
-            if let Some(a) = self.address(&key, text) {
-                if listen.contains(&a) && a.port() != 0 {
-                    self.fail(&[&key], format!("{a} is listed twice"));
-                } else {
-                    listen.push(a);
+    /// The `[reactor]` section as an [`EventConfig`], with the lanes'
+    /// default dispatch limits.
+    pub fn event_config(&self) -> EventConfig {
+        let r = &self.config.reactor;
+        let mut cfg = EventConfig::new();
+        if let Some(b) = &r.backend {
+            for other in crate::reactor::EventBase::supported_backends() {
+                if other.name != b {
+                    cfg.avoid(other.name);
                 }
             }
         }
-        if s.listen.is_empty() {
-            self.fail(&["server.listen"], "needs at least one address");
+        for a in &r.avoid {
+            cfg.avoid(a);
         }
-
-        let workers = match s.workers {
-            Workers::Auto => cpus.clamp(1, MAX_WORKERS),
-            Workers::Count(n) if n > MAX_WORKERS => {
-                self.fail(&["server.workers"], format!("{n} is more than the most, {MAX_WORKERS}"));
-                MAX_WORKERS
-            }
-            Workers::Count(n) => n,
-        };
-
-        if s.max_connections == Some(0) {
-            self.fail(&["server.max_connections"], "must be at least 1 (or absent: from the fd limit)");
-        }
-        if s.backlog == 0 || s.backlog > i32::MAX as u32 {
-            self.fail(&["server.backlog"], format!("must be between 1 and {}", i32::MAX));
-        }
-        if s.max_line == 0 {
-            self.fail(&["server.max_line"], "must be at least 1");
-        } else if s.max_line > MAX_BUFFER {
-            self.fail(&["server.max_line"], format!("{} is more than the most, {MAX_BUFFER}", s.max_line));
-        }
-        if s.write_high_watermark == 0 {
-            self.fail(&["server.write_high_watermark"], "must be at least 1");
-        } else if s.write_high_watermark > MAX_BUFFER {
-            self.fail(
-                &["server.write_high_watermark"],
-                format!("{} is more than the most, {MAX_BUFFER}", s.write_high_watermark),
-            );
-        } else if s.write_low_watermark > s.write_high_watermark {
-            self.fail(
-                &["server.write_low_watermark", "server.write_high_watermark"],
-                format!(
-                    "write_low_watermark ({}) is above write_high_watermark ({})",
-                    s.write_low_watermark, s.write_high_watermark
-                ),
-            );
-        }
-        let idle = self.seconds("server.idle_timeout", s.idle_timeout);
-        let write = self.seconds("server.write_timeout", s.write_timeout);
-        let grace = self.seconds("server.shutdown_grace", s.shutdown_grace);
-        for (key, v) in [("server.user", &s.user), ("server.group", &s.group)] {
-            if let Some(name) = v
-                && (name.is_empty() || name.contains('\0'))
-            {
-                self.fail(&[key], "must be a user or group name");
+        let req =
+            r.require_features.iter().filter_map(|f| Features::from_name(f)).fold(Features::empty(), |a, f| a | f);
+        cfg.require_features(req);
+        for (on, flag) in [
+            (r.epoll_changelist, BaseFlags::EPOLL_USE_CHANGELIST),
+            (r.precise_timer, BaseFlags::PRECISE_TIMER),
+            (r.no_cache_time, BaseFlags::NO_CACHE_TIME),
+            (r.ignore_env, BaseFlags::IGNORE_ENV),
+            (true, BaseFlags::NOLOCK),
+        ] {
+            if on {
+                cfg.set_flag(flag);
             }
         }
-
-        let reactor = self.reactor(&c.reactor);
-        let lanes = LaneSettings {
-            enabled: c.lanes.enabled,
-            bulk_after_bytes: c.lanes.bulk_after_bytes,
-            bulk_window: self.positive_millis("lanes.bulk_window_ms", c.lanes.bulk_window_ms),
-            quiet: self.positive_millis("lanes.quiet_ms", c.lanes.quiet_ms),
-        };
-        if c.lanes.bulk_after_bytes == 0 {
-            self.fail(&["lanes.bulk_after_bytes"], "must be at least 1");
-        }
-
-        let admin_listen = match &c.admin.listen {
-            Some(text) => self.address("admin.listen", text),
-            None => None,
-        };
-        if let Some(a) = admin_listen
-            && a.port() != 0
-            && listen.contains(&a)
-        {
-            self.fail(&["admin.listen"], format!("{a} is also in server.listen"));
-        }
-
-        Settings {
-            listen,
-            workers,
-            max_connections: s.max_connections,
-            backlog: s.backlog,
-            max_line: s.max_line,
-            idle_timeout: (!idle.is_zero()).then_some(idle),
-            write_timeout: (!write.is_zero()).then_some(write),
-            write_high_watermark: s.write_high_watermark,
-            write_low_watermark: s.write_low_watermark,
-            shutdown_grace: grace,
-            user: s.user.clone(),
-            group: s.group.clone(),
-            reactor,
-            lanes,
-            admin_listen,
-            log: LogSettings { level: c.log.level, format: c.log.format },
-            config_path: None,
-        }
-    }
-
-    /// Checks `[reactor]`.
-    fn reactor(&mut self, r: &ReactorConfig) -> ReactorSettings {
-        if let Some(b) = &r.backend
-            && self.name("reactor.backend", "backend", b, &BACKENDS)
-            && r.avoid.contains(b)
-        {
-            self.fail(&["reactor.backend", "reactor.avoid"], format!("`{b}` is also in reactor.avoid"));
-        }
-        for (i, b) in r.avoid.iter().enumerate() {
-            self.name(&format!("reactor.avoid[{i}]"), "backend", b, &BACKENDS);
-        }
-        if !r.avoid.is_empty() && BACKENDS.iter().all(|b| r.avoid.iter().any(|a| a == b)) {
-            self.fail(&["reactor.avoid"], "avoids every backend");
-        }
-        for (i, f) in r.require_features.iter().enumerate() {
-            let key = format!("reactor.require_features[{i}]");
-            self.name(&key, "feature", f, &FEATURES);
-        }
-        if !(1..=256).contains(&r.priorities) {
-            self.fail(&["reactor.priorities"], format!("{} is not between 1 and 256", r.priorities));
-        } else if r.min_priority >= r.priorities {
-            self.fail(
-                &["reactor.min_priority", "reactor.priorities"],
-                format!("min_priority ({}) must be below priorities ({})", r.min_priority, r.priorities),
+        if self.config.lanes.enabled && r.max_dispatch_interval.is_none() && r.max_callbacks.is_none() {
+            // Lanes without explicit limits: a turn runs at most this many
+            // bulk callbacks (each up to one 64 KiB read) before interactive
+            // connections are looked at again...
+            cfg.set_max_dispatch_interval(
+                Some(BULK_TURN_INTERVAL),
+                Some(BULK_TURN_CALLBACKS),
+                super::worker::LANE_BULK,
             );
+            // ...and interactive traffic that never pauses cannot starve bulk.
+            cfg.set_starvation_limit(Some(BULK_STARVE_TURNS));
+        } else {
+            cfg.set_max_dispatch_interval(r.max_dispatch_interval, r.max_callbacks.map(|n| n as usize), r.min_priority);
         }
-        if r.max_callbacks == Some(0) {
-            self.fail(&["reactor.max_callbacks"], "must be at least 1 (or absent: no limit)");
-        }
-        let max_dispatch_interval = r.max_dispatch_interval_ms.map(|ms| {
-            if ms > MAX_SECONDS * 1000 {
-                self.fail(
-                    &["reactor.max_dispatch_interval_ms"],
-                    format!("{ms} ms is more than the most, {}", MAX_SECONDS * 1000),
-                );
-            }
-            Duration::from_millis(ms.min(MAX_SECONDS * 1000))
-        });
-        ReactorSettings {
-            backend: r.backend.clone(),
-            avoid: r.avoid.clone(),
-            require_features: r.require_features.clone(),
-            epoll_changelist: r.epoll_changelist,
-            precise_timer: r.precise_timer,
-            no_cache_time: r.no_cache_time,
-            ignore_env: r.ignore_env,
-            priorities: r.priorities,
-            max_dispatch_interval,
-            max_callbacks: r.max_callbacks,
-            min_priority: r.min_priority,
-        }
+        cfg
     }
 }
 
@@ -587,9 +250,37 @@ impl Check<'_> {
 mod tests {
     use super::*;
     use crate::daemon::cli::parse_from;
+    use crate::daemon::config::{BACKENDS, LogFormat, LogLevel, MAX_WORKERS, never_if_zero};
+    use std::net::SocketAddr;
     use std::path::Path;
+    use std::time::Duration;
 
     const PATH: &str = "/etc/rot13d/test.toml";
+
+    /// A host with 4 CPUs, an fd limit of 1024 and every user existing.
+    struct Fake {
+        cpus: usize,
+    }
+
+    impl Host for Fake {
+        fn cpus(&self) -> usize {
+            self.cpus
+        }
+        fn fd_limit(&self) -> u64 {
+            1024
+        }
+        fn identity(
+            &self,
+            user: Option<&str>,
+            group: Option<&str>,
+        ) -> Result<Option<Identity>, (&'static str, String)> {
+            match (user, group) {
+                (Some("ghost"), _) => Err(("server.user", "no such user `ghost`".into())),
+                (None, None) => Ok(None),
+                _ => Ok(Some(Identity { uid: Some(65534), gid: Some(65534), name: None })),
+            }
+        }
+    }
 
     fn file(text: &str) -> ConfigFile {
         match ConfigFile::parse(text, Path::new(PATH)) {
@@ -605,9 +296,13 @@ mod tests {
         }
     }
 
-    fn resolve(text: Option<&str>, cli: &[&str]) -> Result<Settings, ConfigError> {
+    fn resolve_on(text: Option<&str>, cli: &[&str], cpus: usize) -> Result<Settings, ConfigError> {
         let f = text.map(file);
-        Settings::resolve_with_cpus(f.as_ref(), &args(cli), 4)
+        Settings::resolve(f.as_ref(), &args(cli), &Fake { cpus })
+    }
+
+    fn resolve(text: Option<&str>, cli: &[&str]) -> Result<Settings, ConfigError> {
+        resolve_on(text, cli, 4)
     }
 
     /// The one problem of `text` + `cli`, as (key, line, message).
@@ -628,36 +323,17 @@ mod tests {
     #[test]
     fn defaults() {
         let s = resolve(None, &[]).expect("defaults are valid");
-        assert_eq!(s.listen, vec![addr("0.0.0.0:40713")]);
-        assert_eq!(s.workers, 4);
-        assert_eq!(s.max_connections, None);
-        assert_eq!(s.backlog, 1024);
-        assert_eq!(s.max_line, 16384);
-        assert_eq!(s.idle_timeout, Some(Duration::from_secs(300)));
-        assert_eq!(s.write_timeout, Some(Duration::from_secs(60)));
-        assert_eq!((s.write_high_watermark, s.write_low_watermark), (262144, 65536));
-        assert_eq!(s.shutdown_grace, Duration::from_secs(30));
-        assert_eq!((s.user.as_deref(), s.group.as_deref()), (None, None));
-        assert_eq!(s.reactor.backend, None);
-        assert_eq!(s.reactor.priorities, 3);
-        assert_eq!(s.reactor.min_priority, 0);
-        assert_eq!(s.reactor.max_dispatch_interval, None);
-        assert!(s.lanes.enabled);
-        assert_eq!(s.lanes.bulk_after_bytes, 1 << 20);
-        assert_eq!(s.lanes.bulk_window, Duration::from_secs(1));
-        assert_eq!(s.lanes.quiet, Duration::from_secs(1));
-        assert_eq!(s.admin_listen, None);
-        assert_eq!(s.log, LogSettings { level: LogLevel::Info, format: LogFormat::Text });
-        assert_eq!(s.config_path, None);
-        let fallback = Settings { workers: 4, ..Settings::fallback() };
-        assert_eq!(s, fallback);
+        assert_eq!(s.config, Config::default());
+        assert_eq!(s.workers, 4, "auto on 4 CPUs");
+        assert_eq!(s.max_connections, 1024 - FD_RESERVE as usize, "from the fd limit");
+        assert_eq!((s.identity.as_ref(), s.path.as_ref()), (None, None));
     }
 
     #[test]
-    fn default_impl_resolves_auto_on_this_machine() {
-        let s = Settings::default();
+    fn system_host_resolves_auto_on_this_machine() {
+        let s = Settings::load(&Args::default(), &System::now()).expect("defaults are valid");
         assert_eq!(s.workers, crate::sys::available_cpus().max(1));
-        assert!(s.workers >= 1);
+        assert_eq!(s.config.server.workers, Workers::Auto, "kept as configured");
     }
 
     #[test]
@@ -665,15 +341,12 @@ mod tests {
         let text = include_str!("../../config/rot13d.toml");
         let from_file = resolve(Some(text), &[]).expect("annotated file is valid");
         let none = resolve(None, &[]).expect("defaults are valid");
-        assert_eq!(from_file, Settings { config_path: Some(PATH.into()), ..none });
+        assert_eq!(from_file, Settings { path: Some(PATH.into()), ..none });
     }
 
     #[test]
     fn workers_auto_and_counts() {
-        let f = |t: &str, cpus| {
-            let file = file(t);
-            Settings::resolve_with_cpus(Some(&file), &Args::default(), cpus).map(|s| s.workers)
-        };
+        let f = |t: &str, cpus| resolve_on(Some(t), &[], cpus).map(|s| s.workers);
         assert_eq!(f("[server]\nworkers = \"auto\"\n", 6).ok(), Some(6));
         assert_eq!(f("[server]\nworkers = \"auto\"\n", 0).ok(), Some(1));
         assert_eq!(f("[server]\nworkers = \"auto\"\n", 5000).ok(), Some(MAX_WORKERS));
@@ -685,55 +358,76 @@ mod tests {
     }
 
     #[test]
+    fn max_connections_is_derived_once_from_the_host() {
+        let s = resolve(Some("[server]\nmax_connections = 7\n"), &[]).expect("valid");
+        assert_eq!(s.max_connections, 7);
+        let s = resolve(None, &["-w", "1"]).expect("valid");
+        assert_eq!(s.max_connections, 960, "1024 - 64, whatever the worker count");
+        assert_eq!(s.config.server.max_connections, None, "printed as configured");
+    }
+
+    #[test]
     fn cli_overrides_file() {
         let text = "[server]\nlisten = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\nworkers = 2\n\
                     max_line = 10\nbacklog = 7\n[reactor]\nbackend = \"select\"\n\
                     [log]\nlevel = \"warn\"\nformat = \"json\"\n";
-        let s = resolve(
-            Some(text),
-            &[
-                "-l",
-                "127.0.0.1:9",
-                "-w",
-                "0",
-                "--max-line",
-                "20",
-                "--backend",
-                "poll",
-                "--log-level",
-                "trace",
-                "--log-format",
-                "text",
-            ],
-        )
-        .expect("valid");
-        assert_eq!(s.listen, vec![addr("127.0.0.1:9")]);
-        assert_eq!(s.workers, 0);
-        assert_eq!(s.max_line, 20);
-        assert_eq!(s.backlog, 7, "not overridden: from the file");
-        assert_eq!(s.reactor.backend.as_deref(), Some("poll"));
-        assert_eq!(s.log, LogSettings { level: LogLevel::Trace, format: LogFormat::Text });
-        assert_eq!(s.config_path.as_deref(), Some(Path::new(PATH)));
+        let cli = [
+            "-l",
+            "127.0.0.1:9",
+            "-w",
+            "0",
+            "--max-line",
+            "20",
+            "--backend",
+            "poll",
+            "--log-level",
+            "trace",
+            "--log-format",
+            "text",
+        ];
+        let s = resolve(Some(text), &cli).expect("valid");
+        let c = &s.config;
+        assert_eq!(c.server.listen, vec![addr("127.0.0.1:9")]);
+        assert_eq!((s.workers, c.server.workers), (0, Workers::Count(0)));
+        assert_eq!(c.server.max_line, 20);
+        assert_eq!(c.server.backlog, 7, "not overridden: from the file");
+        assert_eq!(c.reactor.backend.as_deref(), Some("poll"));
+        assert_eq!((c.log.level, c.log.format), (LogLevel::Trace, LogFormat::Text));
+        assert_eq!(s.path.as_deref(), Some(Path::new(PATH)));
 
         let s = resolve(Some(text), &[]).expect("valid");
-        assert_eq!(s.listen, vec![addr("127.0.0.1:1"), addr("127.0.0.1:2")]);
-        assert_eq!((s.workers, s.max_line), (2, 10));
-        assert_eq!(s.reactor.backend.as_deref(), Some("select"));
-        assert_eq!(s.log, LogSettings { level: LogLevel::Warn, format: LogFormat::Json });
+        let c = &s.config;
+        assert_eq!(c.server.listen, vec![addr("127.0.0.1:1"), addr("127.0.0.1:2")]);
+        assert_eq!((s.workers, c.server.max_line), (2, 10));
+        assert_eq!(c.reactor.backend.as_deref(), Some("select"));
+        assert_eq!((c.log.level, c.log.format), (LogLevel::Warn, LogFormat::Json));
+    }
+
+    #[test]
+    fn every_override_names_a_key_of_the_model() {
+        let known = toml::Value::try_from(Config::default()).expect("renders");
+        for o in OVERRIDES {
+            let (section, key) = o.key.split_once('.').expect("section.key");
+            let optional = ["backend"].contains(&key);
+            assert!(optional || known.get(section).and_then(|s| s.get(key)).is_some(), "{}", o.key);
+            assert!(o.option.starts_with("--"), "{}", o.option);
+            assert!(!(o.apply)(&Args::default(), &mut Config::default()), "{} given by default", o.option);
+        }
     }
 
     #[test]
     fn listen_is_repeatable_and_replaces_the_list() {
         let s = resolve(None, &["-l", "127.0.0.1:0", "-l", "[::1]:0", "-l", "127.0.0.1:5"]).expect("valid");
-        assert_eq!(s.listen, vec![addr("127.0.0.1:0"), addr("[::1]:0"), addr("127.0.0.1:5")]);
+        assert_eq!(s.config.server.listen, vec![addr("127.0.0.1:0"), addr("[::1]:0"), addr("127.0.0.1:5")]);
     }
 
     #[test]
     fn zero_timeouts_mean_never() {
         let s =
             resolve(Some("[server]\nidle_timeout = 0\nwrite_timeout = 0\nshutdown_grace = 0\n"), &[]).expect("valid");
-        assert_eq!((s.idle_timeout, s.write_timeout), (None, None));
-        assert_eq!(s.shutdown_grace, Duration::ZERO);
+        let c = &s.config.server;
+        assert_eq!((never_if_zero(c.idle_timeout), never_if_zero(c.write_timeout)), (None, None));
+        assert_eq!(c.shutdown_grace, Duration::ZERO);
     }
 
     #[test]
@@ -753,13 +447,17 @@ mod tests {
         assert_eq!(err.to_string(), "invalid value for --max-line: must be at least 1");
     }
 
+    /// `padded` with `want` (section.key) set on its line: the line number.
+    fn line_of_key(padded: &str, want: &str) -> usize {
+        let name = want.split('.').nth(1).unwrap_or(want);
+        2 + padded.lines().skip(2).position(|l| l.starts_with(name)).unwrap_or(0) + 1
+    }
+
     #[test]
     fn every_validation_error_names_key_and_line() {
         let cases: &[(&str, &str)] = &[
             ("[server]\nmax_line = 0\n", "server.max_line"),
             ("[server]\nmax_line = 2000000000\n", "server.max_line"),
-            ("[server]\nlisten = [\"nowhere:1\"]\n", "server.listen"),
-            ("[server]\nlisten = [\"127.0.0.1\"]\n", "server.listen"),
             ("[server]\nlisten = []\n", "server.listen"),
             ("[server]\nlisten = [\"127.0.0.1:1\", \"127.0.0.1:1\"]\n", "server.listen"),
             ("[server]\nmax_connections = 0\n", "server.max_connections"),
@@ -773,6 +471,7 @@ mod tests {
             ("[server]\nshutdown_grace = 99999999999\n", "server.shutdown_grace"),
             ("[server]\nuser = \"\"\n", "server.user"),
             ("[server]\ngroup = \"\"\n", "server.group"),
+            ("[server]\nuser = \"ghost\"\n", "server.user"),
             ("[reactor]\nbackend = \"kqueue\"\n", "reactor.backend"),
             ("[reactor]\navoid = [\"iocp\"]\n", "reactor.avoid"),
             ("[reactor]\navoid = [\"epoll\", \"poll\", \"select\"]\n", "reactor.avoid"),
@@ -787,19 +486,13 @@ mod tests {
             ("[lanes]\nbulk_after_bytes = 0\n", "lanes.bulk_after_bytes"),
             ("[lanes]\nbulk_window_ms = 0\n", "lanes.bulk_window_ms"),
             ("[lanes]\nquiet_ms = 0\n", "lanes.quiet_ms"),
-            ("[admin]\nlisten = \"localhost\"\n", "admin.listen"),
             ("[admin]\nlisten = \"0.0.0.0:40713\"\n", "admin.listen"),
+            ("[log]\nfile = \"\"\n", "log.file"),
         ];
         for (text, want) in cases {
             // Two lines of padding so that the line number is not 1 or 2 by luck.
             let padded = format!("# test\n\n{text}");
-            let want_line = 2
-                + padded
-                    .lines()
-                    .skip(2)
-                    .position(|l| l.starts_with(want.split('.').nth(1).unwrap_or(want)))
-                    .unwrap_or(0)
-                + 1;
+            let want_line = line_of_key(&padded, want);
             let (key, line, message) = problem(Some(&padded), &[]);
             assert_eq!(&key, want, "{text:?}: {message}");
             assert_eq!(line, Some(want_line), "{text:?}: {message}");
@@ -807,17 +500,30 @@ mod tests {
             assert!(full.starts_with(&format!("{PATH}:{want_line}: ")), "{full}");
             assert!(full.contains(want), "{full}");
         }
+        // Values of the wrong form are refused by their type, at their line.
+        let typed: &[(&str, &str)] = &[
+            ("[server]\nlisten = [\"nowhere:1\"]\n", "server.listen"),
+            ("[server]\nlisten = [\"127.0.0.1\"]\n", "server.listen"),
+            ("[admin]\nlisten = \"localhost\"\n", "admin.listen"),
+        ];
+        for (text, want) in typed {
+            let padded = format!("# test\n\n{text}");
+            let want_line = line_of_key(&padded, want);
+            let full = ConfigFile::parse(&padded, Path::new(PATH)).expect_err("invalid").to_string();
+            assert!(full.starts_with(&format!("{PATH}:{want_line}:")), "{full}");
+            assert!(full.contains(want) && full.contains("is not an address"), "{full}");
+        }
     }
 
     #[test]
     fn array_element_problems_have_the_element_line() {
-        let text = "[server]\nlisten = [\n  \"127.0.0.1:1\",\n  \"nowhere\",\n]\n\
+        let text = "[server]\nlisten = [\n  \"127.0.0.1:1\",\n  \"127.0.0.1:1\",\n]\n\
                     [reactor]\nrequire_features = [\"et\",\n  \"fast\"]\n";
         let err = resolve(Some(text), &[]).expect_err("two problems");
         let message = err.to_string();
         let lines: Vec<&str> = message.lines().collect();
         assert_eq!(lines.len(), 2, "{message}");
-        assert!(lines[0].starts_with(&format!("{PATH}:4: invalid value for server.listen: `nowhere`")), "{message}");
+        assert!(lines[0].starts_with(&format!("{PATH}:4: invalid value for server.listen: 127.0.0.1:1")), "{message}");
         assert!(lines[1].starts_with(&format!("{PATH}:8: invalid value for reactor.require_features")), "{message}");
         let dup = "[server]\nlisten = [\"127.0.0.1:1\",\n\"127.0.0.1:1\"]\n";
         let (key, line, message) = problem(Some(dup), &[]);
@@ -866,16 +572,16 @@ mod tests {
             ),
             &[],
         )
-        .expect("valid")
-        .reactor;
-        assert_eq!(s.backend.as_deref(), Some("epoll"));
-        assert_eq!(s.avoid, vec!["select"]);
-        assert_eq!(s.require_features, vec!["et", "o1", "fds", "early_close"]);
-        assert!(s.epoll_changelist && s.precise_timer && s.no_cache_time && s.ignore_env);
-        assert_eq!(s.priorities, 256);
-        assert_eq!(s.max_dispatch_interval, Some(Duration::from_millis(5)));
-        assert_eq!(s.max_callbacks, Some(10));
-        assert_eq!(s.min_priority, 255);
+        .expect("valid");
+        let r = &s.config.reactor;
+        assert_eq!(r.backend.as_deref(), Some("epoll"));
+        assert_eq!(r.avoid, vec!["select"]);
+        assert_eq!(r.require_features, vec!["et", "o1", "fds", "early_close"]);
+        assert!(r.epoll_changelist && r.precise_timer && r.no_cache_time && r.ignore_env);
+        assert_eq!(r.priorities, 256);
+        assert_eq!(r.max_dispatch_interval, Some(Duration::from_millis(5)));
+        assert_eq!(r.max_callbacks, Some(10));
+        assert_eq!(r.min_priority, 255);
     }
 
     #[test]
@@ -886,6 +592,15 @@ mod tests {
         assert!(message.contains("65536") && message.contains("100"), "{message}");
         // Equal is fine.
         assert!(resolve(Some("[server]\nwrite_high_watermark = 5\nwrite_low_watermark = 5\n"), &[]).is_ok());
+    }
+
+    #[test]
+    fn user_and_group_are_resolved() {
+        let s = resolve(Some("[server]\nuser = \"nobody\"\n"), &[]).expect("valid");
+        assert_eq!(s.identity.and_then(|i| i.uid), Some(65534));
+        let (key, line, message) = problem(Some("\n[server]\nuser = \"ghost\"\n"), &[]);
+        assert_eq!((key.as_str(), line), ("server.user", Some(3)), "{message}");
+        assert!(message.contains("ghost"), "{message}");
     }
 
     #[test]
@@ -902,7 +617,7 @@ mod tests {
                      max_dispatch_interval_ms = 0\nmax_callbacks = 3\nmin_priority = 2\n\
                      [lanes]\nenabled = false\nbulk_after_bytes = 5\nbulk_window_ms = 6\n\
                      quiet_ms = 7\n[admin]\nlisten = \"[::1]:9100\"\n\
-                     [log]\nlevel = \"error\"\nformat = \"json\"\n",
+                     [log]\nlevel = \"error\"\nformat = \"json\"\nfile = \"/var/log/r.log\"\n",
                 ),
                 &["--log-level", "debug"],
             ),
@@ -912,35 +627,40 @@ mod tests {
             let printed = s.to_toml().expect("renders");
             let back_file = ConfigFile::parse(&printed, Path::new("printed.toml"))
                 .unwrap_or_else(|e| panic!("--print-config output does not parse: {e}\n{printed}"));
-            let back = Settings::resolve_with_cpus(Some(&back_file), &Args::default(), 1)
+            let back = Settings::resolve(Some(&back_file), &Args::default(), &Fake { cpus: 4 })
                 .unwrap_or_else(|e| panic!("--print-config output is invalid: {e}\n{printed}"));
-            assert_eq!(back, Settings { config_path: Some("printed.toml".into()), ..s.clone() }, "{printed}");
+            assert_eq!(back, Settings { path: Some("printed.toml".into()), ..s.clone() }, "{printed}");
             assert!(printed.starts_with("# Effective configuration of rot13d"), "{printed}");
         }
     }
 
     #[test]
-    fn print_config_of_defaults_shows_every_section() {
+    fn print_config_keeps_auto() {
         let printed = resolve(None, &[]).expect("valid").to_toml().expect("renders");
         for section in ["[server]", "[reactor]", "[lanes]", "[log]"] {
             assert!(printed.contains(section), "{printed}");
         }
-        assert!(printed.contains("workers = 4"), "{printed}");
+        assert!(printed.contains("\nworkers = \"auto\"\n"), "{printed}");
+        assert!(printed.contains("# workers = \"auto\" is 4 on this machine."), "{printed}");
+        assert!(!printed.contains("\nmax_connections ="), "{printed}");
         assert!(printed.contains("listen = [\"0.0.0.0:40713\"]"), "{printed}");
+        let pinned = resolve(None, &["-w", "3"]).expect("valid").to_toml().expect("renders");
+        assert!(pinned.contains("\nworkers = 3\n") && !pinned.contains("auto"), "{pinned}");
     }
 
     #[test]
     fn load_reads_the_config_option() {
         let path = std::env::temp_dir().join(format!("rot13d-settings-{}.toml", std::process::id()));
         let written = std::fs::write(&path, "[server]\nmax_line = 77\n");
-        let loaded = written.map(|()| Settings::load(&args(&["-c", &path.display().to_string()])));
+        let host = Fake { cpus: 1 };
+        let loaded = written.map(|()| Settings::load(&args(&["-c", &path.display().to_string()]), &host));
         let _ = std::fs::remove_file(&path);
         let s = loaded.expect("temp file written").expect("valid");
-        assert_eq!(s.max_line, 77);
-        assert_eq!(s.config_path.as_deref(), Some(path.as_path()));
+        assert_eq!(s.config.server.max_line, 77);
+        assert_eq!(s.path.as_deref(), Some(path.as_path()));
 
         let missing = path.with_extension("absent");
-        let err = Settings::load(&args(&["-c", &missing.display().to_string()])).expect_err("missing file");
+        let err = Settings::load(&args(&["-c", &missing.display().to_string()]), &host).expect_err("missing file");
         assert!(err.to_string().contains(&missing.display().to_string()), "{err}");
     }
 }

@@ -3,16 +3,20 @@
 //!
 //! After `fork()` the worker calls `reinit()` on the base it inherited from
 //! the master, frees the master's events, installs its own signal events
-//! and serves until its loop runs out of connections after a drain.
-//! With `workers = 0` the master runs the same code in its own process.
+//! and serves until its connections are gone after a drain (`on_done`).
+//! With `workers = 0` the master runs the same [`Shared`] on its own base,
+//! as its in-process worker.
 
+use super::config::never_if_zero;
 use super::connection::{self, Conn, ConnBev};
-use super::metrics::{Counter, Metrics};
+use super::listener::ListenFd;
+use super::metrics::{Counter, Slot};
+use super::settings::Settings;
 use crate::protocol::Framer;
 use crate::reactor::{Bev, BevOptions, BufferEvent, EventBase, EventFlags, EventId};
 use crate::sys;
 use std::cell::{Cell, RefCell};
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -73,15 +77,40 @@ pub struct LaneParams {
     pub quiet_ms: u32,
 }
 
+impl WorkerParams {
+    /// The parameters of a generation with settings `s`.
+    pub fn new(s: &Settings) -> WorkerParams {
+        let (server, lanes) = (&s.config.server, &s.config.lanes);
+        WorkerParams {
+            max_line: server.max_line,
+            idle_timeout: never_if_zero(server.idle_timeout),
+            write_timeout: never_if_zero(server.write_timeout),
+            write_high_watermark: server.write_high_watermark,
+            write_low_watermark: server.write_low_watermark,
+            max_connections: s.max_connections,
+            shutdown_grace: server.shutdown_grace,
+            lanes: lanes.enabled.then(|| LaneParams {
+                bulk_after_bytes: lanes.bulk_after_bytes.min(u32::MAX as u64) as u32,
+                window_ms: lanes.bulk_window.as_millis().clamp(1, u32::MAX as u128) as u32,
+                quiet_ms: lanes.quiet.as_millis().min(u32::MAX as u128) as u32,
+            }),
+        }
+    }
+}
+
 struct Listening {
-    fd: RawFd,
+    fd: ListenFd,
     ev: EventId,
 }
 
+/// Run once when a drain has ended (no connection left): a forked worker
+/// leaves its loop, the in-process worker tells the master.
+pub type OnDone = Box<dyn Fn(&mut EventBase)>;
+
 /// State shared by the worker's callbacks and its connections.
 pub struct Shared {
-    metrics: Rc<Metrics>,
-    slot: usize,
+    slot: Slot,
+    on_done: OnDone,
     params: RefCell<WorkerParams>,
     conns: RefCell<Vec<Option<Bev<Conn>>>>,
     free_ids: RefCell<Vec<u32>>,
@@ -98,7 +127,12 @@ pub struct Shared {
 impl Shared {
     /// Adds to one of this process's counters.
     pub fn count(&self, c: Counter, n: u64) {
-        self.metrics.add(self.slot, c, n);
+        self.slot.add(c, n);
+    }
+
+    /// Whether a drain has begun.
+    pub fn draining(&self) -> bool {
+        self.draining.get()
     }
 
     /// The lane parameters of new reads.
@@ -135,15 +169,15 @@ impl Shared {
         let gone = self.conns.borrow_mut().get_mut(id as usize).and_then(Option::take);
         if gone.is_some() {
             self.free_ids.borrow_mut().push(id);
-            self.open.set(self.open.get() - 1);
-            self.metrics.sub(self.slot, Counter::Open, 1);
+            self.open.set(self.open.get().saturating_sub(1));
+            self.slot.set(Counter::Open, self.open.get() as u64);
         }
         drop(gone);
         if self.pause.get() & PAUSE_LIMIT != 0 && self.open.get() < self.params.borrow().max_connections {
             self.set_pause(base, PAUSE_LIMIT, false);
         }
         if self.draining.get() && self.open.get() == 0 {
-            let _ = base.loopexit(None);
+            (self.on_done)(base);
         }
     }
 
@@ -213,10 +247,11 @@ impl Shared {
             last_heavy: 0,
             lane: LANE_INTERACTIVE as u8,
             last_read: now_ms,
+            unsent: 0,
         };
         let bev = BufferEvent::socket_new(base, fd, BevOptions::CLOSE_ON_FREE, conn)?;
         let setup = bev.with(|b: &mut ConnBev| -> std::io::Result<()> {
-            b.setcb(Some(connection::on_read), None, Some(connection::on_event));
+            b.setcb(Some(connection::on_read), Some(connection::on_write), Some(connection::on_event));
             b.set_closecb(Some(connection::on_close));
             b.set_priority(base, LANE_INTERACTIVE)?;
             b.set_backpressure(base, params.write_high_watermark, params.write_low_watermark);
@@ -226,7 +261,7 @@ impl Shared {
         self.conns.borrow_mut()[id as usize] = Some(bev.clone());
         self.open.set(self.open.get() + 1);
         self.count(Counter::Accepted, 1);
-        self.metrics.add(self.slot, Counter::Open, 1);
+        self.slot.set(Counter::Open, self.open.get() as u64);
         match setup {
             Some(Ok(())) => Ok(()),
             Some(Err(e)) => {
@@ -260,6 +295,7 @@ impl Shared {
                     return;
                 }
                 if Self::closable(b, now, retiring) {
+                    connection::drop_unsent(b);
                     b.free(base);
                 } else {
                     busy += 1;
@@ -273,7 +309,7 @@ impl Shared {
     /// closed at once; busy ones served until their client finishes, for at
     /// most the grace period.
     ///
-    /// Retiring (SIGUSR1, a reload): the same, except that an idle
+    /// Retiring (the master's retire command, a reload): the same, except that an idle
     /// connection is closed at once only if it has been quiet for
     /// [`RETIRE_QUIET`]: the listeners stay open in the new generation, so
     /// a client that connected just before the reload must not see its
@@ -284,17 +320,18 @@ impl Shared {
             return;
         }
         self.set_pause(base, PAUSE_DRAIN, true);
+        // Our copies of the listeners close (the master's and the new
+        // generation's stay open).
         for l in self.listeners.borrow_mut().drain(..) {
             base.free(l.ev);
-            sys::close(l.fd);
         }
         base.free(self.resume_timer.get());
         let busy = self.close_idle(base, retiring);
         let grace = self.params.borrow().shutdown_grace;
-        let accepted = self.metrics.get(self.slot, Counter::Accepted);
+        let accepted = self.slot.get(Counter::Accepted);
         tracing::info!(target: "rot13d", busy, accepted, retiring, grace_s = grace.as_secs_f64(), "draining");
         if self.open.get() == 0 {
-            let _ = base.loopexit(None);
+            (self.on_done)(base);
             return;
         }
         let me = self.clone();
@@ -322,17 +359,22 @@ impl Shared {
                 }
                 let _ = b.enable(base, EventFlags::WRITE);
                 b.flush(base);
+                connection::drop_unsent(b);
                 b.free(base);
             });
         }
-        let _ = base.loopexit(None);
+        if self.open.get() == 0 {
+            (self.on_done)(base);
+        }
     }
 
     /// Starts accepting on another listening socket (a reload).
-    pub fn add_listener(self: &Rc<Self>, base: &mut EventBase, fd: RawFd) -> std::io::Result<()> {
-        sys::set_nonblocking(fd, true)?;
+    pub fn add_listener(self: &Rc<Self>, base: &mut EventBase, fd: ListenFd) -> std::io::Result<()> {
+        let raw = fd.as_raw_fd();
+        sys::set_nonblocking(raw, true)?;
         let s = self.clone();
-        let ev = base.new_event(fd, EventFlags::READ | EventFlags::PERSIST, move |base, _, _| s.accept_ready(base, fd));
+        let ev =
+            base.new_event(raw, EventFlags::READ | EventFlags::PERSIST, move |base, _, _| s.accept_ready(base, raw));
         base.set_priority(ev, LANE_CONTROL)?;
         if self.listening.get() {
             base.add(ev, None)?;
@@ -341,18 +383,23 @@ impl Shared {
         Ok(())
     }
 
-    /// Stops accepting on a listening socket and closes it (a reload).
+    /// Stops accepting on a listening socket and lets go of it (a reload);
+    /// it closes once nobody else holds it.
     pub fn remove_listener(&self, base: &mut EventBase, fd: RawFd) {
         let mut ls = self.listeners.borrow_mut();
-        if let Some(pos) = ls.iter().position(|l| l.fd == fd) {
+        if let Some(pos) = ls.iter().position(|l| l.fd.as_raw_fd() == fd) {
             let l = ls.swap_remove(pos);
             base.free(l.ev);
-            sys::close(l.fd);
         }
     }
 
-    /// New settings for connections accepted from now on (workers = 0
-    /// reload).
+    /// The listening sockets it accepts on.
+    pub fn listener_fds(&self) -> Vec<RawFd> {
+        self.listeners.borrow().iter().map(|l| l.fd.as_raw_fd()).collect()
+    }
+
+    /// New settings for connections accepted from now on (a reload of the
+    /// in-process worker: connections open keep theirs).
     pub fn set_params(&self, base: &mut EventBase, p: WorkerParams) {
         if let Err(e) = register_timeouts(base, &p) {
             tracing::warn!(target: "rot13d", error = %e, "new timeouts use the timer heap");
@@ -373,16 +420,16 @@ fn register_timeouts(base: &mut EventBase, p: &WorkerParams) -> std::io::Result<
 /// Registers the listeners on `base` and returns the shared worker state.
 pub fn start(
     base: &mut EventBase,
-    listeners: &[RawFd],
+    listeners: Vec<ListenFd>,
     params: WorkerParams,
-    metrics: Rc<Metrics>,
-    slot: usize,
+    slot: Slot,
+    on_done: OnDone,
 ) -> std::io::Result<Rc<Shared>> {
     register_timeouts(base, &params)?;
-    metrics.set(slot, Counter::Open, 0);
+    slot.set(Counter::Open, 0);
     let shared = Rc::new(Shared {
-        metrics,
         slot,
+        on_done,
         params: RefCell::new(params),
         conns: RefCell::new(Vec::new()),
         free_ids: RefCell::new(Vec::new()),
@@ -399,7 +446,7 @@ pub fn start(
     let t = base.new_timer(move |base, _, _| s.set_pause(base, PAUSE_FDS, false));
     base.set_priority(t, LANE_CONTROL)?;
     shared.resume_timer.set(t);
-    for &fd in listeners {
+    for fd in listeners {
         shared.add_listener(base, fd)?;
     }
     shared.sync_listeners(base);

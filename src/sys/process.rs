@@ -1,8 +1,10 @@
-//! fork, wait, identities: the process-level calls of the master and workers.
+//! fork, wait, identities, the master-worker channel: the process-level
+//! calls of the master and workers. User and group calls go through `nix`.
 
 use super::syscall;
 use std::ffi::CString;
 use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// Which side of a fork we are on.
 #[derive(Debug, PartialEq, Eq)]
@@ -112,10 +114,17 @@ pub fn getppid() -> i32 {
 }
 
 /// Asks the kernel to send `sig` to this process when its parent dies
-/// (a worker must not outlive its master).
+/// (a worker must not outlive its master). Changing the uid or gid clears
+/// it, so call this after dropping privileges, then check the parent again
+/// (it may have died before the call).
 pub fn set_parent_death_signal(sig: i32) -> io::Result<()> {
-    syscall!(prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0))?;
-    Ok(())
+    let sig = nix::sys::signal::Signal::try_from(sig).map_err(io::Error::from)?;
+    nix::sys::prctl::set_pdeathsig(sig).map_err(io::Error::from)
+}
+
+/// The parent-death signal set now (0 = none).
+pub fn parent_death_signal() -> io::Result<i32> {
+    Ok(nix::sys::prctl::get_pdeathsig().map_err(io::Error::from)?.map_or(0, |s| s as i32))
 }
 
 /// `setsid(2)`.
@@ -130,59 +139,137 @@ pub fn geteuid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-/// Looks up a user by name or numeric id: `(uid, primary gid)`.
-pub fn lookup_user(name: &str) -> io::Result<Option<(u32, u32)>> {
-    if let Ok(uid) = name.parse::<u32>() {
-        return Ok(Some((uid, uid)));
-    }
-    let c = CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in user name"))?;
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    // SAFETY: an all-zero passwd is a valid out-buffer.
-    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut res: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: all pointers are valid for the call; buf outlives `pw` use.
-    let rc = unsafe { libc::getpwnam_r(c.as_ptr(), &mut pw, buf.as_mut_ptr(), buf.len(), &mut res) };
-    if rc != 0 {
-        return Err(io::Error::from_raw_os_error(rc));
-    }
-    if res.is_null() {
-        return Ok(None);
-    }
-    Ok(Some((pw.pw_uid, pw.pw_gid)))
+/// Whom to run as after binding: `[server] user` and `group` resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// The uid to switch to.
+    pub uid: Option<u32>,
+    /// The gid to switch to: `group`, else the user's primary group.
+    pub gid: Option<u32>,
+    /// The user's name in the user database, for its supplementary groups
+    /// (`None`: a numeric uid the database does not know, or no user).
+    pub name: Option<CString>,
 }
 
-/// Looks up a group by name or numeric id.
-pub fn lookup_group(name: &str) -> io::Result<Option<u32>> {
-    if let Ok(gid) = name.parse::<u32>() {
-        return Ok(Some(gid));
-    }
-    let c = CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in group name"))?;
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    // SAFETY: an all-zero group is a valid out-buffer.
-    let mut gr: libc::group = unsafe { std::mem::zeroed() };
-    let mut res: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: all pointers are valid for the call.
-    let rc = unsafe { libc::getgrnam_r(c.as_ptr(), &mut gr, buf.as_mut_ptr(), buf.len(), &mut res) };
-    if rc != 0 {
-        return Err(io::Error::from_raw_os_error(rc));
-    }
-    if res.is_null() {
+/// Looks `user` and `group` up (names, or numeric ids). A numeric user
+/// found in the user database gets its primary and supplementary groups
+/// like a name; one it does not know needs `group` (never gid = uid).
+/// `Err((key, why))` names the key at fault.
+pub fn resolve_identity(user: Option<&str>, group: Option<&str>) -> Result<Option<Identity>, (&'static str, String)> {
+    use nix::unistd::{Group, Uid, User};
+    if user.is_none() && group.is_none() {
         return Ok(None);
     }
-    Ok(Some(gr.gr_gid))
+    let mut id = Identity { uid: None, gid: None, name: None };
+    if let Some(u) = user {
+        let found = match u.parse::<u32>() {
+            Ok(n) => {
+                id.uid = Some(n);
+                User::from_uid(Uid::from_raw(n))
+            }
+            Err(_) => User::from_name(u),
+        };
+        match found {
+            Ok(Some(pw)) => {
+                id.uid = Some(pw.uid.as_raw());
+                id.gid = Some(pw.gid.as_raw());
+                id.name = CString::new(pw.name).ok();
+            }
+            // A uid the user database does not know has no primary group
+            // to take: the group must be named (never gid = uid, nor the
+            // root group kept by default).
+            Ok(None) if id.uid.is_some() && group.is_some() => {}
+            Ok(None) if id.uid.is_some() => {
+                return Err(("server.user", format!("uid {u} is not in the user database: set group too")));
+            }
+            Ok(None) => return Err(("server.user", format!("no such user `{u}`"))),
+            Err(e) => return Err(("server.user", format!("cannot look up user `{u}`: {e}"))),
+        }
+    }
+    if let Some(g) = group {
+        match g.parse::<u32>() {
+            Ok(n) => id.gid = Some(n),
+            Err(_) => match Group::from_name(g) {
+                Ok(Some(gr)) => id.gid = Some(gr.gid.as_raw()),
+                Ok(None) => return Err(("server.group", format!("no such group `{g}`"))),
+                Err(e) => return Err(("server.group", format!("cannot look up group `{g}`: {e}"))),
+            },
+        }
+    }
+    Ok(Some(id))
 }
 
-/// Drops privileges: supplementary groups cleared, then gid, then uid.
-pub fn drop_privileges(uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+/// Switches to `id`: supplementary groups first (the user's, from the group
+/// database, or just the new group), then the gid, then the uid.
+pub fn drop_privileges(id: &Identity) -> io::Result<()> {
+    use nix::unistd::{Gid, Uid, initgroups, setgid, setgroups, setuid};
+    let gid = id.gid.map(Gid::from_raw);
+    match (&id.name, gid) {
+        (Some(name), Some(g)) => initgroups(name, g)?,
+        (_, g) => setgroups(&[g.unwrap_or_else(Gid::current)])?,
+    }
     if let Some(g) = gid {
-        // SAFETY: a zero-length group list with a null pointer is valid.
-        syscall!(setgroups(0, std::ptr::null()))?;
-        syscall!(setgid(g))?;
+        setgid(g)?;
     }
-    if let Some(u) = uid {
-        syscall!(setuid(u))?;
+    if let Some(u) = id.uid {
+        setuid(Uid::from_raw(u))?;
     }
     Ok(())
+}
+
+/// The supplementary groups of this process.
+pub fn groups() -> io::Result<Vec<u32>> {
+    Ok(nix::unistd::getgroups()?.into_iter().map(|g| g.as_raw()).collect())
+}
+
+/// What a detached daemon does to its environment: `/` as its working
+/// directory (it must not keep a mount busy) and a umask of 022 (files it
+/// creates do not inherit the caller's).
+pub fn detach_environment() -> io::Result<()> {
+    nix::unistd::chdir("/")?;
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    Ok(())
+}
+
+/// Sends `byte` and, if given, the fd `pass` (SCM_RIGHTS) on the Unix
+/// socket `sock`: one command of the master to a worker.
+pub fn send_command(sock: BorrowedFd<'_>, byte: u8, pass: Option<BorrowedFd<'_>>) -> io::Result<()> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    let iov = [io::IoSlice::new(std::slice::from_ref(&byte))];
+    let fds: Vec<RawFd> = pass.iter().map(|f| f.as_raw_fd()).collect();
+    let cmsg: Vec<ControlMessage<'_>> = if fds.is_empty() { Vec::new() } else { vec![ControlMessage::ScmRights(&fds)] };
+    sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT, None)?;
+    Ok(())
+}
+
+/// Receives one command sent by [`send_command`]: `Ok(None)` at end of
+/// stream (the other side is gone), `WouldBlock` when nothing is there.
+pub fn recv_command(sock: BorrowedFd<'_>) -> io::Result<Option<(u8, Option<OwnedFd>)>> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    let mut byte = [0u8; 1];
+    let mut iov = [io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+    )?;
+    let mut passed = None;
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            for fd in fds {
+                // SAFETY: the kernel just installed `fd` in this process for
+                // this message (SCM_RIGHTS): nothing else owns it.
+                let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+                passed.get_or_insert(owned);
+            }
+        }
+    }
+    if msg.bytes == 0 {
+        return Ok(None);
+    }
+    Ok(Some((byte[0], passed)))
 }
 
 /// `_exit(2)`: leaves without running destructors or atexit handlers (used

@@ -11,11 +11,13 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
+use std::time::SystemTime;
 use std::time::{Duration, Instant};
 
 /// The binary cargo built for these tests.
@@ -172,7 +174,20 @@ pub struct Output {
 /// Runs the binary with `args` and extra `env`, bounded by `timeout`
 /// (killed by pid after it). Stdin is /dev/null.
 pub fn run_bin(args: &[&str], env: &[(&str, &str)], timeout: Duration) -> io::Result<Output> {
-    let mut cmd = Command::new(BIN);
+    run_wrapped(&[], args, env, timeout)
+}
+
+/// As [`run_bin`], through `wrapper` (a command that execs the rest of its
+/// arguments, such as `setpriv ...`).
+pub fn run_wrapped(wrapper: &[&str], args: &[&str], env: &[(&str, &str)], timeout: Duration) -> io::Result<Output> {
+    let mut cmd = match wrapper.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(BIN);
+            c
+        }
+        None => Command::new(BIN),
+    };
     cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     for k in ENV_CLEARED {
         cmd.env_remove(k);
@@ -405,9 +420,18 @@ pub struct DaemonBuilder {
     listen: bool,
     json: bool,
     sh_prefix: Option<String>,
+    wrapper: Vec<String>,
 }
 
 impl DaemonBuilder {
+    /// Runs the binary through `wrapper` (a command that execs the rest of
+    /// its arguments, such as `setpriv ...` or `prlimit ...`): the pid
+    /// stays the daemon's.
+    pub fn wrapper(mut self, wrapper: &[&str]) -> Self {
+        self.wrapper = wrapper.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
     /// Passes `--workers ARG` verbatim (e.g. `auto`); the start waits for
     /// `serving` reactor lines.
     pub fn workers_arg(mut self, arg: &str, serving: usize) -> Self {
@@ -480,6 +504,11 @@ impl DaemonBuilder {
             Some(prefix) => {
                 let mut c = Command::new("sh");
                 c.args(["-c", &format!("{prefix} exec \"$0\" \"$@\""), BIN]);
+                c
+            }
+            None if !self.wrapper.is_empty() => {
+                let mut c = Command::new(&self.wrapper[0]);
+                c.args(&self.wrapper[1..]).arg(BIN);
                 c
             }
             None => Command::new(BIN),
@@ -573,6 +602,7 @@ impl Daemon {
             listen: true,
             json: false,
             sh_prefix: None,
+            wrapper: Vec::new(),
         }
     }
 
@@ -840,5 +870,100 @@ impl Cyclic {
             return Err(fail(format!("answer has {} bytes, want {want}", self.total)));
         }
         Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// HTTP (the admin endpoint) and sd_notify.
+
+/// `GET path`: status code and body (the server closes after answering a
+/// `Connection: close` request; every read bounded by 3 s).
+pub fn get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    s.set_write_timeout(Some(Duration::from_secs(3)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).map_err(|e| fail(format!("GET {path}: {e} after {} bytes", raw.len())))?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status_line = text.lines().next().unwrap_or("");
+    ensure!(status_line.starts_with("HTTP/1."), "GET {path}: not HTTP: {text:?}");
+    let code = status_line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((code, body))
+}
+
+/// The sum of every sample of `name` (with or without labels).
+pub fn metric(body: &str, name: &str) -> Option<u64> {
+    let mut found = None;
+    for l in body.lines().filter(|l| !l.starts_with('#')) {
+        let Some(rest) = l.strip_prefix(name) else { continue };
+        if !(rest.starts_with(' ') || rest.starts_with('{')) {
+            continue;
+        }
+        let v: f64 = rest.rsplit(' ').next()?.parse().ok()?;
+        found = Some(found.unwrap_or(0) + v as u64);
+    }
+    found
+}
+
+/// The address of the `n`-th (from 0) admin listener logged.
+pub fn nth_admin_addr(d: &Daemon, n: usize) -> io::Result<SocketAddr> {
+    d.log().wait_count(&["listening", "kind=admin"], n + 1, START_TIMEOUT)?;
+    let text = d.log().text();
+    let line = text.lines().filter(|l| l.contains("listening") && l.contains("kind=admin")).nth(n).unwrap_or("");
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| fail(format!("no admin address in {line:?}")))
+}
+
+/// Whether connecting to `addr` is refused (nothing listens there).
+pub fn refused(addr: SocketAddr) -> bool {
+    matches!(TcpStream::connect_timeout(&addr, Duration::from_secs(1)), Err(e) if e.kind() == io::ErrorKind::ConnectionRefused)
+}
+
+/// A NOTIFY_SOCKET datagram socket that records what the daemon sends.
+pub struct Notify {
+    /// The socket.
+    pub sock: UnixDatagram,
+    /// Its directory.
+    pub dir: TempDir,
+    /// Its path, for NOTIFY_SOCKET.
+    pub path: String,
+}
+
+impl Notify {
+    /// A socket in a fresh directory.
+    pub fn new() -> io::Result<Notify> {
+        let dir = TempDir::new()?;
+        let p = dir.join("notify.sock");
+        let sock = UnixDatagram::bind(&p)?;
+        Ok(Notify { sock, path: p.to_string_lossy().into_owned(), dir })
+    }
+
+    /// The next message and when it arrived (bounded by `timeout`).
+    pub fn recv(&self, timeout: Duration) -> io::Result<(String, SystemTime)> {
+        self.sock.set_read_timeout(Some(timeout))?;
+        let mut buf = [0u8; 4096];
+        let n = self.sock.recv(&mut buf).map_err(|e| fail(format!("no notify message within {timeout:?}: {e}")))?;
+        Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), SystemTime::now()))
+    }
+
+    /// Receives until a message holds `field` (e.g. `READY=1`); returns
+    /// every message seen, and when the wanted one arrived.
+    pub fn until(&self, field: &str, timeout: Duration) -> io::Result<(Vec<String>, SystemTime)> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            ensure!(!left.is_zero(), "no {field} within {timeout:?}; got {seen:?}");
+            let (m, at) = self.recv(left).map_err(|e| fail(format!("waiting for {field} (got {seen:?}): {e}")))?;
+            let hit = m.lines().any(|l| l == field);
+            seen.push(m);
+            if hit {
+                return Ok((seen, at));
+            }
+        }
     }
 }
