@@ -8,7 +8,8 @@
 #   run as a dynamic user with no capabilities, no_new_privs and a seccomp
 #   filter; the live exposure score is <= 2.0;
 # - systemctl reload (ExecReload) starts a new generation;
-# - with WatchdogSec=3s the master's WATCHDOG=1 pings keep it alive;
+# - with WatchdogSec=3s the master's WATCHDOG=1 pings keep it alive, with
+#   workers and with workers = 0;
 # - systemctl stop ends it with success;
 # - rot13d.socket activates it on the first client, passing LISTEN_FDNAMES=rot13.
 # Skips (exit 0, saying why) only where podman cannot run at all.
@@ -89,20 +90,26 @@ inside rot13d probe 127.0.0.1:40713 >/dev/null || die "probe after reload"
 ok "systemctl reload: a new generation, still serving"
 
 # The watchdog: 3 s instead of 20 s (pings every 1.5 s), so that missed
-# pings show within the test.
+# pings show within the test; with workers and with the master serving
+# alone (workers = 0), whose loop must ping too.
 inside mkdir -p /run/systemd/system/rot13d.service.d
-inside sh -c 'printf "[Service]\nWatchdogSec=3s\n" >/run/systemd/system/rot13d.service.d/watchdog.conf'
-inside systemctl daemon-reload
-inside systemctl restart rot13d.service
-t1=$(inside systemctl show -p WatchdogTimestampMonotonic --value rot13d.service)
-sleep 4 # longer than WatchdogSec: the service must still be the same one
-t2=$(inside systemctl show -p WatchdogTimestampMonotonic --value rot13d.service)
-[ "$(inside systemctl is-active rot13d.service)" = active ] && [ "$(inside systemctl show -p NRestarts --value rot13d.service)" = 0 ] \
-  || { inside journalctl -u rot13d --no-pager -o cat | tail -5 >&2; die "watchdog: the service was killed or restarted"; }
-[ "$t2" -gt "$t1" ] || die "watchdog: no WATCHDOG=1 seen ($t1 -> $t2)"
+for workers in auto 0; do
+  inside sh -c "printf '[Service]\\nWatchdogSec=3s\\nExecStart=\\nExecStart=/usr/bin/rot13d --config /etc/rot13d/rot13d.toml --workers $workers\\n' >/run/systemd/system/rot13d.service.d/watchdog.conf"
+  inside systemctl daemon-reload
+  inside systemctl restart rot13d.service
+  inside sh -c "tr '\\0' ' ' </proc/\$(systemctl show -p MainPID --value rot13d)/cmdline" | grep -q -- "--workers $workers" \
+    || die "watchdog, workers $workers: the drop-in's ExecStart is not the one running"
+  t1=$(inside systemctl show -p WatchdogTimestampMonotonic --value rot13d.service)
+  sleep 4 # longer than WatchdogSec: the service must still be the same one
+  t2=$(inside systemctl show -p WatchdogTimestampMonotonic --value rot13d.service)
+  [ "$(inside systemctl is-active rot13d.service)" = active ] && [ "$(inside systemctl show -p NRestarts --value rot13d.service)" = 0 ] \
+    || { inside journalctl -u rot13d --no-pager -o cat | tail -5 >&2; die "watchdog, workers $workers: the service was killed or restarted"; }
+  [ "$t2" -gt "$t1" ] || die "watchdog, workers $workers: no WATCHDOG=1 seen ($t1 -> $t2)"
+done
 inside rm -r /run/systemd/system/rot13d.service.d
 inside systemctl daemon-reload
-ok "WatchdogSec=3s: pinged, alive after 4 s"
+inside systemctl restart rot13d.service
+ok "WatchdogSec=3s: pinged, alive after 4 s, with workers = auto and 0"
 
 inside systemctl stop rot13d.service
 [ "$(inside systemctl show -p Result --value rot13d.service)" = success ] \
