@@ -103,13 +103,7 @@ impl EventBase {
                 // event_add tests `ev_res & EV_TIMEOUT`); a signal event
                 // owes no more calls.
                 if s.state & ACTIVE != 0 && s.res.contains(EventFlags::TIMEOUT) {
-                    s.state &= !ACTIVE;
-                    s.res = EventFlags::NONE;
-                    self.n_active -= 1;
-                    if let Some(sig) = self.signals.as_mut() {
-                        sig.forget_calls(idx);
-                    }
-                    self.left_active();
+                    self.deactivate(idx);
                 }
                 let now = self.now_ns();
                 self.timers.schedule(idx, now, t);
@@ -163,15 +157,8 @@ impl EventBase {
     pub(super) fn del_idx(&mut self, idx: u32, and_active: bool) -> io::Result<()> {
         let was = self.is_pending_idx(idx);
         self.timers.cancel(idx);
-        let s = &mut self.slots[idx as usize];
-        if and_active && s.state & ACTIVE != 0 {
-            s.state &= !ACTIVE;
-            s.res = EventFlags::NONE;
-            self.n_active -= 1;
-            if let Some(sig) = self.signals.as_mut() {
-                sig.forget_calls(idx);
-            }
-            self.left_active();
+        if and_active && self.slots[idx as usize].state & ACTIVE != 0 {
+            self.deactivate(idx);
         }
         let s = &mut self.slots[idx as usize];
         let mut result = Ok(());
@@ -196,6 +183,19 @@ impl EventBase {
         }
         self.recount(idx, was);
         result
+    }
+
+    /// Takes active event `idx` off the active list without running it: it
+    /// owes no results and no signal deliveries; its queue entry is stale.
+    fn deactivate(&mut self, idx: u32) {
+        let s = &mut self.slots[idx as usize];
+        s.state &= !ACTIVE;
+        s.res = EventFlags::NONE;
+        self.n_active -= 1;
+        if let Some(sig) = self.signals.as_mut() {
+            sig.forget_calls(idx);
+        }
+        self.left_active();
     }
 
     // ----- activation and queries ------------------------------------------
