@@ -41,7 +41,10 @@ const NO: AtomicBool = AtomicBool::new(false);
 static WAS_DEFAULT: [AtomicBool; NSIG] = [NO; NSIG];
 
 /// Serialises registration (never taken by the handler): the dispositions
-/// saved when the handler was installed.
+/// saved when the handler was installed. A std mutex: a child forked while
+/// another thread of the parent held it (registering a signal) would wait
+/// for ever in its reinit; rot13d forks single-threaded (the checked
+/// `process::fork`), and registration is rare and short.
 static REGISTRY: Mutex<[Option<libc::sigaction>; NSIG]> = Mutex::new([None; NSIG]);
 
 fn pack(pid: i32, fd: i32) -> u64 {
