@@ -1,12 +1,13 @@
 //! Behavioural tests of the reactor, run against every backend.
 //!
 //! `rtest!(name, |be| { ... })` expands the body into one module `name` with
-//! a test per backend: `name::epoll`, `name::epoll_changelist`, `name::poll`
-//! and `name::select` (the ripgrep `rgtest!` idea). A variant list narrows it
+//! a test per backend: `name::epoll`, `name::epoll_changelist`, `name::poll`,
+//! `name::select` and `name::uring` (the ripgrep `rgtest!` idea). A uring
+//! test skips, saying why on stderr, where io_uring is missing or forbidden. A variant list narrows it
 //! where a feature only exists on some backends:
 //! `rtest!(name, [epoll, epoll_changelist], |be| { ... })`; `rtest!(name,
-//! +et, |be| { ... })` adds `name::epoll_et`, where the io flags the body
-//! asks for through `be.io(..)` are edge-triggered.
+//! +et, |be| { ... })` adds `name::epoll_et` and `name::uring_et`, where
+//! the io flags the body asks for through `be.io(..)` are edge-triggered.
 //!
 //! Timing assertions use the elapsed time as a lower bound and a generous
 //! upper bound only (the machine is shared). Tests that touch process-wide
@@ -33,6 +34,9 @@ pub enum Backend {
     EpollEt,
     Poll,
     Select,
+    Uring,
+    /// uring with every io event of the test edge-triggered.
+    UringEt,
 }
 
 impl Backend {
@@ -41,6 +45,19 @@ impl Backend {
             Backend::Epoll | Backend::EpollChangelist | Backend::EpollEt => "epoll",
             Backend::Poll => "poll",
             Backend::Select => "select",
+            Backend::Uring | Backend::UringEt => "uring",
+        }
+    }
+
+    /// Whether this process can use the backend; where it cannot (io_uring
+    /// missing or forbidden) the test is skipped, visibly.
+    pub fn available(self) -> bool {
+        match rot13d::reactor::BackendKind::from_name(self.name()).map(|k| k.available()) {
+            Some(Err(why)) => {
+                eprintln!("SKIPPED: the {} backend is not available here: {why}", self.name());
+                false
+            }
+            _ => true,
         }
     }
 
@@ -48,7 +65,7 @@ impl Backend {
     pub fn config(self) -> EventConfig {
         let mut cfg = EventConfig::new();
         cfg.set_flag(BaseFlags::IGNORE_ENV);
-        for other in ["epoll", "poll", "select"] {
+        for other in ["epoll", "poll", "select", "uring"] {
             if other != self.name() {
                 cfg.avoid(other);
             }
@@ -72,7 +89,7 @@ impl Backend {
 
     /// The io flags a test asks for, edge-triggered in the `epoll_et` run.
     pub fn io(self, f: EventFlags) -> EventFlags {
-        if self == Backend::EpollEt { f | EventFlags::ET } else { f }
+        if matches!(self, Backend::EpollEt | Backend::UringEt) { f | EventFlags::ET } else { f }
     }
 }
 
@@ -80,6 +97,9 @@ macro_rules! rtest {
     (@one $variant:ident, $be:expr) => {
         #[test]
         fn $variant() -> ::std::io::Result<()> {
+            if !$be.available() {
+                return Ok(());
+            }
             body($be)
         }
     };
@@ -88,6 +108,8 @@ macro_rules! rtest {
     (@variant epoll_et) => { rtest!(@one epoll_et, Backend::EpollEt); };
     (@variant poll) => { rtest!(@one poll, Backend::Poll); };
     (@variant select) => { rtest!(@one select, Backend::Select); };
+    (@variant uring) => { rtest!(@one uring, Backend::Uring); };
+    (@variant uring_et) => { rtest!(@one uring_et, Backend::UringEt); };
     ($name:ident, [$($variant:ident),+], |$be:ident| $body:block) => {
         mod $name {
             #[allow(unused_imports)]
@@ -98,12 +120,12 @@ macro_rules! rtest {
         }
     };
     ($name:ident, |$be:ident| $body:block) => {
-        rtest!($name, [epoll, epoll_changelist, poll, select], |$be| $body);
+        rtest!($name, [epoll, epoll_changelist, poll, select, uring], |$be| $body);
     };
     // Tests whose io events work edge-triggered too (they read everything
     // on each wake-up): also run as `name::epoll_et`.
     ($name:ident, +et, |$be:ident| $body:block) => {
-        rtest!($name, [epoll, epoll_changelist, epoll_et, poll, select], |$be| $body);
+        rtest!($name, [epoll, epoll_changelist, epoll_et, poll, select, uring, uring_et], |$be| $body);
     };
 }
 // Reused by the other test modules (`use crate::reactor::rtest;`).
@@ -271,7 +293,7 @@ rtest!(persist_stays_pending_oneshot_does_not, |be| {
     Ok(())
 });
 
-rtest!(edge_triggered_fires_once_per_edge, [epoll, epoll_changelist], |be| {
+rtest!(edge_triggered_fires_once_per_edge, [epoll, epoll_changelist, uring], |be| {
     let mut b = be.base()?;
     assert!(b.features().contains(Features::ET));
     let (x, y) = pair()?;
@@ -298,7 +320,7 @@ rtest!(edge_triggered_fires_once_per_edge, [epoll, epoll_changelist], |be| {
     Ok(())
 });
 
-rtest!(fd_goes_back_to_level_triggered_after_its_et_events, [epoll, epoll_changelist], |be| {
+rtest!(fd_goes_back_to_level_triggered_after_its_et_events, [epoll, epoll_changelist, uring], |be| {
     // Edge-triggered read and write events on a socket are deleted and a
     // level-triggered write event takes the fd (in one batch of changes,
     // for the changelist): it fires on every turn while writable.
@@ -322,7 +344,7 @@ rtest!(fd_goes_back_to_level_triggered_after_its_et_events, [epoll, epoll_change
     Ok(())
 });
 
-rtest!(edge_and_level_triggered_events_do_not_mix_on_one_fd, [epoll, epoll_changelist], |be| {
+rtest!(edge_and_level_triggered_events_do_not_mix_on_one_fd, [epoll, epoll_changelist, uring], |be| {
     // epoll has one mode per fd. libevent refuses to mix: an event whose
     // mode differs from the events already on the fd is not added, rather
     // than silently turning the others edge-triggered (or level).
@@ -354,7 +376,7 @@ rtest!(edge_and_level_triggered_events_do_not_mix_on_one_fd, [epoll, epoll_chang
     Ok(())
 });
 
-rtest!(early_close_is_reported, [epoll, epoll_changelist, poll], |be| {
+rtest!(early_close_is_reported, [epoll, epoll_changelist, poll, uring], |be| {
     let mut b = be.base()?;
     assert!(b.features().contains(Features::EARLY_CLOSE));
     let (x, y) = pair()?;

@@ -32,7 +32,7 @@ use toml::Spanned;
 use super::error::ConfigError;
 
 /// Backend names, as in logs, `--backend`, `[reactor] backend` and `avoid`.
-pub const BACKENDS: [&str; 3] = ["epoll", "poll", "select"];
+pub const BACKENDS: [&str; 4] = ["epoll", "uring", "poll", "select"];
 
 /// Feature names accepted by `[reactor] require_features`.
 pub const FEATURES: [&str; 4] = ["et", "o1", "fds", "early_close"];

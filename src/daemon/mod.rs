@@ -49,6 +49,13 @@ pub fn run(mut args: Args) -> Result<(), Error> {
         for b in EventBase::supported_backends() {
             println!("{} {}", b.name, b.features.names());
         }
+        // A backend this build has but this host cannot use is absent from
+        // the list; stderr says why (stdout stays one backend a line).
+        for k in crate::reactor::BackendKind::PREFERENCE {
+            if let Err(why) = k.available() {
+                eprintln!("rot13d: {k} is not available: {why}");
+            }
+        }
         return Ok(());
     }
     if args.daemon && args.pid_file.is_none() {
@@ -149,6 +156,13 @@ fn base_error(e: BaseError, s: &Settings) -> Error {
             );
             ConfigError::Invalid { key: key.into(), message: e.to_string(), path: s.path.clone(), line: line_of(key) }
                 .into()
+        }
+        // The backend asked for cannot work on this host (io_uring missing
+        // or forbidden): the configuration asks what cannot be had (78).
+        BaseError::Unavailable { .. } => {
+            let key = "reactor.backend";
+            let line = s.path.as_deref().and_then(|p| config::ConfigFile::load(p).ok()).and_then(|f| f.line_of(key));
+            ConfigError::Invalid { key: key.into(), message: e.to_string(), path: s.path.clone(), line }.into()
         }
         BaseError::Io(e) => Error::os("create the event base", e),
     }

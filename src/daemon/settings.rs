@@ -205,9 +205,9 @@ impl Settings {
         let r = &self.config.reactor;
         let mut cfg = EventConfig::new();
         if let Some(b) = &r.backend {
-            for other in crate::reactor::EventBase::supported_backends() {
-                if other.name != b {
-                    cfg.avoid(other.name);
+            for other in crate::reactor::BackendKind::PREFERENCE {
+                if other.name() != b {
+                    cfg.avoid_backend(other);
                 }
             }
         }

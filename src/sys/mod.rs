@@ -22,6 +22,7 @@ pub mod shm;
 pub mod signal;
 pub mod simd;
 mod socket;
+pub mod uring;
 
 pub use socket::{connect_nonblocking, take_socket_error};
 

@@ -103,7 +103,7 @@ fn check_told_once(b: &mut EventBase, s: &Spoiled, errno: i32) -> io::Result<()>
     Ok(())
 }
 
-rtest!(changelist_add_of_a_closed_fd_is_that_fds_problem, [epoll_changelist], |be| {
+rtest!(changelist_add_of_a_closed_fd_is_that_fds_problem, [epoll_changelist, uring], |be| {
     // With the changelist an add reaches the kernel at the next dispatch.
     // The fd is closed before that: EPOLL_CTL_ADD fails with EBADF.
     let mut b = be.base()?;
@@ -141,7 +141,7 @@ rtest!(closed_fd_in_the_set_is_reported_once_and_dropped, [poll, select], |be| {
     number_is_free_again(&mut b, s.bad_fd)
 });
 
-rtest!(hangup_is_reported_as_closed, [epoll, epoll_changelist, poll], |be| {
+rtest!(hangup_is_reported_as_closed, [epoll, epoll_changelist, poll, uring], |be| {
     // A pipe's writer goes away: the reader gets HUP, never RDHUP. An event
     // waiting for CLOSED must hear of it (mio maps HUP to read-closed), not
     // leave the loop spinning on a HUP nobody is told of.

@@ -27,20 +27,30 @@
 //!   nothing ready. Only an error of the backend itself is an `Err`.
 //! - [`fd_closed(fd)`](Backend::fd_closed): the owner closed `fd`, so the
 //!   kernel forgot it (a backend that keeps changes must not skip a re-add).
+//! - [`flush()`](Backend::flush): the loop is about to return, or an fd's
+//!   interest was emptied outside the loop: apply kept changes that must not
+//!   wait for the next dispatch. Only a backend whose registrations hold the
+//!   file (io_uring's polls) needs it: its deleted interest must be
+//!   cancelled before the caller closes the fd and expects it closed.
 //! - Drop releases the backend's own state (never the user's fds).
 //!
 //! Selection ([`choose`]) walks [`Kind::PREFERENCE`], skipping a backend
 //! that is avoided, lacks a required feature or is disabled by
 //! `EVENT_NO<NAME>`, and one that fails to initialise: the next one is
 //! tried, as libevent does (`event.c`, `event_base_new_with_config`).
+//! `uring` is listed only where io_uring works ([`supported`]); where it is
+//! missing or forbidden and nothing else qualifies, the reason is the error
+//! ([`BaseError::Unavailable`]).
 
 mod epoll;
 mod poll;
 mod select;
+mod uring;
 
 pub use epoll::EpollBackend;
 pub use poll::PollBackend;
 pub use select::SelectBackend;
+pub use uring::UringBackend;
 
 use super::base::BaseError;
 use super::config::{BaseFlags, EventConfig};
@@ -88,37 +98,54 @@ pub enum Kind {
     Poll,
     /// select(2) with fd sets sized to the largest fd.
     Select,
+    /// io_uring(7) poll requests (IORING_OP_POLL_ADD).
+    Uring,
 }
 
 impl Kind {
     /// Every backend, fastest first: the order selection tries them in.
-    pub const PREFERENCE: [Kind; 3] = [Kind::Epoll, Kind::Poll, Kind::Select];
+    /// epoll stays first: uring measures no faster on every workload (see
+    /// BENCHMARKS.md), so it is chosen by name, or where epoll is avoided.
+    pub const PREFERENCE: [Kind; 4] = [Kind::Epoll, Kind::Uring, Kind::Poll, Kind::Select];
 
-    /// `epoll`, `poll` or `select`.
+    /// `epoll`, `uring`, `poll` or `select`.
     pub const fn name(self) -> &'static str {
         match self {
             Kind::Epoll => "epoll",
             Kind::Poll => "poll",
             Kind::Select => "select",
+            Kind::Uring => "uring",
         }
     }
 
     /// What it can do: libevent 2.1's figures on Linux (epoll: ET, O1 and
     /// EARLY_CLOSE through EPOLLRDHUP; poll: FDS, and EARLY_CLOSE through
-    /// POLLRDHUP; select: FDS).
+    /// POLLRDHUP; select: FDS). uring: ET through multishot polls, O1, FDS
+    /// (a poll request takes any file poll(2) takes) and EARLY_CLOSE through
+    /// POLLRDHUP.
     pub const fn features(self) -> Features {
         match self {
             Kind::Epoll => Features(Features::ET.0 | Features::O1.0 | Features::EARLY_CLOSE.0),
             Kind::Poll => Features(Features::FDS.0 | Features::EARLY_CLOSE.0),
             Kind::Select => Features::FDS,
+            Kind::Uring => Features(Features::ET.0 | Features::O1.0 | Features::FDS.0 | Features::EARLY_CLOSE.0),
         }
     }
 
     /// Whether its kernel state is shared with a forked child, so that
-    /// `reinit()` must build a new one (epoll's instance; poll and select
-    /// keep theirs in our memory, which fork copies).
+    /// `reinit()` must build a new one (epoll's instance, io_uring's ring;
+    /// poll and select keep theirs in our memory, which fork copies).
     pub const fn need_reinit(self) -> bool {
-        matches!(self, Kind::Epoll)
+        matches!(self, Kind::Epoll | Kind::Uring)
+    }
+
+    /// Whether it can be used in this process: `Err` says why not
+    /// (io_uring missing or forbidden). Probed once per process.
+    pub fn available(self) -> Result<(), String> {
+        match self {
+            Kind::Uring => crate::sys::uring::probe(),
+            _ => Ok(()),
+        }
     }
 
     /// The backend called `name`.
@@ -127,12 +154,13 @@ impl Kind {
     }
 
     /// The variable that disables it: `EVENT_NOEPOLL`, `EVENT_NOPOLL`,
-    /// `EVENT_NOSELECT`.
+    /// `EVENT_NOSELECT`, `EVENT_NOURING`.
     pub const fn env_var(self) -> &'static str {
         match self {
             Kind::Epoll => "EVENT_NOEPOLL",
             Kind::Poll => "EVENT_NOPOLL",
             Kind::Select => "EVENT_NOSELECT",
+            Kind::Uring => "EVENT_NOURING",
         }
     }
 
@@ -157,6 +185,7 @@ impl Kind {
             }
             Kind::Poll => Box::new(PollBackend::new(capacity, precise)),
             Kind::Select => Box::new(SelectBackend::new()),
+            Kind::Uring => Box::new(UringBackend::new(capacity)?),
         })
     }
 }
@@ -202,6 +231,12 @@ pub trait Backend {
     /// changes (the epoll changelist) needs to know, so that a reused fd
     /// number is registered afresh.
     fn fd_closed(&mut self, _fd: RawFd) {}
+    /// Applies kept changes now (no wait): the loop returns, or interest
+    /// was deleted outside it. Only a backend whose registrations keep the
+    /// file open (io_uring) needs to.
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A backend that this build knows, with its static facts.
@@ -216,9 +251,10 @@ pub struct BackendInfo {
 }
 
 /// The supported backends, fastest first (libevent's
-/// `event_get_supported_methods`).
+/// `event_get_supported_methods`): those this process can use (`uring` only
+/// where io_uring works, see [`Kind::available`]).
 pub fn supported() -> Vec<BackendInfo> {
-    Kind::PREFERENCE.iter().map(|k| k.info()).collect()
+    Kind::PREFERENCE.iter().filter(|k| k.available().is_ok()).map(|k| k.info()).collect()
 }
 
 /// Builds the backend `cfg` asks for: the first of [`Kind::PREFERENCE`]
@@ -241,11 +277,15 @@ pub fn choose(cfg: &EventConfig, flags: BaseFlags, capacity: usize) -> Result<Bo
             Ok(b) => return Ok(b),
             Err(e) => {
                 tracing::debug!(target: "rot13d::reactor", backend = %kind, error = %e, "backend failed to initialise; trying the next");
-                failed = Some(e);
+                failed = Some((kind, e));
             }
         }
     }
-    if let Some(e) = failed {
+    if let Some((kind, e)) = failed {
+        // Missing or forbidden (io_uring): a fact of the host, said as one.
+        if e.kind() == io::ErrorKind::Unsupported {
+            return Err(BaseError::Unavailable { backend: kind.name(), reason: e.to_string() });
+        }
         return Err(BaseError::Io(e));
     }
     Err(BaseError::NoBackend {
@@ -293,6 +333,8 @@ mod tests {
         assert_eq!(Kind::Epoll.features().0, 0x0b);
         assert_eq!(Kind::Poll.features().0, 0x0c);
         assert_eq!(Kind::Select.features().0, 0x04);
+        // libevent has no io_uring backend: ours can do all four.
+        assert_eq!(Kind::Uring.features().names(), "et,o1,fds,early_close");
         assert_eq!(Kind::Epoll.features().names(), "et,o1,early_close");
         assert_eq!(Features::from_name("early_close"), Some(Features::EARLY_CLOSE));
         assert_eq!(Features::empty().names(), "-");

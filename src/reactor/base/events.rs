@@ -178,6 +178,11 @@ impl EventBase {
                     // no longer watched.
                     self.fail_fd(fd, &e);
                     result = Err(e);
+                } else if !self.running && (new & EventFlags::IO).is_empty() && !(old & EventFlags::IO).is_empty() {
+                    // The caller may close the fd now and expect it closed:
+                    // a backend whose registration holds the file lets go of
+                    // it at once (inside the loop, before the next wait).
+                    result = self.backend.flush();
                 }
             }
         }

@@ -75,6 +75,15 @@ pub enum BaseError {
         /// Backends that the environment disabled.
         env: String,
     },
+    /// The one backend that qualified cannot be used here (io_uring
+    /// missing or forbidden), and why.
+    #[error("the {backend} backend is not available: {reason}")]
+    Unavailable {
+        /// Its name.
+        backend: &'static str,
+        /// Why not.
+        reason: String,
+    },
     /// The OS refused (every backend that qualified failed to initialise;
     /// this is the last one's error).
     #[error("creating the event backend: {0}")]
@@ -364,8 +373,15 @@ impl EventBase {
         self.got_break = false;
         self.break_flag = false;
         self.exit_flag = false;
-        let r = self.run_inner(flags);
+        let mut r = self.run_inner(flags);
         self.running = false;
+        // Deleted interest a backend still holds the file for is let go
+        // before the caller goes on (a closed socket must close).
+        if let Err(e) = self.backend.flush()
+            && r.is_ok()
+        {
+            r = Err(e);
+        }
         self.cached_now = None;
         r
     }

@@ -1,0 +1,357 @@
+//! The io_uring backend: readiness through IORING_OP_POLL_ADD, a turn's
+//! registration changes and its wait in one `io_uring_enter`.
+//!
+//! - **Per fd, two polls**: one for READ (with CLOSED as POLLRDHUP), one
+//!   for WRITE, so that a bufferevent toggling its write interest never
+//!   disturbs the read poll. Each poll is tagged `(generation, direction,
+//!   fd)`; a completion whose generation is not the armed one is stale (a
+//!   cancelled poll, a number reused) and dropped.
+//! - **Changes are kept** (like the epoll changelist) until `dispatch`,
+//!   which turns them into entries: a cancel of a poll that no longer
+//!   matches, a new poll where one is wanted; then one `io_uring_enter`
+//!   submits them all and waits. An interest that went empty is never
+//!   coalesced with a re-add: a poll holds the *file*, and the number may
+//!   name another file by now (closed and reopened within the turn), so a
+//!   re-add after a delete is a cancel and a fresh poll, resolved anew.
+//! - **Level-triggered** events use one-shot polls, re-armed in the next
+//!   turn's enter while the interest remains: a poll armed on a ready fd
+//!   completes during the submit, so an fd nobody drained is reported on
+//!   every turn, as epoll's level-triggered mode does. A multishot poll
+//!   reports wake-ups, not levels, so it cannot stand in for that.
+//! - **Edge-triggered** events (ET) use multishot polls: one completion per
+//!   wake-up while armed, as EPOLLET reports one per edge; arming it (an add
+//!   or re-add) reports an fd that is ready at once, as epoll does.
+//! - **Deleted interest is cancelled** in the next enter, which comes before
+//!   the loop waits or returns ([`Backend::flush`]): libevent lets a caller
+//!   close an fd right after deleting its event, and the poll's reference
+//!   would otherwise keep the file (a socket: its connection) open.
+//! - A poll completing with an error (EBADF: the fd was closed while
+//!   watched) gives the fd up in [`Ready::failed`].
+//!
+//! A non-blocking turn with nothing to submit and nothing the kernel owes
+//! (no TASKRUN flag, no overflow) costs no system call at all.
+
+use super::{Backend, Kind, Ready};
+use crate::reactor::event::EventFlags;
+use crate::sys::uring::{self as su, Completion, Ring};
+use std::io;
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+/// Submission entries: a turn with more changes submits in several enters.
+const SQ_ENTRIES: u32 = 1024;
+/// Completion entries, at least; more with a larger capacity hint. Past it
+/// the kernel keeps completions on an overflow list (NODROP).
+const MIN_CQ_ENTRIES: u32 = 4096;
+const MAX_CQ_ENTRIES: u32 = 65536;
+
+const READ: usize = 0;
+const WRITE: usize = 1;
+
+/// One direction's poll of an fd.
+#[derive(Clone, Copy, Debug, Default)]
+struct Poll {
+    /// Generation of the armed poll, 0 when none is armed.
+    armed: u32,
+    /// Whether the armed poll is multishot.
+    multishot: bool,
+    /// The mask it watches.
+    mask: u32,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct FdState {
+    /// What the base wants (io bits and ET).
+    want: EventFlags,
+    polls: [Poll; 2],
+    /// The interest went empty since the last flush: the number may name
+    /// another file now, so nothing armed before may be kept.
+    emptied: bool,
+    /// In the list of fds to flush.
+    queued: bool,
+    /// Turn of the last report, and its place in `Ready::events`.
+    reported: u32,
+    slot: u32,
+}
+
+/// io_uring poll requests.
+#[derive(Debug)]
+pub struct UringBackend {
+    ring: Ring,
+    fds: Vec<FdState>,
+    changed: Vec<RawFd>,
+    generation: u32,
+    turn: u32,
+}
+
+fn user_data(generation: u32, dir: usize, fd: RawFd) -> u64 {
+    (u64::from(generation) << 32) | ((dir as u64) << 31) | (fd as u32 as u64 & 0x7fff_ffff)
+}
+
+/// The poll mask one direction of `want` asks for (0 = none).
+fn mask(want: EventFlags, dir: usize) -> u32 {
+    let mut m = 0;
+    if dir == READ {
+        if want.contains(EventFlags::READ) {
+            m |= su::POLLIN as u32;
+        }
+        if want.contains(EventFlags::CLOSED) {
+            m |= su::POLLRDHUP as u32;
+        }
+    } else if want.contains(EventFlags::WRITE) {
+        m |= su::POLLOUT as u32;
+    }
+    m
+}
+
+/// What a completed poll's mask means; as with epoll, an error wakes both
+/// directions and a hang-up also closes the read side.
+fn from_poll(r: u32) -> EventFlags {
+    let mut what = EventFlags::NONE;
+    if r & su::POLLERR as u32 != 0 {
+        what |= EventFlags::READ | EventFlags::WRITE;
+    }
+    if r & su::POLLHUP as u32 != 0 {
+        what |= EventFlags::READ | EventFlags::WRITE | EventFlags::CLOSED;
+    }
+    if r & su::POLLIN as u32 != 0 {
+        what |= EventFlags::READ;
+    }
+    if r & su::POLLOUT as u32 != 0 {
+        what |= EventFlags::WRITE;
+    }
+    if r & su::POLLRDHUP as u32 != 0 {
+        what |= EventFlags::CLOSED;
+    }
+    what
+}
+
+impl UringBackend {
+    /// A fresh ring sized for about `capacity` fds. Where io_uring is
+    /// missing or forbidden the error is `Unsupported`, with the reason.
+    pub fn new(capacity: usize) -> io::Result<UringBackend> {
+        let cq = (capacity.saturating_mul(2).min(MAX_CQ_ENTRIES as usize) as u32).clamp(MIN_CQ_ENTRIES, MAX_CQ_ENTRIES);
+        let ring = Ring::new(SQ_ENTRIES, cq).map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOSYS | libc::EPERM | libc::EACCES) => {
+                io::Error::new(io::ErrorKind::Unsupported, su::unavailable_reason(&e))
+            }
+            _ => e,
+        })?;
+        tracing::debug!(target: "rot13d::reactor", mode = ?ring.mode(), "io_uring ring set up");
+        Ok(UringBackend { ring, fds: Vec::new(), changed: Vec::new(), generation: 0, turn: 0 })
+    }
+
+    fn state(&mut self, fd: RawFd) -> &mut FdState {
+        let i = fd as usize;
+        if self.fds.len() <= i {
+            self.fds.resize(i + 1, FdState::default());
+        }
+        &mut self.fds[i]
+    }
+
+    fn queue(&mut self, fd: RawFd) {
+        let s = self.state(fd);
+        if !s.queued {
+            s.queued = true;
+            self.changed.push(fd);
+        }
+    }
+
+    fn next_generation(&mut self) -> u32 {
+        self.generation = self.generation.wrapping_add(1).max(1);
+        self.generation
+    }
+
+    /// Makes room in the submission queue: submits what is queued (no
+    /// wait), and reaps what that completed into `out` if given (else the
+    /// completions wait in the ring for the next dispatch).
+    fn make_room(&mut self, out: &mut Option<&mut Ready>) -> io::Result<()> {
+        self.ring.enter(false, None)?;
+        if let Some(out) = out.as_deref_mut() {
+            self.reap(out);
+        }
+        Ok(())
+    }
+
+    fn push_cancel(&mut self, target: u64, out: &mut Option<&mut Ready>) -> io::Result<()> {
+        while !self.ring.push_cancel(target)? {
+            self.make_room(out)?;
+        }
+        Ok(())
+    }
+
+    fn push_poll(&mut self, fd: RawFd, m: u32, multishot: bool, ud: u64, out: &mut Option<&mut Ready>) -> io::Result<()> {
+        while !self.ring.push_poll(fd, m, multishot, ud)? {
+            self.make_room(out)?;
+        }
+        Ok(())
+    }
+
+    /// Turns the kept changes into entries.
+    fn flush_changes(&mut self, mut out: Option<&mut Ready>) -> io::Result<()> {
+        let mut i = 0;
+        // Completions reaped while making room may queue re-arms: they are
+        // appended and handled in this same pass.
+        while i < self.changed.len() {
+            let fd = self.changed[i];
+            i += 1;
+            let s = &mut self.fds[fd as usize];
+            s.queued = false;
+            let (want, emptied) = (s.want, s.emptied);
+            s.emptied = false;
+            let multishot = want.contains(EventFlags::ET);
+            for dir in [READ, WRITE] {
+                let p = self.fds[fd as usize].polls[dir];
+                let m = mask(want, dir);
+                let keep = p.armed != 0 && !emptied && p.mask == m && p.multishot == multishot;
+                if p.armed != 0 && !keep {
+                    self.fds[fd as usize].polls[dir] = Poll::default();
+                    self.push_cancel(user_data(p.armed, dir, fd), &mut out)?;
+                }
+                if m != 0 && !keep {
+                    let g = self.next_generation();
+                    self.fds[fd as usize].polls[dir] = Poll { armed: g, multishot, mask: m };
+                    self.push_poll(fd, m, multishot, user_data(g, dir, fd), &mut out)?;
+                }
+            }
+        }
+        self.changed.clear();
+        Ok(())
+    }
+
+    fn reap(&mut self, out: &mut Ready) {
+        let mut done = Vec::new();
+        self.ring.reap(|c| done.push(c));
+        for c in done {
+            self.complete(c, out);
+        }
+    }
+
+    fn complete(&mut self, c: Completion, out: &mut Ready) {
+        if c.user_data == su::CANCEL_USER_DATA {
+            return;
+        }
+        let fd = (c.user_data & 0x7fff_ffff) as RawFd;
+        let dir = ((c.user_data >> 31) & 1) as usize;
+        let generation = (c.user_data >> 32) as u32;
+        let Some(s) = self.fds.get_mut(fd as usize) else { return };
+        if s.polls[dir].armed != generation {
+            return; // a cancelled poll, or one of a number reused since
+        }
+        if !c.more {
+            s.polls[dir] = Poll::default();
+            // Still wanted: arm again in the next enter (level-triggered:
+            // it reports at once if the fd is still ready).
+            if mask(s.want, dir) != 0 {
+                self.queue(fd);
+            }
+        }
+        let s = &mut self.fds[fd as usize];
+        if c.result == -libc::ECANCELED || s.emptied {
+            return;
+        }
+        if c.result < 0 || c.result as u32 & su::POLLNVAL as u32 != 0 {
+            let errno = if c.result < 0 { -c.result } else { libc::EBADF };
+            // The fd is given up: nothing of it stays armed or wanted.
+            s.want = EventFlags::NONE;
+            s.emptied = true;
+            out.failed.push((fd, io::Error::from_raw_os_error(errno)));
+            self.queue(fd);
+            return;
+        }
+        let what = from_poll(c.result as u32);
+        if what.is_empty() {
+            return;
+        }
+        if s.reported == self.turn && (s.slot as usize) < out.events.len() && out.events[s.slot as usize].0 == fd {
+            out.events[s.slot as usize].1 |= what;
+        } else {
+            s.reported = self.turn;
+            s.slot = out.events.len() as u32;
+            out.events.push((fd, what));
+        }
+    }
+}
+
+impl Backend for UringBackend {
+    fn kind(&self) -> Kind {
+        Kind::Uring
+    }
+
+    fn change(&mut self, fd: RawFd, _old: EventFlags, new: EventFlags) -> io::Result<()> {
+        if fd < 0 {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        }
+        let s = self.state(fd);
+        s.want = new & (EventFlags::IO | EventFlags::ET);
+        if (new & EventFlags::IO).is_empty() {
+            s.emptied = true;
+        }
+        self.queue(fd);
+        Ok(())
+    }
+
+    fn fd_closed(&mut self, fd: RawFd) {
+        if fd >= 0 {
+            self.state(fd).emptied = true;
+            self.queue(fd);
+        }
+    }
+
+    fn dispatch(&mut self, timeout: Option<Duration>, out: &mut Ready) -> io::Result<()> {
+        self.turn = self.turn.wrapping_add(1);
+        if !self.changed.is_empty() {
+            self.flush_changes(Some(out))?;
+        }
+        // Events of failed fds are about to be told: no waiting for them.
+        if timeout == Some(Duration::ZERO) || !out.failed.is_empty() || !out.events.is_empty() {
+            // Submit and run what the kernel owes, if anything; no wait.
+            if self.ring.queued() > 0 || self.ring.kernel_has_work() {
+                self.ring.enter(false, None)?;
+            }
+        } else {
+            self.ring.enter(true, timeout)?;
+        }
+        self.reap(out);
+        // Completions that overflowed the ring come out with more enters.
+        for _ in 0..4 {
+            if !self.ring.overflowed() {
+                break;
+            }
+            self.ring.enter(false, None)?;
+            self.reap(out);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.changed.is_empty() {
+            self.flush_changes(None)?;
+        }
+        if self.ring.queued() > 0 {
+            // Completions stay in the ring for the next dispatch.
+            self.ring.enter(false, None)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_and_results_translate_like_epoll() {
+        let rw = EventFlags::READ | EventFlags::WRITE;
+        assert_eq!(from_poll(su::POLLERR as u32), rw);
+        assert_eq!(from_poll(su::POLLHUP as u32), rw | EventFlags::CLOSED);
+        assert_eq!(from_poll((su::POLLIN | su::POLLRDHUP) as u32), EventFlags::READ | EventFlags::CLOSED);
+        assert_eq!(mask(EventFlags::READ | EventFlags::CLOSED | EventFlags::WRITE, READ), (su::POLLIN | su::POLLRDHUP) as u32);
+        assert_eq!(mask(EventFlags::READ | EventFlags::WRITE, WRITE), su::POLLOUT as u32);
+        assert_eq!(mask(EventFlags::WRITE, READ), 0);
+        let ud = user_data(0xdead_beef, WRITE, 0x1234);
+        assert_eq!((ud >> 32) as u32, 0xdead_beef);
+        assert_eq!((ud >> 31) & 1, 1);
+        assert_eq!(ud & 0x7fff_ffff, 0x1234);
+    }
+}
