@@ -6,6 +6,10 @@
 //! child must never write: its signal handler and its old handles leave
 //! them alone). With reinit each side has its own.
 //!
+//! A uring base refuses to run in a child that did not reinit (its ring
+//! is the parent's, shared memory included): the child's loop fails with an
+//! error and the parent's ring is never touched.
+//!
 //! Children report by exit code; every wait for a child is bounded (the
 //! child is killed on timeout); parent and child synchronise through pipes
 //! they wait on with an event loop and a timeout, never with sleeps.
@@ -28,6 +32,12 @@ fn fork() -> io::Result<Fork> {
     // other threads hold (they run only the state each test set up before
     // forking), and leave through `exit_now`.
     unsafe { sys::process::fork_unchecked() }
+}
+
+/// Whether the child's loop is refused: a uring base in a child that did
+/// not reinit (the ring is the parent's).
+fn refused_in_child(be: Backend, reinit: bool) -> bool {
+    !reinit && be.name() == "uring"
 }
 
 /// Runs `body` in the child and leaves with its verdict (never returns).
@@ -130,7 +140,8 @@ fn child_del(be: Backend, reinit: bool) -> io::Result<()> {
             Ok(OK)
         }),
         Fork::Parent(pid) => {
-            assert_eq!(wait_child(pid, CHILD_TIMEOUT)?, ExitStatus::Code(OK));
+            let want = if refused_in_child(be, reinit) { IO_ERROR } else { OK };
+            assert_eq!(wait_child(pid, CHILD_TIMEOUT)?, ExitStatus::Code(want));
             assert_eq!(b.pending(ev, EventFlags::READ).0, EventFlags::READ);
             put(&y, b"parent data")?;
             let ran = fires_within(&mut b, &fired, ms(300))?;
@@ -203,6 +214,16 @@ fn child_registers_colliding_fd(be: Backend, reinit: bool) -> io::Result<()> {
             drop(fillers);
             Ok(if own_ok { OK } else { 11 })
         }),
+        Fork::Parent(pid) if refused_in_child(be, reinit) => {
+            // The child's loop fails before it registers anything; the
+            // parent's event still serves its own socket.
+            assert_eq!(wait_child(pid, CHILD_TIMEOUT)?, ExitStatus::Code(IO_ERROR));
+            assert!(take(ready_r.as_raw_fd()).is_none(), "the refused child got ready");
+            put(&_y, b"parent data")?;
+            assert!(fires_within(&mut b, &fired, Duration::from_secs(5))?, "the parent's event");
+            assert_eq!(spurious.get(), 0);
+            Ok(())
+        }
         Fork::Parent(pid) => {
             let ready = wait_readable(ready_r.as_raw_fd(), CHILD_TIMEOUT)?;
             let ran = ready && fires_within(&mut b, &fired, ms(300))?;

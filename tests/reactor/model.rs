@@ -6,6 +6,12 @@
 //! is then no longer pending. This drives the evmap's per-fd interest
 //! transitions and every backend's add/modify/delete (and the epoll
 //! changelist's coalescing) through many orders.
+//!
+//! One allowance, for uring only: a poll request completes with the mask of
+//! the wake-up that ended it, so data put and then drained between two turns
+//! may still be reported readable on the next (a spurious readiness, read as
+//! EAGAIN; epoll and poll look again when they wait). Such a READ is not
+//! counted against the model; everything else must match exactly.
 
 use super::*;
 use proptest::prelude::*;
@@ -75,6 +81,8 @@ fn check(be: Backend, specs: &[(u8, bool)], ops: &[Op]) -> io::Result<()> {
     let mut ids: Vec<EventId> = (0..EVENTS).map(|k| mk(&mut b, k)).collect();
     let mut model: Vec<Model> = (0..EVENTS).map(|_| Model { pending: false, active: EventFlags::NONE }).collect();
     let mut data = [false; PAIRS];
+    // Pairs whose data was put and drained since the last turn.
+    let mut drained = [false; PAIRS];
     for (step, &op) in ops.iter().enumerate() {
         match op {
             Op::Add(k) => {
@@ -96,6 +104,7 @@ fn check(be: Backend, specs: &[(u8, bool)], ops: &[Op]) -> io::Result<()> {
             }
             Op::Drain(p) => {
                 while take(pairs[p].0.as_raw_fd()).is_some_and(|v| !v.is_empty()) {}
+                drained[p] |= data[p];
                 data[p] = false;
             }
             Op::Activate(k, read) => {
@@ -124,6 +133,20 @@ fn check(be: Backend, specs: &[(u8, bool)], ops: &[Op]) -> io::Result<()> {
                 fired.borrow_mut().clear();
                 b.run(LoopFlags::NONBLOCK)?;
                 let mut got = fired.borrow().clone();
+                if be.name() == "uring" {
+                    for (k, res) in &mut got {
+                        let wanted = want.iter().find(|w| w.0 == *k).map_or(EventFlags::NONE, |w| w.1);
+                        if drained[*k % PAIRS] && !wanted.contains(EventFlags::READ) {
+                            res.remove(EventFlags::READ);
+                            // A one-shot event that fired spuriously is done.
+                            if wanted.is_empty() && !specs[*k].1 {
+                                model[*k].pending = false;
+                            }
+                        }
+                    }
+                    got.retain(|(_, res)| !res.is_empty());
+                }
+                drained = [false; PAIRS];
                 got.sort_by_key(|e| e.0);
                 assert_eq!(got, want, "{be:?}: turn at step {step} of {ops:?} with {specs:?}");
             }

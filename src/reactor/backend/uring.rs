@@ -82,6 +82,9 @@ pub struct UringBackend {
     changed: Vec<RawFd>,
     generation: u32,
     turn: u32,
+    /// Edges and failures found outside `dispatch` (by `flush`), told by
+    /// the next one.
+    carry: Ready,
 }
 
 fn user_data(generation: u32, dir: usize, fd: RawFd) -> u64 {
@@ -138,7 +141,7 @@ impl UringBackend {
             _ => e,
         })?;
         tracing::debug!(target: "rot13d::reactor", mode = ?ring.mode(), "io_uring ring set up");
-        Ok(UringBackend { ring, fds: Vec::new(), changed: Vec::new(), generation: 0, turn: 0 })
+        Ok(UringBackend { ring, fds: Vec::new(), changed: Vec::new(), generation: 0, turn: 0, carry: Ready::default() })
     }
 
     fn state(&mut self, fd: RawFd) -> &mut FdState {
@@ -300,6 +303,17 @@ impl Backend for UringBackend {
 
     fn dispatch(&mut self, timeout: Option<Duration>, out: &mut Ready) -> io::Result<()> {
         self.turn = self.turn.wrapping_add(1);
+        if !self.carry.events.is_empty() || !self.carry.failed.is_empty() {
+            out.failed.append(&mut self.carry.failed);
+            for (fd, what) in self.carry.events.drain(..) {
+                let s = &mut self.fds[fd as usize];
+                if !s.emptied && !s.want.is_empty() {
+                    s.reported = self.turn;
+                    s.slot = out.events.len() as u32;
+                    out.events.push((fd, what));
+                }
+            }
+        }
         if !self.changed.is_empty() {
             self.flush_changes(Some(out))?;
         }
@@ -325,12 +339,32 @@ impl Backend for UringBackend {
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        // In a forked child that did not reinit, nothing registered is ours
+        // to let go of (the polls are the parent's): nothing to do.
+        if !self.ring.is_ours() {
+            return Ok(());
+        }
         if !self.changed.is_empty() {
             self.flush_changes(None)?;
         }
         if self.ring.queued() > 0 {
-            // Completions stay in the ring for the next dispatch.
             self.ring.enter(false, None)?;
+            // What completed now may be stale by the next dispatch (the
+            // caller may drain the fd meanwhile): a level-triggered report
+            // is dropped and its poll armed again then, so the next wait
+            // sees the fd as it is; an edge is kept for that dispatch.
+            let mut done = Vec::new();
+            self.ring.reap(|c| done.push(c));
+            let mut out = Ready::default();
+            for c in done {
+                self.complete(c, &mut out);
+            }
+            for (fd, what) in out.events {
+                if self.fds[fd as usize].want.contains(EventFlags::ET) {
+                    self.carry.events.push((fd, what));
+                }
+            }
+            self.carry.failed.append(&mut out.failed);
         }
         Ok(())
     }
