@@ -84,11 +84,68 @@ fn version_and_help_exit_0() -> io::Result<()> {
 fn list_backends_prints_fastest_first() -> io::Result<()> {
     let out = run_bin(&["--list-backends"], &[], T)?;
     ensure_code("--list-backends", &out, 0)?;
-    ensure!(
-        out.stdout == "epoll et,o1,early_close\npoll fds,early_close\nselect fds\n",
-        "--list-backends printed {:?}",
-        out.stdout
-    );
+    // uring is listed only where io_uring works (kernel, seccomp, sysctl).
+    let uring =
+        if rot13d::reactor::BackendKind::Uring.available().is_ok() { "uring et,o1,fds,early_close\n" } else { "" };
+    let want = format!("epoll et,o1,early_close\n{uring}poll fds,early_close\nselect fds\n");
+    ensure!(out.stdout == want, "--list-backends printed {:?}, not {want:?}", out.stdout);
+    Ok(())
+}
+
+/// Where io_uring is forbidden (EPERM: Docker's default seccomp profile,
+/// systemd's SystemCallFilter=, kernel.io_uring_disabled) or missing
+/// (ENOSYS: an old kernel): a seccomp filter on this test's thread, which
+/// the processes it starts inherit, makes io_uring_setup fail so. uring is
+/// then absent from --list-backends with the reason on stderr, asking for
+/// it is a configuration error (78) saying why, and a base that avoids
+/// epoll falls back to poll.
+#[test]
+fn uring_where_io_uring_is_forbidden_or_missing() -> io::Result<()> {
+    for (errno, why) in [(libc::EPERM, "seccomp filter forbids io_uring"), (libc::ENOSYS, "the kernel has no io_uring")]
+    {
+        // A thread of its own: the filter stays with it (and its children).
+        std::thread::spawn(move || -> io::Result<()> {
+            rot13d::sys::uring::refuse_io_uring_setup(errno)?;
+            let mut cfg = rot13d::reactor::EventConfig::new();
+            cfg.set_flag(rot13d::reactor::BaseFlags::IGNORE_ENV).avoid("epoll").avoid("poll").avoid("select");
+            match rot13d::reactor::EventBase::with_config(&cfg) {
+                Err(rot13d::reactor::BaseError::Unavailable { backend: "uring", reason }) => {
+                    ensure!(reason.contains(why), "errno {errno}: the reason {reason:?} does not say {why:?}")
+                }
+                other => return Err(crate::util::fail(format!("errno {errno}: a uring base gave {other:?}"))),
+            }
+            let mut cfg = rot13d::reactor::EventConfig::new();
+            cfg.set_flag(rot13d::reactor::BaseFlags::IGNORE_ENV).avoid("epoll");
+            ensure!(rot13d::reactor::EventBase::with_config(&cfg)?.backend_name() == "poll", "no fallback to poll");
+
+            let out = run_bin(&["--list-backends"], &[], T)?;
+            ensure_code("--list-backends", &out, 0)?;
+            ensure!(!out.stdout.contains("uring"), "uring listed where io_uring_setup fails: {:?}", out.stdout);
+            ensure!(
+                out.stderr.contains("uring is not available") && out.stderr.contains(why),
+                "--list-backends does not say why uring is absent:\n{}",
+                out.stderr
+            );
+            let out = run_serving(&["--backend", "uring"], &[])?;
+            ensure_code("--backend uring", &out, 78)?;
+            ensure!(
+                out.stderr.contains("uring backend is not available") && out.stderr.contains(why),
+                "errno {errno}: stderr does not say why:\n{}",
+                out.stderr
+            );
+            Ok(())
+        })
+        .join()
+        .map_err(|_| crate::util::fail("the test thread panicked"))??;
+    }
+    Ok(())
+}
+
+#[test]
+fn event_nouring_disables_uring() -> io::Result<()> {
+    let out = run_serving(&["--backend", "uring"], &[("EVENT_NOURING", "")])?;
+    ensure_code("--backend uring with EVENT_NOURING", &out, 78)?;
+    ensure!(out.stderr.contains("disabled by environment: uring"), "stderr:\n{}", out.stderr);
     Ok(())
 }
 

@@ -915,3 +915,11 @@ fn busy_connection_survives_pauses_during_a_drain() -> io::Result<()> {
     ensure!(s.code() == Some(0), "exit {s:?}");
     Ok(())
 }
+
+#[test]
+fn graceful_stop_serves_busy_client_uring_w1() -> io::Result<()> {
+    if !crate::util::backend_usable("uring") {
+        return Ok(());
+    }
+    graceful_stop_serves_busy_client("uring", 1)
+}

@@ -628,3 +628,35 @@ fn write_timeout_spares_a_slow_reader() -> io::Result<()> {
     ensure!(t0.elapsed() >= Duration::from_secs(2), "the slow reader took only {:?}", t0.elapsed());
     writer.join().map_err(|_| fail("writer panicked"))?
 }
+
+#[test]
+fn backpressure_bounds_memory_uring_w1() -> io::Result<()> {
+    if !crate::util::backend_usable("uring") {
+        return Ok(());
+    }
+    backpressure_bounds_memory("uring", 1)
+}
+
+#[test]
+fn idle_timeout_closes_idle_connection_uring_w0() -> io::Result<()> {
+    if !crate::util::backend_usable("uring") {
+        return Ok(());
+    }
+    idle_timeout_closes_idle_connection("uring", 0)
+}
+
+#[test]
+fn no_fd_leak_uring_w1() -> io::Result<()> {
+    if !crate::util::backend_usable("uring") {
+        return Ok(());
+    }
+    no_fd_leak("uring", 1)
+}
+
+#[test]
+fn beyond_fd_setsize_uring() -> io::Result<()> {
+    if !crate::util::backend_usable("uring") {
+        return Ok(());
+    }
+    beyond_fd_setsize("uring")
+}

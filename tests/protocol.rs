@@ -36,8 +36,21 @@ macro_rules! each_backend_and_workers {
             fn select_w2() -> std::io::Result<()> { super::$name("select", 2) }
             #[test]
             fn epoll_changelist_w1() -> std::io::Result<()> { super::$name("epoll+changelist", 1) }
+            #[test]
+            fn uring_w0() -> std::io::Result<()> { super::on_uring(super::$name, 0) }
+            #[test]
+            fn uring_w2() -> std::io::Result<()> { super::on_uring(super::$name, 2) }
         }
     )*};
+}
+
+/// Runs `scenario` on `--backend uring`, or skips (visibly) where io_uring
+/// is missing or forbidden.
+fn on_uring(scenario: fn(&str, usize) -> io::Result<()>, workers: usize) -> io::Result<()> {
+    if !crate::util::backend_usable("uring") {
+        return Ok(());
+    }
+    scenario("uring", workers)
 }
 
 /// As `each_backend_and_workers`, for the heavy scenarios: every backend
@@ -55,6 +68,8 @@ macro_rules! each_backend {
             fn select_w1() -> std::io::Result<()> { super::$name("select", 1) }
             #[test]
             fn epoll_changelist_w1() -> std::io::Result<()> { super::$name("epoll+changelist", 1) }
+            #[test]
+            fn uring_w1() -> std::io::Result<()> { super::on_uring(super::$name, 1) }
         }
     )*};
 }

@@ -123,7 +123,9 @@ impl Ring {
         watch_forks();
         let forks = FORKS.load(Ordering::Relaxed);
         if forks == u64::MAX {
-            return Err(io::Error::other("pthread_atfork failed: a forked child could not tell the ring is not its own"));
+            return Err(io::Error::other(
+                "pthread_atfork failed: a forked child could not tell the ring is not its own",
+            ));
         }
         let mut last = None;
         for mode in [Mode::DeferTaskrun, Mode::CoopTaskrun, Mode::Plain] {
@@ -245,9 +247,7 @@ impl Ring {
         // call, its size is the one the kernel expects for EXT_ARG, and the
         // entries it submits refer to no memory of ours (see push_poll); the
         // ring is this process's (checked above).
-        let r = unsafe {
-            self.ring.submitter().enter(to_submit, u32::from(wait), flags, Some(&args))
-        };
+        let r = unsafe { self.ring.submitter().enter(to_submit, u32::from(wait), flags, Some(&args)) };
         match r {
             Ok(_) => Ok(()),
             Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)) => {
@@ -287,7 +287,9 @@ pub fn unavailable_reason(e: &io::Error) -> String {
              CONFIG_IO_URING), or a seccomp filter answers ENOSYS"
         ),
         Some(libc::EPERM | libc::EACCES) => match read("/proc/sys/kernel/io_uring_disabled").as_deref() {
-            Some("2") => format!("io_uring_setup: {e}: kernel.io_uring_disabled = 2 disables io_uring for every process"),
+            Some("2") => {
+                format!("io_uring_setup: {e}: kernel.io_uring_disabled = 2 disables io_uring for every process")
+            }
             Some("1") => {
                 let group = read("/proc/sys/kernel/io_uring_group").unwrap_or_else(|| "-1".into());
                 format!(
@@ -300,7 +302,9 @@ pub fn unavailable_reason(e: &io::Error) -> String {
                  under systemd, SystemCallFilter= must allow io_uring_setup io_uring_enter io_uring_register)"
             ),
         },
-        Some(libc::ENOMEM) => format!("io_uring_setup: {e}: no memory for the rings (RLIMIT_MEMLOCK on Linux before 5.12?)"),
+        Some(libc::ENOMEM) => {
+            format!("io_uring_setup: {e}: no memory for the rings (RLIMIT_MEMLOCK on Linux before 5.12?)")
+        }
         _ => format!("io_uring_setup: {e}"),
     }
 }

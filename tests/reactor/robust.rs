@@ -333,3 +333,43 @@ rtest!(a_thread_handle_refuses_past_its_bound, [epoll], |be| {
     assert_eq!(n.get(), rot13d::reactor::MAX_QUEUED_ACTIVATIONS);
     Ok(())
 });
+
+/// Whether the peer of a closed socket sees its end: EOF (a read of 0).
+fn peer_sees_eof(peer: &OwnedFd) -> bool {
+    matches!(sys::read(peer.as_raw_fd(), &mut [0u8; 16]), Ok(0))
+}
+
+rtest!(socket_closed_right_after_its_event_is_deleted_is_closed, +et, |be| {
+    // libevent lets a caller close an fd right after deleting its event,
+    // inside a callback (a server closing a connection, a listener at a
+    // stop) or outside the loop, and the file must be gone at once: the
+    // peer sees EOF, a listener refuses. An io_uring poll holds the file
+    // until cancelled, so a delete that leaves the fd unwatched is
+    // submitted then, not at the next turn (a closed listener went on
+    // taking connections: lifecycle::graceful_stop_serves_busy_client_uring_w1).
+    let mut b = be.base()?;
+    let (x, y) = pair()?;
+    let ev = b.new_event(x.as_raw_fd(), be.io(EventFlags::READ | EventFlags::PERSIST), |_, _, _| {});
+    b.add(ev, None)?;
+    b.run(LoopFlags::NONBLOCK)?;
+    let x = RefCell::new(Some(x));
+    let seen = Rc::new(Cell::new(None));
+    let s = seen.clone();
+    let t = b.new_timer(move |b, _, _| {
+        b.free(ev);
+        drop(x.borrow_mut().take());
+        s.set(Some(peer_sees_eof(&y)));
+    });
+    b.add(t, Some(Duration::ZERO))?;
+    b.run(LoopFlags::ONCE)?;
+    assert_eq!(seen.get(), Some(true), "inside a callback: the peer saw no EOF");
+    // Outside the loop.
+    let (x, y) = pair()?;
+    let ev = b.new_event(x.as_raw_fd(), be.io(EventFlags::READ | EventFlags::PERSIST), |_, _, _| {});
+    b.add(ev, None)?;
+    b.run(LoopFlags::NONBLOCK)?;
+    b.del(ev)?;
+    drop(x);
+    assert!(peer_sees_eof(&y), "outside the loop: the peer saw no EOF");
+    Ok(())
+});

@@ -45,6 +45,19 @@ pub const ENV_CLEARED: [&str; 10] = [
 ];
 
 /// An `io::Error` of kind `Other` (test failures carry their context).
+/// Whether the daemon can run on `backend` here: false for `uring` where
+/// io_uring is missing or forbidden, said on stderr (the test then skips).
+pub fn backend_usable(backend: &str) -> bool {
+    let kind = rot13d::reactor::BackendKind::from_name(backend.split('+').next().unwrap_or(backend));
+    match kind.map(|k| k.available()) {
+        Some(Err(why)) => {
+            eprintln!("SKIPPED: the {backend} backend is not available here: {why}");
+            false
+        }
+        _ => true,
+    }
+}
+
 pub fn fail(msg: impl Into<String>) -> io::Error {
     io::Error::other(msg.into())
 }

@@ -21,10 +21,14 @@
 //! - **Edge-triggered** events (ET) use multishot polls: one completion per
 //!   wake-up while armed, as EPOLLET reports one per edge; arming it (an add
 //!   or re-add) reports an fd that is ready at once, as epoll does.
-//! - **Deleted interest is cancelled** in the next enter, which comes before
-//!   the loop waits or returns ([`Backend::flush`]): libevent lets a caller
-//!   close an fd right after deleting its event, and the poll's reference
-//!   would otherwise keep the file (a socket: its connection) open.
+//! - **An fd left unwatched is let go of at once**: when a delete empties an
+//!   fd's interest the base calls [`Backend::flush`], which submits the
+//!   kept changes (the cancel among them) in an enter of their own, without
+//!   waiting. libevent lets a caller close an fd right after deleting its
+//!   event, and the poll's reference would otherwise keep the file open
+//!   until the next turn: a closed listener still taking connections, a
+//!   closed socket's peer seeing no EOF. Everything else (adds, changes of
+//!   interest, re-arms) waits for the turn's one enter.
 //! - A poll completing with an error (EBADF: the fd was closed while
 //!   watched) gives the fd up in [`Ready::failed`].
 //!
@@ -183,7 +187,14 @@ impl UringBackend {
         Ok(())
     }
 
-    fn push_poll(&mut self, fd: RawFd, m: u32, multishot: bool, ud: u64, out: &mut Option<&mut Ready>) -> io::Result<()> {
+    fn push_poll(
+        &mut self,
+        fd: RawFd,
+        m: u32,
+        multishot: bool,
+        ud: u64,
+        out: &mut Option<&mut Ready>,
+    ) -> io::Result<()> {
         while !self.ring.push_poll(fd, m, multishot, ud)? {
             self.make_room(out)?;
         }
@@ -380,7 +391,10 @@ mod tests {
         assert_eq!(from_poll(su::POLLERR as u32), rw);
         assert_eq!(from_poll(su::POLLHUP as u32), rw | EventFlags::CLOSED);
         assert_eq!(from_poll((su::POLLIN | su::POLLRDHUP) as u32), EventFlags::READ | EventFlags::CLOSED);
-        assert_eq!(mask(EventFlags::READ | EventFlags::CLOSED | EventFlags::WRITE, READ), (su::POLLIN | su::POLLRDHUP) as u32);
+        assert_eq!(
+            mask(EventFlags::READ | EventFlags::CLOSED | EventFlags::WRITE, READ),
+            (su::POLLIN | su::POLLRDHUP) as u32
+        );
         assert_eq!(mask(EventFlags::READ | EventFlags::WRITE, WRITE), su::POLLOUT as u32);
         assert_eq!(mask(EventFlags::WRITE, READ), 0);
         let ud = user_data(0xdead_beef, WRITE, 0x1234);

@@ -178,10 +178,12 @@ impl EventBase {
                     // no longer watched.
                     self.fail_fd(fd, &e);
                     result = Err(e);
-                } else if !self.running && (new & EventFlags::IO).is_empty() && !(old & EventFlags::IO).is_empty() {
-                    // The caller may close the fd now and expect it closed:
-                    // a backend whose registration holds the file lets go of
-                    // it at once (inside the loop, before the next wait).
+                } else if (new & EventFlags::IO).is_empty() && !(old & EventFlags::IO).is_empty() {
+                    // The fd is no longer watched: the caller may close it
+                    // now and expect it closed (a listener refusing, a peer
+                    // seeing EOF). A backend whose registration holds the
+                    // file (io_uring) lets go of it at once; the others do
+                    // nothing here.
                     result = self.backend.flush();
                 }
             }
