@@ -15,8 +15,8 @@
 //!
 //! ```text
 //! cargo bench --bench dispatch -- [--rounds R] [--sizes 100,1000,9900]
-//!     [--backends epoll,epoll_changelist,poll,select] [--active A] [--writes W]
-//!     [--timers N] [--no-dispatch] [--no-timers]
+//!     [--backends epoll,epoll_changelist,poll,select,uring] [--active A] [--writes W]
+//!     [--timers N] [--no-dispatch] [--no-timers] [--no-readd] [--et]
 //! ```
 //! Lines starting with `RESULT` are for `scripts/bench-dispatch.sh`.
 
@@ -38,6 +38,7 @@ struct Args {
     dispatch: bool,
     timer_bench: bool,
     readd: bool,
+    et: bool,
 }
 
 fn parse_args() -> Args {
@@ -51,6 +52,7 @@ fn parse_args() -> Args {
         dispatch: true,
         timer_bench: true,
         readd: true,
+        et: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     if argv.is_empty() {
@@ -75,6 +77,9 @@ fn parse_args() -> Args {
             // Keep the events added between rounds (profiling the timed
             // part alone); bench.c re-adds them.
             "--no-readd" => a.readd = false,
+            // Edge-triggered events (epoll: EPOLLET; uring: multishot
+            // polls): each write makes one edge, read by its callback.
+            "--et" => a.et = true,
             // What cargo passes to every bench target.
             "--bench" => {}
             other => panic!("unknown argument {other}"),
@@ -87,7 +92,7 @@ fn config(backend: &str) -> EventConfig {
     let mut cfg = EventConfig::new();
     cfg.set_flag(BaseFlags::IGNORE_ENV);
     let name = if backend == "epoll_changelist" { "epoll" } else { backend };
-    for other in ["epoll", "poll", "select"] {
+    for other in ["epoll", "poll", "select", "uring"] {
         if other != name {
             cfg.avoid(other);
         }
@@ -113,6 +118,7 @@ fn bench_dispatch(
     writes: usize,
     rounds: usize,
     readd: bool,
+    et: bool,
 ) -> io::Result<Vec<Duration>> {
     let mut base = EventBase::with_config(&config(backend))?;
     let pairs: Vec<(OwnedFd, OwnedFd)> = (0..n).map(|_| sys::socketpair()).collect::<io::Result<_>>()?;
@@ -127,7 +133,8 @@ fn bench_dispatch(
     for (i, (r, _)) in pairs.iter().enumerate() {
         let fd = r.as_raw_fd();
         let chain = chain.clone();
-        ids.push(base.new_event(fd, EventFlags::READ | EventFlags::PERSIST, move |_, _, _| {
+        let flags = if et { EventFlags::READ | EventFlags::PERSIST | EventFlags::ET } else { EventFlags::READ | EventFlags::PERSIST };
+        ids.push(base.new_event(fd, flags, move |_, _, _| {
             let mut c = chain.borrow_mut();
             let mut ch = [0u8; 1];
             match sys::recv(fd, &mut ch) {
@@ -235,7 +242,7 @@ fn main() -> io::Result<()> {
                 continue;
             }
             for b in &args.backends {
-                let (med, min) = median_min(bench_dispatch(b, n, args.active, args.writes, args.rounds, args.readd)?);
+                let (med, min) = median_min(bench_dispatch(b, n, args.active, args.writes, args.rounds, args.readd, args.et)?);
                 println!("RESULT rot13d {b} {n} {med:.1} {min:.1}");
             }
         }

@@ -9,7 +9,9 @@
 #     SIZES     comma-separated N (default 100,1000,9900)
 #     REPS      paired runs per cell (default 9): rot13d then libevent, back
 #               to back, so that a change in machine load hits both alike
-#     BACKENDS  comma-separated (default epoll,epoll_changelist,poll,select)
+#     BACKENDS  comma-separated (default epoll,epoll_changelist,poll,select,uring;
+#               libevent has no io_uring backend: uring is paired with
+#               libevent's epoll, the one a libevent user would have)
 #
 # The table shows, per cell, the median over the REPS runs of each run's
 # median round, and the median of the REPS paired ratios rot13d / libevent
@@ -31,7 +33,7 @@ export CARGO_TERM_COLOR=never
 ROUNDS=${1:-25}
 SIZES=${2:-100,1000,9900}
 REPS=${3:-9}
-BACKENDS=${4:-epoll,epoll_changelist,poll,select}
+BACKENDS=${4:-epoll,epoll_changelist,poll,select,uring}
 VS=${VS:-}
 PEER=libevent
 [ -n "$VS" ] && PEER="B ($VS)"
@@ -73,7 +75,7 @@ for rep in $(seq "$REPS"); do
         cargs=(epoll "$n" "$ACTIVE" "$WRITES" "$ROUNDS" noreadd)
       else
         rargs=(--backends "$b")
-        cargs=("$b" "$n" "$ACTIVE" "$WRITES" "$ROUNDS")
+        cargs=("${b/uring/epoll}" "$n" "$ACTIVE" "$WRITES" "$ROUNDS")
       fi
       r=$("${PIN[@]}" "$RUST_BIN" --bench --rounds "$ROUNDS" --active "$ACTIVE" --writes "$WRITES" \
         --sizes "$n" --no-timers "${rargs[@]}" | awk '$1 == "RESULT" { print $5 }')
@@ -103,13 +105,13 @@ cells = {}
 for line in open(sys.argv[1]):
     b, n, r, c = line.split()
     cells.setdefault((int(n), b), []).append((r, c))
-order = ["epoll", "epoll_kept", "epoll_changelist", "poll", "select"]
+order = ["epoll", "epoll_kept", "epoll_changelist", "poll", "select", "uring"]
 for (n, b) in sorted(cells, key=lambda k: (k[0], order.index(k[1]) if k[1] in order else 99)):
     xs = cells[(n, b)]
     rs = [float(r) for r, _ in xs if r not in ("failed", "n/a")]
     cs = [float(c) for _, c in xs if c not in ("failed", "n/a")]
     ratios = [float(r) / float(c) for r, c in xs if r not in ("failed", "n/a") and c not in ("failed", "n/a")]
-    name = "epoll, kept (no re-add)" if b == "epoll_kept" else b
+    name = {"epoll_kept": "epoll, kept (no re-add)", "uring": "uring (libevent: epoll)"}.get(b, b)
     fmt = lambda v: "%.1f" % st.median(v) if v else "n/a"
     ratio = "%.2f" % st.median(ratios) if ratios else "-"
     spread = "%.2f – %.2f" % (min(ratios), max(ratios)) if ratios else "-"

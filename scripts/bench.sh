@@ -19,6 +19,8 @@
 #   RUNS=3                runs per case
 #   DURATION=5            seconds measured per run (plus WARMUP=0.5)
 #   SERVERS="ceiling tokio-multi tokio-current libevent rot13d-w0 rot13d-w1"
+#                         also: ceiling-uring (the io_uring ceiling, needs liburing-dev),
+#                         rot13d-uring-w0 / rot13d-uring-w1 (--backend uring)
 #   CASES="tput64 tput4k lat1 lat100 mixed conns slow"
 #   CONNS=10000           connections of the conns case
 #   SLOW_MIB=64           MiB each of the 10 clients of the slow case sends
@@ -76,6 +78,7 @@ find_shared() {
 
 build_all() {
   pkg-config --exists libevent 2>/dev/null || apt_install libevent-dev pkg-config
+  [ -e /usr/include/liburing.h ] || apt_install liburing-dev
   command -v taskset >/dev/null 2>&1 || apt_install util-linux
   local shared
   shared="$(find_shared)"
@@ -115,11 +118,14 @@ server_cmd() {
   local name="$1" port="$2"
   case "$name" in
     ceiling) echo "$PEERS_BIN/rot13-ceiling $port 127.0.0.1" ;;
+    ceiling-uring) echo "$PEERS_BIN/rot13-ceiling-uring $port 127.0.0.1" ;;
     libevent) echo "$PEERS_BIN/rot13-libevent $port 127.0.0.1" ;;
     tokio-multi) echo "$PEERS_BIN/rot13-tokio --runtime multi $port 127.0.0.1" ;;
     tokio-current) echo "$PEERS_BIN/rot13-tokio --runtime current $port 127.0.0.1" ;;
     rot13d-w0) echo "$ROT13D --listen 127.0.0.1:$port --workers 0" ;;
     rot13d-w1) echo "$ROT13D --listen 127.0.0.1:$port --workers 1" ;;
+    rot13d-uring-w0) echo "$ROT13D --listen 127.0.0.1:$port --workers 0 --backend uring" ;;
+    rot13d-uring-w1) echo "$ROT13D --listen 127.0.0.1:$port --workers 1 --backend uring" ;;
     rot13d-b-w0) echo "$ROT13D_B --listen 127.0.0.1:$port --workers 0" ;;
     rot13d-b-w1) echo "$ROT13D_B --listen 127.0.0.1:$port --workers 1" ;;
     *) die "unknown server $name" ;;
