@@ -101,6 +101,9 @@ pub struct Ring {
     forks: u64,
     mode: Mode,
     skip_success: bool,
+    /// Under valgrind, which holds signals back during io_uring_enter: a
+    /// wait then ends every 100 ms so that they get in (profiling only).
+    valgrind: bool,
 }
 
 impl std::fmt::Debug for Ring {
@@ -154,7 +157,9 @@ impl Ring {
                             ));
                         }
                         let skip_success = p.is_feature_skip_cqe_on_success();
-                        return Ok(Ring { ring, forks, mode, skip_success });
+                        let valgrind =
+                            std::env::var_os("LD_PRELOAD").is_some_and(|v| v.to_string_lossy().contains("vgpreload"));
+                        return Ok(Ring { ring, forks, mode, skip_success, valgrind });
                     }
                     // Flags this kernel does not know: try fewer.
                     Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last = Some(e),
@@ -235,6 +240,11 @@ impl Ring {
             return Err(not_ours());
         }
         let to_submit = self.ring.submission().len() as u32;
+        let timeout = match timeout {
+            _ if !self.valgrind || !wait => timeout,
+            Some(t) => Some(t.min(Duration::from_millis(100))),
+            None => Some(Duration::from_millis(100)),
+        };
         let ts = timeout.map(|t| types::Timespec::new().sec(t.as_secs()).nsec(t.subsec_nanos()));
         let mut args = types::SubmitArgs::new();
         if let Some(ts) = ts.as_ref() {
@@ -248,6 +258,11 @@ impl Ring {
         // entries it submits refer to no memory of ours (see push_poll); the
         // ring is this process's (checked above).
         let r = unsafe { self.ring.submitter().enter(to_submit, u32::from(wait), flags, Some(&args)) };
+        if self.valgrind {
+            // valgrind delivers a pending signal only in a call it knows
+            // may block; io_uring_enter is not one.
+            let _ = super::poll::poll(&mut [], 0);
+        }
         match r {
             Ok(_) => Ok(()),
             Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)) => {
