@@ -133,7 +133,11 @@ fn bench_dispatch(
     for (i, (r, _)) in pairs.iter().enumerate() {
         let fd = r.as_raw_fd();
         let chain = chain.clone();
-        let flags = if et { EventFlags::READ | EventFlags::PERSIST | EventFlags::ET } else { EventFlags::READ | EventFlags::PERSIST };
+        let flags = if et {
+            EventFlags::READ | EventFlags::PERSIST | EventFlags::ET
+        } else {
+            EventFlags::READ | EventFlags::PERSIST
+        };
         ids.push(base.new_event(fd, flags, move |_, _, _| {
             let mut c = chain.borrow_mut();
             let mut ch = [0u8; 1];
@@ -242,7 +246,8 @@ fn main() -> io::Result<()> {
                 continue;
             }
             for b in &args.backends {
-                let (med, min) = median_min(bench_dispatch(b, n, args.active, args.writes, args.rounds, args.readd, args.et)?);
+                let (med, min) =
+                    median_min(bench_dispatch(b, n, args.active, args.writes, args.rounds, args.readd, args.et)?);
                 println!("RESULT rot13d {b} {n} {med:.1} {min:.1}");
             }
         }

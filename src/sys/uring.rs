@@ -23,9 +23,10 @@
 //!   ring. Every method that writes an entry or enters the kernel first
 //!   checks that the ring was made by this process (a count of forks kept by
 //!   a `pthread_atfork` child hook: a load, not a `getpid` syscall) and
-//!   fails with an error in a child. The ring is also set up SINGLE_ISSUER
-//!   where the kernel has it, so the kernel itself refuses another task's
-//!   submissions.
+//!   fails with an error in a child (reads nothing either); dropping it
+//!   there only unmaps the child's copy and closes its fd. The ring is
+//!   set up SINGLE_ISSUER where the kernel has it, so the kernel itself
+//!   refuses another task's submissions.
 //!
 //! Availability ([`probe`]): io_uring may be missing (ENOSYS: an old kernel,
 //! `CONFIG_IO_URING=n`, or a seccomp filter answering ENOSYS) or forbidden
@@ -134,6 +135,10 @@ impl Ring {
         for mode in [Mode::DeferTaskrun, Mode::CoopTaskrun, Mode::Plain] {
             for submit_all in [true, false] {
                 let mut b = IoUring::builder();
+                // Not MADV_DONTFORK: a child must be able to unmap its copy
+                // of the rings when it drops the ring (reinit); with the
+                // range unmapped at fork, that munmap could hit a mapping
+                // the child made there since.
                 b.setup_cqsize(cq.max(sq)).setup_clamp();
                 if submit_all {
                     b.setup_submit_all();
@@ -211,8 +216,12 @@ impl Ring {
         Ok(unsafe { self.ring.submission().push(&e) }.is_ok())
     }
 
-    /// Entries queued and not yet submitted.
+    /// Entries queued and not yet submitted (none in a forked child: the
+    /// rings are not even mapped there).
     pub fn queued(&mut self) -> usize {
+        if !self.is_ours() {
+            return 0;
+        }
         self.ring.submission().len()
     }
 
@@ -220,6 +229,9 @@ impl Ring {
     /// `io_uring_enter` brings out: deferred task work (TASKRUN) or
     /// completions that overflowed the completion ring.
     pub fn kernel_has_work(&mut self) -> bool {
+        if !self.is_ours() {
+            return false;
+        }
         let sq = self.ring.submission();
         sq.taskrun() || sq.cq_overflow() || self.mode == Mode::Plain
     }
@@ -227,7 +239,7 @@ impl Ring {
     /// Whether completions overflowed the completion ring (the kernel keeps
     /// them until an enter makes room).
     pub fn overflowed(&mut self) -> bool {
-        self.ring.submission().cq_overflow()
+        self.is_ours() && self.ring.submission().cq_overflow()
     }
 
     /// One `io_uring_enter`: submits every queued entry and, with `wait`,
@@ -287,9 +299,24 @@ impl Ring {
 
 /// Whether io_uring works in this process, probed once with a small ring:
 /// `Err` holds the reason ([`unavailable_reason`]).
+///
+/// The probe's ring is kept, never destroyed: tearing a ring down makes
+/// the kernel send task work to every task that used it (TWA_SIGNAL), which
+/// interrupts that thread's next blocking call that has a timeout with
+/// EINTR (a socket read with SO_RCVTIMEO, say). A probe must not do that
+/// to its caller. (A base's ring is torn down with the base, which its
+/// owner chose.)
 pub fn probe() -> Result<(), String> {
     static PROBE: OnceLock<Result<(), String>> = OnceLock::new();
-    PROBE.get_or_init(|| Ring::new(2, 2).map(drop).map_err(|e| unavailable_reason(&e))).clone()
+    PROBE
+        .get_or_init(|| match Ring::new(2, 2) {
+            Ok(ring) => {
+                std::mem::forget(ring);
+                Ok(())
+            }
+            Err(e) => Err(unavailable_reason(&e)),
+        })
+        .clone()
 }
 
 /// A sentence saying why io_uring cannot be used, from the error of setting

@@ -373,3 +373,22 @@ rtest!(socket_closed_right_after_its_event_is_deleted_is_closed, +et, |be| {
     assert!(peer_sees_eof(&y), "outside the loop: the peer saw no EOF");
     Ok(())
 });
+
+#[test]
+fn probing_io_uring_does_not_interrupt_the_callers_next_blocking_call() -> io::Result<()> {
+    // Tearing a ring down sends task work to each task that used it, which
+    // ends that thread's next blocking call with a timeout early (EINTR).
+    // The availability probe (`--list-backends`, a test's skip check) kept
+    // its ring only for the probe: a client's timed read right after
+    // failed with EINTR (protocol::max_line_boundaries::uring_w0, about one
+    // run in two). The probe now keeps its ring.
+    let (a, _b) = std::os::unix::net::UnixStream::pair()?;
+    a.set_read_timeout(Some(Duration::from_millis(300)))?;
+    if rot13d::reactor::BackendKind::Uring.available().is_err() {
+        eprintln!("SKIPPED: io_uring is not available here");
+        return Ok(());
+    }
+    let e = io::Read::read(&mut &a, &mut [0u8; 8]).expect_err("no data was sent");
+    assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "the read ended with {e} instead of its timeout");
+    Ok(())
+}

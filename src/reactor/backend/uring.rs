@@ -47,7 +47,7 @@ const SQ_ENTRIES: u32 = 1024;
 /// Completion entries, at least; more with a larger capacity hint. Past it
 /// the kernel keeps completions on an overflow list (NODROP).
 const MIN_CQ_ENTRIES: u32 = 4096;
-const MAX_CQ_ENTRIES: u32 = 65536;
+const MAX_CQ_ENTRIES: u32 = 16384;
 
 const READ: usize = 0;
 const WRITE: usize = 1;
@@ -201,15 +201,24 @@ impl UringBackend {
         Ok(())
     }
 
-    /// Turns the kept changes into entries.
-    fn flush_changes(&mut self, mut out: Option<&mut Ready>) -> io::Result<()> {
+    /// Turns the kept changes into entries; with `releases_only`, only
+    /// those of fds whose interest went empty (their polls must go now),
+    /// keeping the rest for the turn's enter. Whether a cancel was queued.
+    fn flush_changes(&mut self, mut out: Option<&mut Ready>, releases_only: bool) -> io::Result<bool> {
         let mut i = 0;
+        let mut kept = 0;
+        let mut cancelled = false;
         // Completions reaped while making room may queue re-arms: they are
         // appended and handled in this same pass.
         while i < self.changed.len() {
             let fd = self.changed[i];
             i += 1;
             let s = &mut self.fds[fd as usize];
+            if releases_only && !s.emptied {
+                self.changed[kept] = fd;
+                kept += 1;
+                continue;
+            }
             s.queued = false;
             let (want, emptied) = (s.want, s.emptied);
             s.emptied = false;
@@ -221,6 +230,7 @@ impl UringBackend {
                 if p.armed != 0 && !keep {
                     self.fds[fd as usize].polls[dir] = Poll::default();
                     self.push_cancel(user_data(p.armed, dir, fd), &mut out)?;
+                    cancelled = true;
                 }
                 if m != 0 && !keep {
                     let g = self.next_generation();
@@ -229,8 +239,8 @@ impl UringBackend {
                 }
             }
         }
-        self.changed.clear();
-        Ok(())
+        self.changed.truncate(kept);
+        Ok(cancelled)
     }
 
     fn reap(&mut self, out: &mut Ready) {
@@ -313,6 +323,9 @@ impl Backend for UringBackend {
     }
 
     fn dispatch(&mut self, timeout: Option<Duration>, out: &mut Ready) -> io::Result<()> {
+        if !self.ring.is_ours() {
+            return Err(io::Error::other("the io_uring backend is the parent's: call reinit() after fork"));
+        }
         self.turn = self.turn.wrapping_add(1);
         if !self.carry.events.is_empty() || !self.carry.failed.is_empty() {
             out.failed.append(&mut self.carry.failed);
@@ -326,7 +339,7 @@ impl Backend for UringBackend {
             }
         }
         if !self.changed.is_empty() {
-            self.flush_changes(Some(out))?;
+            self.flush_changes(Some(out), false)?;
         }
         // Events of failed fds are about to be told: no waiting for them.
         if timeout == Some(Duration::ZERO) || !out.failed.is_empty() || !out.events.is_empty() {
@@ -355,10 +368,9 @@ impl Backend for UringBackend {
         if !self.ring.is_ours() {
             return Ok(());
         }
-        if !self.changed.is_empty() {
-            self.flush_changes(None)?;
-        }
-        if self.ring.queued() > 0 {
+        // Only a poll that must let go of its file makes this enter: the
+        // rest of the kept changes wait for the turn's own.
+        if !self.changed.is_empty() && self.flush_changes(None, true)? {
             self.ring.enter(false, None)?;
             // What completed now may be stale by the next dispatch (the
             // caller may drain the fd meanwhile): a level-triggered report
