@@ -855,6 +855,70 @@ impl EvBuffer {
         }
     }
 
+    /// Packs the queued bytes into as few of the buffer's own blocks as
+    /// hold them, front to back, and releases the blocks left empty (to the
+    /// pool); a last block left partly free is replaced by an exact
+    /// allocation. Afterwards the heap the buffer holds is its byte count
+    /// plus the chunk array, whatever reads, cuts and partial writes left
+    /// behind (a drained prefix of the front block, the free tail of a
+    /// block whose partial line was cut off).
+    ///
+    /// For an output that has stopped growing: the bufferevent calls it
+    /// when backpressure pauses reading (SPEC §1 bounds a connection's
+    /// memory, not only its byte count). It copies every queued byte once
+    /// or twice, so it is not for a buffer that is still being filled.
+    pub fn compact(&mut self) {
+        if self.len == 0 {
+            self.shrink();
+            return;
+        }
+        let chunks = self.chunks.make_contiguous();
+        // Slide the front block's bytes to its start, then fill each block
+        // in turn (`dst`) from the blocks after it (`src`).
+        let slide = |c: &mut Chunk| {
+            c.data.copy_within(c.start..c.end, 0);
+            c.end -= c.start;
+            c.start = 0;
+        };
+        slide(&mut chunks[0]);
+        let mut dst = 0;
+        for src in 1..chunks.len() {
+            loop {
+                if dst == src {
+                    slide(&mut chunks[src]);
+                    break;
+                }
+                let (head, tail) = chunks.split_at_mut(src);
+                let (d, s) = (&mut head[dst], &mut tail[0]);
+                let n = d.free().min(s.len());
+                d.data[d.end..d.end + n].copy_from_slice(&s.data[s.start..s.start + n]);
+                d.end += n;
+                s.start += n;
+                if s.len() == 0 {
+                    break;
+                }
+                // `d` is full: the next block is filled next, either one
+                // already emptied (it starts over) or `src` itself.
+                dst += 1;
+                if let Some(c) = head.get_mut(dst) {
+                    c.start = 0;
+                    c.end = 0;
+                }
+            }
+        }
+        for c in self.chunks.drain(dst + 1..) {
+            pool_give(c.data);
+        }
+        if let Some(last) = self.chunks.back_mut()
+            && last.free() > 0
+        {
+            let exact = last.bytes().to_vec();
+            let old = std::mem::replace(last, Chunk { start: 0, end: exact.len(), data: exact });
+            pool_give(old.data);
+        }
+        self.chunks.shrink_to_fit();
+    }
+
     /// Compacts the buffer for a connection going idle.
     ///
     /// An empty buffer releases its chunks (to the pool) and its chunk
@@ -1103,6 +1167,38 @@ mod tests {
     }
 
     #[test]
+    fn compact_packs_bytes_into_full_blocks() {
+        // A drained front, blocks with free tails, tiny chunks between.
+        let mut b = EvBuffer::new();
+        let mut model = Vec::new();
+        for i in 0..6u8 {
+            let mut block = vec![0u8; 4096];
+            block.iter_mut().enumerate().for_each(|(j, x)| *x = i.wrapping_mul(31).wrapping_add(j as u8));
+            let keep = 4096 - 700 * usize::from(i % 3);
+            b.add_vec(block[..keep].to_vec());
+            model.extend_from_slice(&block[..keep]);
+            b.add(&[i; 3]);
+            model.extend_from_slice(&[i; 3]);
+        }
+        b.drain(3000);
+        model.drain(..3000);
+        let before = b.heap_size();
+        b.compact();
+        assert_eq!(contents(&b), model);
+        assert_eq!(b.chunks.iter().map(|c| c.data.len()).sum::<usize>(), model.len(), "every block full");
+        assert!(b.heap_size() < before, "{} >= {before}", b.heap_size());
+        assert!(b.heap_size() <= model.len() + b.chunk_count() * std::mem::size_of::<Chunk>() + model.len() / 4);
+        // Still a working queue: more bytes append after the packed ones.
+        b.add(b"tail");
+        model.extend_from_slice(b"tail");
+        assert_eq!(contents(&b), model);
+        // Nothing queued: nothing held.
+        b.drain(b.len());
+        b.compact();
+        assert_eq!(b.heap_size(), 0);
+    }
+
+    #[test]
     fn socket_round_trip_and_pool_reuse() -> io::Result<()> {
         let (a, b) = sys::socketpair()?;
         trim_pool();
@@ -1222,6 +1318,7 @@ mod tests {
         ForEachMut(usize, usize),
         Pullup(usize),
         Shrink,
+        Compact,
         SetReadSize(usize),
         ReadFrom(Vec<u8>, usize),
         WriteTo,
@@ -1264,6 +1361,7 @@ mod tests {
             1 => (0usize..60, 0usize..60).prop_map(|(a, b)| Op::ForEachMut(a, b)),
             1 => (0usize..60).prop_map(Op::Pullup),
             1 => Just(Op::Shrink),
+            1 => Just(Op::Compact),
             1 => (0usize..200).prop_map(Op::SetReadSize),
             2 => (bytes(300), 1usize..400).prop_map(|(d, m)| Op::ReadFrom(d, m)),
             1 => Just(Op::WriteTo),
@@ -1408,6 +1506,11 @@ mod tests {
             Op::Shrink => {
                 buf.shrink();
                 assert!(buf.heap_size() <= model.len() + 64);
+            }
+            Op::Compact => {
+                buf.compact();
+                // Every block it keeps is full.
+                assert_eq!(buf.chunks.iter().map(|c| c.data.len()).sum::<usize>(), model.len());
             }
             Op::SetReadSize(n) => buf.set_read_size(n),
             Op::ReadFrom(data, max) => {
