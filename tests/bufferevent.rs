@@ -243,9 +243,6 @@ struct Ctx {
     pri: Vec<(bool, Option<usize>, Option<usize>)>,
     /// OnRead::Frame: the protocol framer.
     framer: Framer,
-    /// Largest `input.heap_size() + output.heap_size()` after a read
-    /// callback (see [`framed_memory_case`]).
-    max_heap: usize,
 }
 
 type TBev = BufferEvent<Ctx>;
