@@ -500,12 +500,12 @@ impl<C: 'static> BufferEvent<C> {
                 // the memory, not only the bytes).
                 self.input.shrink();
                 self.output.compact();
-                tracing::trace!(target: "rot13d::reactor", fd = self.fd, pending = len, high = self.bp_high,
+                tracing::trace!(target: "rot13d::reactor::bufferevent", fd = self.fd, pending = len, high = self.bp_high,
                     input = self.input.len(), heap = self.input.heap_size() + self.output.heap_size(),
                     "reading paused: output above the high watermark");
             }
         } else if len <= self.bp_low as usize && self.suspend.intersects(Suspend::BACKPRESSURE) {
-            tracing::trace!(target: "rot13d::reactor", fd = self.fd, pending = len, low = self.bp_low,
+            tracing::trace!(target: "rot13d::reactor::bufferevent", fd = self.fd, pending = len, low = self.bp_low,
                 "reading resumed: output at the low watermark");
             self.unsuspend_read(base, Suspend::BACKPRESSURE);
         }
