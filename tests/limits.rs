@@ -3,7 +3,7 @@
 //! leaves further clients waiting in the backlog.
 
 use crate::ensure;
-use crate::util::{Client, Cyclic, Daemon, ensure_bytes_eq, fail, random_lines, rot13_model};
+use crate::util::{Client, Cyclic, Daemon, ensure_bytes_eq, fail, random_lines, rot13_model, server_held};
 use rot13d::sys::process::rss_bytes;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
@@ -693,4 +693,102 @@ fn write_timeout_spares_a_slow_reader() -> io::Result<()> {
     answer.ensure_repeats(times)?;
     ensure!(t0.elapsed() >= Duration::from_secs(2), "the slow reader took only {:?}", t0.elapsed());
     writer.join().map_err(|_| fail("writer panicked"))?
+}
+
+/// The `name=` number of a log line.
+fn field(line: &str, name: &str) -> Option<u64> {
+    let at = line.find(&format!(" {name}="))? + name.len() + 2;
+    line[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+/// The watermarks at work, seen from outside the daemon: a client sends
+/// 100 B lines without reading; once reading pauses, what the server holds
+/// (what the client wrote minus what the four socket queues hold,
+/// [`server_held`]) is above the high watermark and at most one 64 KiB read
+/// (plus a partial line) beyond it, as the daemon's own `reading paused`
+/// event says too. Then the client reads: reading resumes only once the
+/// pending output is at the low watermark or below (the `reading resumed`
+/// event; the kernel's send buffer of several MiB makes the output drain
+/// to nothing in one write, so its level at resumption cannot be seen
+/// from outside), and every byte comes back.
+fn watermarks_are_the_thresholds(config: &str, high: u64, low: u64) -> io::Result<()> {
+    const LINE: usize = 100;
+    const READ: u64 = 64 * 1024;
+    let d = Daemon::builder()
+        .args(["--backend", "epoll"])
+        .config(config)
+        .env("RUST_LOG", "info,rot13d::reactor::bufferevent=trace")
+        .start()?;
+    let block = {
+        let mut b = Vec::new();
+        for i in 0..(MIB / LINE) {
+            b.extend(std::iter::repeat_n(b'a' + (i % 26) as u8, LINE - 1));
+            b.push(b'\n');
+        }
+        b
+    };
+    let mut c = d.connect()?;
+    c.stream.set_nonblocking(true)?;
+    let (mut sent, mut off) = (Vec::new(), 0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match c.stream.write(&block[off..]) {
+            Ok(n) => {
+                sent.extend_from_slice(&block[off..off + n]);
+                off = (off + n) % block.len();
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if d.log().count(&["reading paused"]) > 0 {
+                    break;
+                }
+                ensure!(Instant::now() < deadline, "reading never paused ({} bytes sent)", sent.len());
+                thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    c.stream.set_nonblocking(false)?;
+    let held = server_held(&c.stream, sent.len() as u64, 0)?;
+    let log = d.log().text();
+    let paused: Vec<&str> = log.lines().filter(|l| l.contains("reading paused")).collect();
+    ensure!(paused.len() == 1, "paused {} times without the client reading:\n{log}", paused.len());
+    let pending = field(paused[0], "pending").ok_or_else(|| fail(format!("no pending= in {:?}", paused[0])))?;
+    eprintln!("paused: the server holds {held} bytes (pending output {pending}), high {high}");
+    ensure!(held > high, "reading paused with {held} bytes held, not above the high watermark {high}");
+    ensure!(
+        held <= high + READ + LINE as u64,
+        "reading paused only at {held} bytes held: more than one read ({READ}) beyond the high watermark {high}"
+    );
+    ensure!(
+        pending > high && pending <= held && held - pending < LINE as u64,
+        "the pause event says {pending} pending, the kernel's count {held} held (a partial line apart)"
+    );
+
+    // The client reads everything; the server then resumes, finishes.
+    c.half_close()?;
+    let got = c.read_to_end()?;
+    ensure_bytes_eq("answers", &got, &rot13_model(&sent, 16384))?;
+    let log = d.log().text();
+    let resumed: Vec<u64> =
+        log.lines().filter(|l| l.contains("reading resumed")).filter_map(|l| field(l, "pending")).collect();
+    ensure!(!resumed.is_empty(), "reading never resumed:\n{log}");
+    ensure!(resumed.iter().all(|&p| p <= low), "resumed at pending output {resumed:?}, above the low watermark {low}");
+    let lows: Vec<u64> =
+        log.lines().filter(|l| l.contains("reading resumed")).filter_map(|l| field(l, "low")).collect();
+    ensure!(lows.iter().all(|&l| l == low), "low watermark in effect {lows:?}, want {low}");
+    Ok(())
+}
+
+#[test]
+fn watermarks_are_the_thresholds_by_default() -> io::Result<()> {
+    watermarks_are_the_thresholds("", 256 * 1024, 64 * 1024)
+}
+
+#[test]
+fn watermarks_are_the_configured_thresholds() -> io::Result<()> {
+    watermarks_are_the_thresholds(
+        "[server]\nwrite_high_watermark = 100000\nwrite_low_watermark = 30000\n",
+        100_000,
+        30_000,
+    )
 }
