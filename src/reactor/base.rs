@@ -41,27 +41,28 @@ struct Slot {
 }
 
 /// One priority's active events in activation order: (slot, activation
-/// number). A `Vec` read from `head`, emptied when read to the end (the
+/// number, when it became ready: see [`EventBase::dispatch_delay`]). A
+/// `Vec` read from `head`, emptied when read to the end (the
 /// usual case: a turn runs every callback it queued), compacted when most
 /// of it has been read; cheaper per entry than a ring buffer.
 #[derive(Debug, Default)]
 struct ActiveQueue {
-    items: Vec<(u32, u32)>,
+    items: Vec<(u32, u32, u64)>,
     head: usize,
 }
 
 impl ActiveQueue {
-    fn push_back(&mut self, e: (u32, u32)) {
+    fn push_back(&mut self, e: (u32, u32, u64)) {
         if self.head >= 1024 && self.head * 2 >= self.items.len() {
             self.items.drain(..self.head);
             self.head = 0;
         }
         self.items.push(e);
     }
-    fn front(&self) -> Option<&(u32, u32)> {
+    fn front(&self) -> Option<&(u32, u32, u64)> {
         self.items.get(self.head)
     }
-    fn pop_front(&mut self) -> Option<(u32, u32)> {
+    fn pop_front(&mut self) -> Option<(u32, u32, u64)> {
         let e = *self.items.get(self.head)?;
         self.head += 1;
         if self.head == self.items.len() {
@@ -185,6 +186,11 @@ pub struct EventBase {
     n_active: usize,
     n_pending_user: usize,
     cached_now: Option<u64>,
+    /// Precise-clock ns when this turn's backend wait returned: the
+    /// readiness time of what it activates.
+    turn_ready: u64,
+    /// The readiness time of the event whose callback runs (0: none).
+    running_ready: u64,
     max_interval: Option<Duration>,
     max_callbacks: Option<usize>,
     min_priority: usize,
@@ -289,6 +295,8 @@ impl EventBase {
             n_active: 0,
             n_pending_user: 0,
             cached_now: None,
+            turn_ready: 0,
+            running_ready: 0,
             max_interval: cfg.max_dispatch_interval,
             max_callbacks: cfg.max_callbacks,
             min_priority: cfg.min_priority,
@@ -385,6 +393,20 @@ impl EventBase {
             Some(t) => t,
             None => dur_ns(sys::monotonic(self.clock)),
         }
+    }
+
+    /// How long the event whose callback is running waited to run: from
+    /// when it became ready (the backend's wait returned with its fd ready,
+    /// its timer expired, or it was activated; the first time, if that
+    /// happened again before it ran) to now, on the precise clock, read
+    /// here. Zero outside a callback. One clock read per call and one per
+    /// loop turn (none when the cached clock is the precise one): the cost
+    /// of measuring dispatch delay per priority.
+    pub fn dispatch_delay(&self) -> Duration {
+        if self.running_ready == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_nanos(dur_ns(sys::monotonic(Clock::Precise)).saturating_sub(self.running_ready))
     }
 
     /// Refreshes the cached time (libevent's `event_base_update_cache_time`).
@@ -733,7 +755,7 @@ impl EventBase {
             None => {}
         }
         let q = (s.pri as usize).min(self.queues.len() - 1);
-        self.queues[q].push_back((idx, s.qseq));
+        self.queues[q].push_back((idx, s.qseq, self.turn_ready));
     }
 
     /// What `id` is pending or active for, among `what`; with TIMEOUT, also
@@ -896,6 +918,8 @@ impl EventBase {
             return Err(io::Error::new(io::ErrorKind::WouldBlock, "the loop is already running"));
         }
         self.running = true;
+        // What is activated before the first wait is ready now.
+        self.turn_ready = dur_ns(sys::monotonic(Clock::Precise));
         self.got_exit = false;
         self.got_break = false;
         self.break_flag = false;
@@ -932,6 +956,10 @@ impl EventBase {
             if !self.flags.contains(BaseFlags::NO_CACHE_TIME) {
                 self.cached_now = Some(dur_ns(sys::monotonic(self.clock)));
             }
+            self.turn_ready = match self.cached_now {
+                Some(t) if self.clock == Clock::Precise => t,
+                _ => dur_ns(sys::monotonic(Clock::Precise)),
+            };
             for &(fd, what) in &ready {
                 self.activate_fd(fd, what);
             }
@@ -999,7 +1027,7 @@ impl EventBase {
     /// Whether queue `p` holds a live entry (stale ones at its front are
     /// dropped on the way).
     fn queue_live(&mut self, p: usize) -> bool {
-        while let Some(&(idx, seq)) = self.queues[p].front() {
+        while let Some(&(idx, seq, _)) = self.queues[p].front() {
             let s = &self.slots[idx as usize];
             if s.qseq == seq && s.state & ACTIVE != 0 {
                 return true;
@@ -1056,12 +1084,14 @@ impl EventBase {
         let mut ran = 0;
         for _ in 0..n {
             // A callback may have called priority_init and dropped this queue.
-            let Some((idx, seq)) = self.queues.get_mut(pri).and_then(|q| q.pop_front()) else { break };
+            let Some((idx, seq, ready)) = self.queues.get_mut(pri).and_then(|q| q.pop_front()) else { break };
             let s = &self.slots[idx as usize];
             if s.qseq != seq || s.state & ACTIVE == 0 {
                 continue;
             }
+            self.running_ready = ready;
             self.run_one(idx);
+            self.running_ready = 0;
             ran += 1;
             if self.break_flag || self.continue_flag || ran >= max_cb {
                 break;
@@ -1205,18 +1235,18 @@ mod tests {
         // compacted away again and again; the order must hold throughout.
         for round in 0..50 {
             for _ in 0..300 {
-                q.push_back((next_in, round));
+                q.push_back((next_in, round, 0));
                 next_in += 1;
             }
             for _ in 0..250 {
-                let (v, _) = q.pop_front().expect("entry");
+                let (v, ..) = q.pop_front().expect("entry");
                 assert_eq!(v, next_out);
                 next_out += 1;
             }
             assert_eq!(q.len(), (next_in - next_out) as usize);
             assert!(q.items.len() <= 2 * q.len() + 1024 + 300, "not compacted: {} for {}", q.items.len(), q.len());
         }
-        while let Some((v, _)) = q.pop_front() {
+        while let Some((v, ..)) = q.pop_front() {
             assert_eq!(v, next_out);
             next_out += 1;
         }
