@@ -1167,11 +1167,11 @@ rtest!(dispatch_rule_max_interval, +et, |be| {
     Ok(())
 });
 
-/// `dispatch_delay`: from readiness (the backend's wait returning with
-/// the fd ready) to the callback. Two sockets ready in the same turn: the
-/// first callback spins 5 ms, so the second one waited at least that long;
-/// with `max_callbacks = 1` the second runs a turn later and its delay
-/// still counts from the first turn's wait. Zero outside callbacks.
+// `dispatch_delay`: from readiness (the backend's wait returning with
+// the fd ready) to the callback. Two sockets ready in the same turn: the
+// first callback spins 5 ms, so the second one waited at least that long;
+// with `max_callbacks = 1` the second runs a turn later and its delay
+// still counts from the first turn's wait. Zero outside callbacks.
 rtest!(dispatch_delay_counts_from_readiness, +et, |be| {
     for limited in [false, true] {
         let mut cfg = be.config();
