@@ -38,11 +38,17 @@ pub struct Conn {
     pub(crate) carried: u32,
     /// Lane bookkeeping: bytes received in the current window...
     pub(crate) window_bytes: u32,
-    /// ...which started at this time (ms of the base's clock)...
+    /// ...which started at this time (ms of the base's clock; windows
+    /// follow each other from the accept on)...
     pub(crate) window_start: u32,
-    /// ...and when the connection last moved bulk_after_bytes in a window.
+    /// ...the previous window's bytes, as a fraction of bulk_after_bytes
+    /// (of 65535, at most 1: a u16 that fits where the struct had padding)...
+    pub(crate) prev_share: u16,
+    /// ...and when the connection last moved bulk_after_bytes within a
+    /// window.
     pub(crate) last_heavy: u32,
-    /// The lane (a priority of the worker's base).
+    /// The lane: the class its traffic puts it in, and (with lanes
+    /// enabled) the priority it runs at.
     pub(crate) lane: u8,
     /// When bytes last arrived (ms of the base's clock; the accept time
     /// before any).
@@ -56,6 +62,15 @@ pub type ConnBev = BufferEvent<Conn>;
 
 /// Read callback: answer every complete line.
 pub(crate) fn on_read(base: &mut EventBase, bev: &mut ConnBev) {
+    // Counted in the lane it waited in, before this read may move it.
+    let (calls, delay) = if bev.ctx.lane == LANE_BULK as u8 {
+        (Counter::CallbacksBulk, Counter::DelayBulk)
+    } else {
+        (Counter::CallbacksInteractive, Counter::DelayInteractive)
+    };
+    let waited = base.dispatch_delay().as_nanos().min(u64::MAX as u128) as u64;
+    bev.ctx.shared.count(calls, 1);
+    bev.ctx.shared.observe(delay, waited);
     count_written(bev);
     let before = bev.input.len();
     let received = before.saturating_sub(bev.ctx.carried as usize) as u64;
@@ -104,17 +119,35 @@ fn close_flushed(base: &mut EventBase, bev: &mut ConnBev) {
 
 /// Moves a connection to the bulk lane after heavy traffic and back once it
 /// has been quiet: a bulk sender then waits behind interactive clients.
+///
+/// "Heavy" is more than `bulk_after_bytes` within `bulk_window_ms`, over a
+/// window that slides: the bytes of the current window plus those of the
+/// previous one, weighted by how much of it the sliding window still
+/// covers (as if they came evenly). A fixed window alone would miss a
+/// burst split by its edge. It is back `quiet_ms` after the last heavy
+/// read. With lanes disabled the class is still kept (metrics, the debug
+/// log), and every class runs at the interactive priority.
 fn update_lane(base: &mut EventBase, bev: &mut ConnBev, received: u64) {
     let now = base.now().as_millis() as u32;
     bev.ctx.last_read = now;
-    let Some(lanes) = bev.ctx.shared.lanes() else { return };
+    let lanes = bev.ctx.shared.lanes();
     let c = &mut bev.ctx;
-    if now.wrapping_sub(c.window_start) >= lanes.window_ms {
-        c.window_start = now;
+    let (window, threshold) = (lanes.window_ms.max(1), lanes.bulk_after_bytes.max(1));
+    let elapsed = now.wrapping_sub(c.window_start);
+    if elapsed >= window {
+        let whole = elapsed / window;
+        c.prev_share = if whole == 1 {
+            (u64::from(c.window_bytes.min(threshold)) * 65535 / u64::from(threshold)) as u16
+        } else {
+            0
+        };
+        c.window_start = c.window_start.wrapping_add(whole * window);
         c.window_bytes = 0;
     }
     c.window_bytes = c.window_bytes.saturating_add(received.min(u32::MAX as u64) as u32);
-    let want = if c.window_bytes >= lanes.bulk_after_bytes {
+    let left = u64::from(window - now.wrapping_sub(c.window_start).min(window));
+    let carried = u64::from(c.prev_share) * u64::from(threshold) / 65535 * left / u64::from(window);
+    let want = if u64::from(c.window_bytes) + carried >= u64::from(threshold) {
         c.last_heavy = now;
         LANE_BULK
     } else if c.lane == LANE_BULK as u8 && now.wrapping_sub(c.last_heavy) < lanes.quiet_ms {
@@ -122,10 +155,18 @@ fn update_lane(base: &mut EventBase, bev: &mut ConnBev, received: u64) {
     } else {
         LANE_INTERACTIVE
     };
-    if want as u8 != c.lane && bev.set_priority(base, want).is_ok() {
-        tracing::trace!(target: "rot13d", fd = bev.fd(), lane = want, "lane changed");
-        bev.ctx.lane = want as u8;
+    if want as u8 == c.lane {
+        return;
     }
+    let priority = if lanes.enabled { want } else { LANE_INTERACTIVE };
+    if lanes.enabled && bev.set_priority(base, want).is_err() {
+        return;
+    }
+    bev.ctx.lane = want as u8;
+    let to_bulk = want == LANE_BULK;
+    bev.ctx.shared.count(if to_bulk { Counter::MovesToBulk } else { Counter::MovesToInteractive }, 1);
+    tracing::debug!(target: "rot13d", fd = bev.fd(), lane = if to_bulk { "bulk" } else { "interactive" }, priority,
+        window_bytes = bev.ctx.window_bytes, "lane changed");
 }
 
 /// Answers the buffered partial line (no LF) and counts it.

@@ -62,13 +62,15 @@ pub struct WorkerParams {
     pub max_connections: usize,
     /// How long a drain waits for busy connections.
     pub shutdown_grace: Duration,
-    /// Priority lanes (None = one lane for everything).
-    pub lanes: Option<LaneParams>,
+    /// How connections are classed into lanes.
+    pub lanes: LaneParams,
 }
 
 /// When a connection changes lanes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LaneParams {
+    /// Whether a lane is a priority (false: classes only, one priority).
+    pub enabled: bool,
     /// Bytes within one window that make a connection bulk.
     pub bulk_after_bytes: u32,
     /// The window, ms.
@@ -89,11 +91,12 @@ impl WorkerParams {
             write_low_watermark: server.write_low_watermark,
             max_connections: s.max_connections,
             shutdown_grace: server.shutdown_grace,
-            lanes: lanes.enabled.then(|| LaneParams {
+            lanes: LaneParams {
+                enabled: lanes.enabled,
                 bulk_after_bytes: lanes.bulk_after_bytes.min(u32::MAX as u64) as u32,
                 window_ms: lanes.bulk_window.as_millis().clamp(1, u32::MAX as u128) as u32,
                 quiet_ms: lanes.quiet.as_millis().min(u32::MAX as u128) as u32,
-            }),
+            },
         }
     }
 }
@@ -130,13 +133,18 @@ impl Shared {
         self.slot.add(c, n);
     }
 
+    /// Counts a duration in one of this process's histograms.
+    pub fn observe(&self, c: Counter, ns: u64) {
+        self.slot.observe(c, ns);
+    }
+
     /// Whether a drain has begun.
     pub fn draining(&self) -> bool {
         self.draining.get()
     }
 
     /// The lane parameters of new reads.
-    pub fn lanes(&self) -> Option<LaneParams> {
+    pub fn lanes(&self) -> LaneParams {
         self.params.borrow().lanes
     }
 
@@ -244,6 +252,7 @@ impl Shared {
             carried: 0,
             window_bytes: 0,
             window_start: now_ms,
+            prev_share: 0,
             last_heavy: 0,
             lane: LANE_INTERACTIVE as u8,
             last_read: now_ms,
