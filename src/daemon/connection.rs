@@ -29,6 +29,16 @@ use crate::protocol::Framer;
 use crate::reactor::{BevEvent, BufferEvent, EventBase, EventFlags};
 use std::rc::Rc;
 
+/// With lanes on, bulk connections read at most this much between two polls
+/// of the backend: once their reads since the last forced poll reach it,
+/// the turn ends (`loopcontinue`) and the ones still active wait for the
+/// next turn, after the interactive lane. Measured (BENCHMARKS.md, lanes):
+/// a turn then runs as many bulk reads as with lanes off (8 connections of
+/// one 64 KiB read each fit), so bulk keeps its share of the loop, and an
+/// interactive connection that becomes ready during the bulk pass waits at
+/// most about one MiB of ROT13 (~0.7 ms) for the next poll.
+pub const BULK_BYTES_PER_POLL: u64 = 1 << 20;
+
 /// The per-connection state stored inside the bufferevent.
 pub struct Conn {
     pub(crate) framer: Framer,
@@ -68,12 +78,16 @@ pub(crate) fn on_read(base: &mut EventBase, bev: &mut ConnBev) {
     } else {
         (Counter::CallbacksInteractive, Counter::DelayInteractive)
     };
-    let waited = base.dispatch_delay().as_nanos().min(u64::MAX as u128) as u64;
+    let d = base.dispatch_delay();
+    let waited = d.as_secs().saturating_mul(1_000_000_000).saturating_add(u64::from(d.subsec_nanos()));
     bev.ctx.shared.count(calls, 1);
     bev.ctx.shared.observe(delay, waited);
     count_written(bev);
     let before = bev.input.len();
     let received = before.saturating_sub(bev.ctx.carried as usize) as u64;
+    if bev.ctx.lane == LANE_BULK as u8 {
+        bev.ctx.shared.bulk_read(base, received);
+    }
     update_lane(base, bev, received);
     let lines = bev.ctx.framer.process(&mut bev.input, &mut bev.output);
     bev.ctx.carried = bev.input.len() as u32;
@@ -128,7 +142,8 @@ fn close_flushed(base: &mut EventBase, bev: &mut ConnBev) {
 /// read. With lanes disabled the class is still kept (metrics, the debug
 /// log), and every class runs at the interactive priority.
 fn update_lane(base: &mut EventBase, bev: &mut ConnBev, received: u64) {
-    let now = base.now().as_millis() as u32;
+    let t = base.now();
+    let now = t.as_secs().wrapping_mul(1000).wrapping_add(u64::from(t.subsec_millis())) as u32;
     bev.ctx.last_read = now;
     let lanes = bev.ctx.shared.lanes();
     let c = &mut bev.ctx;
@@ -145,9 +160,16 @@ fn update_lane(base: &mut EventBase, bev: &mut ConnBev, received: u64) {
         c.window_bytes = 0;
     }
     c.window_bytes = c.window_bytes.saturating_add(received.min(u32::MAX as u64) as u32);
-    let left = u64::from(window - now.wrapping_sub(c.window_start).min(window));
-    let carried = u64::from(c.prev_share) * u64::from(threshold) / 65535 * left / u64::from(window);
-    let want = if u64::from(c.window_bytes) + carried >= u64::from(threshold) {
+    // The previous window's bytes, weighted by the part of it the sliding
+    // window still covers (only worked out when they could matter).
+    let (bytes, threshold) = (u64::from(c.window_bytes), u64::from(threshold));
+    let prev = u64::from(c.prev_share) * threshold / 65535;
+    let heavy = bytes >= threshold
+        || (bytes + prev >= threshold && {
+            let left = u64::from(window - now.wrapping_sub(c.window_start).min(window));
+            bytes + prev * left / u64::from(window) >= threshold
+        });
+    let want = if heavy {
         c.last_heavy = now;
         LANE_BULK
     } else if c.lane == LANE_BULK as u8 && now.wrapping_sub(c.last_heavy) < lanes.quiet_ms {

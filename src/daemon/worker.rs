@@ -125,9 +125,28 @@ pub struct Shared {
     draining: Cell<bool>,
     last_fd_warn: Cell<Option<Instant>>,
     fd_errors_quiet: Cell<u64>,
+    /// Bytes bulk connections read since the loop last had to poll.
+    bulk_bytes: Cell<u64>,
 }
 
 impl Shared {
+    /// A bulk connection read `n` bytes: past
+    /// [`BULK_BYTES_PER_POLL`](connection::BULK_BYTES_PER_POLL) since the
+    /// last forced poll (lanes on), the turn ends and the loop polls again.
+    pub fn bulk_read(&self, base: &mut EventBase, n: u64) {
+        let lanes = self.params.borrow().lanes;
+        if !lanes.enabled {
+            return;
+        }
+        let total = self.bulk_bytes.get() + n;
+        if total >= connection::BULK_BYTES_PER_POLL {
+            self.bulk_bytes.set(0);
+            base.loopcontinue();
+        } else {
+            self.bulk_bytes.set(total);
+        }
+    }
+
     /// Adds to one of this process's counters.
     pub fn count(&self, c: Counter, n: u64) {
         self.slot.add(c, n);
@@ -450,6 +469,7 @@ pub fn start(
         draining: Cell::new(false),
         last_fd_warn: Cell::new(None),
         fd_errors_quiet: Cell::new(0),
+        bulk_bytes: Cell::new(0),
     });
     let s = shared.clone();
     let t = base.new_timer(move |base, _, _| s.set_pause(base, PAUSE_FDS, false));
