@@ -8,6 +8,16 @@ export CARGO_TERM_COLOR=never
 if ! command -v cargo-nextest >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
+# The daemon tests look at the daemon from outside with strace (its loop's
+# epoll_wait calls) and ss (listen backlogs).
+for tool in strace:strace ss:iproute2; do
+  command -v "${tool%%:*}" >/dev/null 2>&1 || missing="${missing:-} ${tool##*:}"
+done
+if [ -n "${missing:-}" ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get install -y $missing >/dev/null 2>&1 || { $sudo apt-get update >/dev/null && $sudo apt-get install -y $missing >/dev/null; }
+fi
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 

@@ -4,6 +4,7 @@ mod admin;
 mod bufferevent;
 mod cli;
 mod control;
+mod keys;
 mod lanes;
 mod lifecycle;
 mod limits;

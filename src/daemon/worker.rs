@@ -436,6 +436,17 @@ impl Shared {
     }
 }
 
+/// The `reactor` event of a serving process (SPEC §2): the backend, and the
+/// base's flags as built (so that a configured `epoll_changelist`,
+/// `precise_timer` or `no_cache_time` can be seen to have reached it).
+pub fn log_reactor(base: &EventBase, pid: i32, generation: u32) {
+    use crate::reactor::BaseFlags;
+    let flags = base.flags();
+    tracing::info!(target: "rot13d", backend = %base.backend_name(), changelist = base.uses_changelist(),
+        precise_timer = flags.contains(BaseFlags::PRECISE_TIMER),
+        cache_time = !flags.contains(BaseFlags::NO_CACHE_TIME), pid, generation, "reactor");
+}
+
 /// Makes the idle and write timeouts common timeouts of `base`, so that
 /// re-arming them for each read or write is O(1).
 fn register_timeouts(base: &mut EventBase, p: &WorkerParams) -> std::io::Result<()> {
