@@ -6,11 +6,14 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod connection;
+pub mod cpus;
 pub mod error;
 pub mod listener;
 pub mod logging;
 pub mod master;
 pub mod metrics;
+pub mod probe;
+pub mod proxy;
 pub mod sdnotify;
 pub mod settings;
 pub mod worker;
@@ -322,7 +325,7 @@ fn daemonize() -> Result<OwnedFd, Error> {
     }
     process::detach_environment().map_err(|e| Error::os("detach (chdir /, umask)", e))?;
     if let Ok(null) = std::fs::File::open("/dev/null") {
-        let _ = sys::dup2(null.as_raw_fd(), 0);
+        let _ = sys::redirect_stdio(null.as_fd(), sys::StdStream::Stdin);
     }
     Ok(w)
 }
