@@ -41,6 +41,19 @@ fn growth_bound(n: u64) -> u64 {
     n * (CONN_BOUND + PER_CONN_ALLOWANCE) + PER_PROCESS_ALLOWANCE
 }
 
+/// Once a connection's reading pauses and resumes again and again (a client
+/// that reads, but slower than it sends), the blocks it gives back on the
+/// way (packed away at each pause, drained from its output) are kept by
+/// the chunk pool for the next reads: resident memory of the process, up
+/// to `POOL_CHUNKS` = 8 blocks of 64 KiB, whatever the connection count.
+const POOL_ALLOWANCE: u64 = 8 * 64 * KIB;
+
+/// Most RSS growth allowed for one connection whose reading may pause and
+/// resume many times.
+fn cycling_bound() -> u64 {
+    growth_bound(1) + POOL_ALLOWANCE
+}
+
 /// Samples the RSS of `pid` every 10 ms until stopped; the maximum.
 struct RssSampler {
     pid: i32,
@@ -156,7 +169,7 @@ fn backpressure_bounds_memory(backend: &str, workers: usize, n: usize) -> io::Re
         read?;
         wrote?;
         let growth = sampler.max().saturating_sub(baseline);
-        ensure!(growth <= bound, "RSS grew by {} KiB over the whole transfer", growth / KIB);
+        ensure!(growth <= cycling_bound(), "RSS grew by {} KiB over the whole transfer", growth / KIB);
     } else {
         ensure_bytes_eq("another client meanwhile", &d.roundtrip(b"ok\n")?, b"bx\n")?;
     }
@@ -548,7 +561,7 @@ fn endless_line_streams_in_pieces_with_bounded_memory() -> io::Result<()> {
     read?;
     wrote?;
     let growth = sampler.max().saturating_sub(baseline);
-    ensure!(growth <= growth_bound(1), "RSS grew by {} KiB for one endless line", growth / KIB);
+    ensure!(growth <= cycling_bound(), "RSS grew by {} KiB for one endless line", growth / KIB);
     Ok(())
 }
 
@@ -651,7 +664,7 @@ fn idle_timeout_spares_a_connection_with_pending_output() -> io::Result<()> {
     read?;
     wrote?;
     let growth = sampler.max().saturating_sub(baseline);
-    ensure!(growth <= growth_bound(1), "RSS grew by {} KiB", growth / KIB);
+    ensure!(growth <= cycling_bound(), "RSS grew by {} KiB once read back", growth / KIB);
     Ok(())
 }
 
