@@ -119,7 +119,11 @@ def stop(p):
 
 def cpu_ticks(pid):
     """utime + stime of `pid` and its children (a master and its workers)."""
-    pids = [pid] + [int(x) for x in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()]
+    try:
+        kids = open(f"/proc/{pid}/task/{pid}/children").read().split()
+    except OSError:
+        kids = []
+    pids = [pid] + [int(x) for x in kids]
     total = 0
     for q in pids:
         try:

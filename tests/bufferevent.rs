@@ -685,7 +685,8 @@ rtest!(framed_connection_memory_stays_within_the_spec_bound, |be| {
     // long partial line behind), max_line-long lines, and overlong lines
     // cut into pieces.
     for line in [100, 16_000, 16_385, 40_000] {
-        framed_memory_case(be, line)?;
+        let held = framed_memory_case(be, line)?;
+        eprintln!("{line} B lines: paused holding {held} bytes of heap");
     }
     Ok(())
 });
