@@ -87,7 +87,7 @@ fn list_backends_prints_fastest_first() -> io::Result<()> {
     // uring is listed only where io_uring works (kernel, seccomp, sysctl).
     let uring =
         if rot13d::reactor::BackendKind::Uring.available().is_ok() { "uring et,o1,fds,early_close\n" } else { "" };
-    let want = format!("epoll et,o1,early_close\n{uring}poll fds,early_close\nselect fds\n");
+    let want = format!("epoll et,o1,early_close\npoll fds,early_close\nselect fds\n{uring}");
     ensure!(out.stdout == want, "--list-backends printed {:?}, not {want:?}", out.stdout);
     Ok(())
 }

@@ -104,9 +104,12 @@ pub enum Kind {
 
 impl Kind {
     /// Every backend, fastest first: the order selection tries them in.
-    /// epoll stays first: uring measures no faster on every workload (see
-    /// BENCHMARKS.md), so it is chosen by name, or where epoll is avoided.
-    pub const PREFERENCE: [Kind; 4] = [Kind::Epoll, Kind::Uring, Kind::Poll, Kind::Select];
+    /// uring comes last: it measures faster than the others in no case
+    /// that holds for every workload (BENCHMARKS.md, "io_uring backend":
+    /// slower than epoll per level-triggered firing, slower than poll with
+    /// few fds), so it is never a default, only chosen by name (or where
+    /// every other backend is avoided or disabled).
+    pub const PREFERENCE: [Kind; 4] = [Kind::Epoll, Kind::Poll, Kind::Select, Kind::Uring];
 
     /// `epoll`, `uring`, `poll` or `select`.
     pub const fn name(self) -> &'static str {
