@@ -1775,7 +1775,14 @@ fn probe_with_env(vars: &[(&str, &str)], ignore_env: bool) -> io::Result<String>
     let exe = std::env::current_exe()?;
     let mut cmd = std::process::Command::new(exe);
     cmd.args(["reactor::env_probe", "--exact", "--nocapture", "--test-threads=1"]);
-    for v in ["EVENT_NOEPOLL", "EVENT_NOPOLL", "EVENT_NOSELECT", "EVENT_EPOLL_USE_CHANGELIST", "EVENT_PRECISE_TIMER"] {
+    for v in [
+        "EVENT_NOEPOLL",
+        "EVENT_NOPOLL",
+        "EVENT_NOSELECT",
+        "EVENT_NOURING",
+        "EVENT_EPOLL_USE_CHANGELIST",
+        "EVENT_PRECISE_TIMER",
+    ] {
         cmd.env_remove(v);
     }
     cmd.env("ROT13D_ENV_PROBE", if ignore_env { "ignore" } else { "1" });
@@ -1829,8 +1836,19 @@ fn environment_variables_disable_backends() -> io::Result<()> {
         probe_with_env(&[("EVENT_NOEPOLL", ""), ("EVENT_NOPOLL", "")], false)?,
         "select changelist=false precise=false"
     );
+    // With the other three disabled, uring is what is left (where io_uring
+    // works); EVENT_NOURING takes it away too.
+    let left = if rot13d::reactor::BackendKind::Uring.available().is_ok() {
+        "uring changelist=false precise=false"
+    } else {
+        "error true"
+    };
+    assert_eq!(probe_with_env(&[("EVENT_NOEPOLL", "1"), ("EVENT_NOPOLL", "1"), ("EVENT_NOSELECT", "1")], false)?, left);
     assert_eq!(
-        probe_with_env(&[("EVENT_NOEPOLL", "1"), ("EVENT_NOPOLL", "1"), ("EVENT_NOSELECT", "1")], false)?,
+        probe_with_env(
+            &[("EVENT_NOEPOLL", "1"), ("EVENT_NOPOLL", "1"), ("EVENT_NOSELECT", "1"), ("EVENT_NOURING", "")],
+            false
+        )?,
         "error true"
     );
     assert_eq!(probe_with_env(&[("EVENT_EPOLL_USE_CHANGELIST", "1")], false)?, "epoll changelist=true precise=false");
