@@ -2025,6 +2025,13 @@ mod close_when_flushed_while_the_peer_still_sends {
     fn poll() -> io::Result<()> {
         close_while_the_peer_sends(Backend::Poll)
     }
+    #[test]
+    fn uring() -> io::Result<()> {
+        if !Backend::Uring.available() {
+            return Ok(());
+        }
+        close_while_the_peer_sends(Backend::Uring)
+    }
 }
 
 // ----- a socket the backend cannot watch (issue 10) ---------------------------------

@@ -320,25 +320,34 @@ pub fn probe() -> Result<(), String> {
 }
 
 /// A sentence saying why io_uring cannot be used, from the error of setting
-/// a ring up.
+/// a ring up (and, for EPERM, the `kernel.io_uring_*` sysctls as they are).
 pub fn unavailable_reason(e: &io::Error) -> String {
     let read = |p: &str| std::fs::read_to_string(p).ok().map(|s| s.trim().to_owned());
+    let sysctls = if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES)) {
+        (read("/proc/sys/kernel/io_uring_disabled"), read("/proc/sys/kernel/io_uring_group"))
+    } else {
+        (None, None)
+    };
+    reason(e, sysctls.0.as_deref(), sysctls.1.as_deref())
+}
+
+/// [`unavailable_reason`] given the values of `kernel.io_uring_disabled`
+/// and `kernel.io_uring_group` (None: no such sysctl, a kernel before 6.6).
+fn reason(e: &io::Error, disabled: Option<&str>, group: Option<&str>) -> String {
     match e.raw_os_error() {
         Some(libc::ENOSYS) => format!(
             "io_uring_setup: {e}: the kernel has no io_uring (Linux 5.11 or later built with \
              CONFIG_IO_URING), or a seccomp filter answers ENOSYS"
         ),
-        Some(libc::EPERM | libc::EACCES) => match read("/proc/sys/kernel/io_uring_disabled").as_deref() {
+        Some(libc::EPERM | libc::EACCES) => match disabled {
             Some("2") => {
                 format!("io_uring_setup: {e}: kernel.io_uring_disabled = 2 disables io_uring for every process")
             }
-            Some("1") => {
-                let group = read("/proc/sys/kernel/io_uring_group").unwrap_or_else(|| "-1".into());
-                format!(
-                    "io_uring_setup: {e}: kernel.io_uring_disabled = 1 allows io_uring only to members of \
-                     kernel.io_uring_group ({group}) and to CAP_SYS_ADMIN, and this process is neither"
-                )
-            }
+            Some("1") => format!(
+                "io_uring_setup: {e}: kernel.io_uring_disabled = 1 allows io_uring only to members of \
+                 kernel.io_uring_group ({}) and to CAP_SYS_ADMIN, and this process is neither",
+                group.unwrap_or("-1")
+            ),
             _ => format!(
                 "io_uring_setup: {e}: a seccomp filter forbids io_uring (Docker's default profile does; \
                  under systemd, SystemCallFilter= must allow io_uring_setup io_uring_enter io_uring_register)"
@@ -395,5 +404,30 @@ pub fn refuse_io_uring_setup(errno: i32) -> io::Result<()> {
             libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &fprog as *const libc::sock_fprog, 0, 0)
         })?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each way io_uring can be missing or forbidden is named as such (the
+    /// sysctl cases cannot be set up in a test without changing the whole
+    /// host, so they are checked here with the values given).
+    #[test]
+    fn reasons_name_the_cause() {
+        let eperm = io::Error::from_raw_os_error(libc::EPERM);
+        let r = reason(&eperm, Some("2"), Some("-1"));
+        assert!(r.contains("kernel.io_uring_disabled = 2 disables io_uring for every process"), "{r}");
+        let r = reason(&eperm, Some("1"), Some("1001"));
+        assert!(r.contains("kernel.io_uring_disabled = 1") && r.contains("kernel.io_uring_group (1001)"), "{r}");
+        for disabled in [Some("0"), None] {
+            let r = reason(&eperm, disabled, None);
+            assert!(r.contains("a seccomp filter forbids io_uring") && r.contains("SystemCallFilter="), "{r}");
+        }
+        let r = reason(&io::Error::from_raw_os_error(libc::ENOSYS), Some("2"), None);
+        assert!(r.contains("the kernel has no io_uring"), "{r}");
+        let r = reason(&io::Error::from_raw_os_error(libc::ENOMEM), None, None);
+        assert!(r.contains("RLIMIT_MEMLOCK"), "{r}");
     }
 }
