@@ -383,8 +383,8 @@ pub fn refuse_io_uring_setup(errno: i32) -> io::Result<()> {
             jf,
             k,
         };
-        let ld = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u32;
-        let ret = (libc::BPF_RET | libc::BPF_K) as u32;
+        let ld = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
+        let ret = libc::BPF_RET | libc::BPF_K;
         // seccomp_data: nr at offset 0, arch at offset 4.
         let prog = [
             stmt(ld, 4),
