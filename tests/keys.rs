@@ -75,8 +75,8 @@ fn group_sets_the_workers_group() -> io::Result<()> {
     ensure_bytes_eq("served", &d.roundtrip(b"ok\n")?, b"bx\n")
 }
 
-/// `strace -p PID` of the `epoll_wait` calls of one process, stopped (by
-/// pid) on drop.
+/// `strace -p PID` of the `epoll_wait` calls (or others) of one process,
+/// stopped (by pid) on drop.
 struct Strace {
     child: Child,
     out: std::path::PathBuf,
@@ -85,8 +85,13 @@ struct Strace {
 impl Strace {
     /// Attaches to `pid`; returns once strace says it is attached.
     fn attach(pid: i32, out: std::path::PathBuf) -> io::Result<Strace> {
+        Strace::attach_tracing(pid, out, "trace=epoll_wait,epoll_pwait")
+    }
+
+    /// Attaches to `pid`, tracing what `filter` (strace's `-e`) selects.
+    fn attach_tracing(pid: i32, out: std::path::PathBuf, filter: &str) -> io::Result<Strace> {
         let mut child = Command::new("strace")
-            .args(["-p", &pid.to_string(), "-e", "trace=epoll_wait,epoll_pwait", "-o"])
+            .args(["-p", &pid.to_string(), "-e", filter, "-o"])
             .arg(&out)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -122,6 +127,12 @@ impl Strace {
                 args.get(at)?.trim().parse().ok()
             })
             .collect())
+    }
+
+    /// Detaches and returns every line strace wrote.
+    fn lines(mut self) -> io::Result<Vec<String>> {
+        self.stop();
+        Ok(std::fs::read_to_string(&self.out)?.lines().map(str::to_owned).collect())
     }
 
     fn stop(&mut self) {
@@ -168,6 +179,59 @@ fn idle_timeout_zero_arms_no_deadline() -> io::Result<()> {
     ensure!(t.iter().all(|&ms| (5000..=7000).contains(&ms)), "idle_timeout = 7: timeouts {t:?} ms");
     let t = idle_deadlines("")?;
     ensure!(t.iter().all(|&ms| (290_000..=300_000).contains(&ms)), "default idle_timeout: timeouts {t:?} ms");
+    Ok(())
+}
+
+/// `--backend uring` (issue 14): a loop turn's registration changes and its
+/// wait are one `io_uring_enter`. Answering a line re-arms the connection's
+/// one-shot read poll; that re-arm is submitted by the same call that waits
+/// for the next line (to_submit 1, min_complete 1, GETEVENTS), so each
+/// line costs the worker one enter, one read and one send, and nothing else.
+#[test]
+fn uring_submits_a_turns_changes_with_its_wait() -> io::Result<()> {
+    if !crate::util::backend_usable("uring") {
+        return Ok(());
+    }
+    const PINGS: usize = 20;
+    let d = Daemon::builder().workers(1).args(["--backend", "uring"]).start()?;
+    let mut c = d.connect()?;
+    ping(&mut c)?;
+    let st = Strace::attach_tracing(d.serving_pid()?, d.dir().join("strace.txt"), "trace=all")?;
+    for _ in 0..PINGS {
+        ping(&mut c)?;
+    }
+    let lines = st.lines()?;
+    let enters: Vec<&String> = lines.iter().filter(|l| l.starts_with("io_uring_enter(")).collect();
+    let others: Vec<&String> = lines
+        .iter()
+        .filter(|l| {
+            l.contains('(')
+                && !l.starts_with("io_uring_enter(")
+                && !l.starts_with("read(")
+                && !l.starts_with("sendmsg(")
+                && !l.starts_with("write(")
+        })
+        .collect();
+    ensure!(others.is_empty(), "the worker made other calls while answering: {others:#?}");
+    // strace may miss the first turn while it attaches; never more than one
+    // enter per line.
+    ensure!(
+        (PINGS - 1..=PINGS + 1).contains(&enters.len()),
+        "{} io_uring_enter calls for {PINGS} lines: {enters:#?}",
+        enters.len()
+    );
+    // io_uring_enter(fd, to_submit, min_complete, flags, arg, argsz).
+    let waits_with_changes = enters
+        .iter()
+        .filter(|l| {
+            let a: Vec<&str> = l.trim_start_matches("io_uring_enter(").split(", ").collect();
+            a.len() >= 4 && a[1] == "1" && a[2] == "1" && a[3].contains("IORING_ENTER_GETEVENTS")
+        })
+        .count();
+    ensure!(
+        waits_with_changes >= PINGS - 1,
+        "enters that submit the re-arm and wait: {waits_with_changes}: {enters:#?}"
+    );
     Ok(())
 }
 
