@@ -109,7 +109,7 @@ pub struct Args {
     )]
     pub workers: Option<Workers>,
 
-    /// Event backend: epoll | uring | poll | select (default: fastest available; uring only where io_uring works)
+    /// Event backend: epoll | poll | select | uring (default: fastest available; uring only where io_uring works, never by default)
     #[arg(long = "backend", value_name = "NAME")]
     pub backend: Option<String>,
 

@@ -31,8 +31,12 @@ use toml::Spanned;
 
 use super::error::ConfigError;
 
-/// Backend names, as in logs, `--backend`, `[reactor] backend` and `avoid`.
-pub const BACKENDS: [&str; 4] = ["epoll", "uring", "poll", "select"];
+/// Backend names, as in logs, `--backend`, `[reactor] backend` and `avoid`:
+/// the reactor's, in its preference order (written once, there).
+pub const BACKENDS: [&str; 4] = {
+    let k = crate::reactor::BackendKind::PREFERENCE;
+    [k[0].name(), k[1].name(), k[2].name(), k[3].name()]
+};
 
 /// Feature names accepted by `[reactor] require_features`.
 pub const FEATURES: [&str; 4] = ["et", "o1", "fds", "early_close"];

@@ -467,7 +467,7 @@ mod tests {
             ("[server]\nuser = \"ghost\"\n", "server.user"),
             ("[reactor]\nbackend = \"kqueue\"\n", "reactor.backend"),
             ("[reactor]\navoid = [\"iocp\"]\n", "reactor.avoid"),
-            ("[reactor]\navoid = [\"epoll\", \"poll\", \"select\"]\n", "reactor.avoid"),
+            ("[reactor]\navoid = [\"epoll\", \"poll\", \"select\", \"uring\"]\n", "reactor.avoid"),
             ("[reactor]\nbackend = \"poll\"\navoid = [\"poll\"]\n", "reactor.backend"),
             ("[reactor]\nrequire_features = [\"fast\"]\n", "reactor.require_features"),
             ("[reactor]\npriorities = 0\n", "reactor.priorities"),

@@ -39,9 +39,10 @@ fn to_poll(f: EventFlags) -> i16 {
     e
 }
 
-/// What `revents` means; as epoll's EPOLLHUP, POLLHUP also closes the read
-/// side (a pipe's reader never gets POLLRDHUP).
-fn from_poll(r: i16) -> EventFlags {
+/// What `revents` (or a completed io_uring poll's mask, the same bits)
+/// means; as epoll's EPOLLHUP, POLLHUP also closes the read side (a pipe's
+/// reader never gets POLLRDHUP).
+pub(super) fn from_poll(r: i16) -> EventFlags {
     let mut what = EventFlags::NONE;
     if r & sp::POLLERR != 0 {
         what |= EventFlags::READ | EventFlags::WRITE;

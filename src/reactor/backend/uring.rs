@@ -124,26 +124,11 @@ fn mask(want: EventFlags, dir: usize) -> u32 {
     m
 }
 
-/// What a completed poll's mask means; as with epoll, an error wakes both
-/// directions and a hang-up also closes the read side.
+/// What a completed poll's mask means: poll(2)'s `revents` bits, which
+/// fit in 16 (as with epoll, an error wakes both directions and a hang-up
+/// also closes the read side).
 fn from_poll(r: u32) -> EventFlags {
-    let mut what = EventFlags::NONE;
-    if r & su::POLLERR as u32 != 0 {
-        what |= EventFlags::READ | EventFlags::WRITE;
-    }
-    if r & su::POLLHUP as u32 != 0 {
-        what |= EventFlags::READ | EventFlags::WRITE | EventFlags::CLOSED;
-    }
-    if r & su::POLLIN as u32 != 0 {
-        what |= EventFlags::READ;
-    }
-    if r & su::POLLOUT as u32 != 0 {
-        what |= EventFlags::WRITE;
-    }
-    if r & su::POLLRDHUP as u32 != 0 {
-        what |= EventFlags::CLOSED;
-    }
-    what
+    super::poll::from_poll(r as u16 as i16)
 }
 
 impl UringBackend {
