@@ -14,6 +14,7 @@ pub mod master;
 pub mod metrics;
 pub mod probe;
 pub mod proxy;
+pub mod sample;
 pub mod sdnotify;
 pub mod settings;
 pub mod worker;
