@@ -9,6 +9,7 @@ mod keys;
 mod lanes;
 mod lifecycle;
 mod limits;
+mod metrics;
 mod probe;
 mod protocol;
 mod reactor;
