@@ -7,7 +7,7 @@
 use crate::ensure;
 use crate::util::{
     Client, Daemon, Notify, TempDir, alive, children_of, ensure_bytes_eq, fail, get, kill, kill_tree, metric,
-    nth_admin_addr, poll_until, rot13_model, run_bin, run_wrapped,
+    nth_admin_addr, poll_until, root_or_skip, rot13_model, run_bin, run_wrapped,
 };
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -19,15 +19,6 @@ const T: Duration = Duration::from_secs(10);
 /// must not be root (one per test: a process limit counts per uid).
 const NPROC_UID: &str = "54321";
 const DROP_UID: &str = "54322";
-
-/// Whether this runs as root; says SKIPPED (and why it needs root) if not.
-fn root_or_skip(needs: &str) -> bool {
-    let root = rot13d::sys::process::geteuid() == 0;
-    if !root {
-        eprintln!("SKIPPED: needs root {needs}");
-    }
-    root
-}
 
 /// A field of `/proc/PID/status` (`Uid:`, `Gid:`, `Groups:`, `Umask:`).
 fn status_field(pid: i32, field: &str) -> io::Result<String> {

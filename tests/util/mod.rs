@@ -196,30 +196,37 @@ pub fn run_wrapped(wrapper: &[&str], args: &[&str], env: &[(&str, &str)], timeou
         cmd.env(k, v);
     }
     let mut child = cmd.spawn()?;
-    let mut out = child.stdout.take().ok_or_else(|| fail("no stdout"))?;
-    let mut err = child.stderr.take().ok_or_else(|| fail("no stderr"))?;
-    let t_out = thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = out.read_to_end(&mut s);
-        s
-    });
-    let t_err = thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = err.read_to_end(&mut s);
-        s
-    });
+    let out = Log::capture(child.stdout.take().ok_or_else(|| fail("no stdout"))?);
+    let err = Log::capture(child.stderr.take().ok_or_else(|| fail("no stderr"))?);
     let status = wait_child(&mut child, timeout);
     let status = match status {
         Ok(s) => s,
         Err(e) => {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(fail(format!("rot13d {args:?} did not exit within {timeout:?}: {e}")));
+            return Err(fail(format!("rot13d {args:?} did not exit within {timeout:?}: {e}\n{}", err.text())));
         }
     };
-    let stdout = String::from_utf8_lossy(&t_out.join().map_err(|_| fail("stdout reader panicked"))?).into_owned();
-    let stderr = String::from_utf8_lossy(&t_err.join().map_err(|_| fail("stderr reader panicked"))?).into_owned();
-    Ok(Output { code: status.code(), stdout, stderr })
+    // A process it left behind (a `--daemon` launcher's detached child)
+    // may hold the pipes open: wait a moment for their end, never longer.
+    let deadline = Instant::now() + READER_GRACE;
+    out.wait_closed(deadline);
+    err.wait_closed(deadline);
+    Ok(Output { code: status.code(), stdout: out.text(), stderr: err.text() })
+}
+
+/// How long, after a process exited, its output is awaited: a detached
+/// child holding the same pipes must not hang the test.
+pub const READER_GRACE: Duration = Duration::from_secs(2);
+
+/// Whether this runs as root; says SKIPPED (and why it needs root) on the
+/// test's output if not, so a skip is visible in the run's log.
+pub fn root_or_skip(needs: &str) -> bool {
+    let root = rot13d::sys::process::geteuid() == 0;
+    if !root {
+        eprintln!("SKIPPED: needs root {needs}");
+    }
+    root
 }
 
 /// Polls `child` until it exits or `timeout` passes.
@@ -263,6 +270,13 @@ pub fn proc_stat(pid: i32) -> Option<(char, i32)> {
     let state = it.next()?.chars().next()?;
     let ppid = it.next()?.parse().ok()?;
     Some((state, ppid))
+}
+
+/// `(pgrp, session, tty_nr)` of `pid` from `/proc/PID/stat` (fields 5-7).
+pub fn proc_session(pid: i32) -> Option<(i32, i32, i32)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let f: Vec<&str> = s[s.rfind(')')? + 2..].split_whitespace().collect();
+    Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?, f.get(4)?.parse().ok()?))
 }
 
 /// The command name of `pid` (`/proc/PID/comm`).
@@ -350,7 +364,7 @@ impl Drop for TempDir {
 
 /// The stderr of a process, appended by a reader thread.
 #[derive(Clone, Default)]
-pub struct Log(Arc<(Mutex<String>, Condvar)>);
+pub struct Log(Arc<(Mutex<String>, Condvar)>, Arc<std::sync::atomic::AtomicBool>);
 
 impl Log {
     /// Starts a thread that appends every line of `r` (until EOF).
@@ -363,7 +377,13 @@ impl Log {
             loop {
                 line.clear();
                 match r.read_until(b'\n', &mut line) {
-                    Ok(0) | Err(_) => break,
+                    Ok(0) | Err(_) => {
+                        // Under the lock: a waiter checks the flag under it.
+                        let _g = l.0.0.lock().unwrap_or_else(|e| e.into_inner());
+                        l.1.store(true, Ordering::SeqCst);
+                        l.0.1.notify_all();
+                        break;
+                    }
                     Ok(_) => {
                         let (m, c) = &*l.0;
                         m.lock().unwrap_or_else(|e| e.into_inner()).push_str(&String::from_utf8_lossy(&line));
@@ -373,6 +393,23 @@ impl Log {
             }
         });
         log
+    }
+
+    /// Waits until the stream ended (EOF) or `deadline` passed; whether
+    /// it ended.
+    pub fn wait_closed(&self, deadline: Instant) -> bool {
+        let (m, c) = &*self.0;
+        let mut g = m.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if self.1.load(Ordering::SeqCst) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            g = c.wait_timeout(g, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+        }
     }
 
     /// Everything captured so far.
