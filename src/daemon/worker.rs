@@ -274,12 +274,16 @@ impl Shared {
 
     /// Whether a connection can be closed now without cutting anything:
     /// nothing buffered either way, nothing unread in the kernel (closing
-    /// then would send RST and lose it) and, when retiring, quiet for
-    /// [`RETIRE_QUIET`] (a client that has just connected is about to send).
+    /// then would send RST and lose it), nothing of the answer still in the
+    /// kernel's send queue (a client that has stopped reading for a while:
+    /// its next line would reach a closed socket, and the reset it causes
+    /// drops what is queued) and, when retiring, quiet for [`RETIRE_QUIET`]
+    /// (a client that has just connected is about to send).
     fn closable(b: &ConnBev, now_ms: u32, retiring: bool) -> bool {
         b.input.is_empty()
             && b.output.is_empty()
             && sys::inq(b.fd()).is_ok_and(|n| n == 0)
+            && sys::outq(b.fd()).is_ok_and(|n| n == 0)
             && (!retiring || now_ms.wrapping_sub(b.ctx.last_read) >= RETIRE_QUIET.as_millis() as u32)
     }
 
