@@ -4,6 +4,7 @@ mod admin;
 mod bufferevent;
 mod cli;
 mod control;
+mod faults;
 mod lifecycle;
 mod limits;
 mod protocol;

@@ -308,6 +308,46 @@ pub fn children_of(parent: i32) -> Vec<i32> {
     v
 }
 
+/// Open descriptors of `pid` (`/proc/PID/fd`).
+pub fn fd_count(pid: i32) -> io::Result<usize> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+}
+
+/// CPU time (user + system) of `pid` in clock ticks (1/100 s), from
+/// fields 14 and 15 of `/proc/PID/stat`.
+pub fn cpu_ticks(pid: i32) -> io::Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let f: Vec<&str> = s[s.rfind(')').ok_or_else(|| fail("bad stat"))? + 2..].split_whitespace().collect();
+    let t = |i: usize| f.get(i - 3).and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| fail(format!("no field {i}")));
+    Ok(t(14)? + t(15)?)
+}
+
+/// Resident set size of `pid` in bytes.
+pub fn rss(pid: i32) -> io::Result<u64> {
+    rot13d::sys::process::rss_bytes(pid).ok_or_else(|| fail(format!("no RSS of {pid}")))
+}
+
+/// Resident anonymous memory of `pid` in bytes (`RssAnon` of
+/// `/proc/PID/status`): the heap and stacks, without the binary's code
+/// pages, which a code path run for the first time adds to the RSS.
+pub fn rss_anon(pid: i32) -> io::Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let l = s.lines().find(|l| l.starts_with("RssAnon:")).ok_or_else(|| fail(format!("no RssAnon of {pid}")))?;
+    let kib: u64 = l.split_whitespace().nth(1).and_then(|v| v.parse().ok()).ok_or_else(|| fail(l.to_string()))?;
+    Ok(kib * 1024)
+}
+
+/// Bytes as MiB with two decimals, for figures.
+pub fn mib(b: u64) -> String {
+    format!("{:.2} MiB", b as f64 / (1024.0 * 1024.0))
+}
+
+/// Prints a figure of a test where the run's output shows it (the heavy
+/// tests' group shows the output of passing tests too): `FIGURE name: ...`.
+pub fn figure(name: &str, text: &str) {
+    eprintln!("FIGURE {name}: {text}");
+}
+
 /// Sends `sig` to `pid`.
 pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
     rot13d::sys::signal::kill(pid, sig)
