@@ -210,30 +210,36 @@ fn kill_9_of_a_worker_spares_the_other_workers_streams() -> io::Result<()> {
     thread::sleep(Duration::from_millis(300));
     let t0 = Instant::now();
     kill(victim, libc::SIGKILL)?;
-    // Probe until a connection served by the replacement is answered: one
-    // hashed to the dead worker's socket waits in its backlog until then.
-    let mut replaced = None;
-    while replaced.is_none() && t0.elapsed() < Duration::from_secs(5) {
+    // Sixteen probes right after the kill: the reuseport hash sends some to
+    // the dead worker's socket, where they wait in its backlog until the
+    // replacement accepts them. When the last is answered, the replacement
+    // served (an upper bound on when it began to).
+    let mut probes = Vec::new();
+    for _ in 0..16 {
         let mut c = Client::connect(d.addr())?;
-        c.stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+        c.stream.set_read_timeout(Some(Duration::from_secs(5)))?;
         c.send(b"probe\n")?;
-        let answered = c.read_exact(6).is_ok_and(|a| a == b"cebor\n");
-        let took = t0.elapsed();
-        let now = d.worker_pids();
-        let new: Vec<i32> = now.iter().copied().filter(|p| !before.contains(p)).collect();
-        let me = c.stream.local_addr()?.port();
-        if answered && owners(port, &new)?.contains_key(&me) {
-            replaced = Some((took, new[0]));
-        }
+        probes.push(c);
     }
-    let Some((took, replacement)) = replaced else {
-        return Err(fail(format!("no replacement served within 5 s:\n{}", d.log().text())));
-    };
+    for (i, c) in probes.iter_mut().enumerate() {
+        let a = c.read_exact(6).map_err(|e| fail(format!("probe {i} after the kill: {e}\n{}", d.log().text())))?;
+        ensure_bytes_eq("probe", &a, b"cebor\n")?;
+    }
+    let took = t0.elapsed();
+    let new: Vec<i32> = d.worker_pids().into_iter().filter(|p| !before.contains(p)).collect();
+    ensure!(new.len() == 1, "workers after the kill: {:?} (before {before:?})", d.worker_pids());
+    let replacement = new[0];
+    let ports: Vec<u16> = probes.iter().map(|c| c.stream.local_addr().map(|a| a.port()).unwrap_or(0)).collect();
+    let by = owners(port, &new)?;
+    let on_new = ports.iter().filter(|p| by.contains_key(p)).count();
+    ensure!(on_new > 0, "none of 16 probes reached the replacement {replacement}");
+    drop(probes);
     // The daemon's own part: from the death it logged to the replacement's
     // `reactor` line.
     let died = log_time(&d, &["worker died", &format!("pid={victim} ")]);
     let up = log_time(&d, &["reactor", &format!("pid={replacement} ")]);
-    let daemon_took = died.zip(up).map(|(a, b)| Duration::from_secs_f64((b - a).max(0.0)));
+    let daemon_took = died.zip(up).map(|(a, b)| format!("{:.2?}", Duration::from_secs_f64((b - a).max(0.0))));
+    let daemon_took = daemon_took.unwrap_or_else(|| "?".into());
     thread::sleep(Duration::from_millis(300));
     let (mut kept, mut cut) = (Vec::new(), 0);
     for s in streams {
@@ -252,8 +258,8 @@ fn kill_9_of_a_worker_spares_the_other_workers_streams() -> io::Result<()> {
         "kill -9",
         &format!(
             "other worker's {} streams, {} sent, {lost} bytes lost, longest pause {gap:.2?}; {cut} streams of the \
-             killed worker cut; replacement {replacement} served after {took:.2?} (logged {daemon_took:.2?} after \
-             the death)",
+             killed worker cut; replacement {replacement} served {on_new} of 16 probes, all answered \
+             {took:.2?} after the kill (its reactor logged {daemon_took} after the death)",
             kept.len(),
             mib(bytes)
         ),
