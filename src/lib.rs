@@ -20,3 +20,7 @@ pub mod protocol;
 
 /// The daemon around the reactor: CLI, config, master, workers, connections.
 pub mod daemon;
+
+/// The fuzz targets' drivers, shared by `fuzz/` and the replay test.
+#[doc(hidden)]
+pub mod fuzzing;
