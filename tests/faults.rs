@@ -894,6 +894,55 @@ fn slowloris_rss_returns_to_the_start_reactor_included() -> io::Result<()> {
 }
 
 // ---------------------------------------------------------------------------
+// A full fd table.
+
+/// The worker's fd table fills (the daemon runs with 64 fds, hard, and
+/// `max_connections = 1000`, so the cap never protects it): accept fails
+/// with EMFILE, accepting pauses (one WARN, no CPU spent meanwhile), the
+/// clients it could not take wait in the backlog, neither refused nor
+/// closed, and are served as the first ones leave: all 150 answered.
+#[test]
+fn a_full_fd_table_pauses_accepting_without_spinning_and_loses_no_client() -> io::Result<()> {
+    const N: usize = 150;
+    let d = Daemon::builder()
+        .workers(1)
+        .config("[server]\nmax_connections = 1000\n")
+        .wrapper(&["prlimit", "--nofile=64:64"])
+        .start()?;
+    let w = d.serving_pid()?;
+    let mut clients = Vec::with_capacity(N);
+    for i in 0..N {
+        let mut c = Client::connect(d.addr())?;
+        c.send(format!("client {i}\n").as_bytes())?;
+        clients.push(c);
+    }
+    d.wait_for_log("file descriptor table full", T)?;
+    let held = fd_count(w)?;
+    let (c0, t0) = (cpu_ticks(w)?, Instant::now());
+    thread::sleep(Duration::from_secs(1));
+    let (ticks, quiet) = (cpu_ticks(w)? - c0, t0.elapsed());
+    // Served in order: each answered (at once, or once a slot freed), then gone.
+    let t1 = Instant::now();
+    for (i, mut c) in clients.into_iter().enumerate() {
+        let want = rot13_model(format!("client {i}\n").as_bytes(), 16384);
+        let got = c.read_exact(want.len()).map_err(|e| fail(format!("client {i} of {N}: {e}")))?;
+        ensure_bytes_eq(&format!("client {i}"), &got, &want)?;
+    }
+    let served = t1.elapsed();
+    let warnings = d.log().count(&["WARN", "file descriptor table full"]);
+    figure(
+        "fd table full",
+        &format!(
+            "RLIMIT_NOFILE 64: the worker's table full ({held} open), {N} clients; {warnings} WARN; {ticks} CPU ticks over \
+             {quiet:.2?} while full; all {N} answered in {served:.2?}, the waiting ones as slots freed"
+        ),
+    );
+    ensure!(ticks <= 2, "{ticks} CPU ticks in {quiet:?} with a full fd table: accepting spins");
+    ensure!(warnings == 1, "{warnings} WARN lines about the full table, want 1 (at most one per 10 s)");
+    serves(&d, "after the full table")
+}
+
+// ---------------------------------------------------------------------------
 // Clients that go away.
 
 /// How a client of [`clients_that_go_away`] ends.
