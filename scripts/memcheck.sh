@@ -2,7 +2,8 @@
 # valgrind memcheck over the daemon under a short workload: the master and
 # every worker it forks (valgrind follows fork) run under memcheck while
 # scripts/soak.py drives SESSIONS verifying and resetting connections (and
-# slow and idle clients beside them), one reload halfway, then SIGTERM.
+# slow and idle clients beside them), one reload halfway, then SIGTERM;
+# once with two workers, once with workers = 0.
 # Passes when every process's log says 0 errors (an invalid read or write,
 # a use of uninitialised memory, a bad free, a definite leak: leaks of that
 # kind count as errors) and the daemon exited 0.
@@ -25,8 +26,12 @@ vg="valgrind --tool=memcheck --leak-check=full --show-leak-kinds=definite --erro
 vg="$vg --error-exitcode=99 --num-callers=30 --log-file=$out/vg.%p.log"
 start=$(date +%s)
 status=0
-python3 scripts/soak.py --binary "$bin" --sessions "$sessions" --start-timeout 120 --wrapper "$vg" \
-  --json "$out/figures.json" || status=$?
+# Two workers (forked, a reload forks a new generation) and workers = 0
+# (the master serves in-process and reloads in place).
+for workers in 2 0; do
+  python3 scripts/soak.py --binary "$bin" --workers "$workers" --sessions "$sessions" --start-timeout 120 \
+    --wrapper "$vg" --json "$out/figures-w$workers.json" || status=$?
+done
 took=$(($(date +%s) - start))
 
 shopt -s nullglob
@@ -41,7 +46,7 @@ for f in "${logs[@]}"; do
   fi
 done
 definite=$(grep -h "definitely lost:" "${logs[@]}" | grep -vc "definitely lost: 0 bytes" || true)
-echo "memcheck: $sessions sessions, ${#logs[@]} processes under memcheck, $took s;" \
+echo "memcheck: 2 x $sessions sessions (workers 2 and 0), ${#logs[@]} processes under memcheck, $took s;" \
   "processes with errors: $(grep -L 'ERROR SUMMARY: 0 errors' "${logs[@]}" | wc -l);" \
   "with a definite leak: $definite; soak.py exit $status; logs in $out"
 if [ "$bad" -ne 0 ] || [ "$status" -ne 0 ]; then
