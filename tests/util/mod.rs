@@ -767,6 +767,9 @@ impl Daemon {
             fail(format!("master {} did not exit within {timeout:?}: {e}\n{}", self.pid, self.log.text()))
         })?;
         self.status = Some(s);
+        // What it logged last may still be in the pipe: read to its end
+        // (once every worker is gone too; bounded, as a worker may not be).
+        self.log.wait_closed(Instant::now() + READER_GRACE);
         Ok(s)
     }
 
