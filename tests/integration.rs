@@ -6,6 +6,8 @@ mod cli;
 mod control;
 mod faults;
 mod fuzz_replay;
+mod keys;
+mod lanes;
 mod lifecycle;
 mod limits;
 mod probe;
