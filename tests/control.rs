@@ -6,8 +6,8 @@
 
 use crate::ensure;
 use crate::util::{
-    Client, Daemon, Notify, TempDir, alive, children_of, ensure_bytes_eq, fail, get, kill, kill_tree, metric,
-    nth_admin_addr, poll_until, root_or_skip, rot13_model, run_bin, run_wrapped,
+    Client, Daemon, Notify, TempDir, alive, children_of, cpu_ticks, ensure_bytes_eq, fail, get, kill, kill_tree,
+    metric, nth_admin_addr, poll_until, root_or_skip, rot13_model, run_bin, run_wrapped,
 };
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -215,16 +215,6 @@ fn hazard_4_workers_do_not_outlive_a_killed_master_after_dropping_privileges() -
 
 // ---------------------------------------------------------------------------
 // 5. The admin endpoint spins the master.
-
-/// CPU time (user + system, in clock ticks) of `pid` so far.
-fn cpu_ticks(pid: i32) -> io::Result<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = &s[s.rfind(')').ok_or_else(|| fail("stat"))? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // Fields 14 and 15 of stat(5), counted from the state (field 3).
-    let t = |i: usize| f.get(i - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    Ok(t(14) + t(15))
-}
 
 /// 300 idle admin connections, more than the endpoint's cap: the master
 /// spends (almost) no CPU on them.
