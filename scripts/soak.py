@@ -66,6 +66,16 @@ def now():
     return time.monotonic()
 
 
+def read_to_eof(s):
+    """Everything `s` sends until it closes."""
+    out = bytearray()
+    while True:
+        x = s.recv(65536)
+        if not x:
+            return bytes(out)
+        out += x
+
+
 # --------------------------------------------------------------------------
 # The daemon and what /proc says about it.
 
@@ -152,12 +162,7 @@ class Daemon:
     def metrics(self):
         s = socket.create_connection(("127.0.0.1", self.admin), timeout=10)
         s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        body = b""
-        while True:
-            x = s.recv(65536)
-            if not x:
-                break
-            body += x
+        body = read_to_eof(s)
         s.close()
         m = {}
         for line in body.decode("latin1").split("\r\n\r\n", 1)[-1].splitlines():
@@ -272,12 +277,7 @@ def verify(port, rng, tally):
     try:
         c.sendall(data)
         c.shutdown(socket.SHUT_WR)
-        got = bytearray()
-        while True:
-            x = c.recv(65536)
-            if not x:
-                break
-            got += x
+        got = read_to_eof(c)
         if got != want:
             tally.add("cut")
             tally.fail(f"verify: {len(got)} bytes of answer to {len(data)}")
@@ -325,12 +325,7 @@ def idle(port, tally):
     try:
         c = socket.create_connection(("127.0.0.1", port), timeout=10)
         c.sendall(b"partial")
-        got = b""
-        while True:
-            x = c.recv(100)
-            if not x:
-                break
-            got += x
+        got = read_to_eof(c)
         c.close()
         if got != b"cnegvny":
             tally.fail(f"idle: {got!r}")

@@ -1266,15 +1266,11 @@ rtest!(connect_reports_connected_and_sends_queued_output, |be| {
     Ok(())
 });
 
-/// Connects where the refusal cannot come at once, with `enable` (if any)
-/// called while the connect is under way; the events seen. A listener with
-/// a full accept queue drops the SYN (the connect is under way for sure);
-/// then it closes, and the SYN's retransmission, about 1 s later, meets a
-/// closed port: the refusal always arrives through the loop, so the error
-/// path always runs (a refusal on the spot would return Err from connect).
-fn refused_case(be: Backend, enable: EventFlags) -> io::Result<Vec<BevEvent>> {
+/// A listener whose accept queue is full (backlog 0, filled by four
+/// connects): it drops further SYNs, so a connect to it stays under way.
+/// The listener, the fillers and its address.
+fn full_listener() -> io::Result<(socket2::Socket, Vec<socket2::Socket>, SocketAddr)> {
     use socket2::{Domain, Socket, Type};
-    let mut b = be.base()?;
     let l = Socket::new(Domain::IPV4, Type::STREAM.cloexec(), None)?;
     l.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
     l.listen(0)?;
@@ -1285,6 +1281,18 @@ fn refused_case(be: Backend, enable: EventFlags) -> io::Result<Vec<BevEvent>> {
         let _ = c.connect(&addr.into());
         fillers.push(c);
     }
+    Ok((l, fillers, addr))
+}
+
+/// Connects where the refusal cannot come at once, with `enable` (if any)
+/// called while the connect is under way; the events seen. A listener with
+/// a full accept queue drops the SYN (the connect is under way for sure);
+/// then it closes, and the SYN's retransmission, about 1 s later, meets a
+/// closed port: the refusal always arrives through the loop, so the error
+/// path always runs (a refusal on the spot would return Err from connect).
+fn refused_case(be: Backend, enable: EventFlags) -> io::Result<Vec<BevEvent>> {
+    let mut b = be.base()?;
+    let (l, fillers, addr) = full_listener()?;
     let bev = BufferEvent::connect(&mut b, addr, Ctx::default())?;
     drop(l);
     drop(fillers);
@@ -1316,18 +1324,8 @@ rtest!(connect_to_a_closed_port_reports_refused, |be| {
 rtest!(connect_timeout, |be| {
     // A listener whose accept queue is full drops further SYNs, so a
     // connect to it stays under way: the write timeout bounds it.
-    use socket2::{Domain, Socket, Type};
     let mut b = be.base()?;
-    let l = Socket::new(Domain::IPV4, Type::STREAM.cloexec(), None)?;
-    l.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
-    l.listen(0)?;
-    let addr = l.local_addr()?.as_socket().expect("an inet address");
-    let mut fillers = Vec::new();
-    for _ in 0..4 {
-        let c = Socket::new(Domain::IPV4, Type::STREAM.nonblocking().cloexec(), None)?;
-        let _ = c.connect(&addr.into());
-        fillers.push(c);
-    }
+    let (_l, _fillers, addr) = full_listener()?;
     let t0 = Watch::start(&b);
     let bev = BufferEvent::connect(&mut b, addr, Ctx::default())?;
     with(&bev, |e| {

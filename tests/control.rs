@@ -6,8 +6,8 @@
 
 use crate::ensure;
 use crate::util::{
-    Client, Daemon, Notify, TempDir, alive, children_of, cpu_ticks, ensure_bytes_eq, fail, get, kill, kill_tree,
-    metric, nth_admin_addr, poll_until, root_or_skip, rot13_model, run_bin, run_wrapped,
+    Client, Daemon, Notify, TempDir, admin_config, alive, children_of, cpu_ticks, ensure_bytes_eq, fail, get, kill,
+    kill_tree, metric, nth_admin_addr, poll_until, root_or_skip, run_bin, run_wrapped, serves,
 };
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -27,23 +27,9 @@ fn status_field(pid: i32, field: &str) -> io::Result<String> {
     Ok(l[field.len()..].trim().to_string())
 }
 
-fn admin_config(extra: &str) -> String {
-    format!("[admin]\nlisten = \"127.0.0.1:0\"\n{extra}")
-}
-
 /// `/healthz`'s status and body.
 fn healthz(admin: SocketAddr) -> io::Result<(u16, String)> {
     get(admin, "/healthz")
-}
-
-/// One round trip answered correctly.
-fn serves(d: &Daemon, what: &str) -> io::Result<()> {
-    let line = format!("{what}\n");
-    let mut c = d.connect()?;
-    c.send(line.as_bytes())?;
-    c.half_close()?;
-    let got = c.read_to_end_within(Duration::from_secs(5)).map_err(|e| fail(format!("{what}: {e}")))?;
-    ensure_bytes_eq(what, &got, &rot13_model(line.as_bytes(), 16384))
 }
 
 // ---------------------------------------------------------------------------

@@ -11,8 +11,8 @@
 
 use crate::ensure;
 use crate::util::{
-    Client, Cyclic, Daemon, cpu_ticks, ensure_bytes_eq, fail, fd_count, figure, get, kill, mib, nth_admin_addr,
-    poll_until, random_lines, refused, root_or_skip, rot13_model, rss_anon,
+    Client, Cyclic, Daemon, admin_config, cpu_ticks, ensure_bytes_eq, fail, fd_count, figure, get, kill, mib,
+    nth_admin_addr, poll_until, random_lines, refused, root_or_skip, rot13_model, rss_anon, serves,
 };
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -542,10 +542,6 @@ fn retire_spares_an_answer_queued_in_the_kernel() -> io::Result<()> {
 // ---------------------------------------------------------------------------
 // A generation that cannot start.
 
-fn admin_config(extra: &str) -> String {
-    format!("[admin]\nlisten = \"127.0.0.1:0\"\n{extra}")
-}
-
 /// Sets the soft process limit of the running `pid`, as its own `uid`
 /// (root here may lack CAP_SYS_RESOURCE, which changing another user's
 /// limits needs; the hard limit stays, so the soft one can be raised again).
@@ -572,16 +568,6 @@ fn retries(d: &Daemon) -> Vec<u64> {
 fn nth_failed_start(d: &Daemon, n: usize) -> io::Result<Instant> {
     d.log().wait_count(&["cannot start a worker"], n, Duration::from_secs(40))?;
     Ok(Instant::now())
-}
-
-/// One round trip answered correctly.
-fn serves(d: &Daemon, what: &str) -> io::Result<()> {
-    let line = format!("{what}\n");
-    let mut c = d.connect()?;
-    c.send(line.as_bytes())?;
-    c.half_close()?;
-    let got = c.read_to_end_within(Duration::from_secs(5)).map_err(|e| fail(format!("{what}: {e}")))?;
-    ensure_bytes_eq(what, &got, &rot13_model(line.as_bytes(), 16384))
 }
 
 /// The only worker dies and its replacement cannot be forked (the process

@@ -998,6 +998,21 @@ pub fn nth_admin_addr(d: &Daemon, n: usize) -> io::Result<SocketAddr> {
         .ok_or_else(|| fail(format!("no admin address in {line:?}")))
 }
 
+/// A configuration with an admin endpoint on `127.0.0.1:0`, then `extra`.
+pub fn admin_config(extra: &str) -> String {
+    format!("[admin]\nlisten = \"127.0.0.1:0\"\n{extra}")
+}
+
+/// One round trip of the line `what` answered correctly (5 s at most).
+pub fn serves(d: &Daemon, what: &str) -> io::Result<()> {
+    let line = format!("{what}\n");
+    let mut c = d.connect()?;
+    c.send(line.as_bytes())?;
+    c.half_close()?;
+    let got = c.read_to_end_within(Duration::from_secs(5)).map_err(|e| fail(format!("{what}: {e}")))?;
+    ensure_bytes_eq(what, &got, &rot13_model(line.as_bytes(), 16384))
+}
+
 /// Whether connecting to `addr` is refused (nothing listens there).
 pub fn refused(addr: SocketAddr) -> bool {
     matches!(TcpStream::connect_timeout(&addr, Duration::from_secs(1)), Err(e) if e.kind() == io::ErrorKind::ConnectionRefused)
