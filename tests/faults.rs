@@ -123,8 +123,14 @@ impl Stream {
         self.sent.load(Ordering::SeqCst)
     }
 
-    fn finish(self) -> Streamed {
+    /// Tells the writer to half-close after the block it is sending.
+    fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Stops the writer (if not yet), waits for the reader's EOF.
+    fn finish(self) -> Streamed {
+        self.stop();
         let werr = self.writer.join().unwrap_or_else(|_| Some("writer panicked".into()));
         let (answered, max_gap, rerr) =
             self.reader.join().unwrap_or_else(|_| (0, Duration::ZERO, Some("reader panicked".into())));
@@ -241,6 +247,7 @@ fn kill_9_of_a_worker_spares_the_other_workers_streams() -> io::Result<()> {
     let daemon_took = died.zip(up).map(|(a, b)| format!("{:.2?}", Duration::from_secs_f64((b - a).max(0.0))));
     let daemon_took = daemon_took.unwrap_or_else(|| "?".into());
     thread::sleep(Duration::from_millis(300));
+    streams.iter().for_each(Stream::stop);
     let (mut kept, mut cut) = (Vec::new(), 0);
     for s in streams {
         let on = owner.get(&s.port).copied();
@@ -356,6 +363,7 @@ fn sighup_every_2s_for_20s_under_load_refuses_cuts_and_loses_nothing() -> io::Re
     for l in loops {
         l.join().map_err(|_| fail("a connect loop panicked"))?;
     }
+    streams.iter().for_each(Stream::stop);
     let streamed: Vec<Streamed> = streams.into_iter().map(Stream::finish).collect();
     d.log().wait_count(&["reloaded"], reloads as usize, T)?;
     let superseded = d.log().count(&["supersedes"]);
@@ -415,6 +423,9 @@ fn sigterm_under_load(workers: usize) -> io::Result<()> {
     ensure!(poll_until(Duration::from_secs(1), || refused(addr)), "new clients still accepted 1 s after SIGTERM");
     let refused_after = t0.elapsed();
     thread::sleep(Duration::from_millis(200).saturating_sub(t0.elapsed()));
+    for (_, _, s) in &streams {
+        s.stop();
+    }
     let done: Vec<(bool, u64, Streamed)> = streams.into_iter().map(|(busy, len, s)| (busy, len, s.finish())).collect();
     let status = d.wait_exit(T)?;
     let exited = t0.elapsed();
@@ -427,8 +438,8 @@ fn sigterm_under_load(workers: usize) -> io::Result<()> {
         &format!("SIGTERM under load (workers = {workers})"),
         &format!(
             "16 streams, {} sent ({} after the signal); 8 busy at the signal: {unanswered_busy} bytes unanswered; 8 \
-             on line boundaries: {closed_idle} closed as idle at the signal, each after answering all it had \
-             received; new clients refused after {refused_after:.2?}; exit {:?} after {exited:.2?}",
+             on line boundaries: {closed_idle} closed as idle at the signal (after answering all they had sent), \
+             the others answered to the last byte; new clients refused after {refused_after:.2?}; exit {:?} after {exited:.2?}",
             mib(sent),
             mib(sent - at_signal),
             status.code()
