@@ -880,8 +880,18 @@ fn slowloris(strict: bool) -> io::Result<()> {
     ensure!(idle_cpu_ok, "{cpu_w} + {cpu_m} CPU ticks over {quiet:?} with only idle clients");
     ensure!(fds_end == fd0 && fds_again == fd0, "the worker holds {fds_end}, then {fds_again} fds; {fd0} before");
     let allowed = if strict { 1 << 20 } else { KEPT_PER_CONNECTION * N as u64 };
-    ensure!(kept <= allowed, "RSS {} afterwards, {} before: {kept} B kept, {allowed} allowed", mib(rss_end), mib(rss0));
-    ensure!(rss_again <= rss_end + (256 << 10), "a second burst grew RSS from {} to {}", mib(rss_end), mib(rss_again));
+    ensure!(
+        kept <= allowed,
+        "RssAnon {} afterwards, {} before: {kept} B kept, {allowed} allowed",
+        mib(rss_end),
+        mib(rss0)
+    );
+    ensure!(
+        rss_again <= rss_end + (256 << 10),
+        "a second burst grew RssAnon from {} to {}",
+        mib(rss_end),
+        mib(rss_again)
+    );
     Ok(())
 }
 
