@@ -899,11 +899,6 @@ impl Backoff {
     pub fn backing_off(&self) -> bool {
         !self.delay.is_zero()
     }
-
-    /// The current delay.
-    pub fn delay(&self) -> Duration {
-        self.delay
-    }
 }
 
 /// Whether a scheduled start of worker `index` of `generation` is still
