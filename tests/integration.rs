@@ -4,6 +4,7 @@ mod admin;
 mod bufferevent;
 mod cli;
 mod control;
+mod faults;
 mod fuzz_replay;
 mod keys;
 mod lanes;
