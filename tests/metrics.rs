@@ -38,10 +38,14 @@ fn now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// A daemon with an admin endpoint; its address.
+/// A daemon with an admin endpoint, once the master knows every worker
+/// serves (a worker logs `reactor` before it reports READY on its channel:
+/// until the master's `ready` line, `rot13d_workers_serving` may still be
+/// below wanted); its address.
 fn admin_daemon(workers: usize, extra: &str) -> io::Result<(Daemon, SocketAddr)> {
     let d =
         Daemon::builder().workers(workers).config(&format!("[admin]\nlisten = \"127.0.0.1:0\"\n{extra}")).start()?;
+    d.wait_for_log(" ready ", T)?;
     let admin = nth_admin_addr(&d, 0)?;
     Ok((d, admin))
 }

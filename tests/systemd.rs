@@ -227,6 +227,8 @@ fn socket_activation_names_the_admin_socket(workers: usize) -> io::Result<()> {
     let d =
         Daemon::builder().workers(workers).config("[admin]\nlisten = \"127.0.0.2:0\"\n").wrapper(&wrapper).start()?;
     drop(listeners);
+    // /healthz says 200 once the master has heard every worker's READY.
+    d.wait_for_log(" ready ", T)?;
     d.log().wait_count(&["socket-activated", "rot13=1", "admin=1"], 1, T)?;
     ensure!(d.addr() == rot13, "serving rot13 on {}, want the passed {rot13}:\n{}", d.addr(), d.log().text());
     ensure!(crate::util::nth_admin_addr(&d, 0)? == admin, "admin endpoint not the passed {admin}:\n{}", d.log().text());
@@ -272,6 +274,7 @@ fn socket_activation_of_the_admin_socket_alone() -> io::Result<()> {
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
     let d = Daemon::builder().workers(1).wrapper(&wrapper).start()?;
     drop(listeners);
+    d.wait_for_log(" ready ", T)?;
     ensure!(d.addr() != admin && d.addr().port() != 0, "rot13 on {}", d.addr());
     ensure!(crate::util::nth_admin_addr(&d, 0)? == admin, "admin endpoint:\n{}", d.log().text());
     ensure!(crate::util::get(admin, "/healthz")?.0 == 200, "/healthz on the passed socket");
