@@ -358,8 +358,10 @@ impl Drop for Prometheus {
 }
 
 /// Prometheus scrapes the admin endpoint every second: `up` is 1, and
-/// `rot13d_lines_total` grows by exactly the lines sent (the last sample
-/// before the traffic against the first taken after it).
+/// `rot13d_lines_total` grows by exactly the lines sent: from the last
+/// sample of a scrape that ended before the traffic began (its timestamp,
+/// the scrape's start, plus its `scrape_duration_seconds`) to the first of
+/// one that began after the last answer came back.
 #[test]
 fn prometheus_scrapes_the_admin_endpoint() -> io::Result<()> {
     let (d, admin) = admin_daemon(2, "")?;
@@ -374,17 +376,21 @@ fn prometheus_scrapes_the_admin_endpoint() -> io::Result<()> {
         last.as_deref() == Some("1")
     });
     ensure!(scraped, "up is {last:?}, not 1; prometheus:\n{}", p.log.text());
-    // A sample from a scrape that ended before the traffic: one that
-    // began half a second before it (a scrape of loopback takes ms).
-    let mut before = Vec::new();
+    // Scrapes as (start, end): a loaded machine may hold one up for long
+    // after it began, so its start alone does not say it saw no traffic.
+    let scrapes = |p: &Prometheus| -> io::Result<Vec<(f64, f64)>> {
+        Ok(p.samples("scrape_duration_seconds", 60)?.into_iter().map(|(t, d)| (t, t + d)).collect())
+    };
+    let ended_before = |scrapes: &[(f64, f64)], t: f64| scrapes.iter().any(|(_, end)| *end < t);
+    let mut seen = Vec::new();
     ensure!(
         poll_until(T, || {
-            before = p.samples("rot13d_lines_total", 60).unwrap_or_default();
-            before.first().is_some_and(|(t, _)| *t < now() - 0.5)
+            seen = scrapes(&p).unwrap_or_default();
+            ended_before(&seen, now() - 0.01)
         }),
-        "no sample of rot13d_lines_total: {before:?}"
+        "no scrape has ended: {seen:?}"
     );
-    let start = now() - 0.5;
+    let start = now();
     let inputs: [&[u8]; 3] = [b"one\ntwo\nthree\n", b"four\n", b"five\nsix\nseven\neight\n"];
     for i in inputs {
         let got = Client::connect(d.addr())?.roundtrip(i)?;
@@ -401,9 +407,12 @@ fn prometheus_scrapes_the_admin_endpoint() -> io::Result<()> {
         after.last().is_some_and(|(t, _)| *t > done + 0.01)
     });
     ensure!(seen, "no sample after the traffic: {after:?}");
-    let v0 = after.iter().filter(|(t, _)| *t < start).map(|(_, v)| *v).next_back();
-    let v0 = v0.ok_or_else(|| fail(format!("no sample before the traffic in {after:?}")))?;
-    let v1 = after.last().map_or(0.0, |(_, v)| *v);
+    let ends = scrapes(&p)?;
+    let ended = |t: f64| ends.iter().find(|(s, _)| (s - t).abs() < 0.0005).map(|(_, e)| *e);
+    let v0 = after.iter().filter(|(t, _)| ended(*t).is_some_and(|e| e + 0.01 < start)).map(|(_, v)| *v).next_back();
+    let v0 =
+        v0.ok_or_else(|| fail(format!("no sample of a scrape ended before the traffic in {after:?}, {ends:?}")))?;
+    let v1 = after.iter().find(|(t, _)| *t > done + 0.01).map_or(0.0, |(_, v)| *v);
     ensure!(v1 - v0 == sent, "rot13d_lines_total went {v0} -> {v1}, want +{sent}: {after:?}");
     ensure!(up(&p)?.as_deref() == Some("1"), "up after the traffic");
     Ok(())
