@@ -25,7 +25,7 @@
 
 use super::metrics::Counter;
 use super::worker::{LANE_BULK, LANE_INTERACTIVE, Shared};
-use crate::protocol::Framer;
+use crate::protocol::{Emitted, Framer};
 use crate::reactor::{BevEvent, BufferEvent, EventBase, EventFlags};
 use std::rc::Rc;
 
@@ -89,13 +89,21 @@ pub(crate) fn on_read(base: &mut EventBase, bev: &mut ConnBev) {
         bev.ctx.shared.bulk_read(base, received);
     }
     update_lane(base, bev, received);
-    let lines = bev.ctx.framer.process(&mut bev.input, &mut bev.output);
+    let emitted = bev.ctx.framer.process(&mut bev.input, &mut bev.output);
     bev.ctx.carried = bev.input.len() as u32;
     bev.ctx.unsent = bev.output.len() as u32;
     let sh = &bev.ctx.shared;
     sh.count(Counter::BytesReceived, received);
-    if lines > 0 {
-        sh.count(Counter::Lines, lines as u64);
+    count_emitted(sh, emitted);
+}
+
+/// Counts the lines (and pieces) answered and the lines cut.
+fn count_emitted(sh: &Shared, e: Emitted) {
+    if e.lines > 0 {
+        sh.count(Counter::Lines, e.lines as u64);
+    }
+    if e.cut > 0 {
+        sh.count(Counter::LinesCut, e.cut as u64);
     }
 }
 
@@ -194,12 +202,10 @@ fn update_lane(base: &mut EventBase, bev: &mut ConnBev, received: u64) {
 /// Answers the buffered partial line (no LF) and counts it.
 pub(crate) fn answer_tail(bev: &mut ConnBev) {
     count_written(bev);
-    let n = bev.ctx.framer.finish(&mut bev.input, &mut bev.output);
+    let emitted = bev.ctx.framer.finish(&mut bev.input, &mut bev.output);
     bev.ctx.carried = 0;
     bev.ctx.unsent = bev.output.len() as u32;
-    if n > 0 {
-        bev.ctx.shared.count(Counter::Lines, n as u64);
-    }
+    count_emitted(&bev.ctx.shared, emitted);
 }
 
 /// Event callback: EOF, errors and timeouts.
