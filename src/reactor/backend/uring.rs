@@ -328,7 +328,7 @@ impl UringBackend {
             // changes.
             if mask(s.want, dir) != 0 {
                 let healthy = c.result >= 0 && c.result as u32 & su::POLLNVAL as u32 == 0;
-                if !healthy || s.queued || s.emptied || !self.rearm(fd, dir, armed) {
+                if !(healthy && !s.queued && !s.emptied && self.rearm(fd, dir, armed)) {
                     self.queue(fd);
                 }
             }
