@@ -17,11 +17,7 @@
 //!   turn's enter while the interest remains: a poll armed on a ready fd
 //!   completes during the submit, so an fd nobody drained is reported on
 //!   every turn, as epoll's level-triggered mode does. A multishot poll
-//!   reports wake-ups, not levels (the kernel polls the file again only
-//!   when woken), so it cannot stand in for that: a callback that leaves
-//!   bytes unread would never hear of them again. The re-arm of a poll
-//!   whose fd has no change kept goes straight into the submission queue
-//!   as its completion is reaped; the turn's one enter submits it.
+//!   reports wake-ups, not levels, so it cannot stand in for that.
 //! - **Edge-triggered** events (ET) use multishot polls: one completion per
 //!   wake-up while armed, as EPOLLET reports one per edge; arming it (an add
 //!   or re-add) reports an fd that is ready at once, as epoll does.
@@ -285,18 +281,6 @@ impl UringBackend {
         Ok(cancelled)
     }
 
-    /// Queues `fd`'s poll of `dir` again as it was armed, under a new
-    /// generation. `false` when the submission queue is full (the caller
-    /// then keeps it as a change, applied with room made).
-    fn rearm(&mut self, fd: RawFd, dir: usize, was: Poll) -> bool {
-        let g = self.next_generation();
-        if !matches!(self.ring.push_poll(fd, was.mask, was.multishot, user_data(g, dir, fd)), Ok(true)) {
-            return false;
-        }
-        self.fds[fd as usize].polls[dir] = Poll { armed: g, ..was };
-        true
-    }
-
     fn reap(&mut self, out: &mut Ready) {
         let mut done = std::mem::take(&mut self.done);
         self.ring.reap(|c| done.push(c));
@@ -318,19 +302,11 @@ impl UringBackend {
             return; // a cancelled poll, or one of a number reused since
         }
         if !c.more {
-            let armed = s.polls[dir];
             s.polls[dir] = Poll::default();
             // Still wanted: arm again in the next enter (level-triggered:
-            // it reports at once if the fd is still ready). With no change
-            // kept for the fd, the interest is what was armed: the same
-            // poll goes straight into the submission queue (the common
-            // case, once per firing); anything else goes through the kept
-            // changes.
+            // it reports at once if the fd is still ready).
             if mask(s.want, dir) != 0 {
-                let healthy = c.result >= 0 && c.result as u32 & su::POLLNVAL as u32 == 0;
-                if !(healthy && !s.queued && !s.emptied && self.rearm(fd, dir, armed)) {
-                    self.queue(fd);
-                }
+                self.queue(fd);
             }
         }
         let s = &mut self.fds[fd as usize];
