@@ -418,7 +418,11 @@ fn unsatisfiable_reactor_requirements_exit_78() -> io::Result<()> {
     let out = run_bin(&["-c", &path, "--check-config"], &[], T)?;
     ensure_code("select with o1 required", &out, 78)?;
     ensure!(out.stderr.contains(&path), "the message does not name {path}:\n{}", out.stderr);
-    let out = run_bin(&["--check-config"], &[("EVENT_NOEPOLL", ""), ("EVENT_NOPOLL", ""), ("EVENT_NOSELECT", "")], T)?;
+    let out = run_bin(
+        &["--check-config"],
+        &[("EVENT_NOEPOLL", ""), ("EVENT_NOPOLL", ""), ("EVENT_NOSELECT", ""), ("EVENT_NOURING", "")],
+        T,
+    )?;
     ensure_code("every backend disabled", &out, 78)
 }
 

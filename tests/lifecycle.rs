@@ -715,7 +715,10 @@ fn reload_with_an_impossible_reactor_keeps_running() -> io::Result<()> {
     let d = Daemon::builder().workers(1).config("[server]\nmax_line = 10\n").start()?;
     d.log().wait_count(&["ready"], 1, T)?;
     let pids = d.worker_pids();
-    std::fs::write(d.config_path(), "[server]\nmax_line = 20\n[reactor]\nrequire_features = [\"o1\", \"fds\"]\n")?;
+    std::fs::write(
+        d.config_path(),
+        "[server]\nmax_line = 20\n[reactor]\navoid = [\"uring\"]\nrequire_features = [\"o1\", \"fds\"]\n",
+    )?;
     d.signal(libc::SIGHUP)?;
     d.log().wait_count(&["ERROR", "reload failed"], 1, T)?;
     ensure!(d.log().count(&["reloaded"]) == 0, "an impossible reactor was applied:\n{}", d.log().text());

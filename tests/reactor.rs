@@ -1728,18 +1728,19 @@ rtest!(fds_above_fd_setsize, +et, |be| {
 
 #[test]
 fn config_errors() {
+    // Only uring has both (where io_uring works; elsewhere none has).
     let mut cfg = EventConfig::new();
-    cfg.set_flag(BaseFlags::IGNORE_ENV).require_features(Features::O1 | Features::FDS);
+    cfg.set_flag(BaseFlags::IGNORE_ENV).avoid("uring").require_features(Features::O1 | Features::FDS);
     assert!(matches!(EventBase::with_config(&cfg), Err(BaseError::NoBackend { .. })));
 
     let mut cfg = EventConfig::new();
-    cfg.set_flag(BaseFlags::IGNORE_ENV).avoid("epoll").avoid("poll").avoid("select");
+    cfg.set_flag(BaseFlags::IGNORE_ENV).avoid("epoll").avoid("poll").avoid("select").avoid("uring");
     let e = EventBase::with_config(&cfg).expect_err("no backend left");
     assert!(matches!(e, BaseError::NoBackend { .. }));
-    assert!(e.to_string().contains("epoll,poll,select"), "{e}");
+    assert!(e.to_string().contains("epoll,poll,select,uring"), "{e}");
 
     let mut cfg = EventConfig::new();
-    cfg.set_flag(BaseFlags::IGNORE_ENV).avoid("epoll").require_features(Features::ET);
+    cfg.set_flag(BaseFlags::IGNORE_ENV).avoid("epoll").avoid("uring").require_features(Features::ET);
     assert!(matches!(EventBase::with_config(&cfg), Err(BaseError::NoBackend { .. })));
 }
 
