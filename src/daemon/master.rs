@@ -776,7 +776,8 @@ impl Master {
             l.grow(group)?;
         }
         for (addr, kind) in bind {
-            let l = listener::bind(addr, settings.config.server.backlog, kind, group)?;
+            let server = &settings.config.server;
+            let l = listener::bind(addr, server.backlog, kind, group, server.ipv6_only)?;
             tracing::info!(target: "rot13d", addr = %l.local, kind = %kind.as_str(), "listening");
             self.listeners.push(l);
         }

@@ -94,11 +94,18 @@ fn start(mut startup: Startup, mut settings: Settings, launcher: &mut Option<Own
         startup.activated = true;
         listeners = passed;
         if let Some(a) = settings.config.admin.listen {
-            listeners.push(listener::bind(a, settings.config.server.backlog, Kind::Admin, 1)?);
+            listeners.push(listener::bind(
+                a,
+                settings.config.server.backlog,
+                Kind::Admin,
+                1,
+                settings.config.server.ipv6_only,
+            )?);
         }
     } else {
         for (addr, kind) in wanted_listeners(&settings) {
-            listeners.push(listener::bind(addr, settings.config.server.backlog, kind, settings.workers.max(1))?);
+            let server = &settings.config.server;
+            listeners.push(listener::bind(addr, server.backlog, kind, settings.workers.max(1), server.ipv6_only)?);
         }
     }
     for l in &listeners {
