@@ -12,8 +12,11 @@
 //! zeroed. Gauges are stored as absolute values by their one writer, never
 //! incremented and decremented, so none can wrap.
 //!
-//! A new family is one [`Counter`] variant and one row of [`DESCRIPTIONS`].
+//! A new family is one [`Counter`] variant and one row of [`DESCRIPTIONS`];
+//! a labelled family is one variant and one row per label set, the rows of
+//! a family next to each other (rendered under one `# HELP`/`# TYPE`).
 
+use super::proxy::{Refusal, Version};
 use crate::sys::shm::SharedCounters;
 use std::cell::RefCell;
 use std::io;
@@ -42,22 +45,99 @@ pub enum Counter {
     Errors,
     /// Times accepting paused on EMFILE/ENFILE.
     AcceptErrors,
+    /// PROXY headers accepted, v1.
+    ProxyHeadersV1,
+    /// PROXY headers accepted, v2.
+    ProxyHeadersV2,
+    /// PROXY headers without a client address (v2 LOCAL, v1 UNKNOWN).
+    ProxyLocal,
+    /// Connections refused in the PROXY header phase, one per [`Refusal`]
+    /// in [`Refusal::ALL`] order.
+    ProxyRefusedMissing,
+    /// See [`Counter::ProxyRefusedMissing`].
+    ProxyRefusedWrongVersion,
+    /// See [`Counter::ProxyRefusedMissing`].
+    ProxyRefusedMalformed,
+    /// See [`Counter::ProxyRefusedMissing`].
+    ProxyRefusedTooLong,
+    /// See [`Counter::ProxyRefusedMissing`].
+    ProxyRefusedUnsupportedFamily,
+    /// See [`Counter::ProxyRefusedMissing`].
+    ProxyRefusedTruncated,
+    /// See [`Counter::ProxyRefusedMissing`].
+    ProxyRefusedTimeout,
+}
+
+impl Counter {
+    /// The counter of headers of `version`.
+    pub const fn proxy_header(version: Version) -> Counter {
+        match version {
+            Version::V1 => Counter::ProxyHeadersV1,
+            Version::V2 => Counter::ProxyHeadersV2,
+        }
+    }
+
+    /// The counter of connections refused for `why`.
+    pub const fn proxy_refused(why: Refusal) -> Counter {
+        match why {
+            Refusal::Missing => Counter::ProxyRefusedMissing,
+            Refusal::WrongVersion => Counter::ProxyRefusedWrongVersion,
+            Refusal::Malformed => Counter::ProxyRefusedMalformed,
+            Refusal::TooLong => Counter::ProxyRefusedTooLong,
+            Refusal::UnsupportedFamily => Counter::ProxyRefusedUnsupportedFamily,
+            Refusal::Truncated => Counter::ProxyRefusedTruncated,
+            Refusal::Timeout => Counter::ProxyRefusedTimeout,
+        }
+    }
 }
 
 /// Number of counters per slot.
 pub const COUNTERS: usize = DESCRIPTIONS.len();
 
-/// Prometheus name, type and help of each counter, in [`Counter`] order.
-pub const DESCRIPTIONS: [(Counter, &str, &str, &str); 9] = [
-    (Counter::Accepted, "rot13d_connections_accepted_total", "counter", "Connections accepted."),
-    (Counter::Open, "rot13d_connections_open", "gauge", "Connections open now."),
-    (Counter::Lines, "rot13d_lines_total", "counter", "Lines (and max_line pieces) answered."),
-    (Counter::BytesReceived, "rot13d_bytes_received_total", "counter", "Bytes received from clients."),
-    (Counter::BytesSent, "rot13d_bytes_sent_total", "counter", "Bytes written to client sockets."),
-    (Counter::IdleClosed, "rot13d_idle_closed_total", "counter", "Connections closed by the idle timeout."),
-    (Counter::WriteTimeouts, "rot13d_write_timeouts_total", "counter", "Connections closed by the write timeout."),
-    (Counter::Errors, "rot13d_connection_errors_total", "counter", "Connections closed by a reset or error."),
-    (Counter::AcceptErrors, "rot13d_accept_errors_total", "counter", "Times accepting paused on a full fd table."),
+/// A sample's labels: `(name, value)` pairs, none for most families.
+pub type Labels = &'static [(&'static str, &'static str)];
+
+const PROXY_HEADERS: &str = "rot13d_proxy_headers_total";
+const PROXY_HEADERS_HELP: &str = "PROXY protocol headers accepted.";
+const PROXY_REFUSED: &str = "rot13d_proxy_refused_total";
+const PROXY_REFUSED_HELP: &str = "Connections closed unanswered for their PROXY protocol header.";
+
+/// Prometheus name, type, help and labels of each counter, in [`Counter`]
+/// order; the rows of a labelled family next to each other. Label values
+/// are the names the logs use (`Refusal::as_str`, `Version::as_str`), as a
+/// test checks.
+pub const DESCRIPTIONS: [(Counter, &str, &str, &str, Labels); 19] = [
+    (Counter::Accepted, "rot13d_connections_accepted_total", "counter", "Connections accepted.", &[]),
+    (Counter::Open, "rot13d_connections_open", "gauge", "Connections open now.", &[]),
+    (Counter::Lines, "rot13d_lines_total", "counter", "Lines (and max_line pieces) answered.", &[]),
+    (Counter::BytesReceived, "rot13d_bytes_received_total", "counter", "Bytes received from clients.", &[]),
+    (Counter::BytesSent, "rot13d_bytes_sent_total", "counter", "Bytes written to client sockets.", &[]),
+    (Counter::IdleClosed, "rot13d_idle_closed_total", "counter", "Connections closed by the idle timeout.", &[]),
+    (Counter::WriteTimeouts, "rot13d_write_timeouts_total", "counter", "Connections closed by the write timeout.", &[]),
+    (Counter::Errors, "rot13d_connection_errors_total", "counter", "Connections closed by a reset or error.", &[]),
+    (Counter::AcceptErrors, "rot13d_accept_errors_total", "counter", "Times accepting paused on a full fd table.", &[]),
+    (Counter::ProxyHeadersV1, PROXY_HEADERS, "counter", PROXY_HEADERS_HELP, &[("version", "v1")]),
+    (Counter::ProxyHeadersV2, PROXY_HEADERS, "counter", PROXY_HEADERS_HELP, &[("version", "v2")]),
+    (
+        Counter::ProxyLocal,
+        "rot13d_proxy_local_headers_total",
+        "counter",
+        "PROXY headers without a client address (v2 LOCAL, v1 UNKNOWN): the socket's peer is the client.",
+        &[],
+    ),
+    (Counter::ProxyRefusedMissing, PROXY_REFUSED, "counter", PROXY_REFUSED_HELP, &[("reason", "missing")]),
+    (Counter::ProxyRefusedWrongVersion, PROXY_REFUSED, "counter", PROXY_REFUSED_HELP, &[("reason", "wrong_version")]),
+    (Counter::ProxyRefusedMalformed, PROXY_REFUSED, "counter", PROXY_REFUSED_HELP, &[("reason", "malformed")]),
+    (Counter::ProxyRefusedTooLong, PROXY_REFUSED, "counter", PROXY_REFUSED_HELP, &[("reason", "too_long")]),
+    (
+        Counter::ProxyRefusedUnsupportedFamily,
+        PROXY_REFUSED,
+        "counter",
+        PROXY_REFUSED_HELP,
+        &[("reason", "unsupported_family")],
+    ),
+    (Counter::ProxyRefusedTruncated, PROXY_REFUSED, "counter", PROXY_REFUSED_HELP, &[("reason", "truncated")]),
+    (Counter::ProxyRefusedTimeout, PROXY_REFUSED, "counter", PROXY_REFUSED_HELP, &[("reason", "timeout")]),
 ];
 
 /// Slots per mapped chunk.
@@ -195,11 +275,24 @@ impl Metrics {
         cells.map(|s| s[c as usize].load(Ordering::Relaxed)).fold(0u64, u64::wrapping_add)
     }
 
-    /// The Prometheus text exposition of the sums.
+    /// The Prometheus text exposition of the sums: each family's `# HELP`
+    /// and `# TYPE` once, then its samples.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        for (c, name, kind, help) in DESCRIPTIONS {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}\n", self.total(c)));
+        let mut family = "";
+        for (c, name, kind, help, labels) in DESCRIPTIONS {
+            if name != family {
+                out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+                family = name;
+            }
+            out.push_str(name);
+            for (i, (k, v)) in labels.iter().enumerate() {
+                out.push_str(&format!("{}{k}=\"{v}\"", if i == 0 { '{' } else { ',' }));
+            }
+            if !labels.is_empty() {
+                out.push('}');
+            }
+            out.push_str(&format!(" {}\n", self.total(c)));
         }
         out
     }
@@ -213,6 +306,52 @@ mod tests {
     fn descriptions_are_in_counter_order() {
         for (i, (c, ..)) in DESCRIPTIONS.iter().enumerate() {
             assert_eq!(*c as usize, i);
+        }
+    }
+
+    #[test]
+    fn a_family_is_one_run_of_rows_with_one_kind_and_help() {
+        for (i, (_, name, kind, help, _)) in DESCRIPTIONS.iter().enumerate() {
+            let rows: Vec<usize> = (0..DESCRIPTIONS.len()).filter(|j| DESCRIPTIONS[*j].1 == *name).collect();
+            assert_eq!(rows, (rows[0]..rows[0] + rows.len()).collect::<Vec<_>>(), "{name}: rows apart");
+            for j in rows {
+                assert_eq!((DESCRIPTIONS[j].2, DESCRIPTIONS[j].3), (*kind, *help), "{name}");
+                if j != i {
+                    assert_ne!(DESCRIPTIONS[j].4, DESCRIPTIONS[i].4, "{name}: two rows with one label set");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn proxy_counters_are_labelled_with_the_names_of_the_logs() {
+        for why in Refusal::ALL {
+            let (_, name, _, _, labels) = DESCRIPTIONS[Counter::proxy_refused(why) as usize];
+            assert_eq!((name, labels), (PROXY_REFUSED, &[("reason", why.as_str())][..]));
+        }
+        for v in [Version::V1, Version::V2] {
+            let (_, name, _, _, labels) = DESCRIPTIONS[Counter::proxy_header(v) as usize];
+            assert_eq!((name, labels), (PROXY_HEADERS, &[("version", v.as_str())][..]));
+        }
+    }
+
+    #[test]
+    fn labelled_families_render_once_with_every_sample() {
+        let m = Metrics::new().expect("maps");
+        let s = m.acquire().expect("slot");
+        s.add(Counter::proxy_refused(Refusal::TooLong), 2);
+        s.add(Counter::ProxyHeadersV2, 5);
+        let text = m.render();
+        assert_eq!(text.matches("# TYPE rot13d_proxy_refused_total counter\n").count(), 1, "{text}");
+        assert!(text.contains("rot13d_proxy_refused_total{reason=\"too_long\"} 2\n"), "{text}");
+        assert!(text.contains("rot13d_proxy_refused_total{reason=\"timeout\"} 0\n"), "{text}");
+        assert!(text.contains("rot13d_proxy_headers_total{version=\"v2\"} 5\n"), "{text}");
+        assert_eq!(text.matches("rot13d_proxy_refused_total{").count(), Refusal::ALL.len());
+        // Every sample line is `name[{labels}] value`.
+        for l in text.lines().filter(|l| !l.starts_with('#')) {
+            let (series, value) = l.rsplit_once(' ').expect("a value");
+            assert!(value.parse::<u64>().is_ok(), "{l}");
+            assert!(!series.contains(' '), "{l}");
         }
     }
 
