@@ -8,5 +8,6 @@ mod fuzz_replay;
 mod lifecycle;
 mod limits;
 mod protocol;
+mod proxy;
 mod reactor;
 mod systemd;

@@ -42,6 +42,11 @@ use crate::reactor::EvBuffer;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::time::Duration;
+
+/// A connection's header must be complete this long after its accept
+/// (SPEC §3); the phase has no clock, the connection times it.
+pub const DEADLINE: Duration = Duration::from_secs(5);
 
 /// Longest v1 header, CR LF included (the spec's 107-byte line).
 pub const V1_MAX: usize = 107;

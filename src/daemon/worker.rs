@@ -8,9 +8,10 @@
 //! as its in-process worker.
 
 use super::config::never_if_zero;
-use super::connection::{self, Conn, ConnBev};
+use super::connection::{self, Addr, Conn, ConnBev, End, Meta};
 use super::listener::ListenFd;
 use super::metrics::{Counter, Slot};
+use super::proxy;
 use super::settings::Settings;
 use crate::protocol::Framer;
 use crate::reactor::{Bev, BevOptions, BufferEvent, EventBase, EventFlags, EventId};
@@ -64,6 +65,10 @@ pub struct WorkerParams {
     pub shutdown_grace: Duration,
     /// Priority lanes (None = one lane for everything).
     pub lanes: Option<LaneParams>,
+    /// The PROXY protocol header connections must begin with.
+    pub proxy: proxy::Mode,
+    /// Log an access record per closed connection.
+    pub access: bool,
 }
 
 /// When a connection changes lanes.
@@ -94,6 +99,8 @@ impl WorkerParams {
                 window_ms: lanes.bulk_window.as_millis().clamp(1, u32::MAX as u128) as u32,
                 quiet_ms: lanes.quiet.as_millis().min(u32::MAX as u128) as u32,
             }),
+            proxy: server.proxy_protocol,
+            access: s.config.log.access,
         }
     }
 }
@@ -189,10 +196,11 @@ impl Shared {
             }
             match sys::accept(lfd) {
                 Ok((fd, peer)) => {
-                    if let Err(e) = self.start_connection(base, fd) {
-                        tracing::warn!(target: "rot13d", error = %e, "cannot set up a connection");
+                    let peer = peer.map(connection::canonical);
+                    if let Err(e) = self.start_connection(base, fd, peer) {
+                        tracing::warn!(target: "rot13d", error = %e, peer = %Addr(peer), "cannot set up a connection");
                     } else {
-                        tracing::debug!(target: "rot13d", peer = ?peer, "connection accepted");
+                        tracing::debug!(target: "rot13d", peer = %Addr(peer), "connection accepted");
                     }
                 }
                 Err(e) => {
@@ -227,10 +235,36 @@ impl Shared {
         let _ = base.add(self.resume_timer.get(), Some(FD_BACKOFF));
     }
 
-    fn start_connection(self: &Rc<Self>, base: &mut EventBase, fd: OwnedFd) -> std::io::Result<()> {
+    fn start_connection(
+        self: &Rc<Self>,
+        base: &mut EventBase,
+        fd: OwnedFd,
+        peer: Option<std::net::SocketAddr>,
+    ) -> std::io::Result<()> {
         use std::os::fd::AsRawFd;
         let _ = sys::set_nodelay(fd.as_raw_fd());
         let params = self.params.borrow().clone();
+        let phase = params.proxy.phase();
+        let meta = Meta::wanted(phase.is_some(), params.access).then(|| {
+            // The local address only for the access record: one
+            // getsockname more per connection, and only then.
+            let local = params.access.then(|| socket2::SockRef::from(&fd).local_addr().ok()).flatten();
+            Box::new(Meta {
+                client: peer,
+                peer,
+                local: local.and_then(|a| a.as_socket()).map(connection::canonical),
+                accepted: base.now(),
+                timeouts: (params.idle_timeout, params.write_timeout),
+                bytes_in: 0,
+                bytes_out: 0,
+                lines: 0,
+                end: End::Reset,
+                access: params.access,
+            })
+        });
+        // With a header to wait for, the read timeout is its deadline
+        // until it is complete.
+        let read_timeout = if phase.is_some() { Some(proxy::DEADLINE) } else { params.idle_timeout };
         let id = self.free_ids.borrow_mut().pop().unwrap_or_else(|| {
             let mut c = self.conns.borrow_mut();
             c.push(None);
@@ -246,8 +280,10 @@ impl Shared {
             window_start: now_ms,
             last_heavy: 0,
             lane: LANE_INTERACTIVE as u8,
+            proxy: phase,
             last_read: now_ms,
             unsent: 0,
+            meta,
         };
         let bev = BufferEvent::socket_new(base, fd, BevOptions::CLOSE_ON_FREE, conn)?;
         let setup = bev.with(|b: &mut ConnBev| -> std::io::Result<()> {
@@ -255,7 +291,7 @@ impl Shared {
             b.set_closecb(Some(connection::on_close));
             b.set_priority(base, LANE_INTERACTIVE)?;
             b.set_backpressure(base, params.write_high_watermark, params.write_low_watermark);
-            b.set_timeouts(base, params.idle_timeout, params.write_timeout);
+            b.set_timeouts(base, read_timeout, params.write_timeout);
             b.enable(base, EventFlags::READ | EventFlags::WRITE)
         });
         self.conns.borrow_mut()[id as usize] = Some(bev.clone());
@@ -296,6 +332,7 @@ impl Shared {
                 }
                 if Self::closable(b, now, retiring) {
                     connection::drop_unsent(b);
+                    b.ctx.set_end(End::Shutdown);
                     b.free(base);
                 } else {
                     busy += 1;
@@ -360,6 +397,7 @@ impl Shared {
                 let _ = b.enable(base, EventFlags::WRITE);
                 b.flush(base);
                 connection::drop_unsent(b);
+                b.ctx.set_end(End::Shutdown);
                 b.free(base);
             });
         }
