@@ -1,5 +1,6 @@
 mod util;
 
+mod access;
 mod admin;
 mod bufferevent;
 mod cli;
