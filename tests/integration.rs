@@ -6,6 +6,7 @@ mod bufferevent;
 mod cli;
 mod control;
 mod fuzz_replay;
+mod haproxy;
 mod ipv6;
 mod lifecycle;
 mod limits;
