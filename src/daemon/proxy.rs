@@ -64,6 +64,10 @@ const V1_SIG: &[u8; 6] = b"PROXY ";
 /// How a v2 header begins.
 const V2_SIG: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
 
+/// A v2 LOCAL header without addresses or TLVs: the signature, version 2
+/// command LOCAL (0x20), family AF_UNSPEC (0), length 0.
+const V2_LOCAL: &[u8; 16] = b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00";
+
 /// v2 byte 12, low nibble: the PROXY command (the other one, 0, is LOCAL).
 const V2_CMD_PROXY: u8 = 0x1;
 
@@ -100,6 +104,17 @@ impl Mode {
             Mode::Any => Expect::Any,
         };
         Some(HeaderPhase { expect, scanned: 0 })
+    }
+
+    /// A header this mode takes that names no client, as a health check
+    /// sends it (`rot13d probe --proxy-protocol`): v1 `UNKNOWN`, v2 `LOCAL`
+    /// for `v2` and `any`; nothing for `off`.
+    pub const fn local_header(self) -> &'static [u8] {
+        match self {
+            Mode::Off => b"",
+            Mode::V1 => b"PROXY UNKNOWN\r\n",
+            Mode::V2 | Mode::Any => V2_LOCAL,
+        }
     }
 
     /// The configuration spelling (`off`, `v1`, `v2`, `any`).
@@ -503,6 +518,19 @@ mod tests {
         for m in [Mode::V1, Mode::V2, Mode::Any] {
             assert!(m.phase().is_some());
         }
+    }
+
+    #[test]
+    fn each_mode_takes_its_local_header() {
+        assert!(Mode::Off.local_header().is_empty());
+        for (mode, version) in [(Mode::V1, Version::V1), (Mode::V2, Version::V2), (Mode::Any, Version::V2)] {
+            let h = mode.local_header();
+            assert_eq!(whole(mode, h), (local(version, h.len()), vec![]), "{mode}");
+        }
+        // config/haproxy.cfg's health check sends exactly this header.
+        let hex: String = V2_LOCAL.iter().map(|b| format!("{b:02x}")).collect();
+        let cfg = include_str!("../../config/haproxy.cfg");
+        assert!(cfg.contains(&format!("tcp-check send-binary {hex}\n")), "haproxy.cfg does not send {hex}");
     }
 
     #[test]
