@@ -73,7 +73,8 @@ pub fn common(addr: SocketAddr, conns: usize, lines: u64) -> Common {
 pub fn check_proxy_headers() -> Result<(), Fail> {
     use rot13d::daemon::proxy::{Mode, Progress};
     use rot13d::reactor::EvBuffer;
-    let pairs = [("192.0.2.1:50000", "198.51.100.7:40713"), ("[2001:db8::1]:1", "[2001:db8::2]:2"), ("127.0.0.1:3", "[::1]:4")];
+    let pairs =
+        [("192.0.2.1:50000", "198.51.100.7:40713"), ("[2001:db8::1]:1", "[2001:db8::2]:2"), ("127.0.0.1:3", "[::1]:4")];
     for (src, dst) in pairs {
         let (src, dst): (SocketAddr, SocketAddr) = (src.parse().unwrap_or(DUMMY), dst.parse().unwrap_or(DUMMY));
         for (mode, h) in [(Mode::V1, ProxyHeader::V1), (Mode::V2, ProxyHeader::V2)] {
