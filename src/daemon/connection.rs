@@ -27,11 +27,14 @@
 //! counts the rest in `on_close`.
 //!
 //! What a connection knows beyond the stream (its client's address from a
-//! PROXY header, the totals of its access record) is a [`Meta`], boxed and
-//! only there when something needs it: with the PROXY protocol off, access
-//! records off and DEBUG logs off a connection holds a `None` and reads no
-//! clock for it. `client=` in every log line of a connection is the
-//! header's source when it gave one, else the socket's peer.
+//! PROXY header, the totals of its access record) is a [`Meta`], kept in
+//! its worker's table (by connection id) and only when something needs it:
+//! a connection holds one byte saying whether it has one ([`Conn::has`]),
+//! so that with the PROXY protocol, access records and DEBUG logs off it
+//! costs no memory (a pointer in `Conn` would cost 16 B of every
+//! connection's allocation: 8, rounded up by malloc), no allocation and no
+//! clock read. `client=` in every log line of a connection is the header's
+//! source when it gave one, else the socket's peer.
 
 use super::metrics::Counter;
 use super::proxy::{self, Header, HeaderPhase, Progress, Refusal};
@@ -65,9 +68,15 @@ pub struct Conn {
     pub(crate) last_read: u32,
     /// Output bytes queued and not yet counted as sent.
     pub(crate) unsent: u32,
-    /// Addresses and totals, when anything needs them (see [`Meta`]).
-    pub(crate) meta: Option<Box<Meta>>,
+    /// What it keeps in the worker's table of [`Meta`]s: [`HAS_META`],
+    /// [`HAS_TOTALS`] (0: nothing).
+    pub(crate) has: u8,
 }
+
+/// The connection has a [`Meta`] in its worker's table.
+pub const HAS_META: u8 = 0x01;
+/// ...and counts the access record's totals in it.
+pub const HAS_TOTALS: u8 = 0x02;
 
 /// Why a connection ended, as the access record says it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,10 +110,10 @@ impl End {
     }
 }
 
-/// What a connection knows beyond its stream. Boxed, and only allocated
-/// when something needs it: the PROXY protocol (the accept time for the
-/// header deadline, then the header's source), an access record, or DEBUG
-/// logs (the client's address in each line).
+/// What a connection knows beyond its stream. Boxed in its worker's table,
+/// and only allocated when something needs it: the PROXY protocol (the
+/// accept time for the header deadline, then the header's source), an
+/// access record, or DEBUG logs (the client's address in each line).
 #[derive(Debug)]
 pub struct Meta {
     /// The client: the PROXY header's source, else the socket's peer.
@@ -156,21 +165,34 @@ pub fn canonical(a: SocketAddr) -> SocketAddr {
 }
 
 impl Conn {
+    /// Runs `f` on the connection's [`Meta`], if it has one.
+    fn meta<R>(&self, f: impl FnOnce(&mut Meta) -> R) -> Option<R> {
+        if self.has & HAS_META == 0 {
+            return None;
+        }
+        self.shared.with_meta(self.id, f)
+    }
+
+    /// Adds to the access record's totals, if it keeps them.
+    fn totals(&self, f: impl FnOnce(&mut Meta)) {
+        if self.has & HAS_TOTALS != 0 {
+            self.shared.with_meta(self.id, f);
+        }
+    }
+
     /// The client's address for the logs (`-` when no [`Meta`] holds it).
     pub fn client(&self) -> Addr {
-        Addr(self.meta.as_ref().and_then(|m| m.client))
+        Addr(self.meta(|m| m.client).flatten())
     }
 
     /// The socket's peer for the logs.
     pub fn peer(&self) -> Addr {
-        Addr(self.meta.as_ref().and_then(|m| m.peer))
+        Addr(self.meta(|m| m.peer).flatten())
     }
 
     /// Records why the connection ends (for the access record).
-    pub fn set_end(&mut self, end: End) {
-        if let Some(m) = &mut self.meta {
-            m.end = end;
-        }
+    pub fn set_end(&self, end: End) {
+        self.meta(|m| m.end = end);
     }
 }
 
@@ -184,9 +206,7 @@ pub(crate) fn on_read(base: &mut EventBase, bev: &mut ConnBev) {
     let received = bev.input.len().saturating_sub(bev.ctx.carried as usize) as u64;
     update_lane(base, bev, received);
     bev.ctx.shared.count(Counter::BytesReceived, received);
-    if let Some(m) = &mut bev.ctx.meta {
-        m.bytes_in += received;
-    }
+    bev.ctx.totals(|m| m.bytes_in += received);
     if bev.ctx.proxy.is_some() && !header_phase(base, bev) {
         bev.ctx.carried = bev.input.len() as u32;
         return;
@@ -200,9 +220,7 @@ pub(crate) fn on_read(base: &mut EventBase, bev: &mut ConnBev) {
 fn count_lines(bev: &mut ConnBev, lines: usize) {
     if lines > 0 {
         bev.ctx.shared.count(Counter::Lines, lines as u64);
-        if let Some(m) = &mut bev.ctx.meta {
-            m.lines += lines as u64;
-        }
+        bev.ctx.totals(|m| m.lines += lines as u64);
     }
 }
 
@@ -218,7 +236,7 @@ fn header_phase(base: &mut EventBase, bev: &mut ConnBev) -> bool {
             if left.is_zero() {
                 refuse(base, bev, Refusal::Timeout);
             } else {
-                let write = bev.ctx.meta.as_ref().and_then(|m| m.timeouts.1);
+                let write = bev.ctx.meta(|m| m.timeouts.1).flatten();
                 bev.set_timeouts(base, Some(left), write);
             }
             false
@@ -239,7 +257,7 @@ fn header_phase(base: &mut EventBase, bev: &mut ConnBev) -> bool {
 /// from the last byte: a client sending a byte every few seconds must not
 /// keep the phase open).
 fn deadline_left(base: &EventBase, bev: &ConnBev) -> Duration {
-    let accepted = bev.ctx.meta.as_ref().map_or(base.now(), |m| m.accepted);
+    let accepted = bev.ctx.meta(|m| m.accepted).unwrap_or_else(|| base.now());
     proxy::DEADLINE.saturating_sub(base.now().saturating_sub(accepted))
 }
 
@@ -251,15 +269,15 @@ fn header_done(base: &mut EventBase, bev: &mut ConnBev, header: Header) {
     if header.source.is_none() {
         sh.count(Counter::ProxyLocal, 1);
     }
-    let (idle, write) = match &mut bev.ctx.meta {
-        Some(m) => {
+    let (idle, write) = bev
+        .ctx
+        .meta(|m| {
             if header.source.is_some() {
                 m.client = header.source;
             }
             m.timeouts
-        }
-        None => (None, None),
-    };
+        })
+        .unwrap_or_default();
     tracing::debug!(target: "rot13d", fd = bev.fd(), version = header.version.as_str(), client = %bev.ctx.client(),
         peer = %bev.ctx.peer(), destination = %Addr(header.destination), bytes = header.consumed, "proxy header");
     bev.set_timeouts(base, idle, write);
@@ -314,9 +332,7 @@ fn count_written(bev: &mut ConnBev) {
     bev.ctx.unsent = now;
     if written > 0 {
         bev.ctx.shared.count(Counter::BytesSent, u64::from(written));
-        if let Some(m) = &mut bev.ctx.meta {
-            m.bytes_out += u64::from(written);
-        }
+        bev.ctx.totals(|m| m.bytes_out += u64::from(written));
     }
 }
 
@@ -422,13 +438,15 @@ pub(crate) fn on_close(base: &mut EventBase, bev: &mut ConnBev) {
     if flushed > 0 {
         bev.ctx.shared.count(Counter::BytesSent, u64::from(flushed));
     }
-    if let Some(mut m) = bev.ctx.meta.take() {
+    if bev.ctx.has & HAS_META != 0
+        && let Some(mut m) = bev.ctx.shared.take_meta(bev.ctx.id)
+    {
         m.bytes_out += u64::from(flushed);
         if m.access {
             access_record(base, m.as_ref());
         }
-        // Dropped here: a closed connection's handle may outlive it.
     }
+    bev.ctx.has = 0;
     let shared = bev.ctx.shared.clone();
     shared.connection_closed(base, bev.ctx.id);
 }
@@ -449,12 +467,11 @@ mod tests {
 
     #[test]
     fn a_connection_stays_small() {
-        // The header phase fits in Conn's padding; what only some
-        // connections need is one pointer (a `None` for the others).
+        // The header phase and the `has` byte fit in Conn's padding; what
+        // only some connections need is in the worker's table.
         assert_eq!(std::mem::size_of::<Option<HeaderPhase>>(), 2);
-        assert_eq!(std::mem::size_of::<Option<Box<Meta>>>(), 8);
-        assert!(std::mem::size_of::<Conn>() <= 56, "Conn is {} bytes", std::mem::size_of::<Conn>());
-        assert!(std::mem::size_of::<ConnBev>() <= 280, "ConnBev is {} bytes", std::mem::size_of::<ConnBev>());
+        assert!(std::mem::size_of::<Conn>() <= 48, "Conn is {} bytes", std::mem::size_of::<Conn>());
+        assert!(std::mem::size_of::<ConnBev>() <= 272, "ConnBev is {} bytes", std::mem::size_of::<ConnBev>());
     }
 
     #[test]

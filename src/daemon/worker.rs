@@ -8,7 +8,7 @@
 //! as its in-process worker.
 
 use super::config::never_if_zero;
-use super::connection::{self, Addr, Conn, ConnBev, End, Meta};
+use super::connection::{self, Addr, Conn, ConnBev, End, HAS_META, HAS_TOTALS, Meta};
 use super::listener::ListenFd;
 use super::metrics::{Counter, Slot};
 use super::proxy;
@@ -120,6 +120,9 @@ pub struct Shared {
     on_done: OnDone,
     params: RefCell<WorkerParams>,
     conns: RefCell<Vec<Option<Bev<Conn>>>>,
+    /// The [`Meta`] of each connection that has one, by id; empty while no
+    /// connection needs one.
+    metas: RefCell<Vec<Option<Box<Meta>>>>,
     free_ids: RefCell<Vec<u32>>,
     open: Cell<usize>,
     listeners: RefCell<Vec<Listening>>,
@@ -152,6 +155,25 @@ impl Shared {
         self.open.get()
     }
 
+    /// Runs `f` on the [`Meta`] of connection `id`, if it has one.
+    pub(crate) fn with_meta<R>(&self, id: u32, f: impl FnOnce(&mut Meta) -> R) -> Option<R> {
+        let mut metas = self.metas.try_borrow_mut().ok()?;
+        metas.get_mut(id as usize)?.as_deref_mut().map(f)
+    }
+
+    /// Takes the [`Meta`] of connection `id` (it closed).
+    pub(crate) fn take_meta(&self, id: u32) -> Option<Box<Meta>> {
+        self.metas.try_borrow_mut().ok()?.get_mut(id as usize)?.take()
+    }
+
+    fn put_meta(&self, id: u32, meta: Box<Meta>) {
+        let mut metas = self.metas.borrow_mut();
+        if metas.len() <= id as usize {
+            metas.resize_with(id as usize + 1, || None);
+        }
+        metas[id as usize] = Some(meta);
+    }
+
     fn sync_listeners(&self, base: &mut EventBase) {
         let want = self.pause.get() == 0;
         if want == self.listening.get() {
@@ -175,6 +197,8 @@ impl Shared {
     pub(crate) fn connection_closed(&self, base: &mut EventBase, id: u32) {
         let gone = self.conns.borrow_mut().get_mut(id as usize).and_then(Option::take);
         if gone.is_some() {
+            // A reused id never finds another connection's Meta.
+            drop(self.take_meta(id));
             self.free_ids.borrow_mut().push(id);
             self.open.set(self.open.get().saturating_sub(1));
             self.slot.set(Counter::Open, self.open.get() as u64);
@@ -283,9 +307,22 @@ impl Shared {
             proxy: phase,
             last_read: now_ms,
             unsent: 0,
-            meta,
+            has: match &meta {
+                None => 0,
+                Some(m) if m.access => HAS_META | HAS_TOTALS,
+                Some(_) => HAS_META,
+            },
         };
-        let bev = BufferEvent::socket_new(base, fd, BevOptions::CLOSE_ON_FREE, conn)?;
+        let bev = match BufferEvent::socket_new(base, fd, BevOptions::CLOSE_ON_FREE, conn) {
+            Ok(bev) => bev,
+            Err(e) => {
+                self.free_ids.borrow_mut().push(id);
+                return Err(e);
+            }
+        };
+        if let Some(m) = meta {
+            self.put_meta(id, m);
+        }
         let setup = bev.with(|b: &mut ConnBev| -> std::io::Result<()> {
             b.setcb(Some(connection::on_read), Some(connection::on_write), Some(connection::on_event));
             b.set_closecb(Some(connection::on_close));
@@ -470,6 +507,7 @@ pub fn start(
         on_done,
         params: RefCell::new(params),
         conns: RefCell::new(Vec::new()),
+        metas: RefCell::new(Vec::new()),
         free_ids: RefCell::new(Vec::new()),
         open: Cell::new(0),
         listeners: RefCell::new(Vec::new()),
