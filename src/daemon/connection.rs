@@ -277,7 +277,9 @@ fn header_done(base: &mut EventBase, bev: &mut ConnBev, header: Header) {
             }
             m.timeouts
         })
-        .unwrap_or_default();
+        // A connection in the header phase always has its Meta; were it
+        // gone, the generation's current timeouts are the next best.
+        .unwrap_or_else(|| bev.ctx.shared.timeouts());
     tracing::debug!(target: "rot13d", fd = bev.fd(), version = header.version.as_str(), client = %bev.ctx.client(),
         peer = %bev.ctx.peer(), destination = %Addr(header.destination), bytes = header.consumed, "proxy header");
     bev.set_timeouts(base, idle, write);

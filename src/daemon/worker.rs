@@ -155,6 +155,12 @@ impl Shared {
         self.open.get()
     }
 
+    /// The idle and write timeouts of new connections.
+    pub(crate) fn timeouts(&self) -> (Option<Duration>, Option<Duration>) {
+        let p = self.params.borrow();
+        (p.idle_timeout, p.write_timeout)
+    }
+
     /// Runs `f` on the [`Meta`] of connection `id`, if it has one.
     pub(crate) fn with_meta<R>(&self, id: u32, f: impl FnOnce(&mut Meta) -> R) -> Option<R> {
         let mut metas = self.metas.try_borrow_mut().ok()?;
