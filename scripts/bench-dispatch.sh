@@ -17,6 +17,11 @@
 # The row "epoll, kept" runs the same without the untimed re-add of every
 # event between rounds (the timed part alone, caches undisturbed).
 #
+# With VS=<path> the second column is another build of benches/dispatch.rs
+# instead of libevent (an A/B of two rot13d builds, e.g. main's:
+# `cargo bench --bench dispatch --no-run` in its worktree prints the path),
+# run back to back with this one exactly as libevent would be.
+#
 # Needs libevent-dev and pkg-config (apt-get install -y libevent-dev
 # pkg-config). Each N needs 2N fds: raise the hard RLIMIT_NOFILE for 9900.
 set -euo pipefail
@@ -27,6 +32,9 @@ ROUNDS=${1:-25}
 SIZES=${2:-100,1000,9900}
 REPS=${3:-9}
 BACKENDS=${4:-epoll,epoll_changelist,poll,select}
+VS=${VS:-}
+PEER=libevent
+[ -n "$VS" ] && PEER="B ($VS)"
 ACTIVE=100
 WRITES=100
 OUT=$(mktemp -d)
@@ -69,7 +77,12 @@ for rep in $(seq "$REPS"); do
       fi
       r=$("${PIN[@]}" "$RUST_BIN" --bench --rounds "$ROUNDS" --active "$ACTIVE" --writes "$WRITES" \
         --sizes "$n" --no-timers "${rargs[@]}" | awk '$1 == "RESULT" { print $5 }')
-      c=$("${PIN[@]}" "$OUT/libevent_bench" "${cargs[@]}" 2>>"$OUT/c.err" | awk '$1 == "RESULT" { print $5 }')
+      if [ -n "$VS" ]; then
+        c=$("${PIN[@]}" "$VS" --bench --rounds "$ROUNDS" --active "$ACTIVE" --writes "$WRITES" \
+          --sizes "$n" --no-timers "${rargs[@]}" | awk '$1 == "RESULT" { print $5 }')
+      else
+        c=$("${PIN[@]}" "$OUT/libevent_bench" "${cargs[@]}" 2>>"$OUT/c.err" | awk '$1 == "RESULT" { print $5 }')
+      fi
       echo "$b $n ${r:-failed} ${c:-failed}" >>"$OUT/pairs.txt"
     done
   done
@@ -78,9 +91,11 @@ done
 
 echo "### Dispatch: µs per round, A=$ACTIVE active, W=$WRITES writes, $REPS paired runs of $ROUNDS rounds"
 echo
-echo "libevent $(pkg-config --modversion libevent); $(uname -sr); $(nproc) CPUs; pinned with ${PIN[*]:-nothing}"
+echo "second column: $PEER; libevent $(pkg-config --modversion libevent); $(uname -sr); $(nproc) CPUs; pinned with ${PIN[*]:-nothing}"
 echo
-echo "| N | backend | rot13d | libevent | rot13d / libevent (median of paired ratios) | paired ratios, min – max |"
+col=libevent
+[ -n "$VS" ] && col=B
+echo "| N | backend | rot13d | $col | rot13d / $col (median of paired ratios) | paired ratios, min – max |"
 echo "|---:|---|---:|---:|---:|---|"
 python3 - "$OUT/pairs.txt" <<'EOF'
 import statistics as st, sys

@@ -27,6 +27,9 @@
 #   EFF_LINES=200000      lines of the efficiency run
 #   BENCH_NICE=           e.g. -5: run servers and generator at that niceness
 #                         (fewer preemptions on a shared machine)
+#   ROT13D=               the rot13d binary of rot13d-w0/-w1 (default: this tree's release build)
+#   ROT13D_B=             a second rot13d binary, run as rot13d-b-w0/-w1 (add them to
+#                         SERVERS): an A/B of two builds in one round-robin run
 #   SHARED=               the shared folder holding peers/ (default: found
 #                         beside the repository)
 set -euo pipefail
@@ -46,6 +49,7 @@ OUT="$TOP/bench-out"
 PEERS_BIN="$TOP/peers-bin"
 BENCH="$TOP/target/release/rot13d-bench"
 ROT13D="${ROT13D:-$TOP/target/release/rot13d}"
+ROT13D_B="${ROT13D_B:-}"
 mkdir -p "$OUT"
 
 log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
@@ -129,6 +133,8 @@ server_cmd() {
     tokio-current) echo "$PEERS_BIN/rot13-tokio --runtime current $port 127.0.0.1" ;;
     rot13d-w0) echo "$ROT13D --listen 127.0.0.1:$port --workers 0" ;;
     rot13d-w1) echo "$ROT13D --listen 127.0.0.1:$port --workers 1" ;;
+    rot13d-b-w0) echo "$ROT13D_B --listen 127.0.0.1:$port --workers 0" ;;
+    rot13d-b-w1) echo "$ROT13D_B --listen 127.0.0.1:$port --workers 1" ;;
     # proxy_protocol = "v2": the client begins each connection with a v2
     # header (client_args).
     rot13d-w0-pp2) echo "$ROT13D --listen 127.0.0.1:$port --workers 0 -c $(proxy_config)" ;;
@@ -232,7 +238,10 @@ run_main() {
   : >"$raw"
   local s c r servers=""
   for s in $SERVERS; do
-    case "$s" in rot13d-*) [ -x "$ROT13D" ] || { log "no $ROT13D: $s skipped"; continue; } ;; esac
+    case "$s" in
+      rot13d-b-*) [ -x "$ROT13D_B" ] || { log "no ROT13D_B binary: $s skipped"; continue; } ;;
+      rot13d-*) [ -x "$ROT13D" ] || { log "no $ROT13D: $s skipped"; continue; } ;;
+    esac
     servers="$servers $s"
   done
   # Runs go round-robin over the servers (run 1 of each, then run 2 of
@@ -295,7 +304,10 @@ run_efficiency() {
   : >"$raw"
   mkdir -p "$OUT/callgrind" "$OUT/strace"
   for s in $SERVERS; do
-    case "$s" in rot13d-*) [ -x "$ROT13D" ] || { log "no $ROT13D: $s skipped"; continue; } ;; esac
+    case "$s" in
+      rot13d-b-*) [ -x "$ROT13D_B" ] || { log "no ROT13D_B binary: $s skipped"; continue; } ;;
+      rot13d-*) [ -x "$ROT13D" ] || { log "no $ROT13D: $s skipped"; continue; } ;;
+    esac
     # callgrind: every process of the tree writes its own file.
     rm -f "$OUT/callgrind/$s".*
     READY_SECS=60 start_server "$s" valgrind --tool=callgrind --trace-children=yes \

@@ -165,7 +165,8 @@ pub fn activated() -> Result<Option<Vec<Listener>>, Error> {
     for fd in 3..3 + n {
         crate::sys::set_cloexec(fd, true).map_err(|e| Error::os(format!("use socket-activated fd {fd}"), e))?;
         // The fds were passed to us by systemd and are ours alone.
-        let owned = crate::sys::adopt_fd(fd);
+        let owned =
+            crate::sys::take_activated_fd(fd).map_err(|e| Error::os(format!("use socket-activated fd {fd}"), e))?;
         let sock = Socket::from(owned);
         let local = sock.local_addr().ok().and_then(|a| a.as_socket()).ok_or_else(|| {
             Error::os(format!("use socket-activated fd {fd}"), std::io::Error::other("not an inet socket"))

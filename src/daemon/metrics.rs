@@ -397,20 +397,7 @@ mod tests {
         assert!(text.contains("rot13d_lines_total 12\n"));
         assert!(text.contains("# TYPE rot13d_connections_open gauge\nrot13d_connections_open 1\n"));
     }
-
-    #[test]
-    fn shared_across_fork() {
-        let m = Metrics::new().expect("maps");
-        let s = m.acquire().expect("slot");
-        match crate::sys::process::fork().expect("fork") {
-            crate::sys::process::Fork::Child => {
-                s.add(Counter::Accepted, 42);
-                crate::sys::process::exit_now(0);
-            }
-            crate::sys::process::Fork::Parent(pid) => {
-                crate::sys::process::wait_pid(pid).expect("child exits");
-                assert_eq!(m.total(Counter::Accepted), 42);
-            }
-        }
-    }
+    // Shared across fork: sys::shm's `shared_with_a_forked_child` (a test
+    // thread can only fork through the unsafe `fork_unchecked`, which
+    // belongs in sys).
 }

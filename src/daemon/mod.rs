@@ -332,7 +332,7 @@ fn daemonize() -> Result<OwnedFd, Error> {
     }
     process::detach_environment().map_err(|e| Error::os("detach (chdir /, umask)", e))?;
     if let Ok(null) = std::fs::File::open("/dev/null") {
-        let _ = sys::dup2(null.as_raw_fd(), 0);
+        let _ = sys::redirect_stdio(null.as_fd(), sys::StdStream::Stdin);
     }
     Ok(w)
 }

@@ -1,6 +1,6 @@
 //! `EventConfig`: how an [`EventBase`](super::EventBase) is built.
 
-use super::backend::Features;
+use super::backend::{Features, Kind};
 use std::time::Duration;
 
 flag_set! {
@@ -14,7 +14,9 @@ flag_set! {
         const NO_CACHE_TIME = 0x08;
         /// epoll: coalesce changes per fd until the next dispatch.
         const EPOLL_USE_CHANGELIST = 0x10;
-        /// Use the precise monotonic clock instead of the coarse one.
+        /// Use the precise monotonic clock instead of the coarse one, and
+        /// wait with sub-millisecond precision (libevent: epoll arms a
+        /// timerfd; here epoll_pwait2 and ppoll).
         const PRECISE_TIMER = 0x20;
     }
 }
@@ -22,7 +24,7 @@ flag_set! {
 /// The configuration of a base (libevent's `event_config`).
 #[derive(Clone, Debug, Default)]
 pub struct EventConfig {
-    pub(crate) avoid: Vec<String>,
+    pub(crate) avoid: Vec<Kind>,
     pub(crate) require: Features,
     pub(crate) flags: BaseFlags,
     pub(crate) max_dispatch_interval: Option<Duration>,
@@ -39,11 +41,36 @@ impl EventConfig {
         EventConfig::default()
     }
 
-    /// Never use the backend called `name` (`epoll`, `poll`, `select`).
+    /// Never use the backend called `name` (`epoll`, `poll`, `select`); a
+    /// name this build does not know avoids nothing (as in libevent).
     #[doc(alias = "event_config_avoid_method")]
     pub fn avoid(&mut self, name: &str) -> &mut Self {
-        self.avoid.push(name.to_string());
+        if let Some(k) = Kind::from_name(name) {
+            self.avoid_backend(k);
+        }
         self
+    }
+
+    /// Never use backend `kind`.
+    pub fn avoid_backend(&mut self, kind: Kind) -> &mut Self {
+        if !self.avoid.contains(&kind) {
+            self.avoid.push(kind);
+        }
+        self
+    }
+
+    /// Whether `kind` is avoided.
+    pub fn avoids(&self, kind: Kind) -> bool {
+        self.avoid.contains(&kind)
+    }
+
+    /// The avoided backends as `epoll,poll`, or `-`.
+    pub(crate) fn avoided_names(&self) -> String {
+        let mut v: Vec<&str> = Kind::PREFERENCE.iter().filter(|k| self.avoids(**k)).map(|k| k.name()).collect();
+        if v.is_empty() {
+            v.push("-");
+        }
+        v.join(",")
     }
 
     /// Only use a backend that has every feature in `f`.
@@ -95,5 +122,21 @@ impl EventConfig {
     /// The flags set so far.
     pub fn flags(&self) -> BaseFlags {
         self.flags
+    }
+
+    /// The flags a base built now gets: the configured ones, plus
+    /// `EVENT_EPOLL_USE_CHANGELIST` and `EVENT_PRECISE_TIMER` from the
+    /// environment (set to any value) unless IGNORE_ENV.
+    pub fn flags_in_force(&self) -> BaseFlags {
+        let mut flags = self.flags;
+        if !flags.contains(BaseFlags::IGNORE_ENV) {
+            if std::env::var_os("EVENT_EPOLL_USE_CHANGELIST").is_some() {
+                flags |= BaseFlags::EPOLL_USE_CHANGELIST;
+            }
+            if std::env::var_os("EVENT_PRECISE_TIMER").is_some() {
+                flags |= BaseFlags::PRECISE_TIMER;
+            }
+        }
+        flags
     }
 }

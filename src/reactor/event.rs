@@ -17,6 +17,13 @@ flag_set! {
         const PERSIST = 0x10;
         /// Edge-triggered, where the backend supports it (`EV_ET`).
         const ET = 0x20;
+        /// In a callback's result only: the backend could not watch the
+        /// event's fd (a deferred registration failed, or the fd was found
+        /// closed). The base deleted the event (it is no longer pending) and
+        /// tells it once, with the io bits it watched;
+        /// [`EventBase::take_fd_error`] has the error. (The bit of
+        /// libevent's `EV_FINALIZE`, which has no use here.)
+        const ERROR = 0x40;
         /// The peer closed its side, detected early (`EV_CLOSED`).
         const CLOSED = 0x80;
     }

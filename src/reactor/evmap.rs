@@ -1,8 +1,16 @@
 //! fd -> the events watching it, with per-direction counts (libevent
 //! `evmap.c`). Adding or removing an event yields the fd's interest before
-//! the change and the bits that changed, which is all a backend needs.
+//! and after the change, `(old, new)`, which is all a backend needs: it
+//! compares the two to pick add, modify or delete.
+//!
+//! An interest is the io bits some event on the fd wants (READ, WRITE,
+//! CLOSED), plus ET while the fd's events are edge-triggered (they all are
+//! or none is: the base refuses to mix). The counts are 16 bits, as in
+//! libevent, which refuses a 65536th reader, writer or closed-watcher on
+//! one fd; so does [`EvMap::add`].
 
 use super::event::EventFlags;
+use std::io;
 use std::os::fd::RawFd;
 
 pub(crate) const NONE: u32 = u32::MAX;
@@ -44,8 +52,6 @@ impl FdEntry {
         f
     }
 
-    /// Whether the events on this fd are edge-triggered; `None` when there
-    /// are none.
     /// The events of the fd when they all fit inline (the common case: no
     /// more than two), `NONE` marking empty places; `None` otherwise.
     #[inline]
@@ -53,6 +59,8 @@ impl FdEntry {
         self.more.is_empty().then_some(self.inline)
     }
 
+    /// Whether the events on this fd are edge-triggered; `None` when there
+    /// are none.
     pub fn edge_triggered(&self) -> Option<bool> {
         if self.events().next().is_none() { None } else { Some(self.net > 0) }
     }
@@ -84,6 +92,22 @@ impl FdEntry {
         }
     }
 
+    /// Whether adding an event watching `flags` would pass a count's 0xffff.
+    #[inline]
+    fn full(&self, flags: EventFlags) -> bool {
+        // A count reaches 0xffff only with as many events on the fd, all
+        // but two of them in `more`: one test in the common case.
+        if self.more.len() + 2 < u16::MAX as usize {
+            return false;
+        }
+        (flags.contains(EventFlags::READ) && self.nread == u16::MAX)
+            || (flags.contains(EventFlags::WRITE) && self.nwrite == u16::MAX)
+            || (flags.contains(EventFlags::CLOSED) && self.nclose == u16::MAX)
+            || (flags.contains(EventFlags::ET) && self.net == u16::MAX)
+    }
+
+    /// Counts an event watching `flags` in (`up`) or out.
+    #[inline]
     fn count(&mut self, flags: EventFlags, up: bool) {
         let step = |c: &mut u16| {
             if up { *c += 1 } else { *c = c.saturating_sub(1) }
@@ -111,29 +135,47 @@ pub(crate) struct EvMap {
 
 impl EvMap {
     /// Records event `idx` watching `fd` for `flags`; returns the fd's
-    /// interest before, and the bits it gains.
-    pub fn add(&mut self, fd: RawFd, idx: u32, flags: EventFlags) -> (EventFlags, EventFlags) {
+    /// interest before and after. Refused, with nothing recorded, when a
+    /// count of the fd would pass 0xffff.
+    pub fn add(&mut self, fd: RawFd, idx: u32, flags: EventFlags) -> io::Result<(EventFlags, EventFlags)> {
         let i = fd as usize;
         if self.fds.len() <= i {
             self.fds.resize_with(i + 1, FdEntry::default);
         }
         let e = &mut self.fds[i];
+        let flags = flags & (EventFlags::IO | EventFlags::ET);
+        if e.full(flags) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("too many events reading or writing on fd {fd} (at most 65535 per direction)"),
+            ));
+        }
         let old = e.interest();
         e.push(idx);
-        e.count(flags & (EventFlags::IO | EventFlags::ET), true);
-        let new = e.interest();
-        (old, delta(old, new))
+        e.count(flags, true);
+        Ok((old, e.interest()))
     }
 
-    /// Forgets event `idx` on `fd`; returns the interest before and the bits
-    /// it loses.
+    /// Forgets event `idx` on `fd`; returns the interest before and after.
     pub fn del(&mut self, fd: RawFd, idx: u32, flags: EventFlags) -> (EventFlags, EventFlags) {
         let Some(e) = self.fds.get_mut(fd as usize) else { return (EventFlags::NONE, EventFlags::NONE) };
         let old = e.interest();
         e.remove(idx);
         e.count(flags & (EventFlags::IO | EventFlags::ET), false);
-        let new = e.interest();
-        (old, delta(old, new))
+        (old, e.interest())
+    }
+
+    /// Forgets every event on `fd` (the backend could not watch it);
+    /// returns them.
+    pub fn take(&mut self, fd: RawFd) -> Vec<u32> {
+        match self.fds.get_mut(fd as usize) {
+            Some(e) => {
+                let events = e.events().collect();
+                *e = FdEntry::default();
+                events
+            }
+            None => Vec::new(),
+        }
     }
 
     /// The entry of `fd`.
@@ -150,50 +192,79 @@ impl EvMap {
     }
 }
 
-/// The bits that differ between two interests (the ET bit counts as changed
-/// when the io bits change so that the backend re-registers with it).
-fn delta(old: EventFlags, new: EventFlags) -> EventFlags {
-    let d = EventFlags((old.0 ^ new.0) & EventFlags::IO.0);
-    if d.is_empty() { d } else { d | (new & EventFlags::ET) }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     const R: EventFlags = EventFlags::READ;
     const W: EventFlags = EventFlags::WRITE;
+    const C: EventFlags = EventFlags::CLOSED;
+    const ET: EventFlags = EventFlags::ET;
+    const NO: EventFlags = EventFlags::NONE;
 
     #[test]
-    fn all_old_delta_pairs() {
+    fn all_old_new_pairs() {
         let mut m = EvMap::default();
         // nothing -> read
-        assert_eq!(m.add(5, 1, R), (EventFlags::NONE, R));
+        assert_eq!(m.add(5, 1, R).unwrap(), (NO, R));
         // read -> read+write
-        assert_eq!(m.add(5, 2, W), (R, W));
+        assert_eq!(m.add(5, 2, W).unwrap(), (R, R | W));
         // a second reader changes nothing
-        assert_eq!(m.add(5, 3, R), (R | W, EventFlags::NONE));
-        assert_eq!(m.del(5, 3, R), (R | W, EventFlags::NONE));
+        assert_eq!(m.add(5, 3, R).unwrap(), (R | W, R | W));
+        assert_eq!(m.del(5, 3, R), (R | W, R | W));
         // read+write -> write
-        assert_eq!(m.del(5, 1, R), (R | W, R));
-        // write -> nothing
-        assert_eq!(m.del(5, 2, W), (W, W));
+        assert_eq!(m.del(5, 1, R), (R | W, W));
+        // write -> write+closed -> closed -> nothing
+        assert_eq!(m.add(5, 4, C).unwrap(), (W, W | C));
+        assert_eq!(m.del(5, 2, W), (W | C, C));
+        assert_eq!(m.del(5, 4, C), (C, NO));
         assert!(m.get(5).is_some_and(|e| e.events().next().is_none()));
-        // edge-triggered rides along
-        assert_eq!(m.add(6, 4, R | EventFlags::ET), (EventFlags::NONE, R | EventFlags::ET));
-        assert_eq!(m.add(6, 5, EventFlags::CLOSED), (R | EventFlags::ET, EventFlags::CLOSED | EventFlags::ET));
-        assert_eq!(m.watched().count(), 1);
+        // edge-triggered rides along while an ET event is there...
+        assert_eq!(m.add(6, 4, R | ET).unwrap(), (NO, R | ET));
+        assert_eq!(m.add(6, 5, C | ET).unwrap(), (R | ET, R | C | ET));
+        assert_eq!(m.del(6, 4, R | ET), (R | C | ET, C | ET));
+        // ...and goes with the last one.
+        assert_eq!(m.del(6, 5, C | ET), (C | ET, NO));
+        assert_eq!(m.add(6, 6, R).unwrap(), (NO, R));
+        assert_eq!(m.watched().collect::<Vec<_>>(), [(6, R)]);
     }
 
     #[test]
     fn many_events_on_one_fd() {
         let mut m = EvMap::default();
         for i in 0..5 {
-            m.add(3, i, R);
+            m.add(3, i, R).unwrap();
         }
         assert_eq!(m.get(3).map(|e| e.events().count()), Some(5));
         for i in 0..5 {
             m.del(3, i, R);
         }
-        assert_eq!(m.get(3).map(|e| e.interest()), Some(EventFlags::NONE));
+        assert_eq!(m.get(3).map(|e| e.interest()), Some(NO));
+    }
+
+    #[test]
+    fn counts_are_bounded_like_libevents() {
+        let mut m = EvMap::default();
+        for i in 0..0xffff {
+            m.add(3, i, R).unwrap();
+        }
+        assert!(m.add(3, 0xffff, R).is_err());
+        assert!(m.add(3, 0xffff, R | W).is_err(), "all or nothing");
+        assert_eq!(m.get(3).map(|e| (e.nread, e.nwrite)), Some((0xffff, 0)));
+        assert_eq!(m.add(3, 0xffff, W).unwrap(), (R, R | W));
+        m.del(3, 0, R);
+        assert!(m.add(3, 0x10000, R).is_ok());
+    }
+
+    #[test]
+    fn take_forgets_the_fd() {
+        let mut m = EvMap::default();
+        m.add(4, 1, R).unwrap();
+        m.add(4, 2, W | ET).unwrap();
+        let mut got = m.take(4);
+        got.sort();
+        assert_eq!(got, [1, 2]);
+        assert_eq!(m.get(4).map(|e| e.interest()), Some(NO));
+        assert_eq!(m.add(4, 3, R).unwrap(), (NO, R), "a fresh start");
+        assert!(m.take(99).is_empty());
     }
 }

@@ -1,28 +1,50 @@
 //! The reactor: libevent's core re-created in Rust.
 //!
-//! - [`EventBase`] is the loop. Events are slots in a slab, named by
-//!   [`EventId`] (slot + generation). `add`/`del` go through the evmap, which
-//!   reduces several events on one fd to per-fd interest transitions, and
-//!   then to a [`Backend`](backend::Backend) (`epoll`, `poll`, `select`,
-//!   one file each; the epoll changelist is a mode of epoll).
-//! - A loop turn: compute the wait from the timers (a min-heap plus O(1)
-//!   common-timeout queues), wait in the backend, activate the events of
-//!   ready fds and expired timers, then run the most urgent non-empty
-//!   priority queue. From `min_priority` on, `max_callbacks` and
+//! - [`EventBase`](crate::reactor::EventBase) is the loop (`base/`: the struct and the loop in
+//!   `mod.rs`, slots in `slab.rs`, the event API in `events.rs`, activation
+//!   and callbacks in `dispatch.rs`, [`BaseHandle`](crate::reactor::BaseHandle) in `handle.rs`, reinit
+//!   in `fork.rs`). Events are slots in a slab, named by [`EventId`](crate::reactor::EventId) (slot +
+//!   generation). `add`/`del` go through the evmap (`evmap.rs`), which
+//!   reduces several events on one fd to the fd's interest before and after,
+//!   `(old, new)`, and hands that to a [`Backend`](crate::reactor::backend::Backend)
+//!   (`epoll`, `poll`, `select`, one file each under `backend/`; the epoll
+//!   changelist is a mode of epoll). [`backend::choose`](crate::reactor::backend::choose) picks the first of
+//!   [`BackendKind::PREFERENCE`](crate::reactor::BackendKind::PREFERENCE) that the configuration allows and that
+//!   initialises.
+//! - A loop turn: compute the wait from the timers (`timer.rs`: a min-heap
+//!   plus O(1) common-timeout queues), wait in the backend, activate the
+//!   events of ready fds and expired timers, then run the most urgent
+//!   non-empty priority queue. From `min_priority` on, `max_callbacks` and
 //!   `max_dispatch_interval` bound a turn so urgent events are looked at
 //!   again soon (the lanes of rot13d stand on this).
+//! - No single fd can end a loop: an fd the backend cannot watch (a deferred
+//!   registration that fails, an fd select or poll finds closed) is that
+//!   fd's problem. Its events are deleted and told once with
+//!   [`EventFlags::ERROR`](crate::reactor::EventFlags::ERROR), a WARN is logged, and the loop goes on; only a
+//!   failure of the backend itself is an error of `run`.
 //! - Callbacks get `&mut EventBase`: the callback is moved out of its slot
 //!   while it runs, so it may add, delete or free any event, its own
 //!   included.
-//! - Signals arrive through a per-base self-pipe written by an
-//!   async-signal-safe handler; other threads reach a base through a
-//!   [`BaseHandle`] (an eventfd and a command queue), unless NOLOCK.
-//! - After `fork()`, [`EventBase::reinit`] gives the child its own backend
-//!   state, signal pipe and eventfd.
-//! - [`EvBuffer`](evbuffer::EvBuffer) and
-//!   [`BufferEvent`](bufferevent::BufferEvent) are the buffered I/O layer.
+//! - Time is CLOCK_MONOTONIC_COARSE, read once per turn, unless
+//!   PRECISE_TIMER (libevent's rule); with PRECISE_TIMER the waits take
+//!   nanoseconds too (epoll_pwait2, ppoll).
+//! - Signals arrive through a per-base self-pipe (`signal.rs`) written by an
+//!   async-signal-safe handler (`sys::signal`); other threads reach a base
+//!   through a [`BaseHandle`](crate::reactor::BaseHandle) (an eventfd and a bounded command queue),
+//!   unless NOLOCK.
+//! - After `fork()`, [`EventBase::reinit`](crate::reactor::EventBase::reinit) gives the child its own backend
+//!   state, signal pipe and eventfd. What the parent registered stays the
+//!   parent's: signals caught in the child never reach its pipes, and
+//!   handles from before the fork are inert in the child.
+//! - [`EvBuffer`](crate::reactor::evbuffer::EvBuffer) and
+//!   [`BufferEvent`](crate::reactor::bufferevent::BufferEvent) are the buffered I/O layer
+//!   (`bufferevent/`: the socket, `linger.rs` the lingering close,
+//!   `callbacks.rs` the user callbacks).
 //!
-//! The reactor never imports the daemon and logs at debug/trace only.
+//! The reactor never imports the daemon and logs at debug/trace only, but
+//! for the WARN of an fd it gives up. It holds file descriptors as
+//! `OwnedFd` (a bufferevent's socket) or borrows them; every system call is
+//! in `sys`.
 
 /// A set of bit flags in a `u8` newtype: the named single-bit flags as
 /// constants, set operations, and a `Debug` that lists the set flags'
@@ -39,6 +61,7 @@ macro_rules! flag_set {
         #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
         $vis struct $name($fvis u8);
 
+        #[allow(dead_code)]
         impl $name {
             $( $(#[$fmeta])* pub const $flag: $name = $name($value); )+
 
@@ -57,6 +80,21 @@ macro_rules! flag_set {
             /// Whether no flag is set.
             pub const fn is_empty(self) -> bool {
                 self.0 == 0
+            }
+            /// Sets every flag of `o`.
+            #[inline]
+            pub fn insert(&mut self, o: $name) {
+                self.0 |= o.0;
+            }
+            /// Clears every flag of `o`.
+            #[inline]
+            pub fn remove(&mut self, o: $name) {
+                self.0 &= !o.0;
+            }
+            /// Sets or clears every flag of `o`.
+            #[inline]
+            pub fn set(&mut self, o: $name, on: bool) {
+                if on { self.insert(o) } else { self.remove(o) }
             }
         }
 
@@ -119,8 +157,8 @@ mod evmap;
 mod signal;
 mod timer;
 
-pub use backend::{BackendInfo, Features};
-pub use base::{BaseError, BaseHandle, EventBase, LoopExit, LoopFlags};
+pub use backend::{BackendInfo, Features, Kind as BackendKind};
+pub use base::{BaseError, BaseHandle, EventBase, LoopExit, LoopFlags, MAX_PRIORITIES, MAX_QUEUED_ACTIVATIONS};
 pub use bufferevent::{Bev, BevEvent, BevOptions, BufferEvent, Suspend};
 pub use config::{BaseFlags, EventConfig};
 pub use evbuffer::EvBuffer;

@@ -1,9 +1,18 @@
 //! The OS boundary: every FFI call of rot13d lives below this module.
 //!
-//! Each wrapper is safe to call: it checks its arguments, turns `-1` into an
-//! `io::Error` and hands out owned types (`OwnedFd`) so that nothing above
-//! `sys` needs `unsafe`. The layout follows mio's `src/sys/unix`: one file per
-//! facility, thin, no policy.
+//! Each wrapper turns `-1` into an `io::Error` and hands out owned types
+//! (`OwnedFd`) so that nothing above `sys` needs `unsafe`. A safe function
+//! here is safe for every caller (std's I/O safety): one that closes,
+//! duplicates onto or adopts a file descriptor takes or returns an
+//! `OwnedFd`/`BorrowedFd<'_>`, checks what makes it sound, or is an
+//! `unsafe fn` with a `# Safety` section. Functions that take a `RawFd` only
+//! do I/O or set options on it: on a stale number they fail or act on
+//! whatever file has that number, but never close or duplicate it.
+//!
+//! Every libc call is written out at its call site as
+//! `cvt(unsafe { libc::call(..) })` with a `// SAFETY:` line, so that
+//! `clippy::undocumented_unsafe_blocks` checks each one. The layout follows
+//! mio's `src/sys/unix`: one file per facility, thin, no policy.
 
 pub mod epoll;
 pub mod poll;
@@ -12,27 +21,45 @@ pub mod select;
 pub mod shm;
 pub mod signal;
 pub mod simd;
+mod socket;
+
+pub use socket::{connect_nonblocking, take_socket_error};
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Mutex;
 use std::time::Duration;
 
-/// Runs a libc call and maps `-1` to the thread's `errno` (mio `syscall!`).
-macro_rules! syscall {
-    ($fn:ident ( $($arg:expr),* $(,)? )) => {{
-        #[allow(clippy::macro_metavars_in_unsafe)]
-        // SAFETY: every caller passes arguments that satisfy the documented
-        // contract of `libc::$fn` (valid pointers and lengths, open fds); the
-        // call site comment says why.
-        let res = unsafe { libc::$fn($($arg),*) };
-        if res == -1 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(res)
-        }
-    }};
+/// A libc return type whose `-1` means "failed, see errno".
+pub(crate) trait MinusOne: Copy + PartialEq {
+    const MINUS_ONE: Self;
 }
-pub(crate) use syscall;
+
+impl MinusOne for i32 {
+    const MINUS_ONE: i32 = -1;
+}
+impl MinusOne for i64 {
+    const MINUS_ONE: i64 = -1;
+}
+impl MinusOne for isize {
+    const MINUS_ONE: isize = -1;
+}
+
+/// Maps a libc call's `-1` to the thread's `errno` (std's `cvt`, mio's
+/// `syscall!`).
+#[inline]
+pub(crate) fn cvt<T: MinusOne>(r: T) -> io::Result<T> {
+    if r == T::MINUS_ONE { Err(io::Error::last_os_error()) } else { Ok(r) }
+}
+
+/// A timeout as a `timespec` for the nanosecond waits (epoll_pwait2,
+/// ppoll); `None` stays `None` (forever).
+fn timespec(timeout: Option<Duration>) -> Option<libc::timespec> {
+    timeout.map(|t| libc::timespec {
+        tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: t.subsec_nanos() as libc::c_long,
+    })
+}
 
 /// Wraps a freshly returned fd so it is closed on drop.
 fn owned(fd: libc::c_int) -> OwnedFd {
@@ -43,76 +70,85 @@ fn owned(fd: libc::c_int) -> OwnedFd {
 
 /// Sets or clears `O_NONBLOCK`.
 pub fn set_nonblocking(fd: RawFd, on: bool) -> io::Result<()> {
-    let flags = syscall!(fcntl(fd, libc::F_GETFL))?;
+    // SAFETY: F_GETFL takes no argument; a bad fd is EBADF.
+    let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
     let new = if on { flags | libc::O_NONBLOCK } else { flags & !libc::O_NONBLOCK };
     if new != flags {
-        syscall!(fcntl(fd, libc::F_SETFL, new))?;
+        // SAFETY: F_SETFL takes an int of file status flags.
+        cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, new) })?;
     }
     Ok(())
 }
 
 /// Sets or clears `FD_CLOEXEC`.
 pub fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
-    let flags = syscall!(fcntl(fd, libc::F_GETFD))?;
+    // SAFETY: F_GETFD takes no argument; a bad fd is EBADF.
+    let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
     let new = if on { flags | libc::FD_CLOEXEC } else { flags & !libc::FD_CLOEXEC };
     if new != flags {
-        syscall!(fcntl(fd, libc::F_SETFD, new))?;
+        // SAFETY: F_SETFD takes an int of descriptor flags.
+        cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, new) })?;
     }
     Ok(())
+}
+
+/// Whether `fd` is an open descriptor of this process (`fcntl(F_GETFD)`
+/// does not fail with EBADF).
+pub fn is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD only reads the descriptor's flags.
+    let r = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    r != -1 || io::Error::last_os_error().raw_os_error() != Some(libc::EBADF)
 }
 
 /// A non-blocking, close-on-exec pipe: `(read end, write end)`.
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [-1 as libc::c_int; 2];
     // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
-    syscall!(pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC))?;
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) })?;
     Ok((owned(fds[0]), owned(fds[1])))
 }
 
 /// A non-blocking, close-on-exec eventfd starting at 0.
 pub fn eventfd() -> io::Result<OwnedFd> {
-    let fd = syscall!(eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC))?;
+    // SAFETY: eventfd takes no pointers.
+    let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) })?;
     Ok(owned(fd))
 }
 
 /// A connected, non-blocking, close-on-exec `AF_UNIX` stream socket pair.
 pub fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [-1 as libc::c_int; 2];
+    let ty = libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
     // SAFETY: `fds` is a valid array of two ints for socketpair to fill.
-    syscall!(socketpair(
-        libc::AF_UNIX,
-        libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-        0,
-        fds.as_mut_ptr()
-    ))?;
+    cvt(unsafe { libc::socketpair(libc::AF_UNIX, ty, 0, fds.as_mut_ptr()) })?;
     Ok((owned(fds[0]), owned(fds[1])))
 }
 
 /// `read(2)` into `buf`; `Ok(0)` is end of file.
 pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: the pointer and length describe `buf`, which is writable.
-    let n = syscall!(read(fd, buf.as_mut_ptr().cast(), buf.len()))?;
+    let n = cvt(unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) })?;
     Ok(n as usize)
 }
 
 /// `write(2)` from `buf`.
 pub fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     // SAFETY: the pointer and length describe `buf`, which is readable.
-    let n = syscall!(write(fd, buf.as_ptr().cast(), buf.len()))?;
+    let n = cvt(unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) })?;
     Ok(n as usize)
 }
 
 /// `recv(2)` into `buf` with no flags; `Ok(0)` is end of stream.
 pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: the pointer and length describe `buf`, which is writable.
-    let n = syscall!(recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0))?;
+    let n = cvt(unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) })?;
     Ok(n as usize)
 }
 
 /// `send(2)` with `MSG_NOSIGNAL`, so a reset peer gives `EPIPE`, not SIGPIPE.
 pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     // SAFETY: the pointer and length describe `buf`, which is readable.
-    let n = syscall!(send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL))?;
+    let n = cvt(unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) })?;
     Ok(n as usize)
 }
 
@@ -124,7 +160,7 @@ pub fn readv(fd: RawFd, bufs: &mut [io::IoSliceMut<'_>]) -> io::Result<usize> {
     let n = bufs.len().min(IOV_MAX);
     // SAFETY: `IoSliceMut` is ABI-compatible with `struct iovec` on Unix and
     // each one describes a live, writable buffer; `n` does not exceed the slice.
-    let r = syscall!(readv(fd, bufs.as_mut_ptr().cast(), n as libc::c_int))?;
+    let r = cvt(unsafe { libc::readv(fd, bufs.as_mut_ptr().cast(), n as libc::c_int) })?;
     Ok(r as usize)
 }
 
@@ -133,7 +169,7 @@ pub fn writev(fd: RawFd, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
     let n = bufs.len().min(IOV_MAX);
     // SAFETY: `IoSlice` is ABI-compatible with `struct iovec` on Unix and
     // each one describes a live, readable buffer; `n` does not exceed the slice.
-    let r = syscall!(writev(fd, bufs.as_ptr().cast(), n as libc::c_int))?;
+    let r = cvt(unsafe { libc::writev(fd, bufs.as_ptr().cast(), n as libc::c_int) })?;
     Ok(r as usize)
 }
 
@@ -147,18 +183,19 @@ pub fn sendv(fd: RawFd, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
     msg.msg_iovlen = n;
     // SAFETY: `msg` points at `n` live iovecs (IoSlice is iovec-compatible)
     // that stay borrowed for the duration of the call.
-    let r = syscall!(sendmsg(fd, &msg, libc::MSG_NOSIGNAL))?;
+    let r = cvt(unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) })?;
     Ok(r as usize)
 }
 
-/// Closes a raw fd that the caller owns (used where the fd was handed over
-/// as a raw number, such as a bufferevent with close-on-free).
-pub fn close(fd: RawFd) {
-    // SAFETY: the caller owns `fd` and never uses it again; errors from
-    // close are not actionable (the fd is gone either way on Linux).
-    unsafe {
-        libc::close(fd);
-    }
+/// Closes `fd` and reports the error, if any (dropping an `OwnedFd`
+/// closes it too but ignores errors).
+pub fn close(fd: OwnedFd) -> io::Result<()> {
+    let raw = std::os::fd::IntoRawFd::into_raw_fd(fd);
+    // SAFETY: `raw` was owned by `fd`, whose ownership ended just above: no
+    // one else closes or uses it. On Linux the descriptor is released even
+    // when close reports an error, so it is never retried.
+    cvt(unsafe { libc::close(raw) })?;
+    Ok(())
 }
 
 /// `accept4(2)` with `SOCK_NONBLOCK | SOCK_CLOEXEC`, returning the peer address.
@@ -166,13 +203,10 @@ pub fn accept(fd: RawFd) -> io::Result<(OwnedFd, Option<std::net::SocketAddr>)> 
     // SAFETY: an all-zero sockaddr_storage is a valid out-buffer.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: storage/len describe a writable sockaddr_storage of `len` bytes.
-    let nfd = syscall!(accept4(
-        fd,
-        (&mut storage as *mut libc::sockaddr_storage).cast(),
-        &mut len,
-        libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC
-    ))?;
+    let addr = (&mut storage as *mut libc::sockaddr_storage).cast();
+    let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+    // SAFETY: addr/len describe a writable sockaddr_storage of `len` bytes.
+    let nfd = cvt(unsafe { libc::accept4(fd, addr, &mut len, flags) })?;
     Ok((owned(nfd), sockaddr_to_std(&storage)))
 }
 
@@ -198,14 +232,9 @@ fn sockaddr_to_std(s: &libc::sockaddr_storage) -> Option<std::net::SocketAddr> {
 
 /// Sets an integer socket option.
 pub fn setsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: the option value is a live c_int and its size is passed along.
-    syscall!(setsockopt(
-        fd,
-        level,
-        name,
-        (&value as *const libc::c_int).cast(),
-        std::mem::size_of::<libc::c_int>() as libc::socklen_t
-    ))?;
+    cvt(unsafe { libc::setsockopt(fd, level, name, (&value as *const libc::c_int).cast(), len) })?;
     Ok(())
 }
 
@@ -216,35 +245,94 @@ pub fn set_nodelay(fd: RawFd) -> io::Result<()> {
 
 /// `shutdown(fd, SHUT_WR)`: send FIN after what is queued.
 pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
-    syscall!(shutdown(fd, libc::SHUT_WR))?;
+    // SAFETY: shutdown takes no pointers.
+    cvt(unsafe { libc::shutdown(fd, libc::SHUT_WR) })?;
     Ok(())
 }
 
 /// Sets `SO_LINGER` to zero so that close sends RST (an abortive close).
 pub fn set_linger_zero(fd: RawFd) -> io::Result<()> {
     let l = libc::linger { l_onoff: 1, l_linger: 0 };
+    let len = std::mem::size_of::<libc::linger>() as libc::socklen_t;
+    let level = libc::SOL_SOCKET;
     // SAFETY: the option value is a live linger struct and its size is passed.
-    syscall!(setsockopt(
-        fd,
-        libc::SOL_SOCKET,
-        libc::SO_LINGER,
-        (&l as *const libc::linger).cast(),
-        std::mem::size_of::<libc::linger>() as libc::socklen_t
-    ))?;
+    cvt(unsafe { libc::setsockopt(fd, level, libc::SO_LINGER, (&l as *const libc::linger).cast(), len) })?;
     Ok(())
 }
 
 /// `dup(2)` with close-on-exec.
 pub fn dup(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
-    let n = syscall!(fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0))?;
+    // SAFETY: F_DUPFD_CLOEXEC creates a new descriptor and touches no other.
+    let n = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) })?;
     Ok(owned(n))
+}
+
+/// `dup2(2)`: makes descriptor number `dst` refer to `src`'s file (closing
+/// what `dst` referred to) and returns it, owned.
+///
+/// # Safety
+///
+/// Nothing may own `dst` (it is closed, or the caller owned it and gives
+/// it up here): whatever used the number before would then use `src`'s
+/// file, and close it.
+pub unsafe fn dup2(src: BorrowedFd<'_>, dst: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: the caller promises that nothing owns `dst`; `src` is open
+    // for the duration of the borrow.
+    let n = cvt(unsafe { libc::dup2(src.as_raw_fd(), dst) })?;
+    Ok(owned(n))
+}
+
+/// A standard stream of the process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StdStream {
+    /// fd 0.
+    Stdin = 0,
+    /// fd 1.
+    Stdout = 1,
+    /// fd 2.
+    Stderr = 2,
+}
+
+/// Points a standard stream at `src`'s file, as a daemon does with
+/// `/dev/null`. The three standard descriptors belong to the process, not
+/// to an `OwnedFd` (std's `Stdin`/`Stdout`/`Stderr` only borrow them), so
+/// replacing one is sound.
+pub fn redirect_stdio(src: BorrowedFd<'_>, stream: StdStream) -> io::Result<()> {
+    // SAFETY: `stream` is fd 0, 1 or 2, owned by the process (see above);
+    // `src` is open for the duration of the borrow.
+    cvt(unsafe { libc::dup2(src.as_raw_fd(), stream as RawFd) })?;
+    Ok(())
+}
+
+/// Takes ownership of fd `fd` passed by the service manager (systemd
+/// socket activation, `sd_listen_fds`): `LISTEN_PID` must name this process
+/// and `fd` lie in `3..3 + LISTEN_FDS`, it must be open, and it must not
+/// have been taken before (each passed fd is handed out once per process).
+pub fn take_activated_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    static TAKEN: Mutex<Vec<RawFd>> = Mutex::new(Vec::new());
+    let var = |name: &str| std::env::var(name).ok().and_then(|v| v.trim().parse::<i32>().ok());
+    let (Some(pid), Some(n)) = (var("LISTEN_PID"), var("LISTEN_FDS")) else {
+        return Err(io::Error::new(io::ErrorKind::NotFound, "no LISTEN_PID/LISTEN_FDS: no fds were passed"));
+    };
+    if pid != process::getpid() || !(3..3i64 + n as i64).contains(&(fd as i64)) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("fd {fd} was not passed to this process")));
+    }
+    let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+    if taken.contains(&fd) {
+        return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("passed fd {fd} was already taken")));
+    }
+    if !is_open(fd) {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    taken.push(fd);
+    Ok(owned(fd))
 }
 
 /// The soft and hard `RLIMIT_NOFILE`.
 pub fn nofile_limit() -> io::Result<(u64, u64)> {
     let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: `r` is a valid rlimit out-parameter.
-    syscall!(getrlimit(libc::RLIMIT_NOFILE, &mut r))?;
+    cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) })?;
     Ok((r.rlim_cur, r.rlim_max))
 }
 
@@ -254,7 +342,7 @@ pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
     if soft < hard {
         let r = libc::rlimit { rlim_cur: hard as libc::rlim_t, rlim_max: hard as libc::rlim_t };
         // SAFETY: `r` is a valid rlimit; raising soft up to hard is allowed.
-        syscall!(setrlimit(libc::RLIMIT_NOFILE, &r))?;
+        cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) })?;
     }
     Ok((soft, hard.max(soft)))
 }
@@ -268,16 +356,21 @@ pub enum Clock {
     Coarse,
 }
 
+impl Clock {
+    fn id(self) -> libc::clockid_t {
+        match self {
+            Clock::Precise => libc::CLOCK_MONOTONIC,
+            Clock::Coarse => libc::CLOCK_MONOTONIC_COARSE,
+        }
+    }
+}
+
 /// Reads a monotonic clock as a `Duration` since an arbitrary origin.
 pub fn monotonic(clock: Clock) -> Duration {
-    let id = match clock {
-        Clock::Precise => libc::CLOCK_MONOTONIC,
-        Clock::Coarse => libc::CLOCK_MONOTONIC_COARSE,
-    };
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid timespec out-parameter; monotonic clocks
     // always exist on Linux, so the call cannot fail.
-    unsafe { libc::clock_gettime(id, &mut ts) };
+    unsafe { libc::clock_gettime(clock.id(), &mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
@@ -294,13 +387,9 @@ pub fn thread_cpu_time() -> Duration {
 
 /// Resolution of a clock.
 pub fn clock_resolution(clock: Clock) -> Duration {
-    let id = match clock {
-        Clock::Precise => libc::CLOCK_MONOTONIC,
-        Clock::Coarse => libc::CLOCK_MONOTONIC_COARSE,
-    };
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid timespec out-parameter.
-    unsafe { libc::clock_getres(id, &mut ts) };
+    unsafe { libc::clock_getres(clock.id(), &mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
@@ -320,38 +409,16 @@ pub fn available_cpus() -> usize {
 
 /// Pins the calling process (or thread) to one CPU.
 pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("no CPU {cpu}")));
+    }
     // SAFETY: an all-zero cpu_set_t is an empty, valid set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: CPU_SET writes one bit inside `set`; cpu is bounded by the caller.
+    // SAFETY: CPU_SET writes one bit inside `set`; `cpu` is below
+    // CPU_SETSIZE (checked above).
     unsafe { libc::CPU_SET(cpu, &mut set) };
     // SAFETY: `set` is a valid cpu_set_t of the size passed.
-    syscall!(sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set))?;
-    Ok(())
-}
-
-/// Borrows a raw fd for the duration of a call.
-///
-/// Returns `None` for a negative fd.
-pub fn borrow(fd: RawFd) -> Option<BorrowedFd<'static>> {
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: callers only use the borrow during a call on an fd they keep
-    // open for that long; BorrowedFd never closes it.
-    Some(unsafe { BorrowedFd::borrow_raw(fd) })
-}
-
-/// Takes ownership of an fd this process was handed at start (systemd
-/// socket activation): it is closed when the result is dropped.
-///
-/// Returns an `OwnedFd`; the caller promises nothing else owns `fd`.
-pub fn adopt_fd(fd: RawFd) -> OwnedFd {
-    owned(fd)
-}
-
-/// `dup2(2)`: makes `new` refer to what `old` refers to.
-pub fn dup2(old: RawFd, new: RawFd) -> io::Result<()> {
-    syscall!(dup2(old, new))?;
+    cvt(unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) })?;
     Ok(())
 }
 
@@ -359,7 +426,7 @@ pub fn dup2(old: RawFd, new: RawFd) -> io::Result<()> {
 pub fn inq(fd: RawFd) -> io::Result<usize> {
     let mut v: libc::c_int = 0;
     // SAFETY: FIONREAD writes one int through the pointer.
-    syscall!(ioctl(fd, libc::FIONREAD, &mut v))?;
+    cvt(unsafe { libc::ioctl(fd, libc::FIONREAD, &mut v) })?;
     Ok(v.max(0) as usize)
 }
 
@@ -368,8 +435,52 @@ pub fn inq(fd: RawFd) -> io::Result<usize> {
 pub fn outq(fd: RawFd) -> io::Result<usize> {
     let mut v: libc::c_int = 0;
     // SAFETY: SIOCOUTQ writes one int through the pointer.
-    syscall!(ioctl(fd, libc::TIOCOUTQ, &mut v))?;
+    cvt(unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut v) })?;
     Ok(v.max(0) as usize)
+}
+
+/// Wakes a loop from other threads: an eventfd owned by the process that
+/// made it. In a forked child every copy is inert (`wake` does nothing):
+/// the eventfd is the parent's too, and a write would wake the parent's
+/// loop. Dropping a copy in the child closes only the child's descriptor.
+#[derive(Debug)]
+pub struct Waker {
+    fd: OwnedFd,
+    pid: i32,
+}
+
+impl Waker {
+    /// A fresh eventfd of this process.
+    pub fn new() -> io::Result<Waker> {
+        Ok(Waker { fd: eventfd()?, pid: process::getpid() })
+    }
+
+    /// Whether it belongs to this process (false in a forked child).
+    pub fn is_local(&self) -> bool {
+        process::getpid() == self.pid
+    }
+
+    /// Makes the fd readable; false (and nothing written) in another
+    /// process than the one that made it.
+    pub fn wake(&self) -> bool {
+        if !self.is_local() {
+            return false;
+        }
+        // A full counter (EAGAIN) still means "wake up".
+        let _ = write(self.fd.as_raw_fd(), &1u64.to_ne_bytes());
+        true
+    }
+
+    /// Reads the counter back to zero (the loop side).
+    pub fn drain(&self) {
+        let mut buf = [0u8; 8];
+        let _ = read(self.fd.as_raw_fd(), &mut buf);
+    }
+
+    /// The fd to watch for reading.
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
 }
 
 /// Asks the CPU to start loading the cache line at `p`, so that a later

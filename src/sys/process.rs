@@ -1,7 +1,7 @@
 //! fork, wait, identities, the master-worker channel: the process-level
 //! calls of the master and workers. User and group calls go through `nix`.
 
-use super::syscall;
+use super::cvt;
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -15,16 +15,54 @@ pub enum Fork {
     Child,
 }
 
-/// `fork(2)`.
+/// `fork(2)`, refused unless the calling process has exactly one thread.
 ///
-/// The caller must hold no locks another thread could own: rot13d forks
-/// only from the master's single thread (no background writer threads).
+/// A child of a multi-threaded process inherits only the calling thread:
+/// locks the others held stay locked for ever, data they were changing
+/// stays half-changed, and their `JoinHandle`s name threads that do not
+/// exist. With a single thread none of that can happen, and the child may
+/// go on running ordinary Rust code (rot13d forks only from the master's
+/// single thread: no background writer threads). The thread count is read
+/// from `/proc/self/stat`; no other thread can appear before the fork, as
+/// only this one could start it.
 pub fn fork() -> io::Result<Fork> {
-    // SAFETY: rot13d forks only while the process is single-threaded, so
-    // the child inherits no lock held by another thread; the child goes on
-    // running ordinary Rust code, which is sound in that case.
-    let pid = syscall!(fork())?;
+    let threads = thread_count()?;
+    if threads != 1 {
+        return Err(io::Error::other(format!(
+            "fork refused: the process has {threads} threads (a child would inherit one)"
+        )));
+    }
+    // SAFETY: the process has a single thread (checked above), so the child
+    // inherits no lock or state of another thread.
+    unsafe { fork_unchecked() }
+}
+
+/// `fork(2)` whatever the number of threads.
+///
+/// # Safety
+///
+/// With other threads running, the child may only call async-signal-safe
+/// functions until it execs or `_exit`s (POSIX), and must not touch what
+/// those threads may have held or been changing (a lock, a queue, a
+/// `JoinHandle`): in the child the threads are gone mid-step. Tests use it
+/// to fork from the test harness's threads, with children that run only
+/// what they set up themselves and leave through [`exit_now`].
+pub unsafe fn fork_unchecked() -> io::Result<Fork> {
+    // SAFETY: fork takes no arguments; the caller upholds the conditions on
+    // the child's code stated above.
+    let pid = cvt(unsafe { libc::fork() })?;
     Ok(if pid == 0 { Fork::Child } else { Fork::Parent(pid) })
+}
+
+/// Threads of this process (`num_threads`, field 20 of `/proc/self/stat`).
+fn thread_count() -> io::Result<usize> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // The command name (field 2) is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    rest.split_whitespace()
+        .nth(17)
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| io::Error::other("cannot read the thread count from /proc/self/stat"))
 }
 
 /// How a child ended.
@@ -69,7 +107,7 @@ pub fn signal_name(sig: i32) -> &'static str {
 pub fn try_wait_any() -> io::Result<Option<(i32, ExitStatus)>> {
     let mut status: libc::c_int = 0;
     // SAFETY: `status` is a valid out-parameter.
-    let pid = match syscall!(waitpid(-1, &mut status, libc::WNOHANG)) {
+    let pid = match cvt(unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) }) {
         Ok(p) => p,
         Err(e) if e.raw_os_error() == Some(libc::ECHILD) => return Ok(None),
         Err(e) => return Err(e),
@@ -85,7 +123,7 @@ pub fn wait_pid(pid: i32) -> io::Result<ExitStatus> {
     let mut status: libc::c_int = 0;
     loop {
         // SAFETY: `status` is a valid out-parameter.
-        match syscall!(waitpid(pid, &mut status, 0)) {
+        match cvt(unsafe { libc::waitpid(pid, &mut status, 0) }) {
             Ok(_) => return Ok(decode(status)),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
@@ -129,7 +167,8 @@ pub fn parent_death_signal() -> io::Result<i32> {
 
 /// `setsid(2)`.
 pub fn setsid() -> io::Result<()> {
-    syscall!(setsid())?;
+    // SAFETY: setsid takes no arguments.
+    cvt(unsafe { libc::setsid() })?;
     Ok(())
 }
 

@@ -5,7 +5,7 @@
 //! whole `long`s, so a set of `ceil(nfds / 64)` words serves any fd (the way
 //! libevent's `select.c` reallocates its sets). [`FdSet`] is that buffer.
 
-use super::syscall;
+use super::cvt;
 use std::io;
 use std::os::fd::RawFd;
 use std::time::Duration;
@@ -87,7 +87,7 @@ pub fn select(nfds: usize, read: &mut FdSet, write: &mut FdSet, timeout: Option<
     let wp = write.ptr(nfds);
     // SAFETY: both set buffers hold at least `nfds` bits (ptr() grew them),
     // and `tvp` is null or points at a live timeval.
-    match syscall!(select(nfds as libc::c_int, rp, wp, std::ptr::null_mut(), tvp)) {
+    match cvt(unsafe { libc::select(nfds as libc::c_int, rp, wp, std::ptr::null_mut(), tvp) }) {
         Ok(n) => Ok(n as usize),
         Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
         Err(e) => Err(e),

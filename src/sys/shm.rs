@@ -1,7 +1,7 @@
 //! Anonymous shared memory mapped before fork: the per-worker counters live
 //! here so the master can sum them without asking the workers.
 
-use super::syscall;
+use super::cvt;
 use std::io;
 use std::ptr::NonNull;
 use std::sync::atomic::AtomicU64;
@@ -55,6 +55,30 @@ impl Drop for SharedCounters {
     fn drop(&mut self) {
         let bytes = self.len * std::mem::size_of::<AtomicU64>();
         // SAFETY: ptr/bytes are exactly the mapping created in new().
-        let _ = syscall!(munmap(self.ptr.as_ptr().cast(), bytes));
+        let _ = cvt(unsafe { libc::munmap(self.ptr.as_ptr().cast(), bytes) });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::process::{self, Fork};
+    use std::sync::atomic::Ordering;
+
+    #[test]
+    fn shared_with_a_forked_child() {
+        let c = SharedCounters::new(2).expect("map");
+        // SAFETY: the child only stores to the mapping and leaves through
+        // `_exit`; it touches nothing the test harness's threads hold.
+        match unsafe { process::fork_unchecked() }.expect("fork") {
+            Fork::Child => {
+                c.slots()[1].store(42, Ordering::SeqCst);
+                process::exit_now(0);
+            }
+            Fork::Parent(pid) => {
+                process::wait_pid(pid).expect("wait");
+                assert_eq!(c.slots()[1].load(Ordering::SeqCst), 42);
+            }
+        }
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! Without reinit, parent and child share kernel state through the base:
 //! the epoll instance (an `epoll_ctl` in the child changes the parent's
-//! interest list) and the signal self-pipe (a signal caught in the child is
-//! written into the parent's pipe). With reinit each side has its own.
+//! interest list), the signal self-pipe and the wake-up eventfd (which the
+//! child must never write: its signal handler and its old handles leave
+//! them alone). With reinit each side has its own.
 //!
 //! Children report by exit code; every wait for a child is bounded (the
 //! child is killed on timeout); parent and child synchronise through pipes
@@ -19,6 +20,15 @@ const CHILD_TIMEOUT: Duration = Duration::from_secs(20);
 const OK: i32 = 0;
 const IO_ERROR: i32 = 90;
 const PANIC: i32 = 91;
+
+/// `fork(2)` from a test: the harness runs each test on a thread of its own,
+/// so the checked `sys::process::fork` (one thread only) refuses.
+fn fork() -> io::Result<Fork> {
+    // SAFETY: the children of these tests touch nothing the harness's
+    // other threads hold (they run only the state each test set up before
+    // forking), and leave through `exit_now`.
+    unsafe { sys::process::fork_unchecked() }
+}
 
 /// Runs `body` in the child and leaves with its verdict (never returns).
 fn child_exit(body: impl FnOnce() -> io::Result<i32>) -> ! {
@@ -110,7 +120,7 @@ fn child_del(be: Backend, reinit: bool) -> io::Result<()> {
     let (ev, fired, _) = counting_read_event(&mut b, x.as_raw_fd());
     b.add(ev, None)?;
     flush(&mut b)?; // the changelist reaches the kernel
-    match sys::process::fork()? {
+    match fork()? {
         Fork::Child => child_exit(|| {
             if reinit {
                 b.reinit()?;
@@ -149,7 +159,7 @@ fn child_registers_colliding_fd(be: Backend, reinit: bool) -> io::Result<()> {
     flush(&mut b)?;
     let (ready_r, ready_w) = sys::pipe()?;
     let (go_r, go_w) = sys::pipe()?;
-    match sys::process::fork()? {
+    match fork()? {
         Fork::Child => child_exit(move || {
             if reinit {
                 b.reinit()?;
@@ -213,10 +223,13 @@ fn child_registers_colliding_fd(be: Backend, reinit: bool) -> io::Result<()> {
 rtest!(fork_child_fd_without_reinit, |be| { child_registers_colliding_fd(be, false) });
 rtest!(fork_child_fd_with_reinit, |be| { child_registers_colliding_fd(be, true) });
 
-/// A signal caught in the child. Without reinit the child's handler writes
-/// into the pipe it shares with the parent: the parent's signal event fires
-/// for a signal the parent never got. After reinit the child's own loop
-/// gets it, the parent sees nothing, and the parent's signals still work.
+/// A signal caught in the child. Registrations carry the pid that made
+/// them, so the child's handler never writes into the pipe it shares with
+/// the parent (before, the parent's signal event fired for a signal the
+/// parent never got). Without reinit no pipe of the child watches the
+/// signal, so it takes its default action (SIGUSR2 ends the child), as if
+/// the child had never caught it; after reinit the child's own loop gets
+/// it. Either way the parent sees nothing, and its own signals still work.
 fn child_signal(be: Backend, reinit: bool) -> io::Result<()> {
     let _g = process_lock();
     let mut b = be.base()?;
@@ -224,24 +237,26 @@ fn child_signal(be: Backend, reinit: bool) -> io::Result<()> {
     let c = n.clone();
     let sig = b.new_signal(libc::SIGUSR2, move |_, _, _| c.set(c.get() + 1));
     b.add(sig, None)?;
-    match sys::process::fork()? {
+    match fork()? {
         Fork::Child => child_exit(|| {
             if reinit {
                 b.reinit()?;
             }
             sys::signal::raise(libc::SIGUSR2)?;
             if !reinit {
-                return Ok(OK);
+                // Not reached: the default action ended the child.
+                return Ok(16);
             }
             let got = fires_within(&mut b, &n, Duration::from_secs(5))?;
             Ok(if got && n.get() == 1 { OK } else { 12 })
         }),
         Fork::Parent(pid) => {
-            assert_eq!(wait_child(pid, CHILD_TIMEOUT)?, ExitStatus::Code(OK));
+            let want = if reinit { ExitStatus::Code(OK) } else { ExitStatus::Signal(libc::SIGUSR2) };
+            assert_eq!(wait_child(pid, CHILD_TIMEOUT)?, want);
             // The child has exited: whatever it wrote is in the pipe by now.
             b.run(LoopFlags::NONBLOCK)?;
             b.run(LoopFlags::NONBLOCK)?;
-            assert_eq!(n.get(), usize::from(!reinit), "reinit={reinit}: parent saw the child's signal");
+            assert_eq!(n.get(), 0, "reinit={reinit}: parent saw the child's signal");
             sys::signal::raise(libc::SIGUSR2)?;
             assert!(fires_within(&mut b, &n, Duration::from_secs(5))?, "the parent's own signal");
             b.free(sig);
@@ -266,7 +281,7 @@ rtest!(fork_both_sides_work_after_reinit, |be| {
     b.add(pev, None)?;
     b.add(cev, None)?;
     flush(&mut b)?;
-    match sys::process::fork()? {
+    match fork()? {
         Fork::Child => child_exit(|| {
             b.reinit()?;
             b.del(pev)?;
@@ -291,3 +306,120 @@ rtest!(fork_both_sides_work_after_reinit, |be| {
         }
     }
 });
+
+// ----- handles and other bases across fork (issue 10) ------------------------------
+
+// A BaseHandle cloned before the fork names the parent's base. In the child
+// it must stay inert: before, it wrote the eventfd the child shares with the
+// parent, and the parent's loop woke for the child's calls. The child gets a
+// handle of its own from its base after reinit.
+rtest!(fork_handle_from_before_the_fork_does_not_reach_the_parent, |be| {
+    let _g = process_lock();
+    let mut b = be.base()?;
+    let old = b.handle()?;
+    flush(&mut b)?;
+    match fork()? {
+        Fork::Child => child_exit(move || {
+            b.reinit()?;
+            old.wake();
+            old.loopbreak();
+            // The child's own handle works.
+            let n = counter();
+            let c = n.clone();
+            let ev = b.new_timer(move |_, _, _| c.set(c.get() + 1));
+            b.handle()?.activate(ev, EventFlags::TIMEOUT)?;
+            let got = fires_within(&mut b, &n, Duration::from_secs(5))?;
+            Ok(if got { OK } else { 14 })
+        }),
+        Fork::Parent(pid) => {
+            assert_eq!(wait_child(pid, CHILD_TIMEOUT)?, ExitStatus::Code(OK));
+            // Only a timer is pending: a ONCE turn blocks until it fires,
+            // unless something wakes the loop first.
+            let t = counter();
+            let tc = t.clone();
+            let timer = b.new_timer(move |_, _, _| tc.set(tc.get() + 1));
+            b.add(timer, Some(ms(300)))?;
+            b.run(LoopFlags::ONCE)?;
+            assert_eq!(t.get(), 1, "the parent's loop was woken by a handle used in the child");
+            assert!(!b.got_break());
+            Ok(())
+        }
+    }
+});
+
+// A signal raised in the child must not reach a base of the parent that the
+// child never reinitialised (the parent's other loops: before, their pipes
+// stayed registered in the child, and the child's handler wrote into them).
+rtest!(fork_other_bases_signals_stay_in_the_parent, |be| {
+    let _g = process_lock();
+    let mut a = be.base()?;
+    let mut other = be.base()?;
+    let (na, no) = (counter(), counter());
+    let (ca, co) = (na.clone(), no.clone());
+    let sa = a.new_signal(libc::SIGUSR2, move |_, _, _| ca.set(ca.get() + 1));
+    a.add(sa, None)?;
+    let so = other.new_signal(libc::SIGUSR2, move |_, _, _| co.set(co.get() + 1));
+    other.add(so, None)?;
+    match fork()? {
+        Fork::Child => child_exit(|| {
+            a.reinit()?;
+            sys::signal::raise(libc::SIGUSR2)?;
+            let got = fires_within(&mut a, &na, Duration::from_secs(5))?;
+            Ok(if got && na.get() == 1 { OK } else { 15 })
+        }),
+        Fork::Parent(pid) => {
+            assert_eq!(wait_child(pid, CHILD_TIMEOUT)?, ExitStatus::Code(OK));
+            // The child has exited: whatever it wrote is in the pipes by now.
+            other.run(LoopFlags::NONBLOCK)?;
+            other.run(LoopFlags::NONBLOCK)?;
+            assert_eq!(no.get(), 0, "the child's signal reached another base of the parent");
+            a.run(LoopFlags::NONBLOCK)?;
+            assert_eq!(na.get(), 0, "the child's signal reached the parent's base");
+            sys::signal::raise(libc::SIGUSR2)?;
+            assert!(fires_within(&mut other, &no, Duration::from_secs(5))?, "the parent's own signal");
+            assert!(fires_within(&mut a, &na, Duration::from_secs(5))?, "the parent's own signal");
+            a.free(sa);
+            other.free(so);
+            Ok(())
+        }
+    }
+});
+
+// Another thread keeps using a handle while the process forks: the child's
+// reinit must not take the handle's lock (the thread that may hold it does
+// not exist in the child, so it would never be released). Many forks, so
+// that some land while the lock is held; a child that hangs is killed.
+#[test]
+fn fork_while_another_thread_uses_a_handle() -> io::Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let _g = process_lock();
+    let mut b = Backend::Epoll.base()?;
+    let h = b.handle()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let hammer = std::thread::spawn(move || {
+        while !s.load(Ordering::Relaxed) {
+            h.wake();
+        }
+    });
+    let mut result = Ok(());
+    for i in 0..100 {
+        match fork()? {
+            Fork::Child => child_exit(|| {
+                b.reinit()?;
+                Ok(OK)
+            }),
+            Fork::Parent(pid) => match wait_child(pid, Duration::from_secs(3)) {
+                Ok(ExitStatus::Code(OK)) => {}
+                other => {
+                    result = Err(io::Error::other(format!("fork {i}: child {pid}: {other:?}")));
+                    break;
+                }
+            },
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    hammer.join().expect("hammer thread");
+    result
+}

@@ -4,18 +4,35 @@
 //! already reduced every event add/del to a per-fd transition, so a backend
 //! sees only:
 //!
-//! - `name()`: the one string used in logs, the CLI, `avoid` and
-//!   `EVENT_NO<NAME>`.
-//! - `features()`: what it can do ([`Features`]).
-//! - `need_reinit()`: whether its kernel state is shared across `fork()`
-//!   (epoll) and must be rebuilt in the child.
-//! - `add(fd, old, delta)` / `del(fd, old, delta)`: the fd was watched for
-//!   `old` (READ/WRITE/CLOSED, plus ET if edge-triggered) and gains or loses
-//!   `delta`. The backend merges them to pick add, modify or delete.
-//! - `dispatch(timeout, ready)`: wait at most `timeout` (None = forever) and
-//!   push `(fd, what)` pairs; never run callbacks. An interrupted wait is
-//!   `Ok` with nothing ready. Sub-millisecond timeouts round up.
+//! - [`kind()`](Backend::kind): which [`Kind`] it is. Its name (the one
+//!   string for logs, the CLI, `avoid` and `EVENT_NO<NAME>`), its
+//!   [`Features`] and whether it must be rebuilt after `fork()` are facts of
+//!   the kind, written once in this file.
+//! - [`method()`](Backend::method): libevent's `event_base_get_method`
+//!   string, which names a mode too (`epoll (with changelist)`).
+//! - [`change(fd, old, new)`](Backend::change): the fd was watched for
+//!   `old` and now wants `new` (io bits READ/WRITE/CLOSED, plus ET while
+//!   the fd's events are edge-triggered; NONE = not watched). The backend
+//!   compares the two to pick add, modify or delete. It may apply the change
+//!   at once or keep it until the next `dispatch` (the epoll changelist, a
+//!   ring's submission queue). A change that fails at once returns the
+//!   error; the backend has then forgotten the fd (the base tells every
+//!   event left on it).
+//! - [`dispatch(timeout, out)`](Backend::dispatch): apply what was kept,
+//!   wait at most `timeout` (None = forever), and push `(fd, what)` pairs to
+//!   [`Ready::events`]; never run callbacks. An fd the backend could not
+//!   watch (a kept change that failed, an fd found closed) goes to
+//!   [`Ready::failed`] with its error, forgotten by the backend: it is that
+//!   fd's problem, never the loop's. An interrupted wait is `Ok` with
+//!   nothing ready. Only an error of the backend itself is an `Err`.
+//! - [`fd_closed(fd)`](Backend::fd_closed): the owner closed `fd`, so the
+//!   kernel forgot it (a backend that keeps changes must not skip a re-add).
 //! - Drop releases the backend's own state (never the user's fds).
+//!
+//! Selection ([`choose`]) walks [`Kind::PREFERENCE`], skipping a backend
+//! that is avoided, lacks a required feature or is disabled by
+//! `EVENT_NO<NAME>`, and one that fails to initialise: the next one is
+//! tried, as libevent does (`event.c`, `event_base_new_with_config`).
 
 mod epoll;
 mod poll;
@@ -25,6 +42,8 @@ pub use epoll::EpollBackend;
 pub use poll::PollBackend;
 pub use select::SelectBackend;
 
+use super::base::BaseError;
+use super::config::{BaseFlags, EventConfig};
 use super::event::EventFlags;
 use std::io;
 use std::os::fd::RawFd;
@@ -45,44 +64,141 @@ flag_set! {
 }
 
 impl Features {
+    const NAMES: [(Features, &'static str); 4] =
+        [(Features::ET, "et"), (Features::O1, "o1"), (Features::FDS, "fds"), (Features::EARLY_CLOSE, "early_close")];
+
     /// Parses a feature name as the CLI and config spell it.
     pub fn from_name(name: &str) -> Option<Features> {
-        match name {
-            "et" => Some(Features::ET),
-            "o1" => Some(Features::O1),
-            "fds" => Some(Features::FDS),
-            "early_close" => Some(Features::EARLY_CLOSE),
-            _ => None,
-        }
+        Features::NAMES.iter().find(|(_, n)| *n == name).map(|(f, _)| *f)
     }
+
     /// `et,o1,early_close` style names, or `-` for none.
     pub fn names(self) -> String {
-        let all = [
-            (Features::ET, "et"),
-            (Features::O1, "o1"),
-            (Features::FDS, "fds"),
-            (Features::EARLY_CLOSE, "early_close"),
-        ];
-        let v: Vec<&str> = all.iter().filter(|(f, _)| self.contains(*f)).map(|(_, n)| *n).collect();
+        let v: Vec<&str> = Features::NAMES.iter().filter(|(f, _)| self.contains(*f)).map(|(_, n)| *n).collect();
         if v.is_empty() { "-".to_string() } else { v.join(",") }
     }
 }
 
-/// One event-notification mechanism.
-pub trait Backend {
+/// The backends this build knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// epoll(7).
+    Epoll,
+    /// poll(2).
+    Poll,
+    /// select(2) with fd sets sized to the largest fd.
+    Select,
+}
+
+impl Kind {
+    /// Every backend, fastest first: the order selection tries them in.
+    pub const PREFERENCE: [Kind; 3] = [Kind::Epoll, Kind::Poll, Kind::Select];
+
     /// `epoll`, `poll` or `select`.
-    fn name(&self) -> &'static str;
-    /// What it supports.
-    fn features(&self) -> Features;
-    /// Whether its state is shared with a forked child and must be rebuilt.
-    fn need_reinit(&self) -> bool;
-    /// `fd`, watched for `old`, now also wants `delta`.
-    fn add(&mut self, fd: RawFd, old: EventFlags, delta: EventFlags) -> io::Result<()>;
-    /// `fd`, watched for `old`, no longer wants `delta`.
-    fn del(&mut self, fd: RawFd, old: EventFlags, delta: EventFlags) -> io::Result<()>;
-    /// Waits and reports ready fds.
-    fn dispatch(&mut self, timeout: Option<Duration>, ready: &mut Vec<(RawFd, EventFlags)>) -> io::Result<()>;
-    /// `fd` was closed: the kernel forgot it. Only a backend that defers
+    pub const fn name(self) -> &'static str {
+        match self {
+            Kind::Epoll => "epoll",
+            Kind::Poll => "poll",
+            Kind::Select => "select",
+        }
+    }
+
+    /// What it can do: libevent 2.1's figures on Linux (epoll: ET, O1 and
+    /// EARLY_CLOSE through EPOLLRDHUP; poll: FDS, and EARLY_CLOSE through
+    /// POLLRDHUP; select: FDS).
+    pub const fn features(self) -> Features {
+        match self {
+            Kind::Epoll => Features(Features::ET.0 | Features::O1.0 | Features::EARLY_CLOSE.0),
+            Kind::Poll => Features(Features::FDS.0 | Features::EARLY_CLOSE.0),
+            Kind::Select => Features::FDS,
+        }
+    }
+
+    /// Whether its kernel state is shared with a forked child, so that
+    /// `reinit()` must build a new one (epoll's instance; poll and select
+    /// keep theirs in our memory, which fork copies).
+    pub const fn need_reinit(self) -> bool {
+        matches!(self, Kind::Epoll)
+    }
+
+    /// The backend called `name`.
+    pub fn from_name(name: &str) -> Option<Kind> {
+        Kind::PREFERENCE.into_iter().find(|k| k.name() == name)
+    }
+
+    /// The variable that disables it: `EVENT_NOEPOLL`, `EVENT_NOPOLL`,
+    /// `EVENT_NOSELECT`.
+    pub const fn env_var(self) -> &'static str {
+        match self {
+            Kind::Epoll => "EVENT_NOEPOLL",
+            Kind::Poll => "EVENT_NOPOLL",
+            Kind::Select => "EVENT_NOSELECT",
+        }
+    }
+
+    /// Whether the environment disables it: its variable set to any value,
+    /// even empty.
+    pub fn disabled_by_env(self) -> bool {
+        std::env::var_os(self.env_var()).is_some()
+    }
+
+    /// Its static facts.
+    pub const fn info(self) -> BackendInfo {
+        BackendInfo { kind: self, name: self.name(), features: self.features() }
+    }
+
+    /// A fresh backend of this kind, sized for about `capacity` fds, in the
+    /// modes `flags` ask for (EPOLL_USE_CHANGELIST, PRECISE_TIMER).
+    pub fn create(self, capacity: usize, flags: BaseFlags) -> io::Result<Box<dyn Backend>> {
+        let precise = flags.contains(BaseFlags::PRECISE_TIMER);
+        Ok(match self {
+            Kind::Epoll => {
+                Box::new(EpollBackend::new(capacity, flags.contains(BaseFlags::EPOLL_USE_CHANGELIST), precise)?)
+            }
+            Kind::Poll => Box::new(PollBackend::new(capacity, precise)),
+            Kind::Select => Box::new(SelectBackend::new()),
+        })
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What one wait found (filled by [`Backend::dispatch`]).
+#[derive(Debug, Default)]
+pub struct Ready {
+    /// Ready fds and what for (READ, WRITE, CLOSED).
+    pub events: Vec<(RawFd, EventFlags)>,
+    /// Fds the backend could not watch, with the error; it has forgotten
+    /// them.
+    pub failed: Vec<(RawFd, io::Error)>,
+}
+
+impl Ready {
+    /// Empties both lists, keeping their memory.
+    pub fn clear(&mut self) {
+        self.events.clear();
+        self.failed.clear();
+    }
+}
+
+/// One event-notification mechanism (see the module documentation).
+pub trait Backend {
+    /// Which backend it is.
+    fn kind(&self) -> Kind;
+    /// libevent's method name: the kind's name, or the name of its mode
+    /// (`epoll (with changelist)`).
+    fn method(&self) -> &'static str {
+        self.kind().name()
+    }
+    /// `fd`, watched for `old`, now wants `new`.
+    fn change(&mut self, fd: RawFd, old: EventFlags, new: EventFlags) -> io::Result<()>;
+    /// Applies kept changes, waits, reports ready and failed fds.
+    fn dispatch(&mut self, timeout: Option<Duration>, out: &mut Ready) -> io::Result<()>;
+    /// `fd` was closed: the kernel forgot it. Only a backend that keeps
     /// changes (the epoll changelist) needs to know, so that a reused fd
     /// number is registered afresh.
     fn fd_closed(&mut self, _fd: RawFd) {}
@@ -91,47 +207,51 @@ pub trait Backend {
 /// A backend that this build knows, with its static facts.
 #[derive(Clone, Copy, Debug)]
 pub struct BackendInfo {
+    /// Which one.
+    pub kind: Kind,
     /// Its name.
     pub name: &'static str,
     /// Its features.
     pub features: Features,
 }
 
-/// The backends in order of preference, fastest first.
-pub const PREFERENCE: [BackendInfo; 3] = [
-    BackendInfo { name: "epoll", features: Features(0x01 | 0x02 | 0x08) },
-    BackendInfo { name: "poll", features: Features(0x04 | 0x08) },
-    BackendInfo { name: "select", features: Features(0x04) },
-];
-
-/// Whether `name` is a backend this build knows.
-pub fn is_known(name: &str) -> bool {
-    PREFERENCE.iter().any(|b| b.name == name)
-}
-
-/// The env variable that disables backend `name` (`EVENT_NOEPOLL`...).
-pub fn env_var_for(name: &str) -> String {
-    format!("EVENT_NO{}", name.to_ascii_uppercase())
-}
-
-/// Whether the environment disables `name`: set to any value, even empty.
-pub fn disabled_by_env(name: &str) -> bool {
-    std::env::var_os(env_var_for(name)).is_some()
-}
-
 /// The supported backends, fastest first (libevent's
 /// `event_get_supported_methods`).
 pub fn supported() -> Vec<BackendInfo> {
-    PREFERENCE.to_vec()
+    Kind::PREFERENCE.iter().map(|k| k.info()).collect()
 }
 
-/// Builds the backend called `name`.
-pub(crate) fn create(name: &str, capacity: usize, changelist: bool) -> io::Result<Box<dyn Backend>> {
-    Ok(match name {
-        "epoll" => Box::new(EpollBackend::new(capacity, changelist)?),
-        "poll" => Box::new(PollBackend::new(capacity)),
-        "select" => Box::new(SelectBackend::new()),
-        _ => return Err(io::Error::new(io::ErrorKind::NotFound, format!("unknown backend {name}"))),
+/// Builds the backend `cfg` asks for: the first of [`Kind::PREFERENCE`]
+/// that is not avoided, has every required feature, is not disabled by the
+/// environment (with `flags` lacking IGNORE_ENV) and initialises. `flags`
+/// are the base's flags in force (the config's and the environment's).
+pub fn choose(cfg: &EventConfig, flags: BaseFlags, capacity: usize) -> Result<Box<dyn Backend>, BaseError> {
+    let use_env = !flags.contains(BaseFlags::IGNORE_ENV);
+    let mut env_off = Vec::new();
+    let mut failed = None;
+    for kind in Kind::PREFERENCE {
+        if cfg.avoids(kind) || !kind.features().contains(cfg.require) {
+            continue;
+        }
+        if use_env && kind.disabled_by_env() {
+            env_off.push(kind.name());
+            continue;
+        }
+        match kind.create(capacity, flags) {
+            Ok(b) => return Ok(b),
+            Err(e) => {
+                tracing::debug!(target: "rot13d::reactor", backend = %kind, error = %e, "backend failed to initialise; trying the next");
+                failed = Some(e);
+            }
+        }
+    }
+    if let Some(e) = failed {
+        return Err(BaseError::Io(e));
+    }
+    Err(BaseError::NoBackend {
+        required: cfg.require.names(),
+        avoided: cfg.avoided_names(),
+        env: if env_off.is_empty() { "-".into() } else { env_off.join(",") },
     })
 }
 
@@ -156,4 +276,25 @@ pub(crate) fn next_random(state: &mut u32) -> u32 {
     x ^= x << 5;
     *state = x;
     x
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_round_trip_and_match_libevent() {
+        for k in Kind::PREFERENCE {
+            assert_eq!(Kind::from_name(k.name()), Some(k));
+            assert_eq!(k.env_var(), format!("EVENT_NO{}", k.name().to_ascii_uppercase()));
+        }
+        assert_eq!(Kind::from_name("kqueue"), None);
+        // event_base_get_features of libevent 2.1.12 on Linux, per method.
+        assert_eq!(Kind::Epoll.features().0, 0x0b);
+        assert_eq!(Kind::Poll.features().0, 0x0c);
+        assert_eq!(Kind::Select.features().0, 0x04);
+        assert_eq!(Kind::Epoll.features().names(), "et,o1,early_close");
+        assert_eq!(Features::from_name("early_close"), Some(Features::EARLY_CLOSE));
+        assert_eq!(Features::empty().names(), "-");
+    }
 }

@@ -1,7 +1,13 @@
 //! The poll backend: a `Vec<pollfd>` plus an fd -> index map; removal swaps
 //! the last entry in (smol-rs/polling `poll.rs`).
+//!
+//! An fd closed while still in the set comes back as POLLNVAL on every call:
+//! it is reported once in [`Ready::failed`] and dropped from the set
+//! (libevent's poll only stops the spin by waking both directions).
+//! With PRECISE_TIMER the wait is a `ppoll` with a timespec, so a
+//! sub-millisecond timer is not rounded up to a millisecond.
 
-use super::{Backend, Features, next_random, timeout_ms};
+use super::{Backend, Kind, Ready, next_random, timeout_ms};
 use crate::reactor::event::EventFlags;
 use crate::sys::poll::{self as sp, PollFd};
 use std::io;
@@ -14,6 +20,7 @@ pub struct PollBackend {
     fds: Vec<PollFd>,
     index: Vec<u32>,
     rng: u32,
+    precise: bool,
 }
 
 const NONE: u32 = u32::MAX;
@@ -32,10 +39,32 @@ fn to_poll(f: EventFlags) -> i16 {
     e
 }
 
+/// What `revents` means; as epoll's EPOLLHUP, POLLHUP also closes the read
+/// side (a pipe's reader never gets POLLRDHUP).
+fn from_poll(r: i16) -> EventFlags {
+    let mut what = EventFlags::NONE;
+    if r & sp::POLLERR != 0 {
+        what |= EventFlags::READ | EventFlags::WRITE;
+    }
+    if r & sp::POLLHUP != 0 {
+        what |= EventFlags::READ | EventFlags::WRITE | EventFlags::CLOSED;
+    }
+    if r & sp::POLLIN != 0 {
+        what |= EventFlags::READ;
+    }
+    if r & sp::POLLOUT != 0 {
+        what |= EventFlags::WRITE;
+    }
+    if r & sp::POLLRDHUP != 0 {
+        what |= EventFlags::CLOSED;
+    }
+    what
+}
+
 impl PollBackend {
     /// An empty set.
-    pub fn new(capacity: usize) -> PollBackend {
-        PollBackend { fds: Vec::with_capacity(capacity.min(1024)), index: Vec::new(), rng: 0x9e37_79b9 }
+    pub fn new(capacity: usize, precise: bool) -> PollBackend {
+        PollBackend { fds: Vec::with_capacity(capacity.min(1024)), index: Vec::new(), rng: 0x9e37_79b9, precise }
     }
 
     fn set(&mut self, fd: RawFd, want: EventFlags) {
@@ -64,25 +93,19 @@ impl PollBackend {
 }
 
 impl Backend for PollBackend {
-    fn name(&self) -> &'static str {
-        "poll"
+    fn kind(&self) -> Kind {
+        Kind::Poll
     }
-    fn features(&self) -> Features {
-        Features::FDS | Features::EARLY_CLOSE
-    }
-    fn need_reinit(&self) -> bool {
-        false
-    }
-    fn add(&mut self, fd: RawFd, old: EventFlags, delta: EventFlags) -> io::Result<()> {
-        self.set(fd, (old | delta) & EventFlags::IO);
+    fn change(&mut self, fd: RawFd, _old: EventFlags, new: EventFlags) -> io::Result<()> {
+        self.set(fd, new & EventFlags::IO);
         Ok(())
     }
-    fn del(&mut self, fd: RawFd, old: EventFlags, delta: EventFlags) -> io::Result<()> {
-        self.set(fd, old & !delta & EventFlags::IO);
-        Ok(())
-    }
-    fn dispatch(&mut self, timeout: Option<Duration>, ready: &mut Vec<(RawFd, EventFlags)>) -> io::Result<()> {
-        let n = sp::poll(&mut self.fds, timeout_ms(timeout))?;
+    fn dispatch(&mut self, timeout: Option<Duration>, out: &mut Ready) -> io::Result<()> {
+        let n = if self.precise {
+            sp::ppoll(&mut self.fds, timeout)?
+        } else {
+            sp::poll(&mut self.fds, timeout_ms(timeout))?
+        };
         if n == 0 || self.fds.is_empty() {
             return Ok(());
         }
@@ -96,24 +119,18 @@ impl Backend for PollBackend {
             if r == 0 {
                 continue;
             }
-            let mut what = EventFlags::NONE;
-            if r & (sp::POLLERR | sp::POLLHUP | sp::POLLNVAL) != 0 {
-                what |= EventFlags::READ | EventFlags::WRITE;
+            if r & sp::POLLNVAL != 0 {
+                out.failed.push((p.fd, io::Error::from_raw_os_error(libc::EBADF)));
+            } else {
+                out.events.push((p.fd, from_poll(r)));
             }
-            if r & sp::POLLIN != 0 {
-                what |= EventFlags::READ;
-            }
-            if r & sp::POLLOUT != 0 {
-                what |= EventFlags::WRITE;
-            }
-            if r & sp::POLLRDHUP != 0 {
-                what |= EventFlags::CLOSED;
-            }
-            ready.push((p.fd, what));
             found += 1;
             if found == n {
                 break;
             }
+        }
+        for i in 0..out.failed.len() {
+            self.set(out.failed[i].0, EventFlags::NONE);
         }
         Ok(())
     }

@@ -1,9 +1,15 @@
 //! The select backend, with fd sets sized to the largest fd (libevent
 //! `select.c`): it serves fds at and above FD_SETSIZE, which libc's fixed
 //! `fd_set` cannot.
+//!
+//! One fd closed while still in the sets makes select fail with EBADF for
+//! all of them (libevent's select then ends the loop). Here the closed fds
+//! are found (`fcntl(F_GETFD)` on each fd of the sets), reported in
+//! [`Ready::failed`] and dropped, and the next turn selects on the rest.
 
-use super::{Backend, Features, next_random};
+use super::{Backend, Kind, Ready, next_random};
 use crate::reactor::event::EventFlags;
+use crate::sys;
 use crate::sys::select::{FdSet, select};
 use std::io;
 use std::os::fd::RawFd;
@@ -22,6 +28,16 @@ pub struct SelectBackend {
 }
 
 impl SelectBackend {
+    /// Finds the closed fds of the sets, drops them and reports them.
+    fn drop_closed(&mut self, failed: &mut Vec<(RawFd, io::Error)>) {
+        for fd in 0..=self.max_fd {
+            if (self.read.contains(fd) || self.write.contains(fd)) && !sys::is_open(fd) {
+                self.set(fd, EventFlags::NONE);
+                failed.push((fd, io::Error::from_raw_os_error(libc::EBADF)));
+            }
+        }
+    }
+
     /// Empty sets.
     pub fn new() -> SelectBackend {
         SelectBackend { max_fd: -1, rng: 0x2545_f491, ..Default::default() }
@@ -56,24 +72,15 @@ impl SelectBackend {
 }
 
 impl Backend for SelectBackend {
-    fn name(&self) -> &'static str {
-        "select"
+    fn kind(&self) -> Kind {
+        Kind::Select
     }
-    fn features(&self) -> Features {
-        Features::FDS
-    }
-    fn need_reinit(&self) -> bool {
-        false
-    }
-    fn add(&mut self, fd: RawFd, old: EventFlags, delta: EventFlags) -> io::Result<()> {
-        self.set(fd, old | delta);
+    fn change(&mut self, fd: RawFd, _old: EventFlags, new: EventFlags) -> io::Result<()> {
+        self.set(fd, new);
         Ok(())
     }
-    fn del(&mut self, fd: RawFd, old: EventFlags, delta: EventFlags) -> io::Result<()> {
-        self.set(fd, old & !delta);
-        Ok(())
-    }
-    fn dispatch(&mut self, timeout: Option<Duration>, ready: &mut Vec<(RawFd, EventFlags)>) -> io::Result<()> {
+    fn dispatch(&mut self, timeout: Option<Duration>, out: &mut Ready) -> io::Result<()> {
+        let ready = &mut out.events;
         let nfds = (self.max_fd + 1) as usize;
         self.read_out.copy_from(&self.read, nfds);
         self.write_out.copy_from(&self.write, nfds);
@@ -82,7 +89,13 @@ impl Backend for SelectBackend {
             let us = t.as_nanos().div_ceil(1000);
             Duration::from_micros(us.min(u64::MAX as u128) as u64)
         });
-        let n = select(nfds, &mut self.read_out, &mut self.write_out, timeout)?;
+        let n = match select(nfds, &mut self.read_out, &mut self.write_out, timeout) {
+            Err(e) if e.raw_os_error() == Some(libc::EBADF) => {
+                self.drop_closed(&mut out.failed);
+                return Ok(());
+            }
+            r => r?,
+        };
         if n == 0 {
             return Ok(());
         }

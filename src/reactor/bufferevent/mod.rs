@@ -3,15 +3,9 @@
 //! `bufferevent_sock.c`), plus what libevent lacks:
 //!
 //! - **close when flushed**: stop handing input to the owner, write every
-//!   pending byte, then close. Freeing a libevent bufferevent drops unsent
-//!   output; ours never loses a byte on a normal close. The close lingers
-//!   (as nginx's `lingering_close`): input is read and thrown away while the
-//!   output drains, then the write side is shut down and the socket kept
-//!   until the peer's EOF, [`DEFAULT_LINGER`], or a quiet peer has
-//!   acknowledged every byte. Closing a TCP socket
-//!   with unread input makes the kernel send RST and drop what it still
-//!   had to send, so a peer still sending (a pipelined request) would lose
-//!   the end of its answer.
+//!   pending byte, then close, lingering until the peer has everything
+//!   (`linger.rs`). Freeing a libevent bufferevent drops unsent output;
+//!   ours never loses a byte on a normal close.
 //! - **output backpressure**: when pending output passes a high mark,
 //!   reading from the same socket pauses until it drains below a low mark.
 //! - **write-through**: output added by a callback is written at once; the
@@ -23,8 +17,13 @@
 //! event left registered at the watermark spins). Pause reasons form a
 //! bitset ([`Suspend`]); reading resumes when it is empty.
 //!
+//! State is one byte of flags (`State`); read interest is decided in one
+//! place (`sync_read`), write interest in another (`sync_write`).
+//!
 //! Ownership: [`Bev`] is an `Rc<RefCell<BufferEvent<C>>>`; the base's two
-//! events each hold one clone until [`BufferEvent::free`]. Callbacks are
+//! events each hold one clone until [`BufferEvent::free`]. The socket is an
+//! `OwnedFd` held until `free` (which closes it) or until the last handle
+//! is dropped. Callbacks are
 //! plain `fn` pointers and the per-connection state is the context `C`
 //! stored inside, so a connection costs one allocation plus its events.
 
@@ -34,9 +33,14 @@ use super::event::{EventFlags, EventId, Handler};
 use crate::sys;
 use std::cell::RefCell;
 use std::io;
-use std::os::fd::{IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::time::Duration;
+
+mod callbacks;
+mod linger;
+pub use linger::DEFAULT_LINGER;
+use linger::LINGER_TICK_MS;
 
 flag_set! {
     /// What happened, for the event callback (libevent's `BEV_EVENT_*`).
@@ -84,14 +88,6 @@ pub type DataCb<C> = fn(&mut EventBase, &mut BufferEvent<C>);
 /// Event callback.
 pub type EventCb<C> = fn(&mut EventBase, &mut BufferEvent<C>, BevEvent);
 
-/// How long a close waits, once every byte is written and the write side
-/// shut down, for the peer's EOF (reading and discarding what it sends).
-pub const DEFAULT_LINGER: Duration = Duration::from_secs(5);
-
-/// While lingering, how often a quiet peer is checked for having received
-/// everything (see [`BufferEvent::close_when_flushed`]).
-const LINGER_TICK_MS: u32 = 50;
-
 /// Called once when the bufferevent is freed (closed), from `free`.
 pub type CloseCb<C> = fn(&mut EventBase, &mut BufferEvent<C>);
 
@@ -127,12 +123,10 @@ impl Timeout {
     }
 }
 
-const DEFER_READ: u8 = 0x01;
-const DEFER_WRITE: u8 = 0x02;
-
 /// A buffered socket.
 pub struct BufferEvent<C: 'static> {
-    fd: RawFd,
+    /// The socket, until freed.
+    fd: Option<OwnedFd>,
     read_ev: EventId,
     write_ev: EventId,
     defer_ev: EventId,
@@ -156,9 +150,8 @@ pub struct BufferEvent<C: 'static> {
     read_timeout: Timeout,
     write_timeout: Timeout,
     options: BevOptions,
-    /// State bits (`F_*`), one byte for what would be eight bools.
-    flags: u8,
-    deferred: u8,
+    state: State,
+    deferred: Deferred,
     deferred_events: BevEvent,
     last_error: i32,
     /// When the lingering ends (the base's clock in ms, wrapping), and its
@@ -167,52 +160,63 @@ pub struct BufferEvent<C: 'static> {
     linger_ms: u16,
 }
 
-// State bits of a bufferevent.
-/// The read event is registered.
-const F_READ_ADDED: u8 = 0x01;
-/// The write event is registered.
-const F_WRITE_ADDED: u8 = 0x02;
-/// A close-when-flushed is under way.
-const F_CLOSING: u8 = 0x04;
-/// Closing, output written, write side shut: waiting for the peer's EOF.
-const F_LINGERING: u8 = 0x08;
-/// Input was thrown away since the last lingering tick.
-const F_LINGER_BUSY: u8 = 0x10;
-/// The peer's EOF was read.
-const F_READ_EOF: u8 = 0x20;
-/// Freed: events released, socket closed.
-const F_FREED: u8 = 0x40;
-/// An outgoing connect is in progress.
-const F_CONNECTING: u8 = 0x80;
+flag_set! {
+    /// What a bufferevent is doing, one byte for what would be eight bools.
+    struct State(u8) {
+        /// The read event is registered.
+        const READ_ADDED = 0x01;
+        /// The write event is registered.
+        const WRITE_ADDED = 0x02;
+        /// A close-when-flushed is under way.
+        const CLOSING = 0x04;
+        /// Closing, output written, write side shut: waiting for the peer's EOF.
+        const LINGERING = 0x08;
+        /// Input was thrown away since the last lingering tick.
+        const LINGER_BUSY = 0x10;
+        /// The peer's EOF was read.
+        const READ_EOF = 0x20;
+        /// Freed: events released, socket closed.
+        const FREED = 0x40;
+        /// An outgoing connect is in progress.
+        const CONNECTING = 0x80;
+    }
+}
+
+flag_set! {
+    /// User callbacks waiting for the deferred-callback event.
+    struct Deferred(u8) {
+        /// The read callback.
+        const READ = 0x01;
+        /// The write callback.
+        const WRITE = 0x02;
+    }
+}
 
 impl<C: 'static> BufferEvent<C> {
     #[inline]
-    fn flag(&self, f: u8) -> bool {
-        self.flags & f != 0
-    }
-    #[inline]
-    fn set_flag(&mut self, f: u8, on: bool) {
-        if on {
-            self.flags |= f;
-        } else {
-            self.flags &= !f;
-        }
+    fn is(&self, f: State) -> bool {
+        self.state.contains(f)
     }
     /// Clears `f`; whether it was set.
     #[inline]
-    fn take_flag(&mut self, f: u8) -> bool {
-        let was = self.flag(f);
-        self.flags &= !f;
+    fn take_state(&mut self, f: State) -> bool {
+        let was = self.is(f);
+        self.state.remove(f);
         was
+    }
+    /// The socket's number; -1 once closed.
+    #[inline]
+    fn raw(&self) -> RawFd {
+        self.fd.as_ref().map_or(-1, |f| f.as_raw_fd())
     }
 
     /// Wraps a connected non-blocking socket (`bufferevent_socket_new`).
     /// Neither reading nor writing is enabled yet.
     #[doc(alias = "bufferevent_socket_new")]
     pub fn socket_new(base: &mut EventBase, fd: OwnedFd, options: BevOptions, ctx: C) -> io::Result<Bev<C>> {
-        let raw = fd.into_raw_fd();
+        let raw = fd.as_raw_fd();
         let bev = Rc::new(RefCell::new(BufferEvent {
-            fd: raw,
+            fd: Some(fd),
             read_ev: EventId::INVALID,
             write_ev: EventId::INVALID,
             defer_ev: EventId::INVALID,
@@ -233,8 +237,8 @@ impl<C: 'static> BufferEvent<C> {
             read_timeout: Timeout::NONE,
             write_timeout: Timeout::NONE,
             options: options | BevOptions::CLOSE_ON_FREE,
-            flags: 0,
-            deferred: 0,
+            state: State::empty(),
+            deferred: Deferred::empty(),
             deferred_events: BevEvent::default(),
             last_error: 0,
             linger_until: 0,
@@ -261,26 +265,20 @@ impl<C: 'static> BufferEvent<C> {
     /// Starts a non-blocking connect to `addr` (tests, load generators);
     /// the event callback gets CONNECTED or ERROR.
     pub fn connect(base: &mut EventBase, addr: std::net::SocketAddr, ctx: C) -> io::Result<Bev<C>> {
-        let domain = socket2::Domain::for_address(addr);
-        let sock = socket2::Socket::new(domain, socket2::Type::STREAM.nonblocking().cloexec(), None)?;
-        let pending = match sock.connect(&addr.into()) {
-            Ok(()) => false,
-            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => true,
-            Err(e) => return Err(e),
-        };
-        let bev = BufferEvent::socket_new(base, OwnedFd::from(sock), BevOptions::CLOSE_ON_FREE, ctx)?;
-        if let Some(r) = bev.with(|b| {
-            b.set_flag(F_CONNECTING, pending);
-            if pending {
-                b.set_flag(F_WRITE_ADDED, true);
-                base.add(b.write_ev, b.write_timeout.get())
-            } else {
-                Ok(())
-            }
-        }) {
+        let (fd, pending) = sys::connect_nonblocking(addr)?;
+        let bev = BufferEvent::socket_new(base, fd, BevOptions::CLOSE_ON_FREE, ctx)?;
+        if pending && let Some(r) = bev.with(|b| b.start_connect_wait(base)) {
             r?;
         }
         Ok(bev)
+    }
+
+    /// A connect is under way: the write event waits for its end, timed by
+    /// the write timeout. The wait is the write event's only job until then
+    /// ([`sync_write`](Self::sync_write) leaves it alone).
+    fn start_connect_wait(&mut self, base: &mut EventBase) -> io::Result<()> {
+        self.state.insert(State::CONNECTING);
+        self.set_write(base, true, false)
     }
 
     /// Sets the callbacks (`bufferevent_setcb`).
@@ -326,9 +324,14 @@ impl<C: 'static> BufferEvent<C> {
         base.priority(self.read_ev)
     }
 
-    /// The socket.
+    /// The socket's number (-1 once freed), for logs.
     pub fn fd(&self) -> RawFd {
-        self.fd
+        self.raw()
+    }
+
+    /// The socket, until freed.
+    pub fn as_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.fd.as_ref().map(|f| f.as_fd())
     }
 
     /// The last OS error seen (with an ERROR event).
@@ -348,31 +351,17 @@ impl<C: 'static> BufferEvent<C> {
 
     /// Whether the read event is registered with the backend (tests).
     pub fn is_reading(&self) -> bool {
-        self.flag(F_READ_ADDED)
+        self.is(State::READ_ADDED)
     }
 
     /// Whether it was freed.
     pub fn is_freed(&self) -> bool {
-        self.flag(F_FREED)
+        self.is(State::FREED)
     }
 
     /// Whether a close-when-flushed is under way.
     pub fn is_closing(&self) -> bool {
-        self.flag(F_CLOSING)
-    }
-
-    /// Whether a close-when-flushed has written everything and now waits
-    /// for the peer's EOF.
-    pub fn is_lingering(&self) -> bool {
-        self.flag(F_LINGERING)
-    }
-
-    /// How long [`close_when_flushed`](Self::close_when_flushed) waits for
-    /// the peer's EOF once everything is written (default
-    /// [`DEFAULT_LINGER`], at most 65 s; zero closes at once, as a plain free
-    /// would).
-    pub fn set_linger(&mut self, linger: Duration) {
-        self.linger_ms = linger.as_millis().min(u16::MAX as u128) as u16;
+        self.is(State::CLOSING)
     }
 
     /// Enables READ and/or WRITE (`bufferevent_enable`).
@@ -380,8 +369,13 @@ impl<C: 'static> BufferEvent<C> {
     pub fn enable(&mut self, base: &mut EventBase, what: EventFlags) -> io::Result<()> {
         self.enabled |= what & (EventFlags::READ | EventFlags::WRITE);
         self.sync_read(base)?;
-        if what.contains(EventFlags::WRITE) && !self.output.is_empty() {
-            self.try_write(base);
+        if what.contains(EventFlags::WRITE) {
+            if self.is(State::CONNECTING) && !self.is(State::WRITE_ADDED) && !self.is(State::FREED) {
+                // The connect's wait timed out and the owner keeps waiting.
+                self.set_write(base, true, false)?;
+            } else if !self.output.is_empty() {
+                self.try_write(base);
+            }
         }
         Ok(())
     }
@@ -391,11 +385,7 @@ impl<C: 'static> BufferEvent<C> {
     pub fn disable(&mut self, base: &mut EventBase, what: EventFlags) -> io::Result<()> {
         self.enabled &= !(what & (EventFlags::READ | EventFlags::WRITE));
         self.sync_read(base)?;
-        if what.contains(EventFlags::WRITE) && self.flag(F_WRITE_ADDED) && !self.flag(F_CONNECTING) {
-            self.set_flag(F_WRITE_ADDED, false);
-            base.del(self.write_ev)?;
-        }
-        Ok(())
+        self.sync_write(base, false)
     }
 
     /// Pauses reading for `why` (`bufferevent_suspend_read_`).
@@ -417,19 +407,46 @@ impl<C: 'static> BufferEvent<C> {
         // connect's error, which the write side must report. While closing,
         // input is read (and thrown away) until EOF whatever the owner
         // enabled: unread input would turn the close into a reset.
-        let want = !self.flag(F_FREED)
-            && !self.flag(F_CONNECTING)
-            && if self.flag(F_CLOSING) {
-                !self.flag(F_READ_EOF)
+        let want = !self.is(State::FREED)
+            && !self.is(State::CONNECTING)
+            && if self.is(State::CLOSING) {
+                !self.is(State::READ_EOF)
             } else {
                 self.enabled.contains(EventFlags::READ) && self.suspend.is_empty()
             };
-        if want && !self.flag(F_READ_ADDED) {
-            self.set_flag(F_READ_ADDED, true);
+        if want && !self.is(State::READ_ADDED) {
+            self.state.insert(State::READ_ADDED);
             base.add(self.read_ev, self.read_timeout_now(base))?;
-        } else if !want && self.flag(F_READ_ADDED) {
-            self.set_flag(F_READ_ADDED, false);
+        } else if !want && self.is(State::READ_ADDED) {
+            self.state.remove(State::READ_ADDED);
             base.del(self.read_ev)?;
+        }
+        Ok(())
+    }
+
+    /// Registers or removes the write event to match the output: wanted
+    /// while writing is enabled and output is left that the socket did not
+    /// take (write-through: output is written at once, the event only waits
+    /// for room). `restart` re-arms a registered event so that its timeout
+    /// counts from now (progress was made). With `sync_read`, the only place
+    /// that decides write interest; during a connect the event waits for
+    /// the connect instead, and this leaves it alone.
+    fn sync_write(&mut self, base: &mut EventBase, restart: bool) -> io::Result<()> {
+        if self.is(State::CONNECTING) {
+            return Ok(());
+        }
+        let want = !self.is(State::FREED) && self.enabled.contains(EventFlags::WRITE) && !self.output.is_empty();
+        self.set_write(base, want, restart)
+    }
+
+    /// Adds (or with `restart` re-adds) or deletes the write event.
+    fn set_write(&mut self, base: &mut EventBase, want: bool, restart: bool) -> io::Result<()> {
+        if want && (restart || !self.is(State::WRITE_ADDED)) {
+            self.state.insert(State::WRITE_ADDED);
+            base.add(self.write_ev, self.write_timeout.get())?;
+        } else if !want && self.is(State::WRITE_ADDED) {
+            self.state.remove(State::WRITE_ADDED);
+            base.del(self.write_ev)?;
         }
         Ok(())
     }
@@ -464,10 +481,10 @@ impl<C: 'static> BufferEvent<C> {
     pub fn set_timeouts(&mut self, base: &mut EventBase, read: Option<Duration>, write: Option<Duration>) {
         self.read_timeout = Timeout::new(read);
         self.write_timeout = Timeout::new(write);
-        if self.flag(F_READ_ADDED) {
+        if self.is(State::READ_ADDED) {
             let _ = base.add(self.read_ev, self.read_timeout_now(base));
         }
-        if self.flag(F_WRITE_ADDED) {
+        if self.is(State::WRITE_ADDED) {
             let _ = base.add(self.write_ev, write);
         }
     }
@@ -511,150 +528,17 @@ impl<C: 'static> BufferEvent<C> {
         self.try_write(base);
     }
 
-    /// Stops handing input to the owner, writes every pending byte, then
-    /// frees (and closes) the bufferevent, lingering first: see the module
-    /// documentation. The lingering ends at the peer's EOF, at the bound
-    /// ([`set_linger`](Self::set_linger)), or as soon as a quiet peer (nothing
-    /// read from it for a tick of 50 ms, nothing unread) has acknowledged
-    /// every byte: closing then neither resets nor loses anything. The event callback still gets ERROR or TIMEOUT if the
-    /// peer goes away or stops reading before the output is written; once
-    /// it is, the bufferevent frees itself without another callback.
-    pub fn close_when_flushed(&mut self, base: &mut EventBase) {
-        if self.flag(F_FREED) || self.flag(F_CLOSING) {
-            return;
-        }
-        self.set_flag(F_CLOSING, true);
-        self.enabled |= EventFlags::WRITE;
-        // A socket that already failed cannot flush: free now. (Retrying
-        // the write from the event callback of its error would report the
-        // error again, and that callback recurse without end.)
-        if self.last_error != 0 {
-            self.free(base);
-            return;
-        }
-        // Read on, to discard, without the owner's read timeout.
-        let _ = self.rearm_read(base);
-        if self.output.is_empty() {
-            self.linger(base);
-        } else {
-            self.try_write(base);
-        }
-    }
-
     /// The read event's timeout now: the owner's, none while the output of
     /// a close drains (the write timeout watches that), and what is left of
     /// the lingering.
     fn read_timeout_now(&self, base: &EventBase) -> Option<Duration> {
-        if !self.flag(F_CLOSING) {
+        if !self.is(State::CLOSING) {
             return self.read_timeout.get();
         }
-        if !self.flag(F_LINGERING) {
+        if !self.is(State::LINGERING) {
             return None;
         }
         Some(Duration::from_millis(self.linger_left_ms(base).min(LINGER_TICK_MS) as u64))
-    }
-
-    /// Milliseconds left of the lingering; 0 once its bound has passed.
-    fn linger_left_ms(&self, base: &EventBase) -> u32 {
-        let left = self.linger_until.wrapping_sub(base.now().as_millis() as u32);
-        if left > u32::MAX / 2 { 0 } else { left }
-    }
-
-    /// Registers or removes the read event as [`sync_read`](Self::sync_read)
-    /// decides, and gives a registered one the timeout that applies now
-    /// (re-adding a pending event only replaces its timeout).
-    fn rearm_read(&mut self, base: &mut EventBase) -> io::Result<()> {
-        let was = self.flag(F_READ_ADDED);
-        self.sync_read(base)?;
-        if was && self.flag(F_READ_ADDED) {
-            base.add(self.read_ev, self.read_timeout_now(base))?;
-        }
-        Ok(())
-    }
-
-    /// Everything of a close is written: shut the write side (the peer reads
-    /// the rest, then EOF) and wait for the peer's EOF, reading and
-    /// discarding, for at most the lingering bound.
-    fn linger(&mut self, base: &mut EventBase) {
-        if self.flag(F_LINGERING) || self.flag(F_FREED) {
-            return;
-        }
-        // Nothing can come any more, or nobody to wait for: close now.
-        if self.flag(F_READ_EOF) || self.last_error != 0 || self.linger_ms == 0 || self.flag(F_CONNECTING) {
-            self.free(base);
-            return;
-        }
-        // Not a socket (a pipe), or not connected any more: plain close.
-        if sys::shutdown_write(self.fd).is_err() {
-            self.free(base);
-            return;
-        }
-        self.set_flag(F_LINGERING, true);
-        self.linger_until = (base.now().as_millis() as u32).wrapping_add(self.linger_ms as u32);
-        // The read event now times the lingering.
-        if self.rearm_read(base).is_err() {
-            self.free(base);
-        }
-    }
-
-    /// The read event of a closing bufferevent: throw input away; EOF (or
-    /// the end of the lingering) completes the close.
-    fn discard_input(&mut self, base: &mut EventBase, what: EventFlags) {
-        if what == EventFlags::TIMEOUT {
-            // A lingering tick (only the lingering arms a timeout here).
-            // Done at the bound (what the peer sends from now on may be
-            // answered with RST; everything of ours was written long ago),
-            // or once a quiet peer has acknowledged every byte of ours.
-            let quiet = !self.take_flag(F_LINGER_BUSY)
-                && sys::outq(self.fd).is_ok_and(|n| n == 0)
-                && sys::inq(self.fd).is_ok_and(|n| n == 0);
-            if quiet || self.linger_left_ms(base) == 0 {
-                self.free(base);
-            } else {
-                let _ = self.rearm_read(base);
-            }
-            return;
-        }
-        self.set_flag(F_LINGER_BUSY, true);
-        let mut buf = [0u8; 16 * 1024];
-        // A few reads per turn: a peer that floods cannot hold the loop.
-        for _ in 0..4 {
-            match sys::read(self.fd, &mut buf) {
-                Ok(0) => {
-                    self.set_flag(F_READ_EOF, true);
-                    if self.flag(F_LINGERING) {
-                        self.free(base);
-                    } else {
-                        // The output still drains; nothing left to read.
-                        let _ = self.sync_read(base);
-                    }
-                    return;
-                }
-                Ok(n) if n == buf.len() => continue,
-                Ok(_) => break,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => break,
-                Err(e) => {
-                    self.last_error = e.raw_os_error().unwrap_or(libc::EIO);
-                    self.set_flag(F_READ_EOF, true);
-                    let _ = self.sync_read(base);
-                    if self.flag(F_LINGERING) {
-                        self.free(base);
-                    } else {
-                        // The peer is gone before the output was written.
-                        self.report(base, BevEvent::READING | BevEvent::ERROR);
-                    }
-                    return;
-                }
-            }
-        }
-        if self.flag(F_LINGERING) {
-            // A persistent event's timeout restarts on each wake-up: check
-            // the bound here too, so a trickle cannot keep the socket for
-            // ever.
-            if self.linger_left_ms(base) == 0 {
-                self.free(base);
-            }
-        }
     }
 
     /// Releases the events and, with CLOSE_ON_FREE, closes the socket.
@@ -662,20 +546,20 @@ impl<C: 'static> BufferEvent<C> {
     /// to keep it. Safe to call from any callback of this bufferevent.
     #[doc(alias = "bufferevent_free")]
     pub fn free(&mut self, base: &mut EventBase) {
-        if self.flag(F_FREED) {
+        if self.is(State::FREED) {
             return;
         }
-        self.set_flag(F_FREED, true);
+        self.state.insert(State::FREED);
         base.free(self.read_ev);
         base.free(self.write_ev);
         base.free(self.defer_ev);
-        self.set_flag(F_READ_ADDED, false);
-        self.set_flag(F_WRITE_ADDED, false);
-        if self.options.contains(BevOptions::CLOSE_ON_FREE) && self.fd >= 0 {
-            base.fd_closed(self.fd);
-            sys::close(self.fd);
+        self.state.remove(State::READ_ADDED | State::WRITE_ADDED);
+        if let Some(fd) = self.fd.take() {
+            base.fd_closed(fd.as_raw_fd());
+            // Closed here (CLOSE_ON_FREE: the bufferevent was given the
+            // socket as an OwnedFd, so it is ours to close).
+            drop(fd);
         }
-        self.fd = -1;
         // Hand the buffers' memory back now: the handle may outlive us.
         self.input = EvBuffer::new();
         self.output = EvBuffer::new();
@@ -687,10 +571,16 @@ impl<C: 'static> BufferEvent<C> {
     // ----- I/O --------------------------------------------------------------
 
     fn on_read(&mut self, base: &mut EventBase, what: EventFlags) {
-        if self.flag(F_FREED) {
+        if self.is(State::FREED) {
             return;
         }
-        if self.flag(F_CLOSING) {
+        if what.contains(EventFlags::ERROR) {
+            // The backend gave the socket up; the base deleted the event.
+            self.state.remove(State::READ_ADDED);
+            self.fail(base, BevEvent::READING);
+            return;
+        }
+        if self.is(State::CLOSING) {
             self.discard_input(base, what);
             return;
         }
@@ -709,9 +599,9 @@ impl<C: 'static> BufferEvent<C> {
                 return;
             }
         }
-        match self.input.read_from(self.fd, max) {
+        match self.input.read_from(self.raw(), max) {
             Ok(0) => {
-                self.set_flag(F_READ_EOF, true);
+                self.state.set(State::READ_EOF, true);
                 self.enabled &= !EventFlags::READ;
                 let _ = self.sync_read(base);
                 self.report(base, BevEvent::READING | BevEvent::EOF);
@@ -724,7 +614,7 @@ impl<C: 'static> BufferEvent<C> {
                 // A short read drained the socket: the connection may stay
                 // quiet now, so what is left of the input (a partial line)
                 // moves out of its read-size chunk into an exact allocation.
-                if n < max.min(self.input.read_size()) && !self.flag(F_FREED) {
+                if n < max.min(self.input.read_size()) && !self.is(State::FREED) {
                     self.input.shrink();
                 }
             }
@@ -742,58 +632,86 @@ impl<C: 'static> BufferEvent<C> {
     }
 
     fn on_write(&mut self, base: &mut EventBase, what: EventFlags) {
-        if self.flag(F_FREED) {
+        if self.is(State::FREED) {
             return;
         }
-        if self.flag(F_CONNECTING) {
-            if what == EventFlags::TIMEOUT {
-                self.report(base, BevEvent::WRITING | BevEvent::TIMEOUT);
-                return;
-            }
-            self.set_flag(F_CONNECTING, false);
-            let err = sys::borrow(self.fd).and_then(|fd| socket2::SockRef::from(&fd).take_error().ok().flatten());
-            if let Some(e) = err {
-                self.last_error = e.raw_os_error().unwrap_or(libc::EIO);
-                // The dead socket polls ready for ever: take it out of the
-                // loop (as libevent does) or the loop spins until freed.
-                self.enabled = EventFlags::NONE;
-                if self.flag(F_WRITE_ADDED) {
-                    self.set_flag(F_WRITE_ADDED, false);
-                    let _ = base.del(self.write_ev);
-                }
-                self.report(base, BevEvent::ERROR);
-                return;
-            }
-            let _ = self.sync_read(base);
-            if self.output.is_empty() && self.flag(F_WRITE_ADDED) {
-                self.set_flag(F_WRITE_ADDED, false);
-                let _ = base.del(self.write_ev);
-            }
-            self.report(base, BevEvent::CONNECTED);
-            if !self.flag(F_FREED) && !self.output.is_empty() {
-                self.try_write(base);
-            }
+        if what.contains(EventFlags::ERROR) {
+            // The backend gave the socket up; the base deleted the event.
+            self.state.remove(State::WRITE_ADDED | State::CONNECTING);
+            self.fail(base, BevEvent::WRITING);
+            return;
+        }
+        if self.is(State::CONNECTING) {
+            self.on_connect(base, what);
             return;
         }
         if what == EventFlags::TIMEOUT {
-            self.set_flag(F_WRITE_ADDED, false);
-            let _ = base.del(self.write_ev);
             self.enabled &= !EventFlags::WRITE;
+            let _ = self.sync_write(base, false);
             self.report(base, BevEvent::WRITING | BevEvent::TIMEOUT);
             return;
         }
         self.try_write(base);
     }
 
+    /// The write event of a connect under way: it ended, or timed out.
+    fn on_connect(&mut self, base: &mut EventBase, what: EventFlags) {
+        if what == EventFlags::TIMEOUT {
+            // Reported once: the wait stops (as writing is disabled on a
+            // write timeout). Enabling WRITE again waits on.
+            self.enabled &= !EventFlags::WRITE;
+            let _ = self.set_write(base, false, false);
+            self.report(base, BevEvent::WRITING | BevEvent::TIMEOUT);
+            return;
+        }
+        self.state.remove(State::CONNECTING);
+        let err = self.as_fd().and_then(|fd| sys::take_socket_error(fd).ok().flatten());
+        if let Some(e) = err {
+            self.last_error = e.raw_os_error().unwrap_or(libc::EIO);
+            // The dead socket polls ready for ever: take it out of the
+            // loop (as libevent does) or the loop spins until freed.
+            self.enabled = EventFlags::NONE;
+            let _ = self.sync_write(base, false);
+            self.report(base, BevEvent::ERROR);
+            return;
+        }
+        let _ = self.sync_read(base);
+        if self.output.is_empty() {
+            let _ = self.sync_write(base, false);
+        }
+        self.report(base, BevEvent::CONNECTED);
+        if !self.is(State::FREED) && !self.output.is_empty() {
+            self.try_write(base);
+        }
+    }
+
+    /// The backend could not watch the socket (the base told the event with
+    /// ERROR and deleted it): the socket is unusable, so both directions
+    /// stop and the owner hears of an error (or, with nobody listening, the
+    /// bufferevent frees itself).
+    fn fail(&mut self, base: &mut EventBase, dir: BevEvent) {
+        let e = base.take_fd_error(self.raw()).and_then(|e| e.raw_os_error());
+        self.last_error = e.unwrap_or(libc::EIO);
+        self.enabled = EventFlags::NONE;
+        self.state.insert(State::READ_EOF);
+        let _ = self.sync_read(base);
+        let _ = self.sync_write(base, false);
+        if self.is(State::CLOSING) {
+            self.free(base);
+        } else {
+            self.report(base, dir | BevEvent::ERROR);
+        }
+    }
+
     /// Writes what the socket takes; keeps the write event registered only
     /// while output remains; applies backpressure and the write callback.
     fn try_write(&mut self, base: &mut EventBase) {
-        if self.flag(F_FREED) || self.flag(F_CONNECTING) || !self.enabled.contains(EventFlags::WRITE) {
+        if self.is(State::FREED) || self.is(State::CONNECTING) || !self.enabled.contains(EventFlags::WRITE) {
             return;
         }
         let mut progressed = false;
         while !self.output.is_empty() {
-            match self.output.write_to(self.fd) {
+            match self.output.write_to(self.raw()) {
                 Ok(0) => break,
                 Ok(_) => progressed = true,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -802,28 +720,20 @@ impl<C: 'static> BufferEvent<C> {
                     self.last_error = e.raw_os_error().unwrap_or(libc::EIO);
                     // Disabled before the report (see on_read).
                     self.enabled &= !EventFlags::WRITE;
-                    if self.flag(F_WRITE_ADDED) {
-                        self.set_flag(F_WRITE_ADDED, false);
-                        let _ = base.del(self.write_ev);
-                    }
+                    let _ = self.sync_write(base, false);
                     self.report(base, BevEvent::WRITING | BevEvent::ERROR);
                     return;
                 }
             }
         }
+        // Registered only while output is left; re-armed on progress, so
+        // that the write timeout counts from the last progress.
+        let _ = self.sync_write(base, progressed);
         if self.output.is_empty() {
-            if self.flag(F_WRITE_ADDED) {
-                self.set_flag(F_WRITE_ADDED, false);
-                let _ = base.del(self.write_ev);
-            }
             self.output.shrink();
-        } else if !self.flag(F_WRITE_ADDED) || progressed {
-            // (Re-)arm: the write timeout counts from the last progress.
-            self.set_flag(F_WRITE_ADDED, true);
-            let _ = base.add(self.write_ev, self.write_timeout.get());
         }
         self.check_backpressure(base);
-        if self.flag(F_CLOSING) && self.output.is_empty() {
+        if self.is(State::CLOSING) && self.output.is_empty() {
             self.linger(base);
             return;
         }
@@ -838,124 +748,6 @@ impl<C: 'static> BufferEvent<C> {
     /// callback answering. (Not written at once: a producer refilling from
     /// its write callback would recurse, or starve the loop.)
     fn arm_write(&mut self, base: &mut EventBase) {
-        if !self.flag(F_FREED)
-            && !self.flag(F_CONNECTING)
-            && !self.flag(F_WRITE_ADDED)
-            && !self.output.is_empty()
-            && self.enabled.contains(EventFlags::WRITE)
-        {
-            self.set_flag(F_WRITE_ADDED, true);
-            let _ = base.add(self.write_ev, self.write_timeout.get());
-        }
-    }
-
-    // ----- callbacks --------------------------------------------------------
-
-    fn call_read(&mut self, base: &mut EventBase) {
-        if self.options.contains(BevOptions::DEFER_CALLBACKS) {
-            self.deferred |= DEFER_READ;
-            base.active(self.defer_ev, EventFlags::NONE);
-            return;
-        }
-        if let Some(cb) = self.readcb {
-            cb(base, self);
-        }
-        self.after_callback(base);
-    }
-
-    fn call_write(&mut self, base: &mut EventBase) {
-        if self.options.contains(BevOptions::DEFER_CALLBACKS) {
-            self.deferred |= DEFER_WRITE;
-            base.active(self.defer_ev, EventFlags::NONE);
-            return;
-        }
-        if let Some(cb) = self.writecb {
-            cb(base, self);
-        }
-    }
-
-    fn report(&mut self, base: &mut EventBase, ev: BevEvent) {
-        if self.options.contains(BevOptions::DEFER_CALLBACKS) {
-            self.deferred_events |= ev;
-            base.active(self.defer_ev, EventFlags::NONE);
-            return;
-        }
-        if let Some(cb) = self.eventcb {
-            cb(base, self, ev);
-            self.arm_write(base);
-        } else if ev.contains(BevEvent::ERROR) || ev.contains(BevEvent::EOF) {
-            // Nobody listens: a dead socket must not spin.
-            self.free(base);
-        }
-    }
-
-    fn run_deferred(&mut self, base: &mut EventBase) {
-        let d = std::mem::take(&mut self.deferred);
-        let ev = std::mem::take(&mut self.deferred_events);
-        if d & DEFER_READ != 0
-            && !self.flag(F_FREED)
-            && let Some(cb) = self.readcb
-        {
-            cb(base, self);
-            self.after_callback(base);
-        }
-        if d & DEFER_WRITE != 0
-            && !self.flag(F_FREED)
-            && let Some(cb) = self.writecb
-        {
-            cb(base, self);
-        }
-        if ev != BevEvent::default() && !self.flag(F_FREED) {
-            if let Some(cb) = self.eventcb {
-                cb(base, self, ev);
-            } else if ev.contains(BevEvent::ERROR) || ev.contains(BevEvent::EOF) {
-                // As in `report`: nobody listens, a dead socket must go.
-                self.free(base);
-            }
-        }
-        self.arm_write(base);
-    }
-
-    /// After the read callback: write what it produced, re-check the input
-    /// watermark (it may have consumed input).
-    fn after_callback(&mut self, base: &mut EventBase) {
-        if self.flag(F_FREED) {
-            return;
-        }
-        if !self.output.is_empty() {
-            self.try_write(base);
-        }
-        if !self.flag(F_FREED) {
-            // try_write applies backpressure only when it may write: with
-            // WRITE disabled (or still connecting) the output cannot drain,
-            // and reading must pause all the same.
-            self.check_backpressure(base);
-            self.check_read_watermark(base);
-        }
-    }
-}
-
-impl<C: 'static> Handler for RefCell<BufferEvent<C>> {
-    fn handle(&self, base: &mut EventBase, id: EventId, what: EventFlags) {
-        // A nested borrow cannot happen in the single-threaded loop; if it
-        // did, skipping the event is safer than a panic.
-        let Ok(mut b) = self.try_borrow_mut() else { return };
-        if id == b.read_ev {
-            b.on_read(base, what);
-        } else if id == b.write_ev {
-            b.on_write(base, what);
-        } else if id == b.defer_ev {
-            b.run_deferred(base);
-        }
-    }
-}
-
-impl<C: 'static> Drop for BufferEvent<C> {
-    fn drop(&mut self) {
-        // Reached only when the owner dropped every handle without free()
-        // (the events hold handles until then), so the fd is still ours.
-        if !self.flag(F_FREED) && self.options.contains(BevOptions::CLOSE_ON_FREE) && self.fd >= 0 {
-            sys::close(self.fd);
-        }
+        let _ = self.sync_write(base, false);
     }
 }
