@@ -8,6 +8,8 @@ mod control;
 mod fuzz_replay;
 mod haproxy;
 mod ipv6;
+mod keys;
+mod lanes;
 mod lifecycle;
 mod limits;
 mod probe;

@@ -28,12 +28,12 @@
 //!
 //! What a connection knows beyond the stream (its client's address from a
 //! PROXY header, the totals of its access record) is a [`Meta`], kept in
-//! its worker's table (by connection id) and only when something needs it:
-//! a connection holds one byte saying whether it has one ([`Conn::has`]),
+//! its worker's table (by connection id) and only when something needs it,
 //! so that with the PROXY protocol, access records and DEBUG logs off it
 //! costs no memory (a pointer in `Conn` would cost 16 B of every
 //! connection's allocation: 8, rounded up by malloc), no allocation and no
-//! clock read. `client=` in every log line of a connection is the header's
+//! clock read: one test of a flag of the worker's ("no connection has
+//! one") per callback. `client=` in every log line of a connection is the header's
 //! source when it gave one, else the socket's peer.
 
 use super::metrics::Counter;
@@ -46,6 +46,16 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
+/// With lanes on, bulk connections read at most this much between two polls
+/// of the backend: once their reads since the last forced poll reach it,
+/// the turn ends (`loopcontinue`) and the ones still active wait for the
+/// next turn, after the interactive lane. Measured (BENCHMARKS.md, lanes):
+/// a turn then runs as many bulk reads as with lanes off (8 connections of
+/// one 64 KiB read each fit), so bulk keeps its share of the loop, and an
+/// interactive connection that becomes ready during the bulk pass waits at
+/// most about one MiB of ROT13 (~0.7 ms) for the next poll.
+pub const BULK_BYTES_PER_POLL: u64 = 1 << 20;
+
 /// The per-connection state stored inside the bufferevent.
 pub struct Conn {
     pub(crate) framer: Framer,
@@ -55,11 +65,17 @@ pub struct Conn {
     pub(crate) carried: u32,
     /// Lane bookkeeping: bytes received in the current window...
     pub(crate) window_bytes: u32,
-    /// ...which started at this time (ms of the base's clock)...
+    /// ...which started at this time (ms of the base's clock; windows
+    /// follow each other from the accept on)...
     pub(crate) window_start: u32,
-    /// ...and when the connection last moved bulk_after_bytes in a window.
+    /// ...the previous window's bytes, as a fraction of bulk_after_bytes
+    /// (of 65535, at most 1: a u16 that fits where the struct had padding)...
+    pub(crate) prev_share: u16,
+    /// ...and when the connection last moved bulk_after_bytes within a
+    /// window.
     pub(crate) last_heavy: u32,
-    /// The lane (a priority of the worker's base).
+    /// The lane: the class its traffic puts it in, and (with lanes
+    /// enabled) the priority it runs at.
     pub(crate) lane: u8,
     /// The PROXY header phase while it lasts (`None`: the ROT13 stream).
     pub(crate) proxy: Option<HeaderPhase>,
@@ -68,15 +84,7 @@ pub struct Conn {
     pub(crate) last_read: u32,
     /// Output bytes queued and not yet counted as sent.
     pub(crate) unsent: u32,
-    /// What it keeps in the worker's table of [`Meta`]s: [`HAS_META`],
-    /// [`HAS_TOTALS`] (0: nothing).
-    pub(crate) has: u8,
 }
-
-/// The connection has a [`Meta`] in its worker's table.
-pub const HAS_META: u8 = 0x01;
-/// ...and counts the access record's totals in it.
-pub const HAS_TOTALS: u8 = 0x02;
 
 /// Why a connection ended, as the access record says it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -167,17 +175,16 @@ pub fn canonical(a: SocketAddr) -> SocketAddr {
 impl Conn {
     /// Runs `f` on the connection's [`Meta`], if it has one.
     fn meta<R>(&self, f: impl FnOnce(&mut Meta) -> R) -> Option<R> {
-        if self.has & HAS_META == 0 {
-            return None;
-        }
         self.shared.with_meta(self.id, f)
     }
 
     /// Adds to the access record's totals, if it keeps them.
     fn totals(&self, f: impl FnOnce(&mut Meta)) {
-        if self.has & HAS_TOTALS != 0 {
-            self.shared.with_meta(self.id, f);
-        }
+        self.shared.with_meta(self.id, |m| {
+            if m.access {
+                f(m)
+            }
+        });
     }
 
     /// The client's address for the logs (`-` when no [`Meta`] holds it).
@@ -202,8 +209,21 @@ pub type ConnBev = BufferEvent<Conn>;
 /// Read callback: the header phase while it lasts, then answer every
 /// complete line.
 pub(crate) fn on_read(base: &mut EventBase, bev: &mut ConnBev) {
+    // Counted in the lane it waited in, before this read may move it.
+    let (calls, delay) = if bev.ctx.lane == LANE_BULK as u8 {
+        (Counter::CallbacksBulk, Counter::DelayBulk)
+    } else {
+        (Counter::CallbacksInteractive, Counter::DelayInteractive)
+    };
+    let d = base.dispatch_delay();
+    let waited = d.as_secs().saturating_mul(1_000_000_000).saturating_add(u64::from(d.subsec_nanos()));
+    bev.ctx.shared.count(calls, 1);
+    bev.ctx.shared.observe(delay, waited);
     count_written(bev);
     let received = bev.input.len().saturating_sub(bev.ctx.carried as usize) as u64;
+    if bev.ctx.lane == LANE_BULK as u8 {
+        bev.ctx.shared.bulk_read(base, received);
+    }
     update_lane(base, bev, received);
     bev.ctx.shared.count(Counter::BytesReceived, received);
     bev.ctx.totals(|m| m.bytes_in += received);
@@ -356,17 +376,43 @@ fn close_flushed(base: &mut EventBase, bev: &mut ConnBev) {
 
 /// Moves a connection to the bulk lane after heavy traffic and back once it
 /// has been quiet: a bulk sender then waits behind interactive clients.
+///
+/// "Heavy" is more than `bulk_after_bytes` within `bulk_window_ms`, over a
+/// window that slides: the bytes of the current window plus those of the
+/// previous one, weighted by how much of it the sliding window still
+/// covers (as if they came evenly). A fixed window alone would miss a
+/// burst split by its edge. It is back `quiet_ms` after the last heavy
+/// read. With lanes disabled the class is still kept (metrics, the debug
+/// log), and every class runs at the interactive priority.
 fn update_lane(base: &mut EventBase, bev: &mut ConnBev, received: u64) {
-    let now = base.now().as_millis() as u32;
+    let t = base.now();
+    let now = t.as_secs().wrapping_mul(1000).wrapping_add(u64::from(t.subsec_millis())) as u32;
     bev.ctx.last_read = now;
-    let Some(lanes) = bev.ctx.shared.lanes() else { return };
+    let lanes = bev.ctx.shared.lanes();
     let c = &mut bev.ctx;
-    if now.wrapping_sub(c.window_start) >= lanes.window_ms {
-        c.window_start = now;
+    let (window, threshold) = (lanes.window_ms.max(1), lanes.bulk_after_bytes.max(1));
+    let elapsed = now.wrapping_sub(c.window_start);
+    if elapsed >= window {
+        let whole = elapsed / window;
+        c.prev_share = if whole == 1 {
+            (u64::from(c.window_bytes.min(threshold)) * 65535 / u64::from(threshold)) as u16
+        } else {
+            0
+        };
+        c.window_start = c.window_start.wrapping_add(whole * window);
         c.window_bytes = 0;
     }
     c.window_bytes = c.window_bytes.saturating_add(received.min(u32::MAX as u64) as u32);
-    let want = if c.window_bytes >= lanes.bulk_after_bytes {
+    // The previous window's bytes, weighted by the part of it the sliding
+    // window still covers (only worked out when they could matter).
+    let (bytes, threshold) = (u64::from(c.window_bytes), u64::from(threshold));
+    let prev = u64::from(c.prev_share) * threshold / 65535;
+    let heavy = bytes >= threshold
+        || (bytes + prev >= threshold && {
+            let left = u64::from(window - now.wrapping_sub(c.window_start).min(window));
+            bytes + prev * left / u64::from(window) >= threshold
+        });
+    let want = if heavy {
         c.last_heavy = now;
         LANE_BULK
     } else if c.lane == LANE_BULK as u8 && now.wrapping_sub(c.last_heavy) < lanes.quiet_ms {
@@ -374,10 +420,19 @@ fn update_lane(base: &mut EventBase, bev: &mut ConnBev, received: u64) {
     } else {
         LANE_INTERACTIVE
     };
-    if want as u8 != c.lane && bev.set_priority(base, want).is_ok() {
-        tracing::trace!(target: "rot13d", fd = bev.fd(), client = %bev.ctx.client(), lane = want, "lane changed");
-        bev.ctx.lane = want as u8;
+    if want as u8 == c.lane {
+        return;
     }
+    let priority = if lanes.enabled { want } else { LANE_INTERACTIVE };
+    if lanes.enabled && bev.set_priority(base, want).is_err() {
+        return;
+    }
+    bev.ctx.lane = want as u8;
+    let to_bulk = want == LANE_BULK;
+    bev.ctx.shared.count(if to_bulk { Counter::MovesToBulk } else { Counter::MovesToInteractive }, 1);
+    tracing::debug!(target: "rot13d", fd = bev.fd(), client = %bev.ctx.client(),
+        lane = if to_bulk { "bulk" } else { "interactive" }, priority, window_bytes = bev.ctx.window_bytes,
+        "lane changed");
 }
 
 /// Answers the buffered partial line (no LF) and counts it. Not during
@@ -440,15 +495,12 @@ pub(crate) fn on_close(base: &mut EventBase, bev: &mut ConnBev) {
     if flushed > 0 {
         bev.ctx.shared.count(Counter::BytesSent, u64::from(flushed));
     }
-    if bev.ctx.has & HAS_META != 0
-        && let Some(mut m) = bev.ctx.shared.take_meta(bev.ctx.id)
-    {
+    if let Some(mut m) = bev.ctx.shared.take_meta(bev.ctx.id) {
         m.bytes_out += u64::from(flushed);
         if m.access {
             access_record(base, m.as_ref());
         }
     }
-    bev.ctx.has = 0;
     let shared = bev.ctx.shared.clone();
     shared.connection_closed(base, bev.ctx.id);
 }
@@ -469,9 +521,9 @@ mod tests {
 
     #[test]
     fn a_connection_stays_small() {
-        // The header phase and the `has` byte fit in Conn's padding; what
-        // only some connections need is in the worker's table.
-        assert_eq!(std::mem::size_of::<Option<HeaderPhase>>(), 2);
+        // The header phase fits in Conn's last byte of padding; what only
+        // some connections need is in the worker's table.
+        assert_eq!(std::mem::size_of::<Option<HeaderPhase>>(), 1);
         assert!(std::mem::size_of::<Conn>() <= 48, "Conn is {} bytes", std::mem::size_of::<Conn>());
         assert!(std::mem::size_of::<ConnBev>() <= 272, "ConnBev is {} bytes", std::mem::size_of::<ConnBev>());
     }

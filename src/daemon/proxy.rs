@@ -42,6 +42,7 @@ use crate::reactor::EvBuffer;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::num::NonZeroU8;
 use std::time::Duration;
 
 /// A connection's header must be complete this long after its accept
@@ -103,7 +104,7 @@ impl Mode {
             Mode::V2 => Expect::V2,
             Mode::Any => Expect::Any,
         };
-        Some(HeaderPhase { expect, scanned: 0 })
+        Some(HeaderPhase::pack(State { expect, scanned: 0 }))
     }
 
     /// A header this mode takes that names no client, as a health check
@@ -252,11 +253,27 @@ enum Expect {
     Any,
 }
 
-/// The header phase of one connection: two bytes of state (the version
-/// expected and how far the bytes are checked), dropped once it is
-/// [`Done`](Progress::Done).
+/// The header phase of one connection: the version expected and how far
+/// the bytes are checked, packed in one byte (with a niche, so that
+/// `Option<HeaderPhase>` is one byte too: it lives in the padding of a
+/// connection's state), dropped once it is [`Done`](Progress::Done).
+///
+/// The byte, less one: `0..=105` v1 with that many bytes checked (a v1
+/// header is decided by its 107th byte), then `0..=12` v2 with that much
+/// of the signature seen, then one value for "either, nothing seen yet".
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HeaderPhase {
+pub struct HeaderPhase(NonZeroU8);
+
+/// v1 states: 0..=105 bytes checked.
+const V1_STATES: u8 = (V1_MAX - 1) as u8;
+/// v2 states: 0..=12 bytes of the signature seen.
+const V2_STATES: u8 = V2_SIG.len() as u8 + 1;
+// Every state, and "either", in the 255 values of a NonZeroU8.
+const _: () = assert!((V1_STATES as usize + V2_STATES as usize) < u8::MAX as usize);
+
+/// The phase unpacked, while it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct State {
     expect: Expect,
     /// Leading bytes of the input already checked (v1: all valid and none
     /// a CR; v2: the part of the signature seen).
@@ -264,12 +281,52 @@ pub struct HeaderPhase {
 }
 
 impl HeaderPhase {
+    const fn pack(st: State) -> HeaderPhase {
+        let index = match st.expect {
+            Expect::V1 => st.scanned,
+            Expect::V2 => V1_STATES + st.scanned,
+            Expect::Any => V1_STATES + V2_STATES,
+        };
+        HeaderPhase(NonZeroU8::MIN.saturating_add(index))
+    }
+
+    const fn state(self) -> State {
+        let i = self.0.get() - 1;
+        if i < V1_STATES {
+            State { expect: Expect::V1, scanned: i }
+        } else if i < V1_STATES + V2_STATES {
+            State { expect: Expect::V2, scanned: i - V1_STATES }
+        } else {
+            State { expect: Expect::Any, scanned: 0 }
+        }
+    }
+
     /// Looks at the input (which only ever grows at the end during the
     /// phase) and decides if it can. Call after every read.
     ///
     /// After `Done` the phase is spent: drop it. After `Refused` every call
     /// refuses again, for the same reason.
     pub fn advance(&mut self, input: &mut EvBuffer) -> Progress {
+        let mut st = self.state();
+        let p = st.advance(input);
+        *self = HeaderPhase::pack(st);
+        p
+    }
+
+    /// What to do when the client ends its stream before the header is
+    /// complete: `None` if it sent nothing at all (a plain connect and
+    /// close, such as a TCP health check: no header was attempted),
+    /// [`Refusal::Truncated`] if it stopped inside a header.
+    ///
+    /// Call [`advance`](HeaderPhase::advance) on the same input first: a
+    /// header refused on its bytes keeps its own reason.
+    pub fn end_of_input(&self, input: &EvBuffer) -> Option<Refusal> {
+        (!input.is_empty()).then_some(Refusal::Truncated)
+    }
+}
+
+impl State {
+    fn advance(&mut self, input: &mut EvBuffer) -> Progress {
         debug_assert!(input.len() >= self.scanned as usize, "the input shrank during the header phase");
         if self.expect == Expect::Any {
             match input.byte_at(0) {
@@ -288,17 +345,6 @@ impl HeaderPhase {
             Ok(None) => Progress::NeedMore,
             Err(why) => Progress::Refused(why),
         }
-    }
-
-    /// What to do when the client ends its stream before the header is
-    /// complete: `None` if it sent nothing at all (a plain connect and
-    /// close, such as a TCP health check: no header was attempted),
-    /// [`Refusal::Truncated`] if it stopped inside a header.
-    ///
-    /// Call [`advance`](HeaderPhase::advance) on the same input first: a
-    /// header refused on its bytes keeps its own reason.
-    pub fn end_of_input(&self, input: &EvBuffer) -> Option<Refusal> {
-        (!input.is_empty()).then_some(Refusal::Truncated)
     }
 
     fn advance_v1(&mut self, input: &mut EvBuffer) -> Result<Option<Header>, Refusal> {
@@ -534,9 +580,19 @@ mod tests {
     }
 
     #[test]
-    fn the_phase_is_two_bytes() {
-        assert_eq!(std::mem::size_of::<HeaderPhase>(), 2);
-        assert_eq!(std::mem::size_of::<Option<HeaderPhase>>(), 2);
+    fn the_phase_is_one_byte_and_packs_every_state() {
+        assert_eq!(std::mem::size_of::<HeaderPhase>(), 1);
+        assert_eq!(std::mem::size_of::<Option<HeaderPhase>>(), 1);
+        let mut all = vec![State { expect: Expect::Any, scanned: 0 }];
+        all.extend((0..V1_STATES).map(|scanned| State { expect: Expect::V1, scanned }));
+        all.extend((0..V2_STATES).map(|scanned| State { expect: Expect::V2, scanned }));
+        let mut bytes: Vec<u8> = all.iter().map(|st| HeaderPhase::pack(*st).0.get()).collect();
+        for st in &all {
+            assert_eq!(HeaderPhase::pack(*st).state(), *st);
+        }
+        bytes.sort_unstable();
+        bytes.dedup();
+        assert_eq!(bytes.len(), all.len(), "two states share a byte");
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! as its in-process worker.
 
 use super::config::never_if_zero;
-use super::connection::{self, Addr, Conn, ConnBev, End, HAS_META, HAS_TOTALS, Meta};
+use super::connection::{self, Addr, Conn, ConnBev, End, Meta};
 use super::listener::ListenFd;
 use super::metrics::{Counter, Slot};
 use super::proxy;
@@ -63,8 +63,8 @@ pub struct WorkerParams {
     pub max_connections: usize,
     /// How long a drain waits for busy connections.
     pub shutdown_grace: Duration,
-    /// Priority lanes (None = one lane for everything).
-    pub lanes: Option<LaneParams>,
+    /// How connections are classed into lanes.
+    pub lanes: LaneParams,
     /// The PROXY protocol header connections must begin with.
     pub proxy: proxy::Mode,
     /// Log an access record per closed connection.
@@ -74,6 +74,8 @@ pub struct WorkerParams {
 /// When a connection changes lanes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LaneParams {
+    /// Whether a lane is a priority (false: classes only, one priority).
+    pub enabled: bool,
     /// Bytes within one window that make a connection bulk.
     pub bulk_after_bytes: u32,
     /// The window, ms.
@@ -94,11 +96,12 @@ impl WorkerParams {
             write_low_watermark: server.write_low_watermark,
             max_connections: s.max_connections,
             shutdown_grace: server.shutdown_grace,
-            lanes: lanes.enabled.then(|| LaneParams {
+            lanes: LaneParams {
+                enabled: lanes.enabled,
                 bulk_after_bytes: lanes.bulk_after_bytes.min(u32::MAX as u64) as u32,
                 window_ms: lanes.bulk_window.as_millis().clamp(1, u32::MAX as u128) as u32,
                 quiet_ms: lanes.quiet.as_millis().min(u32::MAX as u128) as u32,
-            }),
+            },
             proxy: server.proxy_protocol,
             access: s.config.log.access,
         }
@@ -123,6 +126,9 @@ pub struct Shared {
     /// The [`Meta`] of each connection that has one, by id; empty while no
     /// connection needs one.
     metas: RefCell<Vec<Option<Box<Meta>>>>,
+    /// Whether `metas` ever held one: the one test a callback pays while
+    /// none does.
+    any_meta: Cell<bool>,
     free_ids: RefCell<Vec<u32>>,
     open: Cell<usize>,
     listeners: RefCell<Vec<Listening>>,
@@ -132,12 +138,36 @@ pub struct Shared {
     draining: Cell<bool>,
     last_fd_warn: Cell<Option<Instant>>,
     fd_errors_quiet: Cell<u64>,
+    /// Bytes bulk connections read since the loop last had to poll.
+    bulk_bytes: Cell<u64>,
 }
 
 impl Shared {
+    /// A bulk connection read `n` bytes: past
+    /// [`BULK_BYTES_PER_POLL`](connection::BULK_BYTES_PER_POLL) since the
+    /// last forced poll (lanes on), the turn ends and the loop polls again.
+    pub fn bulk_read(&self, base: &mut EventBase, n: u64) {
+        let lanes = self.params.borrow().lanes;
+        if !lanes.enabled {
+            return;
+        }
+        let total = self.bulk_bytes.get() + n;
+        if total >= connection::BULK_BYTES_PER_POLL {
+            self.bulk_bytes.set(0);
+            base.loopcontinue();
+        } else {
+            self.bulk_bytes.set(total);
+        }
+    }
+
     /// Adds to one of this process's counters.
     pub fn count(&self, c: Counter, n: u64) {
         self.slot.add(c, n);
+    }
+
+    /// Counts a duration in one of this process's histograms.
+    pub fn observe(&self, c: Counter, ns: u64) {
+        self.slot.observe(c, ns);
     }
 
     /// Whether a drain has begun.
@@ -146,7 +176,7 @@ impl Shared {
     }
 
     /// The lane parameters of new reads.
-    pub fn lanes(&self) -> Option<LaneParams> {
+    pub fn lanes(&self) -> LaneParams {
         self.params.borrow().lanes
     }
 
@@ -163,12 +193,18 @@ impl Shared {
 
     /// Runs `f` on the [`Meta`] of connection `id`, if it has one.
     pub(crate) fn with_meta<R>(&self, id: u32, f: impl FnOnce(&mut Meta) -> R) -> Option<R> {
+        if !self.any_meta.get() {
+            return None;
+        }
         let mut metas = self.metas.try_borrow_mut().ok()?;
         metas.get_mut(id as usize)?.as_deref_mut().map(f)
     }
 
     /// Takes the [`Meta`] of connection `id` (it closed).
     pub(crate) fn take_meta(&self, id: u32) -> Option<Box<Meta>> {
+        if !self.any_meta.get() {
+            return None;
+        }
         self.metas.try_borrow_mut().ok()?.get_mut(id as usize)?.take()
     }
 
@@ -178,6 +214,7 @@ impl Shared {
             metas.resize_with(id as usize + 1, || None);
         }
         metas[id as usize] = Some(meta);
+        self.any_meta.set(true);
     }
 
     fn sync_listeners(&self, base: &mut EventBase) {
@@ -308,16 +345,12 @@ impl Shared {
             carried: 0,
             window_bytes: 0,
             window_start: now_ms,
+            prev_share: 0,
             last_heavy: 0,
             lane: LANE_INTERACTIVE as u8,
             proxy: phase,
             last_read: now_ms,
             unsent: 0,
-            has: match &meta {
-                None => 0,
-                Some(m) if m.access => HAS_META | HAS_TOTALS,
-                Some(_) => HAS_META,
-            },
         };
         let bev = match BufferEvent::socket_new(base, fd, BevOptions::CLOSE_ON_FREE, conn) {
             Ok(bev) => bev,
@@ -489,6 +522,17 @@ impl Shared {
     }
 }
 
+/// The `reactor` event of a serving process (SPEC §2): the backend, and the
+/// base's flags as built (so that a configured `epoll_changelist`,
+/// `precise_timer` or `no_cache_time` can be seen to have reached it).
+pub fn log_reactor(base: &EventBase, pid: i32, generation: u32) {
+    use crate::reactor::BaseFlags;
+    let flags = base.flags();
+    tracing::info!(target: "rot13d", backend = %base.backend_name(), changelist = base.uses_changelist(),
+        precise_timer = flags.contains(BaseFlags::PRECISE_TIMER),
+        cache_time = !flags.contains(BaseFlags::NO_CACHE_TIME), pid, generation, "reactor");
+}
+
 /// Makes the idle and write timeouts common timeouts of `base`, so that
 /// re-arming them for each read or write is O(1).
 fn register_timeouts(base: &mut EventBase, p: &WorkerParams) -> std::io::Result<()> {
@@ -514,6 +558,7 @@ pub fn start(
         params: RefCell::new(params),
         conns: RefCell::new(Vec::new()),
         metas: RefCell::new(Vec::new()),
+        any_meta: Cell::new(false),
         free_ids: RefCell::new(Vec::new()),
         open: Cell::new(0),
         listeners: RefCell::new(Vec::new()),
@@ -523,6 +568,7 @@ pub fn start(
         draining: Cell::new(false),
         last_fd_warn: Cell::new(None),
         fd_errors_quiet: Cell::new(0),
+        bulk_bytes: Cell::new(0),
     });
     let s = shared.clone();
     let t = base.new_timer(move |base, _, _| s.set_pause(base, PAUSE_FDS, false));

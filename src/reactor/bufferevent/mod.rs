@@ -507,11 +507,32 @@ impl<C: 'static> BufferEvent<C> {
         let len = self.output.len();
         if len > self.bp_high as usize {
             if !self.suspend.intersects(Suspend::BACKPRESSURE) {
-                self.suspend_read(base, Suspend::BACKPRESSURE);
+                self.pause_for_backpressure(base);
             }
         } else if len <= self.bp_low as usize && self.suspend.intersects(Suspend::BACKPRESSURE) {
+            tracing::trace!(target: "rot13d::reactor::bufferevent", fd = self.raw(), pending = len, low = self.bp_low,
+                "reading resumed: output at the low watermark");
             self.unsuspend_read(base, Suspend::BACKPRESSURE);
         }
+    }
+
+    /// Output passed the high mark: reading pauses. Out of line, as it runs
+    /// once per pause and `check_backpressure` runs on every write.
+    #[cold]
+    #[inline(never)]
+    fn pause_for_backpressure(&mut self, base: &mut EventBase) {
+        self.suspend_read(base, Suspend::BACKPRESSURE);
+        // Neither buffer grows while paused, so their memory is bounded
+        // from here on by what they hold now: the partial line leaves its
+        // read-sized block, and the output is packed into full blocks (what
+        // reads, cut lines and partial writes left free in them would
+        // otherwise stay allocated for as long as the peer does not read:
+        // SPEC §1 bounds the memory, not only the bytes).
+        self.input.shrink();
+        self.output.compact();
+        tracing::trace!(target: "rot13d::reactor::bufferevent", fd = self.raw(), pending = self.output.len(),
+            high = self.bp_high, input = self.input.len(), heap = self.input.heap_size() + self.output.heap_size(),
+            "reading paused: output above the high watermark");
     }
 
     /// Tells the bufferevent that the owner consumed input outside a read
