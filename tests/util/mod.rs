@@ -348,9 +348,10 @@ impl Drop for TempDir {
 // ---------------------------------------------------------------------------
 // The log on stderr.
 
-/// The stderr of a process, appended by a reader thread.
+/// The stderr of a process, appended by a reader thread; the flag is set
+/// once the reader reached the end (every writer closed it).
 #[derive(Clone, Default)]
-pub struct Log(Arc<(Mutex<String>, Condvar)>);
+pub struct Log(Arc<(Mutex<String>, Condvar)>, Arc<std::sync::atomic::AtomicBool>);
 
 impl Log {
     /// Starts a thread that appends every line of `r` (until EOF).
@@ -363,7 +364,13 @@ impl Log {
             loop {
                 line.clear();
                 match r.read_until(b'\n', &mut line) {
-                    Ok(0) | Err(_) => break,
+                    Ok(0) | Err(_) => {
+                        let (m, c) = &*l.0;
+                        let _held = m.lock().unwrap_or_else(|e| e.into_inner());
+                        l.1.store(true, Ordering::SeqCst);
+                        c.notify_all();
+                        break;
+                    }
                     Ok(_) => {
                         let (m, c) = &*l.0;
                         m.lock().unwrap_or_else(|e| e.into_inner()).push_str(&String::from_utf8_lossy(&line));
@@ -373,6 +380,23 @@ impl Log {
             }
         });
         log
+    }
+
+    /// Waits (at most `timeout`) until the reader has read to the end: every
+    /// process writing to the pipe closed it, so every line is in. Whether
+    /// it did.
+    pub fn wait_eof(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let (m, c) = &*self.0;
+        let mut g = m.lock().unwrap_or_else(|e| e.into_inner());
+        while !self.1.load(Ordering::SeqCst) {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            g = c.wait_timeout(g, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        true
     }
 
     /// Everything captured so far.
@@ -690,6 +714,10 @@ impl Daemon {
             fail(format!("master {} did not exit within {timeout:?}: {e}\n{}", self.pid, self.log.text()))
         })?;
         self.status = Some(s);
+        // Its log is read by a thread of its own, which may not have the
+        // last lines yet: wait for the end of the pipe (its workers hold it
+        // too; a test about one that outlives the master looks for itself).
+        self.log.wait_eof(Duration::from_secs(2));
         Ok(s)
     }
 
