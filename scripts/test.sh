@@ -4,7 +4,8 @@
 # container image and the package's unit under a real systemd
 # (scripts/test-{package,container,systemd}.sh, each its own step so that
 # it never competes with the timing-sensitive daemon tests for the CPUs),
-# then every test with nextest.
+# valgrind memcheck over the daemon (scripts/memcheck.sh), then every test
+# with nextest.
 #   scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,9 +19,9 @@ took() { local now; now=$(date +%s); echo "scripts/test.sh: $1 took $((now - mar
 # (dpkg-shlibdeps for cargo-deb's $auto depends): the package test; strace:
 # the unit's sandbox test and tests/keys.rs (the loop's epoll_wait calls);
 # iproute2 (ss): tests/keys.rs (listen backlogs); haproxy: tests/haproxy.rs
-# (a real HAProxy in front of two instances). On a fresh machine: about
-# 20 s.
-apt_packages=(podman runc debootstrap lintian man-db dpkg-dev binutils strace iproute2 haproxy)
+# (a real HAProxy in front of two instances); valgrind: the memcheck step.
+# On a fresh machine: about 20 s.
+apt_packages=(podman runc debootstrap lintian man-db dpkg-dev binutils strace iproute2 haproxy valgrind)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -57,6 +58,11 @@ for step in package container systemd; do
   "scripts/test-$step.sh" || failed+=("$step")
   took "step $step"
 done
+# valgrind memcheck over the master and its workers: 3,000 verifying
+# connections (and resets, slow and idle clients), a reload, a stop; on the
+# release binary the container step built. About 5 s here.
+scripts/memcheck.sh 3000 || failed+=("memcheck")
+took "step memcheck"
 
 status=0
 cargo nextest run --workspace --no-fail-fast --profile ci --locked || status=$?

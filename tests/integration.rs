@@ -5,6 +5,7 @@ mod admin;
 mod bufferevent;
 mod cli;
 mod control;
+mod faults;
 mod fuzz_replay;
 mod haproxy;
 mod ipv6;

@@ -149,55 +149,110 @@ fn on_event(base: &mut EventBase, bev: &mut BufferEvent<AdminConn>, _ev: BevEven
     bev.free(base);
 }
 
+/// What the endpoint does with the request head received so far (at most
+/// `MAX_HEAD + 1` bytes: reading stops there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// Incomplete, and may still fit: wait for more (or the deadline).
+    Wait,
+    /// `GET /metrics` (`head_only`: the same by `HEAD`, without the body).
+    Metrics {
+        /// `HEAD`: the response has no body.
+        head_only: bool,
+    },
+    /// `GET /healthz`.
+    Healthz {
+        /// `HEAD`: the response has no body.
+        head_only: bool,
+    },
+    /// `GET` of another path: 404.
+    NotFound {
+        /// `HEAD`: the response has no body.
+        head_only: bool,
+    },
+    /// Another method: 405.
+    MethodNotAllowed,
+    /// More than [`MAX_HEAD`] bytes, or more than 64 headers: 431.
+    TooLarge,
+    /// Not an HTTP/1.x request head: 400.
+    Malformed,
+}
+
+/// Decides what to answer to the request head `head` (the bytes received
+/// so far); pure, so that the fuzz target checks that any split of the
+/// same bytes decides alike.
+pub fn judge(head: &[u8]) -> Answer {
+    let head = &head[..head.len().min(MAX_HEAD + 1)];
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(head) {
+        Ok(httparse::Status::Partial) if head.len() <= MAX_HEAD => Answer::Wait,
+        Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => Answer::TooLarge,
+        Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => Answer::TooLarge,
+        Err(_) => Answer::Malformed,
+        Ok(httparse::Status::Complete(_)) => {
+            let method = req.method.unwrap_or("");
+            let path = req.path.unwrap_or("").split('?').next().unwrap_or("");
+            let head_only = method == "HEAD";
+            match (method, path) {
+                ("GET" | "HEAD", "/metrics") => Answer::Metrics { head_only },
+                ("GET" | "HEAD", "/healthz") => Answer::Healthz { head_only },
+                ("GET" | "HEAD", _) => Answer::NotFound { head_only },
+                _ => Answer::MethodNotAllowed,
+            }
+        }
+    }
+}
+
+/// The whole response to `answer` (`None` for [`Answer::Wait`]): the
+/// metrics and the health reason come from the caller.
+pub fn response(answer: Answer, metrics: impl FnOnce() -> String, health: Option<&str>) -> Option<Vec<u8>> {
+    const TEXT: &str = "text/plain";
+    let (status, ctype, body, head_only) = match answer {
+        Answer::Wait => return None,
+        Answer::Metrics { head_only } => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", metrics(), head_only),
+        Answer::Healthz { head_only } => match health {
+            None => ("200 OK", TEXT, "ok\n".to_string(), head_only),
+            Some(why) => ("503 Service Unavailable", TEXT, format!("{why}\n"), head_only),
+        },
+        Answer::NotFound { head_only } => ("404 Not Found", TEXT, "not found\n".to_string(), head_only),
+        Answer::MethodNotAllowed => ("405 Method Not Allowed", TEXT, "method not allowed\n".to_string(), false),
+        Answer::TooLarge => {
+            ("431 Request Header Fields Too Large", TEXT, "request head too large\n".to_string(), false)
+        }
+        Answer::Malformed => ("400 Bad Request", TEXT, "malformed request\n".to_string(), false),
+    };
+    Some(render(status, ctype, &body, !head_only))
+}
+
 fn on_read(base: &mut EventBase, bev: &mut BufferEvent<AdminConn>) {
     let mut head = vec![0u8; bev.input.len().min(MAX_HEAD + 1)];
     let n = bev.input.copyout(&mut head);
     head.truncate(n);
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let parsed = req.parse(&head);
-    let (status, ctype, body, is_head) = match parsed {
-        Ok(httparse::Status::Partial) if head.len() <= MAX_HEAD => return,
-        Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
-            ("431 Request Header Fields Too Large", "text/plain", "request head too large\n".to_string(), false)
-        }
-        Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => {
-            ("431 Request Header Fields Too Large", "text/plain", "request head too large\n".to_string(), false)
-        }
-        Err(_) => ("400 Bad Request", "text/plain", "malformed request\n".to_string(), false),
-        Ok(httparse::Status::Complete(_)) => {
-            let method = req.method.unwrap_or("");
-            let path = req.path.unwrap_or("").split('?').next().unwrap_or("");
-            let is_head = method == "HEAD";
-            let admin = &bev.ctx.admin;
-            let answer = match (method, path) {
-                ("GET" | "HEAD", "/metrics") => {
-                    ("200 OK", "text/plain; version=0.0.4; charset=utf-8", admin.metrics.render())
-                }
-                ("GET" | "HEAD", "/healthz") => match admin.health.borrow().as_deref() {
-                    None => ("200 OK", "text/plain", "ok\n".to_string()),
-                    Some(why) => ("503 Service Unavailable", "text/plain", format!("{why}\n")),
-                },
-                ("GET" | "HEAD", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
-                _ => ("405 Method Not Allowed", "text/plain", "method not allowed\n".to_string()),
-            };
-            (answer.0, answer.1, answer.2, is_head)
-        }
+    let admin = bev.ctx.admin.clone();
+    let Some(out) = response(judge(&head), || admin.metrics.render(), admin.health.borrow().as_deref()) else {
+        return;
     };
     bev.input.drain(bev.input.len());
     base.free(bev.ctx.deadline);
-    respond(bev, status, ctype, &body, !is_head);
+    bev.output.add(&out);
     bev.close_when_flushed(base);
+}
+
+/// A response; `with_body` false for HEAD (the length is still the body's).
+fn render(status: &str, ctype: &str, body: &str, with_body: bool) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if with_body {
+        out.extend_from_slice(body.as_bytes());
+    }
+    out
 }
 
 /// Queues a response; `with_body` false for HEAD.
 fn respond(bev: &mut BufferEvent<AdminConn>, status: &str, ctype: &str, body: &str, with_body: bool) {
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    bev.output.add(head.as_bytes());
-    if with_body {
-        bev.output.add(body.as_bytes());
-    }
+    bev.output.add(&render(status, ctype, body, with_body));
 }

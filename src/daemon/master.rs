@@ -318,8 +318,7 @@ impl Master {
                     && spawn_wanted(generation, index, cohort.wanted(), &roles)
                     && let Err(e) = self.start_worker(&cohort, index)
                 {
-                    tracing::error!(target: "rot13d", error = %e, index, "cannot start a worker");
-                    self.schedule_spawn(generation, index, self.backoff.delay().max(BACKOFF_MIN));
+                    self.start_failed(&e, generation, index);
                 }
             }
             Intent::StartTimeout(g) => self.start_timed_out(g),
@@ -336,6 +335,16 @@ impl Master {
 
     fn schedule_spawn(&mut self, generation: u32, index: usize, after: Duration) {
         self.after(after, Intent::Spawn { generation, index });
+    }
+
+    /// Worker `index` of `generation` could not be started: logged with
+    /// the reason, retried after a delay that grows while starts keep
+    /// failing.
+    fn start_failed(&mut self, e: &Error, generation: u32, index: usize) {
+        let retry = self.backoff.on_start_failure();
+        tracing::error!(target: "rot13d", error = %e, index, generation, retry_s = retry.as_secs(),
+            "cannot start a worker");
+        self.schedule_spawn(generation, index, retry);
     }
 
     /// Starts worker `index` of generation `cohort`: a child process, or the in-process
@@ -378,6 +387,7 @@ impl Master {
             }
             Ok(process::Fork::Parent(pid)) => {
                 sys::signal::restore_mask(mask);
+                self.backoff.on_started();
                 drop(theirs);
                 let ours = Rc::new(ours);
                 let ev = self.watch_channel(&ours, id);
@@ -819,8 +829,7 @@ impl Master {
         }
         for index in 0..cohort.wanted() {
             if let Err(e) = self.start_worker(&cohort, index) {
-                tracing::error!(target: "rot13d", error = %e, index, "cannot start a worker of the new generation");
-                self.schedule_spawn(cohort.id, index, BACKOFF_MIN);
+                self.start_failed(&e, cohort.id, index);
             }
         }
         self.after(START_TIMEOUT, Intent::StartTimeout(cohort.id));
@@ -845,13 +854,31 @@ fn channel() -> std::io::Result<(OwnedFd, OwnedFd)> {
 /// exited 0 on its own (a SIGTERM to the whole control group, which the
 /// master is about to get too) is replaced after [`CLEAN_EXIT_RESPAWN`],
 /// not counted as a crash.
+///
+/// A worker that cannot even be started (fork, its channel or its counters
+/// failed: a process or fd limit, memory) is retried after [`BACKOFF_MIN`],
+/// doubled for each further failure in a row, up to [`BACKOFF_MAX`]; a
+/// start that succeeds ends the run.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Backoff {
     deaths: VecDeque<Instant>,
     delay: Duration,
+    failed_starts: u32,
 }
 
 impl Backoff {
+    /// A start failed; the delay before the next attempt.
+    pub fn on_start_failure(&mut self) -> Duration {
+        let delay = BACKOFF_MIN.saturating_mul(1 << self.failed_starts.min(5)).min(BACKOFF_MAX);
+        self.failed_starts += 1;
+        delay
+    }
+
+    /// A worker was started.
+    pub fn on_started(&mut self) {
+        self.failed_starts = 0;
+    }
+
     /// Records a death at `now`; the delay before its replacement.
     pub fn on_death(&mut self, now: Instant, clean_exit: bool) -> Duration {
         if clean_exit {
@@ -872,11 +899,6 @@ impl Backoff {
     /// Whether replacements wait now.
     pub fn backing_off(&self) -> bool {
         !self.delay.is_zero()
-    }
-
-    /// The current delay.
-    pub fn delay(&self) -> Duration {
-        self.delay
     }
 }
 
@@ -1010,6 +1032,16 @@ mod tests {
         assert!(!b.backing_off());
         // A clean exit is not a crash.
         assert_eq!(b.on_death(t0 + Duration::from_secs(61), true), CLEAN_EXIT_RESPAWN);
+    }
+
+    #[test]
+    fn failed_starts_wait_longer_each_time_until_one_succeeds() {
+        let mut b = Backoff::default();
+        let delays: Vec<u64> = (0..8).map(|_| b.on_start_failure().as_secs()).collect();
+        assert_eq!(delays, vec![1, 2, 4, 8, 16, 30, 30, 30]);
+        b.on_started();
+        assert_eq!(b.on_start_failure(), BACKOFF_MIN, "a start in between ends the run");
+        assert!(!b.backing_off(), "failed starts are not deaths");
     }
 
     #[test]
