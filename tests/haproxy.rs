@@ -168,24 +168,13 @@ fn connect_from(src: &str, to: SocketAddr) -> io::Result<Client> {
     Ok(Client { stream })
 }
 
-/// What a session through the front did.
-struct Session {
-    /// The client addresses of its connections, in order.
-    conns: Vec<SocketAddr>,
-    /// Whether a connection of it was ended by the server side before
-    /// every line sent on it was answered.
-    cut: bool,
-}
-
-/// A client session through the front, as a careful client runs one:
-/// `lines` lines in bursts of `burst`, each burst's answers read before
-/// the next, then a partial line and the half-close. Every answer is
-/// checked byte for byte against ROT13 of what was sent. An instance that
-/// stops closes a session that is idle at that moment (SPEC §2: nothing
-/// buffered, nothing unread): then what came back must be exact, whole
-/// lines, and the lines not answered are sent again on a new connection
-/// (HAProxy sends it to an instance still up). Nothing answered twice,
-/// nothing lost.
+/// A client session through the front: `lines` lines in bursts of
+/// `burst`, each burst's answers read before the next, `gap` apart, then a
+/// partial line and the half-close, on one connection. Every answer is
+/// checked byte for byte against ROT13 of what was sent, and must be
+/// whole: behind the PROXY protocol a stop spares a connection that read
+/// within the last second (the worker's drain), so a stop in the middle of
+/// a session cuts nothing. Returns the connection's client address.
 fn session(
     front: SocketAddr,
     id: usize,
@@ -193,60 +182,27 @@ fn session(
     burst: usize,
     gap: Duration,
     flowing: Arc<AtomicUsize>,
-) -> io::Result<Session> {
-    let mut all: Vec<Vec<u8>> =
+) -> io::Result<SocketAddr> {
+    let all: Vec<Vec<u8>> =
         (0..lines).map(|j| format!("session {id} line {j}: The Quick Brown Fox\r\n").into_bytes()).collect();
-    // The partial line, answered at the end of input.
-    all.push(b"and a partial line".to_vec());
-    let mut next = 0;
-    let mut s = Session { conns: Vec::new(), cut: false };
-    while next < all.len() {
-        ensure!(s.conns.len() < 10, "session {id}: 10 connections and still not done");
-        let mut c = Client::connect(front)?;
-        let me = c.stream.local_addr()?;
-        s.conns.push(me);
-        loop {
-            let last = (next + burst).min(all.len() - 1);
-            // The partial line goes alone, with the half-close.
-            let batch: Vec<u8> = if next == all.len() - 1 { all[next].clone() } else { all[next..last].concat() };
-            let tail = next == all.len() - 1;
-            let want = rot13_model(&batch, 16384);
-            let sent = c.send(&batch).and_then(|()| if tail { c.half_close() } else { Ok(()) });
-            let mut got = Vec::new();
-            if sent.is_ok() {
-                let mut buf = vec![0u8; 64 * 1024];
-                while got.len() < want.len() {
-                    match c.stream.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                }
-            }
-            ensure!(got.len() <= want.len(), "session {id} ({me}): {} bytes for {} sent", got.len(), want.len());
-            ensure_bytes_eq(&format!("session {id} ({me})"), &got, &want[..got.len()])?;
-            if s.conns.len() == 1 && next == 0 && !got.is_empty() {
-                flowing.fetch_add(1, Ordering::Relaxed);
-            }
-            if got.len() < want.len() {
-                // Ended by the server side: at a line's end, never inside one.
-                ensure!(
-                    got.is_empty() || got.ends_with(b"\n"),
-                    "session {id} ({me}): cut inside a line: {:?}",
-                    String::from_utf8_lossy(&got)
-                );
-                next += got.iter().filter(|b| **b == b'\n').count();
-                s.cut = true;
-                break;
-            }
-            if tail {
-                ensure!(c.read_to_end()?.is_empty(), "session {id} ({me}): more after the last answer");
-                return Ok(s);
-            }
-            next = last;
-            thread::sleep(gap);
+    let mut c = Client::connect(front)?;
+    let me = c.stream.local_addr()?;
+    for (k, batch) in all.chunks(burst).enumerate() {
+        let batch = batch.concat();
+        c.send(&batch)?;
+        let got = c.read_exact(batch.len())?;
+        ensure_bytes_eq(&format!("session {id} ({me}) burst {k}"), &got, &rot13_model(&batch, 16384))?;
+        if k == 0 {
+            flowing.fetch_add(1, Ordering::Relaxed);
         }
+        thread::sleep(gap);
     }
-    Ok(s)
+    // The partial line, answered at the end of input.
+    let tail = b"and a partial line";
+    c.send(tail)?;
+    c.half_close()?;
+    ensure_bytes_eq(&format!("session {id} ({me}) tail"), &c.read_to_end()?, &rot13_model(tail, 16384))?;
+    Ok(me)
 }
 
 /// The instance (0 or 1) whose access record names `client`, and the
@@ -295,20 +251,33 @@ fn through_haproxy(a: &mut Daemon, b: &Daemon, h: &Haproxy) -> io::Result<()> {
         .collect();
     let done = Arc::new(AtomicBool::new(false));
     let d2 = done.clone();
-    let churn = thread::spawn(move || -> io::Result<usize> {
-        let mut n = 0;
+    // A short session that gets no answer at all is one whose connection
+    // HAProxy had placed in the stopped instance's listen backlog when its
+    // listeners closed (SPEC §2: new clients are refused; the kernel
+    // resets what it had queued, and HAProxy does not resend an
+    // established connection): it is sent again, and checked below to be
+    // in no instance's access log (never accepted, so nothing of it lost).
+    let churn = thread::spawn(move || -> io::Result<(usize, Vec<SocketAddr>)> {
+        let (mut n, mut unanswered) = (0, Vec::new());
         while !d2.load(Ordering::Relaxed) {
             let line = format!("short session {n}\n");
-            let got = connect_from("127.0.0.2", front)
-                .and_then(|c| c.roundtrip(line.as_bytes()))
-                .map_err(|e| fail(format!("short session {n}: {e}")))?;
-            ensure_bytes_eq(&format!("short session {n}"), &got, &rot13_model(line.as_bytes(), 16384))?;
+            let c = connect_from("127.0.0.2", front).map_err(|e| fail(format!("short session {n}: {e}")))?;
+            let me = c.stream.local_addr()?;
+            let got = match c.roundtrip(line.as_bytes()) {
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Vec::new(),
+                r => r.map_err(|e| fail(format!("short session {n} ({me}): {e}")))?,
+            };
+            if got.is_empty() && unanswered.len() < 3 {
+                unanswered.push(me);
+                continue;
+            }
+            ensure_bytes_eq(&format!("short session {n} ({me})"), &got, &rot13_model(line.as_bytes(), 16384))?;
             n += 1;
             // A steady arrival of new sessions, not a flood (the machine is
             // shared with the other tests).
             thread::sleep(Duration::from_millis(2));
         }
-        Ok(n)
+        Ok((n, unanswered))
     });
 
     // Every session flows (HAProxy spread them over both) before the stop,
@@ -331,8 +300,14 @@ fn through_haproxy(a: &mut Daemon, b: &Daemon, h: &Haproxy) -> io::Result<()> {
     let status = a.wait_exit(T)?;
     ensure!(status.code() == Some(0), "the stopped instance exited {status:?}:\n{}", a.log().text());
     done.store(true, Ordering::Relaxed);
-    let short = churn.join().map_err(|_| fail("churn panicked"))??;
+    let (short, unanswered) = churn.join().map_err(|_| fail("churn panicked"))??;
     ensure!(short > 0, "no short session ran");
+    for c in &unanswered {
+        let pat = format!("client={c} ");
+        let logged: Vec<String> =
+            [&*a, b].iter().flat_map(|d| lines_with(&d.log().text(), &["access", &pat])).collect();
+        ensure!(logged.is_empty(), "short session {c} accepted, then closed unanswered: {logged:?}");
+    }
     // After the stop, everything goes to the other instance.
     for k in 0..20 {
         let line = format!("after {k}\n");
@@ -345,22 +320,20 @@ fn through_haproxy(a: &mut Daemon, b: &Daemon, h: &Haproxy) -> io::Result<()> {
         server_state(&h.socket, "rot13d-2")
     );
 
-    // Each connection is in the access log of exactly one instance, with
-    // the front's client as `client` and HAProxy as `peer`. The first
-    // connections of the sessions went to both instances; those cut by
-    // the stop were on the stopped one, and went on on the other.
+    // Each session is in the access log of exactly one instance, whole
+    // (every line, the partial one too, answered; ended by its client),
+    // with the front's client as `client` and HAProxy as `peer`; the
+    // sessions went to both instances.
     let mut per = [0usize; 2];
-    let mut cut = 0;
-    for s in &done_sessions {
-        for (k, c) in s.conns.iter().enumerate() {
-            let (i, f) = served_by(&[a, b], *c)?;
-            if k == 0 {
-                per[i] += 1;
-            }
-            ensure!(k + 1 == s.conns.len() || i == 0, "{c}: a cut connection on the instance still up: {f:?}");
-            ensure!(f.get("peer").is_some_and(|p| *p != c.to_string()), "{c}: the peer is the client: {f:?}");
-        }
-        cut += usize::from(s.cut);
+    let want_lines = 400.to_string();
+    for c in &done_sessions {
+        let (i, f) = served_by(&[a, b], *c)?;
+        per[i] += 1;
+        ensure!(f.get("peer").is_some_and(|p| *p != c.to_string()), "{c}: the peer is the client: {f:?}");
+        ensure!(
+            f.get("end").map(String::as_str) == Some("eof") && f.get("lines") == Some(&want_lines),
+            "{c}: want end=eof lines={want_lines}: {f:?}"
+        );
     }
     ensure!(per[0] > 0 && per[1] > 0, "sessions per instance {per:?}: the stop did not happen mid-traffic");
     ensure!(
@@ -370,8 +343,9 @@ fn through_haproxy(a: &mut Daemon, b: &Daemon, h: &Haproxy) -> io::Result<()> {
         b.log().text()
     );
     eprintln!(
-        "haproxy took the stopped instance out {took_out:?} after SIGTERM; sessions per instance {per:?}, \
-         {cut} cut by the stop and resumed; {short} short sessions"
+        "haproxy took the stopped instance out {took_out:?} after SIGTERM; sessions per instance {per:?}; \
+         {short} short sessions, {} reset from the listen backlog and sent again",
+        unanswered.len()
     );
     Ok(())
 }

@@ -429,3 +429,63 @@ fn log_lines_name_the_headers_client() -> io::Result<()> {
     }
     Ok(())
 }
+
+/// A graceful stop behind a load balancer: the balancer has placed each
+/// connection's client already and cannot send it elsewhere, so a stop
+/// spares a connection that read within the last second (its header just
+/// in, its first line on the way) and serves it until its client finishes;
+/// one quiet for longer is closed at once, as without the PROXY protocol.
+fn a_stop_spares_a_client_that_just_connected(workers: usize) -> io::Result<()> {
+    let (mut d, admin) = proxy_daemon("v2", workers, "", "[log]\naccess = true\n")?;
+    let headers = |n| {
+        poll_until(T, || get(admin, "/metrics").is_ok_and(|(_, b)| metric(&b, "rot13d_proxy_headers_total") == Some(n)))
+    };
+    let (old_src, new_src) = (addr("192.0.2.1:1001"), addr("192.0.2.2:1002"));
+    let mut old = d.connect()?;
+    old.send(&proxy_v2(old_src, addr("192.0.2.9:40713"), &[]))?;
+    ensure!(headers(1), "the first header was never read");
+    // The quiet time a stop waits for is the subject here, not a wait for
+    // an event: the old connection is idle for longer than it.
+    thread::sleep(Duration::from_millis(1200));
+    let mut new = d.connect()?;
+    new.send(&proxy_v2(new_src, addr("192.0.2.9:40713"), &[]))?;
+    ensure!(headers(2), "the second header was never read");
+    d.signal(libc::SIGTERM)?;
+    // Every serving process drains; between them, one connection is busy.
+    d.log().wait_count(&["INFO rot13d: draining "], workers.max(1), T)?;
+    let busy: usize = lines_with(&d.log().text(), &["INFO rot13d: draining "])
+        .iter()
+        .map(|l| fields(l).get("busy").and_then(|b| b.parse::<usize>().ok()).unwrap_or(99))
+        .sum();
+    ensure!(busy == 1, "{busy} busy at the stop, want 1:\n{}", d.log().text());
+    closed_unanswered(&mut old, T).map_err(|e| fail(format!("the connection quiet for 1.2 s: {e}")))?;
+    // The client's first line arrives after the stop began: answered.
+    new.send(b"Hello after the stop\n")?;
+    let got = new.read_exact(21)?;
+    ensure_bytes_eq("the connection that had just begun", &got, b"Uryyb nsgre gur fgbc\n")?;
+    new.half_close()?;
+    ensure!(new.read_to_end()?.is_empty(), "more after the half-close");
+    let s = d.wait_exit(T)?;
+    ensure!(s.code() == Some(0), "exit {s:?}:\n{}", d.log().text());
+    for (src, end, lines) in [(old_src, "shutdown", "0"), (new_src, "eof", "1")] {
+        let rec = lines_with(&d.log().text(), &["INFO rot13d: access ", &format!("client={src} ")]);
+        ensure!(rec.len() == 1, "{src}: {rec:?}");
+        let f = fields(&rec[0]);
+        ensure!(
+            f.get("end").map(String::as_str) == Some(end) && f.get("lines").map(String::as_str) == Some(lines),
+            "{src}: want end={end} lines={lines}: {}",
+            rec[0]
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn a_stop_spares_a_client_that_just_connected_w0() -> io::Result<()> {
+    a_stop_spares_a_client_that_just_connected(0)
+}
+
+#[test]
+fn a_stop_spares_a_client_that_just_connected_w2() -> io::Result<()> {
+    a_stop_spares_a_client_that_just_connected(2)
+}

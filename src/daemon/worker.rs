@@ -434,20 +434,26 @@ impl Shared {
     /// then would send RST and lose it), nothing of the answer still in the
     /// kernel's send queue (a client that has stopped reading for a while:
     /// its next line would reach a closed socket, and the reset it causes
-    /// drops what is queued) and, when retiring, quiet for [`RETIRE_QUIET`]
-    /// (a client that has just connected is about to send).
-    fn closable(b: &ConnBev, now_ms: u32, retiring: bool) -> bool {
+    /// drops what is queued) and, when `quiet` (retiring, or behind the
+    /// PROXY protocol), quiet for [`RETIRE_QUIET`] (a client that has just
+    /// connected is about to send).
+    fn closable(b: &ConnBev, now_ms: u32, quiet: bool) -> bool {
         b.input.is_empty()
             && b.output.is_empty()
             && sys::inq(b.fd()).is_ok_and(|n| n == 0)
             && sys::outq(b.fd()).is_ok_and(|n| n == 0)
-            && (!retiring || now_ms.wrapping_sub(b.ctx.last_read) >= RETIRE_QUIET.as_millis() as u32)
+            && (!quiet || now_ms.wrapping_sub(b.ctx.last_read) >= RETIRE_QUIET.as_millis() as u32)
     }
 
     /// Closes every connection that is [`closable`](Self::closable) now;
     /// returns how many stay open.
     fn close_idle(&self, base: &mut EventBase, retiring: bool) -> usize {
         let now = base.now().as_millis() as u32;
+        // Behind a load balancer a connection is a client session the
+        // balancer has already placed: cut before its first line (its
+        // header just read) or between two lines, it cannot be sent
+        // elsewhere. So a stop spares recent ones, as a reload does.
+        let quiet = retiring || self.params.borrow().proxy != proxy::Mode::Off;
         let conns: Vec<Bev<Conn>> = self.conns.borrow().iter().flatten().cloned().collect();
         let mut busy = 0;
         for c in conns {
@@ -455,7 +461,7 @@ impl Shared {
                 if b.is_freed() || b.is_closing() {
                     return;
                 }
-                if Self::closable(b, now, retiring) {
+                if Self::closable(b, now, quiet) {
                     connection::drop_unsent(b);
                     b.ctx.set_end(End::Shutdown);
                     b.free(base);
@@ -469,7 +475,9 @@ impl Shared {
 
     /// Graceful stop (SIGTERM): listeners closed at once; idle connections
     /// closed at once; busy ones served until their client finishes, for at
-    /// most the grace period.
+    /// most the grace period. Behind the PROXY protocol an idle connection
+    /// is closed at once only if it has been quiet for [`RETIRE_QUIET`], as
+    /// when retiring.
     ///
     /// Retiring (the master's retire command, a reload): the same, except that an idle
     /// connection is closed at once only if it has been quiet for
