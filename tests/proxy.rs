@@ -489,3 +489,47 @@ fn a_stop_spares_a_client_that_just_connected_w0() -> io::Result<()> {
 fn a_stop_spares_a_client_that_just_connected_w2() -> io::Result<()> {
     a_stop_spares_a_client_that_just_connected(2)
 }
+
+/// A reload (SIGHUP) that turns `proxy_protocol` on applies to connections
+/// accepted from then on; one open across it keeps its generation's
+/// setting (SPEC §2): a `PROXY` line stays ROT13 input there.
+fn a_reload_turns_the_header_on_for_new_connections(workers: usize) -> io::Result<()> {
+    let (d, admin) = proxy_daemon("off", workers, "", "")?;
+    let mut old = d.connect()?;
+    // A partial line keeps it busy through the old generation's retirement.
+    old.send(b"abc")?;
+    let received = |n| {
+        poll_until(T, || {
+            get(admin, "/metrics").is_ok_and(|(_, b)| metric(&b, "rot13d_bytes_received_total") == Some(n))
+        })
+    };
+    ensure!(received(3), "the partial line never arrived");
+    let text = std::fs::read_to_string(d.config_path())?.replace("proxy_protocol = \"off\"", "proxy_protocol = \"v2\"");
+    std::fs::write(d.config_path(), text)?;
+    d.signal(libc::SIGHUP)?;
+    d.log().wait_count(&["INFO rot13d: reloaded "], 1, T)?;
+    // The old workers stop accepting when they begin to drain.
+    d.log().wait_count(&["INFO rot13d: draining ", "retiring=true"], workers, T)?;
+    let line = b"\nPROXY TCP4 192.0.2.1 192.0.2.2 1 2\r\n";
+    old.send(line)?;
+    let want = rot13_model(&[&b"abc"[..], line].concat(), 16384);
+    ensure_bytes_eq("the connection open across the reload", &old.read_exact(want.len())?, &want)?;
+    let mut new = d.connect()?;
+    new.send(&[proxy_v2(addr("192.0.2.1:1"), addr("192.0.2.2:2"), &[]), b"Hello\n".to_vec()].concat())?;
+    ensure_bytes_eq("a new connection with a header", &new.read_exact(6)?, b"Uryyb\n")?;
+    let mut bare = d.connect()?;
+    bare.send(b"Hello\n")?;
+    closed_unanswered(&mut bare, T).map_err(|e| fail(format!("a new connection without a header: {e}")))?;
+    d.log().wait_count(&["WARN rot13d: proxy header refused ", "reason=missing "], 1, T)?;
+    Ok(())
+}
+
+#[test]
+fn a_reload_turns_the_header_on_for_new_connections_w0() -> io::Result<()> {
+    a_reload_turns_the_header_on_for_new_connections(0)
+}
+
+#[test]
+fn a_reload_turns_the_header_on_for_new_connections_w2() -> io::Result<()> {
+    a_reload_turns_the_header_on_for_new_connections(2)
+}
