@@ -533,3 +533,27 @@ fn a_reload_turns_the_header_on_for_new_connections_w0() -> io::Result<()> {
 fn a_reload_turns_the_header_on_for_new_connections_w2() -> io::Result<()> {
     a_reload_turns_the_header_on_for_new_connections(2)
 }
+
+/// A proxy on a dual-stack socket names an IPv4 client as an IPv4-mapped
+/// IPv6 address (TCP6 `::ffff:a.b.c.d`): logged as IPv4, as a dual-stack
+/// listener's own IPv4 clients are, so that one client has one spelling in
+/// the logs whichever way it came.
+#[test]
+fn a_mapped_ipv4_client_in_a_header_is_logged_as_ipv4() -> io::Result<()> {
+    let (d, _) = proxy_daemon("any", 1, "", "[log]\naccess = true\n")?;
+    let (mapped, dst) = (addr("[::ffff:192.0.2.1]:50000"), addr("[::ffff:198.51.100.7]:40713"));
+    for header in [proxy_v1(mapped, dst), proxy_v2(mapped, dst, &[])] {
+        let mut c = d.connect()?;
+        let local = c.stream.local_addr()?;
+        c.send(&header)?;
+        c.send(b"abc\n")?;
+        ensure_bytes_eq("answer", &c.read_exact(4)?, b"nop\n")?;
+        c.half_close()?;
+        ensure!(c.read_to_end()?.is_empty(), "more after the half-close");
+        let peer = format!("peer={local} ");
+        d.log().wait_count(&["INFO rot13d: access ", &peer], 1, T)?;
+        let line = lines_with(&d.log().text(), &["INFO rot13d: access ", &peer]).remove(0);
+        ensure!(fields(&line).get("client").map(String::as_str) == Some("192.0.2.1:50000"), "{line}");
+    }
+    Ok(())
+}

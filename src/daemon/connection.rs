@@ -292,8 +292,8 @@ fn header_done(base: &mut EventBase, bev: &mut ConnBev, header: Header) {
     let (idle, write) = bev
         .ctx
         .meta(|m| {
-            if header.source.is_some() {
-                m.client = header.source;
+            if let Some(source) = header.source {
+                m.client = Some(canonical(source));
             }
             m.timeouts
         })
@@ -301,7 +301,7 @@ fn header_done(base: &mut EventBase, bev: &mut ConnBev, header: Header) {
         // gone, the generation's current timeouts are the next best.
         .unwrap_or_else(|| bev.ctx.shared.timeouts());
     tracing::debug!(target: "rot13d", fd = bev.fd(), version = header.version.as_str(), client = %bev.ctx.client(),
-        peer = %bev.ctx.peer(), destination = %Addr(header.destination), bytes = header.consumed, "proxy header");
+        peer = %bev.ctx.peer(), destination = %Addr(header.destination.map(canonical)), bytes = header.consumed, "proxy header");
     bev.set_timeouts(base, idle, write);
 }
 
