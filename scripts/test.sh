@@ -31,6 +31,24 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -q
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
 fi
+# prometheus (promtool and the server): tests/metrics.rs. Without its
+# recommends (prometheus-node-exporter), and with services kept from
+# starting (policy-rc.d): the package's own prometheus must not run, the
+# test starts its own on loopback. About 20 s on a fresh machine.
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+  echo "installing prometheus"
+  policy=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    policy=/usr/sbin/policy-rc.d
+  fi
+  [ ${#missing[@]} -gt 0 ] || apt-get update -q
+  status=0
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus || status=$?
+  [ -z "$policy" ] || rm -f "$policy"
+  [ "$status" -eq 0 ] || exit "$status"
+fi
 if ! command -v cargo-nextest >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi

@@ -13,6 +13,7 @@ mod keys;
 mod lanes;
 mod lifecycle;
 mod limits;
+mod metrics;
 mod probe;
 mod protocol;
 mod proxy;

@@ -1,5 +1,6 @@
-//! The admin HTTP endpoint: `GET /metrics` (Prometheus text format, the
-//! counters of every serving process summed from shared memory) and
+//! The admin HTTP endpoint: `GET /metrics` (Prometheus text format: the
+//! counters of every serving process summed from shared memory, the
+//! master's own values and what `sample.rs` reads at the scrape) and
 //! `GET /healthz`. Served by the master on the control lane, one request per
 //! connection (the response closes it).
 //!
@@ -12,6 +13,7 @@
 
 use super::listener::ListenFd;
 use super::metrics::Metrics;
+use super::sample::SharedStatus;
 use super::worker::LANE_CONTROL;
 use crate::reactor::{BevEvent, BevOptions, BufferEvent, EventBase, EventFlags, EventId};
 use crate::sys;
@@ -36,6 +38,7 @@ pub type Health = Rc<RefCell<Option<String>>>;
 /// The state shared by the endpoint's connections.
 pub struct Admin {
     metrics: Rc<Metrics>,
+    status: SharedStatus,
     health: Health,
     open: Cell<usize>,
     listener: Cell<EventId>,
@@ -56,12 +59,14 @@ impl Admin {
         base: &mut EventBase,
         fd: ListenFd,
         metrics: Rc<Metrics>,
+        status: SharedStatus,
         health: Health,
     ) -> std::io::Result<Rc<Admin>> {
         let raw = fd.as_raw_fd();
         sys::set_nonblocking(raw, true)?;
         let admin = Rc::new(Admin {
             metrics,
+            status,
             health,
             open: Cell::new(0),
             listener: Cell::new(EventId::INVALID),
@@ -85,6 +90,12 @@ impl Admin {
     /// The listening socket.
     pub fn fd(&self) -> &ListenFd {
         &self.fd
+    }
+
+    /// The body of `GET /metrics`.
+    fn render_metrics(&self) -> String {
+        let scrape = self.status.borrow().scrape();
+        self.metrics.render(&scrape)
     }
 
     /// Takes the listener's read interest away at the cap, gives it back
@@ -230,7 +241,7 @@ fn on_read(base: &mut EventBase, bev: &mut BufferEvent<AdminConn>) {
     let n = bev.input.copyout(&mut head);
     head.truncate(n);
     let admin = bev.ctx.admin.clone();
-    let Some(out) = response(judge(&head), || admin.metrics.render(), admin.health.borrow().as_deref()) else {
+    let Some(out) = response(judge(&head), || admin.render_metrics(), admin.health.borrow().as_deref()) else {
         return;
     };
     bev.input.drain(bev.input.len());

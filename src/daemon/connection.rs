@@ -39,7 +39,7 @@
 use super::metrics::Counter;
 use super::proxy::{self, Header, HeaderPhase, Progress, Refusal};
 use super::worker::{LANE_BULK, LANE_INTERACTIVE, Shared};
-use crate::protocol::Framer;
+use crate::protocol::{Emitted, Framer};
 use crate::reactor::{BevEvent, BufferEvent, EventBase, EventFlags};
 use std::fmt;
 use std::net::SocketAddr;
@@ -231,16 +231,20 @@ pub(crate) fn on_read(base: &mut EventBase, bev: &mut ConnBev) {
         bev.ctx.carried = bev.input.len() as u32;
         return;
     }
-    let lines = bev.ctx.framer.process(&mut bev.input, &mut bev.output);
+    let emitted = bev.ctx.framer.process(&mut bev.input, &mut bev.output);
     bev.ctx.carried = bev.input.len() as u32;
     bev.ctx.unsent = bev.output.len() as u32;
-    count_lines(bev, lines);
+    count_emitted(bev, emitted);
 }
 
-fn count_lines(bev: &mut ConnBev, lines: usize) {
-    if lines > 0 {
-        bev.ctx.shared.count(Counter::Lines, lines as u64);
-        bev.ctx.totals(|m| m.lines += lines as u64);
+/// Counts the lines (and pieces) answered and the lines cut.
+fn count_emitted(bev: &ConnBev, e: Emitted) {
+    if e.lines > 0 {
+        bev.ctx.shared.count(Counter::Lines, e.lines as u64);
+        bev.ctx.totals(|m| m.lines += e.lines as u64);
+    }
+    if e.cut > 0 {
+        bev.ctx.shared.count(Counter::LinesCut, e.cut as u64);
     }
 }
 
@@ -442,10 +446,10 @@ pub(crate) fn answer_tail(bev: &mut ConnBev) {
     if bev.ctx.proxy.is_some() {
         return;
     }
-    let n = bev.ctx.framer.finish(&mut bev.input, &mut bev.output);
+    let emitted = bev.ctx.framer.finish(&mut bev.input, &mut bev.output);
     bev.ctx.carried = 0;
     bev.ctx.unsent = bev.output.len() as u32;
-    count_lines(bev, n);
+    count_emitted(bev, emitted);
 }
 
 /// Event callback: EOF, errors and timeouts.

@@ -463,6 +463,34 @@ pub fn outq(fd: RawFd) -> io::Result<usize> {
     Ok(v.max(0) as usize)
 }
 
+/// The accept queue of a listening TCP socket: connections the kernel has
+/// set up that no `accept` has taken yet. Linux reports it for a socket in
+/// LISTEN state in TCP_INFO's `tcpi_unacked` (`sk_ack_backlog`; the backlog,
+/// `sk_max_ack_backlog`, is in `tcpi_sacked`), which `ss -l` shows as
+/// Recv-Q. A socket that is not listening is `InvalidInput`.
+pub fn accept_queue(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    /// `TCP_LISTEN` of the kernel's TCP states.
+    const TCP_LISTEN: u8 = 10;
+    // SAFETY: tcp_info is plain integers; all zeroes is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` is writable for `len` bytes and `len` is a valid
+    // in/out length; the kernel writes at most `len` bytes.
+    cvt(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    })?;
+    if info.tcpi_state != TCP_LISTEN {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a listening TCP socket"));
+    }
+    Ok(info.tcpi_unacked)
+}
+
 /// Wakes a loop from other threads: an eventfd owned by the process that
 /// made it. In a forked child every copy is inert (`wake` does nothing):
 /// the eventfd is the parent's too, and a write would wake the parent's

@@ -31,13 +31,14 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Variables of the test's own environment that would change the daemon;
 /// removed before each start (a test sets what it needs).
-pub const ENV_CLEARED: [&str; 10] = [
+pub const ENV_CLEARED: [&str; 11] = [
     "RUST_LOG",
     "NO_COLOR",
     "NOTIFY_SOCKET",
     "WATCHDOG_USEC",
     "LISTEN_FDS",
     "LISTEN_PID",
+    "LISTEN_FDNAMES",
     "EVENT_NOEPOLL",
     "EVENT_NOPOLL",
     "EVENT_NOSELECT",
@@ -626,9 +627,9 @@ impl DaemonBuilder {
             seen: Mutex::new(Vec::new()),
         };
         let (listening, reactor): (&[&str], &[&str]) = if self.json {
-            (&["\"message\":\"listening\""], &["\"message\":\"reactor\"", "\"backend\":"])
+            (&["\"message\":\"listening\"", "\"kind\":\"rot13\""], &["\"message\":\"reactor\"", "\"backend\":"])
         } else {
-            (&["listening addr="], &["reactor", "backend="])
+            (&["listening addr=", "kind=rot13"], &["reactor", "backend="])
         };
         d.log.wait_count(listening, 1, START_TIMEOUT)?;
         d.addr = Some(parse_listen_addr(&d.log.text()).ok_or_else(|| fail("no address in the log"))?);
