@@ -304,9 +304,8 @@ fn bad_headers_of_either_version_are_closed_unanswered_w1() -> io::Result<()> {
 /// deadline runs from the accept, not from the last byte). A header
 /// trickling in within the 5 s starts the stream, and from then on the
 /// idle timeout applies, not what was left of the deadline.
-#[test]
-fn the_header_deadline_runs_from_the_connect() -> io::Result<()> {
-    let (d, admin) = proxy_daemon("v1", 1, "", "")?;
+fn the_header_deadline_runs_from_the_connect(workers: usize) -> io::Result<()> {
+    let (d, admin) = proxy_daemon("v1", workers, "", "")?;
     let t0 = Instant::now();
     let mut silent = d.connect()?;
     let mut trickle = d.connect()?;
@@ -360,6 +359,16 @@ fn the_header_deadline_runs_from_the_connect() -> io::Result<()> {
     let body = settled_metrics(admin, 3)?;
     ensure!(refused_count(&body, "timeout") == Some(2), "{body}");
     Ok(())
+}
+
+#[test]
+fn the_header_deadline_runs_from_the_connect_w0() -> io::Result<()> {
+    the_header_deadline_runs_from_the_connect(0)
+}
+
+#[test]
+fn the_header_deadline_runs_from_the_connect_w2() -> io::Result<()> {
+    the_header_deadline_runs_from_the_connect(2)
 }
 
 /// `off` (the default): a PROXY line and the v2 signature are ROT13 input
