@@ -476,8 +476,8 @@ impl Shared {
     /// Graceful stop (SIGTERM): listeners closed at once; idle connections
     /// closed at once; busy ones served until their client finishes, for at
     /// most the grace period. Behind the PROXY protocol an idle connection
-    /// is closed at once only if it has been quiet for [`RETIRE_QUIET`], as
-    /// when retiring.
+    /// is closed only once it has been quiet for [`RETIRE_QUIET`] (at once
+    /// if it has been, else when it has been: [`close_when_quiet`](Self::close_when_quiet)).
     ///
     /// Retiring (the master's retire command, a reload): the same, except that an idle
     /// connection is closed at once only if it has been quiet for
@@ -509,7 +509,24 @@ impl Shared {
             me.force_close_all(base);
         } else {
             let _ = base.once(-1, EventFlags::NONE, Some(grace), move |base, _| me.force_close_all(base));
+            if !retiring && self.params.borrow().proxy != proxy::Mode::Off {
+                self.clone().close_when_quiet(base);
+            }
         }
+    }
+
+    /// A stop behind the PROXY protocol keeps looking, every half
+    /// [`RETIRE_QUIET`]: a connection it spared for being recent is closed
+    /// once it has been idle for that long, not kept to the grace's end.
+    fn close_when_quiet(self: Rc<Self>, base: &mut EventBase) {
+        let _ = base.once(-1, EventFlags::NONE, Some(RETIRE_QUIET / 2), move |base, _| {
+            if self.open.get() > 0 {
+                self.close_idle(base, false);
+            }
+            if self.open.get() > 0 {
+                self.close_when_quiet(base);
+            }
+        });
     }
 
     /// End of the grace period: answer partial lines, write what the
