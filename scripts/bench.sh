@@ -20,7 +20,9 @@
 #   DURATION=5            seconds measured per run (plus WARMUP=0.5)
 #   SERVERS="ceiling tokio-multi tokio-current libevent rot13d-w0 rot13d-w1"
 #                         also: ceiling-uring (the io_uring ceiling, needs liburing-dev),
-#                         rot13d-uring-w0 / rot13d-uring-w1 (--backend uring)
+#                         rot13d-uring-w0 / rot13d-uring-w1 (--backend uring),
+#                         rot13d-w0-pp2, rot13d-w1-pp2: proxy_protocol = "v2",
+#                         every client connection begun with a v2 header
 #   CASES="tput64 tput4k lat1 lat100 mixed conns slow"
 #   CONNS=10000           connections of the conns case
 #   SLOW_MIB=64           MiB each of the 10 clients of the slow case sends
@@ -113,6 +115,17 @@ free_port() {
   die "no free port in 20000-30000"
 }
 
+# A configuration with proxy_protocol = "v2" (for the *-pp2 servers).
+proxy_config() {
+  printf '[server]\nproxy_protocol = "v2"\n' >"$OUT/proxy-v2.toml"
+  echo "$OUT/proxy-v2.toml"
+}
+
+# What the client adds for a server: a PROXY v2 header first for *-pp2.
+client_args() {
+  case "$1" in *-pp2) echo "--proxy v2" ;; *) echo "" ;; esac
+}
+
 # The command line of a server on a port.
 server_cmd() {
   local name="$1" port="$2"
@@ -128,6 +141,10 @@ server_cmd() {
     rot13d-uring-w1) echo "$ROT13D --listen 127.0.0.1:$port --workers 1 --backend uring" ;;
     rot13d-b-w0) echo "$ROT13D_B --listen 127.0.0.1:$port --workers 0" ;;
     rot13d-b-w1) echo "$ROT13D_B --listen 127.0.0.1:$port --workers 1" ;;
+    # proxy_protocol = "v2": the client begins each connection with a v2
+    # header (client_args).
+    rot13d-w0-pp2) echo "$ROT13D --listen 127.0.0.1:$port --workers 0 -c $(proxy_config)" ;;
+    rot13d-w1-pp2) echo "$ROT13D --listen 127.0.0.1:$port --workers 1 -c $(proxy_config)" ;;
     *) die "unknown server $name" ;;
   esac
 }
@@ -244,7 +261,7 @@ run_main() {
         local args line
         args="$(case_args "$c")"
         # shellcheck disable=SC2086
-        if line="$(gen $args --addr "127.0.0.1:$SRV_PORT" --server-pid "$SRV_PID" \
+        if line="$(gen $args $(client_args "$s") --addr "127.0.0.1:$SRV_PORT" --server-pid "$SRV_PID" \
           --duration "$DURATION" --warmup "$WARMUP" --label "$s" --case "$(case_title "$c")")"; then
           echo "$line" >>"$raw"
           log "$s $c run $r: $line"
@@ -272,7 +289,9 @@ run_main() {
 # --- efficiency mode --------------------------------------------------------
 
 oneshot() {
-  "$BENCH" oneshot --addr "127.0.0.1:$SRV_PORT" --lines "$EFF_LINES" --line-len 64 --cpu "$GEN_CPU" --json
+  # shellcheck disable=SC2046 # client_args is a word list
+  "$BENCH" oneshot --addr "127.0.0.1:$SRV_PORT" --lines "$EFF_LINES" --line-len 64 --cpu "$GEN_CPU" --json \
+    $(client_args "$1")
 }
 
 # The server process under a wrapper (valgrind replaces itself, strace forks it).
@@ -299,7 +318,7 @@ run_efficiency() {
     rm -f "$OUT/callgrind/$s".*
     READY_SECS=60 start_server "$s" valgrind --tool=callgrind --trace-children=yes \
       --callgrind-out-file="$OUT/callgrind/$s.%p" || continue
-    oneshot >/dev/null || log "$s: oneshot under callgrind failed"
+    oneshot "$s" >/dev/null || log "$s: oneshot under callgrind failed"
     stop_server
     local ir
     ir="$(cat "$OUT/callgrind/$s".* 2>/dev/null | awk '/^(summary|totals):/ { s += $2 } END { print s + 0 }')"
@@ -307,7 +326,7 @@ run_efficiency() {
     local st="$OUT/strace/$s.txt" wrapper sp
     READY_SECS=30 start_server "$s" strace -f -c -o "$st" || continue
     wrapper="$SRV_PID"
-    oneshot >/dev/null || log "$s: oneshot under strace failed"
+    oneshot "$s" >/dev/null || log "$s: oneshot under strace failed"
     sp="$(traced_pid "$wrapper")"
     kill -TERM "$sp" 2>/dev/null || true
     stop_server

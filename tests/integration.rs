@@ -1,11 +1,14 @@
 mod util;
 
+mod access;
 mod admin;
 mod bufferevent;
 mod cli;
 mod control;
 mod faults;
 mod fuzz_replay;
+mod haproxy;
+mod ipv6;
 mod keys;
 mod lanes;
 mod lifecycle;
@@ -13,6 +16,7 @@ mod limits;
 mod metrics;
 mod probe;
 mod protocol;
+mod proxy;
 mod reactor;
 mod sandbox;
 mod systemd;

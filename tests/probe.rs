@@ -1,4 +1,5 @@
-//! `rot13d probe ADDR [--timeout SECS]` (SPEC §2) against the real daemon:
+//! `rot13d probe ADDR [--timeout SECS] [--proxy-protocol MODE]` (SPEC §2)
+//! against the real daemon:
 //! exit 0 with one line while it serves, exit 1 with a one-line reason when
 //! nothing answers, and the serving options untouched by the subcommand.
 
@@ -43,6 +44,24 @@ fn probe_is_healthy_when_max_line_cuts_its_line() -> io::Result<()> {
     let d = Daemon::start(0, &["--max-line", "5"])?;
     let out = run_bin(&["probe", &d.addr().to_string()], &[], T)?;
     ensure!(out.code == Some(0), "exit {:?}; stderr: {}", out.code, out.stderr);
+    Ok(())
+}
+
+/// Behind a load balancer (`proxy_protocol` on) the probe begins with a
+/// header that names no client, as the server's mode takes it; without
+/// one, the server closes unanswered and the probe says so.
+#[test]
+fn probe_speaks_the_proxy_protocol_of_the_server() -> io::Result<()> {
+    for mode in ["v1", "v2", "any"] {
+        let config = format!("[server]\nproxy_protocol = \"{mode}\"\n");
+        let d = Daemon::builder().workers(0).config(&config).start()?;
+        let addr = d.addr().to_string();
+        let out = run_bin(&["probe", &addr, "--proxy-protocol", mode], &[], T)?;
+        ensure!(out.code == Some(0), "{mode}: exit {:?}; stderr: {}", out.code, out.stderr);
+        ensure_unhealthy(&run_bin(&["probe", &addr], &[], T)?, "closed without answering")?;
+    }
+    let out = run_bin(&["probe", "127.0.0.1:1", "--proxy-protocol", "v3"], &[], T)?;
+    ensure!(out.code == Some(64), "--proxy-protocol v3: exit {:?}", out.code);
     Ok(())
 }
 

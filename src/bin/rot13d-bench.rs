@@ -109,6 +109,80 @@ pub struct Common {
     /// Free-form case name written into results (default: the scenario).
     #[arg(long, default_value = "")]
     pub case: String,
+    /// Begin every connection with a PROXY protocol header of this version,
+    /// as a load balancer would (for a server with `proxy_protocol` on):
+    /// the connection's own addresses, v1 `TCP4`/`TCP6` or v2 `PROXY`.
+    #[arg(long, value_enum, default_value_t = ProxyHeader::Off)]
+    pub proxy: ProxyHeader,
+}
+
+/// `--proxy`: which header a connection begins with.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyHeader {
+    /// None: the ROT13 stream from the first byte.
+    Off,
+    /// The text header.
+    V1,
+    /// The binary header.
+    V2,
+}
+
+impl ProxyHeader {
+    /// The header for a connection from `src` to `dst`, empty with `Off`.
+    pub fn bytes(self, src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+        use std::net::IpAddr;
+        // Both addresses in one family, as a proxy sends them.
+        let (s, d) = match (src.ip(), dst.ip()) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => (IpAddr::V4(s), IpAddr::V4(d)),
+            (s, d) => (IpAddr::V6(to_v6(s)), IpAddr::V6(to_v6(d))),
+        };
+        match self {
+            ProxyHeader::Off => Vec::new(),
+            ProxyHeader::V1 => {
+                let fam = if s.is_ipv4() { "TCP4" } else { "TCP6" };
+                format!("PROXY {fam} {s} {d} {} {}\r\n", src.port(), dst.port()).into_bytes()
+            }
+            ProxyHeader::V2 => {
+                let mut h = b"\r\n\r\n\0\r\nQUIT\n\x21".to_vec();
+                let mut body = Vec::new();
+                match (s, d) {
+                    (IpAddr::V4(s), IpAddr::V4(d)) => {
+                        h.push(0x11);
+                        body.extend_from_slice(&s.octets());
+                        body.extend_from_slice(&d.octets());
+                    }
+                    (s, d) => {
+                        h.push(0x21);
+                        body.extend_from_slice(&to_v6(s).octets());
+                        body.extend_from_slice(&to_v6(d).octets());
+                    }
+                }
+                body.extend_from_slice(&src.port().to_be_bytes());
+                body.extend_from_slice(&dst.port().to_be_bytes());
+                h.extend_from_slice(&(body.len() as u16).to_be_bytes());
+                h.extend_from_slice(&body);
+                h
+            }
+        }
+    }
+
+    /// Writes the header of `stream` (blocking, before the stream is
+    /// handed to the engine).
+    pub fn send(self, stream: &mut std::net::TcpStream) -> std::io::Result<()> {
+        use std::io::Write;
+        if self == ProxyHeader::Off {
+            return Ok(());
+        }
+        let h = self.bytes(stream.local_addr()?, stream.peer_addr()?);
+        stream.write_all(&h)
+    }
+}
+
+fn to_v6(ip: std::net::IpAddr) -> std::net::Ipv6Addr {
+    match ip {
+        std::net::IpAddr::V4(a) => a.to_ipv6_mapped(),
+        std::net::IpAddr::V6(a) => a,
+    }
 }
 
 #[derive(Parser, Debug)]

@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use toml::Spanned;
 
 use super::error::ConfigError;
+use super::proxy;
 
 /// Backend names, as in logs, `--backend`, `[reactor] backend` and `avoid`:
 /// the reactor's, in its preference order (written once, there).
@@ -111,6 +112,12 @@ pub struct Server {
     /// user's group, or unchanged.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    /// The PROXY protocol header every connection on the rot13 listeners
+    /// must begin with: `off`, `v1`, `v2` or `any`. Default `off`.
+    pub proxy_protocol: proxy::Mode,
+    /// A `[::]` listener serves IPv6 only (true) or IPv4 too, as
+    /// v4-mapped addresses (false: dual stack). Default true.
+    pub ipv6_only: bool,
 }
 
 impl Default for Server {
@@ -128,6 +135,8 @@ impl Default for Server {
             shutdown_grace: Duration::from_secs(30),
             user: None,
             group: None,
+            proxy_protocol: proxy::Mode::Off,
+            ipv6_only: true,
         }
     }
 }
@@ -237,6 +246,9 @@ pub struct Log {
     /// Default: absent = stderr.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<PathBuf>,
+    /// One INFO record per closed connection (client and local address,
+    /// duration, bytes in and out, lines, why it ended). Default false.
+    pub access: bool,
 }
 
 /// `[server] workers`: a count, or `auto` for one per usable CPU.
@@ -409,6 +421,26 @@ pub fn never_if_zero(d: Duration) -> Option<Duration> {
     (!d.is_zero()).then_some(d)
 }
 
+/// Whether sockets listening on `a` and on `b` at once would conflict:
+/// the same port (not 0), and one address covers the other: a wildcard
+/// (`0.0.0.0`, `[::]`) covers its own family, and `[::]` covers IPv4 too
+/// in dual stack (`ipv6_only = false`). The kernel refuses the second bind
+/// then (EADDRINUSE), so this is a configuration problem, found before
+/// binding.
+pub fn overlap(a: SocketAddr, b: SocketAddr, ipv6_only: bool) -> bool {
+    let covers = |w: SocketAddr, x: SocketAddr| {
+        w.ip().is_unspecified() && (w.is_ipv4() == x.is_ipv4() || (w.is_ipv6() && !ipv6_only))
+    };
+    a.port() != 0 && a.port() == b.port() && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
+}
+
+/// Why `a` cannot be listened on beside `b` ([`overlap`]).
+fn overlap_message(a: SocketAddr, b: SocketAddr, ipv6_only: bool) -> String {
+    let dual = !ipv6_only && (a.is_ipv4() != b.is_ipv4());
+    let why = if dual { " ([::] takes IPv4 too with server.ipv6_only = false)" } else { "" };
+    format!("{a} overlaps {b} on the same port{why}")
+}
+
 /// Problems found while checking a configuration, each located at the
 /// command-line option or the file line that set the key.
 pub struct Problems<'a> {
@@ -468,9 +500,12 @@ impl Config {
         self.lanes.validate(p);
         if let Some(a) = self.admin.listen
             && a.port() != 0
-            && self.server.listen.contains(&a)
         {
-            p.fail(&["admin.listen"], format!("{a} is also in server.listen"));
+            if self.server.listen.contains(&a) {
+                p.fail(&["admin.listen"], format!("{a} is also in server.listen"));
+            } else if let Some(b) = self.server.listen.iter().find(|b| overlap(**b, a, self.server.ipv6_only)) {
+                p.fail(&["admin.listen"], overlap_message(a, *b, self.server.ipv6_only));
+            }
         }
         if self.log.file.as_ref().is_some_and(|f| f.as_os_str().is_empty()) {
             p.fail(&["log.file"], "must be a path (or absent: stderr)");
@@ -509,6 +544,8 @@ impl Server {
         for (i, a) in self.listen.iter().enumerate() {
             if a.port() != 0 && self.listen[..i].contains(a) {
                 p.fail(&[&format!("server.listen[{i}]")], format!("{a} is listed twice"));
+            } else if let Some(b) = self.listen[..i].iter().find(|b| overlap(**b, *a, self.ipv6_only)) {
+                p.fail(&[&format!("server.listen[{i}]")], overlap_message(*a, *b, self.ipv6_only));
             }
         }
         if self.listen.is_empty() {
@@ -903,6 +940,39 @@ mod tests {
         assert_eq!(c.log.level, LogLevel::Info);
         assert_eq!(c.log.format, LogFormat::Text);
         assert_eq!(c.log.file, None);
+        assert_eq!(c.server.proxy_protocol, proxy::Mode::Off);
+        assert!(c.server.ipv6_only);
+        assert!(!c.log.access);
+    }
+
+    #[test]
+    fn proxy_protocol_ipv6_only_and_access_are_read() {
+        let f = parse("[server]\nproxy_protocol = \"v2\"\nipv6_only = false\n[log]\naccess = true\n").expect("valid");
+        assert_eq!(f.config.server.proxy_protocol, proxy::Mode::V2);
+        assert!(!f.config.server.ipv6_only);
+        assert!(f.config.log.access);
+        let (line, _, key, message) = parse_err("[server]\nproxy_protocol = \"v3\"\n");
+        assert_eq!((line, key.as_deref()), (2, Some("server.proxy_protocol")), "{message}");
+        let (line, _, key, _) = parse_err("[server]\nproxy_protocol = true\n");
+        assert_eq!((line, key.as_deref()), (2, Some("server.proxy_protocol")));
+    }
+
+    #[test]
+    fn overlapping_addresses() {
+        let a = |s: &str| -> SocketAddr { s.parse().unwrap() };
+        // Dual stack: [::] takes IPv4 too.
+        assert!(overlap(a("[::]:5"), a("0.0.0.0:5"), false));
+        assert!(overlap(a("127.0.0.1:5"), a("[::]:5"), false));
+        assert!(!overlap(a("[::]:5"), a("0.0.0.0:5"), true));
+        assert!(!overlap(a("[::1]:5"), a("127.0.0.1:5"), false));
+        // A wildcard covers its own family; specific addresses do not overlap.
+        assert!(overlap(a("0.0.0.0:5"), a("127.0.0.1:5"), true));
+        assert!(overlap(a("[::1]:5"), a("[::]:5"), true));
+        assert!(!overlap(a("127.0.0.1:5"), a("127.0.0.2:5"), true));
+        assert!(!overlap(a("0.0.0.0:5"), a("0.0.0.0:6"), true));
+        // Port 0 is a port of its own each time.
+        assert!(!overlap(a("0.0.0.0:0"), a("[::]:0"), false));
+        assert!(overlap(a("127.0.0.1:5"), a("127.0.0.1:5"), true));
     }
 
     #[test]

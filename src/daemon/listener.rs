@@ -14,7 +14,10 @@
 //! (checked on Linux 6.x: a plain SO_REUSEADDR bind conflicts with a
 //! listening socket, wildcard or specific, whatever that one's options).
 //! The probe is closed before the group binds; it never listened, so the
-//! port is free again at once.
+//! port is free again at once. The probe is bound with the group's own
+//! options, IPV6_V6ONLY included, so it conflicts exactly where the group
+//! would: a dual-stack `[::]:P` (`ipv6_only = false`) with anyone on
+//! `0.0.0.0:P` or another IPv4 address of port P, an IPv6-only one not.
 
 use super::error::{ConfigError, Error};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -64,6 +67,8 @@ pub struct Listener {
     /// index `j`).
     pub socks: Vec<ListenFd>,
     backlog: u32,
+    /// IPV6_V6ONLY of an IPv6 address (`[server] ipv6_only`).
+    ipv6_only: bool,
     /// Passed by systemd: one socket all workers share, never grown.
     activated: bool,
 }
@@ -87,14 +92,14 @@ impl Listener {
             return Ok(());
         }
         while self.socks.len() < n {
-            let s = socket(self.local, self.backlog, true)?;
+            let s = socket(self.local, self.backlog, true, self.ipv6_only)?;
             self.socks.push(Rc::new(OwnedFd::from(s)));
         }
         Ok(())
     }
 }
 
-fn socket(addr: SocketAddr, backlog: u32, reuseport: bool) -> Result<Socket, Error> {
+fn socket(addr: SocketAddr, backlog: u32, reuseport: bool, ipv6_only: bool) -> Result<Socket, Error> {
     let err = |source| Error::Listen { addr, source };
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), Some(Protocol::TCP)).map_err(err)?;
     sock.set_reuse_address(true).map_err(err)?;
@@ -102,7 +107,9 @@ fn socket(addr: SocketAddr, backlog: u32, reuseport: bool) -> Result<Socket, Err
         sock.set_reuse_port(true).map_err(err)?;
     }
     if addr.is_ipv6() {
-        sock.set_only_v6(true).map_err(err)?;
+        // Set either way: the system default (net.ipv6.bindv6only) must
+        // not decide.
+        sock.set_only_v6(ipv6_only).map_err(err)?;
     }
     sock.bind(&addr.into()).map_err(err)?;
     if backlog > 0 {
@@ -115,18 +122,18 @@ fn socket(addr: SocketAddr, backlog: u32, reuseport: bool) -> Result<Socket, Err
 /// Binds `addr`: the admin endpoint as one socket, a rot13 address as a
 /// SO_REUSEPORT group of `group` sockets (at least one) after a probe that
 /// fails with EADDRINUSE if anyone else holds the address (see the module
-/// documentation). SO_REUSEADDR always, IPV6_V6ONLY for an IPv6 address
-/// (so `[::]` and `0.0.0.0` can both be bound).
-pub fn bind(addr: SocketAddr, backlog: u32, kind: Kind, group: usize) -> Result<Listener, Error> {
+/// documentation). SO_REUSEADDR always; IPV6_V6ONLY for an IPv6 address
+/// as `ipv6_only` says (true: `[::]` and `0.0.0.0` can both be bound).
+pub fn bind(addr: SocketAddr, backlog: u32, kind: Kind, group: usize, ipv6_only: bool) -> Result<Listener, Error> {
     let (first, local) = match kind {
         Kind::Admin => {
-            let s = socket(addr, backlog, false)?;
+            let s = socket(addr, backlog, false, ipv6_only)?;
             let local = s.local_addr().ok().and_then(|a| a.as_socket()).unwrap_or(addr);
             (Some(s), local)
         }
         Kind::Rot13 => {
             // The probe: no SO_REUSEPORT, never listening; dropped at once.
-            let probe = socket(addr, 0, false)?;
+            let probe = socket(addr, 0, false, ipv6_only)?;
             let local = probe.local_addr().ok().and_then(|a| a.as_socket()).unwrap_or(addr);
             drop(probe);
             (None, local)
@@ -138,6 +145,7 @@ pub fn bind(addr: SocketAddr, backlog: u32, kind: Kind, group: usize) -> Result<
         kind,
         socks: first.into_iter().map(|s| Rc::new(OwnedFd::from(s))).collect(),
         backlog,
+        ipv6_only,
         activated: false,
     };
     l.grow(group.max(1))?;
@@ -204,6 +212,7 @@ pub fn activated() -> Result<Option<Vec<Listener>>, Error> {
             kind,
             socks: vec![Rc::new(OwnedFd::from(sock))],
             backlog: 0,
+            ipv6_only: true,
             activated: true,
         });
     }
@@ -216,9 +225,9 @@ mod tests {
 
     #[test]
     fn a_busy_address_is_refused_even_with_reuseport() {
-        let first = bind("127.0.0.1:0".parse().expect("literal"), 16, Kind::Rot13, 2).expect("free port");
+        let first = bind("127.0.0.1:0".parse().expect("literal"), 16, Kind::Rot13, 2, true).expect("free port");
         assert_eq!(first.socks.len(), 2);
-        let again = bind(first.local, 16, Kind::Rot13, 2);
+        let again = bind(first.local, 16, Kind::Rot13, 2, true);
         match again {
             Err(Error::Listen { addr, source }) => {
                 assert_eq!(addr, first.local);
@@ -230,6 +239,54 @@ mod tests {
         let mut first = first;
         first.grow(4).expect("grows");
         assert_eq!(first.socks.len(), 4);
+    }
+
+    /// A socket of another process: listening on `addr`, plain options.
+    fn other(addr: SocketAddr, v6only: bool) -> Socket {
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, None).expect("socket");
+        if addr.is_ipv6() {
+            s.set_only_v6(v6only).expect("v6only");
+        }
+        s.bind(&addr.into()).expect("bind");
+        s.listen(4).expect("listen");
+        s
+    }
+
+    fn port_of(s: &Socket) -> u16 {
+        s.local_addr().ok().and_then(|a| a.as_socket()).map_or(0, |a| a.port())
+    }
+
+    fn refused(r: Result<Listener, Error>) -> bool {
+        matches!(r, Err(Error::Listen { source, .. }) if source.raw_os_error() == Some(libc::EADDRINUSE))
+    }
+
+    #[test]
+    fn a_dual_stack_group_is_refused_where_ipv4_is_taken() {
+        let v4 = other("0.0.0.0:0".parse().expect("literal"), true);
+        let wild6: SocketAddr = format!("[::]:{}", port_of(&v4)).parse().expect("literal");
+        assert!(refused(bind(wild6, 16, Kind::Rot13, 2, false)), "dual stack [::] beside another's 0.0.0.0");
+        let only6 = bind(wild6, 16, Kind::Rot13, 2, true).expect("IPv6 only does not conflict with IPv4");
+        assert_eq!(only6.socks.len(), 2);
+        drop(only6);
+        // The other way round: another's dual-stack [::] holds IPv4 too.
+        let dual = other("[::]:0".parse().expect("literal"), false);
+        let wild4: SocketAddr = format!("0.0.0.0:{}", port_of(&dual)).parse().expect("literal");
+        assert!(refused(bind(wild4, 16, Kind::Rot13, 1, true)), "0.0.0.0 beside another's dual-stack [::]");
+        let lo4: SocketAddr = format!("127.0.0.1:{}", port_of(&dual)).parse().expect("literal");
+        assert!(refused(bind(lo4, 16, Kind::Rot13, 1, true)));
+    }
+
+    #[test]
+    fn a_dual_stack_group_serves_ipv4_and_an_ipv6_only_one_does_not() {
+        let dual = bind("[::]:0".parse().expect("literal"), 16, Kind::Rot13, 1, false).expect("free port");
+        let port = dual.local.port();
+        let v4 = std::net::TcpStream::connect(("127.0.0.1", port)).expect("IPv4 through [::]");
+        drop(v4);
+        drop(dual);
+        let only = bind("[::]:0".parse().expect("literal"), 16, Kind::Rot13, 1, true).expect("free port");
+        // Nobody holds IPv4 on that port: another process may bind it.
+        let v4 = other(format!("0.0.0.0:{}", only.local.port()).parse().expect("literal"), true);
+        assert_eq!(port_of(&v4), only.local.port());
     }
 
     #[test]
@@ -250,7 +307,7 @@ mod tests {
 
     #[test]
     fn a_single_worker_group_can_grow() {
-        let mut l = bind("127.0.0.1:0".parse().expect("literal"), 16, Kind::Rot13, 1).expect("free port");
+        let mut l = bind("127.0.0.1:0".parse().expect("literal"), 16, Kind::Rot13, 1, true).expect("free port");
         l.grow(3).expect("one worker's socket joins a group");
         assert_eq!(l.fds_for(1, 3).len(), 1);
         assert_eq!(l.fds_for(0, 2).len(), 2, "sockets 0 and 2");

@@ -829,7 +829,8 @@ impl Master {
             l.grow(group)?;
         }
         for (addr, kind) in bind {
-            let l = listener::bind(addr, settings.config.server.backlog, kind, group)?;
+            let server = &settings.config.server;
+            let l = listener::bind(addr, server.backlog, kind, group, server.ipv6_only)?;
             tracing::info!(target: "rot13d", addr = %l.local, kind = %kind.as_str(), "listening");
             self.listeners.push(l);
         }
@@ -1026,11 +1027,25 @@ impl ReloadPlan {
             new.config.server.workers = current.config.server.workers;
             new.workers = current.workers;
         }
+        // `access` is a connection's setting (new connections take it);
+        // the rest of [log] is the subscriber's.
+        let access = new.config.log.access;
+        new.config.log.access = current.config.log.access;
         if new.config.log != current.config.log {
             // The subscriber is installed once, before any fork; SIGUSR1
             // reopens the file it was started with.
             warnings.push("[log] changes need a restart; keeping the current log".to_string());
             new.config.log = current.config.log.clone();
+        }
+        new.config.log.access = access;
+        if new.config.server.ipv6_only != current.config.server.ipv6_only {
+            // Listeners kept across the reload keep the option they were
+            // bound with; new ones must agree with them.
+            warnings.push(format!(
+                "ipv6_only changes need a restart; keeping ipv6_only = {}",
+                current.config.server.ipv6_only
+            ));
+            new.config.server.ipv6_only = current.config.server.ipv6_only;
         }
         if new.workers == 0 && new.config.reactor != current.config.reactor {
             warnings.push("reactor changes need a restart with workers = 0; keeping the current event base".into());
@@ -1200,6 +1215,28 @@ mod tests {
         log.config.log.file = Some("/var/log/r.log".into());
         let kept = ReloadPlan::new(&current, log, &Pinned::default());
         assert_eq!((kept.settings.config.log.file, kept.warnings.len()), (None, 1));
+
+        // `access` applies (to new connections), with the rest of [log] kept.
+        let mut access = settings(1);
+        access.config.log.access = true;
+        access.config.log.level = crate::daemon::config::LogLevel::Debug;
+        let plan = ReloadPlan::new(&current, access, &Pinned::default());
+        assert!(plan.settings.config.log.access, "access applies");
+        assert_eq!(plan.settings.config.log.level, current.config.log.level, "the level is kept");
+        assert_eq!(plan.warnings.len(), 1, "{:?}", plan.warnings);
+        let mut access_only = settings(1);
+        access_only.config.log.access = true;
+        let plan = ReloadPlan::new(&current, access_only, &Pinned::default());
+        assert!(plan.settings.config.log.access && plan.warnings.is_empty(), "{:?}", plan.warnings);
+
+        // Listeners kept across a reload keep their IPV6_V6ONLY.
+        let mut dual = settings(1);
+        dual.config.server.ipv6_only = false;
+        dual.config.server.proxy_protocol = crate::daemon::proxy::Mode::V2;
+        let plan = ReloadPlan::new(&current, dual, &Pinned::default());
+        assert!(plan.settings.config.server.ipv6_only, "ipv6_only kept");
+        assert_eq!(plan.settings.config.server.proxy_protocol, crate::daemon::proxy::Mode::V2, "applies");
+        assert_eq!(plan.warnings.len(), 1, "{:?}", plan.warnings);
 
         let addr: SocketAddr = "127.0.0.1:7".parse().expect("literal");
         let rot13_only = Pinned { rot13: Some(vec![addr]), admin: None };

@@ -33,6 +33,7 @@
 //! a relaxed load and store, not a locked read-modify-write: the data path
 //! updates several counters per callback.
 
+use super::proxy::{Refusal, Version};
 use crate::sys::shm::SharedCounters;
 use std::cell::RefCell;
 use std::io;
@@ -75,10 +76,54 @@ pub enum Counter {
     DelayInteractive,
     /// Dispatch delay of bulk connections (a histogram).
     DelayBulk,
+    /// PROXY headers accepted, v1.
+    ProxyHeadersV1,
+    /// PROXY headers accepted, v2.
+    ProxyHeadersV2,
+    /// PROXY headers without a client address (v2 LOCAL, v1 UNKNOWN).
+    ProxyLocal,
+    /// Connections refused in the PROXY header phase, one per [`Refusal`]
+    /// in [`Refusal::ALL`] order.
+    ProxyRefusedMissing,
+    /// See [`Counter::ProxyRefusedMissing`].
+    ProxyRefusedWrongVersion,
+    /// See [`Counter::ProxyRefusedMissing`].
+    ProxyRefusedMalformed,
+    /// See [`Counter::ProxyRefusedMissing`].
+    ProxyRefusedTooLong,
+    /// See [`Counter::ProxyRefusedMissing`].
+    ProxyRefusedUnsupportedFamily,
+    /// See [`Counter::ProxyRefusedMissing`].
+    ProxyRefusedTruncated,
+    /// See [`Counter::ProxyRefusedMissing`].
+    ProxyRefusedTimeout,
+}
+
+impl Counter {
+    /// The counter of headers of `version`.
+    pub const fn proxy_header(version: Version) -> Counter {
+        match version {
+            Version::V1 => Counter::ProxyHeadersV1,
+            Version::V2 => Counter::ProxyHeadersV2,
+        }
+    }
+
+    /// The counter of connections refused for `why`.
+    pub const fn proxy_refused(why: Refusal) -> Counter {
+        match why {
+            Refusal::Missing => Counter::ProxyRefusedMissing,
+            Refusal::WrongVersion => Counter::ProxyRefusedWrongVersion,
+            Refusal::Malformed => Counter::ProxyRefusedMalformed,
+            Refusal::TooLong => Counter::ProxyRefusedTooLong,
+            Refusal::UnsupportedFamily => Counter::ProxyRefusedUnsupportedFamily,
+            Refusal::Truncated => Counter::ProxyRefusedTruncated,
+            Refusal::Timeout => Counter::ProxyRefusedTimeout,
+        }
+    }
 }
 
 /// Slot series (the [`Counter`] variants).
-pub const SLOT_SERIES: usize = Counter::DelayBulk as usize + 1;
+pub const SLOT_SERIES: usize = Counter::ProxyRefusedTimeout as usize + 1;
 
 /// A value the master keeps about itself, in its [`Stats`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -327,6 +372,8 @@ const MOVES_HELP: &str = "Connections moved to a lane by their traffic (bulk_aft
     bulk_window_ms to bulk, quiet_ms below it back), by the lane moved to.";
 const DELAY_HELP: &str = "Seconds from a connection's readiness (the backend's wait returning with \
     it ready) to its read callback, by lane.";
+const PROXY_HEADERS_HELP: &str = "PROXY protocol headers accepted, by version.";
+const PROXY_REFUSED_HELP: &str = "Connections closed unanswered for their PROXY protocol header, by reason.";
 const RESTARTS_HELP: &str = "Workers replaced after they ended unasked, by why: signal (killed: a crash, \
     the OOM killer, kill -9), error (exited non-zero), exit (exited 0 unasked).";
 const RELOADS_HELP: &str = "Reloads (SIGHUP), by result: ok (the new generation serves), invalid \
@@ -336,7 +383,7 @@ const RELOADS_HELP: &str = "Reloads (SIGHUP), by result: ok (the new generation 
 /// Prometheus name (with labels), type, help and source of each series;
 /// the rows of a family together, slot series in [`Counter`] order, master
 /// series in [`Stat`] order (as tests check).
-pub const DESCRIPTIONS: [(Source, &str, Kind, &str); 35] = {
+pub const DESCRIPTIONS: [(Source, &str, Kind, &str); 45] = {
     use Source::{Master, Sampled, Slot};
     [
         (Slot(Counter::Accepted), "rot13d_connections_accepted_total", Kind::Counter, "Connections accepted."),
@@ -391,6 +438,66 @@ pub const DESCRIPTIONS: [(Source, &str, Kind, &str); 35] = {
             DELAY_HELP,
         ),
         (Slot(Counter::DelayBulk), "rot13d_dispatch_delay_seconds{lane=\"bulk\"}", Kind::Histogram, DELAY_HELP),
+        (
+            Slot(Counter::ProxyHeadersV1),
+            "rot13d_proxy_headers_total{version=\"v1\"}",
+            Kind::Counter,
+            PROXY_HEADERS_HELP,
+        ),
+        (
+            Slot(Counter::ProxyHeadersV2),
+            "rot13d_proxy_headers_total{version=\"v2\"}",
+            Kind::Counter,
+            PROXY_HEADERS_HELP,
+        ),
+        (
+            Slot(Counter::ProxyLocal),
+            "rot13d_proxy_local_headers_total",
+            Kind::Counter,
+            "PROXY headers without a client address (v2 LOCAL, v1 UNKNOWN): the socket's peer is the client.",
+        ),
+        (
+            Slot(Counter::ProxyRefusedMissing),
+            "rot13d_proxy_refused_total{reason=\"missing\"}",
+            Kind::Counter,
+            PROXY_REFUSED_HELP,
+        ),
+        (
+            Slot(Counter::ProxyRefusedWrongVersion),
+            "rot13d_proxy_refused_total{reason=\"wrong_version\"}",
+            Kind::Counter,
+            PROXY_REFUSED_HELP,
+        ),
+        (
+            Slot(Counter::ProxyRefusedMalformed),
+            "rot13d_proxy_refused_total{reason=\"malformed\"}",
+            Kind::Counter,
+            PROXY_REFUSED_HELP,
+        ),
+        (
+            Slot(Counter::ProxyRefusedTooLong),
+            "rot13d_proxy_refused_total{reason=\"too_long\"}",
+            Kind::Counter,
+            PROXY_REFUSED_HELP,
+        ),
+        (
+            Slot(Counter::ProxyRefusedUnsupportedFamily),
+            "rot13d_proxy_refused_total{reason=\"unsupported_family\"}",
+            Kind::Counter,
+            PROXY_REFUSED_HELP,
+        ),
+        (
+            Slot(Counter::ProxyRefusedTruncated),
+            "rot13d_proxy_refused_total{reason=\"truncated\"}",
+            Kind::Counter,
+            PROXY_REFUSED_HELP,
+        ),
+        (
+            Slot(Counter::ProxyRefusedTimeout),
+            "rot13d_proxy_refused_total{reason=\"timeout\"}",
+            Kind::Counter,
+            PROXY_REFUSED_HELP,
+        ),
         (
             Sampled(Sample::Waiting),
             "rot13d_connections_waiting",
@@ -828,6 +935,26 @@ mod tests {
             let series = DESCRIPTIONS.iter().find(|d| d.0 == Source::Master(Stat::reload(r))).map(|d| d.1);
             assert_eq!(series, Some(format!("rot13d_reloads_total{{result=\"{}\"}}", r.as_str()).as_str()));
         }
+    }
+
+    #[test]
+    fn proxy_series_are_labelled_with_the_names_of_the_logs() {
+        let series = |c| DESCRIPTIONS.iter().find(|d| d.0 == Source::Slot(c)).map(|d| (d.1, d.2));
+        for why in Refusal::ALL {
+            let want = format!("rot13d_proxy_refused_total{{reason=\"{why}\"}}");
+            assert_eq!(series(Counter::proxy_refused(why)), Some((want.as_str(), Kind::Counter)));
+        }
+        for v in [Version::V1, Version::V2] {
+            let want = format!("rot13d_proxy_headers_total{{version=\"{}\"}}", v.as_str());
+            assert_eq!(series(Counter::proxy_header(v)), Some((want.as_str(), Kind::Counter)));
+        }
+        let m = Metrics::new().expect("maps");
+        let s = m.acquire().expect("slot");
+        s.add(Counter::proxy_refused(Refusal::TooLong), 2);
+        let text = m.render(&Scrape::default());
+        assert_eq!(text.matches("# TYPE rot13d_proxy_refused_total counter\n").count(), 1, "{text}");
+        assert!(text.contains("rot13d_proxy_refused_total{reason=\"too_long\"} 2\n"), "{text}");
+        assert_eq!(text.matches("rot13d_proxy_refused_total{").count(), Refusal::ALL.len(), "{text}");
     }
 
     #[test]

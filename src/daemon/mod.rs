@@ -113,7 +113,8 @@ fn start(mut startup: Startup, mut settings: Settings, launcher: &mut Option<Own
     let have: Vec<(SocketAddr, Kind)> = listeners.iter().map(|l| (l.requested, l.kind)).collect();
     let (bind, _) = master::listener_diff(&have, &wanted_listeners(&settings));
     for (addr, kind) in bind {
-        listeners.push(listener::bind(addr, settings.config.server.backlog, kind, settings.workers.max(1))?);
+        let server = &settings.config.server;
+        listeners.push(listener::bind(addr, server.backlog, kind, settings.workers.max(1), server.ipv6_only)?);
     }
     for l in &listeners {
         tracing::info!(target: "rot13d", addr = %l.local, kind = %l.kind.as_str(), "listening");

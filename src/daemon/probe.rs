@@ -10,6 +10,7 @@
 //! (Docker keeps both in the health log). The whole probe, name lookup,
 //! connect, write and read, shares one deadline.
 
+use super::proxy::Mode;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
@@ -50,6 +51,11 @@ pub struct ProbeArgs {
     /// Seconds the whole probe may take, fractions allowed
     #[arg(long = "timeout", value_name = "SECS", default_value = "2", value_parser = parse_timeout)]
     pub timeout: Duration,
+
+    /// The server's [server] proxy_protocol: begin with a header it takes
+    /// that names no client (v1 UNKNOWN; v2 LOCAL for v2 and any)
+    #[arg(long = "proxy-protocol", value_name = "MODE", value_enum, default_value_t = Mode::Off)]
+    pub proxy_protocol: Mode,
 }
 
 /// Parses `--timeout`: seconds, more than 0, at most a day.
@@ -64,7 +70,7 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
 /// healthy, 1 unhealthy.
 pub fn run(args: &ProbeArgs) -> u8 {
     let started = Instant::now();
-    match probe(&args.addr, args.timeout) {
+    match probe(&args.addr, args.timeout, args.proxy_protocol) {
         Ok(peer) => {
             println!("healthy: {peer} answered ROT13 in {:.1} ms", started.elapsed().as_secs_f64() * 1e3);
             0
@@ -76,9 +82,10 @@ pub fn run(args: &ProbeArgs) -> u8 {
     }
 }
 
-/// One probe of `addr` within `timeout`: the address that answered, or
+/// One probe of `addr` within `timeout`, begun with the header of a
+/// server whose `proxy_protocol` is `proxy`: the address that answered, or
 /// why none did (starting with the address that failed).
-pub fn probe(addr: &str, timeout: Duration) -> Result<SocketAddr, String> {
+pub fn probe(addr: &str, timeout: Duration, proxy: Mode) -> Result<SocketAddr, String> {
     let deadline = Instant::now() + timeout;
     let addrs: Vec<SocketAddr> = addr.to_socket_addrs().map_err(|e| format!("{addr}: cannot resolve: {e}"))?.collect();
     if addrs.is_empty() {
@@ -90,7 +97,9 @@ pub fn probe(addr: &str, timeout: Duration) -> Result<SocketAddr, String> {
         let left = remaining(deadline).ok_or_else(|| format!("{peer}: timed out after {timeout:?} connecting"))?;
         match TcpStream::connect_timeout(&peer, left) {
             Ok(stream) => {
-                return exchange(stream, deadline, timeout).map(|()| peer).map_err(|e| format!("{peer}: {e}"));
+                return exchange(stream, deadline, timeout, proxy.local_header())
+                    .map(|()| peer)
+                    .map_err(|e| format!("{peer}: {e}"));
             }
             Err(e) if e.kind() == io::ErrorKind::TimedOut => {
                 last = format!("{peer}: timed out after {timeout:?} connecting")
@@ -106,11 +115,12 @@ fn remaining(deadline: Instant) -> Option<Duration> {
     Some(deadline.checked_duration_since(Instant::now())?).filter(|d| !d.is_zero())
 }
 
-/// Sends [`LINE`] and checks that exactly [`ANSWER`] and LF come back before
-/// the server closes.
-fn exchange(mut stream: TcpStream, deadline: Instant, timeout: Duration) -> Result<(), String> {
+/// Sends `header` and [`LINE`] and checks that exactly [`ANSWER`] and LF
+/// come back before the server closes.
+fn exchange(mut stream: TcpStream, deadline: Instant, timeout: Duration, header: &[u8]) -> Result<(), String> {
     let timed_out = || format!("timed out after {timeout:?} waiting for the answer");
-    let mut line = LINE.to_vec();
+    let mut line = header.to_vec();
+    line.extend_from_slice(LINE);
     line.push(b'\n');
     stream.set_write_timeout(remaining(deadline)).map_err(|e| format!("set timeout: {e}"))?;
     stream.write_all(&line).map_err(|e| format!("send: {e}"))?;
@@ -240,7 +250,7 @@ mod tests {
     #[test]
     fn healthy_server_passes() -> io::Result<()> {
         let (addr, h) = server(rot13)?;
-        assert_eq!(probe(&addr.to_string(), Duration::from_secs(5)), Ok(addr));
+        assert_eq!(probe(&addr.to_string(), Duration::from_secs(5), Mode::Off), Ok(addr));
         h.join().map_err(|_| io::Error::other("server panicked"))?;
         Ok(())
     }
@@ -248,7 +258,7 @@ mod tests {
     #[test]
     fn echo_server_fails() -> io::Result<()> {
         let (addr, h) = server(|line| line.to_vec())?;
-        let r = probe(&addr.to_string(), Duration::from_secs(5));
+        let r = probe(&addr.to_string(), Duration::from_secs(5), Mode::Off);
         assert!(r.as_ref().is_err_and(|e| e.contains("wrong answer")), "{r:?}");
         h.join().map_err(|_| io::Error::other("server panicked"))?;
         Ok(())
@@ -261,7 +271,7 @@ mod tests {
         let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
         sock.bind(&"127.0.0.1:0".parse::<SocketAddr>().map_err(io::Error::other)?.into())?;
         let addr = sock.local_addr()?.as_socket().ok_or_else(|| io::Error::other("not inet"))?;
-        let r = probe(&addr.to_string(), Duration::from_secs(5));
+        let r = probe(&addr.to_string(), Duration::from_secs(5), Mode::Off);
         assert!(r.as_ref().is_err_and(|e| e.contains("connect") && e.contains("refused")), "{r:?}");
         Ok(())
     }
@@ -271,7 +281,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?;
         let started = Instant::now();
-        let r = probe(&addr.to_string(), Duration::from_millis(300));
+        let r = probe(&addr.to_string(), Duration::from_millis(300), Mode::Off);
         let took = started.elapsed();
         assert!(r.as_ref().is_err_and(|e| e.contains("timed out") && e.contains("answer")), "{r:?}");
         assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(3), "{took:?}");
@@ -281,7 +291,7 @@ mod tests {
 
     #[test]
     fn unresolvable_name_fails() {
-        let r = probe("no such host", Duration::from_secs(1));
+        let r = probe("no such host", Duration::from_secs(1), Mode::Off);
         assert!(r.as_ref().is_err_and(|e| e.starts_with("no such host: cannot resolve")), "{r:?}");
     }
 }

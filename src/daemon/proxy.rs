@@ -42,6 +42,12 @@ use crate::reactor::EvBuffer;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::num::NonZeroU8;
+use std::time::Duration;
+
+/// A connection's header must be complete this long after its accept
+/// (SPEC §3); the phase has no clock, the connection times it.
+pub const DEADLINE: Duration = Duration::from_secs(5);
 
 /// Longest v1 header, CR LF included (the spec's 107-byte line).
 pub const V1_MAX: usize = 107;
@@ -58,6 +64,10 @@ const V1_SIG: &[u8; 6] = b"PROXY ";
 
 /// How a v2 header begins.
 const V2_SIG: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
+
+/// A v2 LOCAL header without addresses or TLVs: the signature, version 2
+/// command LOCAL (0x20), family AF_UNSPEC (0), length 0.
+const V2_LOCAL: &[u8; 16] = b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00";
 
 /// v2 byte 12, low nibble: the PROXY command (the other one, 0, is LOCAL).
 const V2_CMD_PROXY: u8 = 0x1;
@@ -94,7 +104,18 @@ impl Mode {
             Mode::V2 => Expect::V2,
             Mode::Any => Expect::Any,
         };
-        Some(HeaderPhase { expect, scanned: 0 })
+        Some(HeaderPhase::pack(State { expect, scanned: 0 }))
+    }
+
+    /// A header this mode takes that names no client, as a health check
+    /// sends it (`rot13d probe --proxy-protocol`): v1 `UNKNOWN`, v2 `LOCAL`
+    /// for `v2` and `any`; nothing for `off`.
+    pub const fn local_header(self) -> &'static [u8] {
+        match self {
+            Mode::Off => b"",
+            Mode::V1 => b"PROXY UNKNOWN\r\n",
+            Mode::V2 | Mode::Any => V2_LOCAL,
+        }
     }
 
     /// The configuration spelling (`off`, `v1`, `v2`, `any`).
@@ -232,11 +253,27 @@ enum Expect {
     Any,
 }
 
-/// The header phase of one connection: two bytes of state (the version
-/// expected and how far the bytes are checked), dropped once it is
-/// [`Done`](Progress::Done).
+/// The header phase of one connection: the version expected and how far
+/// the bytes are checked, packed in one byte (with a niche, so that
+/// `Option<HeaderPhase>` is one byte too: it lives in the padding of a
+/// connection's state), dropped once it is [`Done`](Progress::Done).
+///
+/// The byte, less one: `0..=105` v1 with that many bytes checked (a v1
+/// header is decided by its 107th byte), then `0..=12` v2 with that much
+/// of the signature seen, then one value for "either, nothing seen yet".
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HeaderPhase {
+pub struct HeaderPhase(NonZeroU8);
+
+/// v1 states: 0..=105 bytes checked.
+const V1_STATES: u8 = (V1_MAX - 1) as u8;
+/// v2 states: 0..=12 bytes of the signature seen.
+const V2_STATES: u8 = V2_SIG.len() as u8 + 1;
+// Every state, and "either", in the 255 values of a NonZeroU8.
+const _: () = assert!((V1_STATES as usize + V2_STATES as usize) < u8::MAX as usize);
+
+/// The phase unpacked, while it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct State {
     expect: Expect,
     /// Leading bytes of the input already checked (v1: all valid and none
     /// a CR; v2: the part of the signature seen).
@@ -244,12 +281,52 @@ pub struct HeaderPhase {
 }
 
 impl HeaderPhase {
+    const fn pack(st: State) -> HeaderPhase {
+        let index = match st.expect {
+            Expect::V1 => st.scanned,
+            Expect::V2 => V1_STATES + st.scanned,
+            Expect::Any => V1_STATES + V2_STATES,
+        };
+        HeaderPhase(NonZeroU8::MIN.saturating_add(index))
+    }
+
+    const fn state(self) -> State {
+        let i = self.0.get() - 1;
+        if i < V1_STATES {
+            State { expect: Expect::V1, scanned: i }
+        } else if i < V1_STATES + V2_STATES {
+            State { expect: Expect::V2, scanned: i - V1_STATES }
+        } else {
+            State { expect: Expect::Any, scanned: 0 }
+        }
+    }
+
     /// Looks at the input (which only ever grows at the end during the
     /// phase) and decides if it can. Call after every read.
     ///
     /// After `Done` the phase is spent: drop it. After `Refused` every call
     /// refuses again, for the same reason.
     pub fn advance(&mut self, input: &mut EvBuffer) -> Progress {
+        let mut st = self.state();
+        let p = st.advance(input);
+        *self = HeaderPhase::pack(st);
+        p
+    }
+
+    /// What to do when the client ends its stream before the header is
+    /// complete: `None` if it sent nothing at all (a plain connect and
+    /// close, such as a TCP health check: no header was attempted),
+    /// [`Refusal::Truncated`] if it stopped inside a header.
+    ///
+    /// Call [`advance`](HeaderPhase::advance) on the same input first: a
+    /// header refused on its bytes keeps its own reason.
+    pub fn end_of_input(&self, input: &EvBuffer) -> Option<Refusal> {
+        (!input.is_empty()).then_some(Refusal::Truncated)
+    }
+}
+
+impl State {
+    fn advance(&mut self, input: &mut EvBuffer) -> Progress {
         debug_assert!(input.len() >= self.scanned as usize, "the input shrank during the header phase");
         if self.expect == Expect::Any {
             match input.byte_at(0) {
@@ -268,17 +345,6 @@ impl HeaderPhase {
             Ok(None) => Progress::NeedMore,
             Err(why) => Progress::Refused(why),
         }
-    }
-
-    /// What to do when the client ends its stream before the header is
-    /// complete: `None` if it sent nothing at all (a plain connect and
-    /// close, such as a TCP health check: no header was attempted),
-    /// [`Refusal::Truncated`] if it stopped inside a header.
-    ///
-    /// Call [`advance`](HeaderPhase::advance) on the same input first: a
-    /// header refused on its bytes keeps its own reason.
-    pub fn end_of_input(&self, input: &EvBuffer) -> Option<Refusal> {
-        (!input.is_empty()).then_some(Refusal::Truncated)
     }
 
     fn advance_v1(&mut self, input: &mut EvBuffer) -> Result<Option<Header>, Refusal> {
@@ -501,9 +567,32 @@ mod tests {
     }
 
     #[test]
-    fn the_phase_is_two_bytes() {
-        assert_eq!(std::mem::size_of::<HeaderPhase>(), 2);
-        assert_eq!(std::mem::size_of::<Option<HeaderPhase>>(), 2);
+    fn each_mode_takes_its_local_header() {
+        assert!(Mode::Off.local_header().is_empty());
+        for (mode, version) in [(Mode::V1, Version::V1), (Mode::V2, Version::V2), (Mode::Any, Version::V2)] {
+            let h = mode.local_header();
+            assert_eq!(whole(mode, h), (local(version, h.len()), vec![]), "{mode}");
+        }
+        // config/haproxy.cfg's health check sends exactly this header.
+        let hex: String = V2_LOCAL.iter().map(|b| format!("{b:02x}")).collect();
+        let cfg = include_str!("../../config/haproxy.cfg");
+        assert!(cfg.contains(&format!("tcp-check send-binary {hex}\n")), "haproxy.cfg does not send {hex}");
+    }
+
+    #[test]
+    fn the_phase_is_one_byte_and_packs_every_state() {
+        assert_eq!(std::mem::size_of::<HeaderPhase>(), 1);
+        assert_eq!(std::mem::size_of::<Option<HeaderPhase>>(), 1);
+        let mut all = vec![State { expect: Expect::Any, scanned: 0 }];
+        all.extend((0..V1_STATES).map(|scanned| State { expect: Expect::V1, scanned }));
+        all.extend((0..V2_STATES).map(|scanned| State { expect: Expect::V2, scanned }));
+        let mut bytes: Vec<u8> = all.iter().map(|st| HeaderPhase::pack(*st).0.get()).collect();
+        for st in &all {
+            assert_eq!(HeaderPhase::pack(*st).state(), *st);
+        }
+        bytes.sort_unstable();
+        bytes.dedup();
+        assert_eq!(bytes.len(), all.len(), "two states share a byte");
     }
 
     #[test]

@@ -314,6 +314,20 @@ mod tests {
     }
 
     #[test]
+    fn overlapping_listeners_are_a_configuration_problem() {
+        let text = "[server]\nipv6_only = false\nlisten = [\n\"0.0.0.0:7\",\n\"[::]:7\"]\n";
+        let (key, line, message) = problem(Some(text), &[]);
+        assert_eq!((key.as_str(), line), ("server.listen", Some(5)), "{message}");
+        assert!(message.contains("[::]:7 overlaps 0.0.0.0:7") && message.contains("ipv6_only = false"), "{message}");
+        assert!(resolve(Some(&text.replace("false", "true")), &[]).is_ok(), "IPv6 only: no overlap");
+        let (key, _, message) = problem(None, &["--listen", "0.0.0.0:7", "--listen", "127.0.0.1:7"]);
+        assert_eq!(key, "--listen", "{message}");
+        let (key, _, message) = problem(Some("[admin]\nlisten = \"127.0.0.1:40713\"\n"), &[]);
+        assert_eq!(key, "admin.listen", "{message}");
+        assert!(message.contains("overlaps 0.0.0.0:40713"), "{message}");
+    }
+
+    #[test]
     fn defaults() {
         let s = resolve(None, &[]).expect("defaults are valid");
         assert_eq!(s.config, Config::default());

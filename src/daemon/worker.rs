@@ -8,9 +8,10 @@
 //! as its in-process worker.
 
 use super::config::never_if_zero;
-use super::connection::{self, Conn, ConnBev};
+use super::connection::{self, Addr, Conn, ConnBev, End, Meta};
 use super::listener::ListenFd;
 use super::metrics::{Counter, Slot};
+use super::proxy;
 use super::settings::Settings;
 use crate::protocol::Framer;
 use crate::reactor::{Bev, BevOptions, BufferEvent, EventBase, EventFlags, EventId};
@@ -81,6 +82,10 @@ pub struct WorkerParams {
     pub shutdown_grace: Duration,
     /// How connections are classed into lanes.
     pub lanes: LaneParams,
+    /// The PROXY protocol header connections must begin with.
+    pub proxy: proxy::Mode,
+    /// Log an access record per closed connection.
+    pub access: bool,
 }
 
 /// When a connection changes lanes.
@@ -114,6 +119,8 @@ impl WorkerParams {
                 window_ms: lanes.bulk_window.as_millis().clamp(1, u32::MAX as u128) as u32,
                 quiet_ms: lanes.quiet.as_millis().min(u32::MAX as u128) as u32,
             },
+            proxy: server.proxy_protocol,
+            access: s.config.log.access,
         }
     }
 }
@@ -133,6 +140,12 @@ pub struct Shared {
     on_done: OnDone,
     params: RefCell<WorkerParams>,
     conns: RefCell<Vec<Option<Bev<Conn>>>>,
+    /// The [`Meta`] of each connection that has one, by id; empty while no
+    /// connection needs one.
+    metas: RefCell<Vec<Option<Box<Meta>>>>,
+    /// Whether `metas` ever held one: the one test a callback pays while
+    /// none does.
+    any_meta: Cell<bool>,
     free_ids: RefCell<Vec<u32>>,
     open: Cell<usize>,
     /// The most connections open at once since memory was last trimmed.
@@ -191,6 +204,38 @@ impl Shared {
         self.open.get()
     }
 
+    /// The idle and write timeouts of new connections.
+    pub(crate) fn timeouts(&self) -> (Option<Duration>, Option<Duration>) {
+        let p = self.params.borrow();
+        (p.idle_timeout, p.write_timeout)
+    }
+
+    /// Runs `f` on the [`Meta`] of connection `id`, if it has one.
+    pub(crate) fn with_meta<R>(&self, id: u32, f: impl FnOnce(&mut Meta) -> R) -> Option<R> {
+        if !self.any_meta.get() {
+            return None;
+        }
+        let mut metas = self.metas.try_borrow_mut().ok()?;
+        metas.get_mut(id as usize)?.as_deref_mut().map(f)
+    }
+
+    /// Takes the [`Meta`] of connection `id` (it closed).
+    pub(crate) fn take_meta(&self, id: u32) -> Option<Box<Meta>> {
+        if !self.any_meta.get() {
+            return None;
+        }
+        self.metas.try_borrow_mut().ok()?.get_mut(id as usize)?.take()
+    }
+
+    fn put_meta(&self, id: u32, meta: Box<Meta>) {
+        let mut metas = self.metas.borrow_mut();
+        if metas.len() <= id as usize {
+            metas.resize_with(id as usize + 1, || None);
+        }
+        metas[id as usize] = Some(meta);
+        self.any_meta.set(true);
+    }
+
     fn sync_listeners(&self, base: &mut EventBase) {
         let want = self.pause.get() == 0;
         if want == self.listening.get() {
@@ -214,6 +259,8 @@ impl Shared {
     pub(crate) fn connection_closed(&self, base: &mut EventBase, id: u32) {
         let gone = self.conns.borrow_mut().get_mut(id as usize).and_then(Option::take);
         if gone.is_some() {
+            // A reused id never finds another connection's Meta.
+            drop(self.take_meta(id));
             self.free_ids.borrow_mut().push(id);
             self.open.set(self.open.get().saturating_sub(1));
             self.slot.set(Counter::Open, self.open.get() as u64);
@@ -236,6 +283,7 @@ impl Shared {
         let open = self.open.get();
         if open == 0 {
             *self.conns.borrow_mut() = Vec::new();
+            *self.metas.borrow_mut() = Vec::new();
             *self.free_ids.borrow_mut() = Vec::new();
         }
         sys::trim_heap();
@@ -251,10 +299,11 @@ impl Shared {
             }
             match sys::accept(lfd) {
                 Ok((fd, peer)) => {
-                    if let Err(e) = self.start_connection(base, fd) {
-                        tracing::warn!(target: "rot13d", error = %e, "cannot set up a connection");
+                    let peer = peer.map(connection::canonical);
+                    if let Err(e) = self.start_connection(base, fd, peer) {
+                        tracing::warn!(target: "rot13d", error = %e, peer = %Addr(peer), "cannot set up a connection");
                     } else {
-                        tracing::debug!(target: "rot13d", peer = ?peer, "connection accepted");
+                        tracing::debug!(target: "rot13d", peer = %Addr(peer), "connection accepted");
                     }
                 }
                 Err(e) => {
@@ -289,10 +338,36 @@ impl Shared {
         let _ = base.add(self.resume_timer.get(), Some(FD_BACKOFF));
     }
 
-    fn start_connection(self: &Rc<Self>, base: &mut EventBase, fd: OwnedFd) -> std::io::Result<()> {
+    fn start_connection(
+        self: &Rc<Self>,
+        base: &mut EventBase,
+        fd: OwnedFd,
+        peer: Option<std::net::SocketAddr>,
+    ) -> std::io::Result<()> {
         use std::os::fd::AsRawFd;
         let _ = sys::set_nodelay(fd.as_raw_fd());
         let params = self.params.borrow().clone();
+        let phase = params.proxy.phase();
+        let meta = Meta::wanted(phase.is_some(), params.access).then(|| {
+            // The local address only for the access record: one
+            // getsockname more per connection, and only then.
+            let local = params.access.then(|| socket2::SockRef::from(&fd).local_addr().ok()).flatten();
+            Box::new(Meta {
+                client: peer,
+                peer,
+                local: local.and_then(|a| a.as_socket()).map(connection::canonical),
+                accepted: base.now(),
+                timeouts: (params.idle_timeout, params.write_timeout),
+                bytes_in: 0,
+                bytes_out: 0,
+                lines: 0,
+                end: End::Reset,
+                access: params.access,
+            })
+        });
+        // With a header to wait for, the read timeout is its deadline
+        // until it is complete.
+        let read_timeout = if phase.is_some() { Some(proxy::DEADLINE) } else { params.idle_timeout };
         let id = self.free_ids.borrow_mut().pop().unwrap_or_else(|| {
             let mut c = self.conns.borrow_mut();
             c.push(None);
@@ -309,16 +384,26 @@ impl Shared {
             prev_share: 0,
             last_heavy: 0,
             lane: LANE_INTERACTIVE as u8,
+            proxy: phase,
             last_read: now_ms,
             unsent: 0,
         };
-        let bev = BufferEvent::socket_new(base, fd, BevOptions::CLOSE_ON_FREE, conn)?;
+        let bev = match BufferEvent::socket_new(base, fd, BevOptions::CLOSE_ON_FREE, conn) {
+            Ok(bev) => bev,
+            Err(e) => {
+                self.free_ids.borrow_mut().push(id);
+                return Err(e);
+            }
+        };
+        if let Some(m) = meta {
+            self.put_meta(id, m);
+        }
         let setup = bev.with(|b: &mut ConnBev| -> std::io::Result<()> {
             b.setcb(Some(connection::on_read), Some(connection::on_write), Some(connection::on_event));
             b.set_closecb(Some(connection::on_close));
             b.set_priority(base, LANE_INTERACTIVE)?;
             b.set_backpressure(base, params.write_high_watermark, params.write_low_watermark);
-            b.set_timeouts(base, params.idle_timeout, params.write_timeout);
+            b.set_timeouts(base, read_timeout, params.write_timeout);
             b.enable(base, EventFlags::READ | EventFlags::WRITE)
         });
         {
@@ -349,20 +434,26 @@ impl Shared {
     /// then would send RST and lose it), nothing of the answer still in the
     /// kernel's send queue (a client that has stopped reading for a while:
     /// its next line would reach a closed socket, and the reset it causes
-    /// drops what is queued) and, when retiring, quiet for [`RETIRE_QUIET`]
-    /// (a client that has just connected is about to send).
-    fn closable(b: &ConnBev, now_ms: u32, retiring: bool) -> bool {
+    /// drops what is queued) and, when `quiet` (retiring, or behind the
+    /// PROXY protocol), quiet for [`RETIRE_QUIET`] (a client that has just
+    /// connected is about to send).
+    fn closable(b: &ConnBev, now_ms: u32, quiet: bool) -> bool {
         b.input.is_empty()
             && b.output.is_empty()
             && sys::inq(b.fd()).is_ok_and(|n| n == 0)
             && sys::outq(b.fd()).is_ok_and(|n| n == 0)
-            && (!retiring || now_ms.wrapping_sub(b.ctx.last_read) >= RETIRE_QUIET.as_millis() as u32)
+            && (!quiet || now_ms.wrapping_sub(b.ctx.last_read) >= RETIRE_QUIET.as_millis() as u32)
     }
 
     /// Closes every connection that is [`closable`](Self::closable) now;
     /// returns how many stay open.
     fn close_idle(&self, base: &mut EventBase, retiring: bool) -> usize {
         let now = base.now().as_millis() as u32;
+        // Behind a load balancer a connection is a client session the
+        // balancer has already placed: cut before its first line (its
+        // header just read) or between two lines, it cannot be sent
+        // elsewhere. So a stop spares recent ones, as a reload does.
+        let quiet = retiring || self.params.borrow().proxy != proxy::Mode::Off;
         let conns: Vec<Bev<Conn>> = self.conns.borrow().iter().flatten().cloned().collect();
         let mut busy = 0;
         for c in conns {
@@ -370,8 +461,9 @@ impl Shared {
                 if b.is_freed() || b.is_closing() {
                     return;
                 }
-                if Self::closable(b, now, retiring) {
+                if Self::closable(b, now, quiet) {
                     connection::drop_unsent(b);
+                    b.ctx.set_end(End::Shutdown);
                     b.free(base);
                 } else {
                     busy += 1;
@@ -383,7 +475,9 @@ impl Shared {
 
     /// Graceful stop (SIGTERM): listeners closed at once; idle connections
     /// closed at once; busy ones served until their client finishes, for at
-    /// most the grace period.
+    /// most the grace period. Behind the PROXY protocol an idle connection
+    /// is closed only once it has been quiet for [`RETIRE_QUIET`] (at once
+    /// if it has been, else when it has been: [`close_when_quiet`](Self::close_when_quiet)).
     ///
     /// Retiring (the master's retire command, a reload): the same, except that an idle
     /// connection is closed at once only if it has been quiet for
@@ -415,7 +509,24 @@ impl Shared {
             me.force_close_all(base);
         } else {
             let _ = base.once(-1, EventFlags::NONE, Some(grace), move |base, _| me.force_close_all(base));
+            if !retiring && self.params.borrow().proxy != proxy::Mode::Off {
+                self.clone().close_when_quiet(base);
+            }
         }
+    }
+
+    /// A stop behind the PROXY protocol keeps looking, every half
+    /// [`RETIRE_QUIET`]: a connection it spared for being recent is closed
+    /// once it has been idle for that long, not kept to the grace's end.
+    fn close_when_quiet(self: Rc<Self>, base: &mut EventBase) {
+        let _ = base.once(-1, EventFlags::NONE, Some(RETIRE_QUIET / 2), move |base, _| {
+            if self.open.get() > 0 {
+                self.close_idle(base, false);
+            }
+            if self.open.get() > 0 {
+                self.close_when_quiet(base);
+            }
+        });
     }
 
     /// End of the grace period: answer partial lines, write what the
@@ -436,6 +547,7 @@ impl Shared {
                 let _ = b.enable(base, EventFlags::WRITE);
                 b.flush(base);
                 connection::drop_unsent(b);
+                b.ctx.set_end(End::Shutdown);
                 b.free(base);
             });
         }
@@ -519,6 +631,8 @@ pub fn start(
         on_done,
         params: RefCell::new(params),
         conns: RefCell::new(Vec::new()),
+        metas: RefCell::new(Vec::new()),
+        any_meta: Cell::new(false),
         free_ids: RefCell::new(Vec::new()),
         open: Cell::new(0),
         peak: Cell::new(0),

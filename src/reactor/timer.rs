@@ -157,21 +157,34 @@ impl Timers {
 
     /// Disarms and returns (in `out`) every timer due at `now`.
     pub fn pop_expired(&mut self, now: u64, out: &mut Vec<u32>) {
-        while let Some(&(d, idx)) = self.heap.first() {
-            if d > now {
-                break;
-            }
-            self.heap_remove(0);
-            out.push(idx);
-        }
-        for q in 0..self.queues.len() {
-            loop {
-                let head = self.queues[q].head;
-                if head == NONE || self.nodes[head as usize].deadline > now {
-                    break;
+        // In deadline order across the heap and every queue (libevent keeps
+        // each common queue's head in its one heap): timers that expire in
+        // the same turn, after a late wake-up, run as they were due.
+        loop {
+            let mut next = match self.heap.first() {
+                Some(&(d, _)) if d <= now => Some((d, None)),
+                _ => None,
+            };
+            for (q, queue) in self.queues.iter().enumerate() {
+                if queue.head != NONE {
+                    let d = self.nodes[queue.head as usize].deadline;
+                    if d <= now && next.is_none_or(|(best, _)| d < best) {
+                        next = Some((d, Some(q)));
+                    }
                 }
-                self.cancel(head);
-                out.push(head);
+            }
+            match next {
+                None => return,
+                Some((_, None)) => {
+                    let (_, idx) = self.heap[0];
+                    self.heap_remove(0);
+                    out.push(idx);
+                }
+                Some((_, Some(q))) => {
+                    let head = self.queues[q].head;
+                    self.cancel(head);
+                    out.push(head);
+                }
             }
         }
     }
@@ -282,6 +295,20 @@ mod tests {
         assert_eq!(t.deadline(0), Some(110));
         t.cancel(0);
         assert_eq!(t.next_deadline(), None);
+    }
+
+    #[test]
+    fn expired_heap_and_common_timers_come_out_in_deadline_order() {
+        let mut t = Timers::default();
+        assert!(t.add_common(40));
+        t.schedule(0, 0, 40); // common, due at 40
+        t.schedule(1, 0, 20); // heap, 20
+        t.schedule(2, 0, 60); // heap, 60
+        t.schedule(3, 5, 40); // common, 45
+        // A late wake-up: every one has expired.
+        let mut out = Vec::new();
+        t.pop_expired(100, &mut out);
+        assert_eq!(out, vec![1, 0, 3, 2]);
     }
 
     proptest! {

@@ -416,7 +416,8 @@ impl Drop for TempDir {
 // ---------------------------------------------------------------------------
 // The log on stderr.
 
-/// The stderr of a process, appended by a reader thread.
+/// The stderr of a process, appended by a reader thread; the flag is set
+/// once the reader reached the end (every writer closed it).
 #[derive(Clone, Default)]
 pub struct Log(Arc<(Mutex<String>, Condvar)>, Arc<std::sync::atomic::AtomicBool>);
 
@@ -1075,6 +1076,98 @@ impl Notify {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// The PROXY protocol and log fields.
+
+/// The v2 signature.
+pub const V2_SIG: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
+
+/// A v1 header for a TCP connection from `src` to `dst` (same family).
+pub fn proxy_v1(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+    let fam = if src.is_ipv4() { "TCP4" } else { "TCP6" };
+    format!("PROXY {fam} {} {} {} {}\r\n", src.ip(), dst.ip(), src.port(), dst.port()).into_bytes()
+}
+
+/// A v2 header: `ver_cmd` (0x21 PROXY, 0x20 LOCAL), `fam` (0x11 TCP4,
+/// 0x21 TCP6, ...) and `body` (addresses and TLVs).
+pub fn proxy_v2_raw(ver_cmd: u8, fam: u8, body: &[u8]) -> Vec<u8> {
+    let mut h = V2_SIG.to_vec();
+    h.push(ver_cmd);
+    h.push(fam);
+    h.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    h.extend_from_slice(body);
+    h
+}
+
+/// A v2 PROXY header for TCP from `src` to `dst` (same family), followed
+/// by `tlvs` (raw type-length-value bytes).
+pub fn proxy_v2(src: SocketAddr, dst: SocketAddr, tlvs: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    let fam = match (src, dst) {
+        (SocketAddr::V4(s), SocketAddr::V4(d)) => {
+            body.extend_from_slice(&s.ip().octets());
+            body.extend_from_slice(&d.ip().octets());
+            0x11
+        }
+        (SocketAddr::V6(s), SocketAddr::V6(d)) => {
+            body.extend_from_slice(&s.ip().octets());
+            body.extend_from_slice(&d.ip().octets());
+            0x21
+        }
+        _ => panic!("mixed families {src} {dst}"),
+    };
+    body.extend_from_slice(&src.port().to_be_bytes());
+    body.extend_from_slice(&dst.port().to_be_bytes());
+    body.extend_from_slice(tlvs);
+    proxy_v2_raw(0x21, fam, &body)
+}
+
+/// A v2 LOCAL header (a proxy's health check).
+pub fn proxy_v2_local() -> Vec<u8> {
+    proxy_v2_raw(0x20, 0x00, &[])
+}
+
+/// Reads until the server closes; fails if a single byte arrives. A reset
+/// (the kernel's answer to data sent after the close) counts as closed.
+pub fn closed_unanswered(c: &mut Client, within: Duration) -> io::Result<()> {
+    c.stream.set_read_timeout(Some(within))?;
+    let mut buf = [0u8; 4096];
+    loop {
+        match c.stream.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => return Err(fail(format!("answered {:?}", String::from_utf8_lossy(&buf[..n])))),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(fail(format!("not closed within {within:?}: {e}"))),
+        }
+    }
+}
+
+/// The `key=value` fields of a text log line (values bare or quoted).
+pub fn fields(line: &str) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut rest = line;
+    while let Some(eq) = rest.find('=') {
+        let key = rest[..eq].rsplit(' ').next().unwrap_or("").to_string();
+        let after = &rest[eq + 1..];
+        let (value, next) = if let Some(q) = after.strip_prefix('"') {
+            let end = q.find('"').unwrap_or(q.len());
+            (q[..end].to_string(), &q[(end + 1).min(q.len())..])
+        } else {
+            let end = after.find(' ').unwrap_or(after.len());
+            (after[..end].to_string(), &after[end..])
+        };
+        out.insert(key, value);
+        rest = next;
+    }
+    out
+}
+
+/// The lines of `log` holding every one of `patterns`.
+pub fn lines_with(log: &str, patterns: &[&str]) -> Vec<String> {
+    log.lines().filter(|l| patterns.iter().all(|p| l.contains(p))).map(str::to_string).collect()
 }
 
 // ---------------------------------------------------------------------------

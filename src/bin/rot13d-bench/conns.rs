@@ -186,7 +186,7 @@ fn child(c: &Common, src_addrs: u8, first: usize, count: usize, mut down: BufRea
     for j in 0..count {
         let g = first + j;
         let src = Ipv4Addr::new(127, 0, 0, 1 + (g % src_addrs as usize) as u8);
-        match connect(c.addr, Some(src)) {
+        match connect(c.addr, Some(src)).and_then(|mut s| c.proxy.send(&mut s).map(|()| s)) {
             Ok(s) => socks.push(s),
             Err(e) => {
                 tell(format!("err connect #{g} from {src}: {e} (after {:?})", t.elapsed()));

@@ -35,9 +35,16 @@ pub fn connect(addr: SocketAddr, src: Option<Ipv4Addr>) -> std::io::Result<TcpSt
     Ok(s.into())
 }
 
-/// Connects `n` streams, with a useful error.
-fn connect_n(addr: SocketAddr, n: usize) -> Result<Vec<TcpStream>, Fail> {
-    (0..n).map(|i| connect(addr, None).map_err(|e| Fail::io(format!("connect #{i} to {addr}: {e}")))).collect()
+/// Connects `n` streams to the scenario's address, each begun with the
+/// PROXY header `--proxy` asks for, with a useful error.
+fn connect_n(c: &Common, n: usize) -> Result<Vec<TcpStream>, Fail> {
+    let addr = c.addr;
+    let one = |i: usize| -> Result<TcpStream, Fail> {
+        let mut s = connect(addr, None).map_err(|e| Fail::io(format!("connect #{i} to {addr}: {e}")))?;
+        c.proxy.send(&mut s).map_err(|e| Fail::io(format!("PROXY header on #{i} to {addr}: {e}")))?;
+        Ok(s)
+    };
+    (0..n).map(one).collect()
 }
 
 /// Refuses lines the server would cut into max_line pieces (the expected
@@ -196,7 +203,7 @@ pub fn tput(c: &Common) -> Result<(), Fail> {
     let window = c.window.unwrap_or(128 * 1024).max(l as u64);
     let pat = pattern(l, c, window as usize)?;
     let mut eng = Engine::new(READ_CHUNK)?;
-    for (i, s) in connect_n(c.addr, n)?.into_iter().enumerate() {
+    for (i, s) in connect_n(c, n)?.into_iter().enumerate() {
         let limit = limit_for(c, i, n, l);
         eng.add(
             s,
@@ -225,7 +232,7 @@ pub fn lat(c: &Common) -> Result<(), Fail> {
     let l = c.line_len.unwrap_or(64);
     let pat = pattern(l, c, 0)?;
     let mut eng = Engine::new(READ_CHUNK)?;
-    for (i, s) in connect_n(c.addr, n)?.into_iter().enumerate() {
+    for (i, s) in connect_n(c, n)?.into_iter().enumerate() {
         let limit = limit_for(c, i, n, l);
         let spec = Spec {
             pattern: pat.clone(),
@@ -277,7 +284,7 @@ pub fn mixed(a: &MixedArgs) -> Result<(), Fail> {
     let mut eng = Engine::new(READ_CHUNK)?;
     // Interleave so that neither kind always comes first in a wait batch.
     let total = a.bulk + a.interactive;
-    let mut streams = connect_n(c.addr, total)?.into_iter();
+    let mut streams = connect_n(c, total)?.into_iter();
     let (mut nb, mut ni) = (0, 0);
     while nb + ni < total {
         let bulk = nb < a.bulk && (ni >= a.interactive || nb * a.interactive <= ni * a.bulk);
@@ -354,7 +361,7 @@ pub fn slow(a: &SlowArgs) -> Result<(), Fail> {
     let mut peak = rss0.unwrap_or(0);
     let mut eng = Engine::new(READ_CHUNK)?;
     eng.set_reading(false)?;
-    for s in connect_n(c.addr, n)? {
+    for s in connect_n(c, n)? {
         eng.add(
             s,
             Spec { pattern: pat.clone(), window: u64::MAX, min_write: 0, limit, interactive: false, discard: false },
@@ -445,7 +452,7 @@ pub fn oneshot(a: &OneshotArgs) -> Result<(), Fail> {
     let cpu0 = c.server_pid.map(procstat::tree_cpu_ticks);
     let mut eng = Engine::new(READ_CHUNK)?;
     let mut full = Vec::new();
-    for (i, s) in connect_n(c.addr, n)?.into_iter().enumerate() {
+    for (i, s) in connect_n(c, n)?.into_iter().enumerate() {
         let lines = limit_for(&c2, i, n, l);
         full.push(lines);
         let limit = lines + a.tail as u64;

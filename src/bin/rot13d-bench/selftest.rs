@@ -4,7 +4,7 @@
 //! the same checks.
 
 use crate::pattern::{Pattern, rot13_byte};
-use crate::{Common, Fail, scenarios};
+use crate::{Common, Fail, ProxyHeader, scenarios};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 
@@ -65,8 +65,38 @@ pub fn common(addr: SocketAddr, conns: usize, lines: u64) -> Common {
         discard: false,
         label: "selftest".into(),
         case: String::new(),
+        proxy: ProxyHeader::Off,
     }
 }
+
+/// `--proxy v1|v2` headers are ones rot13d takes, with the connection's
+/// own addresses as source and destination.
+pub fn check_proxy_headers() -> Result<(), Fail> {
+    use rot13d::daemon::proxy::{Mode, Progress};
+    use rot13d::reactor::EvBuffer;
+    let pairs =
+        [("192.0.2.1:50000", "198.51.100.7:40713"), ("[2001:db8::1]:1", "[2001:db8::2]:2"), ("127.0.0.1:3", "[::1]:4")];
+    for (src, dst) in pairs {
+        let (src, dst): (SocketAddr, SocketAddr) = (src.parse().unwrap_or(DUMMY), dst.parse().unwrap_or(DUMMY));
+        for (mode, h) in [(Mode::V1, ProxyHeader::V1), (Mode::V2, ProxyHeader::V2)] {
+            let mut input = EvBuffer::new();
+            input.add(&h.bytes(src, dst));
+            input.add(b"x");
+            let phase = mode.phase().map(|mut p| p.advance(&mut input));
+            let Some(Progress::Done(header)) = phase else {
+                return Err(Fail::io(format!("--proxy {h:?} from {src} to {dst}: rot13d says {phase:?}")));
+            };
+            let mapped = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+            let got = header.source.map(mapped);
+            if got != Some(mapped(src)) || input.len() != 1 {
+                return Err(Fail::io(format!("--proxy {h:?} from {src}: source {got:?}, {} bytes left", input.len())));
+            }
+        }
+    }
+    Ok(())
+}
+
+const DUMMY: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0));
 
 /// The verifier reports the first wrong byte wherever it is.
 pub fn check_single_byte() -> Result<(), Fail> {
@@ -89,6 +119,7 @@ pub fn check_single_byte() -> Result<(), Fail> {
 /// Runs every check; fails on the first that does not hold.
 pub fn run() -> Result<(), Fail> {
     check_single_byte()?;
+    check_proxy_headers()?;
     let good = echo_server(None).map_err(|e| Fail::io(format!("echo server: {e}")))?;
     scenarios::tput(&common(good, 4, 50_000))?;
     scenarios::lat(&common(good, 2, 2_000))?;
@@ -111,6 +142,11 @@ mod tests {
     #[test]
     fn verifier_catches_one_byte() {
         check_single_byte().unwrap();
+    }
+
+    #[test]
+    fn proxy_headers_are_ones_rot13d_takes() {
+        check_proxy_headers().unwrap();
     }
 
     #[test]
