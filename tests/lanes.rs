@@ -111,6 +111,9 @@ fn a_heavy_connection_moves_to_bulk_and_back_once_quiet() -> io::Result<()> {
     wait_moves(admin, "interactive", 1)?;
     ping(&mut chat)?;
     ping(&mut light)?;
+    // The metric moves as the worker logs; the test's log reader may not
+    // have read the line yet (seen once under a loaded suite).
+    d.log().wait_count(&["lane changed"], 2, T)?;
     let events = lane_events(&d);
     ensure!(events.len() == 2, "lane events {events:?}");
     let ((t0, l0, p0), (t1, l1, p1)) = (&events[0], &events[1]);
@@ -166,6 +169,7 @@ fn lanes_disabled_keep_every_connection_on_one_priority() -> io::Result<()> {
     // Classed as bulk by its traffic, still at the interactive priority.
     wait_moves(admin, "bulk", 1)?;
     ping(&mut heavy)?;
+    d.log().wait_count(&["lane changed"], 1, T)?;
     let events = lane_events(&d);
     ensure!(!events.is_empty() && events.iter().all(|(_, _, p)| *p == 1), "lane events {events:?}");
     Ok(())
