@@ -491,6 +491,9 @@ impl EvBuffer {
     #[doc(alias = "evbuffer_pullup")]
     pub fn pullup(&mut self, n: usize) -> &mut [u8] {
         let n = n.min(self.len);
+        // The caller may write through the slice (a terminator, say):
+        // readln's cursor no longer proves anything about these bytes.
+        self.eol_hint = None;
         let front_len = self.chunks.front().map_or(0, Chunk::len);
         if front_len < n {
             let mut c = new_chunk(n, n);
