@@ -264,8 +264,14 @@ impl EventBase {
         let res = std::mem::take(&mut s.res);
         let (generation, flags, timeout, oneshot) = (s.generation, s.flags, s.timeout, s.state & ONESHOT != 0);
         // Out of its slot while it runs: the callback may free the event,
-        // or free it and allocate another one in the same slot.
-        let cb = s.cb.take();
+        // or free it and allocate another one in the same slot. A shared
+        // handler is cloned instead (an Rc count), so that it can be found
+        // in its slot while it runs: a bufferevent's read callback creates
+        // its write event sharing it (`new_event_sharing`).
+        let cb = match &s.cb {
+            Some(Cb::Shared(h)) => Some(Cb::Shared(h.clone())),
+            _ => s.cb.take(),
+        };
         self.n_active -= 1;
         if !flags.contains(EventFlags::PERSIST) {
             let _ = self.del_idx(idx, false);
