@@ -32,7 +32,8 @@
 //! - `read_from` `readv`s into the tail chunk's free
 //!   space plus one new chunk (libevent's `evbuffer_read` with two iovecs);
 //!   `write_to` gathers up to `IOV_MAX` chunks into one
-//!   `sendmsg` (`writev` with `MSG_NOSIGNAL`) and drains what was written.
+//!   `sendmsg` (`writev` with `MSG_NOSIGNAL`; a single chunk goes out with
+//!   `send`) and drains what was written.
 //!
 //! # Read size
 //!
@@ -207,6 +208,12 @@ impl EvBuffer {
     /// yields them; `None` past the last chunk.
     pub fn chunk(&self, i: usize) -> Option<&[u8]> {
         self.chunks.get(i).map(Chunk::bytes)
+    }
+
+    /// Whether its chunk array has room for at most `n` chunks (a pooled
+    /// empty buffer keeps a small one).
+    pub fn chunks_capacity_within(&self, n: usize) -> bool {
+        self.chunks.capacity() <= n
     }
 
     /// Heap bytes this buffer holds: its blocks plus its chunk array.
@@ -722,12 +729,27 @@ impl EvBuffer {
         }
         let n = match self.chunks.len() {
             0 => return Ok(0),
-            1..=8 => self.gather_write::<8>(fd, max)?,
+            1 => self.write_front(fd, max)?,
+            2..=8 => self.gather_write::<8>(fd, max)?,
             9..=64 => self.gather_write::<64>(fd, max)?,
             _ => self.gather_write::<{ sys::IOV_MAX }>(fd, max)?,
         };
         self.drain(n);
         Ok(n)
+    }
+
+    /// One chunk (the usual output: an answer, or one read's worth of
+    /// answers): `send`, which the kernel takes without a `msghdr` and an
+    /// iovec array to copy in (`sendmsg`'s import), with `write` for a
+    /// non-socket.
+    fn write_front(&self, fd: RawFd, max: usize) -> io::Result<usize> {
+        let Some(c) = self.chunks.front() else { return Ok(0) };
+        let s = c.bytes();
+        let s = &s[..s.len().min(max)];
+        match sys::send(fd, s) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOTSOCK) => sys::write(fd, s),
+            r => r,
+        }
     }
 
     /// One gathered write of at most `max` bytes from the first `N` chunks.
