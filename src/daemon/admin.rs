@@ -114,7 +114,8 @@ impl Admin {
             let timer = base.once(-1, EventFlags::NONE, Some(HEAD_DEADLINE), move |base, _| {
                 late.with(|b| {
                     if !b.is_freed() && !b.is_closing() {
-                        b.input.drain(b.input.len());
+                        let n = b.input().len();
+                        b.input_mut().drain(n);
                         respond(b, "408 Request Timeout", "text/plain", "request head not complete in time\n", true);
                         b.close_when_flushed(base);
                     }
@@ -150,8 +151,8 @@ fn on_event(base: &mut EventBase, bev: &mut BufferEvent<AdminConn>, _ev: BevEven
 }
 
 fn on_read(base: &mut EventBase, bev: &mut BufferEvent<AdminConn>) {
-    let mut head = vec![0u8; bev.input.len().min(MAX_HEAD + 1)];
-    let n = bev.input.copyout(&mut head);
+    let mut head = vec![0u8; bev.input().len().min(MAX_HEAD + 1)];
+    let n = bev.input().copyout(&mut head);
     head.truncate(n);
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
@@ -184,7 +185,8 @@ fn on_read(base: &mut EventBase, bev: &mut BufferEvent<AdminConn>) {
             (answer.0, answer.1, answer.2, is_head)
         }
     };
-    bev.input.drain(bev.input.len());
+    let n = bev.input().len();
+    bev.input_mut().drain(n);
     base.free(bev.ctx.deadline);
     respond(bev, status, ctype, &body, !is_head);
     bev.close_when_flushed(base);
@@ -196,8 +198,8 @@ fn respond(bev: &mut BufferEvent<AdminConn>, status: &str, ctype: &str, body: &s
         "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    bev.output.add(head.as_bytes());
+    bev.output_mut().add(head.as_bytes());
     if with_body {
-        bev.output.add(body.as_bytes());
+        bev.output_mut().add(body.as_bytes());
     }
 }

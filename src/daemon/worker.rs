@@ -13,7 +13,7 @@ use super::listener::ListenFd;
 use super::metrics::{Counter, Slot};
 use super::settings::Settings;
 use crate::protocol::Framer;
-use crate::reactor::{Bev, BevOptions, BufferEvent, EventBase, EventFlags, EventId};
+use crate::reactor::{Bev, BevOptions, BevSetup, BufferEvent, EventBase, EventFlags, EventId};
 use crate::sys;
 use std::cell::{Cell, RefCell};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -112,6 +112,9 @@ pub struct Shared {
     slot: Slot,
     on_done: OnDone,
     params: RefCell<WorkerParams>,
+    /// How new connections' bufferevents are set up (from `params`): one
+    /// setup shared by all of them.
+    setup: RefCell<Rc<BevSetup<Conn>>>,
     conns: RefCell<Vec<Option<Bev<Conn>>>>,
     free_ids: RefCell<Vec<u32>>,
     open: Cell<usize>,
@@ -230,7 +233,7 @@ impl Shared {
     fn start_connection(self: &Rc<Self>, base: &mut EventBase, fd: OwnedFd) -> std::io::Result<()> {
         use std::os::fd::AsRawFd;
         let _ = sys::set_nodelay(fd.as_raw_fd());
-        let params = self.params.borrow().clone();
+        let max_line = self.params.borrow().max_line;
         let id = self.free_ids.borrow_mut().pop().unwrap_or_else(|| {
             let mut c = self.conns.borrow_mut();
             c.push(None);
@@ -238,7 +241,7 @@ impl Shared {
         });
         let now_ms = base.now().as_millis() as u32;
         let conn = Conn {
-            framer: Framer::new(params.max_line),
+            framer: Framer::new(max_line),
             shared: self.clone(),
             id,
             carried: 0,
@@ -249,13 +252,9 @@ impl Shared {
             last_read: now_ms,
             unsent: 0,
         };
-        let bev = BufferEvent::socket_new(base, fd, BevOptions::CLOSE_ON_FREE, conn)?;
+        let bev = BufferEvent::socket_with(base, fd, &self.setup.borrow(), conn)?;
         let setup = bev.with(|b: &mut ConnBev| -> std::io::Result<()> {
-            b.setcb(Some(connection::on_read), Some(connection::on_write), Some(connection::on_event));
-            b.set_closecb(Some(connection::on_close));
             b.set_priority(base, LANE_INTERACTIVE)?;
-            b.set_backpressure(base, params.write_high_watermark, params.write_low_watermark);
-            b.set_timeouts(base, params.idle_timeout, params.write_timeout);
             b.enable(base, EventFlags::READ | EventFlags::WRITE)
         });
         self.conns.borrow_mut()[id as usize] = Some(bev.clone());
@@ -277,8 +276,8 @@ impl Shared {
     /// then would send RST and lose it) and, when retiring, quiet for
     /// [`RETIRE_QUIET`] (a client that has just connected is about to send).
     fn closable(b: &ConnBev, now_ms: u32, retiring: bool) -> bool {
-        b.input.is_empty()
-            && b.output.is_empty()
+        b.input().is_empty()
+            && b.output().is_empty()
             && sys::inq(b.fd()).is_ok_and(|n| n == 0)
             && (!retiring || now_ms.wrapping_sub(b.ctx.last_read) >= RETIRE_QUIET.as_millis() as u32)
     }
@@ -404,8 +403,19 @@ impl Shared {
         if let Err(e) = register_timeouts(base, &p) {
             tracing::warn!(target: "rot13d", error = %e, "new timeouts use the timer heap");
         }
+        *self.setup.borrow_mut() = Rc::new(bev_setup(&p));
         *self.params.borrow_mut() = p;
     }
+}
+
+/// The setup every connection of a generation shares: callbacks,
+/// backpressure marks, idle and write timeouts.
+fn bev_setup(p: &WorkerParams) -> BevSetup<Conn> {
+    BevSetup::new(BevOptions::CLOSE_ON_FREE)
+        .callbacks(Some(connection::on_read), Some(connection::on_write), Some(connection::on_event))
+        .close_callback(Some(connection::on_close))
+        .backpressure(p.write_high_watermark, p.write_low_watermark)
+        .timeouts(p.idle_timeout, p.write_timeout)
 }
 
 /// Makes the idle and write timeouts common timeouts of `base`, so that
@@ -430,6 +440,7 @@ pub fn start(
     let shared = Rc::new(Shared {
         slot,
         on_done,
+        setup: RefCell::new(Rc::new(bev_setup(&params))),
         params: RefCell::new(params),
         conns: RefCell::new(Vec::new()),
         free_ids: RefCell::new(Vec::new()),
