@@ -94,6 +94,17 @@ impl Timers {
     /// Arms `idx` to expire at `deadline`; `dur` picks a common-timeout
     /// queue when the deadline keeps that queue sorted, else the heap.
     pub fn schedule_at(&mut self, idx: u32, deadline: u64, dur: u64) {
+        // Re-armed to the deadline it already has: its place in the heap or
+        // its queue is still right. The common case on a busy connection:
+        // the base's clock is read once per turn and the coarse clock ticks
+        // every 1 to 4 ms, so a read event re-armed at each wake-up asks
+        // for the same deadline again for several turns in a row.
+        if let Some(n) = self.nodes.get(idx as usize)
+            && n.deadline == deadline
+            && (n.heap != NONE || n.queue != NO_QUEUE)
+        {
+            return;
+        }
         self.cancel(idx);
         if let Some(q) = self.queues.iter().position(|q| q.dur == dur) {
             let tail = self.queues[q].tail;
@@ -282,6 +293,26 @@ mod tests {
         assert_eq!(t.deadline(0), Some(110));
         t.cancel(0);
         assert_eq!(t.next_deadline(), None);
+    }
+
+    #[test]
+    fn rearming_to_the_same_deadline_keeps_the_order() {
+        let mut t = Timers::default();
+        assert!(t.add_common(100));
+        for i in 0..4u32 {
+            t.schedule(i, 0, 100);
+        }
+        t.schedule(9, 0, 30);
+        // Same clock reading, same timeout: nothing moves.
+        t.schedule(0, 0, 100);
+        t.schedule(9, 0, 30);
+        // A later reading moves 1 behind the rest.
+        t.schedule(1, 5, 100);
+        let mut out = Vec::new();
+        t.pop_expired(100, &mut out);
+        assert_eq!(out, vec![9, 0, 2, 3]);
+        assert_eq!(t.deadline(1), Some(105));
+        assert_eq!(t.len(), 1);
     }
 
     proptest! {

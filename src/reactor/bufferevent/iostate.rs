@@ -70,8 +70,11 @@ impl IoState {
 
     /// Releases its events (a no-op for those never created).
     pub fn free_events(&mut self, base: &mut EventBase) {
-        base.free(std::mem::replace(&mut self.write_ev, EventId::INVALID));
-        base.free(std::mem::replace(&mut self.defer_ev, EventId::INVALID));
+        for ev in [&mut self.write_ev, &mut self.defer_ev] {
+            if *ev != EventId::INVALID {
+                base.free(std::mem::replace(ev, EventId::INVALID));
+            }
+        }
     }
 }
 
