@@ -103,8 +103,10 @@ pub(super) fn give(mut io: Box<IoState>) {
     if !io.output.is_empty() || !io.output.chunks_capacity_within(KEEP_CHUNK_SLOTS) {
         io.output = EvBuffer::new();
     }
-    io.input.set_read_size(DEFAULT_READ_SIZE);
-    io.output.set_read_size(DEFAULT_READ_SIZE);
+    for b in [&mut io.input, &mut io.output] {
+        b.set_read_size(DEFAULT_READ_SIZE);
+        b.forget_fd();
+    }
     io.write_ev = EventId::INVALID;
     io.defer_ev = EventId::INVALID;
     io.last_error = 0;

@@ -30,10 +30,15 @@
 //!   long as only appends happened, so a line trickling in byte by byte is
 //!   scanned once.
 //! - `read_from` `readv`s into the tail chunk's free
-//!   space plus one new chunk (libevent's `evbuffer_read` with two iovecs);
+//!   space plus one new chunk (libevent's `evbuffer_read` with two iovecs),
+//!   or `recv`s into one of them;
 //!   `write_to` gathers up to `IOV_MAX` chunks into one
 //!   `sendmsg` (`writev` with `MSG_NOSIGNAL`; a single chunk goes out with
-//!   `send`) and drains what was written.
+//!   `send`) and drains what was written. `recv` and `send` cost the kernel
+//!   a little less than `read` and `sendmsg` (no VFS layer, no msghdr to
+//!   copy in: about 2% of a 64-byte request's round trip, BENCHMARKS.md);
+//!   on a pipe they fail with ENOTSOCK once and the buffer uses `read` and
+//!   `write` from then on.
 //!
 //! # Read size
 //!
@@ -148,6 +153,9 @@ pub struct EvBuffer {
     /// terminator starting before this offset, and only appends happened
     /// since. A line trickling in is thus scanned once, not once per read.
     eol_hint: Option<(Eol, u32)>,
+    /// The fd last read or written is not a socket (a pipe): plain
+    /// `read`/`write` without first trying `recv`/`send`.
+    not_socket: bool,
 }
 
 impl Default for EvBuffer {
@@ -178,7 +186,7 @@ impl EvBuffer {
     /// An empty buffer. Allocates nothing.
     #[doc(alias = "evbuffer_new")]
     pub const fn new() -> EvBuffer {
-        EvBuffer { chunks: VecDeque::new(), len: 0, read_size: DEFAULT_READ_SIZE as u32, eol_hint: None }
+        EvBuffer { chunks: VecDeque::new(), len: 0, read_size: DEFAULT_READ_SIZE as u32, eol_hint: None, not_socket: false }
     }
 
     /// Number of queued bytes.
@@ -208,6 +216,12 @@ impl EvBuffer {
     /// yields them; `None` past the last chunk.
     pub fn chunk(&self, i: usize) -> Option<&[u8]> {
         self.chunks.get(i).map(Chunk::bytes)
+    }
+
+    /// Forgets what kind of fd it was used with (a pooled buffer may next
+    /// serve a socket after a pipe).
+    pub(crate) fn forget_fd(&mut self) {
+        self.not_socket = false;
     }
 
     /// Whether its chunk array has room for at most `n` chunks (a pooled
@@ -672,7 +686,7 @@ impl EvBuffer {
         if tail_free >= want.min(TAIL_READ_MIN) {
             let Some(t) = self.chunks.back_mut() else { return Ok(0) };
             let n = want.min(tail_free);
-            let r = sys::read(fd, &mut t.data[t.end..t.end + n])?;
+            let r = recv_or_read(fd, &mut t.data[t.end..t.end + n], &mut self.not_socket)?;
             t.end += r;
             self.len += r;
             return Ok(r);
@@ -685,7 +699,7 @@ impl EvBuffer {
                 let mut iov = [IoSliceMut::new(&mut t.data[end..]), IoSliceMut::new(&mut fresh.data[..second])];
                 sys::readv(fd, &mut iov)
             }
-            _ => sys::read(fd, &mut fresh.data[..second]),
+            _ => recv_or_read(fd, &mut fresh.data[..second], &mut self.not_socket),
         };
         let r = match res {
             Ok(r) => r,
@@ -742,12 +756,18 @@ impl EvBuffer {
     /// answers): `send`, which the kernel takes without a `msghdr` and an
     /// iovec array to copy in (`sendmsg`'s import), with `write` for a
     /// non-socket.
-    fn write_front(&self, fd: RawFd, max: usize) -> io::Result<usize> {
+    fn write_front(&mut self, fd: RawFd, max: usize) -> io::Result<usize> {
         let Some(c) = self.chunks.front() else { return Ok(0) };
         let s = c.bytes();
         let s = &s[..s.len().min(max)];
+        if self.not_socket {
+            return sys::write(fd, s);
+        }
         match sys::send(fd, s) {
-            Err(e) if e.raw_os_error() == Some(libc::ENOTSOCK) => sys::write(fd, s),
+            Err(e) if e.raw_os_error() == Some(libc::ENOTSOCK) => {
+                self.not_socket = true;
+                sys::write(fd, s)
+            }
             r => r,
         }
     }
@@ -807,6 +827,22 @@ impl EvBuffer {
         let end = block.len();
         chunks.push_back(Chunk { data: block, start: 0, end });
         self.chunks = chunks;
+    }
+}
+
+/// One read into `buf`: `recv(2)` on a socket (a little cheaper in the
+/// kernel than `read(2)`, which goes through the VFS first), `read(2)` on
+/// anything else, which `not_socket` remembers.
+fn recv_or_read(fd: RawFd, buf: &mut [u8], not_socket: &mut bool) -> io::Result<usize> {
+    if *not_socket {
+        return sys::read(fd, buf);
+    }
+    match sys::recv(fd, buf) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSOCK) => {
+            *not_socket = true;
+            sys::read(fd, buf)
+        }
+        r => r,
     }
 }
 
