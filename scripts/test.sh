@@ -16,8 +16,10 @@ took() { local now; now=$(date +%s); echo "scripts/test.sh: $1 took $((now - mar
 # --- what the tests use --------------------------------------------------------
 # podman, runc, debootstrap: the container test; lintian, man-db, dpkg-dev
 # (dpkg-shlibdeps for cargo-deb's $auto depends): the package test; strace:
-# the unit's sandbox test. On a fresh machine: about 20 s.
-apt_packages=(podman runc debootstrap lintian man-db dpkg-dev binutils strace)
+# the unit's sandbox test and tests/keys.rs (the loop's epoll_wait calls);
+# iproute2 (ss): tests/keys.rs (listen backlogs). On a fresh machine: about
+# 20 s.
+apt_packages=(podman runc debootstrap lintian man-db dpkg-dev binutils strace iproute2)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -9,6 +9,7 @@
 //! fd driven by the test between loop turns.
 
 use crate::reactor::{Backend, Watch, rtest, watchdog};
+use rot13d::protocol::Framer;
 use rot13d::reactor::{Bev, BevEvent, BevOptions, BufferEvent, EventBase, EventFlags, LoopExit, LoopFlags, Suspend};
 use rot13d::sys;
 use std::cell::RefCell;
@@ -188,6 +189,9 @@ enum OnRead {
     Free,
     /// Move it to this priority; record the outcome in `ctx.pri`.
     SetPriority(usize),
+    /// Answer it as the daemon does: `ctx.framer` moves every complete
+    /// line, rotated, to the output.
+    Frame,
 }
 
 /// What the event callback does.
@@ -237,6 +241,8 @@ struct Ctx {
     /// OnRead::SetPriority: (whether set_priority succeeded, priority()
     /// before, priority() after).
     pri: Vec<(bool, Option<usize>, Option<usize>)>,
+    /// OnRead::Frame: the protocol framer.
+    framer: Framer,
 }
 
 type TBev = BufferEvent<Ctx>;
@@ -268,6 +274,11 @@ fn readcb(base: &mut EventBase, b: &mut TBev) {
             let after = b.priority(base);
             b.ctx.pri.push((ok, before, after));
             b.input_mut().drain(n);
+        }
+        OnRead::Frame => {
+            let (input, output, ctx) = b.parts_mut();
+            ctx.framer.process(input, output);
+            ctx.max_out = ctx.max_out.max(output.len());
         }
     }
 }
@@ -617,6 +628,68 @@ rtest!(output_backpressure_bounds_memory_and_loses_nothing, |be| {
 rtest!(output_backpressure_holds_while_writing_is_disabled, |be| {
     for kind in LINKS {
         backpressure_case(be, kind, BevOptions::default(), false)?;
+    }
+    Ok(())
+});
+
+/// The daemon's connection (a [`Framer`] answering lines, backpressure at
+/// the default 256 KiB / 64 KiB, 64 KiB reads) against a peer that sends
+/// `line`-byte lines and never reads. SPEC §1 bounds the connection's
+/// memory by `max_line` + the high watermark + one read buffer; measured
+/// here as the heap both buffers hold (blocks and chunk arrays) once
+/// reading has paused, minus the chunk arrays' few hundred bytes
+/// (`ARRAYS`, the one allowance).
+fn framed_memory_case(be: Backend, line: usize) -> io::Result<usize> {
+    const HIGH: usize = 256 * 1024;
+    const LOW: usize = 64 * 1024;
+    const MAX_LINE: usize = 16384;
+    /// The two chunk arrays: a few slots of 40 bytes each.
+    const ARRAYS: usize = 1024;
+    let mut b = be.base()?;
+    let (x, y) = link(Link::Tcp, false)?;
+    let ctx = Ctx { on_read: OnRead::Frame, framer: Framer::new(MAX_LINE), ..Ctx::default() };
+    let bev = new_bev(&mut b, x, BevOptions::default(), ctx)?;
+    let read_size = with(&bev, |e| {
+        e.set_backpressure(&mut b, HIGH, LOW);
+        e.input().read_size()
+    });
+    with(&bev, |e| e.enable(&mut b, EventFlags::READ | EventFlags::WRITE))?;
+    // About 1 MiB of lines, sent over and over.
+    let mut data = Vec::new();
+    for i in 0..(1 << 20) / line + 1 {
+        data.extend(std::iter::repeat_n(b'a' + (i % 26) as u8, line - 1));
+        data.push(b'\n');
+    }
+    let yfd = y.as_raw_fd();
+    let (mut off, mut fed) = (0, 0);
+    let paused = run_until(&mut b, LIMIT, |_| {
+        let before = off;
+        let full = feed(yfd, &data, &mut off);
+        fed += off - before;
+        if off == data.len() {
+            off = 0;
+        }
+        full && with(&bev, |e| e.suspended().intersects(Suspend::BACKPRESSURE))
+    })?;
+    assert!(paused, "{line} B lines: reading never paused (fed {fed})");
+    let (held, bytes) =
+        with(&bev, |e| (e.input().heap_size() + e.output().heap_size(), e.input().len() + e.output().len()));
+    let bound = MAX_LINE + HIGH + read_size;
+    assert!(
+        held <= bound + ARRAYS,
+        "{line} B lines: paused holding {held} bytes of heap for {bytes} bytes queued, more than {MAX_LINE} + {HIGH} + {read_size} = {bound} (+ {ARRAYS})"
+    );
+    with(&bev, |e| e.free(&mut b));
+    Ok(held)
+}
+
+rtest!(framed_connection_memory_stays_within_the_spec_bound, |be| {
+    // Short lines, lines of about a quarter of a read (each read leaves a
+    // long partial line behind), max_line-long lines, and overlong lines
+    // cut into pieces.
+    for line in [100, 16_000, 16_385, 40_000] {
+        let held = framed_memory_case(be, line)?;
+        eprintln!("{line} B lines: paused holding {held} bytes of heap");
     }
     Ok(())
 });

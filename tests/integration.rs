@@ -5,6 +5,8 @@ mod bufferevent;
 mod cli;
 mod control;
 mod fuzz_replay;
+mod keys;
+mod lanes;
 mod lifecycle;
 mod limits;
 mod probe;

@@ -3,7 +3,7 @@
 //! leaves further clients waiting in the backlog.
 
 use crate::ensure;
-use crate::util::{Client, Cyclic, Daemon, ensure_bytes_eq, fail, random_lines, rot13_model};
+use crate::util::{Client, Cyclic, Daemon, ensure_bytes_eq, fail, random_lines, rot13_model, server_held};
 use rot13d::sys::process::rss_bytes;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
@@ -16,11 +16,47 @@ const MIB: usize = 1024 * 1024;
 
 /// What the client of the backpressure test sends without reading.
 const UNREAD: usize = 64 * MIB;
-/// Allowed growth of the serving process's RSS meanwhile.
-const RSS_GROWTH: u64 = 32 * MIB as u64;
+const KIB: u64 = 1024;
+
+/// SPEC §1: a connection's memory stays below `max_line` + the write high
+/// watermark + one read buffer; with the defaults 16 + 256 + 64 KiB.
+const CONN_BOUND: u64 = (16 + 256 + 64) * KIB;
+
+/// What a connection costs beyond its two buffers: the bufferevent with its
+/// two events, slab slots and evmap entry (497 B measured for an idle
+/// connection, BENCHMARKS.md), the buffers' chunk arrays and the
+/// allocator's header per block; rounded up to a page.
+const PER_CONN_ALLOWANCE: u64 = 4 * KIB;
+
+/// What a serving process holds once, whatever its number of connections:
+/// in the one callback that crosses the watermark (one connection at a
+/// time: the loop is single-threaded), the read block taken for the next
+/// partial line and the output block the pause then packs away, two read
+/// blocks of 64 KiB. Blocks given back go to the chunk pool and are reused
+/// by the next connection, so they are not counted again.
+const PER_PROCESS_ALLOWANCE: u64 = 2 * 64 * KIB;
+
+/// Most RSS growth allowed for `n` connections that do not read.
+fn growth_bound(n: u64) -> u64 {
+    n * (CONN_BOUND + PER_CONN_ALLOWANCE) + PER_PROCESS_ALLOWANCE
+}
+
+/// Once a connection's reading pauses and resumes again and again (a client
+/// that reads, but slower than it sends), the blocks it gives back on the
+/// way (packed away at each pause, drained from its output) are kept by
+/// the chunk pool for the next reads: resident memory of the process, up
+/// to `POOL_CHUNKS` = 8 blocks of 64 KiB, whatever the connection count.
+const POOL_ALLOWANCE: u64 = 8 * 64 * KIB;
+
+/// Most RSS growth allowed for one connection whose reading may pause and
+/// resume many times.
+fn cycling_bound() -> u64 {
+    growth_bound(1) + POOL_ALLOWANCE
+}
 
 /// Samples the RSS of `pid` every 10 ms until stopped; the maximum.
 struct RssSampler {
+    pid: i32,
     stop: Arc<AtomicBool>,
     max: Arc<AtomicU64>,
     handle: Option<thread::JoinHandle<()>>,
@@ -39,10 +75,14 @@ impl RssSampler {
                 thread::sleep(Duration::from_millis(10));
             }
         });
-        RssSampler { stop, max, handle: Some(handle) }
+        RssSampler { pid, stop, max, handle: Some(handle) }
     }
 
+    /// The largest RSS sampled so far, now included.
     fn max(&self) -> u64 {
+        if let Some(r) = rss_bytes(self.pid) {
+            self.max.fetch_max(r, Ordering::Relaxed);
+        }
         self.max.load(Ordering::Relaxed)
     }
 }
@@ -56,78 +96,109 @@ impl Drop for RssSampler {
     }
 }
 
-/// A client sends 64 MiB without reading: the server stops reading (the
-/// writer stalls far below 64 MiB) and its RSS grows by less than 32 MiB;
-/// then the client reads everything back, byte for byte.
-fn backpressure_bounds_memory(backend: &str, workers: usize) -> io::Result<()> {
-    let d = Daemon::start(workers, &["--backend", backend])?;
+/// `n` clients send without reading: each connection's reading pauses
+/// (the `reading paused` trace event, once per connection) and the serving
+/// process's RSS grows by at most [`growth_bound`]`(n)`: per connection
+/// SPEC's bound plus [`PER_CONN_ALLOWANCE`], plus
+/// [`PER_PROCESS_ALLOWANCE`] once. With one client, that client then reads
+/// everything back, byte for byte; with several, the daemon still serves.
+fn backpressure_bounds_memory(backend: &str, workers: usize, n: usize) -> io::Result<()> {
+    let d = Daemon::builder()
+        .workers(workers)
+        .args(["--backend", backend])
+        .env("RUST_LOG", "info,rot13d::reactor::bufferevent=trace")
+        .start()?;
     let pid = d.serving_pid()?;
-    // Warm up: one connection through, so lazily grown pools count in the
-    // baseline.
+    // Warm up: one connection through, so lazily grown tables and the
+    // chunk pool's working set count in the baseline.
     let warm = random_lines(1, MIB, 200);
     ensure_bytes_eq("warm-up", &d.roundtrip(&warm)?, &rot13_model(&warm, 16384))?;
     let baseline = rss_bytes(pid).ok_or_else(|| fail("no RSS"))?;
     let sampler = RssSampler::start(pid);
 
-    let block = {
-        let mut b = random_lines(3, MIB - 1, 400);
-        b.push(b'\n');
-        b
-    };
+    let block = lf_block(3, MIB);
     let want = rot13_model(&block, 16384);
-    let times = UNREAD / block.len();
-    let mut c = d.connect()?;
-    // Fails unless the writes stall (the server stops reading: backpressure).
-    let (writer, sent) = stall_writer(&c, block, times)?;
-    let stalled_at = sent.load(Ordering::Relaxed);
-    ensure!(stalled_at < UNREAD, "the server read all {UNREAD} bytes without the client reading: no backpressure");
+    // Enough to stall behind the kernel's socket buffers (several MiB).
+    let times = if n == 1 { UNREAD / block.len() } else { 16 };
+    let mut clients = Vec::new();
+    let mut writers = Vec::new();
+    for _ in 0..n {
+        let c = d.connect()?;
+        writers.push(spawn_writer(&c, block.clone(), times)?);
+        clients.push(c);
+    }
+    // Every connection's reading pauses (backpressure)...
+    d.log().wait_count(&["reading paused"], n, Duration::from_secs(20))?;
+    // ...and stays paused: the writers stall.
+    for (w, sent) in &writers {
+        ensure!(
+            !w.is_finished(),
+            "a writer finished {} bytes ({} sent) without reading: no backpressure",
+            times * MIB,
+            sent.load(Ordering::Relaxed)
+        );
+    }
     let stalled_rss = rss_bytes(pid).unwrap_or(0);
     let growth = sampler.max().saturating_sub(baseline);
+    let bound = growth_bound(n as u64);
     eprintln!(
-        "backpressure: writer stalled after {} KiB; RSS baseline {} KiB, stalled {} KiB, max growth {} KiB",
-        stalled_at / 1024,
-        baseline / 1024,
-        stalled_rss / 1024,
-        growth / 1024
+        "backpressure, {n} clients: RSS baseline {} KiB, stalled {} KiB, max growth {} KiB = {} KiB per connection; bound {} KiB",
+        baseline / KIB,
+        stalled_rss / KIB,
+        growth / KIB,
+        growth / KIB / n as u64,
+        bound / KIB
     );
     ensure!(
-        growth < RSS_GROWTH,
-        "RSS grew by {} KiB (baseline {} KiB, stalled {} KiB) with {} KiB sent unread",
-        growth / 1024,
-        baseline / 1024,
-        stalled_rss / 1024,
-        stalled_at / 1024
+        growth <= bound,
+        "RSS grew by {} KiB ({} KiB per connection) with {n} clients not reading; SPEC: {} KiB each, + {} KiB each and {} KiB per process allowed",
+        growth / KIB,
+        growth / KIB / n as u64,
+        CONN_BOUND / KIB,
+        PER_CONN_ALLOWANCE / KIB,
+        PER_PROCESS_ALLOWANCE / KIB
     );
 
-    // Now read everything back, verifying as it comes.
-    let mut answer = Cyclic::new(want);
-    let read = answer.read_to_end(&mut c.stream).and_then(|()| answer.ensure_repeats(times));
-    let wrote = writer.join().map_err(|_| fail("writer panicked"))?;
-    read?;
-    wrote?;
-    let growth = sampler.max().saturating_sub(baseline);
-    ensure!(growth < RSS_GROWTH, "RSS grew by {} KiB over the whole transfer", growth / 1024);
+    if n == 1 {
+        // Now read everything back, verifying as it comes.
+        let mut c = clients.pop().ok_or_else(|| fail("no client"))?;
+        let mut answer = Cyclic::new(want);
+        let read = answer.read_to_end(&mut c.stream).and_then(|()| answer.ensure_repeats(times));
+        let (w, _) = writers.pop().ok_or_else(|| fail("no writer"))?;
+        let wrote = w.join().map_err(|_| fail("writer panicked"))?;
+        read?;
+        wrote?;
+        let growth = sampler.max().saturating_sub(baseline);
+        ensure!(growth <= cycling_bound(), "RSS grew by {} KiB over the whole transfer", growth / KIB);
+    } else {
+        ensure_bytes_eq("another client meanwhile", &d.roundtrip(b"ok\n")?, b"bx\n")?;
+    }
     Ok(())
 }
 
 #[test]
 fn backpressure_bounds_memory_epoll_w0() -> io::Result<()> {
-    backpressure_bounds_memory("epoll", 0)
+    backpressure_bounds_memory("epoll", 0, 1)
 }
 
 #[test]
 fn backpressure_bounds_memory_epoll_w1() -> io::Result<()> {
-    backpressure_bounds_memory("epoll", 1)
+    backpressure_bounds_memory("epoll", 1, 1)
 }
 
 #[test]
 fn backpressure_bounds_memory_poll_w1() -> io::Result<()> {
-    backpressure_bounds_memory("poll", 1)
+    backpressure_bounds_memory("poll", 1, 1)
 }
 
 #[test]
 fn backpressure_bounds_memory_select_w1() -> io::Result<()> {
-    backpressure_bounds_memory("select", 1)
+    backpressure_bounds_memory("select", 1, 1)
+}
+
+#[test]
+fn backpressure_bounds_memory_of_20_clients_epoll_w1() -> io::Result<()> {
+    backpressure_bounds_memory("epoll", 1, 20)
 }
 
 /// `idle_timeout = 1`: an idle connection is closed after >= 1 s (and
@@ -351,14 +422,11 @@ fn beyond_fd_setsize_epoll() -> io::Result<()> {
     beyond_fd_setsize("epoll")
 }
 
-/// Sends `block` `times` times from a thread (then half-closes) without
-/// reading; returns once the writes stall (the server applies
-/// backpressure): the writer thread and the bytes sent so far.
-fn stall_writer(
-    c: &Client,
-    block: Vec<u8>,
-    times: usize,
-) -> io::Result<(thread::JoinHandle<io::Result<()>>, Arc<AtomicUsize>)> {
+/// A thread that sends `block` `times` times (then half-closes) without
+/// reading, and the bytes it has sent so far.
+type Writer = (thread::JoinHandle<io::Result<()>>, Arc<AtomicUsize>);
+
+fn spawn_writer(c: &Client, block: Vec<u8>, times: usize) -> io::Result<Writer> {
     let mut w = c.stream.try_clone()?;
     w.set_write_timeout(Some(Duration::from_secs(30)))?;
     let sent = Arc::new(AtomicUsize::new(0));
@@ -372,6 +440,13 @@ fn stall_writer(
         }
         w.shutdown(Shutdown::Write)
     });
+    Ok((writer, sent))
+}
+
+/// [`spawn_writer`], returning once the writes stall (the server applies
+/// backpressure).
+fn stall_writer(c: &Client, block: Vec<u8>, times: usize) -> io::Result<Writer> {
+    let (writer, sent) = spawn_writer(c, block, times)?;
     // Stalled: no progress for 300 ms (bounded).
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut last = (sent.load(Ordering::Relaxed), Instant::now());
@@ -446,6 +521,8 @@ fn endless_line_streams_in_pieces_with_bounded_memory() -> io::Result<()> {
     const LEN: usize = 32 * MIB;
     let d = Daemon::start(1, &[])?;
     let pid = d.serving_pid()?;
+    let warm = random_lines(1, MIB, 200);
+    ensure_bytes_eq("warm-up", &d.roundtrip(&warm)?, &rot13_model(&warm, 16384))?;
     let baseline = rss_bytes(pid).ok_or_else(|| fail("no RSS"))?;
     let sampler = RssSampler::start(pid);
     let mut c = d.connect()?;
@@ -484,7 +561,7 @@ fn endless_line_streams_in_pieces_with_bounded_memory() -> io::Result<()> {
     read?;
     wrote?;
     let growth = sampler.max().saturating_sub(baseline);
-    ensure!(growth < RSS_GROWTH, "RSS grew by {} KiB for one endless line", growth / 1024);
+    ensure!(growth <= cycling_bound(), "RSS grew by {} KiB for one endless line", growth / KIB);
     Ok(())
 }
 
@@ -550,6 +627,8 @@ fn no_fd_leak_select_w1() -> io::Result<()> {
 fn idle_timeout_spares_a_connection_with_pending_output() -> io::Result<()> {
     let d = Daemon::builder().workers(1).config("[server]\nidle_timeout = 1\nwrite_timeout = 0\n").start()?;
     let pid = d.serving_pid()?;
+    let warm = random_lines(1, MIB, 200);
+    ensure_bytes_eq("warm-up", &d.roundtrip(&warm)?, &rot13_model(&warm, 16384))?;
     let baseline = rss_bytes(pid).ok_or_else(|| fail("no RSS"))?;
     let sampler = RssSampler::start(pid);
     let block = {
@@ -578,14 +657,14 @@ fn idle_timeout_spares_a_connection_with_pending_output() -> io::Result<()> {
     let sent_while_blocked = sent.load(Ordering::Relaxed);
     ensure!(sent_while_blocked < times * MIB, "all {sent_while_blocked} bytes read without the client reading");
     let growth = sampler.max().saturating_sub(baseline);
-    ensure!(growth < RSS_GROWTH, "RSS grew by {} KiB while blocked across idle timeouts", growth / 1024);
+    ensure!(growth <= growth_bound(1), "RSS grew by {} KiB while blocked across idle timeouts", growth / KIB);
     let mut answer = Cyclic::new(want);
     let read = answer.read_to_end(&mut c.stream).and_then(|()| answer.ensure_repeats(times));
     let wrote = writer.join().map_err(|_| fail("writer panicked"))?;
     read?;
     wrote?;
     let growth = sampler.max().saturating_sub(baseline);
-    ensure!(growth < RSS_GROWTH, "RSS grew by {} KiB", growth / 1024);
+    ensure!(growth <= cycling_bound(), "RSS grew by {} KiB once read back", growth / KIB);
     Ok(())
 }
 
@@ -627,4 +706,102 @@ fn write_timeout_spares_a_slow_reader() -> io::Result<()> {
     answer.ensure_repeats(times)?;
     ensure!(t0.elapsed() >= Duration::from_secs(2), "the slow reader took only {:?}", t0.elapsed());
     writer.join().map_err(|_| fail("writer panicked"))?
+}
+
+/// The `name=` number of a log line.
+fn field(line: &str, name: &str) -> Option<u64> {
+    let at = line.find(&format!(" {name}="))? + name.len() + 2;
+    line[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+/// The watermarks at work, seen from outside the daemon: a client sends
+/// 100 B lines without reading; once reading pauses, what the server holds
+/// (what the client wrote minus what the four socket queues hold,
+/// [`server_held`]) is above the high watermark and at most one 64 KiB read
+/// (plus a partial line) beyond it, as the daemon's own `reading paused`
+/// event says too. Then the client reads: reading resumes only once the
+/// pending output is at the low watermark or below (the `reading resumed`
+/// event; the kernel's send buffer of several MiB makes the output drain
+/// to nothing in one write, so its level at resumption cannot be seen
+/// from outside), and every byte comes back.
+fn watermarks_are_the_thresholds(config: &str, high: u64, low: u64) -> io::Result<()> {
+    const LINE: usize = 100;
+    const READ: u64 = 64 * 1024;
+    let d = Daemon::builder()
+        .args(["--backend", "epoll"])
+        .config(config)
+        .env("RUST_LOG", "info,rot13d::reactor::bufferevent=trace")
+        .start()?;
+    let block = {
+        let mut b = Vec::new();
+        for i in 0..(MIB / LINE) {
+            b.extend(std::iter::repeat_n(b'a' + (i % 26) as u8, LINE - 1));
+            b.push(b'\n');
+        }
+        b
+    };
+    let mut c = d.connect()?;
+    c.stream.set_nonblocking(true)?;
+    let (mut sent, mut off) = (Vec::new(), 0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match c.stream.write(&block[off..]) {
+            Ok(n) => {
+                sent.extend_from_slice(&block[off..off + n]);
+                off = (off + n) % block.len();
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if d.log().count(&["reading paused"]) > 0 {
+                    break;
+                }
+                ensure!(Instant::now() < deadline, "reading never paused ({} bytes sent)", sent.len());
+                thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    c.stream.set_nonblocking(false)?;
+    let held = server_held(&c.stream, sent.len() as u64, 0)?;
+    let log = d.log().text();
+    let paused: Vec<&str> = log.lines().filter(|l| l.contains("reading paused")).collect();
+    ensure!(paused.len() == 1, "paused {} times without the client reading:\n{log}", paused.len());
+    let pending = field(paused[0], "pending").ok_or_else(|| fail(format!("no pending= in {:?}", paused[0])))?;
+    eprintln!("paused: the server holds {held} bytes (pending output {pending}), high {high}");
+    ensure!(held > high, "reading paused with {held} bytes held, not above the high watermark {high}");
+    ensure!(
+        held <= high + READ + LINE as u64,
+        "reading paused only at {held} bytes held: more than one read ({READ}) beyond the high watermark {high}"
+    );
+    ensure!(
+        pending > high && pending <= held && held - pending < LINE as u64,
+        "the pause event says {pending} pending, the kernel's count {held} held (a partial line apart)"
+    );
+
+    // The client reads everything; the server then resumes, finishes.
+    c.half_close()?;
+    let got = c.read_to_end()?;
+    ensure_bytes_eq("answers", &got, &rot13_model(&sent, 16384))?;
+    let log = d.log().text();
+    let resumed: Vec<u64> =
+        log.lines().filter(|l| l.contains("reading resumed")).filter_map(|l| field(l, "pending")).collect();
+    ensure!(!resumed.is_empty(), "reading never resumed:\n{log}");
+    ensure!(resumed.iter().all(|&p| p <= low), "resumed at pending output {resumed:?}, above the low watermark {low}");
+    let lows: Vec<u64> =
+        log.lines().filter(|l| l.contains("reading resumed")).filter_map(|l| field(l, "low")).collect();
+    ensure!(lows.iter().all(|&l| l == low), "low watermark in effect {lows:?}, want {low}");
+    Ok(())
+}
+
+#[test]
+fn watermarks_are_the_thresholds_by_default() -> io::Result<()> {
+    watermarks_are_the_thresholds("", 256 * 1024, 64 * 1024)
+}
+
+#[test]
+fn watermarks_are_the_configured_thresholds() -> io::Result<()> {
+    watermarks_are_the_thresholds(
+        "[server]\nwrite_high_watermark = 100000\nwrite_low_watermark = 30000\n",
+        100_000,
+        30_000,
+    )
 }

@@ -1160,6 +1160,45 @@ rtest!(dispatch_rule_max_interval, +et, |be| {
     Ok(())
 });
 
+// `dispatch_delay`: from readiness (the backend's wait returning with
+// the fd ready) to the callback. Two sockets ready in the same turn: the
+// first callback spins 5 ms, so the second one waited at least that long;
+// with `max_callbacks = 1` the second runs a turn later and its delay
+// still counts from the first turn's wait. Zero outside callbacks.
+rtest!(dispatch_delay_counts_from_readiness, +et, |be| {
+    for limited in [false, true] {
+        let mut cfg = be.config();
+        if limited {
+            cfg.set_max_dispatch_interval(None, Some(1), 0);
+        }
+        let mut b = be.base_with(&cfg)?;
+        assert_eq!(b.dispatch_delay(), Duration::ZERO);
+        let seen: Rc<RefCell<Vec<Duration>>> = Rc::default();
+        let mut keep = Vec::new();
+        for _ in 0..2 {
+            let (x, y) = pair()?;
+            let fd = x.as_raw_fd();
+            let seen = seen.clone();
+            let ev = b.new_event(fd, be.io(EventFlags::READ), move |base, _, _| {
+                take(fd);
+                seen.borrow_mut().push(base.dispatch_delay());
+                let until = Instant::now() + ms(5);
+                while Instant::now() < until {}
+            });
+            b.add(ev, None)?;
+            put(&y, b"!")?;
+            keep.push((x, y));
+        }
+        assert_eq!(b.dispatch()?, LoopExit::NoEvents);
+        let seen = seen.borrow();
+        assert_eq!(seen.len(), 2, "limited={limited}");
+        assert!(seen[0] < ms(5), "limited={limited}: the first callback waited {:?}", seen[0]);
+        assert!(seen[1] >= ms(5), "limited={limited}: the second one ran after a 5 ms callback, waited {:?}", seen[1]);
+        assert_eq!(b.dispatch_delay(), Duration::ZERO);
+    }
+    Ok(())
+});
+
 // ----- callbacks changing events -------------------------------------------------
 
 rtest!(callback_deletes_and_readds_itself, +et, |be| {

@@ -98,6 +98,11 @@ pub struct Common {
     /// Varies the generated text.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Bulk connections count the answers without reading or checking them
+    /// (`MSG_TRUNC`: the kernel drops them uncopied), so one generator core
+    /// can load a server core (`tput`, the bulk side of `mixed`).
+    #[arg(long)]
+    pub discard: bool,
     /// Free-form server name written into results (e.g. `ceiling`).
     #[arg(long, default_value = "")]
     pub label: String,

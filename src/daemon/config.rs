@@ -186,16 +186,17 @@ impl Default for Reactor {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Lanes {
-    /// Use priority lanes at all. Default true.
+    /// Run the lanes at their own priorities (false: connections are still
+    /// classed, for the metrics, but all run at one priority). Default true.
     pub enabled: bool,
-    /// A connection that moved this many bytes within `bulk_window_ms`
-    /// becomes bulk. Default 1048576.
+    /// A connection that moved this many bytes within the last
+    /// `bulk_window_ms` (a sliding window) becomes bulk. Default 1048576.
     pub bulk_after_bytes: u64,
     /// The window of `bulk_after_bytes` (milliseconds). Default 1000.
     #[serde(rename = "bulk_window_ms", with = "millis")]
     pub bulk_window: Duration,
-    /// A bulk connection becomes interactive again after this long below
-    /// the threshold (milliseconds). Default 1000.
+    /// A bulk connection becomes interactive again this long after its last
+    /// read above the threshold (milliseconds). Default 1000.
     #[serde(rename = "quiet_ms", with = "millis")]
     pub quiet: Duration,
 }

@@ -29,6 +29,16 @@ use crate::protocol::Framer;
 use crate::reactor::{BevEvent, BufferEvent, EventBase, EventFlags};
 use std::rc::Rc;
 
+/// With lanes on, bulk connections read at most this much between two polls
+/// of the backend: once their reads since the last forced poll reach it,
+/// the turn ends (`loopcontinue`) and the ones still active wait for the
+/// next turn, after the interactive lane. Measured (BENCHMARKS.md, lanes):
+/// a turn then runs as many bulk reads as with lanes off (8 connections of
+/// one 64 KiB read each fit), so bulk keeps its share of the loop, and an
+/// interactive connection that becomes ready during the bulk pass waits at
+/// most about one MiB of ROT13 (~0.7 ms) for the next poll.
+pub const BULK_BYTES_PER_POLL: u64 = 1 << 20;
+
 /// The per-connection state stored inside the bufferevent.
 pub struct Conn {
     pub(crate) framer: Framer,
@@ -38,11 +48,17 @@ pub struct Conn {
     pub(crate) carried: u32,
     /// Lane bookkeeping: bytes received in the current window...
     pub(crate) window_bytes: u32,
-    /// ...which started at this time (ms of the base's clock)...
+    /// ...which started at this time (ms of the base's clock; windows
+    /// follow each other from the accept on)...
     pub(crate) window_start: u32,
-    /// ...and when the connection last moved bulk_after_bytes in a window.
+    /// ...the previous window's bytes, as a fraction of bulk_after_bytes
+    /// (of 65535, at most 1: a u16 that fits where the struct had padding)...
+    pub(crate) prev_share: u16,
+    /// ...and when the connection last moved bulk_after_bytes within a
+    /// window.
     pub(crate) last_heavy: u32,
-    /// The lane (a priority of the worker's base).
+    /// The lane: the class its traffic puts it in, and (with lanes
+    /// enabled) the priority it runs at.
     pub(crate) lane: u8,
     /// When bytes last arrived (ms of the base's clock; the accept time
     /// before any).
@@ -56,9 +72,22 @@ pub type ConnBev = BufferEvent<Conn>;
 
 /// Read callback: answer every complete line.
 pub(crate) fn on_read(base: &mut EventBase, bev: &mut ConnBev) {
+    // Counted in the lane it waited in, before this read may move it.
+    let (calls, delay) = if bev.ctx.lane == LANE_BULK as u8 {
+        (Counter::CallbacksBulk, Counter::DelayBulk)
+    } else {
+        (Counter::CallbacksInteractive, Counter::DelayInteractive)
+    };
+    let d = base.dispatch_delay();
+    let waited = d.as_secs().saturating_mul(1_000_000_000).saturating_add(u64::from(d.subsec_nanos()));
+    bev.ctx.shared.count(calls, 1);
+    bev.ctx.shared.observe(delay, waited);
     count_written(bev);
     let before = bev.input().len();
     let received = before.saturating_sub(bev.ctx.carried as usize) as u64;
+    if bev.ctx.lane == LANE_BULK as u8 {
+        bev.ctx.shared.bulk_read(base, received);
+    }
     update_lane(base, bev, received);
     let (input, output, ctx) = bev.parts_mut();
     let lines = ctx.framer.process(input, output);
@@ -105,17 +134,43 @@ fn close_flushed(base: &mut EventBase, bev: &mut ConnBev) {
 
 /// Moves a connection to the bulk lane after heavy traffic and back once it
 /// has been quiet: a bulk sender then waits behind interactive clients.
+///
+/// "Heavy" is more than `bulk_after_bytes` within `bulk_window_ms`, over a
+/// window that slides: the bytes of the current window plus those of the
+/// previous one, weighted by how much of it the sliding window still
+/// covers (as if they came evenly). A fixed window alone would miss a
+/// burst split by its edge. It is back `quiet_ms` after the last heavy
+/// read. With lanes disabled the class is still kept (metrics, the debug
+/// log), and every class runs at the interactive priority.
 fn update_lane(base: &mut EventBase, bev: &mut ConnBev, received: u64) {
-    let now = base.now().as_millis() as u32;
+    let t = base.now();
+    let now = t.as_secs().wrapping_mul(1000).wrapping_add(u64::from(t.subsec_millis())) as u32;
     bev.ctx.last_read = now;
-    let Some(lanes) = bev.ctx.shared.lanes() else { return };
+    let lanes = bev.ctx.shared.lanes();
     let c = &mut bev.ctx;
-    if now.wrapping_sub(c.window_start) >= lanes.window_ms {
-        c.window_start = now;
+    let (window, threshold) = (lanes.window_ms.max(1), lanes.bulk_after_bytes.max(1));
+    let elapsed = now.wrapping_sub(c.window_start);
+    if elapsed >= window {
+        let whole = elapsed / window;
+        c.prev_share = if whole == 1 {
+            (u64::from(c.window_bytes.min(threshold)) * 65535 / u64::from(threshold)) as u16
+        } else {
+            0
+        };
+        c.window_start = c.window_start.wrapping_add(whole * window);
         c.window_bytes = 0;
     }
     c.window_bytes = c.window_bytes.saturating_add(received.min(u32::MAX as u64) as u32);
-    let want = if c.window_bytes >= lanes.bulk_after_bytes {
+    // The previous window's bytes, weighted by the part of it the sliding
+    // window still covers (only worked out when they could matter).
+    let (bytes, threshold) = (u64::from(c.window_bytes), u64::from(threshold));
+    let prev = u64::from(c.prev_share) * threshold / 65535;
+    let heavy = bytes >= threshold
+        || (bytes + prev >= threshold && {
+            let left = u64::from(window - now.wrapping_sub(c.window_start).min(window));
+            bytes + prev * left / u64::from(window) >= threshold
+        });
+    let want = if heavy {
         c.last_heavy = now;
         LANE_BULK
     } else if c.lane == LANE_BULK as u8 && now.wrapping_sub(c.last_heavy) < lanes.quiet_ms {
@@ -123,10 +178,18 @@ fn update_lane(base: &mut EventBase, bev: &mut ConnBev, received: u64) {
     } else {
         LANE_INTERACTIVE
     };
-    if want as u8 != c.lane && bev.set_priority(base, want).is_ok() {
-        tracing::trace!(target: "rot13d", fd = bev.fd(), lane = want, "lane changed");
-        bev.ctx.lane = want as u8;
+    if want as u8 == c.lane {
+        return;
     }
+    let priority = if lanes.enabled { want } else { LANE_INTERACTIVE };
+    if lanes.enabled && bev.set_priority(base, want).is_err() {
+        return;
+    }
+    bev.ctx.lane = want as u8;
+    let to_bulk = want == LANE_BULK;
+    bev.ctx.shared.count(if to_bulk { Counter::MovesToBulk } else { Counter::MovesToInteractive }, 1);
+    tracing::debug!(target: "rot13d", fd = bev.fd(), lane = if to_bulk { "bulk" } else { "interactive" }, priority,
+        window_bytes = bev.ctx.window_bytes, "lane changed");
 }
 
 /// Answers the buffered partial line (no LF) and counts it.

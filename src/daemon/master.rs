@@ -362,7 +362,7 @@ impl Master {
                     return Err(Error::Reactor(e));
                 }
             };
-            tracing::info!(target: "rot13d", backend = %self.base.backend_name(), pid = self.pid, generation = cohort.id, "reactor");
+            worker::log_reactor(&self.base, self.pid, cohort.id);
             self.workers.push(Worker { id, role, slot, proc: Proc::Local { shared } });
             Master::push(&self.intents, &mut self.base, Intent::Ready(id));
             return Ok(());

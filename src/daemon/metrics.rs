@@ -12,7 +12,16 @@
 //! zeroed. Gauges are stored as absolute values by their one writer, never
 //! incremented and decremented, so none can wrap.
 //!
-//! A new family is one [`Counter`] variant and one row of [`DESCRIPTIONS`].
+//! A new family is one [`Counter`] variant and one row of [`DESCRIPTIONS`]
+//! per series: a row's name may carry labels (`name{lane="bulk"}`); rows
+//! of one family sit together and share its `# HELP` and `# TYPE`. A
+//! [`Kind::Histogram`] series takes [`HISTOGRAM_CELLS`] cells of the slot
+//! (a count per bucket of [`BUCKETS_NS`], then the sum in nanoseconds); the
+//! cell offsets are computed from the table ([`OFFSETS`]).
+//!
+//! Every cell has one writer (the process owning the slot), so an update is
+//! a relaxed load and store, not a locked read-modify-write: the data path
+//! updates several counters per callback.
 
 use crate::sys::shm::SharedCounters;
 use std::cell::RefCell;
@@ -42,23 +51,122 @@ pub enum Counter {
     Errors,
     /// Times accepting paused on EMFILE/ENFILE.
     AcceptErrors,
+    /// Read callbacks of interactive connections.
+    CallbacksInteractive,
+    /// Read callbacks of bulk connections.
+    CallbacksBulk,
+    /// Connections that moved to the interactive lane.
+    MovesToInteractive,
+    /// Connections that moved to the bulk lane.
+    MovesToBulk,
+    /// Dispatch delay of interactive connections (a histogram).
+    DelayInteractive,
+    /// Dispatch delay of bulk connections (a histogram).
+    DelayBulk,
 }
 
-/// Number of counters per slot.
-pub const COUNTERS: usize = DESCRIPTIONS.len();
+/// What a series is, as Prometheus says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Only goes up.
+    Counter,
+    /// A value stored as it is.
+    Gauge,
+    /// Durations counted per bucket of [`BUCKETS_NS`], with their sum.
+    Histogram,
+}
 
-/// Prometheus name, type and help of each counter, in [`Counter`] order.
-pub const DESCRIPTIONS: [(Counter, &str, &str, &str); 9] = [
-    (Counter::Accepted, "rot13d_connections_accepted_total", "counter", "Connections accepted."),
-    (Counter::Open, "rot13d_connections_open", "gauge", "Connections open now."),
-    (Counter::Lines, "rot13d_lines_total", "counter", "Lines (and max_line pieces) answered."),
-    (Counter::BytesReceived, "rot13d_bytes_received_total", "counter", "Bytes received from clients."),
-    (Counter::BytesSent, "rot13d_bytes_sent_total", "counter", "Bytes written to client sockets."),
-    (Counter::IdleClosed, "rot13d_idle_closed_total", "counter", "Connections closed by the idle timeout."),
-    (Counter::WriteTimeouts, "rot13d_write_timeouts_total", "counter", "Connections closed by the write timeout."),
-    (Counter::Errors, "rot13d_connection_errors_total", "counter", "Connections closed by a reset or error."),
-    (Counter::AcceptErrors, "rot13d_accept_errors_total", "counter", "Times accepting paused on a full fd table."),
+impl Kind {
+    /// The `# TYPE` word.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
+
+    /// Cells of a slot one series of this kind takes.
+    const fn cells(self) -> usize {
+        match self {
+            Kind::Histogram => HISTOGRAM_CELLS,
+            Kind::Counter | Kind::Gauge => 1,
+        }
+    }
+}
+
+/// Upper bounds (`le`) of the histogram buckets in nanoseconds: 1, 1.5, 2,
+/// 3, 5 and 7 per decade from 1 µs to 1 s, so that neighbours differ by at
+/// most 5/3 (a p99 interpolated within one is closer); above 1 s, `+Inf`.
+pub const BUCKETS_NS: [u64; 37] = {
+    let steps = [10, 15, 20, 30, 50, 70];
+    let mut b = [0u64; 37];
+    let (mut i, mut decade) = (0, 100u64);
+    while i < 36 {
+        b[i] = steps[i % 6] * decade;
+        i += 1;
+        if i % 6 == 0 {
+            decade *= 10;
+        }
+    }
+    b[36] = 1_000_000_000;
+    b
+};
+
+/// Cells of a histogram: the buckets, `+Inf`, the sum.
+pub const HISTOGRAM_CELLS: usize = BUCKETS_NS.len() + 2;
+
+/// Help of the lane families (one text per family, its rows share it).
+const CALLBACKS_HELP: &str = "Read callbacks of connections, by lane (with [lanes] enabled = false \
+    connections are still classed by their traffic, but every lane runs at one priority).";
+const MOVES_HELP: &str = "Connections moved to a lane by their traffic (bulk_after_bytes within \
+    bulk_window_ms to bulk, quiet_ms below it back), by the lane moved to.";
+const DELAY_HELP: &str = "Seconds from a connection's readiness (the backend's wait returning with \
+    it ready) to its read callback, by lane.";
+
+/// Prometheus name (with labels), type and help of each series, in
+/// [`Counter`] order.
+pub const DESCRIPTIONS: [(Counter, &str, Kind, &str); 15] = [
+    (Counter::Accepted, "rot13d_connections_accepted_total", Kind::Counter, "Connections accepted."),
+    (Counter::Open, "rot13d_connections_open", Kind::Gauge, "Connections open now."),
+    (Counter::Lines, "rot13d_lines_total", Kind::Counter, "Lines (and max_line pieces) answered."),
+    (Counter::BytesReceived, "rot13d_bytes_received_total", Kind::Counter, "Bytes received from clients."),
+    (Counter::BytesSent, "rot13d_bytes_sent_total", Kind::Counter, "Bytes written to client sockets."),
+    (Counter::IdleClosed, "rot13d_idle_closed_total", Kind::Counter, "Connections closed by the idle timeout."),
+    (Counter::WriteTimeouts, "rot13d_write_timeouts_total", Kind::Counter, "Connections closed by the write timeout."),
+    (Counter::Errors, "rot13d_connection_errors_total", Kind::Counter, "Connections closed by a reset or error."),
+    (Counter::AcceptErrors, "rot13d_accept_errors_total", Kind::Counter, "Times accepting paused on a full fd table."),
+    (Counter::CallbacksInteractive, "rot13d_lane_callbacks_total{lane=\"interactive\"}", Kind::Counter, CALLBACKS_HELP),
+    (Counter::CallbacksBulk, "rot13d_lane_callbacks_total{lane=\"bulk\"}", Kind::Counter, CALLBACKS_HELP),
+    (Counter::MovesToInteractive, "rot13d_lane_moves_total{lane=\"interactive\"}", Kind::Counter, MOVES_HELP),
+    (Counter::MovesToBulk, "rot13d_lane_moves_total{lane=\"bulk\"}", Kind::Counter, MOVES_HELP),
+    (Counter::DelayInteractive, "rot13d_dispatch_delay_seconds{lane=\"interactive\"}", Kind::Histogram, DELAY_HELP),
+    (Counter::DelayBulk, "rot13d_dispatch_delay_seconds{lane=\"bulk\"}", Kind::Histogram, DELAY_HELP),
 ];
+
+/// Where each series starts in a slot, in [`Counter`] order.
+pub const OFFSETS: [usize; DESCRIPTIONS.len()] = {
+    let mut o = [0; DESCRIPTIONS.len()];
+    let (mut i, mut at) = (0, 0);
+    while i < DESCRIPTIONS.len() {
+        o[i] = at;
+        at += DESCRIPTIONS[i].2.cells();
+        i += 1;
+    }
+    o
+};
+
+/// Cells per slot.
+pub const COUNTERS: usize = {
+    let last = DESCRIPTIONS.len() - 1;
+    OFFSETS[last] + DESCRIPTIONS[last].2.cells()
+};
+
+/// The bucket of a duration of `ns` nanoseconds (`BUCKETS_NS.len()` is
+/// `+Inf`).
+pub fn bucket(ns: u64) -> usize {
+    BUCKETS_NS.partition_point(|&b| b < ns)
+}
 
 /// Slots per mapped chunk.
 pub const CHUNK: usize = 64;
@@ -127,12 +235,23 @@ pub struct Slot {
 
 impl Slot {
     fn cell(&self, c: Counter) -> &AtomicU64 {
-        &self.chunk.slots()[self.base + c as usize]
+        self.cell_at(c, 0)
     }
 
-    /// Adds `n` to counter `c`.
+    fn cell_at(&self, c: Counter, i: usize) -> &AtomicU64 {
+        &self.chunk.slots()[self.base + OFFSETS[c as usize] + i]
+    }
+
+    /// Adds `n` to counter `c`. The slot's process is its one writer: a
+    /// load and a store, no locked instruction.
     pub fn add(&self, c: Counter, n: u64) {
-        self.cell(c).fetch_add(n, Ordering::Relaxed);
+        bump(self.cell(c), n);
+    }
+
+    /// Counts a duration of `ns` nanoseconds in histogram `c`.
+    pub fn observe(&self, c: Counter, ns: u64) {
+        bump(self.cell_at(c, bucket(ns)), 1);
+        bump(self.cell_at(c, BUCKETS_NS.len() + 1), ns);
     }
 
     /// Sets gauge `c` to `v`.
@@ -144,6 +263,12 @@ impl Slot {
     pub fn get(&self, c: Counter) -> u64 {
         self.cell(c).load(Ordering::Relaxed)
     }
+}
+
+/// `cell += n` by its one writer (readers in other processes see either
+/// value).
+fn bump(cell: &AtomicU64, n: u64) {
+    cell.store(cell.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
 }
 
 impl Metrics {
@@ -188,18 +313,55 @@ impl Metrics {
         self.table.borrow().in_use()
     }
 
-    /// The sum over every slot.
+    /// The sum over every slot (of a histogram: its count).
     pub fn total(&self, c: Counter) -> u64 {
+        match DESCRIPTIONS[c as usize].2 {
+            Kind::Histogram => (0..=BUCKETS_NS.len()).map(|i| self.cell_total(c, i)).fold(0, u64::wrapping_add),
+            Kind::Counter | Kind::Gauge => self.cell_total(c, 0),
+        }
+    }
+
+    /// Cell `i` of series `c`, summed over every slot.
+    fn cell_total(&self, c: Counter, i: usize) -> u64 {
         let chunks = self.chunks.borrow();
         let cells = chunks.iter().flat_map(|ch| ch.slots().chunks_exact(COUNTERS));
-        cells.map(|s| s[c as usize].load(Ordering::Relaxed)).fold(0u64, u64::wrapping_add)
+        cells.map(|s| s[OFFSETS[c as usize] + i].load(Ordering::Relaxed)).fold(0u64, u64::wrapping_add)
     }
 
     /// The Prometheus text exposition of the sums.
     pub fn render(&self) -> String {
+        use std::fmt::Write as _;
         let mut out = String::new();
-        for (c, name, kind, help) in DESCRIPTIONS {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}\n", self.total(c)));
+        let mut family = "";
+        for (c, series, kind, help) in DESCRIPTIONS {
+            let (name, labels) = match series.split_once('{') {
+                Some((n, l)) => (n, l.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if name != family {
+                family = name;
+                let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {}\n", kind.as_str());
+            }
+            if kind != Kind::Histogram {
+                let _ = writeln!(out, "{series} {}", self.total(c));
+                continue;
+            }
+            let with = |extra: &str| match (labels.is_empty(), extra.is_empty()) {
+                (true, _) => format!("{{{extra}}}").replace("{}", ""),
+                (false, true) => format!("{{{labels}}}"),
+                (false, false) => format!("{{{labels},{extra}}}"),
+            };
+            let mut cumulative = 0u64;
+            for (i, le) in BUCKETS_NS.iter().enumerate() {
+                cumulative = cumulative.wrapping_add(self.cell_total(c, i));
+                let le = format!("le=\"{}\"", *le as f64 / 1e9);
+                let _ = writeln!(out, "{name}_bucket{} {cumulative}", with(&le));
+            }
+            cumulative = cumulative.wrapping_add(self.cell_total(c, BUCKETS_NS.len()));
+            let _ = writeln!(out, "{name}_bucket{} {cumulative}", with("le=\"+Inf\""));
+            let sum = self.cell_total(c, BUCKETS_NS.len() + 1) as f64 / 1e9;
+            let _ = writeln!(out, "{name}_sum{} {sum}", with(""));
+            let _ = writeln!(out, "{name}_count{} {cumulative}", with(""));
         }
         out
     }
@@ -258,6 +420,38 @@ mod tests {
         assert!(text.contains("rot13d_lines_total 12\n"));
         assert!(text.contains("# TYPE rot13d_connections_open gauge\nrot13d_connections_open 1\n"));
     }
+
+    #[test]
+    fn labeled_series_share_their_family_and_histograms_are_cumulative() {
+        let m = Metrics::new().expect("maps");
+        let (a, b) = (m.acquire().expect("slot"), m.acquire().expect("slot"));
+        a.add(Counter::MovesToBulk, 2);
+        b.add(Counter::MovesToBulk, 1);
+        for ns in [500, 1_000, 1_001, 40_000, 2_000_000_000] {
+            a.observe(Counter::DelayBulk, ns);
+        }
+        b.observe(Counter::DelayInteractive, 3_000);
+        let text = m.render();
+        assert_eq!(text.matches("# TYPE rot13d_lane_moves_total counter\n").count(), 1, "{text}");
+        assert!(text.contains("rot13d_lane_moves_total{lane=\"bulk\"} 3\n"), "{text}");
+        assert!(text.contains("rot13d_lane_moves_total{lane=\"interactive\"} 0\n"), "{text}");
+        assert_eq!(text.matches("# TYPE rot13d_dispatch_delay_seconds histogram\n").count(), 1, "{text}");
+        let bulk = |le: &str| format!("rot13d_dispatch_delay_seconds_bucket{{lane=\"bulk\",le=\"{le}\"}}");
+        assert!(text.contains(&format!("{} 2\n", bulk("0.000001"))), "{text}");
+        assert!(text.contains(&format!("{} 3\n", bulk("0.0000015"))), "{text}");
+        assert!(text.contains(&format!("{} 4\n", bulk("0.00005"))), "{text}");
+        assert!(text.contains(&format!("{} 4\n", bulk("1"))), "{text}");
+        assert!(text.contains(&format!("{} 5\n", bulk("+Inf"))), "{text}");
+        assert!(text.contains("rot13d_dispatch_delay_seconds_count{lane=\"bulk\"} 5\n"), "{text}");
+        assert!(text.contains("rot13d_dispatch_delay_seconds_sum{lane=\"bulk\"} 2.000042501\n"), "{text}");
+        assert!(text.contains("rot13d_dispatch_delay_seconds_count{lane=\"interactive\"} 1\n"), "{text}");
+        assert_eq!(m.total(Counter::DelayBulk), 5);
+        // Buckets: 1 µs .. 1 s, increasing, at most 5/3 apart.
+        assert_eq!((BUCKETS_NS[0], BUCKETS_NS[BUCKETS_NS.len() - 1]), (1_000, 1_000_000_000));
+        assert!(BUCKETS_NS.windows(2).all(|w| w[0] < w[1] && w[1] * 3 <= w[0] * 5), "{BUCKETS_NS:?}");
+        assert_eq!((bucket(0), bucket(1_000), bucket(1_001), bucket(u64::MAX)), (0, 0, 1, BUCKETS_NS.len()));
+    }
+
     // Shared across fork: sys::shm's `shared_with_a_forked_child` (a test
     // thread can only fork through the unsafe `fork_unchecked`, which
     // belongs in sys).

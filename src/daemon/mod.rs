@@ -224,7 +224,7 @@ pub(crate) fn serve_forked(
     );
     base.set_priority(ch, worker::LANE_CONTROL).map_err(Error::Reactor)?;
     base.add(ch, None).map_err(Error::Reactor)?;
-    tracing::info!(target: "rot13d", backend = %base.backend_name(), pid = process::getpid(), generation, "reactor");
+    worker::log_reactor(base, process::getpid(), generation);
     // Tell the master this worker serves.
     if let Err(e) = process::send_command(channel.as_fd(), master::command::READY, None) {
         tracing::warn!(target: "rot13d", error = %e, "cannot tell the master this worker serves");

@@ -28,12 +28,11 @@ use crate::sys::process::{self, Identity};
 /// when `max_connections` is derived from it.
 pub const FD_RESERVE: u64 = 64;
 
-/// Bulk callbacks per loop turn when lanes are on and no limit is set.
-const BULK_TURN_CALLBACKS: usize = 8;
-/// After this many turns without bulk callbacks, bulk gets one bounded pass.
-const BULK_STARVE_TURNS: usize = 2;
-/// Longest run of bulk callbacks per loop turn in that case.
-const BULK_TURN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1);
+/// With lanes on and no dispatch limit set, a less urgent lane passed over
+/// this many turns in a row gets a pass: 1 = every turn runs every lane,
+/// most urgent first (the bulk pass itself is bounded by
+/// `connection::BULK_BYTES_PER_POLL`).
+const LANE_STARVE_TURNS: usize = 1;
 
 /// A command-line option that overrides a configuration key: the one table
 /// of them (SPEC §2). `apply` sets the key from the option when it was
@@ -229,16 +228,10 @@ impl Settings {
             }
         }
         if self.config.lanes.enabled && r.max_dispatch_interval.is_none() && r.max_callbacks.is_none() {
-            // Lanes without explicit limits: a turn runs at most this many
-            // bulk callbacks (each up to one 64 KiB read) before interactive
-            // connections are looked at again...
-            cfg.set_max_dispatch_interval(
-                Some(BULK_TURN_INTERVAL),
-                Some(BULK_TURN_CALLBACKS),
-                super::worker::LANE_BULK,
-            );
-            // ...and interactive traffic that never pauses cannot starve bulk.
-            cfg.set_starvation_limit(Some(BULK_STARVE_TURNS));
+            // Lanes without explicit limits: each turn runs the interactive
+            // lane, then the bulk lane (never starved), whose reads the
+            // connections bound by bytes between two polls.
+            cfg.set_starvation_limit(Some(LANE_STARVE_TURNS));
         } else {
             cfg.set_max_dispatch_interval(r.max_dispatch_interval, r.max_callbacks.map(|n| n as usize), r.min_priority);
         }
@@ -662,5 +655,19 @@ mod tests {
         let missing = path.with_extension("absent");
         let err = Settings::load(&args(&["-c", &missing.display().to_string()]), &host).expect_err("missing file");
         assert!(err.to_string().contains(&missing.display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn lanes_run_every_lane_every_turn_unless_limits_are_set() {
+        // Lanes on, no limits: the bulk lane gets a pass every turn (its
+        // reads are bounded in bytes by the connections), no callback limit.
+        let c = resolve(None, &[]).expect("valid").event_config();
+        assert_eq!((c.starve_limit, c.max_callbacks, c.max_dispatch_interval), (Some(1), None, None));
+        // Lanes off: libevent's rule, no limits.
+        let c = resolve(Some("[lanes]\nenabled = false\n"), &[]).expect("valid").event_config();
+        assert_eq!((c.starve_limit, c.max_callbacks, c.max_dispatch_interval), (None, None, None));
+        // Explicit limits replace the lanes' defaults.
+        let c = resolve(Some("[reactor]\nmax_callbacks = 4\nmin_priority = 1\n"), &[]).expect("valid").event_config();
+        assert_eq!((c.starve_limit, c.max_callbacks, c.min_priority), (None, Some(4), 1));
     }
 }

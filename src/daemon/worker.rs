@@ -62,13 +62,15 @@ pub struct WorkerParams {
     pub max_connections: usize,
     /// How long a drain waits for busy connections.
     pub shutdown_grace: Duration,
-    /// Priority lanes (None = one lane for everything).
-    pub lanes: Option<LaneParams>,
+    /// How connections are classed into lanes.
+    pub lanes: LaneParams,
 }
 
 /// When a connection changes lanes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LaneParams {
+    /// Whether a lane is a priority (false: classes only, one priority).
+    pub enabled: bool,
     /// Bytes within one window that make a connection bulk.
     pub bulk_after_bytes: u32,
     /// The window, ms.
@@ -89,11 +91,12 @@ impl WorkerParams {
             write_low_watermark: server.write_low_watermark,
             max_connections: s.max_connections,
             shutdown_grace: server.shutdown_grace,
-            lanes: lanes.enabled.then(|| LaneParams {
+            lanes: LaneParams {
+                enabled: lanes.enabled,
                 bulk_after_bytes: lanes.bulk_after_bytes.min(u32::MAX as u64) as u32,
                 window_ms: lanes.bulk_window.as_millis().clamp(1, u32::MAX as u128) as u32,
                 quiet_ms: lanes.quiet.as_millis().min(u32::MAX as u128) as u32,
-            }),
+            },
         }
     }
 }
@@ -125,12 +128,36 @@ pub struct Shared {
     draining: Cell<bool>,
     last_fd_warn: Cell<Option<Instant>>,
     fd_errors_quiet: Cell<u64>,
+    /// Bytes bulk connections read since the loop last had to poll.
+    bulk_bytes: Cell<u64>,
 }
 
 impl Shared {
+    /// A bulk connection read `n` bytes: past
+    /// [`BULK_BYTES_PER_POLL`](connection::BULK_BYTES_PER_POLL) since the
+    /// last forced poll (lanes on), the turn ends and the loop polls again.
+    pub fn bulk_read(&self, base: &mut EventBase, n: u64) {
+        let lanes = self.params.borrow().lanes;
+        if !lanes.enabled {
+            return;
+        }
+        let total = self.bulk_bytes.get() + n;
+        if total >= connection::BULK_BYTES_PER_POLL {
+            self.bulk_bytes.set(0);
+            base.loopcontinue();
+        } else {
+            self.bulk_bytes.set(total);
+        }
+    }
+
     /// Adds to one of this process's counters.
     pub fn count(&self, c: Counter, n: u64) {
         self.slot.add(c, n);
+    }
+
+    /// Counts a duration in one of this process's histograms.
+    pub fn observe(&self, c: Counter, ns: u64) {
+        self.slot.observe(c, ns);
     }
 
     /// Whether a drain has begun.
@@ -139,7 +166,7 @@ impl Shared {
     }
 
     /// The lane parameters of new reads.
-    pub fn lanes(&self) -> Option<LaneParams> {
+    pub fn lanes(&self) -> LaneParams {
         self.params.borrow().lanes
     }
 
@@ -247,6 +274,7 @@ impl Shared {
             carried: 0,
             window_bytes: 0,
             window_start: now_ms,
+            prev_share: 0,
             last_heavy: 0,
             lane: LANE_INTERACTIVE as u8,
             last_read: now_ms,
@@ -418,6 +446,17 @@ fn bev_setup(p: &WorkerParams) -> BevSetup<Conn> {
         .timeouts(p.idle_timeout, p.write_timeout)
 }
 
+/// The `reactor` event of a serving process (SPEC §2): the backend, and the
+/// base's flags as built (so that a configured `epoll_changelist`,
+/// `precise_timer` or `no_cache_time` can be seen to have reached it).
+pub fn log_reactor(base: &EventBase, pid: i32, generation: u32) {
+    use crate::reactor::BaseFlags;
+    let flags = base.flags();
+    tracing::info!(target: "rot13d", backend = %base.backend_name(), changelist = base.uses_changelist(),
+        precise_timer = flags.contains(BaseFlags::PRECISE_TIMER),
+        cache_time = !flags.contains(BaseFlags::NO_CACHE_TIME), pid, generation, "reactor");
+}
+
 /// Makes the idle and write timeouts common timeouts of `base`, so that
 /// re-arming them for each read or write is O(1).
 fn register_timeouts(base: &mut EventBase, p: &WorkerParams) -> std::io::Result<()> {
@@ -452,6 +491,7 @@ pub fn start(
         draining: Cell::new(false),
         last_fd_warn: Cell::new(None),
         fd_errors_quiet: Cell::new(0),
+        bulk_bytes: Cell::new(0),
     });
     let s = shared.clone();
     let t = base.new_timer(move |base, _, _| s.set_pause(base, PAUSE_FDS, false));

@@ -94,14 +94,17 @@ impl Timers {
     /// Arms `idx` to expire at `deadline`; `dur` picks a common-timeout
     /// queue when the deadline keeps that queue sorted, else the heap.
     pub fn schedule_at(&mut self, idx: u32, deadline: u64, dur: u64) {
-        // Re-armed to the deadline it already has: its place in the heap or
-        // its queue is still right. The common case on a busy connection:
-        // the base's clock is read once per turn and the coarse clock ticks
-        // every 1 to 4 ms, so a read event re-armed at each wake-up asks
-        // for the same deadline again for several turns in a row.
+        // Re-armed to the deadline it already has: in the heap its place is
+        // still right (equal deadlines have no order there); in a queue only
+        // if it is the tail already, as a re-arm moves it behind every
+        // other (events of one common timeout fire in re-arm order, as in
+        // libevent). The common case on a busy connection: the base's clock
+        // is read once per turn and the coarse clock ticks every 1 to 4 ms,
+        // so a read event re-armed at each wake-up asks for the same
+        // deadline again for several turns in a row.
         if let Some(n) = self.nodes.get(idx as usize)
             && n.deadline == deadline
-            && (n.heap != NONE || n.queue != NO_QUEUE)
+            && (n.heap != NONE || self.queues.get(n.queue as usize).is_some_and(|q| q.tail == idx && q.dur == dur))
         {
             return;
         }
@@ -303,14 +306,16 @@ mod tests {
             t.schedule(i, 0, 100);
         }
         t.schedule(9, 0, 30);
-        // Same clock reading, same timeout: nothing moves.
-        t.schedule(0, 0, 100);
+        // Same clock reading, same timeout: the tail of a queue and a heap
+        // entry stay; any other entry of a queue goes behind the rest.
+        t.schedule(3, 0, 100);
         t.schedule(9, 0, 30);
+        t.schedule(0, 0, 100);
         // A later reading moves 1 behind the rest.
         t.schedule(1, 5, 100);
         let mut out = Vec::new();
         t.pop_expired(100, &mut out);
-        assert_eq!(out, vec![9, 0, 2, 3]);
+        assert_eq!(out, vec![9, 2, 3, 0]);
         assert_eq!(t.deadline(1), Some(105));
         assert_eq!(t.len(), 1);
     }

@@ -145,6 +145,17 @@ pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n as usize)
 }
 
+/// `recv(2)` with `MSG_TRUNC` on a TCP socket: up to `buf.len()` received
+/// bytes are discarded by the kernel without being copied (`buf` is
+/// passed, so the call is sound whatever the kernel does with it); their
+/// count, `Ok(0)` at end of file. For load generators that need not look
+/// at what they get back.
+pub fn recv_discard(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: the pointer and length describe `buf`, which is writable.
+    let n = cvt(unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_TRUNC) })?;
+    Ok(n as usize)
+}
+
 /// `send(2)` with `MSG_NOSIGNAL`, so a reset peer gives `EPIPE`, not SIGPIPE.
 pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     // SAFETY: the pointer and length describe `buf`, which is readable.

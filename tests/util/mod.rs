@@ -967,3 +967,58 @@ impl Notify {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// What the kernel holds.
+
+/// `(tx_queue, rx_queue)` of the IPv4 TCP socket bound to `local` and
+/// connected to `remote`, from `/proc/net/tcp`: bytes written by its
+/// process and not yet acknowledged by the peer, and bytes received and
+/// not yet read by its process.
+pub fn tcp_queues(local: SocketAddr, remote: SocketAddr) -> Option<(u64, u64)> {
+    let hex = |a: SocketAddr| match a {
+        SocketAddr::V4(v4) => Some(format!("{:08X}:{:04X}", u32::from_le_bytes(v4.ip().octets()), v4.port())),
+        SocketAddr::V6(_) => None,
+    };
+    let (l, r) = (hex(local)?, hex(remote)?);
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.get(1) != Some(&l.as_str()) || f.get(2) != Some(&r.as_str()) {
+            return None;
+        }
+        let (tx, rx) = f.get(4)?.split_once(':')?;
+        Some((u64::from_str_radix(tx, 16).ok()?, u64::from_str_radix(rx, 16).ok()?))
+    })
+}
+
+/// The bytes a server holds in its own memory for one connection (read from
+/// the socket and not yet written back), counted from outside: of the
+/// `written` bytes a client sent and the `read` bytes it has read back,
+/// what is neither in the kernel on the way in (the client's send queue,
+/// the server's receive queue) nor on the way out (the server's send
+/// queue, the client's receive queue). ROT13 answers byte for byte, so
+/// that is the server's pending output plus its partial line. Read twice
+/// until two snapshots agree (the two sockets are two lines of the table).
+pub fn server_held(client: &TcpStream, written: u64, read: u64) -> io::Result<u64> {
+    let (local, server) = (client.local_addr()?, client.peer_addr()?);
+    let snap = || -> io::Result<(u64, u64, u64, u64)> {
+        let (ctx, crx) = tcp_queues(local, server).ok_or_else(|| fail("client socket not in /proc/net/tcp"))?;
+        let (stx, srx) = tcp_queues(server, local).ok_or_else(|| fail("server socket not in /proc/net/tcp"))?;
+        Ok((ctx, crx, stx, srx))
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = snap()?;
+    loop {
+        let now = snap()?;
+        if now == last {
+            let (ctx, crx, stx, srx) = now;
+            let kernel = ctx + crx + stx + srx;
+            return written.checked_sub(read + kernel).ok_or_else(|| {
+                fail(format!("the kernel holds {kernel} bytes, more than the {written} written - {read} read"))
+            });
+        }
+        ensure!(Instant::now() < deadline, "the socket queues never settled: {last:?} then {now:?}");
+        last = now;
+    }
+}

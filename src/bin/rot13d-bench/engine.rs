@@ -34,6 +34,10 @@ pub struct Spec {
     pub limit: u64,
     /// Time each round trip (window should then be one line).
     pub interactive: bool,
+    /// Count what comes back without reading or checking it (the kernel
+    /// discards it: `MSG_TRUNC`), so that this connection costs the
+    /// generator about half as much per byte as the server.
+    pub discard: bool,
 }
 
 struct Conn {
@@ -206,7 +210,12 @@ impl Engine {
             return Ok(());
         }
         let cap = self.rbuf.len().min(c.spec.pattern.size);
-        let n = match sys::read(c.fd, &mut self.rbuf[..cap]) {
+        let r = if c.spec.discard {
+            sys::recv_discard(c.fd, &mut self.rbuf[..cap])
+        } else {
+            sys::read(c.fd, &mut self.rbuf[..cap])
+        };
+        let n = match r {
             Ok(n) => n,
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {
                 return Ok(());
@@ -234,6 +243,11 @@ impl Engine {
                 c.recv + n as u64 - c.sent,
                 c.sent
             )));
+        }
+        if c.spec.discard {
+            c.recv += n as u64;
+            self.bulk_bytes += n as u64;
+            return Ok(());
         }
         if let Err(m) = c.spec.pattern.check(c.base + c.recv, got) {
             let at = c.recv + m.index as u64;

@@ -198,7 +198,10 @@ pub fn tput(c: &Common) -> Result<(), Fail> {
     let mut eng = Engine::new(READ_CHUNK)?;
     for (i, s) in connect_n(c.addr, n)?.into_iter().enumerate() {
         let limit = limit_for(c, i, n, l);
-        eng.add(s, Spec { pattern: pat.clone(), window, min_write: window / 4, limit, interactive: false })?;
+        eng.add(
+            s,
+            Spec { pattern: pat.clone(), window, min_write: window / 4, limit, interactive: false, discard: c.discard },
+        )?;
     }
     let m = drive(&mut eng, c)?;
     let lines = m.bulk / l as u64;
@@ -224,7 +227,14 @@ pub fn lat(c: &Common) -> Result<(), Fail> {
     let mut eng = Engine::new(READ_CHUNK)?;
     for (i, s) in connect_n(c.addr, n)?.into_iter().enumerate() {
         let limit = limit_for(c, i, n, l);
-        let spec = Spec { pattern: pat.clone(), window: l as u64, min_write: l as u64, limit, interactive: true };
+        let spec = Spec {
+            pattern: pat.clone(),
+            window: l as u64,
+            min_write: l as u64,
+            limit,
+            interactive: true,
+            discard: false,
+        };
         eng.add(s, spec)?;
     }
     let m = drive(&mut eng, c)?;
@@ -274,10 +284,24 @@ pub fn mixed(a: &MixedArgs) -> Result<(), Fail> {
         let s = streams.next().expect("connected all");
         let spec = if bulk {
             nb += 1;
-            Spec { pattern: bulk_pat.clone(), window, min_write: window / 4, limit: u64::MAX, interactive: false }
+            Spec {
+                pattern: bulk_pat.clone(),
+                window,
+                min_write: window / 4,
+                limit: u64::MAX,
+                interactive: false,
+                discard: c.discard,
+            }
         } else {
             ni += 1;
-            Spec { pattern: pat.clone(), window: l as u64, min_write: l as u64, limit: u64::MAX, interactive: true }
+            Spec {
+                pattern: pat.clone(),
+                window: l as u64,
+                min_write: l as u64,
+                limit: u64::MAX,
+                interactive: true,
+                discard: false,
+            }
         };
         eng.add(s, spec)?;
     }
@@ -331,7 +355,10 @@ pub fn slow(a: &SlowArgs) -> Result<(), Fail> {
     let mut eng = Engine::new(READ_CHUNK)?;
     eng.set_reading(false)?;
     for s in connect_n(c.addr, n)? {
-        eng.add(s, Spec { pattern: pat.clone(), window: u64::MAX, min_write: 0, limit, interactive: false })?;
+        eng.add(
+            s,
+            Spec { pattern: pat.clone(), window: u64::MAX, min_write: 0, limit, interactive: false, discard: false },
+        )?;
     }
     let sample = |peak: &mut u64| {
         if let Some(p) = pid {
@@ -422,7 +449,15 @@ pub fn oneshot(a: &OneshotArgs) -> Result<(), Fail> {
         let lines = limit_for(&c2, i, n, l);
         full.push(lines);
         let limit = lines + a.tail as u64;
-        eng.add(s, Spec { pattern: pat.clone(), window: 256 * 1024, min_write: 16 * 1024, limit, interactive: false })?;
+        let spec = Spec {
+            pattern: pat.clone(),
+            window: 256 * 1024,
+            min_write: 16 * 1024,
+            limit,
+            interactive: false,
+            discard: false,
+        };
+        eng.add(s, spec)?;
     }
     // Every complete line answered first (the libevent peer drops pending
     // output at EOF), then the tail, the half-close, its answer and EOF.

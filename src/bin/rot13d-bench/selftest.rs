@@ -62,6 +62,7 @@ pub fn common(addr: SocketAddr, conns: usize, lines: u64) -> Common {
         window: Some(8 * 1024),
         max_line: 16384,
         seed: 5,
+        discard: false,
         label: "selftest".into(),
         case: String::new(),
     }

@@ -16,27 +16,28 @@ use std::os::fd::RawFd;
 const STALE_SLACK: usize = 64;
 
 /// One priority's active events in activation order: (slot, activation
-/// number). A `Vec` read from `head`, emptied when read to the end (the
+/// number, when it became ready: see [`EventBase::dispatch_delay`]). A
+/// `Vec` read from `head`, emptied when read to the end (the
 /// usual case: a turn runs every callback it queued), compacted when most
 /// of it has been read; cheaper per entry than a ring buffer.
 #[derive(Debug, Default)]
 pub(super) struct ActiveQueue {
-    items: Vec<(u32, u32)>,
+    items: Vec<(u32, u32, u64)>,
     head: usize,
 }
 
 impl ActiveQueue {
-    fn push_back(&mut self, e: (u32, u32)) {
+    fn push_back(&mut self, e: (u32, u32, u64)) {
         if self.head >= 1024 && self.head * 2 >= self.items.len() {
             self.items.drain(..self.head);
             self.head = 0;
         }
         self.items.push(e);
     }
-    fn front(&self) -> Option<&(u32, u32)> {
+    fn front(&self) -> Option<&(u32, u32, u64)> {
         self.items.get(self.head)
     }
-    fn pop_front(&mut self) -> Option<(u32, u32)> {
+    fn pop_front(&mut self) -> Option<(u32, u32, u64)> {
         let e = *self.items.get(self.head)?;
         self.head += 1;
         if self.head == self.items.len() {
@@ -49,7 +50,7 @@ impl ActiveQueue {
         self.items.len() - self.head
     }
     /// Keeps the entries `live` accepts, in order.
-    fn retain(&mut self, live: impl Fn(&(u32, u32)) -> bool) {
+    fn retain(&mut self, live: impl Fn(&(u32, u32, u64)) -> bool) {
         self.items.drain(..self.head);
         self.head = 0;
         self.items.retain(live);
@@ -150,7 +151,7 @@ impl EventBase {
             None => {}
         }
         let q = (s.pri as usize).min(self.queues.len() - 1);
-        self.queues[q].push_back((idx, s.qseq));
+        self.queues[q].push_back((idx, s.qseq, self.turn_ready));
     }
 
     /// An active event left its queue without running (deleted, or re-armed
@@ -171,7 +172,7 @@ impl EventBase {
     fn drop_stale(&mut self) {
         let slots = &self.slots;
         for q in &mut self.queues {
-            q.retain(|&(i, seq)| {
+            q.retain(|&(i, seq, _)| {
                 let s = &slots[i as usize];
                 s.qseq == seq && s.state & ACTIVE != 0
             });
@@ -182,7 +183,7 @@ impl EventBase {
     /// Whether queue `p` holds a live entry (stale ones at its front are
     /// dropped on the way).
     fn queue_live(&mut self, p: usize) -> bool {
-        while let Some(&(idx, seq)) = self.queues[p].front() {
+        while let Some(&(idx, seq, _)) = self.queues[p].front() {
             let s = &self.slots[idx as usize];
             if s.qseq == seq && s.state & ACTIVE != 0 {
                 return true;
@@ -240,13 +241,15 @@ impl EventBase {
         let mut ran = 0;
         for _ in 0..n {
             // A callback may have called priority_init and dropped this queue.
-            let Some((idx, seq)) = self.queues.get_mut(pri).and_then(|q| q.pop_front()) else { break };
+            let Some((idx, seq, ready)) = self.queues.get_mut(pri).and_then(|q| q.pop_front()) else { break };
             let s = &self.slots[idx as usize];
             if s.qseq != seq || s.state & ACTIVE == 0 {
                 self.stale = self.stale.saturating_sub(1);
                 continue;
             }
+            self.running_ready = ready;
             self.run_one(idx);
+            self.running_ready = 0;
             ran += 1;
             if self.break_flag || self.continue_flag || ran >= max_cb {
                 break;
@@ -373,18 +376,18 @@ mod tests {
         // compacted away again and again; the order must hold throughout.
         for round in 0..50 {
             for _ in 0..300 {
-                q.push_back((next_in, round));
+                q.push_back((next_in, round, 0));
                 next_in += 1;
             }
             for _ in 0..250 {
-                let (v, _) = q.pop_front().expect("entry");
+                let (v, ..) = q.pop_front().expect("entry");
                 assert_eq!(v, next_out);
                 next_out += 1;
             }
             assert_eq!(q.len(), (next_in - next_out) as usize);
             assert!(q.items.len() <= 2 * q.len() + 1024 + 300, "not compacted: {} for {}", q.items.len(), q.len());
         }
-        while let Some((v, _)) = q.pop_front() {
+        while let Some((v, ..)) = q.pop_front() {
             assert_eq!(v, next_out);
             next_out += 1;
         }

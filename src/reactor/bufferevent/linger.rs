@@ -97,7 +97,8 @@ impl<C: 'static> BufferEvent<C> {
             return;
         }
         // Nothing can come any more, or nobody to wait for: close now.
-        if self.is(State::READ_EOF) || self.error_code() != 0 || self.setup.linger_ms == 0 || self.is(State::CONNECTING) {
+        if self.is(State::READ_EOF) || self.error_code() != 0 || self.setup.linger_ms == 0 || self.is(State::CONNECTING)
+        {
             self.free(base);
             return;
         }

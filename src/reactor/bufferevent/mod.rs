@@ -49,8 +49,8 @@ mod callbacks;
 mod iostate;
 mod linger;
 mod setup;
-pub use iostate::{IO_POOL_MAX, pooled_io_states, trim_io_pool};
 use iostate::IoState;
+pub use iostate::{IO_POOL_MAX, pooled_io_states, trim_io_pool};
 pub use linger::DEFAULT_LINGER;
 use linger::LINGER_TICK_MS;
 pub use setup::BevSetup;
@@ -574,11 +574,34 @@ impl<C: 'static> BufferEvent<C> {
         let len = self.output().len();
         if len > high as usize {
             if !self.suspend.intersects(Suspend::BACKPRESSURE) {
-                self.suspend_read(base, Suspend::BACKPRESSURE);
+                self.pause_for_backpressure(base);
             }
         } else if len <= low as usize && self.suspend.intersects(Suspend::BACKPRESSURE) {
+            tracing::trace!(target: "rot13d::reactor::bufferevent", fd = self.raw(), pending = len, low,
+                "reading resumed: output at the low watermark");
             self.unsuspend_read(base, Suspend::BACKPRESSURE);
         }
+    }
+
+    /// Output passed the high mark: reading pauses. Out of line, as it runs
+    /// once per pause and `check_backpressure` runs on every write.
+    #[cold]
+    #[inline(never)]
+    fn pause_for_backpressure(&mut self, base: &mut EventBase) {
+        self.suspend_read(base, Suspend::BACKPRESSURE);
+        // Neither buffer grows while paused, so their memory is bounded
+        // from here on by what they hold now: the partial line leaves its
+        // read-sized block, and the output is packed into full blocks (what
+        // reads, cut lines and partial writes left free in them would
+        // otherwise stay allocated for as long as the peer does not read:
+        // SPEC §1 bounds the memory, not only the bytes).
+        let (fd, high) = (self.raw(), self.setup.bp_high);
+        let io = self.io_mut();
+        io.input.shrink();
+        io.output.compact();
+        tracing::trace!(target: "rot13d::reactor::bufferevent", fd, pending = io.output.len(), high,
+            input = io.input.len(), heap = io.input.heap_size() + io.output.heap_size(),
+            "reading paused: output above the high watermark");
     }
 
     /// Tells the bufferevent that the owner consumed input outside a read

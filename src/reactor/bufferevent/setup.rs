@@ -8,7 +8,7 @@
 //! setup first if it is shared (`Rc::make_mut`), so sharing never changes
 //! what a setter means.
 
-use super::{BevOptions, CloseCb, DataCb, DEFAULT_LINGER, EventCb};
+use super::{BevOptions, CloseCb, DEFAULT_LINGER, DataCb, EventCb};
 use std::time::Duration;
 
 /// An optional timeout in 8 bytes (nanoseconds; MAX = none), where

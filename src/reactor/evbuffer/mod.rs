@@ -186,7 +186,13 @@ impl EvBuffer {
     /// An empty buffer. Allocates nothing.
     #[doc(alias = "evbuffer_new")]
     pub const fn new() -> EvBuffer {
-        EvBuffer { chunks: VecDeque::new(), len: 0, read_size: DEFAULT_READ_SIZE as u32, eol_hint: None, not_socket: false }
+        EvBuffer {
+            chunks: VecDeque::new(),
+            len: 0,
+            read_size: DEFAULT_READ_SIZE as u32,
+            eol_hint: None,
+            not_socket: false,
+        }
     }
 
     /// Number of queued bytes.
@@ -791,6 +797,70 @@ impl EvBuffer {
             Err(e) if e.raw_os_error() == Some(libc::ENOTSOCK) => sys::writev(fd, &iov[..k]),
             r => r,
         }
+    }
+
+    /// Packs the queued bytes into as few of the buffer's own blocks as
+    /// hold them, front to back, and releases the blocks left empty (to the
+    /// pool); a last block left partly free is replaced by an exact
+    /// allocation. Afterwards the heap the buffer holds is its byte count
+    /// plus the chunk array, whatever reads, cuts and partial writes left
+    /// behind (a drained prefix of the front block, the free tail of a
+    /// block whose partial line was cut off).
+    ///
+    /// For an output that has stopped growing: the bufferevent calls it
+    /// when backpressure pauses reading (SPEC §1 bounds a connection's
+    /// memory, not only its byte count). It copies every queued byte once
+    /// or twice, so it is not for a buffer that is still being filled.
+    pub fn compact(&mut self) {
+        if self.len == 0 {
+            self.shrink();
+            return;
+        }
+        let chunks = self.chunks.make_contiguous();
+        // Slide the front block's bytes to its start, then fill each block
+        // in turn (`dst`) from the blocks after it (`src`).
+        let slide = |c: &mut Chunk| {
+            c.data.copy_within(c.start..c.end, 0);
+            c.end -= c.start;
+            c.start = 0;
+        };
+        slide(&mut chunks[0]);
+        let mut dst = 0;
+        for src in 1..chunks.len() {
+            loop {
+                if dst == src {
+                    slide(&mut chunks[src]);
+                    break;
+                }
+                let (head, tail) = chunks.split_at_mut(src);
+                let (d, s) = (&mut head[dst], &mut tail[0]);
+                let n = d.free().min(s.len());
+                d.data[d.end..d.end + n].copy_from_slice(&s.data[s.start..s.start + n]);
+                d.end += n;
+                s.start += n;
+                if s.len() == 0 {
+                    break;
+                }
+                // `d` is full: the next block is filled next, either one
+                // already emptied (it starts over) or `src` itself.
+                dst += 1;
+                if let Some(c) = head.get_mut(dst) {
+                    c.start = 0;
+                    c.end = 0;
+                }
+            }
+        }
+        for c in self.chunks.drain(dst + 1..) {
+            pool_give(c.data);
+        }
+        if let Some(last) = self.chunks.back_mut()
+            && last.free() > 0
+        {
+            let exact = last.bytes().to_vec();
+            let old = std::mem::replace(last, Chunk { start: 0, end: exact.len(), data: exact });
+            pool_give(old.data);
+        }
+        self.chunks.shrink_to_fit();
     }
 
     /// Compacts the buffer for a connection going idle.

@@ -210,6 +210,37 @@ fn shrink_releases_memory() {
 }
 
 #[test]
+fn compact_packs_bytes_into_full_blocks() {
+    // A drained front, blocks with free tails, tiny chunks between.
+    let mut b = EvBuffer::new();
+    let mut model = Vec::new();
+    for i in 0..6u8 {
+        let mut block = vec![0u8; 4096];
+        block.iter_mut().enumerate().for_each(|(j, x)| *x = i.wrapping_mul(31).wrapping_add(j as u8));
+        let keep = 4096 - 700 * usize::from(i % 3);
+        b.add_vec(block[..keep].to_vec());
+        model.extend_from_slice(&block[..keep]);
+        b.add(&[i; 3]);
+        model.extend_from_slice(&[i; 3]);
+    }
+    b.drain(3000);
+    model.drain(..3000);
+    let before = b.heap_size();
+    b.compact();
+    assert_eq!(contents(&b), model);
+    assert_eq!(b.chunks.iter().map(|c| c.data.len()).sum::<usize>(), model.len(), "every block full");
+    assert!(b.heap_size() < before, "{} >= {before}", b.heap_size());
+    // Still a working queue: more bytes append after the packed ones.
+    b.add(b"tail");
+    model.extend_from_slice(b"tail");
+    assert_eq!(contents(&b), model);
+    // Nothing queued: nothing held.
+    b.drain(b.len());
+    b.compact();
+    assert_eq!(b.heap_size(), 0);
+}
+
+#[test]
 fn socket_round_trip_and_pool_reuse() -> io::Result<()> {
     let (a, b) = sys::socketpair()?;
     trim_pool();
@@ -329,6 +360,7 @@ enum Op {
     ForEachMut(usize, usize),
     Pullup(usize),
     Shrink,
+    Compact,
     SetReadSize(usize),
     ReadFrom(Vec<u8>, usize),
     WriteTo,
@@ -371,6 +403,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0usize..60, 0usize..60).prop_map(|(a, b)| Op::ForEachMut(a, b)),
         1 => (0usize..60).prop_map(Op::Pullup),
         1 => Just(Op::Shrink),
+        1 => Just(Op::Compact),
         1 => (0usize..200).prop_map(Op::SetReadSize),
         2 => (bytes(300), 1usize..400).prop_map(|(d, m)| Op::ReadFrom(d, m)),
         1 => Just(Op::WriteTo),
@@ -515,6 +548,11 @@ fn apply(buf: &mut EvBuffer, model: &mut Vec<u8>, op: Op, pair: &mut Pair) {
         Op::Shrink => {
             buf.shrink();
             assert!(buf.heap_size() <= model.len() + 64);
+        }
+        Op::Compact => {
+            buf.compact();
+            // Every block it keeps is full.
+            assert_eq!(buf.chunks.iter().map(|c| c.data.len()).sum::<usize>(), model.len());
         }
         Op::SetReadSize(n) => buf.set_read_size(n),
         Op::ReadFrom(data, max) => {
