@@ -265,6 +265,13 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// A timer's node: 24 of the 232 bytes of an idle connection (its idle
+    /// timeout; BENCHMARKS.md, memory per idle connection).
+    #[test]
+    fn a_timer_node_takes_24_bytes() {
+        assert_eq!(std::mem::size_of::<Node>(), 24);
+    }
+
     #[test]
     fn heap_orders_and_cancels() {
         let mut t = Timers::default();

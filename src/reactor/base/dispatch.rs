@@ -367,6 +367,13 @@ mod tests {
     use super::*;
     use crate::reactor::{BaseFlags, EventConfig, LoopFlags};
 
+    /// An event's slot: 48 of the 232 bytes of an idle connection (its read
+    /// event; BENCHMARKS.md, memory per idle connection).
+    #[test]
+    fn an_event_slot_takes_48_bytes() {
+        assert_eq!(std::mem::size_of::<super::super::slab::Slot>(), 48);
+    }
+
     #[test]
     fn active_queue_is_fifo_across_compaction() {
         let mut q = ActiveQueue::default();
