@@ -56,7 +56,8 @@ ok "lintian: no errors"
 # --- contents ---------------------------------------------------------------
 dpkg-deb -c "$deb" | awk '{print $6}' | sed 's,^\./,/,' >"$work/contents"
 for f in /usr/bin/rot13d /etc/rot13d/rot13d.toml /usr/lib/systemd/system/rot13d.service \
-         /usr/lib/systemd/system/rot13d.socket /usr/share/man/man8/rot13d.8.gz \
+         /usr/lib/systemd/system/rot13d.socket /usr/lib/systemd/system/rot13d-admin.socket \
+         /usr/share/man/man8/rot13d.8.gz \
          /usr/share/man/man8/rot13d-probe.8.gz /usr/share/doc/rot13d/README.md \
          /usr/share/doc/rot13d/changelog.Debian.gz /usr/share/doc/rot13d/copyright; do
   grep -qx "$f" "$work/contents" || die "$f is not in the package"
@@ -106,7 +107,8 @@ man -w rot13d >/dev/null 2>&1 || die "man rot13d does not find the page"
 ok "man -l renders rot13d(8) and rot13d-probe(8) with signals, files, exit status"
 
 # --- units ------------------------------------------------------------------
-units=(/usr/lib/systemd/system/rot13d.service /usr/lib/systemd/system/rot13d.socket)
+units=(/usr/lib/systemd/system/rot13d.service /usr/lib/systemd/system/rot13d.socket
+       /usr/lib/systemd/system/rot13d-admin.socket)
 systemd-analyze verify "${units[@]}" >"$work/verify" 2>&1 || { cat "$work/verify" >&2; die "systemd-analyze verify"; }
 [ ! -s "$work/verify" ] || { cat "$work/verify" >&2; die "systemd-analyze verify printed warnings"; }
 exposure=$(systemd-analyze security --offline=yes --no-pager "${units[0]}" | sed -n 's/.*Overall exposure level for rot13d.service: \([0-9.]*\).*/\1/p')

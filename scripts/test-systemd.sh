@@ -11,7 +11,10 @@
 # - with WatchdogSec=3s the master's WATCHDOG=1 pings keep it alive, with
 #   workers and with workers = 0;
 # - systemctl stop ends it with success;
-# - rot13d.socket activates it on the first client, passing LISTEN_FDNAMES=rot13.
+# - rot13d.socket activates it on the first client, passing LISTEN_FDNAMES=rot13;
+# - with rot13d-admin.socket beside it, a scrape is the first client: the
+#   socket named "admin" is the admin endpoint (LISTEN_FDNAMES=rot13:admin),
+#   the other one the rot13 listener.
 # Skips (exit 0, saying why) only where podman cannot run at all.
 #   scripts/test-systemd.sh
 set -euo pipefail
@@ -60,11 +63,11 @@ case "$state" in running | degraded) ;; *) die "systemd did not boot: '$state'" 
 ok "systemd booted in a container ($state)"
 
 inside dpkg -i /tmp/rot13d.deb >"$work/dpkg" 2>&1 || { cat "$work/dpkg" >&2; die "dpkg -i"; }
-for u in rot13d.service rot13d.socket; do
+for u in rot13d.service rot13d.socket rot13d-admin.socket; do
   [ "$(inside systemctl is-enabled "$u" 2>/dev/null || true)" = disabled ] || die "$u is enabled after install"
   [ "$(inside systemctl is-active "$u" 2>/dev/null || true)" = inactive ] || die "$u is running after install"
 done
-ok "installed; neither unit enabled nor started"
+ok "installed; no unit enabled nor started"
 
 inside systemctl start rot13d.service || { inside journalctl -u rot13d --no-pager -o cat >&2; die "systemctl start"; }
 inside rot13d probe 127.0.0.1:40713 >/dev/null || die "probe of the started service"
@@ -127,5 +130,30 @@ inside sh -c "tr '\0' '\n' </proc/$pid/environ" | grep -qx 'LISTEN_FDNAMES=rot13
 journal_has 'listening addr=\[::\]:40713 kind=rot13' || die "no 'listening addr=[::]:40713 kind=rot13' in the journal"
 inside systemctl stop rot13d.socket rot13d.service
 ok "rot13d.socket: activated by the first client, LISTEN_FDNAMES=rot13, serving [::]:40713"
+
+# The admin socket: GET on 127.0.0.1:9100 inside the container, with bash's
+# /dev/tcp (the base image has no HTTP client); the whole answer.
+admin_get() {
+  inside timeout 10 bash -c 'exec 3<>/dev/tcp/127.0.0.1/9100 && printf "GET %s HTTP/1.0\r\n\r\n" "$1" >&3 && cat <&3' _ "$1"
+}
+inside systemctl start rot13d.socket rot13d-admin.socket
+[ "$(inside systemctl is-active rot13d.service || true)" = inactive ] || die "the service started with the sockets"
+got=$(admin_get /metrics) || die "GET /metrics on the admin socket"
+echo "$got" | head -1 | grep -q '^HTTP/1.1 200 ' && echo "$got" | grep -q '^rot13d_build_info{' \
+  || die "the first scrape on rot13d-admin.socket: $(echo "$got" | head -3)"
+[ "$(inside systemctl is-active rot13d.service)" = active ] || die "the scrape did not start the service"
+healthy=
+for _ in $(seq 100); do
+  admin_get /healthz | head -1 | grep -q '^HTTP/1.1 200 ' && { healthy=1; break; }
+  sleep 0.1
+done
+[ -n "$healthy" ] || die "/healthz on the admin socket: $(admin_get /healthz | tail -1)"
+pid=$(inside systemctl show -p MainPID --value rot13d.service)
+inside sh -c "tr '\0' '\n' </proc/$pid/environ" | grep -Eqx 'LISTEN_FDNAMES=(rot13:admin|admin:rot13)' \
+  || die "LISTEN_FDNAMES: $(inside sh -c "tr '\0' '\n' </proc/$pid/environ" | grep LISTEN_FDNAMES)"
+inside rot13d probe '[::1]:40713' >/dev/null || die "probe of the rot13 socket passed beside the admin one"
+journal_has 'listening addr=127.0.0.1:9100 kind=admin' || die "no 'listening addr=127.0.0.1:9100 kind=admin' in the journal"
+inside systemctl stop rot13d-admin.socket rot13d.socket rot13d.service
+ok "rot13d-admin.socket: a scrape starts the service, the socket named admin serves /metrics and /healthz, rot13 on the other"
 
 all_passed

@@ -4,7 +4,8 @@
 # container image and the package's unit under a real systemd
 # (scripts/test-{package,container,systemd}.sh, each its own step so that
 # it never competes with the timing-sensitive daemon tests for the CPUs),
-# then every test with nextest.
+# valgrind memcheck over the daemon (scripts/memcheck.sh), then every test
+# with nextest.
 #   scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,9 +18,9 @@ took() { local now; now=$(date +%s); echo "scripts/test.sh: $1 took $((now - mar
 # podman, runc, debootstrap: the container test; lintian, man-db, dpkg-dev
 # (dpkg-shlibdeps for cargo-deb's $auto depends): the package test; strace:
 # the unit's sandbox test and tests/keys.rs (the loop's epoll_wait calls);
-# iproute2 (ss): tests/keys.rs (listen backlogs). On a fresh machine: about
-# 20 s.
-apt_packages=(podman runc debootstrap lintian man-db dpkg-dev binutils strace iproute2)
+# iproute2 (ss): tests/keys.rs (listen backlogs); valgrind: the memcheck
+# step. On a fresh machine: about 20 s.
+apt_packages=(podman runc debootstrap lintian man-db dpkg-dev binutils strace iproute2 valgrind)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -28,6 +29,24 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}"
   apt-get update -q
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+fi
+# prometheus (promtool and the server): tests/metrics.rs. Without its
+# recommends (prometheus-node-exporter), and with services kept from
+# starting (policy-rc.d): the package's own prometheus must not run, the
+# test starts its own on loopback. About 20 s on a fresh machine.
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+  echo "installing prometheus"
+  policy=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    policy=/usr/sbin/policy-rc.d
+  fi
+  [ ${#missing[@]} -gt 0 ] || apt-get update -q
+  status=0
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus || status=$?
+  [ -z "$policy" ] || rm -f "$policy"
+  [ "$status" -eq 0 ] || exit "$status"
 fi
 if ! command -v cargo-nextest >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
@@ -56,6 +75,11 @@ for step in package container systemd; do
   "scripts/test-$step.sh" || failed+=("$step")
   took "step $step"
 done
+# valgrind memcheck over the master and its workers: 3,000 verifying
+# connections (and resets, slow and idle clients), a reload, a stop; on the
+# release binary the container step built. About 5 s here.
+scripts/memcheck.sh 3000 || failed+=("memcheck")
+took "step memcheck"
 
 status=0
 cargo nextest run --workspace --no-fail-fast --profile ci --locked || status=$?

@@ -22,8 +22,13 @@ pub type Driver = fn(&[u8]) -> Result<(), String>;
 
 /// Every fuzz target: its name in `fuzz/Cargo.toml` and `fuzz/corpus/`,
 /// and its driver.
-pub const TARGETS: &[(&str, Driver)] =
-    &[("protocol", protocol), ("proxy_header", proxy_header), ("evbuffer", evbuffer)];
+pub const TARGETS: &[(&str, Driver)] = &[
+    ("protocol", protocol),
+    ("proxy_header", proxy_header),
+    ("evbuffer", evbuffer),
+    ("config", config),
+    ("admin_request", admin_request),
+];
 
 /// Whether to steer around the defects a target found that are not fixed
 /// yet (each has an `open-*` artifact), so that a fuzz run can look for
@@ -643,4 +648,160 @@ fn apply(
         }
     }
     Ok(())
+}
+
+// ---- config ------------------------------------------------------------
+
+/// A host for the config target: 4 CPUs, an fd limit of 1024, and every
+/// user and group exists (uid and gid 1000) unless its name begins with
+/// `nosuch` (deterministic: the fuzzer must not read /etc/passwd).
+struct FuzzHost;
+
+impl crate::daemon::settings::Host for FuzzHost {
+    fn cpus(&self) -> usize {
+        4
+    }
+
+    fn fd_limit(&self) -> u64 {
+        1024
+    }
+
+    fn identity(
+        &self,
+        user: Option<&str>,
+        group: Option<&str>,
+    ) -> Result<Option<crate::sys::process::Identity>, (&'static str, String)> {
+        if user.is_none() && group.is_none() {
+            return Ok(None);
+        }
+        if let Some(u) = user.filter(|u| u.starts_with("nosuch")) {
+            return Err(("server.user", format!("no such user `{u}`")));
+        }
+        if let Some(g) = group.filter(|g| g.starts_with("nosuch")) {
+            return Err(("server.group", format!("no such group `{g}`")));
+        }
+        let name = user.and_then(|u| std::ffi::CString::new(u).ok());
+        Ok(Some(crate::sys::process::Identity { uid: user.map(|_| 1000), gid: Some(1000), name }))
+    }
+}
+
+/// The `config` target: the configuration loader over arbitrary text, as
+/// a file named `fuzz.toml` with no options. It must never panic; a
+/// refusal names the file, and a line within the text when it gives one;
+/// a configuration it accepts prints (`--print-config`) as TOML that loads
+/// back to the same configuration, and gives worker parameters and an
+/// event-base configuration without a panic.
+///
+/// Input: the file's bytes (not UTF-8: nothing to check, the loader
+/// refuses it as an I/O error before parsing).
+pub fn config(data: &[u8]) -> Result<(), String> {
+    use crate::daemon::config::ConfigFile;
+    use crate::daemon::settings::Settings;
+    let Ok(text) = std::str::from_utf8(data) else { return Ok(()) };
+    let path = std::path::Path::new("fuzz.toml");
+    let args = crate::daemon::cli::Args::default();
+    let lines = text.split('\n').count();
+    let loaded = ConfigFile::parse(text, path).and_then(|f| Settings::resolve(Some(&f), &args, &FuzzHost));
+    let settings = match loaded {
+        Ok(s) => s,
+        Err(e) => {
+            for p in e.problems() {
+                let msg = p.to_string();
+                if !msg.starts_with("fuzz.toml") {
+                    return Err(format!("a refusal that does not name the file: {msg:?}"));
+                }
+                let line = msg.split(':').nth(1).and_then(|l| l.parse::<usize>().ok());
+                if line.is_some_and(|l| l == 0 || l > lines) {
+                    return Err(format!("line {line:?} of a {lines}-line file: {msg:?}"));
+                }
+            }
+            return Ok(());
+        }
+    };
+    let _ = crate::daemon::worker::WorkerParams::new(&settings);
+    let _ = settings.event_config();
+    let printed = settings.to_toml().map_err(|e| format!("--print-config failed: {e}"))?;
+    let again = ConfigFile::parse(&printed, path)
+        .and_then(|f| Settings::resolve(Some(&f), &args, &FuzzHost))
+        .map_err(|e| format!("--print-config output refused: {e}\n{printed}"))?;
+    if again.config != settings.config || again.workers != settings.workers {
+        return Err(format!("--print-config does not load back alike:\n{printed}"));
+    }
+    Ok(())
+}
+
+// ---- admin_request -----------------------------------------------------
+
+/// The `admin_request` target: the admin endpoint's decision
+/// ([`admin::judge`](crate::daemon::admin::judge)) over arbitrary bytes in
+/// arbitrary splits, as a connection receives them (never more than
+/// `MAX_HEAD + 1`: reading stops there). It must never panic; every split
+/// of the same bytes must decide alike (in one piece, a byte at a time,
+/// random pieces); it waits only while the head may still fit; and the
+/// response to a decision is one HTTP/1.1 response whose Content-Length
+/// is its body's and which closes the connection.
+///
+/// Input: bytes 0..8 seed the splits, the rest is what the client sends.
+pub fn admin_request(data: &[u8]) -> Result<(), String> {
+    use crate::daemon::admin::{self, Answer, MAX_HEAD};
+    let (seed, stream) = data.split_at(data.len().min(8));
+    let mut rng = Rng::from_bytes(seed);
+    let seen = &stream[..stream.len().min(MAX_HEAD + 1)];
+    let (whole, _) = first_answer(seen, &mut || usize::MAX);
+    let (bytewise, at) = first_answer(seen, &mut || 1);
+    let mut pieces = || if rng.below(4) == 0 { 1 + rng.below(2000) } else { 1 + rng.below(40) };
+    let (random, _) = first_answer(seen, &mut pieces);
+    if whole != bytewise || whole != random {
+        return Err(format!("whole {whole:?}, a byte at a time {bytewise:?} (at {at}), random pieces {random:?}"));
+    }
+    if whole == Answer::Wait && seen.len() > MAX_HEAD {
+        return Err(format!("waits with {} bytes, more than {MAX_HEAD}", seen.len()));
+    }
+    for health in [None, Some("degraded: 1 of 2 workers of generation 1 serving")] {
+        let Some(out) = admin::response(whole, || "rot13d_lines_total 1\n".into(), health) else {
+            if whole != Answer::Wait {
+                return Err(format!("no response to {whole:?}"));
+            }
+            continue;
+        };
+        let mut headers = [httparse::EMPTY_HEADER; 8];
+        let mut resp = httparse::Response::new(&mut headers);
+        let len = match resp.parse(&out) {
+            Ok(httparse::Status::Complete(n)) => n,
+            other => return Err(format!("response to {whole:?} does not parse: {other:?}")),
+        };
+        let header = |name: &str| {
+            resp.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| String::from_utf8_lossy(h.value))
+        };
+        let length: Option<usize> = header("content-length").and_then(|v| v.parse().ok());
+        let head_only = matches!(
+            whole,
+            Answer::Metrics { head_only: true }
+                | Answer::Healthz { head_only: true }
+                | Answer::NotFound { head_only: true }
+        );
+        let body = out.len() - len;
+        if resp.version != Some(1) || header("connection").as_deref() != Some("close") {
+            return Err(format!("response to {whole:?} is not HTTP/1.1 with Connection: close"));
+        }
+        if length.is_none() || (!head_only && length != Some(body)) || (head_only && body != 0) {
+            return Err(format!("response to {whole:?}: Content-Length {length:?}, body {body} bytes"));
+        }
+    }
+    Ok(())
+}
+
+/// The endpoint's first decision when `seen` arrives in pieces of
+/// `piece()` bytes, and how many bytes it had then.
+fn first_answer(seen: &[u8], piece: &mut dyn FnMut() -> usize) -> (crate::daemon::admin::Answer, usize) {
+    use crate::daemon::admin::{self, Answer};
+    let mut fed = 0;
+    while fed < seen.len() {
+        fed = fed.saturating_add(piece().max(1)).min(seen.len());
+        let a = admin::judge(&seen[..fed]);
+        if a != Answer::Wait {
+            return (a, fed);
+        }
+    }
+    (Answer::Wait, fed)
 }

@@ -43,10 +43,10 @@
 //!     match input.read_from(fd, usize::MAX) {
 //!         Ok(0) => {
 //!             // EOF: flush the partial line, then write out and close.
-//!             lines += framer.finish(&mut input, &mut output);
+//!             lines += framer.finish(&mut input, &mut output).lines;
 //!             break;
 //!         }
-//!         Ok(_) => lines += framer.process(&mut input, &mut output),
+//!         Ok(_) => lines += framer.process(&mut input, &mut output).lines,
 //!         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
 //!             input.shrink(); // drained: going idle, give the block back
 //!             break;
@@ -84,10 +84,29 @@ pub const DEFAULT_MAX_LINE: usize = 16 * 1024;
 /// [`reset`](Framer::reset).
 #[derive(Clone, Debug)]
 pub struct Framer {
-    /// Longest line sent whole (LF excluded, CR included); at least 1.
+    /// Longest line sent whole (LF excluded, CR included); at least 1 and
+    /// at most [`MAX_MAX_LINE`], so its top bit is free: [`CUTTING`], set
+    /// while the line at the front of the input is an overlong one whose
+    /// first piece has gone out (a flag of its own would grow the framer,
+    /// and every connection with it, by 4 bytes).
     max_line: u32,
     /// Bytes at the front of the input already known to hold no LF.
     scanned: u32,
+}
+
+/// The bit of `Framer::max_line` that says the current line was cut.
+const CUTTING: u32 = 1 << 31;
+const _: () = assert!(MAX_MAX_LINE < CUTTING as usize);
+
+/// What one call of [`Framer::process`] or [`Framer::finish`] sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Emitted {
+    /// Lines and `max_line` pieces, each followed by LF (a partial line
+    /// sent at the end of input is not counted).
+    pub lines: usize,
+    /// Overlong lines whose first piece went out: a line cut into `k`
+    /// pieces counts once, in the call that sent its first one.
+    pub cut: usize,
 }
 
 /// What one scan of the input found.
@@ -114,13 +133,14 @@ impl Framer {
 
     /// The longest line sent whole.
     pub fn max_line(&self) -> usize {
-        self.max_line as usize
+        (self.max_line & !CUTTING) as usize
     }
 
     /// Forgets the scan position (the input was changed behind the
     /// framer's back).
     pub fn reset(&mut self) {
         self.scanned = 0;
+        self.max_line &= !CUTTING;
     }
 
     /// Bytes of the partial line waiting in `input` (its length after
@@ -139,7 +159,7 @@ impl Framer {
     /// per 64 KiB read whatever the line length; lines are counted later,
     /// while rotating (`emit`).
     fn scan(&self, input: &EvBuffer, from: usize) -> Scan {
-        let max = self.max_line as usize;
+        let max = self.max_line();
         let total = input.len();
         if from > max {
             return Scan { run_end: 0, overlong: Some(from) };
@@ -177,16 +197,20 @@ impl Framer {
 
     /// Moves the responses to every complete line of `input` (and every
     /// complete piece of an overlong line) to `output`; returns how many
-    /// lines and pieces were emitted. The partial line stays in `input`.
-    pub fn process(&mut self, input: &mut EvBuffer, output: &mut EvBuffer) -> usize {
+    /// lines and pieces were emitted, and how many lines were cut. The
+    /// partial line stays in `input`.
+    pub fn process(&mut self, input: &mut EvBuffer, output: &mut EvBuffer) -> Emitted {
         if self.scanned as usize > input.len() {
             self.scanned = 0;
         }
-        let mut emitted = 0;
+        let mut emitted = Emitted::default();
+        let max = self.max_line();
         loop {
             let scan = self.scan(input, self.scanned as usize);
             if scan.run_end > 0 {
-                emitted += Self::emit(input, output, scan.run_end);
+                emitted.lines += Self::emit(input, output, scan.run_end);
+                // The run's first line ended any cut one.
+                self.max_line &= !CUTTING;
             }
             match scan.overlong {
                 None => {
@@ -194,24 +218,29 @@ impl Framer {
                     return emitted;
                 }
                 Some(known) => {
-                    Self::emit(input, output, self.max_line as usize);
+                    Self::emit(input, output, max);
                     output.add(b"\n");
-                    emitted += 1;
-                    self.scanned = (known - self.max_line as usize).min(u32::MAX as usize) as u32;
+                    emitted.lines += 1;
+                    if self.max_line & CUTTING == 0 {
+                        emitted.cut += 1;
+                        self.max_line |= CUTTING;
+                    }
+                    self.scanned = (known - max).min(u32::MAX as usize) as u32;
                 }
             }
         }
     }
 
     /// End of input: emits what [`process`](Framer::process) would, then the
-    /// partial line rotated and without LF. Returns the lines and pieces
-    /// emitted (the partial line is not counted). `input` is empty after.
-    pub fn finish(&mut self, input: &mut EvBuffer, output: &mut EvBuffer) -> usize {
+    /// partial line rotated and without LF. Returns what was emitted (the
+    /// partial line is not counted in `lines`). `input` is empty after.
+    pub fn finish(&mut self, input: &mut EvBuffer, output: &mut EvBuffer) -> Emitted {
         let emitted = self.process(input, output);
         let n = input.len();
         // The partial line holds no LF: nothing to count.
         Self::emit(input, output, n);
         self.scanned = 0;
+        self.max_line &= !CUTTING;
         emitted
     }
 }
@@ -413,14 +442,14 @@ mod tests {
         let mut input = EvBuffer::new();
         let mut output = EvBuffer::new();
         input.add(b"ab\ncd\nef");
-        assert_eq!(f.process(&mut input, &mut output), 2);
+        assert_eq!(f.process(&mut input, &mut output).lines, 2);
         assert_eq!(contents(&output), b"no\npq\n");
         assert_eq!(contents(&input), b"ef");
         assert_eq!(f.pending_partial(&input), 2);
         input.add(b"\n");
-        assert_eq!(f.process(&mut input, &mut output), 1);
+        assert_eq!(f.process(&mut input, &mut output), Emitted { lines: 1, cut: 0 });
         assert_eq!(contents(&output), b"no\npq\nrs\n");
-        assert_eq!(f.finish(&mut input, &mut output), 0);
+        assert_eq!(f.finish(&mut input, &mut output), Emitted::default());
     }
 
     #[test]
@@ -441,6 +470,59 @@ mod tests {
         }
     }
 
+    /// Every line longer than max_line is counted as cut once, in the call
+    /// that sends its first piece, however the input is split, with or
+    /// without its LF (at EOF); the framer stays 8 bytes.
+    #[test]
+    fn cut_lines_are_counted_once_each() {
+        assert_eq!(std::mem::size_of::<Framer>(), 8);
+        let model = |input: &[u8], max: usize| input.split(|b| *b == b'\n').filter(|l| l.len() > max).count();
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: usize| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng % n as u64) as usize
+        };
+        for max in [1usize, 2, 4, 7] {
+            for _ in 0..200 {
+                let input: Vec<u8> =
+                    (0..next(40)).map(|_| if next(5) == 0 { b'\n' } else { b'a' + next(26) as u8 }).collect();
+                let mut f = Framer::new(max);
+                let (mut i, mut o) = (EvBuffer::new(), EvBuffer::new());
+                let (mut at, mut cut, mut lines) = (0, 0, 0);
+                while at < input.len() {
+                    let n = (1 + next(6)).min(input.len() - at);
+                    i.add(&input[at..at + n]);
+                    at += n;
+                    let e = f.process(&mut i, &mut o);
+                    cut += e.cut;
+                    lines += e.lines;
+                }
+                let e = f.finish(&mut i, &mut o);
+                cut += e.cut;
+                lines += e.lines;
+                assert_eq!(cut, model(&input, max), "max {max}, input {:?}", String::from_utf8_lossy(&input));
+                assert_eq!(f.max_line(), max, "the flag never leaks into max_line");
+                let out = contents(&o);
+                assert_eq!(lines, out.iter().filter(|b| **b == b'\n').count());
+            }
+        }
+        // A line of exactly 2 * max: cut once, in the call that saw max + 1 bytes.
+        let mut f = Framer::new(4);
+        let (mut i, mut o) = (EvBuffer::new(), EvBuffer::new());
+        i.add(b"abcd");
+        assert_eq!(f.process(&mut i, &mut o), Emitted { lines: 0, cut: 0 });
+        i.add(b"e");
+        assert_eq!(f.process(&mut i, &mut o), Emitted { lines: 1, cut: 1 });
+        i.add(b"fghijkl");
+        assert_eq!(f.process(&mut i, &mut o), Emitted { lines: 1, cut: 0 }, "the same line, cut again");
+        i.add(b"\nabcde");
+        assert_eq!(f.process(&mut i, &mut o), Emitted { lines: 2, cut: 1 }, "its end, then a new overlong line");
+        f.reset();
+        assert_eq!(f.max_line(), 4);
+    }
+
     #[test]
     fn huge_max_line_does_not_overflow() {
         assert_eq!(run(&[b"ab\ncd", b"e\n"], usize::MAX), b"no\npqr\n");
@@ -453,10 +535,10 @@ mod tests {
         let mut input = EvBuffer::new();
         let mut output = EvBuffer::new();
         input.add(b"abcd");
-        assert_eq!(f.process(&mut input, &mut output), 0);
+        assert_eq!(f.process(&mut input, &mut output).lines, 0);
         assert!(output.is_empty(), "4 bytes of a 4-byte max line wait");
         input.add(b"\n");
-        assert_eq!(f.process(&mut input, &mut output), 1);
+        assert_eq!(f.process(&mut input, &mut output).lines, 1);
         assert_eq!(contents(&output), b"nopq\n");
     }
 
@@ -469,7 +551,7 @@ mod tests {
         f.process(&mut input, &mut output);
         assert!(output.is_empty());
         input.add(b"\r");
-        assert_eq!(f.process(&mut input, &mut output), 1);
+        assert_eq!(f.process(&mut input, &mut output).lines, 1);
         assert_eq!(contents(&output), b"nopq\n");
         assert_eq!(contents(&input), b"\r");
         input.add(b"\n");
@@ -553,7 +635,7 @@ mod tests {
         // And it still works afterwards.
         crate::sys::write(client.as_raw_fd(), b"!\n")?;
         input.read_from(server.as_raw_fd(), usize::MAX)?;
-        assert_eq!(framer.process(&mut input, &mut output), 1);
+        assert_eq!(framer.process(&mut input, &mut output).lines, 1);
         assert_eq!(contents(&output), b"cnegvny yvar, ab YS lrg!\n");
         Ok(())
     }

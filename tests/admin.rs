@@ -9,8 +9,12 @@ use std::time::Duration;
 
 const T: Duration = Duration::from_secs(10);
 
+/// A daemon with an admin endpoint, once the master knows every worker
+/// serves: a worker logs `reactor` before it reports READY, so `/healthz`
+/// may still say 503 `starting` until the master's `ready` line.
 fn admin_daemon(workers: usize) -> io::Result<(Daemon, SocketAddr)> {
     let d = Daemon::builder().workers(workers).config("[admin]\nlisten = \"127.0.0.1:0\"\n").start()?;
+    d.wait_for_log(" ready ", T)?;
     let addr = nth_admin_addr(&d, 0)?;
     ensure!(addr != d.addr(), "admin and rot13 share {addr}");
     Ok((d, addr))

@@ -6,8 +6,8 @@
 
 use crate::ensure;
 use crate::util::{
-    Client, Daemon, Notify, TempDir, alive, children_of, ensure_bytes_eq, fail, get, kill, kill_tree, metric,
-    nth_admin_addr, poll_until, rot13_model, run_bin, run_wrapped,
+    Client, Daemon, Notify, TempDir, admin_config, alive, children_of, cpu_ticks, ensure_bytes_eq, fail, get, kill,
+    kill_tree, metric, nth_admin_addr, poll_until, root_or_skip, run_bin, run_wrapped, serves,
 };
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -20,15 +20,6 @@ const T: Duration = Duration::from_secs(10);
 const NPROC_UID: &str = "54321";
 const DROP_UID: &str = "54322";
 
-/// Whether this runs as root; says SKIPPED (and why it needs root) if not.
-fn root_or_skip(needs: &str) -> bool {
-    let root = rot13d::sys::process::geteuid() == 0;
-    if !root {
-        eprintln!("SKIPPED: needs root {needs}");
-    }
-    root
-}
-
 /// A field of `/proc/PID/status` (`Uid:`, `Gid:`, `Groups:`, `Umask:`).
 fn status_field(pid: i32, field: &str) -> io::Result<String> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -36,23 +27,9 @@ fn status_field(pid: i32, field: &str) -> io::Result<String> {
     Ok(l[field.len()..].trim().to_string())
 }
 
-fn admin_config(extra: &str) -> String {
-    format!("[admin]\nlisten = \"127.0.0.1:0\"\n{extra}")
-}
-
 /// `/healthz`'s status and body.
 fn healthz(admin: SocketAddr) -> io::Result<(u16, String)> {
     get(admin, "/healthz")
-}
-
-/// One round trip answered correctly.
-fn serves(d: &Daemon, what: &str) -> io::Result<()> {
-    let line = format!("{what}\n");
-    let mut c = d.connect()?;
-    c.send(line.as_bytes())?;
-    c.half_close()?;
-    let got = c.read_to_end_within(Duration::from_secs(5)).map_err(|e| fail(format!("{what}: {e}")))?;
-    ensure_bytes_eq(what, &got, &rot13_model(line.as_bytes(), 16384))
 }
 
 // ---------------------------------------------------------------------------
@@ -224,16 +201,6 @@ fn hazard_4_workers_do_not_outlive_a_killed_master_after_dropping_privileges() -
 
 // ---------------------------------------------------------------------------
 // 5. The admin endpoint spins the master.
-
-/// CPU time (user + system, in clock ticks) of `pid` so far.
-fn cpu_ticks(pid: i32) -> io::Result<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = &s[s.rfind(')').ok_or_else(|| fail("stat"))? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // Fields 14 and 15 of stat(5), counted from the state (field 3).
-    let t = |i: usize| f.get(i - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    Ok(t(14) + t(15))
-}
 
 /// 300 idle admin connections, more than the endpoint's cap: the master
 /// spends (almost) no CPU on them.

@@ -487,14 +487,45 @@ fn reload_applies_listen_changes() -> io::Result<()> {
     Ok(())
 }
 
-/// `--workers auto`: one worker per CPU this process may run on.
+/// The CPUs this test process may run on, from `/proc/self/status`
+/// (`Cpus_allowed_list: 0-1,4`): not through the daemon's own code.
+fn allowed_cpus() -> io::Result<Vec<u32>> {
+    let s = std::fs::read_to_string("/proc/self/status")?;
+    let list =
+        s.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).ok_or_else(|| fail("no Cpus_allowed_list"))?;
+    let mut cpus = Vec::new();
+    for part in list.trim().split(',') {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (a, b): (u32, u32) = (a.parse().map_err(|_| fail(list))?, b.parse().map_err(|_| fail(list))?);
+        cpus.extend(a..=b);
+    }
+    Ok(cpus)
+}
+
+/// `--workers auto` under `taskset -c CPUS`: one worker per CPU of that set.
+fn workers_auto_under_taskset(cpus: &[u32]) -> io::Result<()> {
+    let list: Vec<String> = cpus.iter().map(u32::to_string).collect();
+    let list = list.join(",");
+    let want = cpus.len();
+    let d = Daemon::builder().wrapper(&["taskset", "-c", &list]).workers_arg("auto", want).start()?;
+    d.wait_for_log("master running", T)?;
+    ensure!(d.worker_pids().len() == want, "taskset -c {list}: workers {:?}, want {want}", d.worker_pids());
+    ensure!(d.log().count(&["reactor", "backend="]) == want, "taskset -c {list}: reactors:\n{}", d.log().text());
+    ensure_bytes_eq("auto", &d.roundtrip(b"auto\n")?, b"nhgb\n")
+}
+
+/// `--workers auto`: one worker per CPU this process may run on, the set
+/// restricted with taskset to one CPU, then to two where there are two.
 #[test]
 fn workers_auto_starts_one_worker_per_cpu() -> io::Result<()> {
-    let cpus = rot13d::sys::available_cpus().max(1);
-    let d = Daemon::builder().workers_arg("auto", cpus).start()?;
-    ensure!(d.worker_pids().len() == cpus, "workers {:?}, want {cpus}", d.worker_pids());
-    ensure!(d.log().count(&["reactor", "backend="]) == cpus, "reactors:\n{}", d.log().text());
-    ensure_bytes_eq("auto", &d.roundtrip(b"auto\n")?, b"nhgb\n")
+    let cpus = allowed_cpus()?;
+    workers_auto_under_taskset(&cpus[..1])?;
+    if cpus.len() >= 2 {
+        workers_auto_under_taskset(&cpus[..2])?;
+    } else {
+        eprintln!("SKIPPED: two CPUs: this process may run on {cpus:?} only");
+    }
+    Ok(())
 }
 
 /// `idle_timeout` changed on reload applies to new connections (the
@@ -719,30 +750,57 @@ fn unwritable_pid_file_exits_71() -> io::Result<()> {
     Ok(())
 }
 
-/// `user = "nobody"` (needs root): the serving processes run as nobody
-/// after binding; with workers the master keeps its user.
-fn user_drops_privileges(workers: usize) -> io::Result<()> {
-    if rot13d::sys::process::geteuid() != 0 {
-        eprintln!("not root: privilege drop not testable here");
-        return Ok(());
-    }
-    let Ok(Some(id)) = rot13d::sys::process::resolve_identity(Some("nobody"), None) else {
-        eprintln!("no user nobody here");
-        return Ok(());
-    };
-    let uid = id.uid.unwrap_or(u32::MAX);
-    let d = Daemon::builder().workers(workers).config("[server]\nuser = \"nobody\"\n").start()?;
-    let uids = |pid: i32| -> io::Result<Vec<u32>> {
-        let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let l = s.lines().find(|l| l.starts_with("Uid:")).unwrap_or("");
-        Ok(l.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect())
-    };
+/// `/proc/PID/status`'s `Uid:`/`Gid:` (real, effective, saved, fs) or
+/// `Groups:` of `pid`, as numbers.
+fn ids_of(pid: i32, field: &str) -> io::Result<Vec<u32>> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let l = s.lines().find(|l| l.starts_with(field)).ok_or_else(|| fail(format!("no {field} for {pid}")))?;
+    Ok(l[field.len()..].split_whitespace().filter_map(|x| x.parse().ok()).collect())
+}
+
+/// `config` (user and/or group; needs root): the serving process runs with
+/// exactly `uid`, `gid` and the supplementary `groups` after binding; with
+/// workers the master keeps root.
+fn drops_privileges_to(workers: usize, config: &str, uid: u32, gid: u32, groups: &[u32]) -> io::Result<()> {
+    let d = Daemon::builder().workers(workers).config(config).start()?;
     let serving = d.serving_pid()?;
-    ensure!(uids(serving)? == vec![uid; 4], "serving process uids {:?}, want {uid}", uids(serving)?);
+    ensure!(ids_of(serving, "Uid:")? == vec![uid; 4], "{config:?}: uids {:?}, want {uid}", ids_of(serving, "Uid:")?);
+    ensure!(ids_of(serving, "Gid:")? == vec![gid; 4], "{config:?}: gids {:?}, want {gid}", ids_of(serving, "Gid:")?);
+    ensure!(
+        ids_of(serving, "Groups:")? == groups,
+        "{config:?}: groups {:?}, want {groups:?}",
+        ids_of(serving, "Groups:")?
+    );
     if workers > 0 {
-        ensure!(uids(d.pid())?[1] == 0, "master euid {:?}", uids(d.pid())?);
+        ensure!(ids_of(d.pid(), "Uid:")? == vec![0; 4], "master uids {:?}", ids_of(d.pid(), "Uid:")?);
+        ensure!(ids_of(d.pid(), "Gid:")? == vec![0; 4], "master gids {:?}", ids_of(d.pid(), "Gid:")?);
     }
-    ensure_bytes_eq("as nobody", &d.roundtrip(b"nobody\n")?, b"abobql\n")
+    ensure_bytes_eq("after the drop", &d.roundtrip(b"nobody\n")?, b"abobql\n")
+}
+
+/// The ids of `user` and of `group` from the databases, or a visible skip.
+fn ids_or_skip(user: &str, group: &str) -> Option<(u32, u32)> {
+    if !crate::util::root_or_skip("to drop privileges") {
+        return None;
+    }
+    let ids = (
+        nix::unistd::User::from_name(user).ok().flatten().map(|u| u.uid.as_raw()),
+        nix::unistd::Group::from_name(group).ok().flatten().map(|g| g.gid.as_raw()),
+    );
+    match ids {
+        (Some(u), Some(g)) => Some((u, g)),
+        _ => {
+            eprintln!("SKIPPED: needs a user {user:?} and a group {group:?}");
+            None
+        }
+    }
+}
+
+/// `user = "nobody"`: uid and gid nobody's (its primary group, 65534 on
+/// Debian), and its supplementary groups (none besides that one).
+fn user_drops_privileges(workers: usize) -> io::Result<()> {
+    let Some((uid, gid)) = ids_or_skip("nobody", "nogroup") else { return Ok(()) };
+    drops_privileges_to(workers, "[server]\nuser = \"nobody\"\n", uid, gid, &[gid])
 }
 
 #[test]
@@ -753,6 +811,32 @@ fn user_drops_privileges_w0() -> io::Result<()> {
 #[test]
 fn user_drops_privileges_w1() -> io::Result<()> {
     user_drops_privileges(1)
+}
+
+/// `user` and `group`: the group replaces the user's primary group (and is
+/// among its supplementary groups: initgroups adds it).
+fn user_and_group_drop_privileges(workers: usize) -> io::Result<()> {
+    let Some((uid, gid)) = ids_or_skip("nobody", "daemon") else { return Ok(()) };
+    ensure!(gid != 65534, "the test wants a group other than nobody's own");
+    drops_privileges_to(workers, "[server]\nuser = \"nobody\"\ngroup = \"daemon\"\n", uid, gid, &[gid])
+}
+
+#[test]
+fn user_and_group_drop_privileges_w0() -> io::Result<()> {
+    user_and_group_drop_privileges(0)
+}
+
+#[test]
+fn user_and_group_drop_privileges_w1() -> io::Result<()> {
+    user_and_group_drop_privileges(1)
+}
+
+/// `group` alone: the gid changes, the supplementary groups are that group
+/// only (root's are dropped), the uid stays.
+#[test]
+fn group_alone_changes_only_the_group() -> io::Result<()> {
+    let Some((_, gid)) = ids_or_skip("nobody", "daemon") else { return Ok(()) };
+    drops_privileges_to(1, "[server]\ngroup = \"daemon\"\n", 0, gid, &[gid])
 }
 
 /// `shutdown_grace = 0`: at SIGTERM a busy client's partial line is

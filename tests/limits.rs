@@ -3,7 +3,9 @@
 //! leaves further clients waiting in the backlog.
 
 use crate::ensure;
-use crate::util::{Client, Cyclic, Daemon, ensure_bytes_eq, fail, random_lines, rot13_model, server_held};
+use crate::util::{
+    Client, Cyclic, Daemon, cpu_ticks, ensure_bytes_eq, fail, fd_count, random_lines, rot13_model, server_held,
+};
 use rot13d::sys::process::rss_bytes;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
@@ -291,17 +293,6 @@ fn idle_timeout_spares_a_slow_but_active_client() -> io::Result<()> {
     ensure_bytes_eq("EOF", &c.read_to_end()?, b"")
 }
 
-/// CPU time (user + system) of `pid` in clock ticks.
-fn cpu_ticks(pid: i32) -> io::Result<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = &s[s.rfind(')').ok_or_else(|| fail("bad stat"))? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // Fields 14 and 15 of stat (utime, stime) are 11 and 12 after the name.
-    let utime: u64 = f.get(11).and_then(|x| x.parse().ok()).ok_or_else(|| fail("no utime"))?;
-    let stime: u64 = f.get(12).and_then(|x| x.parse().ok()).ok_or_else(|| fail("no stime"))?;
-    Ok(utime + stime)
-}
-
 /// `max_connections = 2`: a third client connects (it waits in the
 /// backlog, neither refused nor closed), is not served while two are open,
 /// costs no CPU meanwhile, and is served once one of the two closes.
@@ -563,11 +554,6 @@ fn endless_line_streams_in_pieces_with_bounded_memory() -> io::Result<()> {
     let growth = sampler.max().saturating_sub(baseline);
     ensure!(growth <= cycling_bound(), "RSS grew by {} KiB for one endless line", growth / KIB);
     Ok(())
-}
-
-/// Open descriptors of `pid`.
-fn fd_count(pid: i32) -> io::Result<usize> {
-    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
 }
 
 /// Connections of every kind (answered, reset mid-stream, closed at once,

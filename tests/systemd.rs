@@ -1,6 +1,7 @@
 //! SPEC §2 systemd: `Type=notify` messages to `NOTIFY_SOCKET` (READY=1 once
 //! every worker serves, RELOADING=1/READY=1 around a reload, STOPPING=1,
-//! WATCHDOG=1 every half of `WATCHDOG_USEC`).
+//! WATCHDOG=1 every half of `WATCHDOG_USEC`), and socket activation
+//! (`LISTEN_FDS`/`LISTEN_PID`, `LISTEN_FDNAMES` naming the admin socket).
 
 use crate::ensure;
 use crate::util::{Daemon, Notify, TempDir, fail};
@@ -187,6 +188,112 @@ fn socket_activation_with_admin_and_reload_w2() -> io::Result<()> {
 #[test]
 fn socket_activation_with_admin_and_reload_w0() -> io::Result<()> {
     socket_activation_with_admin_and_reload(0)
+}
+
+/// Listening sockets on 127.0.0.1 to pass as fds 3, 4, ... and the
+/// wrapper that passes them: `bash -c` (dash knows fds 0-9 only) moves each
+/// inherited socket out of the way, then to its place from 3, sets
+/// `LISTEN_PID` to its own pid, `LISTEN_FDS` and, if given,
+/// `LISTEN_FDNAMES`, and execs the daemon (which keeps the pid).
+fn activation(n: usize, names: Option<&str>) -> io::Result<(Vec<std::net::TcpListener>, Vec<String>)> {
+    use std::os::fd::AsRawFd;
+    let listeners: Vec<std::net::TcpListener> =
+        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<io::Result<_>>()?;
+    let mut script = String::new();
+    for (i, l) in listeners.iter().enumerate() {
+        rot13d::sys::set_cloexec(l.as_raw_fd(), false)?;
+        script += &format!("exec {}<&{fd} {fd}<&-; ", 100 + i, fd = l.as_raw_fd());
+    }
+    for i in 0..n {
+        script += &format!("exec {}<&{} {}<&-; ", 3 + i, 100 + i, 100 + i);
+    }
+    script += &format!("export LISTEN_PID=$$ LISTEN_FDS={n}; ");
+    if let Some(names) = names {
+        script += &format!("export LISTEN_FDNAMES='{names}'; ");
+    }
+    script += "exec \"$0\" \"$@\"";
+    Ok((listeners, vec!["bash".into(), "-c".into(), script]))
+}
+
+/// `LISTEN_FDNAMES=rot13:admin`: the socket named `admin` is the admin
+/// endpoint (before, every passed socket was served as rot13, so the admin
+/// socket answered `GET /healthz` with its ROT13); the configuration's
+/// `[admin] listen` is not bound, then or at a reload, which keeps both
+/// passed sockets.
+fn socket_activation_names_the_admin_socket(workers: usize) -> io::Result<()> {
+    let (listeners, wrapper) = activation(2, Some("rot13:admin"))?;
+    let (rot13, admin) = (listeners[0].local_addr()?, listeners[1].local_addr()?);
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let d =
+        Daemon::builder().workers(workers).config("[admin]\nlisten = \"127.0.0.2:0\"\n").wrapper(&wrapper).start()?;
+    drop(listeners);
+    // /healthz says 200 once the master has heard every worker's READY.
+    d.wait_for_log(" ready ", T)?;
+    d.log().wait_count(&["socket-activated", "rot13=1", "admin=1"], 1, T)?;
+    ensure!(d.addr() == rot13, "serving rot13 on {}, want the passed {rot13}:\n{}", d.addr(), d.log().text());
+    ensure!(crate::util::nth_admin_addr(&d, 0)? == admin, "admin endpoint not the passed {admin}:\n{}", d.log().text());
+    let check = |when: &str| -> io::Result<()> {
+        let (code, body) = crate::util::get(admin, "/healthz")?;
+        ensure!(code == 200 && body == "ok\n", "{when}: /healthz on the passed admin socket: {code} {body:?}");
+        let (code, body) = crate::util::get(admin, "/metrics")?;
+        ensure!(code == 200 && body.contains("# TYPE rot13d_lines_total counter"), "{when}: /metrics: {code}");
+        let got = crate::util::Client::connect(rot13)?.roundtrip(b"passed\n")?;
+        crate::util::ensure_bytes_eq(when, &got, b"cnffrq\n")
+    };
+    check("at start")?;
+    d.signal(libc::SIGHUP)?;
+    d.log().wait_count(&["reloaded"], 1, T)?;
+    if workers > 0 {
+        d.log().wait_count(&["reactor", "generation=2"], workers, T)?;
+    }
+    check("after a reload")?;
+    let text = d.log().text();
+    ensure!(d.log().count(&["listening", "kind=admin"]) == 1, "an admin listener was bound:\n{text}");
+    ensure!(d.log().count(&["listening", "kind=rot13"]) == 1, "a rot13 listener was bound:\n{text}");
+    ensure!(!text.contains("127.0.0.2"), "the file's admin address was used:\n{text}");
+    ensure!(d.log().count(&["ERROR"]) + d.log().count(&["WARN"]) == 0, "errors or warnings:\n{text}");
+    Ok(())
+}
+
+#[test]
+fn socket_activation_names_the_admin_socket_w2() -> io::Result<()> {
+    socket_activation_names_the_admin_socket(2)
+}
+
+#[test]
+fn socket_activation_names_the_admin_socket_w0() -> io::Result<()> {
+    socket_activation_names_the_admin_socket(0)
+}
+
+/// Only an admin socket passed: the rot13 listeners come from the
+/// configuration (here `--listen 127.0.0.1:0`), bound by the daemon.
+#[test]
+fn socket_activation_of_the_admin_socket_alone() -> io::Result<()> {
+    let (listeners, wrapper) = activation(1, Some("admin"))?;
+    let admin = listeners[0].local_addr()?;
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let d = Daemon::builder().workers(1).wrapper(&wrapper).start()?;
+    drop(listeners);
+    d.wait_for_log(" ready ", T)?;
+    ensure!(d.addr() != admin && d.addr().port() != 0, "rot13 on {}", d.addr());
+    ensure!(crate::util::nth_admin_addr(&d, 0)? == admin, "admin endpoint:\n{}", d.log().text());
+    ensure!(crate::util::get(admin, "/healthz")?.0 == 200, "/healthz on the passed socket");
+    crate::util::ensure_bytes_eq("bound rot13", &d.roundtrip(b"bound\n")?, b"obhaq\n")
+}
+
+/// `LISTEN_FDNAMES` that does not fit `LISTEN_FDS`, or names two sockets
+/// `admin`: refused at start, exit 78, naming the variable.
+#[test]
+fn listen_fdnames_that_do_not_fit_are_refused() -> io::Result<()> {
+    for (n, names, why) in [(1, "rot13:admin", "names 2 sockets"), (2, "admin:admin", "more than one")] {
+        let (listeners, wrapper) = activation(n, Some(names))?;
+        let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+        let out = crate::util::run_wrapped(&wrapper, &["--listen", "127.0.0.1:0"], &[], T)?;
+        drop(listeners);
+        ensure!(out.code == Some(78), "{names} for {n} fds: exit {:?}\n{}", out.code, out.stderr);
+        ensure!(out.stderr.contains("LISTEN_FDNAMES") && out.stderr.contains(why), "{names}: {}", out.stderr);
+    }
+    Ok(())
 }
 
 /// `LISTEN_PID` naming another process: the passed fds are not ours;

@@ -1,5 +1,6 @@
-//! The admin HTTP endpoint: `GET /metrics` (Prometheus text format, the
-//! counters of every serving process summed from shared memory) and
+//! The admin HTTP endpoint: `GET /metrics` (Prometheus text format: the
+//! counters of every serving process summed from shared memory, the
+//! master's own values and what `sample.rs` reads at the scrape) and
 //! `GET /healthz`. Served by the master on the control lane, one request per
 //! connection (the response closes it).
 //!
@@ -12,6 +13,7 @@
 
 use super::listener::ListenFd;
 use super::metrics::Metrics;
+use super::sample::SharedStatus;
 use super::worker::LANE_CONTROL;
 use crate::reactor::{BevEvent, BevOptions, BufferEvent, EventBase, EventFlags, EventId};
 use crate::sys;
@@ -36,6 +38,7 @@ pub type Health = Rc<RefCell<Option<String>>>;
 /// The state shared by the endpoint's connections.
 pub struct Admin {
     metrics: Rc<Metrics>,
+    status: SharedStatus,
     health: Health,
     open: Cell<usize>,
     listener: Cell<EventId>,
@@ -56,12 +59,14 @@ impl Admin {
         base: &mut EventBase,
         fd: ListenFd,
         metrics: Rc<Metrics>,
+        status: SharedStatus,
         health: Health,
     ) -> std::io::Result<Rc<Admin>> {
         let raw = fd.as_raw_fd();
         sys::set_nonblocking(raw, true)?;
         let admin = Rc::new(Admin {
             metrics,
+            status,
             health,
             open: Cell::new(0),
             listener: Cell::new(EventId::INVALID),
@@ -85,6 +90,12 @@ impl Admin {
     /// The listening socket.
     pub fn fd(&self) -> &ListenFd {
         &self.fd
+    }
+
+    /// The body of `GET /metrics`.
+    fn render_metrics(&self) -> String {
+        let scrape = self.status.borrow().scrape();
+        self.metrics.render(&scrape)
     }
 
     /// Takes the listener's read interest away at the cap, gives it back
@@ -150,56 +161,111 @@ fn on_event(base: &mut EventBase, bev: &mut BufferEvent<AdminConn>, _ev: BevEven
     bev.free(base);
 }
 
+/// What the endpoint does with the request head received so far (at most
+/// `MAX_HEAD + 1` bytes: reading stops there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// Incomplete, and may still fit: wait for more (or the deadline).
+    Wait,
+    /// `GET /metrics` (`head_only`: the same by `HEAD`, without the body).
+    Metrics {
+        /// `HEAD`: the response has no body.
+        head_only: bool,
+    },
+    /// `GET /healthz`.
+    Healthz {
+        /// `HEAD`: the response has no body.
+        head_only: bool,
+    },
+    /// `GET` of another path: 404.
+    NotFound {
+        /// `HEAD`: the response has no body.
+        head_only: bool,
+    },
+    /// Another method: 405.
+    MethodNotAllowed,
+    /// More than [`MAX_HEAD`] bytes, or more than 64 headers: 431.
+    TooLarge,
+    /// Not an HTTP/1.x request head: 400.
+    Malformed,
+}
+
+/// Decides what to answer to the request head `head` (the bytes received
+/// so far); pure, so that the fuzz target checks that any split of the
+/// same bytes decides alike.
+pub fn judge(head: &[u8]) -> Answer {
+    let head = &head[..head.len().min(MAX_HEAD + 1)];
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(head) {
+        Ok(httparse::Status::Partial) if head.len() <= MAX_HEAD => Answer::Wait,
+        Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => Answer::TooLarge,
+        Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => Answer::TooLarge,
+        Err(_) => Answer::Malformed,
+        Ok(httparse::Status::Complete(_)) => {
+            let method = req.method.unwrap_or("");
+            let path = req.path.unwrap_or("").split('?').next().unwrap_or("");
+            let head_only = method == "HEAD";
+            match (method, path) {
+                ("GET" | "HEAD", "/metrics") => Answer::Metrics { head_only },
+                ("GET" | "HEAD", "/healthz") => Answer::Healthz { head_only },
+                ("GET" | "HEAD", _) => Answer::NotFound { head_only },
+                _ => Answer::MethodNotAllowed,
+            }
+        }
+    }
+}
+
+/// The whole response to `answer` (`None` for [`Answer::Wait`]): the
+/// metrics and the health reason come from the caller.
+pub fn response(answer: Answer, metrics: impl FnOnce() -> String, health: Option<&str>) -> Option<Vec<u8>> {
+    const TEXT: &str = "text/plain";
+    let (status, ctype, body, head_only) = match answer {
+        Answer::Wait => return None,
+        Answer::Metrics { head_only } => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", metrics(), head_only),
+        Answer::Healthz { head_only } => match health {
+            None => ("200 OK", TEXT, "ok\n".to_string(), head_only),
+            Some(why) => ("503 Service Unavailable", TEXT, format!("{why}\n"), head_only),
+        },
+        Answer::NotFound { head_only } => ("404 Not Found", TEXT, "not found\n".to_string(), head_only),
+        Answer::MethodNotAllowed => ("405 Method Not Allowed", TEXT, "method not allowed\n".to_string(), false),
+        Answer::TooLarge => {
+            ("431 Request Header Fields Too Large", TEXT, "request head too large\n".to_string(), false)
+        }
+        Answer::Malformed => ("400 Bad Request", TEXT, "malformed request\n".to_string(), false),
+    };
+    Some(render(status, ctype, &body, !head_only))
+}
+
 fn on_read(base: &mut EventBase, bev: &mut BufferEvent<AdminConn>) {
     let mut head = vec![0u8; bev.input().len().min(MAX_HEAD + 1)];
     let n = bev.input().copyout(&mut head);
     head.truncate(n);
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let parsed = req.parse(&head);
-    let (status, ctype, body, is_head) = match parsed {
-        Ok(httparse::Status::Partial) if head.len() <= MAX_HEAD => return,
-        Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
-            ("431 Request Header Fields Too Large", "text/plain", "request head too large\n".to_string(), false)
-        }
-        Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => {
-            ("431 Request Header Fields Too Large", "text/plain", "request head too large\n".to_string(), false)
-        }
-        Err(_) => ("400 Bad Request", "text/plain", "malformed request\n".to_string(), false),
-        Ok(httparse::Status::Complete(_)) => {
-            let method = req.method.unwrap_or("");
-            let path = req.path.unwrap_or("").split('?').next().unwrap_or("");
-            let is_head = method == "HEAD";
-            let admin = &bev.ctx.admin;
-            let answer = match (method, path) {
-                ("GET" | "HEAD", "/metrics") => {
-                    ("200 OK", "text/plain; version=0.0.4; charset=utf-8", admin.metrics.render())
-                }
-                ("GET" | "HEAD", "/healthz") => match admin.health.borrow().as_deref() {
-                    None => ("200 OK", "text/plain", "ok\n".to_string()),
-                    Some(why) => ("503 Service Unavailable", "text/plain", format!("{why}\n")),
-                },
-                ("GET" | "HEAD", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
-                _ => ("405 Method Not Allowed", "text/plain", "method not allowed\n".to_string()),
-            };
-            (answer.0, answer.1, answer.2, is_head)
-        }
+    let admin = bev.ctx.admin.clone();
+    let Some(out) = response(judge(&head), || admin.render_metrics(), admin.health.borrow().as_deref()) else {
+        return;
     };
     let n = bev.input().len();
     bev.input_mut().drain(n);
     base.free(bev.ctx.deadline);
-    respond(bev, status, ctype, &body, !is_head);
+    bev.output_mut().add(&out);
     bev.close_when_flushed(base);
+}
+
+/// A response; `with_body` false for HEAD (the length is still the body's).
+fn render(status: &str, ctype: &str, body: &str, with_body: bool) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if with_body {
+        out.extend_from_slice(body.as_bytes());
+    }
+    out
 }
 
 /// Queues a response; `with_body` false for HEAD.
 fn respond(bev: &mut BufferEvent<AdminConn>, status: &str, ctype: &str, body: &str, with_body: bool) {
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    bev.output_mut().add(head.as_bytes());
-    if with_body {
-        bev.output_mut().add(body.as_bytes());
-    }
+    bev.output_mut().add(&render(status, ctype, body, with_body));
 }

@@ -64,8 +64,9 @@ Environment:
                    disable a backend (unless [reactor].ignore_env = true)
   EVENT_EPOLL_USE_CHANGELIST
                    turn the epoll changelist on
-  NOTIFY_SOCKET, WATCHDOG_USEC, LISTEN_FDS, LISTEN_PID
-                   systemd notification, watchdog and socket activation";
+  NOTIFY_SOCKET, WATCHDOG_USEC, LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES
+                   systemd notification, watchdog and socket activation (a
+                   passed socket named admin is the admin endpoint)";
 
 /// The command line of `rot13d`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Parser)]

@@ -25,7 +25,7 @@
 
 use super::metrics::Counter;
 use super::worker::{LANE_BULK, LANE_INTERACTIVE, Shared};
-use crate::protocol::Framer;
+use crate::protocol::{Emitted, Framer};
 use crate::reactor::{BevEvent, BufferEvent, EventBase, EventFlags};
 use std::rc::Rc;
 
@@ -90,13 +90,21 @@ pub(crate) fn on_read(base: &mut EventBase, bev: &mut ConnBev) {
     }
     update_lane(base, bev, received);
     let (input, output, ctx) = bev.parts_mut();
-    let lines = ctx.framer.process(input, output);
+    let emitted = ctx.framer.process(input, output);
     ctx.carried = input.len() as u32;
     ctx.unsent = output.len() as u32;
     let sh = &bev.ctx.shared;
     sh.count(Counter::BytesReceived, received);
-    if lines > 0 {
-        sh.count(Counter::Lines, lines as u64);
+    count_emitted(sh, emitted);
+}
+
+/// Counts the lines (and pieces) answered and the lines cut.
+fn count_emitted(sh: &Shared, e: Emitted) {
+    if e.lines > 0 {
+        sh.count(Counter::Lines, e.lines as u64);
+    }
+    if e.cut > 0 {
+        sh.count(Counter::LinesCut, e.cut as u64);
     }
 }
 
@@ -196,12 +204,10 @@ fn update_lane(base: &mut EventBase, bev: &mut ConnBev, received: u64) {
 pub(crate) fn answer_tail(bev: &mut ConnBev) {
     count_written(bev);
     let (input, output, ctx) = bev.parts_mut();
-    let n = ctx.framer.finish(input, output);
+    let emitted = ctx.framer.finish(input, output);
     ctx.carried = 0;
     ctx.unsent = output.len() as u32;
-    if n > 0 {
-        bev.ctx.shared.count(Counter::Lines, n as u64);
-    }
+    count_emitted(&ctx.shared, emitted);
 }
 
 /// Event callback: EOF, errors and timeouts.

@@ -1,6 +1,8 @@
 //! Listening sockets: bound by the master (socket2), inherited by the
 //! workers across fork, kept open across reloads; or passed in by systemd
-//! socket activation (`LISTEN_FDS`/`LISTEN_PID`).
+//! socket activation (`LISTEN_FDS`/`LISTEN_PID`, with `LISTEN_FDNAMES` a
+//! socket named `admin` is the admin endpoint, the others rot13 listeners:
+//! [`activated_kinds`]).
 //!
 //! A rot13 address is a SO_REUSEPORT group, one socket per worker index,
 //! so that the kernel spreads connections evenly and a reload can grow the
@@ -14,7 +16,7 @@
 //! The probe is closed before the group binds; it never listened, so the
 //! port is free again at once.
 
-use super::error::Error;
+use super::error::{ConfigError, Error};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -142,8 +144,33 @@ pub fn bind(addr: SocketAddr, backlog: u32, kind: Kind, group: usize) -> Result<
     Ok(l)
 }
 
+/// The name that makes a passed socket the admin endpoint.
+pub const ADMIN_FDNAME: &str = "admin";
+
+/// What each of `n` passed sockets serves, from `LISTEN_FDNAMES`
+/// (`names`; colon-separated, one name per fd, as `sd_listen_fds_with_names`
+/// reads it): a socket named [`ADMIN_FDNAME`] is the admin endpoint, any
+/// other name a rot13 listener; without the variable every socket is a
+/// rot13 listener. A name list of another length than `n`, or more than
+/// one `admin` (the endpoint is one socket, as `[admin] listen` is one
+/// address), is refused with the reason.
+pub fn activated_kinds(names: Option<&str>, n: usize) -> Result<Vec<Kind>, String> {
+    let Some(names) = names else { return Ok(vec![Kind::Rot13; n]) };
+    let names: Vec<&str> = names.split(':').collect();
+    if names.len() != n {
+        return Err(format!("it names {} sockets ({names:?}) but LISTEN_FDS passes {n}", names.len()));
+    }
+    let kinds: Vec<Kind> =
+        names.iter().map(|&name| if name == ADMIN_FDNAME { Kind::Admin } else { Kind::Rot13 }).collect();
+    if kinds.iter().filter(|k| **k == Kind::Admin).count() > 1 {
+        return Err(format!("more than one socket is named {ADMIN_FDNAME:?}; the admin endpoint is one socket"));
+    }
+    Ok(kinds)
+}
+
 /// The sockets systemd passed to this process, if any (`LISTEN_PID` is
-/// our pid and `LISTEN_FDS` counts fds from 3).
+/// our pid and `LISTEN_FDS` counts fds from 3), each of the kind its name
+/// in `LISTEN_FDNAMES` says ([`activated_kinds`]).
 pub fn activated() -> Result<Option<Vec<Listener>>, Error> {
     let pid = std::env::var("LISTEN_PID").ok().and_then(|p| p.trim().parse::<i32>().ok());
     let n = std::env::var("LISTEN_FDS").ok().and_then(|p| p.trim().parse::<i32>().ok());
@@ -151,10 +178,17 @@ pub fn activated() -> Result<Option<Vec<Listener>>, Error> {
     if pid != crate::sys::process::getpid() || n <= 0 {
         return Ok(None);
     }
+    let names = std::env::var("LISTEN_FDNAMES").ok();
+    let kinds = activated_kinds(names.as_deref(), n as usize).map_err(|message| ConfigError::Invalid {
+        key: "LISTEN_FDNAMES".into(),
+        message,
+        path: None,
+        line: None,
+    })?;
     // The variables stay set: removing them is `unsafe` in edition 2024,
     // and LISTEN_PID names only us, so no child takes the fds for its own.
     let mut out = Vec::new();
-    for fd in 3..3 + n {
+    for (fd, kind) in (3..3 + n).zip(kinds) {
         crate::sys::set_cloexec(fd, true).map_err(|e| Error::os(format!("use socket-activated fd {fd}"), e))?;
         // The fds were passed to us by systemd and are ours alone.
         let owned =
@@ -167,7 +201,7 @@ pub fn activated() -> Result<Option<Vec<Listener>>, Error> {
         out.push(Listener {
             requested: local,
             local,
-            kind: Kind::Rot13,
+            kind,
             socks: vec![Rc::new(OwnedFd::from(sock))],
             backlog: 0,
             activated: true,
@@ -196,6 +230,22 @@ mod tests {
         let mut first = first;
         first.grow(4).expect("grows");
         assert_eq!(first.socks.len(), 4);
+    }
+
+    #[test]
+    fn fd_names_say_which_socket_is_the_admin_endpoint() {
+        use Kind::{Admin, Rot13};
+        assert_eq!(activated_kinds(None, 2), Ok(vec![Rot13, Rot13]), "no names: all rot13");
+        assert_eq!(activated_kinds(Some("rot13:admin"), 2), Ok(vec![Rot13, Admin]));
+        assert_eq!(activated_kinds(Some("admin:rot13:other"), 3), Ok(vec![Admin, Rot13, Rot13]));
+        // systemd's default name is the socket unit's; an empty one is a name too.
+        assert_eq!(activated_kinds(Some("rot13d.socket"), 1), Ok(vec![Rot13]));
+        assert_eq!(activated_kinds(Some(""), 1), Ok(vec![Rot13]));
+        assert_eq!(activated_kinds(Some("Admin"), 1), Ok(vec![Rot13]), "names are case-sensitive");
+        let short = activated_kinds(Some("admin"), 2).expect_err("one name for two fds");
+        assert!(short.contains("names 1 sockets") && short.contains("LISTEN_FDS passes 2"), "{short}");
+        let two = activated_kinds(Some("admin:admin"), 2).expect_err("two admin sockets");
+        assert!(two.contains("more than one"), "{two}");
     }
 
     #[test]

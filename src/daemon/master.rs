@@ -13,14 +13,18 @@
 //! ([`Backoff`]), whether a scheduled start is still wanted
 //! ([`spawn_wanted`]), what a reload carries over and which listeners it
 //! binds and closes ([`ReloadPlan`], [`listener_diff`]), when a generation
-//! serves ([`generation_serves`]) and what `/healthz` says ([`health`]).
+//! serves ([`generation_serves`]), what `/healthz` says ([`health`]) and
+//! why a worker ended ([`exit_reason`]). The master's own metrics (workers
+//! wanted and serving, restarts, reloads) are its [`Stats`], published for
+//! the admin endpoint with its processes and listeners ([`Status`]).
 
 use super::Startup;
 use super::admin::{Admin, Health};
 use super::config::Reactor;
 use super::error::Error;
 use super::listener::{self, Kind, ListenFd, Listener};
-use super::metrics::{Metrics, Slot};
+use super::metrics::{ExitReason, Metrics, ReloadResult, Slot, Stat, Stats};
+use super::sample::{SharedStatus, Status};
 use super::sdnotify;
 use super::settings::Settings;
 use super::worker::{self, LANE_CONTROL, WorkerParams};
@@ -135,6 +139,8 @@ struct Worker {
 struct Generation {
     id: u32,
     settings: Settings,
+    /// The event backend its workers use.
+    backend: &'static str,
 }
 
 impl Generation {
@@ -159,6 +165,10 @@ pub struct Master {
     admin: Option<Rc<Admin>>,
     health: Health,
     metrics: Rc<Metrics>,
+    /// The master's own metrics.
+    stats: Stats,
+    /// What the admin endpoint shows of the master (see `sample.rs`).
+    status: SharedStatus,
     workers: Vec<Worker>,
     current: Generation,
     /// A reload's new generation while it starts.
@@ -182,15 +192,21 @@ impl Master {
         listeners: Vec<Listener>,
     ) -> Result<Master, Error> {
         let metrics = Rc::new(Metrics::new().map_err(|e| Error::os("map the shared counters", e))?);
+        let mut stats = Stats::default();
+        // The configuration in use was loaded now.
+        stats.set(Stat::ReloadSuccessTime, epoch_seconds());
+        stats.set(Stat::ReloadSuccessful, 1.0);
         Ok(Master {
             startup,
             base_reactor: settings.config.reactor.clone(),
-            current: Generation { id: 1, settings },
+            current: Generation { id: 1, settings, backend: base.backend_name() },
             base,
             listeners,
             admin: None,
             health: Rc::new(RefCell::new(Some("starting".to_string()))),
             metrics,
+            stats,
+            status: SharedStatus::default(),
             workers: Vec::new(),
             pending: None,
             next_generation: 2,
@@ -258,7 +274,7 @@ impl Master {
             a.stop(&mut self.base);
         }
         if let Some(fd) = fd {
-            match Admin::start(&mut self.base, fd, self.metrics.clone(), self.health.clone()) {
+            match Admin::start(&mut self.base, fd, self.metrics.clone(), self.status.clone(), self.health.clone()) {
                 Ok(a) => self.admin = Some(a),
                 Err(e) => tracing::error!(target: "rot13d", error = %e, "cannot serve the admin endpoint"),
             }
@@ -291,10 +307,31 @@ impl Master {
         }
     }
 
+    /// Publishes what `/healthz` and `/metrics` say (after every intent).
     fn update_health(&mut self) {
         let roles: Vec<Role> = self.workers.iter().map(|w| w.role).collect();
         let pending = self.pending.as_ref().map(|g| g.id);
-        *self.health.borrow_mut() = health(self.stopping, self.current.id, self.current.wanted(), pending, &roles);
+        let wanted = self.current.wanted();
+        *self.health.borrow_mut() = health(self.stopping, self.current.id, wanted, pending, &roles);
+        self.stats.set(Stat::WorkersWanted, wanted as f64);
+        self.stats.set(Stat::WorkersServing, serving(self.current.id, wanted, &roles) as f64);
+        let mut status = self.status.borrow_mut();
+        *status = Status {
+            stats: self.stats,
+            backend: self.current.backend,
+            processes: std::iter::once(("master", self.pid))
+                .chain(self.workers.iter().filter_map(|w| match w.proc {
+                    Proc::Forked { pid, .. } => Some(("worker", pid)),
+                    Proc::Local { .. } => None,
+                }))
+                .collect(),
+            listeners: self
+                .listeners
+                .iter()
+                .filter(|l| l.kind == Kind::Rot13)
+                .flat_map(|l| l.socks.iter().map(Rc::downgrade))
+                .collect(),
+        };
     }
 
     fn handle(&mut self, intent: Intent) {
@@ -318,8 +355,7 @@ impl Master {
                     && spawn_wanted(generation, index, cohort.wanted(), &roles)
                     && let Err(e) = self.start_worker(&cohort, index)
                 {
-                    tracing::error!(target: "rot13d", error = %e, index, "cannot start a worker");
-                    self.schedule_spawn(generation, index, self.backoff.delay().max(BACKOFF_MIN));
+                    self.start_failed(&e, generation, index);
                 }
             }
             Intent::StartTimeout(g) => self.start_timed_out(g),
@@ -336,6 +372,16 @@ impl Master {
 
     fn schedule_spawn(&mut self, generation: u32, index: usize, after: Duration) {
         self.after(after, Intent::Spawn { generation, index });
+    }
+
+    /// Worker `index` of `generation` could not be started: logged with
+    /// the reason, retried after a delay that grows while starts keep
+    /// failing.
+    fn start_failed(&mut self, e: &Error, generation: u32, index: usize) {
+        let retry = self.backoff.on_start_failure();
+        tracing::error!(target: "rot13d", error = %e, index, generation, retry_s = retry.as_secs(),
+            "cannot start a worker");
+        self.schedule_spawn(generation, index, retry);
     }
 
     /// Starts worker `index` of generation `cohort`: a child process, or the in-process
@@ -378,6 +424,7 @@ impl Master {
             }
             Ok(process::Fork::Parent(pid)) => {
                 sys::signal::restore_mask(mask);
+                self.backoff.on_started();
                 drop(theirs);
                 let ours = Rc::new(ours);
                 let ev = self.watch_channel(&ours, id);
@@ -529,6 +576,7 @@ impl Master {
         tracing::info!(target: "rot13d", workers = n, generation = self.current.id, "ready");
         tracing::info!(target: "rot13d", generation = self.current.id, previous = old.id,
             workers = self.current.settings.workers, "reloaded");
+        self.stats.reloaded(ReloadResult::Ok, epoch_seconds());
         sdnotify::notify("READY=1");
     }
 
@@ -582,6 +630,7 @@ impl Master {
         self.pending = None;
         tracing::error!(target: "rot13d", generation = g, keeping = self.current.id, timeout_s = START_TIMEOUT.as_secs(),
             "reload failed: the new generation did not serve in time; keeping the running one");
+        self.stats.reloaded(ReloadResult::Timeout, epoch_seconds());
         for i in 0..self.workers.len() {
             if self.workers[i].role.generation == g {
                 self.retire(i);
@@ -646,6 +695,7 @@ impl Master {
             tracing::info!(target: "rot13d", pid, %status, generation = role.generation, "worker exited");
         } else {
             tracing::warn!(target: "rot13d", pid, %status, index = role.index, generation = role.generation, "worker died");
+            self.stats.add(Stat::restart(exit_reason(status)), 1.0);
             let clean = status == process::ExitStatus::Code(0);
             let delay = self.backoff.on_death(Instant::now(), clean);
             if self.backoff.backing_off() && !clean {
@@ -730,6 +780,7 @@ impl Master {
         sdnotify::notify("RELOADING=1");
         if let Some(p) = self.pending.take() {
             tracing::warn!(target: "rot13d", generation = p.id, "a newer reload supersedes the one still starting");
+            self.stats.reloaded(ReloadResult::Superseded, epoch_seconds());
             for i in 0..self.workers.len() {
                 if self.workers[i].role.generation == p.id {
                     self.retire(i);
@@ -742,19 +793,19 @@ impl Master {
                 for p in e.problems() {
                     tracing::error!(target: "rot13d", problem = %p, "reload failed: configuration invalid; keeping the running one");
                 }
+                self.stats.reloaded(ReloadResult::Invalid, epoch_seconds());
                 self.prune_listeners();
                 sdnotify::notify("READY=1");
                 return;
             }
         };
-        let have: Vec<SocketAddr> =
-            self.listeners.iter().filter(|l| l.kind == Kind::Rot13).map(|l| l.requested).collect();
-        let plan = ReloadPlan::new(&self.current.settings, new, self.startup.activated.then_some(&have[..]));
+        let plan = ReloadPlan::new(&self.current.settings, new, &self.startup.pinned);
         for w in &plan.warnings {
             tracing::warn!(target: "rot13d", "{w}");
         }
         if let Err(e) = self.apply(plan) {
             tracing::error!(target: "rot13d", error = %e, "reload failed: keeping the running configuration");
+            self.stats.reloaded(ReloadResult::Failed, epoch_seconds());
             self.prune_listeners();
             sdnotify::notify("READY=1");
         }
@@ -764,9 +815,11 @@ impl Master {
         let settings = plan.settings;
         // A new [reactor] applies to the new generation: each of its workers
         // builds a base of its own. Check now that one can be built.
-        if settings.config.reactor != self.base_reactor {
-            super::build_base(&settings)?;
-        }
+        let backend = if settings.config.reactor != self.base_reactor {
+            super::build_base(&settings)?.backend_name()
+        } else {
+            self.base.backend_name()
+        };
         // Listeners: bind what is new, grow groups to the new worker count.
         let have: Vec<(SocketAddr, Kind)> = self.listeners.iter().map(|l| (l.requested, l.kind)).collect();
         let want = super::wanted_listeners(&settings);
@@ -780,7 +833,7 @@ impl Master {
             tracing::info!(target: "rot13d", addr = %l.local, kind = %kind.as_str(), "listening");
             self.listeners.push(l);
         }
-        let cohort = Generation { id: self.next_generation, settings };
+        let cohort = Generation { id: self.next_generation, settings, backend };
         self.next_generation += 1;
         if cohort.in_process() {
             // The one in-process worker takes the new settings for new
@@ -818,8 +871,7 @@ impl Master {
         }
         for index in 0..cohort.wanted() {
             if let Err(e) = self.start_worker(&cohort, index) {
-                tracing::error!(target: "rot13d", error = %e, index, "cannot start a worker of the new generation");
-                self.schedule_spawn(cohort.id, index, BACKOFF_MIN);
+                self.start_failed(&e, cohort.id, index);
             }
         }
         self.after(START_TIMEOUT, Intent::StartTimeout(cohort.id));
@@ -844,13 +896,31 @@ fn channel() -> std::io::Result<(OwnedFd, OwnedFd)> {
 /// exited 0 on its own (a SIGTERM to the whole control group, which the
 /// master is about to get too) is replaced after [`CLEAN_EXIT_RESPAWN`],
 /// not counted as a crash.
+///
+/// A worker that cannot even be started (fork, its channel or its counters
+/// failed: a process or fd limit, memory) is retried after [`BACKOFF_MIN`],
+/// doubled for each further failure in a row, up to [`BACKOFF_MAX`]; a
+/// start that succeeds ends the run.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Backoff {
     deaths: VecDeque<Instant>,
     delay: Duration,
+    failed_starts: u32,
 }
 
 impl Backoff {
+    /// A start failed; the delay before the next attempt.
+    pub fn on_start_failure(&mut self) -> Duration {
+        let delay = BACKOFF_MIN.saturating_mul(1 << self.failed_starts.min(5)).min(BACKOFF_MAX);
+        self.failed_starts += 1;
+        delay
+    }
+
+    /// A worker was started.
+    pub fn on_started(&mut self) {
+        self.failed_starts = 0;
+    }
+
     /// Records a death at `now`; the delay before its replacement.
     pub fn on_death(&mut self, now: Instant, clean_exit: bool) -> Duration {
         if clean_exit {
@@ -872,11 +942,6 @@ impl Backoff {
     pub fn backing_off(&self) -> bool {
         !self.delay.is_zero()
     }
-
-    /// The current delay.
-    pub fn delay(&self) -> Duration {
-        self.delay
-    }
 }
 
 /// Whether a scheduled start of worker `index` of `generation` is still
@@ -892,15 +957,34 @@ pub fn generation_serves(generation: u32, wanted: usize, roles: &[Role]) -> bool
     (0..wanted).all(|i| roles.iter().any(|r| r.generation == generation && r.index == i && r.phase == Phase::Serving))
 }
 
+/// How many wanted workers of `generation` serve (one per index at most).
+pub fn serving(generation: u32, wanted: usize, roles: &[Role]) -> usize {
+    (0..wanted)
+        .filter(|i| roles.iter().any(|r| r.generation == generation && r.index == *i && r.phase == Phase::Serving))
+        .count()
+}
+
+/// Why a worker that was not asked to stop ended.
+pub fn exit_reason(status: process::ExitStatus) -> ExitReason {
+    match status {
+        process::ExitStatus::Signal(_) => ExitReason::Signal,
+        process::ExitStatus::Code(0) => ExitReason::Exit,
+        process::ExitStatus::Code(_) => ExitReason::Error,
+    }
+}
+
+/// Now, in seconds since the epoch (the reload timestamps).
+fn epoch_seconds() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// What `/healthz` says: `None` = 200 `ok` (every wanted worker of the
 /// current generation serves); else the one-line reason of the 503.
 pub fn health(stopping: bool, current: u32, wanted: usize, pending: Option<u32>, roles: &[Role]) -> Option<String> {
     if stopping {
         return Some("stopping".into());
     }
-    let serving = (0..wanted)
-        .filter(|i| roles.iter().any(|r| r.generation == current && r.index == *i && r.phase == Phase::Serving))
-        .count();
+    let serving = serving(current, wanted, roles);
     if serving == wanted {
         return None;
     }
@@ -920,15 +1004,13 @@ pub struct ReloadPlan {
 }
 
 impl ReloadPlan {
-    /// Plans a reload from `current` to `new`. `activated`: the rot13
-    /// addresses systemd passed (they replace `[server].listen`, at every
+    /// Plans a reload from `current` to `new`. `pinned`: what systemd
+    /// passed (it replaces the configured addresses of its kind, at every
     /// reload). The connection cap derived at start is derived again from
     /// the same host snapshot, so it carries over by construction.
-    pub fn new(current: &Settings, mut new: Settings, activated: Option<&[SocketAddr]>) -> ReloadPlan {
+    pub fn new(current: &Settings, mut new: Settings, pinned: &Pinned) -> ReloadPlan {
         let mut warnings = Vec::new();
-        if let Some(addrs) = activated {
-            new.config.server.listen = addrs.to_vec();
-        }
+        pinned.apply(&mut new);
         let (cur, next) = (&current.config.server, &mut new.config.server);
         if cur.user != next.user || cur.group != next.group {
             warnings.push("user/group changes need a restart; keeping the current ones".to_string());
@@ -955,6 +1037,30 @@ impl ReloadPlan {
             new.config.reactor = current.config.reactor.clone();
         }
         ReloadPlan { settings: new, warnings }
+    }
+}
+
+/// The listeners socket activation passed: they replace the configured
+/// addresses of their kind (`[server] listen`, `[admin] listen`) at start
+/// and at every reload; a kind none was passed for comes from the
+/// configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pinned {
+    /// The passed rot13 listeners' addresses, if any was passed.
+    pub rot13: Option<Vec<SocketAddr>>,
+    /// The passed admin socket's address (the socket named `admin`).
+    pub admin: Option<SocketAddr>,
+}
+
+impl Pinned {
+    /// Replaces the configured addresses of every kind passed.
+    pub fn apply(&self, s: &mut Settings) {
+        if let Some(addrs) = &self.rot13 {
+            s.config.server.listen = addrs.clone();
+        }
+        if let Some(addr) = self.admin {
+            s.config.admin.listen = Some(addr);
+        }
     }
 }
 
@@ -998,6 +1104,16 @@ mod tests {
     }
 
     #[test]
+    fn failed_starts_wait_longer_each_time_until_one_succeeds() {
+        let mut b = Backoff::default();
+        let delays: Vec<u64> = (0..8).map(|_| b.on_start_failure().as_secs()).collect();
+        assert_eq!(delays, vec![1, 2, 4, 8, 16, 30, 30, 30]);
+        b.on_started();
+        assert_eq!(b.on_start_failure(), BACKOFF_MIN, "a start in between ends the run");
+        assert!(!b.backing_off(), "failed starts are not deaths");
+    }
+
+    #[test]
     fn a_pending_respawn_is_checked_against_the_new_worker_count() {
         let roles = [role(2, 0, Phase::Serving)];
         assert!(!spawn_wanted(2, 3, 2, &roles), "index 3 of a generation of 2");
@@ -1032,6 +1148,25 @@ mod tests {
         assert_eq!(all_backing_off.as_deref(), Some("degraded: 0 of 1 workers of generation 1 serving"));
     }
 
+    #[test]
+    fn serving_counts_each_wanted_index_once() {
+        let roles = [role(1, 0, Phase::Serving), role(1, 0, Phase::Retiring), role(1, 1, Phase::Starting)];
+        assert_eq!(serving(1, 2, &roles), 1);
+        let both = [role(1, 0, Phase::Serving), role(1, 1, Phase::Serving), role(2, 0, Phase::Serving)];
+        assert_eq!(serving(1, 2, &both), 2);
+        assert_eq!(serving(2, 2, &both), 1, "another generation's worker does not count");
+        assert_eq!(serving(1, 1, &both), 1, "an index beyond the wanted ones does not count");
+    }
+
+    #[test]
+    fn exit_reasons() {
+        use process::ExitStatus;
+        assert_eq!(exit_reason(ExitStatus::Signal(libc::SIGKILL)), ExitReason::Signal);
+        assert_eq!(exit_reason(ExitStatus::Signal(libc::SIGSEGV)), ExitReason::Signal);
+        assert_eq!(exit_reason(ExitStatus::Code(71)), ExitReason::Error);
+        assert_eq!(exit_reason(ExitStatus::Code(0)), ExitReason::Exit);
+    }
+
     fn settings(workers: usize) -> Settings {
         let mut config = crate::daemon::config::Config::default();
         config.server.workers = Workers::Count(workers);
@@ -1044,31 +1179,41 @@ mod tests {
         let mut new = settings(3);
         new.config.server.user = Some("nobody".into());
         new.max_connections = 1960;
-        let plan = ReloadPlan::new(&current, new.clone(), None);
+        let plan = ReloadPlan::new(&current, new.clone(), &Pinned::default());
         assert_eq!(plan.settings.workers, 3, "the count applies");
         assert_eq!(plan.settings.config.server.user, None, "user kept");
         assert_eq!(plan.settings.max_connections, current.max_connections, "the derived cap carries over");
         assert_eq!(plan.warnings.len(), 1, "{:?}", plan.warnings);
 
-        let to_zero = ReloadPlan::new(&current, settings(0), None);
+        let to_zero = ReloadPlan::new(&current, settings(0), &Pinned::default());
         assert_eq!(to_zero.settings.workers, 1);
         assert_eq!(to_zero.warnings.len(), 1);
 
         let mut reactor = settings(0);
         reactor.config.reactor.backend = Some("poll".into());
-        let in_process = ReloadPlan::new(&settings(0), reactor.clone(), None);
+        let in_process = ReloadPlan::new(&settings(0), reactor.clone(), &Pinned::default());
         assert_eq!(in_process.settings.config.reactor.backend, None, "kept with workers = 0");
-        let forked = ReloadPlan::new(&settings(2), Settings { workers: 2, ..reactor }, None);
+        let forked = ReloadPlan::new(&settings(2), Settings { workers: 2, ..reactor }, &Pinned::default());
         assert_eq!(forked.settings.config.reactor.backend.as_deref(), Some("poll"), "applied by new workers");
 
         let mut log = settings(1);
         log.config.log.file = Some("/var/log/r.log".into());
-        let kept = ReloadPlan::new(&current, log, None);
+        let kept = ReloadPlan::new(&current, log, &Pinned::default());
         assert_eq!((kept.settings.config.log.file, kept.warnings.len()), (None, 1));
 
         let addr: SocketAddr = "127.0.0.1:7".parse().expect("literal");
-        let activated = ReloadPlan::new(&current, settings(1), Some(&[addr]));
+        let rot13_only = Pinned { rot13: Some(vec![addr]), admin: None };
+        let mut with_admin = settings(1);
+        let configured: SocketAddr = "127.0.0.1:9100".parse().expect("literal");
+        with_admin.config.admin.listen = Some(configured);
+        let activated = ReloadPlan::new(&current, with_admin.clone(), &rot13_only);
         assert_eq!(activated.settings.config.server.listen, vec![addr]);
+        assert_eq!(activated.settings.config.admin.listen, Some(configured), "no admin passed: the file's");
+        let passed: SocketAddr = "127.0.0.1:8".parse().expect("literal");
+        let admin_only = Pinned { rot13: None, admin: Some(passed) };
+        let plan = ReloadPlan::new(&current, with_admin, &admin_only);
+        assert_eq!(plan.settings.config.admin.listen, Some(passed), "the passed admin socket wins");
+        assert_eq!(plan.settings.config.server.listen, current.config.server.listen, "no rot13 passed: the file's");
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod master;
 pub mod metrics;
 pub mod probe;
 pub mod proxy;
+pub mod sample;
 pub mod sdnotify;
 pub mod settings;
 pub mod worker;
@@ -38,9 +39,9 @@ pub struct Startup {
     /// The host as it was at start (after the fd limit was raised): every
     /// reload derives `workers = auto` and the connection cap from it.
     pub host: System,
-    /// The rot13 listeners came from systemd (socket activation): they
-    /// replace `[server].listen`, at start and at every reload.
-    pub activated: bool,
+    /// What socket activation passed: it replaces the configured addresses
+    /// of its kind, at start and at every reload.
+    pub pinned: master::Pinned,
 }
 
 /// Runs rot13d as the command line says.
@@ -77,7 +78,7 @@ pub fn run(mut args: Args) -> Result<(), Error> {
         Err(e) => tracing::warn!(target: "rot13d", error = %e, "cannot raise the open file limit"),
     }
     let mut launcher = if args.daemon { Some(daemonize()?) } else { None };
-    let result = start(Startup { args, host, activated: false }, settings, &mut launcher);
+    let result = start(Startup { args, host, pinned: master::Pinned::default() }, settings, &mut launcher);
     if let Err(e) = &result {
         report(&mut launcher, e.exit_code());
     }
@@ -90,18 +91,22 @@ fn start(mut startup: Startup, mut settings: Settings, launcher: &mut Option<Own
     let base = build_base(&settings)?;
     let mut listeners = Vec::new();
     if let Some(passed) = listener::activated()? {
-        tracing::info!(target: "rot13d", count = passed.len(), "using socket-activated listeners");
-        // They replace [server].listen; the admin endpoint is still ours.
-        settings.config.server.listen = passed.iter().map(|l| l.requested).collect();
-        startup.activated = true;
+        // Passed sockets replace the configured addresses of their kind (a
+        // kind none is passed for is bound from the configuration below).
+        let of = |kind| passed.iter().filter(move |l: &&listener::Listener| l.kind == kind).map(|l| l.requested);
+        startup.pinned = master::Pinned {
+            rot13: Some(of(Kind::Rot13).collect::<Vec<_>>()).filter(|v| !v.is_empty()),
+            admin: of(Kind::Admin).next(),
+        };
+        tracing::info!(target: "rot13d", count = passed.len(), rot13 = of(Kind::Rot13).count(),
+            admin = of(Kind::Admin).count(), "using socket-activated listeners");
+        startup.pinned.apply(&mut settings);
         listeners = passed;
-        if let Some(a) = settings.config.admin.listen {
-            listeners.push(listener::bind(a, settings.config.server.backlog, Kind::Admin, 1)?);
-        }
-    } else {
-        for (addr, kind) in wanted_listeners(&settings) {
-            listeners.push(listener::bind(addr, settings.config.server.backlog, kind, settings.workers.max(1))?);
-        }
+    }
+    let have: Vec<(SocketAddr, Kind)> = listeners.iter().map(|l| (l.requested, l.kind)).collect();
+    let (bind, _) = master::listener_diff(&have, &wanted_listeners(&settings));
+    for (addr, kind) in bind {
+        listeners.push(listener::bind(addr, settings.config.server.backlog, kind, settings.workers.max(1))?);
     }
     for l in &listeners {
         tracing::info!(target: "rot13d", addr = %l.local, kind = %l.kind.as_str(), "listening");

@@ -325,7 +325,7 @@ mod tests {
     #[test]
     fn system_host_resolves_auto_on_this_machine() {
         let s = Settings::load(&Args::default(), &System::now()).expect("defaults are valid");
-        assert_eq!(s.workers, crate::sys::available_cpus().max(1));
+        assert_eq!(s.workers, crate::daemon::cpus::available().max(1), "affinity capped by the cgroup CPU quota");
         assert_eq!(s.config.server.workers, Workers::Auto, "kept as configured");
     }
 

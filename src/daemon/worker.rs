@@ -40,6 +40,23 @@ const FD_BACKOFF: Duration = Duration::from_millis(100);
 /// At most one "fd table full" warning per this interval.
 const FD_WARN_EVERY: Duration = Duration::from_secs(10);
 
+/// Connections closed since the last trim before the worker returns free
+/// memory to the kernel (see [`should_trim`]).
+const TRIM_RELEASED: usize = 1024;
+/// A peak below this is never worth a trim when the worker empties.
+const TRIM_EMPTIED: usize = 64;
+
+/// Whether the worker gives free memory back to the kernel now, with
+/// `open` connections left of `peak` since the last time: when at least
+/// [`TRIM_RELEASED`] have closed and at most half remain, or when none
+/// remain after at least [`TRIM_EMPTIED`]. A burst of connections that ends
+/// (10,000 idle clients closed at their timeout) then leaves the worker's
+/// resident memory where it was before, at the cost of one `malloc_trim`
+/// per halving.
+pub fn should_trim(peak: usize, open: usize) -> bool {
+    (peak >= open + TRIM_RELEASED && open <= peak / 2) || (open == 0 && peak >= TRIM_EMPTIED)
+}
+
 const PAUSE_LIMIT: u8 = 0x01;
 const PAUSE_FDS: u8 = 0x02;
 const PAUSE_DRAIN: u8 = 0x04;
@@ -121,6 +138,8 @@ pub struct Shared {
     conns: RefCell<Vec<Option<Bev<Conn>>>>,
     free_ids: RefCell<Vec<u32>>,
     open: Cell<usize>,
+    /// The most connections open at once since memory was last trimmed.
+    peak: Cell<usize>,
     listeners: RefCell<Vec<Listening>>,
     listening: Cell<bool>,
     pause: Cell<u8>,
@@ -203,12 +222,28 @@ impl Shared {
             self.slot.set(Counter::Open, self.open.get() as u64);
         }
         drop(gone);
+        if should_trim(self.peak.get(), self.open.get()) {
+            self.release_memory();
+        }
         if self.pause.get() & PAUSE_LIMIT != 0 && self.open.get() < self.params.borrow().max_connections {
             self.set_pause(base, PAUSE_LIMIT, false);
         }
         if self.draining.get() && self.open.get() == 0 {
             (self.on_done)(base);
         }
+    }
+
+    /// Gives back what closed connections left: the connection table when
+    /// it is empty, and the allocator's free memory.
+    fn release_memory(&self) {
+        let open = self.open.get();
+        if open == 0 {
+            *self.conns.borrow_mut() = Vec::new();
+            *self.free_ids.borrow_mut() = Vec::new();
+        }
+        sys::trim_heap();
+        tracing::debug!(target: "rot13d", peak = self.peak.get(), open, "free memory returned");
+        self.peak.set(open);
     }
 
     fn accept_ready(self: &Rc<Self>, base: &mut EventBase, lfd: RawFd) {
@@ -285,8 +320,17 @@ impl Shared {
             b.set_priority(base, LANE_INTERACTIVE)?;
             b.enable(base, EventFlags::READ | EventFlags::WRITE)
         });
-        self.conns.borrow_mut()[id as usize] = Some(bev.clone());
+        {
+            // The table may have been emptied (release_memory) since the
+            // id was taken.
+            let mut c = self.conns.borrow_mut();
+            if c.len() <= id as usize {
+                c.resize_with(id as usize + 1, || None);
+            }
+            c[id as usize] = Some(bev.clone());
+        }
         self.open.set(self.open.get() + 1);
+        self.peak.set(self.peak.get().max(self.open.get()));
         self.count(Counter::Accepted, 1);
         self.slot.set(Counter::Open, self.open.get() as u64);
         match setup {
@@ -301,12 +345,16 @@ impl Shared {
 
     /// Whether a connection can be closed now without cutting anything:
     /// nothing buffered either way, nothing unread in the kernel (closing
-    /// then would send RST and lose it) and, when retiring, quiet for
-    /// [`RETIRE_QUIET`] (a client that has just connected is about to send).
+    /// then would send RST and lose it), nothing of the answer still in the
+    /// kernel's send queue (a client that has stopped reading for a while:
+    /// its next line would reach a closed socket, and the reset it causes
+    /// drops what is queued) and, when retiring, quiet for [`RETIRE_QUIET`]
+    /// (a client that has just connected is about to send).
     fn closable(b: &ConnBev, now_ms: u32, retiring: bool) -> bool {
         b.input().is_empty()
             && b.output().is_empty()
             && sys::inq(b.fd()).is_ok_and(|n| n == 0)
+            && sys::outq(b.fd()).is_ok_and(|n| n == 0)
             && (!retiring || now_ms.wrapping_sub(b.ctx.last_read) >= RETIRE_QUIET.as_millis() as u32)
     }
 
@@ -484,6 +532,7 @@ pub fn start(
         conns: RefCell::new(Vec::new()),
         free_ids: RefCell::new(Vec::new()),
         open: Cell::new(0),
+        peak: Cell::new(0),
         listeners: RefCell::new(Vec::new()),
         listening: Cell::new(false),
         pause: Cell::new(0),
@@ -502,4 +551,27 @@ pub fn start(
     }
     shared.sync_listeners(base);
     Ok(shared)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_is_trimmed_after_a_burst_ends_and_never_per_connection() {
+        // 10,000 connections closing one by one: a trim at each halving
+        // that released 1,024 or more, and at 0; not at every close.
+        let (mut peak, mut trims) = (10_000, Vec::new());
+        for open in (0..10_000).rev() {
+            if should_trim(peak, open) {
+                trims.push(open);
+                peak = open;
+            }
+        }
+        assert_eq!(trims, vec![5_000, 2_500, 1_250, 226, 0]);
+        assert!(!should_trim(1, 0), "one client coming and going");
+        assert!(!should_trim(63, 0));
+        assert!(should_trim(64, 0));
+        assert!(!should_trim(3_000, 1_900), "1,100 closed but more than half remain");
+    }
 }

@@ -418,6 +418,19 @@ pub fn available_cpus() -> usize {
     (n as usize).max(1)
 }
 
+/// Gives the allocator's free memory back to the kernel: glibc's
+/// `malloc_trim(0)` releases free pages anywhere in the heap, not only at
+/// its top, where plain `free` leaves the buffers of thousands of closed
+/// connections resident. Does nothing with another C library.
+pub fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointer; it only walks and releases the
+    // allocator's own free memory, under the allocator's lock.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Pins the calling process (or thread) to one CPU.
 pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
     if cpu >= libc::CPU_SETSIZE as usize {
@@ -448,6 +461,34 @@ pub fn outq(fd: RawFd) -> io::Result<usize> {
     // SAFETY: SIOCOUTQ writes one int through the pointer.
     cvt(unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut v) })?;
     Ok(v.max(0) as usize)
+}
+
+/// The accept queue of a listening TCP socket: connections the kernel has
+/// set up that no `accept` has taken yet. Linux reports it for a socket in
+/// LISTEN state in TCP_INFO's `tcpi_unacked` (`sk_ack_backlog`; the backlog,
+/// `sk_max_ack_backlog`, is in `tcpi_sacked`), which `ss -l` shows as
+/// Recv-Q. A socket that is not listening is `InvalidInput`.
+pub fn accept_queue(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    /// `TCP_LISTEN` of the kernel's TCP states.
+    const TCP_LISTEN: u8 = 10;
+    // SAFETY: tcp_info is plain integers; all zeroes is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` is writable for `len` bytes and `len` is a valid
+    // in/out length; the kernel writes at most `len` bytes.
+    cvt(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    })?;
+    if info.tcpi_state != TCP_LISTEN {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a listening TCP socket"));
+    }
+    Ok(info.tcpi_unacked)
 }
 
 /// Wakes a loop from other threads: an eventfd owned by the process that

@@ -31,13 +31,14 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Variables of the test's own environment that would change the daemon;
 /// removed before each start (a test sets what it needs).
-pub const ENV_CLEARED: [&str; 10] = [
+pub const ENV_CLEARED: [&str; 11] = [
     "RUST_LOG",
     "NO_COLOR",
     "NOTIFY_SOCKET",
     "WATCHDOG_USEC",
     "LISTEN_FDS",
     "LISTEN_PID",
+    "LISTEN_FDNAMES",
     "EVENT_NOEPOLL",
     "EVENT_NOPOLL",
     "EVENT_NOSELECT",
@@ -196,30 +197,37 @@ pub fn run_wrapped(wrapper: &[&str], args: &[&str], env: &[(&str, &str)], timeou
         cmd.env(k, v);
     }
     let mut child = cmd.spawn()?;
-    let mut out = child.stdout.take().ok_or_else(|| fail("no stdout"))?;
-    let mut err = child.stderr.take().ok_or_else(|| fail("no stderr"))?;
-    let t_out = thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = out.read_to_end(&mut s);
-        s
-    });
-    let t_err = thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = err.read_to_end(&mut s);
-        s
-    });
+    let out = Log::capture(child.stdout.take().ok_or_else(|| fail("no stdout"))?);
+    let err = Log::capture(child.stderr.take().ok_or_else(|| fail("no stderr"))?);
     let status = wait_child(&mut child, timeout);
     let status = match status {
         Ok(s) => s,
         Err(e) => {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(fail(format!("rot13d {args:?} did not exit within {timeout:?}: {e}")));
+            return Err(fail(format!("rot13d {args:?} did not exit within {timeout:?}: {e}\n{}", err.text())));
         }
     };
-    let stdout = String::from_utf8_lossy(&t_out.join().map_err(|_| fail("stdout reader panicked"))?).into_owned();
-    let stderr = String::from_utf8_lossy(&t_err.join().map_err(|_| fail("stderr reader panicked"))?).into_owned();
-    Ok(Output { code: status.code(), stdout, stderr })
+    // A process it left behind (a `--daemon` launcher's detached child)
+    // may hold the pipes open: wait a moment for their end, never longer.
+    let deadline = Instant::now() + READER_GRACE;
+    out.wait_closed(deadline);
+    err.wait_closed(deadline);
+    Ok(Output { code: status.code(), stdout: out.text(), stderr: err.text() })
+}
+
+/// How long, after a process exited, its output is awaited: a detached
+/// child holding the same pipes must not hang the test.
+pub const READER_GRACE: Duration = Duration::from_secs(2);
+
+/// Whether this runs as root; says SKIPPED (and why it needs root) on the
+/// test's output if not, so a skip is visible in the run's log.
+pub fn root_or_skip(needs: &str) -> bool {
+    let root = rot13d::sys::process::geteuid() == 0;
+    if !root {
+        eprintln!("SKIPPED: needs root {needs}");
+    }
+    root
 }
 
 /// Polls `child` until it exits or `timeout` passes.
@@ -265,6 +273,13 @@ pub fn proc_stat(pid: i32) -> Option<(char, i32)> {
     Some((state, ppid))
 }
 
+/// `(pgrp, session, tty_nr)` of `pid` from `/proc/PID/stat` (fields 5-7).
+pub fn proc_session(pid: i32) -> Option<(i32, i32, i32)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let f: Vec<&str> = s[s.rfind(')')? + 2..].split_whitespace().collect();
+    Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?, f.get(4)?.parse().ok()?))
+}
+
 /// The command name of `pid` (`/proc/PID/comm`).
 pub fn proc_comm(pid: i32) -> Option<String> {
     Some(std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?.trim().to_string())
@@ -292,6 +307,46 @@ pub fn children_of(parent: i32) -> Vec<i32> {
     }
     v.sort_unstable();
     v
+}
+
+/// Open descriptors of `pid` (`/proc/PID/fd`).
+pub fn fd_count(pid: i32) -> io::Result<usize> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+}
+
+/// CPU time (user + system) of `pid` in clock ticks (1/100 s), from
+/// fields 14 and 15 of `/proc/PID/stat`.
+pub fn cpu_ticks(pid: i32) -> io::Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let f: Vec<&str> = s[s.rfind(')').ok_or_else(|| fail("bad stat"))? + 2..].split_whitespace().collect();
+    let t = |i: usize| f.get(i - 3).and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| fail(format!("no field {i}")));
+    Ok(t(14)? + t(15)?)
+}
+
+/// Resident set size of `pid` in bytes.
+pub fn rss(pid: i32) -> io::Result<u64> {
+    rot13d::sys::process::rss_bytes(pid).ok_or_else(|| fail(format!("no RSS of {pid}")))
+}
+
+/// Resident anonymous memory of `pid` in bytes (`RssAnon` of
+/// `/proc/PID/status`): the heap and stacks, without the binary's code
+/// pages, which a code path run for the first time adds to the RSS.
+pub fn rss_anon(pid: i32) -> io::Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let l = s.lines().find(|l| l.starts_with("RssAnon:")).ok_or_else(|| fail(format!("no RssAnon of {pid}")))?;
+    let kib: u64 = l.split_whitespace().nth(1).and_then(|v| v.parse().ok()).ok_or_else(|| fail(l.to_string()))?;
+    Ok(kib * 1024)
+}
+
+/// Bytes as MiB with two decimals, for figures.
+pub fn mib(b: u64) -> String {
+    format!("{:.2} MiB", b as f64 / (1024.0 * 1024.0))
+}
+
+/// Prints a figure of a test where the run's output shows it (the heavy
+/// tests' group shows the output of passing tests too): `FIGURE name: ...`.
+pub fn figure(name: &str, text: &str) {
+    eprintln!("FIGURE {name}: {text}");
 }
 
 /// Sends `sig` to `pid`.
@@ -350,7 +405,7 @@ impl Drop for TempDir {
 
 /// The stderr of a process, appended by a reader thread.
 #[derive(Clone, Default)]
-pub struct Log(Arc<(Mutex<String>, Condvar)>);
+pub struct Log(Arc<(Mutex<String>, Condvar)>, Arc<std::sync::atomic::AtomicBool>);
 
 impl Log {
     /// Starts a thread that appends every line of `r` (until EOF).
@@ -363,7 +418,13 @@ impl Log {
             loop {
                 line.clear();
                 match r.read_until(b'\n', &mut line) {
-                    Ok(0) | Err(_) => break,
+                    Ok(0) | Err(_) => {
+                        // Under the lock: a waiter checks the flag under it.
+                        let _g = l.0.0.lock().unwrap_or_else(|e| e.into_inner());
+                        l.1.store(true, Ordering::SeqCst);
+                        l.0.1.notify_all();
+                        break;
+                    }
                     Ok(_) => {
                         let (m, c) = &*l.0;
                         m.lock().unwrap_or_else(|e| e.into_inner()).push_str(&String::from_utf8_lossy(&line));
@@ -373,6 +434,23 @@ impl Log {
             }
         });
         log
+    }
+
+    /// Waits until the stream ended (EOF) or `deadline` passed; whether
+    /// it ended.
+    pub fn wait_closed(&self, deadline: Instant) -> bool {
+        let (m, c) = &*self.0;
+        let mut g = m.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if self.1.load(Ordering::SeqCst) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            g = c.wait_timeout(g, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+        }
     }
 
     /// Everything captured so far.
@@ -548,9 +626,9 @@ impl DaemonBuilder {
             seen: Mutex::new(Vec::new()),
         };
         let (listening, reactor): (&[&str], &[&str]) = if self.json {
-            (&["\"message\":\"listening\""], &["\"message\":\"reactor\"", "\"backend\":"])
+            (&["\"message\":\"listening\"", "\"kind\":\"rot13\""], &["\"message\":\"reactor\"", "\"backend\":"])
         } else {
-            (&["listening addr="], &["reactor", "backend="])
+            (&["listening addr=", "kind=rot13"], &["reactor", "backend="])
         };
         d.log.wait_count(listening, 1, START_TIMEOUT)?;
         d.addr = Some(parse_listen_addr(&d.log.text()).ok_or_else(|| fail("no address in the log"))?);
@@ -690,6 +768,9 @@ impl Daemon {
             fail(format!("master {} did not exit within {timeout:?}: {e}\n{}", self.pid, self.log.text()))
         })?;
         self.status = Some(s);
+        // What it logged last may still be in the pipe: read to its end
+        // (once every worker is gone too; bounded, as a worker may not be).
+        self.log.wait_closed(Instant::now() + READER_GRACE);
         Ok(s)
     }
 
@@ -916,6 +997,21 @@ pub fn nth_admin_addr(d: &Daemon, n: usize) -> io::Result<SocketAddr> {
         .find_map(|w| w.strip_prefix("addr="))
         .and_then(|a| a.parse().ok())
         .ok_or_else(|| fail(format!("no admin address in {line:?}")))
+}
+
+/// A configuration with an admin endpoint on `127.0.0.1:0`, then `extra`.
+pub fn admin_config(extra: &str) -> String {
+    format!("[admin]\nlisten = \"127.0.0.1:0\"\n{extra}")
+}
+
+/// One round trip of the line `what` answered correctly (5 s at most).
+pub fn serves(d: &Daemon, what: &str) -> io::Result<()> {
+    let line = format!("{what}\n");
+    let mut c = d.connect()?;
+    c.send(line.as_bytes())?;
+    c.half_close()?;
+    let got = c.read_to_end_within(Duration::from_secs(5)).map_err(|e| fail(format!("{what}: {e}")))?;
+    ensure_bytes_eq(what, &got, &rot13_model(line.as_bytes(), 16384))
 }
 
 /// Whether connecting to `addr` is refused (nothing listens there).

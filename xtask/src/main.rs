@@ -33,7 +33,13 @@ const FILES: &[(&str, &str)] = &[
     ),
     (
         "/usr/lib/systemd/system/rot13d.socket",
-        "Socket activation on port 40713 (not enabled by the package): the passed socket replaces [server] listen.",
+        "Socket activation on port 40713 (not enabled by the package): the passed socket, named rot13, replaces \
+         [server] listen.",
+    ),
+    (
+        "/usr/lib/systemd/system/rot13d-admin.socket",
+        "Socket activation of the admin endpoint on 127.0.0.1:9100 (not enabled by the package): the passed socket, \
+         named admin (LISTEN_FDNAMES), replaces [admin] listen.",
     ),
     ("/usr/share/doc/rot13d/", "README.md (protocol, configuration, signals, systemd, containers) and the changelog."),
 ];
