@@ -248,7 +248,7 @@ struct Ctx {
 type TBev = BufferEvent<Ctx>;
 
 fn readcb(base: &mut EventBase, b: &mut TBev) {
-    let n = b.input.len();
+    let n = b.input().len();
     b.ctx.seen.push(n);
     b.ctx.max_in = b.ctx.max_in.max(n);
     b.ctx.log.borrow_mut().push(format!("read{}", b.ctx.tag));
@@ -259,12 +259,13 @@ fn readcb(base: &mut EventBase, b: &mut TBev) {
         OnRead::Keep => {}
         OnRead::Drain => {
             let mut v = vec![0u8; n];
-            assert_eq!(b.input.remove(&mut v), n);
+            assert_eq!(b.input_mut().remove(&mut v), n);
             b.ctx.got.extend_from_slice(&v);
         }
         OnRead::Echo => {
-            b.output.add_buffer(&mut b.input);
-            b.ctx.max_out = b.ctx.max_out.max(b.output.len());
+            let (input, output, _) = b.parts_mut();
+            output.add_buffer(input);
+            b.ctx.max_out = b.ctx.max_out.max(b.output().len());
         }
         OnRead::Free => b.free(base),
         OnRead::SetPriority(p) => {
@@ -272,41 +273,42 @@ fn readcb(base: &mut EventBase, b: &mut TBev) {
             let ok = b.set_priority(base, p).is_ok();
             let after = b.priority(base);
             b.ctx.pri.push((ok, before, after));
-            b.input.drain(n);
+            b.input_mut().drain(n);
         }
         OnRead::Frame => {
-            b.ctx.framer.process(&mut b.input, &mut b.output);
-            b.ctx.max_out = b.ctx.max_out.max(b.output.len());
+            let (input, output, ctx) = b.parts_mut();
+            ctx.framer.process(input, output);
+            ctx.max_out = ctx.max_out.max(output.len());
         }
     }
 }
 
 fn writecb(base: &mut EventBase, b: &mut TBev) {
-    let n = b.output.len();
+    let n = b.output().len();
     b.ctx.out_seen.push(n);
     b.ctx.log.borrow_mut().push("write".into());
     if b.ctx.free_in_write {
         b.free(base);
         return;
     }
-    let c = &mut b.ctx;
+    let (_, output, c) = b.parts_mut();
     if c.produced < c.produce.len() {
         let end = (c.produced + c.chunk).min(c.produce.len());
-        b.output.add(&c.produce[c.produced..end]);
-        b.ctx.produced = end;
+        output.add(&c.produce[c.produced..end]);
+        c.produced = end;
     }
 }
 
 fn eventcb(base: &mut EventBase, b: &mut TBev, ev: BevEvent) {
     b.ctx.events.push(ev);
     b.ctx.errnos.push(b.last_error().and_then(|e| e.raw_os_error()));
-    b.ctx.out_at_event.push(b.output.len());
+    b.ctx.out_at_event.push(b.output().len());
     b.ctx.log.borrow_mut().push(format!("event {ev:?}"));
     match b.ctx.on_event {
         OnEvent::Record => {}
         OnEvent::Free => b.free(base),
         OnEvent::CloseWhenFlushed => b.close_when_flushed(base),
-        OnEvent::Say(bytes) => b.output.add(bytes),
+        OnEvent::Say(bytes) => b.output_mut().add(bytes),
     }
 }
 
@@ -350,7 +352,7 @@ rtest!(read_low_watermark, |be| {
         })?;
         // One byte below the low mark: read in, but no callback.
         put(&y, &[b'a'; 9])?;
-        assert!(run_until(&mut b, LIMIT, |_| with(&bev, |e| e.input.len()) == 9)?, "{kind:?}: 9 bytes not read");
+        assert!(run_until(&mut b, LIMIT, |_| with(&bev, |e| e.input().len()) == 9)?, "{kind:?}: 9 bytes not read");
         for _ in 0..5 {
             b.run(LoopFlags::NONBLOCK)?;
         }
@@ -365,7 +367,7 @@ rtest!(read_low_watermark, |be| {
         assert_eq!(ctx(&bev, |c| c.seen.clone()), [10, 11], "{kind:?}");
         // Below again.
         put(&y, &[b'd'; 9])?;
-        assert!(run_until(&mut b, LIMIT, |_| with(&bev, |e| e.input.len()) == 9)?, "{kind:?}");
+        assert!(run_until(&mut b, LIMIT, |_| with(&bev, |e| e.input().len()) == 9)?, "{kind:?}");
         b.run(LoopFlags::NONBLOCK)?;
         assert_eq!(ctx(&bev, |c| c.seen.len()), 2, "{kind:?}");
         assert_eq!(ctx(&bev, |c| c.got.clone()), b"aaaaaaaaabccccccccccc", "{kind:?}");
@@ -388,7 +390,7 @@ rtest!(read_high_watermark_pauses_without_spinning, |be| {
         put(&y, &data)?;
         assert!(run_until(&mut b, LIMIT, |_| !with(&bev, |e| e.is_reading()))?, "{kind:?}: reading never paused");
         with(&bev, |e| {
-            assert_eq!(e.input.len(), HIGH, "{kind:?}: input holds exactly the high mark");
+            assert_eq!(e.input().len(), HIGH, "{kind:?}: input holds exactly the high mark");
             assert!(e.suspended().intersects(Suspend::WATERMARK), "{kind:?}: {:?}", e.suspended());
             assert!(e.enabled().contains(EventFlags::READ), "{kind:?}: still enabled, only suspended");
         });
@@ -410,12 +412,12 @@ rtest!(read_high_watermark_pauses_without_spinning, |be| {
             assert!(cpu < ms(100), "{kind:?}: {cpu:?} of CPU in 200 ms while paused");
         }
         assert_eq!(ctx(&bev, |c| c.seen.len()), calls, "{kind:?}: callback while paused");
-        assert_eq!(with(&bev, |e| e.input.len()), HIGH, "{kind:?}: read while paused");
+        assert_eq!(with(&bev, |e| e.input().len()), HIGH, "{kind:?}: read while paused");
 
         // The owner consumes input outside a callback: reading resumes.
         with(&bev, |e| {
             let mut v = vec![0u8; HIGH];
-            e.input.remove(&mut v);
+            e.input_mut().remove(&mut v);
             e.ctx.got.extend_from_slice(&v);
             e.input_consumed(&mut b);
             assert!(e.is_reading(), "{kind:?}: reading did not resume");
@@ -444,7 +446,7 @@ fn write_low_case(be: Backend, kind: Link, low: usize, n: usize) -> io::Result<V
     let data = pattern(n);
     with(&bev, |e| {
         e.set_watermark(&mut b, EventFlags::WRITE, low, 0);
-        e.output.add(&data);
+        e.output_mut().add(&data);
         e.enable(&mut b, EventFlags::WRITE)
     })?;
     let mut got = Vec::new();
@@ -494,7 +496,7 @@ rtest!(output_added_by_the_write_callback_is_sent, |be| {
             with(&bev, |e| {
                 e.set_watermark(&mut b, EventFlags::WRITE, low, 0);
                 e.ctx.produced = chunk;
-                e.output.add(&data[..chunk]);
+                e.output_mut().add(&data[..chunk]);
                 e.enable(&mut b, EventFlags::WRITE)
             })?;
             let mut got = Vec::new();
@@ -507,7 +509,7 @@ rtest!(output_added_by_the_write_callback_is_sent, |be| {
                 "{what}: stalled at {} of {} (output {})",
                 got.len(),
                 data.len(),
-                with(&bev, |e| e.output.len())
+                with(&bev, |e| e.output().len())
             );
             assert!(got == data, "{what}: bytes differ");
             with(&bev, |e| e.free(&mut b));
@@ -554,7 +556,7 @@ fn backpressure_case(be: Backend, kind: Link, opts: BevOptions, write_first: boo
     let bev = new_bev(&mut b, x, opts, Ctx { on_read: OnRead::Echo, ..Ctx::default() })?;
     let read_size = with(&bev, |e| {
         e.set_backpressure(&mut b, HIGH, LOW);
-        e.input.read_size()
+        e.input().read_size()
     });
     let first = if write_first { EventFlags::READ | EventFlags::WRITE } else { EventFlags::READ };
     with(&bev, |e| e.enable(&mut b, first))?;
@@ -567,17 +569,17 @@ fn backpressure_case(be: Backend, kind: Link, opts: BevOptions, write_first: boo
         let full = feed(yfd, &data, &mut off);
         full && with(&bev, |e| e.suspended().intersects(Suspend::BACKPRESSURE))
     })?;
-    assert!(paused, "{what}: reading never paused (fed {off}, output {})", with(&bev, |e| e.output.len()));
+    assert!(paused, "{what}: reading never paused (fed {off}, output {})", with(&bev, |e| e.output().len()));
     let (out, reads) = with(&bev, |e| {
         assert!(!e.is_reading(), "{what}");
-        assert!(e.output.len() > HIGH, "{what}: paused at {} <= high", e.output.len());
-        (e.output.len(), e.ctx.seen.len())
+        assert!(e.output().len() > HIGH, "{what}: paused at {} <= high", e.output().len());
+        (e.output().len(), e.ctx.seen.len())
     });
     // Paused means paused: turns read nothing more.
     for _ in 0..200 {
         b.run(LoopFlags::NONBLOCK)?;
     }
-    assert_eq!(with(&bev, |e| (e.output.len(), e.ctx.seen.len())), (out, reads), "{what}");
+    assert_eq!(with(&bev, |e| (e.output().len(), e.ctx.seen.len())), (out, reads), "{what}");
     assert!(off < N, "{what}: the whole input went in while paused");
 
     // The peer reads: output drains, reading resumes, all arrives.
@@ -592,7 +594,7 @@ fn backpressure_case(be: Backend, kind: Link, opts: BevOptions, write_first: boo
         with(&bev, |e| {
             // Hysteresis: never paused at or below the low mark.
             if e.suspended().intersects(Suspend::BACKPRESSURE) {
-                assert!(e.output.len() > LOW, "{what}: still paused at {}", e.output.len());
+                assert!(e.output().len() > LOW, "{what}: still paused at {}", e.output().len());
             } else {
                 resumed = true;
             }
@@ -645,7 +647,7 @@ fn framed_memory_case(be: Backend, line: usize) -> io::Result<usize> {
     let bev = new_bev(&mut b, x, BevOptions::default(), ctx)?;
     let read_size = with(&bev, |e| {
         e.set_backpressure(&mut b, HIGH, LOW);
-        e.input.read_size()
+        e.input().read_size()
     });
     with(&bev, |e| e.enable(&mut b, EventFlags::READ | EventFlags::WRITE))?;
     // About 1 MiB of lines, sent over and over.
@@ -666,7 +668,8 @@ fn framed_memory_case(be: Backend, line: usize) -> io::Result<usize> {
         full && with(&bev, |e| e.suspended().intersects(Suspend::BACKPRESSURE))
     })?;
     assert!(paused, "{line} B lines: reading never paused (fed {fed})");
-    let (held, bytes) = with(&bev, |e| (e.input.heap_size() + e.output.heap_size(), e.input.len() + e.output.len()));
+    let (held, bytes) =
+        with(&bev, |e| (e.input().heap_size() + e.output().heap_size(), e.input().len() + e.output().len()));
     let bound = MAX_LINE + HIGH + read_size;
     assert!(
         held <= bound + ARRAYS,
@@ -694,20 +697,20 @@ rtest!(output_backpressure_hysteresis, |be| {
     with(&bev, |e| -> io::Result<()> {
         e.enable(&mut b, EventFlags::READ)?;
         // Pending output above the high mark when it is set: paused.
-        e.output.add(&[0; 100]);
+        e.output_mut().add(&[0; 100]);
         e.set_backpressure(&mut b, 50, 20);
         assert!(e.suspended().intersects(Suspend::BACKPRESSURE) && !e.is_reading());
         // Below high but above low: still paused (re-checked by setting
         // the same marks again).
-        e.output.drain(60);
+        e.output_mut().drain(60);
         e.set_backpressure(&mut b, 50, 20);
         assert!(e.suspended().intersects(Suspend::BACKPRESSURE), "resumed at 40 > low 20");
         // At low: resumes.
-        e.output.drain(20);
+        e.output_mut().drain(20);
         e.set_backpressure(&mut b, 50, 20);
         assert!(e.suspended().is_empty() && e.is_reading());
         // Turning backpressure off lifts a pause.
-        e.output.add(&[0; 100]);
+        e.output_mut().add(&[0; 100]);
         e.set_backpressure(&mut b, 50, 20);
         assert!(!e.is_reading());
         e.set_backpressure(&mut b, 0, 0);
@@ -715,7 +718,7 @@ rtest!(output_backpressure_hysteresis, |be| {
         // Independent of the other reasons: a USER pause outlives it.
         e.suspend_read(&mut b, Suspend::USER);
         e.set_backpressure(&mut b, 50, 20);
-        e.output.drain(100);
+        e.output_mut().drain(100);
         e.set_backpressure(&mut b, 50, 20);
         assert_eq!(e.suspended(), Suspend::USER);
         assert!(!e.is_reading());
@@ -846,7 +849,7 @@ rtest!(half_close_eof_then_still_writing, |be| {
             assert_eq!(c.events, [BevEvent::READING | BevEvent::EOF], "{kind:?}");
         });
         with(&bev, |e| {
-            e.output.add(b"answer");
+            e.output_mut().add(b"answer");
             e.flush(&mut b);
         });
         let mut got = Vec::new();
@@ -883,10 +886,10 @@ rtest!(reset_while_reading_reports_error_and_free_releases_all, |be| {
         let target = fd_target(fd).expect("bufferevent fd open");
         with(&bev, |e| {
             // Unread data at the peer makes an AF_UNIX close a reset.
-            e.output.add(b"unread");
+            e.output_mut().add(b"unread");
             e.enable(&mut b, EventFlags::READ | EventFlags::WRITE)
         })?;
-        assert!(run_until(&mut b, LIMIT, |_| with(&bev, |e| e.output.is_empty()))?);
+        assert!(run_until(&mut b, LIMIT, |_| with(&bev, |e| e.output().is_empty()))?);
         abort_peer(kind, y)?;
         assert!(run_until(&mut b, LIMIT, |_| !ctx(&bev, |c| c.events.is_empty()))?, "{kind:?}: nothing reported");
         with(&bev, |e| {
@@ -917,7 +920,7 @@ rtest!(reset_while_writing_reports_error, |be| {
         let bev = new_bev(&mut b, x, BevOptions::default(), Ctx { on_event: OnEvent::Free, ..Ctx::default() })?;
         // Only writing: the reset must be seen by the write path.
         with(&bev, |e| {
-            e.output.add(&pattern(1 << 20));
+            e.output_mut().add(&pattern(1 << 20));
             e.enable(&mut b, EventFlags::WRITE)
         })?;
         abort_peer(kind, y)?;
@@ -942,7 +945,7 @@ fn error_kept_case(be: Backend, kind: Link, what: EventFlags) -> io::Result<Vec<
     let bev = new_bev(&mut b, x, BevOptions::default(), Ctx { on_read: OnRead::Drain, ..Ctx::default() })?;
     with(&bev, |e| {
         // Unread data at the peer (the AF_UNIX reset), and more pending.
-        e.output.add(&pattern(1 << 20));
+        e.output_mut().add(&pattern(1 << 20));
         e.enable(&mut b, what)
     })?;
     abort_peer(kind, y)?;
@@ -974,7 +977,7 @@ rtest!(close_when_flushed_after_a_write_error_frees, |be| {
         let c = Ctx { on_event: OnEvent::CloseWhenFlushed, ..Ctx::default() };
         let bev = new_bev(&mut b, x, BevOptions::default(), c)?;
         with(&bev, |e| {
-            e.output.add(&pattern(1 << 20));
+            e.output_mut().add(&pattern(1 << 20));
             e.enable(&mut b, EventFlags::WRITE)
         })?;
         abort_peer(kind, y)?;
@@ -995,10 +998,10 @@ rtest!(read_error_is_reported_once, |be| {
         let (x, y) = link(kind, false)?;
         let bev = new_bev(&mut b, x, BevOptions::default(), Ctx { on_read: OnRead::Drain, ..Ctx::default() })?;
         with(&bev, |e| {
-            e.output.add(b"unread");
+            e.output_mut().add(b"unread");
             e.enable(&mut b, EventFlags::READ | EventFlags::WRITE)
         })?;
-        assert!(run_until(&mut b, LIMIT, |_| with(&bev, |e| e.output.is_empty()))?);
+        assert!(run_until(&mut b, LIMIT, |_| with(&bev, |e| e.output().is_empty()))?);
         abort_peer(kind, y)?;
         assert!(run_until(&mut b, LIMIT, |_| !ctx(&bev, |c| c.events.is_empty()))?, "{kind:?}");
         for _ in 0..20 {
@@ -1118,10 +1121,10 @@ rtest!(write_timeout_fires_when_the_peer_does_not_read, |be| {
         let t0 = Watch::start(&b);
         with(&bev, |e| {
             e.set_timeouts(&mut b, None, Some(ms(100)));
-            e.output.add(&pattern(1 << 20));
+            e.output_mut().add(&pattern(1 << 20));
             e.enable(&mut b, EventFlags::WRITE)
         })?;
-        assert!(with(&bev, |e| !e.output.is_empty()), "{kind:?}: the socket took 1 MiB");
+        assert!(with(&bev, |e| !e.output().is_empty()), "{kind:?}: the socket took 1 MiB");
         assert!(run_until(&mut b, LIMIT, |_| !ctx(&bev, |c| c.events.is_empty()))?, "{kind:?}: no timeout");
         let el = t0.elapsed();
         assert!(el >= ms(100), "{kind:?}: fired after {el:?}");
@@ -1129,7 +1132,7 @@ rtest!(write_timeout_fires_when_the_peer_does_not_read, |be| {
         with(&bev, |e| {
             assert_eq!(e.ctx.events, [BevEvent::WRITING | BevEvent::TIMEOUT], "{kind:?}");
             assert!(!e.enabled().contains(EventFlags::WRITE), "{kind:?}");
-            assert!(!e.output.is_empty(), "{kind:?}: output is kept");
+            assert!(!e.output().is_empty(), "{kind:?}: output is kept");
         });
         assert_eq!(b.run(LoopFlags::NONBLOCK)?, LoopExit::NoEvents, "{kind:?}: write event left");
         with(&bev, |e| e.free(&mut b));
@@ -1144,7 +1147,7 @@ rtest!(write_timeout_rearms_on_progress, |be| {
     let t0 = Watch::start(&b);
     with(&bev, |e| {
         e.set_timeouts(&mut b, None, Some(ms(150)));
-        e.output.add(&pattern(4 << 20));
+        e.output_mut().add(&pattern(4 << 20));
         e.enable(&mut b, EventFlags::WRITE)
     })?;
     // The peer reads everything there is at 80 ms and at 160 ms: the
@@ -1213,13 +1216,13 @@ rtest!(a_paused_reader_does_not_time_out, |be| {
     assert!(!run_until(&mut b, ms(150), |_| !ctx(&bev, |c| c.events.is_empty()))?, "timed out while paused");
     let t0 = Watch::start(&b);
     with(&bev, |e| {
-        e.input.drain(4);
+        e.input_mut().drain(4);
         e.input_consumed(&mut b);
     });
     // The other 4 bytes come in (and pause it again) ...
     assert!(run_until(&mut b, LIMIT, |_| ctx(&bev, |c| c.seen.len()) == 2)?);
     with(&bev, |e| {
-        e.input.drain(4);
+        e.input_mut().drain(4);
         e.input_consumed(&mut b);
     });
     // ... then silence: the timeout fires, counted from the resume.
@@ -1239,7 +1242,7 @@ rtest!(connect_reports_connected_and_sends_queued_output, |be| {
     with(&bev, |e| {
         e.setcb(Some(readcb), Some(writecb), Some(eventcb));
         // Queued before the connection is up: sent once it is.
-        e.output.add(b"hello");
+        e.output_mut().add(b"hello");
         e.enable(&mut b, EventFlags::READ | EventFlags::WRITE)
     })?;
     assert!(run_until(&mut b, LIMIT, |_| !ctx(&bev, |c| c.events.is_empty()))?);
@@ -1375,7 +1378,7 @@ rtest!(enable_and_disable, |be| {
 
     // WRITE disabled: output is kept, not sent, even on flush.
     with(&bev, |e| {
-        e.output.add(b"out");
+        e.output_mut().add(b"out");
         e.flush(&mut b);
     });
     assert_eq!(b.run(LoopFlags::NONBLOCK)?, LoopExit::NoEvents);
@@ -1393,7 +1396,7 @@ rtest!(enable_and_disable, |be| {
     let (x2, y2) = link(Link::Unix, true)?;
     let bev2 = new_bev(&mut b, x2, BevOptions::default(), Ctx::default())?;
     with(&bev2, |e| {
-        e.output.add(&pattern(1 << 20));
+        e.output_mut().add(&pattern(1 << 20));
         e.enable(&mut b, EventFlags::WRITE)
     })?;
     assert_eq!(b.run(LoopFlags::NONBLOCK)?, LoopExit::Done, "the write event should be pending");
@@ -1419,7 +1422,7 @@ rtest!(free_from_the_read_callback, |be| {
     let token = c.token.clone();
     let bev = new_bev(&mut b, x, BevOptions::default(), c)?;
     with(&bev, |e| {
-        e.output.add(b"dropped");
+        e.output_mut().add(b"dropped");
         e.disable(&mut b, EventFlags::WRITE)
     })?;
     with(&bev, |e| e.enable(&mut b, EventFlags::READ))?;
@@ -1449,7 +1452,7 @@ rtest!(free_from_the_event_callback, |be| {
     // Readable and writable at once: the write event must not run on a
     // bufferevent freed by the read side's EOF.
     with(&bev, |e| {
-        e.output.add(&pattern(1 << 20));
+        e.output_mut().add(&pattern(1 << 20));
         e.enable(&mut b, EventFlags::READ | EventFlags::WRITE)
     })?;
     sys::shutdown_write(y.as_raw_fd())?;
@@ -1486,7 +1489,7 @@ rtest!(free_from_any_callback_deferred_or_not, |be| {
             match from {
                 "read" => put(&y, b"x")?,
                 "write" => with(&bev, |e| {
-                    e.output.add(b"x");
+                    e.output_mut().add(b"x");
                     e.flush(&mut b);
                 }),
                 _ => drop(y),
@@ -1518,7 +1521,7 @@ rtest!(close_callback_runs_once, |be| {
     });
     // Calls on a freed bufferevent are harmless.
     with(&bev, |e| {
-        e.output.add(b"late");
+        e.output_mut().add(b"late");
         e.flush(&mut b);
         e.close_when_flushed(&mut b);
         let _ = e.enable(&mut b, EventFlags::READ);
@@ -1598,7 +1601,7 @@ rtest!(close_when_flushed_after_the_peers_eof_closes_at_once, |be| {
         assert!(run_until(&mut b, LIMIT, |_| !ctx(&bev, |c| c.events.is_empty()))?);
         assert_eq!(ctx(&bev, |c| c.events.clone()), [BevEvent::READING | BevEvent::EOF], "{kind:?}");
         with(&bev, |e| {
-            e.output.add(b"bye");
+            e.output_mut().add(b"bye");
             e.close_when_flushed(&mut b);
             assert!(e.is_freed(), "{kind:?}");
         });
@@ -1625,7 +1628,7 @@ fn answer_and_close(b: &mut EventBase, kind: Link, linger: Duration) -> io::Resu
     let (bev, y) = enabled_bev(b, kind, Ctx::default())?;
     with(&bev, |e| -> io::Result<()> {
         e.set_linger(linger);
-        e.output.add(b"answer");
+        e.output_mut().add(b"answer");
         e.close_when_flushed(b);
         Ok(())
     })?;
@@ -1813,7 +1816,7 @@ rtest!(set_priority_from_a_callback_is_all_or_nothing, |be| {
         e.set_priority(&mut b, 0)?;
         e.enable(&mut b, EventFlags::READ)?;
         // Fill the socket so the write event is registered, waiting.
-        e.output.add(&pattern(1 << 20));
+        e.output_mut().add(&pattern(1 << 20));
         e.enable(&mut b, EventFlags::WRITE)
     })?;
     // Make it readable and writable at once.
@@ -1866,7 +1869,7 @@ rtest!(deferred_callbacks_run_from_their_own_event, |be| {
         let first = log.borrow().clone();
         if defer {
             assert_eq!(first, ["other"], "deferred read callback ran inside the I/O callback");
-            assert_eq!(with(&bev, |e| e.input.len()), 4, "the I/O callback did not read");
+            assert_eq!(with(&bev, |e| e.input().len()), 4, "the I/O callback did not read");
             b.run(LoopFlags::NONBLOCK)?;
             assert_eq!(*log.borrow(), ["other", "read"]);
         } else {
@@ -1921,7 +1924,7 @@ rtest!(write_through_sends_in_the_same_turn, |be| {
             let mut got = Vec::new();
             slurp(y.as_raw_fd(), &mut got);
             assert_eq!(got, msg.as_bytes(), "{kind:?}: echo not sent within the turn");
-            assert!(with(&bev, |e| e.output.is_empty()), "{kind:?}");
+            assert!(with(&bev, |e| e.output().is_empty()), "{kind:?}");
             // And no write event is left pending: with reading disabled the
             // loop has nothing at all.
             with(&bev, |e| e.disable(&mut b, EventFlags::READ))?;
@@ -1931,7 +1934,7 @@ rtest!(write_through_sends_in_the_same_turn, |be| {
         // Output added outside any callback goes out on flush(), also
         // without an event.
         with(&bev, |e| {
-            e.output.add(b"pushed");
+            e.output_mut().add(b"pushed");
             e.flush(&mut b);
         });
         let mut got = Vec::new();
@@ -1951,11 +1954,11 @@ rtest!(write_event_is_registered_only_while_the_socket_is_full, |be| {
         let bev = new_bev(&mut b, x, BevOptions::default(), Ctx::default())?;
         let data = pattern(1 << 20);
         with(&bev, |e| {
-            e.output.add(&data);
+            e.output_mut().add(&data);
             e.enable(&mut b, EventFlags::WRITE)
         })?;
         // Full: the write event waits in the loop.
-        assert!(with(&bev, |e| !e.output.is_empty()), "{kind:?}");
+        assert!(with(&bev, |e| !e.output().is_empty()), "{kind:?}");
         assert_eq!(b.run(LoopFlags::NONBLOCK)?, LoopExit::Done, "{kind:?}: no write event while full");
         let mut got = Vec::new();
         assert!(run_until(&mut b, LIMIT, |_| {
@@ -1967,6 +1970,53 @@ rtest!(write_event_is_registered_only_while_the_socket_is_full, |be| {
         assert_eq!(b.run(LoopFlags::NONBLOCK)?, LoopExit::NoEvents, "{kind:?}: write event left");
         assert_eq!(ctx(&bev, |c| c.out_seen.clone()), [0], "{kind:?}");
         with(&bev, |e| e.free(&mut b));
+    }
+    Ok(())
+});
+
+rtest!(an_idle_bufferevent_keeps_only_its_read_event, |be| {
+    // Between requests a connection holds its socket, its read event and
+    // a small struct: no buffers, no write event (they come back from a
+    // per-thread pool when bytes arrive). This is the memory of an idle
+    // connection (BENCHMARKS.md); after a request, and after a burst that
+    // filled the socket, it must be back there.
+    for kind in LINKS {
+        let mut b = be.base()?;
+        let (x, y) = link(kind, true)?;
+        let bev = new_bev(&mut b, x, BevOptions::default(), Ctx { on_read: OnRead::Echo, ..Ctx::default() })?;
+        with(&bev, |e| e.enable(&mut b, EventFlags::READ | EventFlags::WRITE))?;
+        let idle_events = b.num_events();
+        assert_eq!(idle_events, 1, "{kind:?}: a fresh bufferevent has its read event only");
+        assert!(with(&bev, |e| !e.is_busy()), "{kind:?}: busy before any byte");
+        // One request, one answer.
+        put(&y, b"hello\n")?;
+        let mut got = Vec::new();
+        assert!(run_until(&mut b, LIMIT, |_| {
+            slurp(y.as_raw_fd(), &mut got);
+            got.len() == 6
+        })?);
+        assert_eq!(got, b"hello\n", "{kind:?}");
+        assert!(with(&bev, |e| !e.is_busy()), "{kind:?}: buffers kept after the answer went out");
+        assert_eq!(b.num_events(), idle_events, "{kind:?}: an event kept after the answer went out");
+        // A burst the socket cannot take at once: the write event exists
+        // while output waits, and goes with the buffers once it is written.
+        let data = pattern(1 << 20);
+        with(&bev, |e| {
+            e.output_mut().add(&data);
+            e.flush(&mut b);
+        });
+        assert!(with(&bev, |e| e.is_busy() && !e.output().is_empty()), "{kind:?}: the socket took 1 MiB at once");
+        assert_eq!(b.num_events(), idle_events + 1, "{kind:?}: no write event while the socket is full");
+        let mut got = Vec::new();
+        assert!(run_until(&mut b, LIMIT, |_| {
+            slurp(y.as_raw_fd(), &mut got);
+            got.len() == data.len()
+        })?);
+        assert!(got == data, "{kind:?}");
+        assert!(with(&bev, |e| !e.is_busy()), "{kind:?}: buffers kept after the burst");
+        assert_eq!(b.num_events(), idle_events, "{kind:?}: the write event outlived the burst");
+        with(&bev, |e| e.free(&mut b));
+        assert_eq!(b.num_events(), 0, "{kind:?}");
     }
     Ok(())
 });
@@ -1984,7 +2034,7 @@ fn close_while_the_peer_sends(be: Backend) -> io::Result<()> {
     let data = pattern(N);
     with(&bev, |e| -> io::Result<()> {
         e.enable(&mut b, EventFlags::READ | EventFlags::WRITE)?;
-        e.output.add(&data);
+        e.output_mut().add(&data);
         e.close_when_flushed(&mut b);
         Ok(())
     })?;

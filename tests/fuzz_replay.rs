@@ -102,16 +102,12 @@ fn fuzz_replay_knows_every_target() -> io::Result<()> {
     Ok(())
 }
 
-/// Open defect in `EvBuffer` (src/reactor/evbuffer.rs, not this branch's to
-/// fix), found by the `evbuffer` target in its first two minutes
-/// (`fuzz/artifacts/evbuffer/open-pullup-write-keeps-readln-cursor`):
-/// `pullup` hands out `&mut [u8]` but keeps readln's scan cursor, so after
-/// a miss a line terminator written through the slice is never found.
-/// Fix: `self.eol_hint = None;` in `pullup` (as `for_each_mut` does).
-/// Nothing in the daemon writes through `pullup` today. Run with
-/// `cargo nextest run --run-ignored only -E 'test(pullup_write)'`.
+/// Was an open defect in `EvBuffer`, found by the `evbuffer` target in its
+/// first two minutes (`fuzz/artifacts/evbuffer/pullup-write-keeps-readln-cursor`):
+/// `pullup` handed out `&mut [u8]` but kept readln's scan cursor, so after
+/// a miss a line terminator written through the slice was never found.
+/// `pullup` now drops the cursor, as `for_each_mut` does.
 #[test]
-#[ignore = "open EvBuffer defect, reported to the reactor's owner: pullup's &mut keeps readln's cursor"]
 fn evbuffer_pullup_write_resets_the_readln_cursor() {
     use rot13d::reactor::EvBuffer;
     use rot13d::reactor::evbuffer::Eol;

@@ -125,7 +125,8 @@ impl Admin {
             let timer = base.once(-1, EventFlags::NONE, Some(HEAD_DEADLINE), move |base, _| {
                 late.with(|b| {
                     if !b.is_freed() && !b.is_closing() {
-                        b.input.drain(b.input.len());
+                        let n = b.input().len();
+                        b.input_mut().drain(n);
                         respond(b, "408 Request Timeout", "text/plain", "request head not complete in time\n", true);
                         b.close_when_flushed(base);
                     }
@@ -237,16 +238,17 @@ pub fn response(answer: Answer, metrics: impl FnOnce() -> String, health: Option
 }
 
 fn on_read(base: &mut EventBase, bev: &mut BufferEvent<AdminConn>) {
-    let mut head = vec![0u8; bev.input.len().min(MAX_HEAD + 1)];
-    let n = bev.input.copyout(&mut head);
+    let mut head = vec![0u8; bev.input().len().min(MAX_HEAD + 1)];
+    let n = bev.input().copyout(&mut head);
     head.truncate(n);
     let admin = bev.ctx.admin.clone();
     let Some(out) = response(judge(&head), || admin.render_metrics(), admin.health.borrow().as_deref()) else {
         return;
     };
-    bev.input.drain(bev.input.len());
+    let n = bev.input().len();
+    bev.input_mut().drain(n);
     base.free(bev.ctx.deadline);
-    bev.output.add(&out);
+    bev.output_mut().add(&out);
     bev.close_when_flushed(base);
 }
 
@@ -265,5 +267,5 @@ fn render(status: &str, ctype: &str, body: &str, with_body: bool) -> Vec<u8> {
 
 /// Queues a response; `with_body` false for HEAD.
 fn respond(bev: &mut BufferEvent<AdminConn>, status: &str, ctype: &str, body: &str, with_body: bool) {
-    bev.output.add(&render(status, ctype, body, with_body));
+    bev.output_mut().add(&render(status, ctype, body, with_body));
 }

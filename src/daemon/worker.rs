@@ -14,7 +14,7 @@ use super::metrics::{Counter, Slot};
 use super::proxy;
 use super::settings::Settings;
 use crate::protocol::Framer;
-use crate::reactor::{Bev, BevOptions, BufferEvent, EventBase, EventFlags, EventId};
+use crate::reactor::{Bev, BevOptions, BevSetup, BufferEvent, EventBase, EventFlags, EventId};
 use crate::sys;
 use std::cell::{Cell, RefCell};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -139,6 +139,9 @@ pub struct Shared {
     slot: Slot,
     on_done: OnDone,
     params: RefCell<WorkerParams>,
+    /// How new connections' bufferevents are set up (from `params`): one
+    /// setup shared by all of them.
+    setup: RefCell<Rc<BevSetup<Conn>>>,
     conns: RefCell<Vec<Option<Bev<Conn>>>>,
     /// The [`Meta`] of each connection that has one, by id; empty while no
     /// connection needs one.
@@ -346,28 +349,27 @@ impl Shared {
     ) -> std::io::Result<()> {
         use std::os::fd::AsRawFd;
         let _ = sys::set_nodelay(fd.as_raw_fd());
-        let params = self.params.borrow().clone();
-        let phase = params.proxy.phase();
-        let meta = Meta::wanted(phase.is_some(), params.access).then(|| {
+        let (max_line, phase, access, timeouts) = {
+            let p = self.params.borrow();
+            (p.max_line, p.proxy.phase(), p.access, (p.idle_timeout, p.write_timeout))
+        };
+        let meta = Meta::wanted(phase.is_some(), access).then(|| {
             // The local address only for the access record: one
             // getsockname more per connection, and only then.
-            let local = params.access.then(|| socket2::SockRef::from(&fd).local_addr().ok()).flatten();
+            let local = access.then(|| socket2::SockRef::from(&fd).local_addr().ok()).flatten();
             Box::new(Meta {
                 client: peer,
                 peer,
                 local: local.and_then(|a| a.as_socket()).map(connection::canonical),
                 accepted: base.now(),
-                timeouts: (params.idle_timeout, params.write_timeout),
+                timeouts,
                 bytes_in: 0,
                 bytes_out: 0,
                 lines: 0,
                 end: End::Reset,
-                access: params.access,
+                access,
             })
         });
-        // With a header to wait for, the read timeout is its deadline
-        // until it is complete.
-        let read_timeout = if phase.is_some() { Some(proxy::DEADLINE) } else { params.idle_timeout };
         let id = self.free_ids.borrow_mut().pop().unwrap_or_else(|| {
             let mut c = self.conns.borrow_mut();
             c.push(None);
@@ -375,7 +377,7 @@ impl Shared {
         });
         let now_ms = base.now().as_millis() as u32;
         let conn = Conn {
-            framer: Framer::new(params.max_line),
+            framer: Framer::new(max_line),
             shared: self.clone(),
             id,
             carried: 0,
@@ -388,7 +390,7 @@ impl Shared {
             last_read: now_ms,
             unsent: 0,
         };
-        let bev = match BufferEvent::socket_new(base, fd, BevOptions::CLOSE_ON_FREE, conn) {
+        let bev = match BufferEvent::socket_with(base, fd, &self.setup.borrow(), conn) {
             Ok(bev) => bev,
             Err(e) => {
                 self.free_ids.borrow_mut().push(id);
@@ -399,11 +401,13 @@ impl Shared {
             self.put_meta(id, m);
         }
         let setup = bev.with(|b: &mut ConnBev| -> std::io::Result<()> {
-            b.setcb(Some(connection::on_read), Some(connection::on_write), Some(connection::on_event));
-            b.set_closecb(Some(connection::on_close));
             b.set_priority(base, LANE_INTERACTIVE)?;
-            b.set_backpressure(base, params.write_high_watermark, params.write_low_watermark);
-            b.set_timeouts(base, read_timeout, params.write_timeout);
+            if phase.is_some() {
+                // With a header to wait for, the read timeout is its
+                // deadline until it is complete (this connection's own
+                // copy of the shared setup).
+                b.set_timeouts(base, Some(proxy::DEADLINE), timeouts.1);
+            }
             b.enable(base, EventFlags::READ | EventFlags::WRITE)
         });
         {
@@ -438,8 +442,8 @@ impl Shared {
     /// PROXY protocol), quiet for [`RETIRE_QUIET`] (a client that has just
     /// connected is about to send).
     fn closable(b: &ConnBev, now_ms: u32, quiet: bool) -> bool {
-        b.input.is_empty()
-            && b.output.is_empty()
+        b.input().is_empty()
+            && b.output().is_empty()
             && sys::inq(b.fd()).is_ok_and(|n| n == 0)
             && sys::outq(b.fd()).is_ok_and(|n| n == 0)
             && (!quiet || now_ms.wrapping_sub(b.ctx.last_read) >= RETIRE_QUIET.as_millis() as u32)
@@ -592,8 +596,19 @@ impl Shared {
         if let Err(e) = register_timeouts(base, &p) {
             tracing::warn!(target: "rot13d", error = %e, "new timeouts use the timer heap");
         }
+        *self.setup.borrow_mut() = Rc::new(bev_setup(&p));
         *self.params.borrow_mut() = p;
     }
+}
+
+/// The setup every connection of a generation shares: callbacks,
+/// backpressure marks, idle and write timeouts.
+fn bev_setup(p: &WorkerParams) -> BevSetup<Conn> {
+    BevSetup::new(BevOptions::CLOSE_ON_FREE)
+        .callbacks(Some(connection::on_read), Some(connection::on_write), Some(connection::on_event))
+        .close_callback(Some(connection::on_close))
+        .backpressure(p.write_high_watermark, p.write_low_watermark)
+        .timeouts(p.idle_timeout, p.write_timeout)
 }
 
 /// The `reactor` event of a serving process (SPEC §2): the backend, and the
@@ -629,6 +644,7 @@ pub fn start(
     let shared = Rc::new(Shared {
         slot,
         on_done,
+        setup: RefCell::new(Rc::new(bev_setup(&params))),
         params: RefCell::new(params),
         conns: RefCell::new(Vec::new()),
         metas: RefCell::new(Vec::new()),

@@ -159,7 +159,7 @@ mod timer;
 
 pub use backend::{BackendInfo, Features, Kind as BackendKind};
 pub use base::{BaseError, BaseHandle, EventBase, LoopExit, LoopFlags, MAX_PRIORITIES, MAX_QUEUED_ACTIVATIONS};
-pub use bufferevent::{Bev, BevEvent, BevOptions, BufferEvent, Suspend};
+pub use bufferevent::{Bev, BevEvent, BevOptions, BevSetup, BufferEvent, Suspend};
 pub use config::{BaseFlags, EventConfig};
 pub use evbuffer::EvBuffer;
 pub use event::{Callback, EventFlags, EventId, Handler};

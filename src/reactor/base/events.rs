@@ -29,6 +29,21 @@ impl EventBase {
         self.alloc(fd, flags, Cb::Shared(handler), 0)
     }
 
+    /// Creates an event on `fd` served by the shared [`Handler`] of event
+    /// `like`, at `like`'s priority: how a bufferevent adds its write event
+    /// only when a socket is full, from inside its read callback. Fails if
+    /// `like` is gone or has no shared handler.
+    pub fn new_event_sharing(&mut self, like: EventId, fd: RawFd, flags: EventFlags) -> io::Result<EventId> {
+        let s = self.slot(like).ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such event"))?;
+        let Some(Cb::Shared(h)) = &s.cb else {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "the event has no shared handler"));
+        };
+        let (h, pri) = (h.clone(), s.pri);
+        let id = self.alloc(fd, flags, Cb::Shared(h), 0);
+        self.slots[id.idx as usize].pri = pri;
+        Ok(id)
+    }
+
     /// A timer event (`evtimer_new`).
     #[doc(alias = "evtimer_new")]
     pub fn new_timer(&mut self, cb: impl FnMut(&mut EventBase, EventId, EventFlags) + 'static) -> EventId {

@@ -9,35 +9,38 @@ use std::cell::RefCell;
 
 impl<C: 'static> BufferEvent<C> {
     pub(super) fn call_read(&mut self, base: &mut EventBase) {
-        if self.options.contains(BevOptions::DEFER_CALLBACKS) {
+        if self.setup.options.contains(BevOptions::DEFER_CALLBACKS) {
             self.deferred.insert(Deferred::READ);
-            base.active(self.defer_ev, EventFlags::NONE);
+            let ev = self.defer_ev(base);
+            base.active(ev, EventFlags::NONE);
             return;
         }
-        if let Some(cb) = self.readcb {
+        if let Some(cb) = self.setup.readcb {
             cb(base, self);
         }
         self.after_callback(base);
     }
 
     pub(super) fn call_write(&mut self, base: &mut EventBase) {
-        if self.options.contains(BevOptions::DEFER_CALLBACKS) {
+        if self.setup.options.contains(BevOptions::DEFER_CALLBACKS) {
             self.deferred.insert(Deferred::WRITE);
-            base.active(self.defer_ev, EventFlags::NONE);
+            let ev = self.defer_ev(base);
+            base.active(ev, EventFlags::NONE);
             return;
         }
-        if let Some(cb) = self.writecb {
+        if let Some(cb) = self.setup.writecb {
             cb(base, self);
         }
     }
 
     pub(super) fn report(&mut self, base: &mut EventBase, ev: BevEvent) {
-        if self.options.contains(BevOptions::DEFER_CALLBACKS) {
+        if self.setup.options.contains(BevOptions::DEFER_CALLBACKS) {
             self.deferred_events |= ev;
-            base.active(self.defer_ev, EventFlags::NONE);
+            let d = self.defer_ev(base);
+            base.active(d, EventFlags::NONE);
             return;
         }
-        if let Some(cb) = self.eventcb {
+        if let Some(cb) = self.setup.eventcb {
             cb(base, self, ev);
             self.arm_write(base);
         } else if ev.contains(BevEvent::ERROR) || ev.contains(BevEvent::EOF) {
@@ -51,19 +54,19 @@ impl<C: 'static> BufferEvent<C> {
         let ev = std::mem::take(&mut self.deferred_events);
         if d.contains(Deferred::READ)
             && !self.is(State::FREED)
-            && let Some(cb) = self.readcb
+            && let Some(cb) = self.setup.readcb
         {
             cb(base, self);
             self.after_callback(base);
         }
         if d.contains(Deferred::WRITE)
             && !self.is(State::FREED)
-            && let Some(cb) = self.writecb
+            && let Some(cb) = self.setup.writecb
         {
             cb(base, self);
         }
         if ev != BevEvent::default() && !self.is(State::FREED) {
-            if let Some(cb) = self.eventcb {
+            if let Some(cb) = self.setup.eventcb {
                 cb(base, self, ev);
             } else if ev.contains(BevEvent::ERROR) || ev.contains(BevEvent::EOF) {
                 // As in `report`: nobody listens, a dead socket must go.
@@ -79,7 +82,7 @@ impl<C: 'static> BufferEvent<C> {
         if self.is(State::FREED) {
             return;
         }
-        if !self.output.is_empty() {
+        if !self.output().is_empty() {
             self.try_write(base);
         }
         if !self.is(State::FREED) {
@@ -99,10 +102,13 @@ impl<C: 'static> Handler for RefCell<BufferEvent<C>> {
         let Ok(mut b) = self.try_borrow_mut() else { return };
         if id == b.read_ev {
             b.on_read(base, what);
-        } else if id == b.write_ev {
-            b.on_write(base, what);
-        } else if id == b.defer_ev {
-            b.run_deferred(base);
+        } else if let Some(io) = b.io.as_deref() {
+            if id == io.write_ev {
+                b.on_write(base, what);
+            } else if id == io.defer_ev {
+                b.run_deferred(base);
+            }
         }
+        b.settle(base);
     }
 }

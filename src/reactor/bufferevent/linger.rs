@@ -37,7 +37,7 @@ impl<C: 'static> BufferEvent<C> {
     /// [`DEFAULT_LINGER`], at most 65 s; zero closes at once, as a plain free
     /// would).
     pub fn set_linger(&mut self, linger: Duration) {
-        self.linger_ms = linger.as_millis().min(u16::MAX as u128) as u16;
+        self.setup_mut().linger_ms = linger.as_millis().min(u16::MAX as u128) as u16;
     }
 
     /// Stops handing input to the owner, writes every pending byte, then
@@ -57,13 +57,13 @@ impl<C: 'static> BufferEvent<C> {
         // A socket that already failed cannot flush: free now. (Retrying
         // the write from the event callback of its error would report the
         // error again, and that callback recurse without end.)
-        if self.last_error != 0 {
+        if self.error_code() != 0 {
             self.free(base);
             return;
         }
         // Read on, to discard, without the owner's read timeout.
         let _ = self.rearm_read(base);
-        if self.output.is_empty() {
+        if self.output().is_empty() {
             self.linger(base);
         } else {
             self.try_write(base);
@@ -72,7 +72,8 @@ impl<C: 'static> BufferEvent<C> {
 
     /// Milliseconds left of the lingering; 0 once its bound has passed.
     pub(super) fn linger_left_ms(&self, base: &EventBase) -> u32 {
-        let left = self.linger_until.wrapping_sub(base.now().as_millis() as u32);
+        let until = self.io.as_deref().map_or(0, |io| io.linger_until);
+        let left = until.wrapping_sub(base.now().as_millis() as u32);
         if left > u32::MAX / 2 { 0 } else { left }
     }
 
@@ -96,7 +97,8 @@ impl<C: 'static> BufferEvent<C> {
             return;
         }
         // Nothing can come any more, or nobody to wait for: close now.
-        if self.is(State::READ_EOF) || self.last_error != 0 || self.linger_ms == 0 || self.is(State::CONNECTING) {
+        if self.is(State::READ_EOF) || self.error_code() != 0 || self.setup.linger_ms == 0 || self.is(State::CONNECTING)
+        {
             self.free(base);
             return;
         }
@@ -106,7 +108,8 @@ impl<C: 'static> BufferEvent<C> {
             return;
         }
         self.state.set(State::LINGERING, true);
-        self.linger_until = (base.now().as_millis() as u32).wrapping_add(self.linger_ms as u32);
+        let until = (base.now().as_millis() as u32).wrapping_add(self.setup.linger_ms as u32);
+        self.io_mut().linger_until = until;
         // The read event now times the lingering.
         if self.rearm_read(base).is_err() {
             self.free(base);
@@ -150,7 +153,7 @@ impl<C: 'static> BufferEvent<C> {
                 Ok(_) => break,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => break,
                 Err(e) => {
-                    self.last_error = e.raw_os_error().unwrap_or(libc::EIO);
+                    self.set_error(&e);
                     self.state.set(State::READ_EOF, true);
                     let _ = self.sync_read(base);
                     if self.is(State::LINGERING) {

@@ -20,12 +20,20 @@
 //! State is one byte of flags (`State`); read interest is decided in one
 //! place (`sync_read`), write interest in another (`sync_write`).
 //!
-//! Ownership: [`Bev`] is an `Rc<RefCell<BufferEvent<C>>>`; the base's two
+//! Ownership: [`Bev`] is an `Rc<RefCell<BufferEvent<C>>>`; the base's
 //! events each hold one clone until [`BufferEvent::free`]. The socket is an
 //! `OwnedFd` held until `free` (which closes it) or until the last handle
-//! is dropped. Callbacks are
-//! plain `fn` pointers and the per-connection state is the context `C`
-//! stored inside, so a connection costs one allocation plus its events.
+//! is dropped. Callbacks are plain `fn` pointers and the per-connection
+//! state is the context `C` stored inside.
+//!
+//! Memory: an idle bufferevent is small. Its callbacks, watermarks and
+//! timeouts live in a [`BevSetup`] that bufferevents set up alike share
+//! (`setup.rs`); its buffers, write event, deferred-callback event, last
+//! error and lingering deadline live in an `IoState` taken from a
+//! per-thread pool when there is something to do and given back when the
+//! bufferevent holds nothing again (`iostate.rs`). An idle connection is
+//! then its socket, its read event (with the idle timeout) and this
+//! struct: see BENCHMARKS.md for where each byte goes.
 
 use super::base::EventBase;
 use super::evbuffer::EvBuffer;
@@ -38,9 +46,15 @@ use std::rc::Rc;
 use std::time::Duration;
 
 mod callbacks;
+mod iostate;
 mod linger;
+mod setup;
+use iostate::IoState;
+pub use iostate::{IO_POOL_MAX, pooled_io_states, trim_io_pool};
 pub use linger::DEFAULT_LINGER;
 use linger::LINGER_TICK_MS;
+pub use setup::BevSetup;
+use setup::Timeout;
 
 flag_set! {
     /// What happened, for the event callback (libevent's `BEV_EVENT_*`).
@@ -108,56 +122,24 @@ impl<C: 'static> Bev<C> {
     }
 }
 
-/// An optional timeout in 8 bytes (nanoseconds; MAX = none), where
-/// `Option<Duration>` takes 16: it is stored twice per connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Timeout(u64);
-
-impl Timeout {
-    const NONE: Timeout = Timeout(u64::MAX);
-    fn new(d: Option<Duration>) -> Timeout {
-        d.map_or(Timeout::NONE, |d| Timeout(d.as_nanos().min(u64::MAX as u128 - 1) as u64))
-    }
-    fn get(self) -> Option<Duration> {
-        (self != Timeout::NONE).then(|| Duration::from_nanos(self.0))
-    }
-}
-
 /// A buffered socket.
 pub struct BufferEvent<C: 'static> {
     /// The socket, until freed.
     fd: Option<OwnedFd>,
-    read_ev: EventId,
-    write_ev: EventId,
-    defer_ev: EventId,
-    /// Bytes read from the socket, not yet consumed.
-    pub input: EvBuffer,
-    /// Bytes to send.
-    pub output: EvBuffer,
-    /// The owner's per-connection state.
-    pub ctx: C,
-    readcb: Option<DataCb<C>>,
-    writecb: Option<DataCb<C>>,
-    eventcb: Option<EventCb<C>>,
-    closecb: Option<CloseCb<C>>,
     enabled: EventFlags,
     suspend: Suspend,
-    read_low: u32,
-    read_high: u32,
-    write_low: u32,
-    bp_high: u32,
-    bp_low: u32,
-    read_timeout: Timeout,
-    write_timeout: Timeout,
-    options: BevOptions,
     state: State,
     deferred: Deferred,
     deferred_events: BevEvent,
-    last_error: i32,
-    /// When the lingering ends (the base's clock in ms, wrapping), and its
-    /// bound in ms (at most a minute).
-    linger_until: u32,
-    linger_ms: u16,
+    read_ev: EventId,
+    /// Buffers, write and deferred events, error, lingering: only while
+    /// there is something to do (`iostate.rs`).
+    io: Option<Box<IoState>>,
+    /// Callbacks, watermarks, timeouts, options: shared with bufferevents
+    /// set up alike (`setup.rs`).
+    setup: Rc<BevSetup<C>>,
+    /// The owner's per-connection state.
+    pub ctx: C,
 }
 
 flag_set! {
@@ -214,52 +196,126 @@ impl<C: 'static> BufferEvent<C> {
     /// Neither reading nor writing is enabled yet.
     #[doc(alias = "bufferevent_socket_new")]
     pub fn socket_new(base: &mut EventBase, fd: OwnedFd, options: BevOptions, ctx: C) -> io::Result<Bev<C>> {
+        BufferEvent::socket_with(base, fd, &Rc::new(BevSetup::new(options)), ctx)
+    }
+
+    /// Like [`socket_new`](Self::socket_new), set up as `setup` says, which
+    /// it shares with every bufferevent made from it (one allocation for a
+    /// server's connections). Reading and writing are not enabled yet.
+    pub fn socket_with(base: &mut EventBase, fd: OwnedFd, setup: &Rc<BevSetup<C>>, ctx: C) -> io::Result<Bev<C>> {
         let raw = fd.as_raw_fd();
         let bev = Rc::new(RefCell::new(BufferEvent {
             fd: Some(fd),
-            read_ev: EventId::INVALID,
-            write_ev: EventId::INVALID,
-            defer_ev: EventId::INVALID,
-            input: EvBuffer::new(),
-            output: EvBuffer::new(),
-            ctx,
-            readcb: None,
-            writecb: None,
-            eventcb: None,
-            closecb: None,
             enabled: EventFlags::NONE,
             suspend: Suspend::default(),
-            read_low: 0,
-            read_high: 0,
-            write_low: 0,
-            bp_high: 0,
-            bp_low: 0,
-            read_timeout: Timeout::NONE,
-            write_timeout: Timeout::NONE,
-            options: options | BevOptions::CLOSE_ON_FREE,
             state: State::empty(),
             deferred: Deferred::empty(),
             deferred_events: BevEvent::default(),
-            last_error: 0,
-            linger_until: 0,
-            linger_ms: DEFAULT_LINGER.as_millis() as u16,
+            read_ev: EventId::INVALID,
+            io: None,
+            setup: setup.clone(),
+            ctx,
         }));
-        // One shared handler for both events: no closure allocation each.
+        // The read event holds the one shared handler; the write and
+        // deferred-callback events, made when first needed, share it
+        // (`EventBase::new_event_sharing`): no closure allocation each.
         let handler: Rc<dyn Handler> = bev.clone();
-        let read_ev = base.new_event_with(raw, EventFlags::READ | EventFlags::PERSIST, handler.clone());
-        let write_ev = base.new_event_with(raw, EventFlags::WRITE | EventFlags::PERSIST, handler.clone());
-        let defer_ev = if options.contains(BevOptions::DEFER_CALLBACKS) {
-            base.new_event_with(-1, EventFlags::NONE, handler)
-        } else {
-            EventId::INVALID
-        };
-        {
-            let mut b = bev.borrow_mut();
-            b.read_ev = read_ev;
-            b.write_ev = write_ev;
-            b.defer_ev = defer_ev;
-        }
+        let read_ev = base.new_event_with(raw, EventFlags::READ | EventFlags::PERSIST, handler);
+        bev.borrow_mut().read_ev = read_ev;
         Ok(Bev(bev))
+    }
+
+    /// The busy part, taken from the pool if absent.
+    #[inline]
+    fn io_mut(&mut self) -> &mut IoState {
+        self.io.get_or_insert_with(iostate::take)
+    }
+
+    /// The write event, made (sharing the read event's handler, at its
+    /// priority) if it does not exist yet.
+    fn write_ev(&mut self, base: &mut EventBase) -> io::Result<EventId> {
+        let (raw, read_ev) = (self.raw(), self.read_ev);
+        let io = self.io_mut();
+        if io.write_ev == EventId::INVALID {
+            io.write_ev = base.new_event_sharing(read_ev, raw, EventFlags::WRITE | EventFlags::PERSIST)?;
+        }
+        Ok(io.write_ev)
+    }
+
+    /// The deferred-callback event, made like the write event.
+    fn defer_ev(&mut self, base: &mut EventBase) -> EventId {
+        let read_ev = self.read_ev;
+        let io = self.io_mut();
+        if io.defer_ev == EventId::INVALID {
+            io.defer_ev = base.new_event_sharing(read_ev, -1, EventFlags::NONE).unwrap_or(EventId::INVALID);
+        }
+        io.defer_ev
+    }
+
+    /// Gives the busy part back once it holds nothing that a fresh one
+    /// would not: no byte either way, no write waiting, no deferred
+    /// callback, no error, no close or connect under way. Called at the
+    /// end of each of its events' callbacks and after `flush`.
+    fn settle(&mut self, base: &mut EventBase) {
+        let idle = self.io.as_deref().is_some_and(IoState::is_spare)
+            && !self.state.intersects(State::WRITE_ADDED | State::CLOSING | State::CONNECTING | State::FREED)
+            && self.deferred.is_empty()
+            && self.deferred_events == BevEvent::default();
+        if idle && let Some(mut io) = self.io.take() {
+            io.free_events(base);
+            iostate::give(io);
+        }
+    }
+
+    /// The input (an empty buffer while the bufferevent holds none).
+    pub fn input(&self) -> &EvBuffer {
+        self.io.as_deref().map_or(&iostate::EMPTY, |io| &io.input)
+    }
+
+    /// The output (an empty buffer while the bufferevent holds none).
+    pub fn output(&self) -> &EvBuffer {
+        self.io.as_deref().map_or(&iostate::EMPTY, |io| &io.output)
+    }
+
+    /// The input, to consume it.
+    pub fn input_mut(&mut self) -> &mut EvBuffer {
+        &mut self.io_mut().input
+    }
+
+    /// The output, to add to it (written at once from a callback of this
+    /// bufferevent; call [`flush`](Self::flush) otherwise).
+    pub fn output_mut(&mut self) -> &mut EvBuffer {
+        &mut self.io_mut().output
+    }
+
+    /// Input, output and context at once (a callback that moves bytes from
+    /// one buffer to the other and keeps state).
+    pub fn parts_mut(&mut self) -> (&mut EvBuffer, &mut EvBuffer, &mut C) {
+        let io = self.io.get_or_insert_with(iostate::take);
+        (&mut io.input, &mut io.output, &mut self.ctx)
+    }
+
+    /// Whether it holds a busy part now (tests, memory accounting).
+    pub fn is_busy(&self) -> bool {
+        self.io.is_some()
+    }
+
+    /// The setup it shares (callbacks, watermarks, timeouts, options).
+    pub fn setup(&self) -> &Rc<BevSetup<C>> {
+        &self.setup
+    }
+
+    /// The setup, to change it for this bufferevent alone.
+    fn setup_mut(&mut self) -> &mut BevSetup<C> {
+        Rc::make_mut(&mut self.setup)
+    }
+
+    fn set_error(&mut self, e: &io::Error) {
+        self.io_mut().last_error = e.raw_os_error().unwrap_or(libc::EIO);
+    }
+
+    fn error_code(&self) -> i32 {
+        self.io.as_deref().map_or(0, |io| io.last_error)
     }
 
     /// Starts a non-blocking connect to `addr` (tests, load generators);
@@ -284,14 +340,13 @@ impl<C: 'static> BufferEvent<C> {
     /// Sets the callbacks (`bufferevent_setcb`).
     #[doc(alias = "bufferevent_setcb")]
     pub fn setcb(&mut self, readcb: Option<DataCb<C>>, writecb: Option<DataCb<C>>, eventcb: Option<EventCb<C>>) {
-        self.readcb = readcb;
-        self.writecb = writecb;
-        self.eventcb = eventcb;
+        let s = self.setup_mut();
+        (s.readcb, s.writecb, s.eventcb) = (readcb, writecb, eventcb);
     }
 
     /// Sets the callback run once when the bufferevent is freed.
     pub fn set_closecb(&mut self, cb: Option<CloseCb<C>>) {
-        self.closecb = cb;
+        self.setup_mut().closecb = cb;
     }
 
     /// Sets the priority of its read and write events.
@@ -301,7 +356,8 @@ impl<C: 'static> BufferEvent<C> {
         // libevent), not at the base's default one. All or nothing: the
         // base refuses to move an active event (say the write event, from
         // the read callback of the same turn); undo what moved before it.
-        let ids = [self.read_ev, self.write_ev, self.defer_ev];
+        let (w, d) = self.io.as_deref().map_or((EventId::INVALID, EventId::INVALID), |io| (io.write_ev, io.defer_ev));
+        let ids = [self.read_ev, w, d];
         let old = ids.map(|id| base.priority(id));
         for (i, &id) in ids.iter().enumerate() {
             if id == EventId::INVALID {
@@ -336,7 +392,8 @@ impl<C: 'static> BufferEvent<C> {
 
     /// The last OS error seen (with an ERROR event).
     pub fn last_error(&self) -> Option<io::Error> {
-        (self.last_error != 0).then(|| io::Error::from_raw_os_error(self.last_error))
+        let e = self.error_code();
+        (e != 0).then(|| io::Error::from_raw_os_error(e))
     }
 
     /// What is enabled.
@@ -373,10 +430,11 @@ impl<C: 'static> BufferEvent<C> {
             if self.is(State::CONNECTING) && !self.is(State::WRITE_ADDED) && !self.is(State::FREED) {
                 // The connect's wait timed out and the owner keeps waiting.
                 self.set_write(base, true, false)?;
-            } else if !self.output.is_empty() {
+            } else if !self.output().is_empty() {
                 self.try_write(base);
             }
         }
+        self.settle(base);
         Ok(())
     }
 
@@ -435,18 +493,21 @@ impl<C: 'static> BufferEvent<C> {
         if self.is(State::CONNECTING) {
             return Ok(());
         }
-        let want = !self.is(State::FREED) && self.enabled.contains(EventFlags::WRITE) && !self.output.is_empty();
+        let want = !self.is(State::FREED) && self.enabled.contains(EventFlags::WRITE) && !self.output().is_empty();
         self.set_write(base, want, restart)
     }
 
     /// Adds (or with `restart` re-adds) or deletes the write event.
     fn set_write(&mut self, base: &mut EventBase, want: bool, restart: bool) -> io::Result<()> {
         if want && (restart || !self.is(State::WRITE_ADDED)) {
+            let ev = self.write_ev(base)?;
             self.state.insert(State::WRITE_ADDED);
-            base.add(self.write_ev, self.write_timeout.get())?;
+            base.add(ev, self.setup.write_timeout.get())?;
         } else if !want && self.is(State::WRITE_ADDED) {
             self.state.remove(State::WRITE_ADDED);
-            base.del(self.write_ev)?;
+            if let Some(io) = self.io.as_deref() {
+                base.del(io.write_ev)?;
+            }
         }
         Ok(())
     }
@@ -458,20 +519,21 @@ impl<C: 'static> BufferEvent<C> {
     #[doc(alias = "bufferevent_setwatermark")]
     pub fn set_watermark(&mut self, base: &mut EventBase, what: EventFlags, low: usize, high: usize) {
         if what.contains(EventFlags::READ) {
-            self.read_low = low.min(u32::MAX as usize) as u32;
-            self.read_high = high.min(u32::MAX as usize) as u32;
+            let s = self.setup_mut();
+            (s.read_low, s.read_high) = (low.min(u32::MAX as usize) as u32, high.min(u32::MAX as usize) as u32);
             self.check_read_watermark(base);
         }
         if what.contains(EventFlags::WRITE) {
-            self.write_low = low.min(u32::MAX as usize) as u32;
+            self.setup_mut().write_low = low.min(u32::MAX as usize) as u32;
         }
     }
 
     /// Output backpressure: reading pauses once pending output passes
     /// `high` and resumes when it drains to `low` or below (0 = off).
     pub fn set_backpressure(&mut self, base: &mut EventBase, high: usize, low: usize) {
-        self.bp_high = high.min(u32::MAX as usize) as u32;
-        self.bp_low = low.min(high).min(u32::MAX as usize) as u32;
+        let s = self.setup_mut();
+        s.bp_high = high.min(u32::MAX as usize) as u32;
+        s.bp_low = low.min(high).min(u32::MAX as usize) as u32;
         self.check_backpressure(base);
     }
 
@@ -479,18 +541,22 @@ impl<C: 'static> BufferEvent<C> {
     /// duration as a common timeout of the base first makes re-arming O(1).
     #[doc(alias = "bufferevent_set_timeouts")]
     pub fn set_timeouts(&mut self, base: &mut EventBase, read: Option<Duration>, write: Option<Duration>) {
-        self.read_timeout = Timeout::new(read);
-        self.write_timeout = Timeout::new(write);
+        let s = self.setup_mut();
+        s.read_timeout = Timeout::new(read);
+        s.write_timeout = Timeout::new(write);
         if self.is(State::READ_ADDED) {
             let _ = base.add(self.read_ev, self.read_timeout_now(base));
         }
-        if self.is(State::WRITE_ADDED) {
-            let _ = base.add(self.write_ev, write);
+        if self.is(State::WRITE_ADDED)
+            && let Some(io) = self.io.as_deref()
+        {
+            let _ = base.add(io.write_ev, write);
         }
     }
 
     fn check_read_watermark(&mut self, base: &mut EventBase) {
-        if self.read_high > 0 && self.input.len() >= self.read_high as usize {
+        let high = self.setup.read_high;
+        if high > 0 && self.input().len() >= high as usize {
             self.suspend_read(base, Suspend::WATERMARK);
         } else if self.suspend.intersects(Suspend::WATERMARK) {
             self.unsuspend_read(base, Suspend::WATERMARK);
@@ -498,19 +564,20 @@ impl<C: 'static> BufferEvent<C> {
     }
 
     fn check_backpressure(&mut self, base: &mut EventBase) {
-        if self.bp_high == 0 {
+        let (high, low) = (self.setup.bp_high, self.setup.bp_low);
+        if high == 0 {
             if self.suspend.intersects(Suspend::BACKPRESSURE) {
                 self.unsuspend_read(base, Suspend::BACKPRESSURE);
             }
             return;
         }
-        let len = self.output.len();
-        if len > self.bp_high as usize {
+        let len = self.output().len();
+        if len > high as usize {
             if !self.suspend.intersects(Suspend::BACKPRESSURE) {
                 self.pause_for_backpressure(base);
             }
-        } else if len <= self.bp_low as usize && self.suspend.intersects(Suspend::BACKPRESSURE) {
-            tracing::trace!(target: "rot13d::reactor::bufferevent", fd = self.raw(), pending = len, low = self.bp_low,
+        } else if len <= low as usize && self.suspend.intersects(Suspend::BACKPRESSURE) {
+            tracing::trace!(target: "rot13d::reactor::bufferevent", fd = self.raw(), pending = len, low,
                 "reading resumed: output at the low watermark");
             self.unsuspend_read(base, Suspend::BACKPRESSURE);
         }
@@ -528,10 +595,12 @@ impl<C: 'static> BufferEvent<C> {
         // reads, cut lines and partial writes left free in them would
         // otherwise stay allocated for as long as the peer does not read:
         // SPEC §1 bounds the memory, not only the bytes).
-        self.input.shrink();
-        self.output.compact();
-        tracing::trace!(target: "rot13d::reactor::bufferevent", fd = self.raw(), pending = self.output.len(),
-            high = self.bp_high, input = self.input.len(), heap = self.input.heap_size() + self.output.heap_size(),
+        let (fd, high) = (self.raw(), self.setup.bp_high);
+        let io = self.io_mut();
+        io.input.shrink();
+        io.output.compact();
+        tracing::trace!(target: "rot13d::reactor::bufferevent", fd, pending = io.output.len(), high,
+            input = io.input.len(), heap = io.input.heap_size() + io.output.heap_size(),
             "reading paused: output above the high watermark");
     }
 
@@ -547,6 +616,7 @@ impl<C: 'static> BufferEvent<C> {
     #[doc(alias = "bufferevent_flush")]
     pub fn flush(&mut self, base: &mut EventBase) {
         self.try_write(base);
+        self.settle(base);
     }
 
     /// The read event's timeout now: the owner's, none while the output of
@@ -554,7 +624,7 @@ impl<C: 'static> BufferEvent<C> {
     /// the lingering.
     fn read_timeout_now(&self, base: &EventBase) -> Option<Duration> {
         if !self.is(State::CLOSING) {
-            return self.read_timeout.get();
+            return self.setup.read_timeout.get();
         }
         if !self.is(State::LINGERING) {
             return None;
@@ -572,8 +642,13 @@ impl<C: 'static> BufferEvent<C> {
         }
         self.state.insert(State::FREED);
         base.free(self.read_ev);
-        base.free(self.write_ev);
-        base.free(self.defer_ev);
+        // The error stays readable from the close callback.
+        let error = self.error_code();
+        if let Some(mut io) = self.io.take() {
+            io.free_events(base);
+            // Hand the buffers' memory back now: the handle may outlive us.
+            iostate::give(io);
+        }
         self.state.remove(State::READ_ADDED | State::WRITE_ADDED);
         if let Some(fd) = self.fd.take() {
             base.fd_closed(fd.as_raw_fd());
@@ -581,11 +656,15 @@ impl<C: 'static> BufferEvent<C> {
             // socket as an OwnedFd, so it is ours to close).
             drop(fd);
         }
-        // Hand the buffers' memory back now: the handle may outlive us.
-        self.input = EvBuffer::new();
-        self.output = EvBuffer::new();
-        if let Some(cb) = self.closecb.take() {
+        // Called once: a second `free` returns at FREED above.
+        if let Some(cb) = self.setup.closecb {
+            if error != 0 {
+                self.io_mut().last_error = error;
+            }
             cb(base, self);
+            if let Some(io) = self.io.take() {
+                iostate::give(io);
+            }
         }
     }
 
@@ -613,14 +692,16 @@ impl<C: 'static> BufferEvent<C> {
             return;
         }
         let mut max = usize::MAX;
-        if self.read_high > 0 {
-            max = (self.read_high as usize).saturating_sub(self.input.len());
+        let high = self.setup.read_high;
+        if high > 0 {
+            max = (high as usize).saturating_sub(self.input().len());
             if max == 0 {
                 self.suspend_read(base, Suspend::WATERMARK);
                 return;
             }
         }
-        match self.input.read_from(self.raw(), max) {
+        let raw = self.raw();
+        match self.io_mut().input.read_from(raw, max) {
             Ok(0) => {
                 self.state.set(State::READ_EOF, true);
                 self.enabled &= !EventFlags::READ;
@@ -629,19 +710,24 @@ impl<C: 'static> BufferEvent<C> {
             }
             Ok(n) => {
                 self.check_read_watermark(base);
-                if self.input.len() >= self.read_low as usize {
+                if self.input().len() >= self.setup.read_low as usize {
                     self.call_read(base);
                 }
                 // A short read drained the socket: the connection may stay
                 // quiet now, so what is left of the input (a partial line)
                 // moves out of its read-size chunk into an exact allocation.
-                if n < max.min(self.input.read_size()) && !self.is(State::FREED) {
-                    self.input.shrink();
+                // (An empty input goes back to the pool with its part.)
+                if let Some(io) = self.io.as_deref_mut()
+                    && n < max.min(io.input.read_size())
+                    && !io.input.is_empty()
+                    && !self.state.contains(State::FREED)
+                {
+                    io.input.shrink();
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
-                self.last_error = e.raw_os_error().unwrap_or(libc::EIO);
+                self.set_error(&e);
                 // Like libevent: a failed direction is disabled before the
                 // report, or an owner that frees later sees the loop spin
                 // and the error (then EOF) reported again.
@@ -688,7 +774,7 @@ impl<C: 'static> BufferEvent<C> {
         self.state.remove(State::CONNECTING);
         let err = self.as_fd().and_then(|fd| sys::take_socket_error(fd).ok().flatten());
         if let Some(e) = err {
-            self.last_error = e.raw_os_error().unwrap_or(libc::EIO);
+            self.set_error(&e);
             // The dead socket polls ready for ever: take it out of the
             // loop (as libevent does) or the loop spins until freed.
             self.enabled = EventFlags::NONE;
@@ -697,11 +783,11 @@ impl<C: 'static> BufferEvent<C> {
             return;
         }
         let _ = self.sync_read(base);
-        if self.output.is_empty() {
+        if self.output().is_empty() {
             let _ = self.sync_write(base, false);
         }
         self.report(base, BevEvent::CONNECTED);
-        if !self.is(State::FREED) && !self.output.is_empty() {
+        if !self.is(State::FREED) && !self.output().is_empty() {
             self.try_write(base);
         }
     }
@@ -712,7 +798,7 @@ impl<C: 'static> BufferEvent<C> {
     /// bufferevent frees itself).
     fn fail(&mut self, base: &mut EventBase, dir: BevEvent) {
         let e = base.take_fd_error(self.raw()).and_then(|e| e.raw_os_error());
-        self.last_error = e.unwrap_or(libc::EIO);
+        self.io_mut().last_error = e.unwrap_or(libc::EIO);
         self.enabled = EventFlags::NONE;
         self.state.insert(State::READ_EOF);
         let _ = self.sync_read(base);
@@ -730,35 +816,47 @@ impl<C: 'static> BufferEvent<C> {
         if self.is(State::FREED) || self.is(State::CONNECTING) || !self.enabled.contains(EventFlags::WRITE) {
             return;
         }
+        let raw = self.raw();
+        let Some(io) = self.io.as_deref_mut() else { return };
         let mut progressed = false;
-        while !self.output.is_empty() {
-            match self.output.write_to(self.raw()) {
+        let mut failed = None;
+        while !io.output.is_empty() {
+            match io.output.write_to(raw) {
                 Ok(0) => break,
                 Ok(_) => progressed = true,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    self.last_error = e.raw_os_error().unwrap_or(libc::EIO);
-                    // Disabled before the report (see on_read).
-                    self.enabled &= !EventFlags::WRITE;
-                    let _ = self.sync_write(base, false);
-                    self.report(base, BevEvent::WRITING | BevEvent::ERROR);
-                    return;
+                    failed = Some(e);
+                    break;
                 }
             }
+        }
+        if let Some(e) = failed {
+            self.set_error(&e);
+            // Disabled before the report (see on_read).
+            self.enabled &= !EventFlags::WRITE;
+            let _ = self.sync_write(base, false);
+            self.report(base, BevEvent::WRITING | BevEvent::ERROR);
+            return;
         }
         // Registered only while output is left; re-armed on progress, so
         // that the write timeout counts from the last progress.
         let _ = self.sync_write(base, progressed);
-        if self.output.is_empty() {
-            self.output.shrink();
+        // Drained: a part that keeps input (a partial line) compacts its
+        // output; an empty one goes back to the pool whole (`settle`).
+        if let Some(io) = self.io.as_deref_mut()
+            && io.output.is_empty()
+            && !io.input.is_empty()
+        {
+            io.output.shrink();
         }
         self.check_backpressure(base);
-        if self.is(State::CLOSING) && self.output.is_empty() {
+        if self.is(State::CLOSING) && self.output().is_empty() {
             self.linger(base);
             return;
         }
-        if progressed && self.output.len() <= self.write_low as usize {
+        if progressed && self.output().len() <= self.setup.write_low as usize {
             self.call_write(base);
             self.arm_write(base);
         }

@@ -30,9 +30,15 @@
 //!   long as only appends happened, so a line trickling in byte by byte is
 //!   scanned once.
 //! - `read_from` `readv`s into the tail chunk's free
-//!   space plus one new chunk (libevent's `evbuffer_read` with two iovecs);
+//!   space plus one new chunk (libevent's `evbuffer_read` with two iovecs),
+//!   or `recv`s into one of them;
 //!   `write_to` gathers up to `IOV_MAX` chunks into one
-//!   `sendmsg` (`writev` with `MSG_NOSIGNAL`) and drains what was written.
+//!   `sendmsg` (`writev` with `MSG_NOSIGNAL`; a single chunk goes out with
+//!   `send`) and drains what was written. `recv` and `send` cost the kernel
+//!   a little less than `read` and `sendmsg` (no VFS layer, no msghdr to
+//!   copy in: about 2% of a 64-byte request's round trip, BENCHMARKS.md);
+//!   on a pipe they fail with ENOTSOCK once and the buffer uses `read` and
+//!   `write` from then on.
 //!
 //! # Read size
 //!
@@ -147,6 +153,9 @@ pub struct EvBuffer {
     /// terminator starting before this offset, and only appends happened
     /// since. A line trickling in is thus scanned once, not once per read.
     eol_hint: Option<(Eol, u32)>,
+    /// The fd last read or written is not a socket (a pipe): plain
+    /// `read`/`write` without first trying `recv`/`send`.
+    not_socket: bool,
 }
 
 impl Default for EvBuffer {
@@ -177,7 +186,13 @@ impl EvBuffer {
     /// An empty buffer. Allocates nothing.
     #[doc(alias = "evbuffer_new")]
     pub const fn new() -> EvBuffer {
-        EvBuffer { chunks: VecDeque::new(), len: 0, read_size: DEFAULT_READ_SIZE as u32, eol_hint: None }
+        EvBuffer {
+            chunks: VecDeque::new(),
+            len: 0,
+            read_size: DEFAULT_READ_SIZE as u32,
+            eol_hint: None,
+            not_socket: false,
+        }
     }
 
     /// Number of queued bytes.
@@ -207,6 +222,18 @@ impl EvBuffer {
     /// yields them; `None` past the last chunk.
     pub fn chunk(&self, i: usize) -> Option<&[u8]> {
         self.chunks.get(i).map(Chunk::bytes)
+    }
+
+    /// Forgets what kind of fd it was used with (a pooled buffer may next
+    /// serve a socket after a pipe).
+    pub(crate) fn forget_fd(&mut self) {
+        self.not_socket = false;
+    }
+
+    /// Whether its chunk array has room for at most `n` chunks (a pooled
+    /// empty buffer keeps a small one).
+    pub fn chunks_capacity_within(&self, n: usize) -> bool {
+        self.chunks.capacity() <= n
     }
 
     /// Heap bytes this buffer holds: its blocks plus its chunk array.
@@ -491,6 +518,9 @@ impl EvBuffer {
     #[doc(alias = "evbuffer_pullup")]
     pub fn pullup(&mut self, n: usize) -> &mut [u8] {
         let n = n.min(self.len);
+        // The caller may write through the slice (a terminator, say):
+        // readln's cursor no longer proves anything about these bytes.
+        self.eol_hint = None;
         let front_len = self.chunks.front().map_or(0, Chunk::len);
         if front_len < n {
             let mut c = new_chunk(n, n);
@@ -662,7 +692,7 @@ impl EvBuffer {
         if tail_free >= want.min(TAIL_READ_MIN) {
             let Some(t) = self.chunks.back_mut() else { return Ok(0) };
             let n = want.min(tail_free);
-            let r = sys::read(fd, &mut t.data[t.end..t.end + n])?;
+            let r = recv_or_read(fd, &mut t.data[t.end..t.end + n], &mut self.not_socket)?;
             t.end += r;
             self.len += r;
             return Ok(r);
@@ -675,7 +705,7 @@ impl EvBuffer {
                 let mut iov = [IoSliceMut::new(&mut t.data[end..]), IoSliceMut::new(&mut fresh.data[..second])];
                 sys::readv(fd, &mut iov)
             }
-            _ => sys::read(fd, &mut fresh.data[..second]),
+            _ => recv_or_read(fd, &mut fresh.data[..second], &mut self.not_socket),
         };
         let r = match res {
             Ok(r) => r,
@@ -719,12 +749,33 @@ impl EvBuffer {
         }
         let n = match self.chunks.len() {
             0 => return Ok(0),
-            1..=8 => self.gather_write::<8>(fd, max)?,
+            1 => self.write_front(fd, max)?,
+            2..=8 => self.gather_write::<8>(fd, max)?,
             9..=64 => self.gather_write::<64>(fd, max)?,
             _ => self.gather_write::<{ sys::IOV_MAX }>(fd, max)?,
         };
         self.drain(n);
         Ok(n)
+    }
+
+    /// One chunk (the usual output: an answer, or one read's worth of
+    /// answers): `send`, which the kernel takes without a `msghdr` and an
+    /// iovec array to copy in (`sendmsg`'s import), with `write` for a
+    /// non-socket.
+    fn write_front(&mut self, fd: RawFd, max: usize) -> io::Result<usize> {
+        let Some(c) = self.chunks.front() else { return Ok(0) };
+        let s = c.bytes();
+        let s = &s[..s.len().min(max)];
+        if self.not_socket {
+            return sys::write(fd, s);
+        }
+        match sys::send(fd, s) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOTSOCK) => {
+                self.not_socket = true;
+                sys::write(fd, s)
+            }
+            r => r,
+        }
     }
 
     /// One gathered write of at most `max` bytes from the first `N` chunks.
@@ -846,6 +897,22 @@ impl EvBuffer {
         let end = block.len();
         chunks.push_back(Chunk { data: block, start: 0, end });
         self.chunks = chunks;
+    }
+}
+
+/// One read into `buf`: `recv(2)` on a socket (a little cheaper in the
+/// kernel than `read(2)`, which goes through the VFS first), `read(2)` on
+/// anything else, which `not_socket` remembers.
+fn recv_or_read(fd: RawFd, buf: &mut [u8], not_socket: &mut bool) -> io::Result<usize> {
+    if *not_socket {
+        return sys::read(fd, buf);
+    }
+    match sys::recv(fd, buf) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSOCK) => {
+            *not_socket = true;
+            sys::read(fd, buf)
+        }
+        r => r,
     }
 }
 
