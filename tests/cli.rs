@@ -256,11 +256,16 @@ fn check_config_accepts_good_and_refuses_bad() -> io::Result<()> {
     ensure_code("good --check-config", &out, 0)?;
     let out = run_bin(&["--check-config"], &[], T)?;
     ensure_code("defaults --check-config", &out, 0)?;
+    // `--check-config FILE` is `-c FILE --check-config` (issue 12's form).
+    let out = run_bin(&["--check-config", &good], &[], T)?;
+    ensure_code("--check-config good", &out, 0)?;
     for b in &BAD_CONFIGS {
         let path = write(&dir, "bad.toml", b.text)?;
         let out = run_bin(&["-c", &path, "--check-config"], &[], T)?;
         ensure_code(&format!("{} --check-config", b.what), &out, 78)?;
         ensure_names(b.what, &format!("{}{}", out.stdout, out.stderr), &path, b.line, b.key)?;
+        let out = run_bin(&["--check-config", &path], &[], T)?;
+        ensure_code(&format!("--check-config {}", b.what), &out, 78)?;
     }
     let out = run_bin(&["-c", &dir.join("missing.toml").to_string_lossy(), "--check-config"], &[], T)?;
     ensure!(out.code != Some(0), "a missing file passed --check-config");

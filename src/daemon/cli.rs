@@ -127,8 +127,21 @@ pub struct Args {
     pub pid_file: Option<PathBuf>,
 
     /// Validate the configuration, print problems, exit
-    #[arg(long = "check-config", help_heading = "Modes", conflicts_with_all = ["print_config", "list_backends", "daemon"])]
+    #[arg(skip)]
     pub check_config: bool,
+
+    /// `--check-config [FILE]` as given: FILE is the same as `--config FILE`
+    /// (read into `check_config` and `config` by [`check_config_file`]).
+    #[arg(
+        long = "check-config",
+        id = "check_config",
+        value_name = "FILE",
+        num_args = 0..=1,
+        help = "Validate the configuration (FILE, or --config), print problems, exit",
+        help_heading = "Modes",
+        conflicts_with_all = ["print_config", "list_backends", "daemon"]
+    )]
+    pub check_config_arg: Option<Option<PathBuf>>,
 
     /// Print the effective configuration as TOML, exit
     #[arg(
@@ -174,7 +187,7 @@ pub enum Command {
 /// Parses the process's command line. See the module doc for how `main`
 /// turns an error into output and an exit code.
 pub fn parse_args() -> Result<Args, clap::Error> {
-    Args::try_parse().and_then(subcommand_alone)
+    Args::try_parse().and_then(subcommand_alone).and_then(check_config_file)
 }
 
 /// Parses `args` (the first item is the program name), as [`parse_args`].
@@ -183,7 +196,30 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    Args::try_parse_from(args).and_then(subcommand_alone)
+    Args::try_parse_from(args).and_then(subcommand_alone).and_then(check_config_file)
+}
+
+/// `--check-config FILE` checks FILE, as `--config FILE --check-config`
+/// does (the form `nginx -t -c FILE` users type); with `--config` as well,
+/// both must name the same file.
+fn check_config_file(mut args: Args) -> Result<Args, clap::Error> {
+    match args.check_config_arg.take() {
+        None => Ok(args),
+        Some(file) => {
+            args.check_config = true;
+            match (file, &args.config) {
+                (Some(f), Some(c)) if &f != c => Err(<Args as clap::CommandFactory>::command().error(
+                    ErrorKind::ArgumentConflict,
+                    format!("--check-config {} and --config {} name two files", f.display(), c.display()),
+                )),
+                (Some(f), _) => {
+                    args.config = Some(f);
+                    Ok(args)
+                }
+                (None, _) => Ok(args),
+            }
+        }
+    }
 }
 
 /// A subcommand takes none of the serving options: `rot13d -w 2 probe ADDR`
@@ -326,6 +362,24 @@ mod tests {
     }
 
     #[test]
+    fn check_config_takes_the_file_either_way() {
+        let want = Some(PathBuf::from("/etc/rot13d/rot13d.toml"));
+        for args in [
+            &["--check-config", "/etc/rot13d/rot13d.toml"][..],
+            &["-c", "/etc/rot13d/rot13d.toml", "--check-config"],
+            &["--check-config", "-c", "/etc/rot13d/rot13d.toml"],
+            &["--check-config", "/etc/rot13d/rot13d.toml", "-c", "/etc/rot13d/rot13d.toml"],
+        ] {
+            let a = parse(args).expect("valid");
+            assert!(a.check_config && a.is_one_shot(), "{args:?}");
+            assert_eq!(a.config, want, "{args:?}");
+            assert_eq!(a.check_config_arg, None, "{args:?}");
+        }
+        let e = parse(&["--check-config", "a.toml", "-c", "b.toml"]).expect_err("two files");
+        assert!(e.to_string().contains("name two files"), "{e}");
+    }
+
+    #[test]
     fn modes() {
         assert!(parse(&["--check-config"]).expect("valid").check_config);
         assert!(parse(&["--print-config"]).expect("valid").print_config);
@@ -402,7 +456,7 @@ mod tests {
         }
         assert_eq!(exit_code(&usage_error(&["probe", "--help"])), 0);
         // A stray word is named as such, not as a subcommand in conflict.
-        let e = usage_error(&["--check-config", "/etc/rot13d/rot13d.toml"]).to_string();
+        let e = usage_error(&["--print-config", "/etc/rot13d/rot13d.toml"]).to_string();
         assert!(e.contains("'/etc/rot13d/rot13d.toml'") && !e.contains("cannot be used with"), "{e}");
     }
 
