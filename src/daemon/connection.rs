@@ -40,7 +40,7 @@ use super::metrics::Counter;
 use super::proxy::{self, Header, HeaderPhase, Progress, Refusal};
 use super::worker::{LANE_BULK, LANE_INTERACTIVE, Shared};
 use crate::protocol::{Emitted, Framer};
-use crate::reactor::{BevEvent, BufferEvent, EventBase, EventFlags};
+use crate::reactor::{BevEvent, BevSetup, BufferEvent, EventBase, EventFlags};
 use std::fmt;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -122,7 +122,6 @@ impl End {
 /// and only allocated when something needs it: the PROXY protocol (the
 /// accept time for the header deadline, then the header's source), an
 /// access record, or DEBUG logs (the client's address in each line).
-#[derive(Debug)]
 pub struct Meta {
     /// The client: the PROXY header's source, else the socket's peer.
     pub client: Option<SocketAddr>,
@@ -132,9 +131,11 @@ pub struct Meta {
     pub local: Option<SocketAddr>,
     /// When it was accepted (the base's clock, cached per loop turn).
     pub accepted: Duration,
-    /// The generation's idle and write timeouts, armed again once the
-    /// header phase is over.
-    pub timeouts: (Option<Duration>, Option<Duration>),
+    /// The generation's setup, which the bufferevent goes over to once the
+    /// header phase is over...
+    pub setup: Rc<BevSetup<Conn>>,
+    /// ...and its write timeout, which the header phase keeps.
+    pub write_timeout: Option<Duration>,
     /// Bytes read from the socket, a PROXY header included.
     pub bytes_in: u64,
     /// Bytes written to the socket.
@@ -265,7 +266,7 @@ fn header_phase(base: &mut EventBase, bev: &mut ConnBev) -> bool {
             if left.is_zero() {
                 refuse(base, bev, Refusal::Timeout);
             } else {
-                let write = bev.ctx.meta(|m| m.timeouts.1).flatten();
+                let write = bev.ctx.meta(|m| m.write_timeout).flatten();
                 bev.set_timeouts(base, Some(left), write);
             }
             false
@@ -298,20 +299,20 @@ fn header_done(base: &mut EventBase, bev: &mut ConnBev, header: Header) {
     if header.source.is_none() {
         sh.count(Counter::ProxyLocal, 1);
     }
-    let (idle, write) = bev
+    let setup = bev
         .ctx
         .meta(|m| {
             if let Some(source) = header.source {
                 m.client = Some(canonical(source));
             }
-            m.timeouts
+            m.setup.clone()
         })
         // A connection in the header phase always has its Meta; were it
-        // gone, the generation's current timeouts are the next best.
-        .unwrap_or_else(|| bev.ctx.shared.timeouts());
+        // gone, the current generation's setup is the next best.
+        .unwrap_or_else(|| bev.ctx.shared.conn_setup());
     tracing::debug!(target: "rot13d", fd = bev.fd(), version = header.version.as_str(), client = %bev.ctx.client(),
         peer = %bev.ctx.peer(), destination = %Addr(header.destination.map(canonical)), bytes = header.consumed, "proxy header");
-    bev.set_timeouts(base, idle, write);
+    bev.share_setup(base, &setup);
 }
 
 /// Closes a connection whose header was refused, without a byte of answer

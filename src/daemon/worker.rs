@@ -142,6 +142,10 @@ pub struct Shared {
     /// How new connections' bufferevents are set up (from `params`): one
     /// setup shared by all of them.
     setup: RefCell<Rc<BevSetup<Conn>>>,
+    /// The same with the PROXY header's deadline as the read timeout: the
+    /// setup connections start with while they wait for a header, shared
+    /// too, until they go over to `setup`.
+    header_setup: RefCell<Rc<BevSetup<Conn>>>,
     conns: RefCell<Vec<Option<Bev<Conn>>>>,
     /// The [`Meta`] of each connection that has one, by id; empty while no
     /// connection needs one.
@@ -207,10 +211,9 @@ impl Shared {
         self.open.get()
     }
 
-    /// The idle and write timeouts of new connections.
-    pub(crate) fn timeouts(&self) -> (Option<Duration>, Option<Duration>) {
-        let p = self.params.borrow();
-        (p.idle_timeout, p.write_timeout)
+    /// The setup of new connections once past the header phase.
+    pub(crate) fn conn_setup(&self) -> Rc<BevSetup<Conn>> {
+        self.setup.borrow().clone()
     }
 
     /// Runs `f` on the [`Meta`] of connection `id`, if it has one.
@@ -349,9 +352,9 @@ impl Shared {
     ) -> std::io::Result<()> {
         use std::os::fd::AsRawFd;
         let _ = sys::set_nodelay(fd.as_raw_fd());
-        let (max_line, phase, access, timeouts) = {
+        let (max_line, phase, access, write_timeout) = {
             let p = self.params.borrow();
-            (p.max_line, p.proxy.phase(), p.access, (p.idle_timeout, p.write_timeout))
+            (p.max_line, p.proxy.phase(), p.access, p.write_timeout)
         };
         let meta = Meta::wanted(phase.is_some(), access).then(|| {
             // The local address only for the access record: one
@@ -362,7 +365,8 @@ impl Shared {
                 peer,
                 local: local.and_then(|a| a.as_socket()).map(connection::canonical),
                 accepted: base.now(),
-                timeouts,
+                setup: self.conn_setup(),
+                write_timeout,
                 bytes_in: 0,
                 bytes_out: 0,
                 lines: 0,
@@ -390,7 +394,10 @@ impl Shared {
             last_read: now_ms,
             unsent: 0,
         };
-        let bev = match BufferEvent::socket_with(base, fd, &self.setup.borrow(), conn) {
+        // With a header to wait for, the read timeout is its deadline until
+        // it is complete.
+        let setup = if phase.is_some() { &self.header_setup } else { &self.setup };
+        let bev = match BufferEvent::socket_with(base, fd, &setup.borrow(), conn) {
             Ok(bev) => bev,
             Err(e) => {
                 self.free_ids.borrow_mut().push(id);
@@ -402,12 +409,6 @@ impl Shared {
         }
         let setup = bev.with(|b: &mut ConnBev| -> std::io::Result<()> {
             b.set_priority(base, LANE_INTERACTIVE)?;
-            if phase.is_some() {
-                // With a header to wait for, the read timeout is its
-                // deadline until it is complete (this connection's own
-                // copy of the shared setup).
-                b.set_timeouts(base, Some(proxy::DEADLINE), timeouts.1);
-            }
             b.enable(base, EventFlags::READ | EventFlags::WRITE)
         });
         {
@@ -596,19 +597,23 @@ impl Shared {
         if let Err(e) = register_timeouts(base, &p) {
             tracing::warn!(target: "rot13d", error = %e, "new timeouts use the timer heap");
         }
-        *self.setup.borrow_mut() = Rc::new(bev_setup(&p));
+        let (setup, header_setup) = bev_setups(&p);
+        *self.setup.borrow_mut() = setup;
+        *self.header_setup.borrow_mut() = header_setup;
         *self.params.borrow_mut() = p;
     }
 }
 
-/// The setup every connection of a generation shares: callbacks,
-/// backpressure marks, idle and write timeouts.
-fn bev_setup(p: &WorkerParams) -> BevSetup<Conn> {
-    BevSetup::new(BevOptions::CLOSE_ON_FREE)
+/// The setup every connection of a generation shares (callbacks,
+/// backpressure marks, idle and write timeouts), and the one of its header
+/// phase (the same, with [`proxy::DEADLINE`] as the read timeout).
+fn bev_setups(p: &WorkerParams) -> (Rc<BevSetup<Conn>>, Rc<BevSetup<Conn>>) {
+    let setup = BevSetup::new(BevOptions::CLOSE_ON_FREE)
         .callbacks(Some(connection::on_read), Some(connection::on_write), Some(connection::on_event))
         .close_callback(Some(connection::on_close))
         .backpressure(p.write_high_watermark, p.write_low_watermark)
-        .timeouts(p.idle_timeout, p.write_timeout)
+        .timeouts(p.idle_timeout, p.write_timeout);
+    (Rc::new(setup), Rc::new(setup.timeouts(Some(proxy::DEADLINE), p.write_timeout)))
 }
 
 /// The `reactor` event of a serving process (SPEC §2): the backend, and the
@@ -641,10 +646,12 @@ pub fn start(
 ) -> std::io::Result<Rc<Shared>> {
     register_timeouts(base, &params)?;
     slot.set(Counter::Open, 0);
+    let (setup, header_setup) = bev_setups(&params);
     let shared = Rc::new(Shared {
         slot,
         on_done,
-        setup: RefCell::new(Rc::new(bev_setup(&params))),
+        setup: RefCell::new(setup),
+        header_setup: RefCell::new(header_setup),
         params: RefCell::new(params),
         conns: RefCell::new(Vec::new()),
         metas: RefCell::new(Vec::new()),

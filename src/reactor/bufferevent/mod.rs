@@ -544,13 +544,28 @@ impl<C: 'static> BufferEvent<C> {
         let s = self.setup_mut();
         s.read_timeout = Timeout::new(read);
         s.write_timeout = Timeout::new(write);
+        self.rearm_timeouts(base);
+    }
+
+    /// Shares `setup` from now on (a phase with a setup of its own is
+    /// over): what a private copy made by a setter held is let go, and the
+    /// timeouts and read suspensions follow the new setup at once.
+    pub fn share_setup(&mut self, base: &mut EventBase, setup: &Rc<BevSetup<C>>) {
+        self.setup = setup.clone();
+        self.rearm_timeouts(base);
+        self.check_read_watermark(base);
+        self.check_backpressure(base);
+    }
+
+    /// Re-arms the added events with the setup's timeouts.
+    fn rearm_timeouts(&mut self, base: &mut EventBase) {
         if self.is(State::READ_ADDED) {
             let _ = base.add(self.read_ev, self.read_timeout_now(base));
         }
         if self.is(State::WRITE_ADDED)
             && let Some(io) = self.io.as_deref()
         {
-            let _ = base.add(io.write_ev, write);
+            let _ = base.add(io.write_ev, self.setup.write_timeout.get());
         }
     }
 
