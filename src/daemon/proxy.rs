@@ -410,21 +410,18 @@ impl State {
         };
         let (source, destination) = match (header.command, header.addresses) {
             (ppp::v2::Command::Proxy, ppp::v2::Addresses::IPv4(a)) => (
-                SocketAddr::V4(SocketAddrV4::new(a.source_address, a.source_port)),
-                SocketAddr::V4(SocketAddrV4::new(a.destination_address, a.destination_port)),
+                Some(SocketAddr::V4(SocketAddrV4::new(a.source_address, a.source_port))),
+                Some(SocketAddr::V4(SocketAddrV4::new(a.destination_address, a.destination_port))),
             ),
             (ppp::v2::Command::Proxy, ppp::v2::Addresses::IPv6(a)) => (
-                SocketAddr::V6(SocketAddrV6::new(a.source_address, a.source_port, 0, 0)),
-                SocketAddr::V6(SocketAddrV6::new(a.destination_address, a.destination_port, 0, 0)),
+                Some(SocketAddr::V6(SocketAddrV6::new(a.source_address, a.source_port, 0, 0))),
+                Some(SocketAddr::V6(SocketAddrV6::new(a.destination_address, a.destination_port, 0, 0))),
             ),
             (ppp::v2::Command::Proxy, _) => return Err(Refusal::UnsupportedFamily),
-            (ppp::v2::Command::Local, _) => {
-                input.drain(total);
-                return Ok(Some(Header { version: Version::V2, source: None, destination: None, consumed: total }));
-            }
+            (ppp::v2::Command::Local, _) => (None, None),
         };
         input.drain(total);
-        Ok(Some(Header { version: Version::V2, source: Some(source), destination: Some(destination), consumed: total }))
+        Ok(Some(Header { version: Version::V2, source, destination, consumed: total }))
     }
 }
 
