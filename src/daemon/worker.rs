@@ -684,6 +684,43 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_header_phase_shares_a_setup_and_gives_it_back() {
+        use crate::reactor::LoopFlags;
+        use std::io::Write;
+        let mut base = EventBase::new().expect("base");
+        base.priority_init(LANES).expect("lanes");
+        let params = WorkerParams {
+            max_line: 1024,
+            idle_timeout: Some(Duration::from_secs(60)),
+            write_timeout: Some(Duration::from_secs(30)),
+            write_high_watermark: 1 << 16,
+            write_low_watermark: 1 << 14,
+            max_connections: 8,
+            shutdown_grace: Duration::from_secs(1),
+            lanes: LaneParams { enabled: false, bulk_after_bytes: 1 << 20, window_ms: 1000, quiet_ms: 1000 },
+            proxy: proxy::Mode::V1,
+            access: false,
+        };
+        let metrics = super::super::metrics::Metrics::new().expect("maps");
+        let shared =
+            start(&mut base, Vec::new(), params, metrics.acquire().expect("slot"), Box::new(|_| {})).expect("worker");
+        let (ours, theirs) = sys::socketpair().expect("socketpair");
+        shared.start_connection(&mut base, ours, None).expect("connection");
+        let bev = shared.conns.borrow().iter().flatten().next().cloned().expect("open");
+        let on = |b: &ConnBev, s: &RefCell<Rc<BevSetup<Conn>>>| Rc::ptr_eq(b.setup(), &s.borrow());
+        assert_eq!(bev.with(|b| on(b, &shared.header_setup)), Some(true), "no copy at the accept");
+        let mut client = std::os::unix::net::UnixStream::from(theirs);
+        client.write_all(b"PROXY TCP4 192.0.2.1 198.51.100.7 50000 40713\r\n").expect("write");
+        for _ in 0..100 {
+            if bev.with(|b| b.ctx.proxy.is_none()) == Some(true) {
+                break;
+            }
+            base.run(LoopFlags::ONCE | LoopFlags::NONBLOCK).expect("loop");
+        }
+        assert_eq!(bev.with(|b| (b.ctx.proxy.is_none(), on(b, &shared.setup))), Some((true, true)));
+    }
+
+    #[test]
     fn memory_is_trimmed_after_a_burst_ends_and_never_per_connection() {
         // 10,000 connections closing one by one: a trim at each halving
         // that released 1,024 or more, and at 0; not at every close.
