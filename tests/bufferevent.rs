@@ -8,7 +8,7 @@
 //! upper bound only. The peer side of a connection is a plain non-blocking
 //! fd driven by the test between loop turns.
 
-use crate::reactor::{Backend, Watch, rtest, watchdog};
+use crate::reactor::{Backend, Watch, put, rtest, watchdog};
 use rot13d::protocol::Framer;
 use rot13d::reactor::{Bev, BevEvent, BevOptions, BufferEvent, EventBase, EventFlags, LoopExit, LoopFlags, Suspend};
 use rot13d::sys;
@@ -93,11 +93,6 @@ fn pattern(n: usize) -> Vec<u8> {
             x as u8
         })
         .collect()
-}
-
-fn put(fd: &OwnedFd, bytes: &[u8]) -> io::Result<()> {
-    assert_eq!(sys::write(fd.as_raw_fd(), bytes)?, bytes.len());
-    Ok(())
 }
 
 /// Writes as much of `data[*off..]` as the socket takes; true when it
