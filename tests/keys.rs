@@ -6,7 +6,7 @@
 //! (the `reactor` event), and how many clients each worker serves.
 
 use crate::ensure;
-use crate::util::{Client, Daemon, ensure_bytes_eq, fail, poll_until, tcp_queues};
+use crate::util::{Daemon, ensure_bytes_eq, fail, poll_until, tcp_queues};
 use std::collections::HashSet;
 use std::io::{self, Read};
 use std::net::SocketAddr;
@@ -147,21 +147,16 @@ impl Drop for Strace {
     }
 }
 
-fn ping(c: &mut Client) -> io::Result<()> {
-    c.send(b"ping\n")?;
-    ensure_bytes_eq("ping", &c.read_exact(5)?, b"cvat\n")
-}
-
 /// With one idle connection open, the deadlines (ms) the worker's loop
 /// waits for: each read re-arms the connection's idle timeout, and the
 /// `epoll_wait` that follows is bounded by it, or not at all (-1).
 fn idle_deadlines(config: &str) -> io::Result<Vec<i64>> {
     let d = Daemon::builder().workers(1).config(config).start()?;
     let mut c = d.connect()?;
-    ping(&mut c)?;
+    c.ping()?;
     let st = Strace::attach(d.serving_pid()?, d.dir().join("strace.txt"))?;
     for _ in 0..5 {
-        ping(&mut c)?;
+        c.ping()?;
     }
     // One wait returned per ping (strace may miss the first, while it
     // attaches): each began with the connection's idle timeout armed.
@@ -195,10 +190,10 @@ fn uring_submits_a_turns_changes_with_its_wait() -> io::Result<()> {
     const PINGS: usize = 20;
     let d = Daemon::builder().workers(1).args(["--backend", "uring"]).start()?;
     let mut c = d.connect()?;
-    ping(&mut c)?;
+    c.ping()?;
     let st = Strace::attach_tracing(d.serving_pid()?, d.dir().join("strace.txt"), "trace=all")?;
     for _ in 0..PINGS {
-        ping(&mut c)?;
+        c.ping()?;
     }
     let lines = st.lines()?;
     let enters: Vec<&String> = lines.iter().filter(|l| l.starts_with("io_uring_enter(")).collect();
@@ -247,7 +242,7 @@ fn waits_for_a_batch(config: &str, n: usize) -> io::Result<usize> {
     let mut clients = Vec::new();
     for _ in 0..n {
         let mut c = d.connect()?;
-        ping(&mut c)?;
+        c.ping()?;
         clients.push(c);
     }
     let st = Strace::attach(worker, d.dir().join("strace.txt"))?;

@@ -843,6 +843,13 @@ impl Client {
         self.stream.write_all(b)
     }
 
+    /// One round trip of a short line: `ping\n` must come back as
+    /// `cvat\n`, byte for byte.
+    pub fn ping(&mut self) -> io::Result<()> {
+        self.send(b"ping\n")?;
+        ensure_bytes_eq("ping", &self.read_exact(5)?, b"cvat\n")
+    }
+
     /// Shuts down the write side (EOF for the server).
     pub fn half_close(&self) -> io::Result<()> {
         self.stream.shutdown(Shutdown::Write)
