@@ -6,10 +6,10 @@
 //! (the `reactor` event), and how many clients each worker serves.
 
 use crate::ensure;
-use crate::util::{Daemon, ensure_bytes_eq, fail, poll_until, tcp_queues};
+use crate::util::{Client, Daemon, ensure_bytes_eq, fail, poll_until, tcp_queues};
 use std::collections::HashSet;
 use std::io::{self, Read};
-use std::net::SocketAddr;
+use std::net::{Shutdown, SocketAddr};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -384,9 +384,10 @@ fn max_connections_is_per_worker_with_two_workers() -> io::Result<()> {
         c.stream.set_nonblocking(true)?;
     }
     let mut served = Vec::new();
-    let mut poll_answers = |served: &mut Vec<usize>| -> io::Result<()> {
+    // Reads what came, on every client but a closed one.
+    let poll_answers = |clients: &mut [Client], closed: Option<usize>, served: &mut Vec<usize>| -> io::Result<()> {
         let mut buf = [0u8; 16];
-        for (i, c) in clients.iter_mut().enumerate() {
+        for (i, c) in clients.iter_mut().enumerate().filter(|(i, _)| Some(*i) != closed) {
             match c.stream.read(&mut buf) {
                 Ok(n) => {
                     ensure_bytes_eq("answer", &buf[..n], format!("{i}\n").as_bytes())?;
@@ -400,15 +401,24 @@ fn max_connections_is_per_worker_with_two_workers() -> io::Result<()> {
     };
     let deadline = std::time::Instant::now() + T;
     while served.len() < 4 && std::time::Instant::now() < deadline {
-        poll_answers(&mut served)?;
+        poll_answers(&mut clients, None, &mut served)?;
         std::thread::sleep(Duration::from_millis(10));
     }
     // Waiting clients stay unanswered (a bounded look: a negative).
     std::thread::sleep(Duration::from_millis(300));
-    poll_answers(&mut served)?;
+    poll_answers(&mut clients, None, &mut served)?;
     ensure!(served.len() == 4, "served {served:?}, want 4 (2 per worker)");
-    // One closes: its worker takes one more from its backlog.
-    drop(clients.remove(served[0]));
+    // One closes: its worker takes one more from its backlog and answers
+    // it (the accepted counts alone are [2, 2] already before the close
+    // is seen, so they cannot show this by themselves).
+    let closed = served[0];
+    clients[closed].stream.shutdown(Shutdown::Both)?;
+    let deadline = std::time::Instant::now() + T;
+    while served.len() < 5 && std::time::Instant::now() < deadline {
+        poll_answers(&mut clients, Some(closed), &mut served)?;
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    ensure!(served.len() == 5, "after closing client {closed}: served {served:?}, want one more");
     let settled = poll_until(T, || {
         counts = workers.iter().map(|&w| accepted_by(w, port).unwrap_or(0)).collect();
         counts == [2, 2]
