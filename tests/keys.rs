@@ -6,7 +6,7 @@
 //! (the `reactor` event), and how many clients each worker serves.
 
 use crate::ensure;
-use crate::util::{Client, Daemon, ensure_bytes_eq, fail, poll_until, tcp_queues};
+use crate::util::{Client, Daemon, ensure_bytes_eq, fail, poll_until, root_or_skip, tcp_queues};
 use std::collections::HashSet;
 use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr};
@@ -54,8 +54,7 @@ fn credentials(pid: i32) -> io::Result<(String, String, String)> {
 
 #[test]
 fn group_sets_the_workers_group() -> io::Result<()> {
-    if rot13d::sys::process::geteuid() != 0 {
-        eprintln!("SKIPPED: needs root to change group");
+    if !root_or_skip("to change group") {
         return Ok(());
     }
     // group alone: the gid changes, the uid stays.
