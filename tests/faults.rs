@@ -138,15 +138,10 @@ impl Stream {
     }
 }
 
-/// The time of day (seconds) of the first log line holding every one of
-/// `patterns` (text format: `2026-11-28T01:00:00.000000Z  INFO ...`).
-fn log_time(d: &Daemon, patterns: &[&str]) -> Option<f64> {
-    let text = d.log().text();
-    let line = text.lines().find(|l| patterns.iter().all(|p| l.contains(p)))?;
-    let hms = line.split_whitespace().next()?.split_once('T')?.1.trim_end_matches('Z');
-    let mut it = hms.split(':');
-    let (h, m, s): (f64, f64, f64) = (it.next()?.parse().ok()?, it.next()?.parse().ok()?, it.next()?.parse().ok()?);
-    Some(h * 3600.0 + m * 60.0 + s)
+/// The time (seconds since the epoch) of the first log line holding every
+/// one of `patterns`.
+fn first_log_time(d: &Daemon, patterns: &[&str]) -> Option<f64> {
+    crate::util::log_time(crate::util::lines_with(&d.log().text(), patterns).first()?)
 }
 
 /// Server-side owners of connections to `server_port`: client port -> the
@@ -242,8 +237,8 @@ fn kill_9_of_a_worker_spares_the_other_workers_streams() -> io::Result<()> {
     drop(probes);
     // The daemon's own part: from the death it logged to the replacement's
     // `reactor` line.
-    let died = log_time(&d, &["worker died", &format!("pid={victim} ")]);
-    let up = log_time(&d, &["reactor", &format!("pid={replacement} ")]);
+    let died = first_log_time(&d, &["worker died", &format!("pid={victim} ")]);
+    let up = first_log_time(&d, &["reactor", &format!("pid={replacement} ")]);
     let daemon_took = died.zip(up).map(|(a, b)| format!("{:.2?}", Duration::from_secs_f64((b - a).max(0.0))));
     let daemon_took = daemon_took.unwrap_or_else(|| "?".into());
     thread::sleep(Duration::from_millis(300));

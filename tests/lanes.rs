@@ -7,7 +7,7 @@
 //! changed` DEBUG event (with the priority the connection then runs at).
 
 use crate::ensure;
-use crate::util::{Client, Daemon, fail, get, metric, nth_admin_addr, poll_until, rot13_model};
+use crate::util::{Client, Daemon, fail, get, log_time, metric, nth_admin_addr, poll_until, rot13_model};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::thread;
@@ -67,19 +67,16 @@ fn burst(c: &mut Client, len: usize) -> io::Result<()> {
     Ok(())
 }
 
-/// The `lane changed` events logged so far: (seconds of the day, lane,
-/// priority).
+/// The `lane changed` events logged so far: (seconds since the epoch,
+/// lane, priority).
 fn lane_events(d: &Daemon) -> Vec<(f64, String, u64)> {
     d.log()
         .text()
         .lines()
         .filter(|l| l.contains("lane changed"))
         .filter_map(|l| {
-            let time = l.split_whitespace().next()?.split('T').nth(1)?.trim_end_matches('Z');
-            let mut hms = time.split(':').map(|x| x.parse::<f64>().ok());
-            let secs = hms.next()?? * 3600.0 + hms.next()?? * 60.0 + hms.next()??;
             let field = |k: &str| l.split_whitespace().find_map(|w| w.strip_prefix(k)).map(str::to_string);
-            Some((secs, field("lane=")?, field("priority=")?.parse().ok()?))
+            Some((log_time(l)?, field("lane=")?, field("priority=")?.parse().ok()?))
         })
         .collect()
 }
