@@ -1025,6 +1025,19 @@ pub fn admin_config(extra: &str) -> String {
     format!("[admin]\nlisten = \"127.0.0.1:0\"\n{extra}")
 }
 
+/// `workers` workers with an admin endpoint on `127.0.0.1:0` (then `extra`
+/// config lines), once the master knows every worker serves: a worker logs
+/// `reactor` before it reports READY, so `/healthz` may still say 503
+/// `starting` and `rot13d_workers_serving` be below wanted until the
+/// master's `ready` line. The admin address.
+pub fn admin_daemon(workers: usize, extra: &str) -> io::Result<(Daemon, SocketAddr)> {
+    let d = Daemon::builder().workers(workers).config(&admin_config(extra)).start()?;
+    d.wait_for_log(" ready ", START_TIMEOUT)?;
+    let addr = nth_admin_addr(&d, 0)?;
+    ensure!(addr != d.addr(), "admin and rot13 share {addr}");
+    Ok((d, addr))
+}
+
 /// One round trip of the line `what` answered correctly (5 s at most).
 pub fn serves(d: &Daemon, what: &str) -> io::Result<()> {
     let line = format!("{what}\n");
