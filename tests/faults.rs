@@ -11,8 +11,8 @@
 
 use crate::ensure;
 use crate::util::{
-    Client, Cyclic, Daemon, admin_config, cpu_ticks, ensure_bytes_eq, fail, fd_count, figure, get, kill, mib,
-    nth_admin_addr, poll_until, random_lines, refused, root_or_skip, rot13_model, rss_anon, serves,
+    Client, Cyclic, Daemon, admin_config, cpu_ticks, ensure_bytes_eq, fail, fd_count, fd_count_back_to, figure, get,
+    kill, mib, nth_admin_addr, poll_until, random_lines, refused, root_or_skip, rot13_model, rss_anon, serves,
 };
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -823,14 +823,7 @@ fn slowloris(strict: bool) -> io::Result<()> {
     let first = times.iter().min().copied().unwrap_or_default();
     let last = times.iter().max().copied().unwrap_or_default();
     drop(conns);
-    let settle = || {
-        let mut n = 0;
-        poll_until(T, || {
-            n = fd_count(w).unwrap_or(usize::MAX);
-            n == fd0
-        });
-        n
-    };
+    let settle = || fd_count_back_to(w, fd0, T);
     let fds_end = settle();
     let rss_end = rss_anon(w)?;
     // A second burst, closed by the clients: nothing more is kept.
@@ -1033,14 +1026,7 @@ fn clients_that_reset_half_close_or_vanish_leave_fds_and_rss_as_they_were() -> i
     serves(&d, "warm up")?;
     let fd0 = fd_count(w)?;
     // Waits until the worker holds no connection's descriptor; the count.
-    let settled = || {
-        let mut n = 0;
-        poll_until(T, || {
-            n = fd_count(w).unwrap_or(usize::MAX);
-            n == fd0
-        });
-        n
-    };
+    let settled = || fd_count_back_to(w, fd0, T);
     let mut failures = Vec::new();
     for (k, how) in [Leave::ResetMidStream, Leave::HalfClose, Leave::VanishWhileWritten].into_iter().enumerate() {
         let seed = 1000 * k as u64;

@@ -327,6 +327,17 @@ pub fn fd_count(pid: i32) -> io::Result<usize> {
     Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
 }
 
+/// Waits (at most `timeout`) until `pid` holds `want` descriptors again;
+/// the count it holds at the end (`want` unless the wait ran out).
+pub fn fd_count_back_to(pid: i32, want: usize, timeout: Duration) -> usize {
+    let mut n = 0;
+    poll_until(timeout, || {
+        n = fd_count(pid).unwrap_or(usize::MAX);
+        n == want
+    });
+    n
+}
+
 /// CPU time (user + system) of `pid` in clock ticks (1/100 s), from
 /// fields 14 and 15 of `/proc/PID/stat`.
 pub fn cpu_ticks(pid: i32) -> io::Result<u64> {
