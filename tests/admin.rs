@@ -12,8 +12,8 @@ const T: Duration = Duration::from_secs(10);
 #[test]
 fn healthz_answers_200() -> io::Result<()> {
     let (_d, admin) = admin_daemon(1, "")?;
-    let (code, _) = get(admin, "/healthz")?;
-    ensure!(code == 200, "/healthz: {code}");
+    let (code, body) = get(admin, "/healthz")?;
+    ensure!((code, body.as_str()) == (200, "ok\n"), "/healthz: {code} {body:?}");
     let (code, _) = get(admin, "/no-such-page")?;
     ensure!(code == 404, "/no-such-page: {code}");
     Ok(())
