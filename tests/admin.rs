@@ -2,29 +2,18 @@
 //! summed over all workers) on the admin listener.
 
 use crate::ensure;
-use crate::util::{Client, Daemon, alive, fail, get, metric, nth_admin_addr, poll_until, refused, rot13_model};
+use crate::util::{Client, admin_daemon, alive, fail, get, metric, nth_admin_addr, poll_until, refused, rot13_model};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(10);
 
-/// A daemon with an admin endpoint, once the master knows every worker
-/// serves: a worker logs `reactor` before it reports READY, so `/healthz`
-/// may still say 503 `starting` until the master's `ready` line.
-fn admin_daemon(workers: usize) -> io::Result<(Daemon, SocketAddr)> {
-    let d = Daemon::builder().workers(workers).config("[admin]\nlisten = \"127.0.0.1:0\"\n").start()?;
-    d.wait_for_log(" ready ", T)?;
-    let addr = nth_admin_addr(&d, 0)?;
-    ensure!(addr != d.addr(), "admin and rot13 share {addr}");
-    Ok((d, addr))
-}
-
 #[test]
 fn healthz_answers_200() -> io::Result<()> {
-    let (_d, admin) = admin_daemon(1)?;
-    let (code, _) = get(admin, "/healthz")?;
-    ensure!(code == 200, "/healthz: {code}");
+    let (_d, admin) = admin_daemon(1, "")?;
+    let (code, body) = get(admin, "/healthz")?;
+    ensure!((code, body.as_str()) == (200, "ok\n"), "/healthz: {code} {body:?}");
     let (code, _) = get(admin, "/no-such-page")?;
     ensure!(code == 404, "/no-such-page: {code}");
     Ok(())
@@ -32,7 +21,7 @@ fn healthz_answers_200() -> io::Result<()> {
 
 #[test]
 fn metrics_count_exactly_over_all_workers() -> io::Result<()> {
-    let (d, admin) = admin_daemon(2)?;
+    let (d, admin) = admin_daemon(2, "")?;
     let inputs: [&[u8]; 3] = [b"one\ntwo\n", b"three\n", b"four\nfive\nsix\n"];
     let mut sent = 0;
     for i in inputs {
@@ -64,7 +53,7 @@ fn metrics_count_exactly_over_all_workers() -> io::Result<()> {
 
 #[test]
 fn admin_listener_is_logged_with_kind_admin() -> io::Result<()> {
-    let (d, admin) = admin_daemon(1)?;
+    let (d, admin) = admin_daemon(1, "")?;
     ensure!(admin.ip().is_loopback(), "admin on {admin}");
     ensure!(d.log().count(&["listening", "kind=rot13"]) == 1, "rot13 listener not logged once:\n{}", d.log().text());
     Ok(())
@@ -73,7 +62,7 @@ fn admin_listener_is_logged_with_kind_admin() -> io::Result<()> {
 /// A reload that moves the admin endpoint: the new address answers, the old
 /// one is closed, with or without workers.
 fn reload_moves_the_admin_endpoint(workers: usize) -> io::Result<()> {
-    let (d, old) = admin_daemon(workers)?;
+    let (d, old) = admin_daemon(workers, "")?;
     std::fs::write(d.config_path(), "[admin]\nlisten = \"127.0.0.2:0\"\n")?;
     d.signal(libc::SIGHUP)?;
     d.log().wait_count(&["reloaded"], 1, T)?;
@@ -99,7 +88,7 @@ fn reload_moves_the_admin_endpoint_w1() -> io::Result<()> {
 /// A graceful stop closes the admin endpoint at once (load balancers see
 /// the node go), while a busy client is still being served.
 fn stop_closes_the_admin_endpoint(workers: usize) -> io::Result<()> {
-    let (mut d, admin) = admin_daemon(workers)?;
+    let (mut d, admin) = admin_daemon(workers, "")?;
     let mut c = Client::connect(d.addr())?;
     c.send(b"half a li")?;
     // The connection is accepted and counted before the stop.
@@ -135,7 +124,7 @@ fn stop_closes_the_admin_endpoint_w1() -> io::Result<()> {
 #[test]
 fn every_connection_is_served_with_an_admin_listener() -> io::Result<()> {
     for workers in [1, 2] {
-        let (d, _admin) = admin_daemon(workers)?;
+        let (d, _admin) = admin_daemon(workers, "")?;
         for i in 0..4 {
             let input = format!("line {i} of {workers}\n");
             let got = Client::connect(d.addr())?.roundtrip(input.as_bytes())?;
@@ -151,7 +140,7 @@ fn every_connection_is_served_with_an_admin_listener() -> io::Result<()> {
 /// exited).
 #[test]
 fn admin_request_open_across_a_reload_is_closed_after_its_answer() -> io::Result<()> {
-    let (d, admin) = admin_daemon(1)?;
+    let (d, admin) = admin_daemon(1, "")?;
     // The first generation serves (a reload before that logs one "ready").
     d.log().wait_count(&["ready", "workers=1"], 1, T)?;
     let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(3))?;
@@ -209,7 +198,7 @@ fn answer_to(admin: SocketAddr, request: &[u8]) -> io::Result<String> {
 /// the endpoint serves on.
 #[test]
 fn malformed_and_oversized_heads_are_refused() -> io::Result<()> {
-    let (_d, admin) = admin_daemon(1)?;
+    let (_d, admin) = admin_daemon(1, "")?;
     let bad = answer_to(admin, b"GET /healthz\x01 HTTP/1.1\r\n\r\n")?;
     ensure!(bad.starts_with("HTTP/1.1 400"), "malformed: {bad:?}");
     let mut big = b"GET /healthz HTTP/1.1\r\nX-Pad: ".to_vec();

@@ -8,7 +8,7 @@
 //! upper bound only. The peer side of a connection is a plain non-blocking
 //! fd driven by the test between loop turns.
 
-use crate::reactor::{Backend, Watch, rtest, watchdog};
+use crate::reactor::{Backend, Watch, put, rtest, watchdog};
 use rot13d::protocol::Framer;
 use rot13d::reactor::{Bev, BevEvent, BevOptions, BufferEvent, EventBase, EventFlags, LoopExit, LoopFlags, Suspend};
 use rot13d::sys;
@@ -95,11 +95,6 @@ fn pattern(n: usize) -> Vec<u8> {
         .collect()
 }
 
-fn put(fd: &OwnedFd, bytes: &[u8]) -> io::Result<()> {
-    assert_eq!(sys::write(fd.as_raw_fd(), bytes)?, bytes.len());
-    Ok(())
-}
-
 /// Writes as much of `data[*off..]` as the socket takes; true when it
 /// refused more (full) before everything was written.
 fn feed(fd: RawFd, data: &[u8], off: &mut usize) -> bool {
@@ -147,6 +142,20 @@ fn run_until(b: &mut EventBase, limit: Duration, mut done: impl FnMut(&mut Event
     };
     b.free(tick);
     Ok(r)
+}
+
+/// Turns the loop (at most [`LIMIT`]) while reading `fd` until as many
+/// bytes as `want` has came, then asserts they are `want`, byte for byte
+/// (one more byte fails too).
+fn expect_bytes(b: &mut EventBase, fd: RawFd, want: &[u8], what: &str) -> io::Result<()> {
+    let mut got = Vec::new();
+    let ok = run_until(b, LIMIT, |_| {
+        slurp(fd, &mut got);
+        got.len() >= want.len()
+    })?;
+    assert!(ok, "{what}: stalled at {} of {} bytes", got.len(), want.len());
+    assert!(got == want, "{what}: bytes differ ({} of {})", got.len(), want.len());
+    Ok(())
 }
 
 /// How many `ONCE` turns the loop makes in `dur` with a 20 ms tick timer as
@@ -449,12 +458,7 @@ fn write_low_case(be: Backend, kind: Link, low: usize, n: usize) -> io::Result<V
         e.output_mut().add(&data);
         e.enable(&mut b, EventFlags::WRITE)
     })?;
-    let mut got = Vec::new();
-    assert!(run_until(&mut b, LIMIT, |_| {
-        slurp(y.as_raw_fd(), &mut got);
-        got.len() == n
-    })?);
-    assert_eq!(got, data, "{kind:?}: bytes differ");
+    expect_bytes(&mut b, y.as_raw_fd(), &data, &format!("{kind:?}"))?;
     let seen = ctx(&bev, |c| c.out_seen.clone());
     with(&bev, |e| e.free(&mut b));
     Ok(seen)
@@ -1960,12 +1964,7 @@ rtest!(write_event_is_registered_only_while_the_socket_is_full, |be| {
         // Full: the write event waits in the loop.
         assert!(with(&bev, |e| !e.output().is_empty()), "{kind:?}");
         assert_eq!(b.run(LoopFlags::NONBLOCK)?, LoopExit::Done, "{kind:?}: no write event while full");
-        let mut got = Vec::new();
-        assert!(run_until(&mut b, LIMIT, |_| {
-            slurp(y.as_raw_fd(), &mut got);
-            got.len() == data.len()
-        })?);
-        assert!(got == data, "{kind:?}");
+        expect_bytes(&mut b, y.as_raw_fd(), &data, &format!("{kind:?}"))?;
         // Drained: it is gone again.
         assert_eq!(b.run(LoopFlags::NONBLOCK)?, LoopExit::NoEvents, "{kind:?}: write event left");
         assert_eq!(ctx(&bev, |c| c.out_seen.clone()), [0], "{kind:?}");
@@ -1990,12 +1989,7 @@ rtest!(an_idle_bufferevent_keeps_only_its_read_event, |be| {
         assert!(with(&bev, |e| !e.is_busy()), "{kind:?}: busy before any byte");
         // One request, one answer.
         put(&y, b"hello\n")?;
-        let mut got = Vec::new();
-        assert!(run_until(&mut b, LIMIT, |_| {
-            slurp(y.as_raw_fd(), &mut got);
-            got.len() == 6
-        })?);
-        assert_eq!(got, b"hello\n", "{kind:?}");
+        expect_bytes(&mut b, y.as_raw_fd(), b"hello\n", &format!("{kind:?}"))?;
         assert!(with(&bev, |e| !e.is_busy()), "{kind:?}: buffers kept after the answer went out");
         assert_eq!(b.num_events(), idle_events, "{kind:?}: an event kept after the answer went out");
         // A burst the socket cannot take at once: the write event exists
@@ -2007,12 +2001,7 @@ rtest!(an_idle_bufferevent_keeps_only_its_read_event, |be| {
         });
         assert!(with(&bev, |e| e.is_busy() && !e.output().is_empty()), "{kind:?}: the socket took 1 MiB at once");
         assert_eq!(b.num_events(), idle_events + 1, "{kind:?}: no write event while the socket is full");
-        let mut got = Vec::new();
-        assert!(run_until(&mut b, LIMIT, |_| {
-            slurp(y.as_raw_fd(), &mut got);
-            got.len() == data.len()
-        })?);
-        assert!(got == data, "{kind:?}");
+        expect_bytes(&mut b, y.as_raw_fd(), &data, &format!("{kind:?}"))?;
         assert!(with(&bev, |e| !e.is_busy()), "{kind:?}: buffers kept after the burst");
         assert_eq!(b.num_events(), idle_events, "{kind:?}: the write event outlived the burst");
         with(&bev, |e| e.free(&mut b));

@@ -11,8 +11,8 @@
 
 use crate::ensure;
 use crate::util::{
-    Client, Cyclic, Daemon, admin_config, cpu_ticks, ensure_bytes_eq, fail, fd_count, figure, get, kill, mib,
-    nth_admin_addr, poll_until, random_lines, refused, root_or_skip, rot13_model, rss_anon, serves,
+    Client, Cyclic, Daemon, admin_config, cpu_ticks, ensure_bytes_eq, fail, fd_count, fd_count_back_to, figure, get,
+    kill, mib, nth_admin_addr, poll_until, random_lines, refused, root_or_skip, rot13_model, rss_anon, serves,
 };
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -138,15 +138,10 @@ impl Stream {
     }
 }
 
-/// The time of day (seconds) of the first log line holding every one of
-/// `patterns` (text format: `2026-11-28T01:00:00.000000Z  INFO ...`).
-fn log_time(d: &Daemon, patterns: &[&str]) -> Option<f64> {
-    let text = d.log().text();
-    let line = text.lines().find(|l| patterns.iter().all(|p| l.contains(p)))?;
-    let hms = line.split_whitespace().next()?.split_once('T')?.1.trim_end_matches('Z');
-    let mut it = hms.split(':');
-    let (h, m, s): (f64, f64, f64) = (it.next()?.parse().ok()?, it.next()?.parse().ok()?, it.next()?.parse().ok()?);
-    Some(h * 3600.0 + m * 60.0 + s)
+/// The time (seconds since the epoch) of the first log line holding every
+/// one of `patterns`.
+fn first_log_time(d: &Daemon, patterns: &[&str]) -> Option<f64> {
+    crate::util::log_time(crate::util::lines_with(&d.log().text(), patterns).first()?)
 }
 
 /// Server-side owners of connections to `server_port`: client port -> the
@@ -242,8 +237,8 @@ fn kill_9_of_a_worker_spares_the_other_workers_streams() -> io::Result<()> {
     drop(probes);
     // The daemon's own part: from the death it logged to the replacement's
     // `reactor` line.
-    let died = log_time(&d, &["worker died", &format!("pid={victim} ")]);
-    let up = log_time(&d, &["reactor", &format!("pid={replacement} ")]);
+    let died = first_log_time(&d, &["worker died", &format!("pid={victim} ")]);
+    let up = first_log_time(&d, &["reactor", &format!("pid={replacement} ")]);
     let daemon_took = died.zip(up).map(|(a, b)| format!("{:.2?}", Duration::from_secs_f64((b - a).max(0.0))));
     let daemon_took = daemon_took.unwrap_or_else(|| "?".into());
     thread::sleep(Duration::from_millis(300));
@@ -828,14 +823,7 @@ fn slowloris(strict: bool) -> io::Result<()> {
     let first = times.iter().min().copied().unwrap_or_default();
     let last = times.iter().max().copied().unwrap_or_default();
     drop(conns);
-    let settle = || {
-        let mut n = 0;
-        poll_until(T, || {
-            n = fd_count(w).unwrap_or(usize::MAX);
-            n == fd0
-        });
-        n
-    };
+    let settle = || fd_count_back_to(w, fd0, T);
     let fds_end = settle();
     let rss_end = rss_anon(w)?;
     // A second burst, closed by the clients: nothing more is kept.
@@ -1038,14 +1026,7 @@ fn clients_that_reset_half_close_or_vanish_leave_fds_and_rss_as_they_were() -> i
     serves(&d, "warm up")?;
     let fd0 = fd_count(w)?;
     // Waits until the worker holds no connection's descriptor; the count.
-    let settled = || {
-        let mut n = 0;
-        poll_until(T, || {
-            n = fd_count(w).unwrap_or(usize::MAX);
-            n == fd0
-        });
-        n
-    };
+    let settled = || fd_count_back_to(w, fd0, T);
     let mut failures = Vec::new();
     for (k, how) in [Leave::ResetMidStream, Leave::HalfClose, Leave::VanishWhileWritten].into_iter().enumerate() {
         let seed = 1000 * k as u64;

@@ -6,10 +6,10 @@
 //! (the `reactor` event), and how many clients each worker serves.
 
 use crate::ensure;
-use crate::util::{Client, Daemon, ensure_bytes_eq, fail, poll_until, tcp_queues};
+use crate::util::{Client, Daemon, ensure_bytes_eq, fail, poll_until, root_or_skip, tcp_queues};
 use std::collections::HashSet;
 use std::io::{self, Read};
-use std::net::SocketAddr;
+use std::net::{Shutdown, SocketAddr};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -54,8 +54,7 @@ fn credentials(pid: i32) -> io::Result<(String, String, String)> {
 
 #[test]
 fn group_sets_the_workers_group() -> io::Result<()> {
-    if rot13d::sys::process::geteuid() != 0 {
-        eprintln!("SKIPPED: needs root to change group");
+    if !root_or_skip("to change group") {
         return Ok(());
     }
     // group alone: the gid changes, the uid stays.
@@ -147,21 +146,16 @@ impl Drop for Strace {
     }
 }
 
-fn ping(c: &mut Client) -> io::Result<()> {
-    c.send(b"ping\n")?;
-    ensure_bytes_eq("ping", &c.read_exact(5)?, b"cvat\n")
-}
-
 /// With one idle connection open, the deadlines (ms) the worker's loop
 /// waits for: each read re-arms the connection's idle timeout, and the
 /// `epoll_wait` that follows is bounded by it, or not at all (-1).
 fn idle_deadlines(config: &str) -> io::Result<Vec<i64>> {
     let d = Daemon::builder().workers(1).config(config).start()?;
     let mut c = d.connect()?;
-    ping(&mut c)?;
+    c.ping()?;
     let st = Strace::attach(d.serving_pid()?, d.dir().join("strace.txt"))?;
     for _ in 0..5 {
-        ping(&mut c)?;
+        c.ping()?;
     }
     // One wait returned per ping (strace may miss the first, while it
     // attaches): each began with the connection's idle timeout armed.
@@ -195,10 +189,10 @@ fn uring_submits_a_turns_changes_with_its_wait() -> io::Result<()> {
     const PINGS: usize = 20;
     let d = Daemon::builder().workers(1).args(["--backend", "uring"]).start()?;
     let mut c = d.connect()?;
-    ping(&mut c)?;
+    c.ping()?;
     let st = Strace::attach_tracing(d.serving_pid()?, d.dir().join("strace.txt"), "trace=all")?;
     for _ in 0..PINGS {
-        ping(&mut c)?;
+        c.ping()?;
     }
     let lines = st.lines()?;
     let enters: Vec<&String> = lines.iter().filter(|l| l.starts_with("io_uring_enter(")).collect();
@@ -247,7 +241,7 @@ fn waits_for_a_batch(config: &str, n: usize) -> io::Result<usize> {
     let mut clients = Vec::new();
     for _ in 0..n {
         let mut c = d.connect()?;
-        ping(&mut c)?;
+        c.ping()?;
         clients.push(c);
     }
     let st = Strace::attach(worker, d.dir().join("strace.txt"))?;
@@ -389,9 +383,10 @@ fn max_connections_is_per_worker_with_two_workers() -> io::Result<()> {
         c.stream.set_nonblocking(true)?;
     }
     let mut served = Vec::new();
-    let mut poll_answers = |served: &mut Vec<usize>| -> io::Result<()> {
+    // Reads what came, on every client but a closed one.
+    let poll_answers = |clients: &mut [Client], closed: Option<usize>, served: &mut Vec<usize>| -> io::Result<()> {
         let mut buf = [0u8; 16];
-        for (i, c) in clients.iter_mut().enumerate() {
+        for (i, c) in clients.iter_mut().enumerate().filter(|(i, _)| Some(*i) != closed) {
             match c.stream.read(&mut buf) {
                 Ok(n) => {
                     ensure_bytes_eq("answer", &buf[..n], format!("{i}\n").as_bytes())?;
@@ -405,15 +400,24 @@ fn max_connections_is_per_worker_with_two_workers() -> io::Result<()> {
     };
     let deadline = std::time::Instant::now() + T;
     while served.len() < 4 && std::time::Instant::now() < deadline {
-        poll_answers(&mut served)?;
+        poll_answers(&mut clients, None, &mut served)?;
         std::thread::sleep(Duration::from_millis(10));
     }
     // Waiting clients stay unanswered (a bounded look: a negative).
     std::thread::sleep(Duration::from_millis(300));
-    poll_answers(&mut served)?;
+    poll_answers(&mut clients, None, &mut served)?;
     ensure!(served.len() == 4, "served {served:?}, want 4 (2 per worker)");
-    // One closes: its worker takes one more from its backlog.
-    drop(clients.remove(served[0]));
+    // One closes: its worker takes one more from its backlog and answers
+    // it (the accepted counts alone are [2, 2] already before the close
+    // is seen, so they cannot show this by themselves).
+    let closed = served[0];
+    clients[closed].stream.shutdown(Shutdown::Both)?;
+    let deadline = std::time::Instant::now() + T;
+    while served.len() < 5 && std::time::Instant::now() < deadline {
+        poll_answers(&mut clients, Some(closed), &mut served)?;
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    ensure!(served.len() == 5, "after closing client {closed}: served {served:?}, want one more");
     let settled = poll_until(T, || {
         counts = workers.iter().map(|&w| accepted_by(w, port).unwrap_or(0)).collect();
         counts == [2, 2]

@@ -7,7 +7,7 @@
 //! changed` DEBUG event (with the priority the connection then runs at).
 
 use crate::ensure;
-use crate::util::{Client, Daemon, fail, get, metric, nth_admin_addr, poll_until, rot13_model};
+use crate::util::{Client, Daemon, fail, get, log_time, metric, nth_admin_addr, poll_until, rot13_model};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::thread;
@@ -67,26 +67,16 @@ fn burst(c: &mut Client, len: usize) -> io::Result<()> {
     Ok(())
 }
 
-/// One round trip of a short line.
-fn ping(c: &mut Client) -> io::Result<()> {
-    c.send(b"ping\n")?;
-    ensure!(c.read_exact(5)? == b"cvat\n", "ping answer");
-    Ok(())
-}
-
-/// The `lane changed` events logged so far: (seconds of the day, lane,
-/// priority).
+/// The `lane changed` events logged so far: (seconds since the epoch,
+/// lane, priority).
 fn lane_events(d: &Daemon) -> Vec<(f64, String, u64)> {
     d.log()
         .text()
         .lines()
         .filter(|l| l.contains("lane changed"))
         .filter_map(|l| {
-            let time = l.split_whitespace().next()?.split('T').nth(1)?.trim_end_matches('Z');
-            let mut hms = time.split(':').map(|x| x.parse::<f64>().ok());
-            let secs = hms.next()?? * 3600.0 + hms.next()?? * 60.0 + hms.next()??;
             let field = |k: &str| l.split_whitespace().find_map(|w| w.strip_prefix(k)).map(str::to_string);
-            Some((secs, field("lane=")?, field("priority=")?.parse().ok()?))
+            Some((log_time(l)?, field("lane=")?, field("priority=")?.parse().ok()?))
         })
         .collect()
 }
@@ -95,7 +85,7 @@ fn lane_events(d: &Daemon) -> Vec<(f64, String, u64)> {
 fn a_heavy_connection_moves_to_bulk_and_back_once_quiet() -> io::Result<()> {
     let (d, admin) = lane_daemon("bulk_after_bytes = 65536\nbulk_window_ms = 200\nquiet_ms = 300\n")?;
     let mut chat = d.connect()?;
-    ping(&mut chat)?;
+    chat.ping()?;
     // Below the threshold in one window: stays interactive.
     let mut light = d.connect()?;
     burst(&mut light, 48 * KIB)?;
@@ -107,10 +97,10 @@ fn a_heavy_connection_moves_to_bulk_and_back_once_quiet() -> io::Result<()> {
     // Quiet for the rest of the window and quiet_ms (pacing, not
     // synchronisation: the time is the point), then one line: back.
     thread::sleep(Duration::from_millis(200 + 300 + 100));
-    ping(&mut heavy)?;
+    heavy.ping()?;
     wait_moves(admin, "interactive", 1)?;
-    ping(&mut chat)?;
-    ping(&mut light)?;
+    chat.ping()?;
+    light.ping()?;
     // The metric moves as the worker logs; the test's log reader may not
     // have read the line yet (seen once under a loaded suite).
     d.log().wait_count(&["lane changed"], 2, T)?;
@@ -142,7 +132,7 @@ fn a_burst_split_by_a_window_edge_is_heavy() -> io::Result<()> {
     burst(&mut c, 40 * KIB)?;
     thread::sleep(Duration::from_millis(1050).saturating_sub(t0.elapsed()));
     burst(&mut c, 40 * KIB)?;
-    ping(&mut c)?;
+    c.ping()?;
     wait_moves(admin, "bulk", 1)
 }
 
@@ -154,7 +144,7 @@ fn traffic_spread_over_more_than_the_window_stays_interactive() -> io::Result<()
     // Pacing: more than two windows apart.
     thread::sleep(Duration::from_millis(500));
     burst(&mut c, 40 * KIB)?;
-    ping(&mut c)?;
+    c.ping()?;
     ensure!(moves(admin, "bulk")? == 0, "80 KiB in two bursts 500 ms apart made it bulk (window 200 ms)");
     let calls = series(admin, "rot13d_lane_callbacks_total{lane=\"interactive\"}")?;
     ensure!(calls > 0 && series(admin, "rot13d_lane_callbacks_total{lane=\"bulk\"}")? == 0, "callbacks");
@@ -168,7 +158,7 @@ fn lanes_disabled_keep_every_connection_on_one_priority() -> io::Result<()> {
     burst(&mut heavy, 256 * KIB)?;
     // Classed as bulk by its traffic, still at the interactive priority.
     wait_moves(admin, "bulk", 1)?;
-    ping(&mut heavy)?;
+    heavy.ping()?;
     d.log().wait_count(&["lane changed"], 1, T)?;
     let events = lane_events(&d);
     ensure!(!events.is_empty() && events.iter().all(|(_, _, p)| *p == 1), "lane events {events:?}");

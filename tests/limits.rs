@@ -590,12 +590,8 @@ fn no_fd_leak(backend: &str, workers: usize) -> io::Result<()> {
         c.send(b"unread\n")?;
         drop(c);
     }
-    let mut now = 0;
-    let settled = crate::util::poll_until(Duration::from_secs(5), || {
-        now = fd_count(pid).unwrap_or(usize::MAX);
-        now == baseline
-    });
-    ensure!(settled, "serving process has {now} fds after 500 connections, {baseline} before");
+    let now = crate::util::fd_count_back_to(pid, baseline, Duration::from_secs(5));
+    ensure!(now == baseline, "serving process has {now} fds after 500 connections, {baseline} before");
     ensure_bytes_eq("still serving", &d.roundtrip(b"ok\n")?, b"bx\n")
 }
 

@@ -9,7 +9,7 @@
 //! (scripts/test.sh installs it).
 
 use crate::ensure;
-use crate::util::{Client, Daemon, Log, TempDir, fail, get, nth_admin_addr, poll_until, rot13_model};
+use crate::util::{Client, Log, TempDir, admin_daemon, fail, get, poll_until, rot13_model};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -36,18 +36,6 @@ fn samples<'a>(body: &'a str, name: &str) -> Vec<(&'a str, f64)> {
 
 fn now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// A daemon with an admin endpoint, once the master knows every worker
-/// serves (a worker logs `reactor` before it reports READY on its channel:
-/// until the master's `ready` line, `rot13d_workers_serving` may still be
-/// below wanted); its address.
-fn admin_daemon(workers: usize, extra: &str) -> io::Result<(Daemon, SocketAddr)> {
-    let d =
-        Daemon::builder().workers(workers).config(&format!("[admin]\nlisten = \"127.0.0.1:0\"\n{extra}")).start()?;
-    d.wait_for_log(" ready ", T)?;
-    let admin = nth_admin_addr(&d, 0)?;
-    Ok((d, admin))
 }
 
 fn scrape(admin: SocketAddr) -> io::Result<String> {

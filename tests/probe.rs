@@ -24,6 +24,15 @@ fn ensure_unhealthy(out: &Output, reason: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// A healthy probe's output: one line naming `addr` on stdout, nothing on
+/// stderr.
+fn ensure_healthy_line(out: &Output, addr: &str) -> io::Result<()> {
+    one_line("stdout", &out.stdout)?;
+    ensure!(out.stdout.starts_with(&format!("healthy: {addr} answered ROT13 in ")), "{:?}", out.stdout);
+    ensure!(out.stderr.is_empty(), "stderr: {:?}", out.stderr);
+    Ok(())
+}
+
 #[test]
 fn probe_is_healthy_against_a_serving_daemon() -> io::Result<()> {
     for workers in [0, 2] {
@@ -31,9 +40,7 @@ fn probe_is_healthy_against_a_serving_daemon() -> io::Result<()> {
         let addr = d.addr().to_string();
         let out = run_bin(&["probe", &addr], &[], T)?;
         ensure!(out.code == Some(0), "workers={workers}: exit {:?}; stderr: {}", out.code, out.stderr);
-        one_line("stdout", &out.stdout)?;
-        ensure!(out.stdout.starts_with(&format!("healthy: {addr} answered ROT13 in ")), "{:?}", out.stdout);
-        ensure!(out.stderr.is_empty(), "stderr: {:?}", out.stderr);
+        ensure_healthy_line(&out, &addr)?;
     }
     Ok(())
 }
@@ -42,9 +49,10 @@ fn probe_is_healthy_against_a_serving_daemon() -> io::Result<()> {
 fn probe_is_healthy_when_max_line_cuts_its_line() -> io::Result<()> {
     // The probe line is longer than 5 bytes: the answer comes in pieces.
     let d = Daemon::start(0, &["--max-line", "5"])?;
-    let out = run_bin(&["probe", &d.addr().to_string()], &[], T)?;
+    let addr = d.addr().to_string();
+    let out = run_bin(&["probe", &addr], &[], T)?;
     ensure!(out.code == Some(0), "exit {:?}; stderr: {}", out.code, out.stderr);
-    Ok(())
+    ensure_healthy_line(&out, &addr)
 }
 
 /// Behind a load balancer (`proxy_protocol` on) the probe begins with a
@@ -58,6 +66,7 @@ fn probe_speaks_the_proxy_protocol_of_the_server() -> io::Result<()> {
         let addr = d.addr().to_string();
         let out = run_bin(&["probe", &addr, "--proxy-protocol", mode], &[], T)?;
         ensure!(out.code == Some(0), "{mode}: exit {:?}; stderr: {}", out.code, out.stderr);
+        ensure_healthy_line(&out, &addr)?;
         ensure_unhealthy(&run_bin(&["probe", &addr], &[], T)?, "closed without answering")?;
     }
     let out = run_bin(&["probe", "127.0.0.1:1", "--proxy-protocol", "v3"], &[], T)?;

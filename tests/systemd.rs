@@ -4,31 +4,11 @@
 //! (`LISTEN_FDS`/`LISTEN_PID`, `LISTEN_FDNAMES` naming the admin socket).
 
 use crate::ensure;
-use crate::util::{Daemon, Notify, TempDir, fail};
+use crate::util::{Daemon, Notify, TempDir, fail, log_time};
 use std::io;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const T: Duration = Duration::from_secs(10);
-
-/// The time of a log line (`2026-11-28T01:22:21.192743Z ...`) as seconds
-/// since the epoch.
-fn log_time(line: &str) -> Option<f64> {
-    let ts = line.split_whitespace().next()?.strip_suffix('Z')?;
-    let (date, time) = ts.split_once('T')?;
-    let mut d = date.split('-').map(|x| x.parse::<i64>());
-    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
-    let mut t = time.split(':');
-    let (h, min, s) = (t.next()?.parse::<f64>().ok()?, t.next()?.parse::<f64>().ok()?, t.next()?.parse::<f64>().ok()?);
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days as f64 * 86400.0 + h * 3600.0 + min * 60.0 + s)
-}
 
 fn secs(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64()

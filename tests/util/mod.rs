@@ -327,6 +327,17 @@ pub fn fd_count(pid: i32) -> io::Result<usize> {
     Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
 }
 
+/// Waits (at most `timeout`) until `pid` holds `want` descriptors again;
+/// the count it holds at the end (`want` unless the wait ran out).
+pub fn fd_count_back_to(pid: i32, want: usize, timeout: Duration) -> usize {
+    let mut n = 0;
+    poll_until(timeout, || {
+        n = fd_count(pid).unwrap_or(usize::MAX);
+        n == want
+    });
+    n
+}
+
 /// CPU time (user + system) of `pid` in clock ticks (1/100 s), from
 /// fields 14 and 15 of `/proc/PID/stat`.
 pub fn cpu_ticks(pid: i32) -> io::Result<u64> {
@@ -843,6 +854,13 @@ impl Client {
         self.stream.write_all(b)
     }
 
+    /// One round trip of a short line: `ping\n` must come back as
+    /// `cvat\n`, byte for byte.
+    pub fn ping(&mut self) -> io::Result<()> {
+        self.send(b"ping\n")?;
+        ensure_bytes_eq("ping", &self.read_exact(5)?, b"cvat\n")
+    }
+
     /// Shuts down the write side (EOF for the server).
     pub fn half_close(&self) -> io::Result<()> {
         self.stream.shutdown(Shutdown::Write)
@@ -1018,6 +1036,19 @@ pub fn admin_config(extra: &str) -> String {
     format!("[admin]\nlisten = \"127.0.0.1:0\"\n{extra}")
 }
 
+/// `workers` workers with an admin endpoint on `127.0.0.1:0` (then `extra`
+/// config lines), once the master knows every worker serves: a worker logs
+/// `reactor` before it reports READY, so `/healthz` may still say 503
+/// `starting` and `rot13d_workers_serving` be below wanted until the
+/// master's `ready` line. The admin address.
+pub fn admin_daemon(workers: usize, extra: &str) -> io::Result<(Daemon, SocketAddr)> {
+    let d = Daemon::builder().workers(workers).config(&admin_config(extra)).start()?;
+    d.wait_for_log(" ready ", START_TIMEOUT)?;
+    let addr = nth_admin_addr(&d, 0)?;
+    ensure!(addr != d.addr(), "admin and rot13 share {addr}");
+    Ok((d, addr))
+}
+
 /// One round trip of the line `what` answered correctly (5 s at most).
 pub fn serves(d: &Daemon, what: &str) -> io::Result<()> {
     let line = format!("{what}\n");
@@ -1143,6 +1174,26 @@ pub fn closed_unanswered(c: &mut Client, within: Duration) -> io::Result<()> {
             Err(e) => return Err(fail(format!("not closed within {within:?}: {e}"))),
         }
     }
+}
+
+/// The time of a log line (`2026-11-28T01:22:21.192743Z ...`) as seconds
+/// since the epoch (differences stay right across midnight).
+pub fn log_time(line: &str) -> Option<f64> {
+    let ts = line.split_whitespace().next()?.strip_suffix('Z')?;
+    let (date, time) = ts.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>());
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let mut t = time.split(':');
+    let (h, min, s) = (t.next()?.parse::<f64>().ok()?, t.next()?.parse::<f64>().ok()?, t.next()?.parse::<f64>().ok()?);
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days as f64 * 86400.0 + h * 3600.0 + min * 60.0 + s)
 }
 
 /// The `key=value` fields of a text log line (values bare or quoted).
