@@ -955,7 +955,7 @@ pub fn spawn_wanted(generation: u32, index: usize, wanted: usize, roles: &[Role]
 
 /// Whether every wanted worker of `generation` serves.
 pub fn generation_serves(generation: u32, wanted: usize, roles: &[Role]) -> bool {
-    (0..wanted).all(|i| roles.iter().any(|r| r.generation == generation && r.index == i && r.phase == Phase::Serving))
+    serving(generation, wanted, roles) == wanted
 }
 
 /// How many wanted workers of `generation` serve (one per index at most).
