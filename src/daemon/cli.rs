@@ -187,7 +187,7 @@ pub enum Command {
 /// Parses the process's command line. See the module doc for how `main`
 /// turns an error into output and an exit code.
 pub fn parse_args() -> Result<Args, clap::Error> {
-    Args::try_parse().and_then(subcommand_alone).and_then(check_config_file)
+    parse_from(std::env::args_os())
 }
 
 /// Parses `args` (the first item is the program name), as [`parse_args`].
