@@ -187,7 +187,7 @@ pub enum Command {
 /// Parses the process's command line. See the module doc for how `main`
 /// turns an error into output and an exit code.
 pub fn parse_args() -> Result<Args, clap::Error> {
-    Args::try_parse().and_then(subcommand_alone).and_then(check_config_file)
+    parse_from(std::env::args_os())
 }
 
 /// Parses `args` (the first item is the program name), as [`parse_args`].
@@ -203,23 +203,18 @@ where
 /// does (the form `nginx -t -c FILE` users type); with `--config` as well,
 /// both must name the same file.
 fn check_config_file(mut args: Args) -> Result<Args, clap::Error> {
-    match args.check_config_arg.take() {
-        None => Ok(args),
-        Some(file) => {
-            args.check_config = true;
-            match (file, &args.config) {
-                (Some(f), Some(c)) if &f != c => Err(<Args as clap::CommandFactory>::command().error(
-                    ErrorKind::ArgumentConflict,
-                    format!("--check-config {} and --config {} name two files", f.display(), c.display()),
-                )),
-                (Some(f), _) => {
-                    args.config = Some(f);
-                    Ok(args)
-                }
-                (None, _) => Ok(args),
-            }
+    let Some(file) = args.check_config_arg.take() else { return Ok(args) };
+    args.check_config = true;
+    if let Some(f) = file {
+        if let Some(c) = args.config.as_ref().filter(|c| **c != f) {
+            return Err(<Args as clap::CommandFactory>::command().error(
+                ErrorKind::ArgumentConflict,
+                format!("--check-config {} and --config {} name two files", f.display(), c.display()),
+            ));
         }
+        args.config = Some(f);
     }
+    Ok(args)
 }
 
 /// A subcommand takes none of the serving options: `rot13d -w 2 probe ADDR`

@@ -180,9 +180,8 @@ pub fn activated_kinds(names: Option<&str>, n: usize) -> Result<Vec<Kind>, Strin
 /// our pid and `LISTEN_FDS` counts fds from 3), each of the kind its name
 /// in `LISTEN_FDNAMES` says ([`activated_kinds`]).
 pub fn activated() -> Result<Option<Vec<Listener>>, Error> {
-    let pid = std::env::var("LISTEN_PID").ok().and_then(|p| p.trim().parse::<i32>().ok());
-    let n = std::env::var("LISTEN_FDS").ok().and_then(|p| p.trim().parse::<i32>().ok());
-    let (Some(pid), Some(n)) = (pid, n) else { return Ok(None) };
+    let var = |name: &str| std::env::var(name).ok().and_then(|v| v.trim().parse::<i32>().ok());
+    let (Some(pid), Some(n)) = (var("LISTEN_PID"), var("LISTEN_FDS")) else { return Ok(None) };
     if pid != crate::sys::process::getpid() || n <= 0 {
         return Ok(None);
     }
@@ -197,14 +196,15 @@ pub fn activated() -> Result<Option<Vec<Listener>>, Error> {
     // and LISTEN_PID names only us, so no child takes the fds for its own.
     let mut out = Vec::new();
     for (fd, kind) in (3..3 + n).zip(kinds) {
-        crate::sys::set_cloexec(fd, true).map_err(|e| Error::os(format!("use socket-activated fd {fd}"), e))?;
+        let unusable = |e| Error::os(format!("use socket-activated fd {fd}"), e);
+        crate::sys::set_cloexec(fd, true).map_err(unusable)?;
         // The fds were passed to us by systemd and are ours alone.
-        let owned =
-            crate::sys::take_activated_fd(fd).map_err(|e| Error::os(format!("use socket-activated fd {fd}"), e))?;
-        let sock = Socket::from(owned);
-        let local = sock.local_addr().ok().and_then(|a| a.as_socket()).ok_or_else(|| {
-            Error::os(format!("use socket-activated fd {fd}"), std::io::Error::other("not an inet socket"))
-        })?;
+        let sock = Socket::from(crate::sys::take_activated_fd(fd).map_err(unusable)?);
+        let local = sock
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .ok_or_else(|| unusable(std::io::Error::other("not an inet socket")))?;
         sock.set_nonblocking(true).map_err(|e| Error::os("set a socket non-blocking", e))?;
         out.push(Listener {
             requested: local,

@@ -906,20 +906,20 @@ fn channel() -> std::io::Result<(OwnedFd, OwnedFd)> {
 pub struct Backoff {
     deaths: VecDeque<Instant>,
     delay: Duration,
-    failed_starts: u32,
+    /// The delay after the last failed start; zero once one succeeds.
+    start_delay: Duration,
 }
 
 impl Backoff {
     /// A start failed; the delay before the next attempt.
     pub fn on_start_failure(&mut self) -> Duration {
-        let delay = BACKOFF_MIN.saturating_mul(1 << self.failed_starts.min(5)).min(BACKOFF_MAX);
-        self.failed_starts += 1;
-        delay
+        self.start_delay = doubled(self.start_delay);
+        self.start_delay
     }
 
     /// A worker was started.
     pub fn on_started(&mut self) {
-        self.failed_starts = 0;
+        self.start_delay = Duration::ZERO;
     }
 
     /// Records a death at `now`; the delay before its replacement.
@@ -932,7 +932,7 @@ impl Backoff {
             self.deaths.pop_front();
         }
         if self.deaths.len() > DEATHS_BEFORE_BACKOFF {
-            self.delay = (self.delay * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
+            self.delay = doubled(self.delay);
         } else {
             self.delay = Duration::ZERO;
         }
@@ -945,6 +945,12 @@ impl Backoff {
     }
 }
 
+/// The next delay of a backoff run: twice `d`, from [`BACKOFF_MIN`] (when
+/// `d` is zero) up to [`BACKOFF_MAX`].
+fn doubled(d: Duration) -> Duration {
+    (d * 2).clamp(BACKOFF_MIN, BACKOFF_MAX)
+}
+
 /// Whether a scheduled start of worker `index` of `generation` is still
 /// wanted: the generation wants that many workers (a reload may have
 /// shrunk it) and none of it holds that index yet.
@@ -955,7 +961,7 @@ pub fn spawn_wanted(generation: u32, index: usize, wanted: usize, roles: &[Role]
 
 /// Whether every wanted worker of `generation` serves.
 pub fn generation_serves(generation: u32, wanted: usize, roles: &[Role]) -> bool {
-    (0..wanted).all(|i| roles.iter().any(|r| r.generation == generation && r.index == i && r.phase == Phase::Serving))
+    serving(generation, wanted, roles) == wanted
 }
 
 /// How many wanted workers of `generation` serve (one per index at most).

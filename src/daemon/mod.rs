@@ -151,27 +151,22 @@ pub(crate) fn wanted_listeners(s: &Settings) -> Vec<(SocketAddr, Kind)> {
 }
 
 fn base_error(e: BaseError, s: &Settings) -> Error {
-    match e {
-        BaseError::NoBackend { .. } => {
-            // Name the key that decided it, with its line when the file set it.
-            let candidates = ["reactor.backend", "reactor.require_features", "reactor.avoid"];
-            let file = s.path.as_deref().and_then(|p| config::ConfigFile::load(p).ok());
-            let line_of = |k: &str| file.as_ref().and_then(|f| f.line_of(k));
-            let key = candidates.iter().copied().find(|k| line_of(k).is_some()).unwrap_or(
-                if s.config.reactor.backend.is_some() { "reactor.backend" } else { "reactor.require_features" },
-            );
-            ConfigError::Invalid { key: key.into(), message: e.to_string(), path: s.path.clone(), line: line_of(key) }
-                .into()
-        }
+    let decided_by = match e {
+        BaseError::Io(e) => return Error::os("create the event base", e),
+        // Name the key that decided it, with its line when the file set it.
+        BaseError::NoBackend { .. } => None,
         // The backend asked for cannot work on this host (io_uring missing
         // or forbidden): the configuration asks what cannot be had (78).
-        BaseError::Unavailable { .. } => {
-            let key = "reactor.backend";
-            let line = s.path.as_deref().and_then(|p| config::ConfigFile::load(p).ok()).and_then(|f| f.line_of(key));
-            ConfigError::Invalid { key: key.into(), message: e.to_string(), path: s.path.clone(), line }.into()
-        }
-        BaseError::Io(e) => Error::os("create the event base", e),
-    }
+        BaseError::Unavailable { .. } => Some("reactor.backend"),
+    };
+    let file = s.path.as_deref().and_then(|p| config::ConfigFile::load(p).ok());
+    let line_of = |k: &str| file.as_ref().and_then(|f| f.line_of(k));
+    let key = decided_by.unwrap_or_else(|| {
+        let candidates = ["reactor.backend", "reactor.require_features", "reactor.avoid"];
+        let unset = if s.config.reactor.backend.is_some() { "reactor.backend" } else { "reactor.require_features" };
+        candidates.iter().copied().find(|k| line_of(k).is_some()).unwrap_or(unset)
+    });
+    ConfigError::Invalid { key: key.into(), message: e.to_string(), path: s.path.clone(), line: line_of(key) }.into()
 }
 
 /// Drops to the configured user and group, if any (after binding).

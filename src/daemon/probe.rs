@@ -112,7 +112,7 @@ pub fn probe(addr: &str, timeout: Duration, proxy: Mode) -> Result<SocketAddr, S
 
 /// Time left before `deadline`, `None` once it has passed.
 fn remaining(deadline: Instant) -> Option<Duration> {
-    Some(deadline.checked_duration_since(Instant::now())?).filter(|d| !d.is_zero())
+    deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero())
 }
 
 /// Sends `header` and [`LINE`] and checks that exactly [`ANSWER`] and LF

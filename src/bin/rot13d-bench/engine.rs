@@ -40,6 +40,20 @@ pub struct Spec {
     pub discard: bool,
 }
 
+impl Spec {
+    /// A bulk stream: at most `window` bytes unanswered, written a quarter
+    /// window at a time at least.
+    pub fn bulk(pattern: &Rc<Pattern>, window: u64, limit: u64, discard: bool) -> Spec {
+        Spec { pattern: pattern.clone(), window, min_write: window / 4, limit, interactive: false, discard }
+    }
+
+    /// Closed-loop round trips of one `line`-byte line each, timed.
+    pub fn interactive(pattern: &Rc<Pattern>, line: usize, limit: u64) -> Spec {
+        let line = line as u64;
+        Spec { pattern: pattern.clone(), window: line, min_write: line, limit, interactive: true, discard: false }
+    }
+}
+
 struct Conn {
     _stream: TcpStream,
     fd: RawFd,

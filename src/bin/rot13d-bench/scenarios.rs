@@ -205,10 +205,7 @@ pub fn tput(c: &Common) -> Result<(), Fail> {
     let mut eng = Engine::new(READ_CHUNK)?;
     for (i, s) in connect_n(c, n)?.into_iter().enumerate() {
         let limit = limit_for(c, i, n, l);
-        eng.add(
-            s,
-            Spec { pattern: pat.clone(), window, min_write: window / 4, limit, interactive: false, discard: c.discard },
-        )?;
+        eng.add(s, Spec::bulk(&pat, window, limit, c.discard))?;
     }
     let m = drive(&mut eng, c)?;
     let lines = m.bulk / l as u64;
@@ -234,15 +231,7 @@ pub fn lat(c: &Common) -> Result<(), Fail> {
     let mut eng = Engine::new(READ_CHUNK)?;
     for (i, s) in connect_n(c, n)?.into_iter().enumerate() {
         let limit = limit_for(c, i, n, l);
-        let spec = Spec {
-            pattern: pat.clone(),
-            window: l as u64,
-            min_write: l as u64,
-            limit,
-            interactive: true,
-            discard: false,
-        };
-        eng.add(s, spec)?;
+        eng.add(s, Spec::interactive(&pat, l, limit))?;
     }
     let m = drive(&mut eng, c)?;
     let mut r = Report::new("lat", &c.label, &c.case);
@@ -291,24 +280,10 @@ pub fn mixed(a: &MixedArgs) -> Result<(), Fail> {
         let s = streams.next().expect("connected all");
         let spec = if bulk {
             nb += 1;
-            Spec {
-                pattern: bulk_pat.clone(),
-                window,
-                min_write: window / 4,
-                limit: u64::MAX,
-                interactive: false,
-                discard: c.discard,
-            }
+            Spec::bulk(&bulk_pat, window, u64::MAX, c.discard)
         } else {
             ni += 1;
-            Spec {
-                pattern: pat.clone(),
-                window: l as u64,
-                min_write: l as u64,
-                limit: u64::MAX,
-                interactive: true,
-                discard: false,
-            }
+            Spec::interactive(&pat, l, u64::MAX)
         };
         eng.add(s, spec)?;
     }
