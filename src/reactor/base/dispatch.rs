@@ -172,10 +172,7 @@ impl EventBase {
     fn drop_stale(&mut self) {
         let slots = &self.slots;
         for q in &mut self.queues {
-            q.retain(|&(i, seq, _)| {
-                let s = &slots[i as usize];
-                s.qseq == seq && s.state & ACTIVE != 0
-            });
+            q.retain(|&(i, seq, _)| slots[i as usize].queued_as(seq));
         }
         self.stale = 0;
     }
@@ -184,8 +181,7 @@ impl EventBase {
     /// dropped on the way).
     fn queue_live(&mut self, p: usize) -> bool {
         while let Some(&(idx, seq, _)) = self.queues[p].front() {
-            let s = &self.slots[idx as usize];
-            if s.qseq == seq && s.state & ACTIVE != 0 {
+            if self.slots[idx as usize].queued_as(seq) {
                 return true;
             }
             self.queues[p].pop_front();
@@ -242,8 +238,7 @@ impl EventBase {
         for _ in 0..n {
             // A callback may have called priority_init and dropped this queue.
             let Some((idx, seq, ready)) = self.queues.get_mut(pri).and_then(|q| q.pop_front()) else { break };
-            let s = &self.slots[idx as usize];
-            if s.qseq != seq || s.state & ACTIVE == 0 {
+            if !self.slots[idx as usize].queued_as(seq) {
                 self.stale = self.stale.saturating_sub(1);
                 continue;
             }

@@ -36,6 +36,15 @@ pub(super) struct Slot {
     pub cb: Option<Cb>,
 }
 
+impl Slot {
+    /// Whether an active-queue entry with activation number `seq` is this
+    /// slot's live one (not left behind by a delete or a re-activation).
+    #[inline]
+    pub fn queued_as(&self, seq: u32) -> bool {
+        self.qseq == seq && self.state & ACTIVE != 0
+    }
+}
+
 impl EventBase {
     pub(super) fn alloc(&mut self, fd: RawFd, flags: EventFlags, cb: Cb, extra: u8) -> EventId {
         let pri = (self.queues.len() / 2) as u8;
