@@ -177,14 +177,14 @@ impl EpollBackend {
     }
 
     fn wait(&mut self, timeout: Option<Duration>, ready: &mut Vec<(RawFd, EventFlags)>) -> io::Result<usize> {
-        let push = |ev: epoll::EpollEvent| ready.push((ev.data as RawFd, from_epoll(ev.events)));
+        let mut push = |ev: epoll::EpollEvent| ready.push((ev.data as RawFd, from_epoll(ev.events)));
         if self.precise {
-            match self.ep.wait_precise(timeout, push) {
+            match self.ep.wait_precise(timeout, &mut push) {
                 Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => self.precise = false,
                 r => return r,
             }
         }
-        self.ep.wait(timeout_ms(timeout), |ev| ready.push((ev.data as RawFd, from_epoll(ev.events))))
+        self.ep.wait(timeout_ms(timeout), push)
     }
 }
 
