@@ -2,7 +2,7 @@
 //! active (a ready fd, an expired timer, a delivered signal, an fd the
 //! backend gave up, `active()`); and running the callbacks of a turn.
 
-use super::slab::{ACTIVE, ALLOCATED, INSERTED, INTERNAL, ONESHOT};
+use super::slab::{ACTIVE, INSERTED, INTERNAL, ONESHOT};
 use super::{EventBase, NO_TIMEOUT, dur_ns};
 use crate::reactor::event::{Cb, EventFlags, EventId};
 use crate::reactor::evmap;
@@ -295,13 +295,13 @@ impl EventBase {
         for _ in 1..calls {
             // Stop repeating once the event is gone or the loop must stop.
             let s = &self.slots[idx as usize];
-            if s.generation != generation || s.state & ALLOCATED == 0 || s.state & INSERTED == 0 || self.break_flag {
+            if !s.holds(id) || s.state & INSERTED == 0 || self.break_flag {
                 break;
             }
             call(self);
         }
         let s = &mut self.slots[idx as usize];
-        if s.generation == generation && s.state & ALLOCATED != 0 {
+        if s.holds(id) {
             if oneshot {
                 self.free(id);
             } else if s.cb.is_none() {
