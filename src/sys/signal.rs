@@ -51,6 +51,13 @@ fn pack(pid: i32, fd: i32) -> u64 {
     ((pid as u32 as u64) << 32) | fd as u32 as u64
 }
 
+/// The fd of entry `v` if process `me` registered it (not free, not
+/// inherited through fork). Plain arithmetic: the handler calls it.
+#[inline]
+fn mine(v: u64, me: i32) -> Option<i32> {
+    (v != 0 && (v >> 32) as u32 as i32 == me).then_some(v as u32 as i32)
+}
+
 fn pid() -> i32 {
     // SAFETY: getpid has no preconditions and is async-signal-safe.
     unsafe { libc::getpid() }
@@ -65,13 +72,12 @@ extern "C" fn handler(sig: libc::c_int) {
         let byte = sig as u8;
         let mut told = false;
         for slot in &TARGETS[sig as usize] {
-            let v = slot.load(Ordering::Relaxed);
-            if v != 0 && (v >> 32) as u32 as i32 == me {
+            if let Some(fd) = mine(slot.load(Ordering::Relaxed), me) {
                 told = true;
                 // SAFETY: write(2) is async-signal-safe; `byte` is a live
                 // one-byte buffer. A full pipe (EAGAIN) already holds a
                 // wake-up, so the result is ignored.
-                unsafe { libc::write(v as u32 as i32, (&byte as *const u8).cast(), 1) };
+                unsafe { libc::write(fd, (&byte as *const u8).cast(), 1) };
             }
         }
         if !told && WAS_DEFAULT[sig as usize].load(Ordering::Relaxed) {
@@ -97,10 +103,7 @@ fn check(sig: i32) -> io::Result<()> {
 
 /// Whether any pipe of this process watches `sig`.
 fn watched_here(sig: usize, me: i32) -> bool {
-    TARGETS[sig].iter().any(|s| {
-        let v = s.load(Ordering::Relaxed);
-        v != 0 && (v >> 32) as u32 as i32 == me
-    })
+    TARGETS[sig].iter().any(|s| mine(s.load(Ordering::Relaxed), me).is_some())
 }
 
 /// The write end of a base's self-pipe, as the signal handler's target.
@@ -131,10 +134,7 @@ impl SignalTarget {
         // fork, meaningless here).
         let free = row
             .iter()
-            .find(|s| {
-                let v = s.load(Ordering::Relaxed);
-                v == 0 || (v >> 32) as u32 as i32 != me
-            })
+            .find(|s| mine(s.load(Ordering::Relaxed), me).is_none())
             .ok_or_else(|| io::Error::new(io::ErrorKind::OutOfMemory, "too many bases watch this signal"))?;
         free.store(entry, Ordering::SeqCst);
         if first_here && let Err(e) = install(sig, &mut reg) {

@@ -17,6 +17,7 @@
 use super::{Backend, Kind, Ready, timeout_ms};
 use crate::reactor::event::EventFlags;
 use crate::sys::epoll::{self, Epoll, Op};
+use crate::sys::poll as sp;
 use std::io;
 use std::os::fd::RawFd;
 use std::time::Duration;
@@ -69,23 +70,17 @@ fn to_epoll(f: EventFlags) -> u32 {
 /// only news a pipe's reader gets of its writer's end (no EPOLLRDHUP): mio
 /// reads it as read-closed, and so does an event waiting for CLOSED.
 fn from_epoll(e: u32) -> EventFlags {
-    let mut what = EventFlags::NONE;
-    if e & epoll::EPOLLERR as u32 != 0 {
-        what |= EventFlags::READ | EventFlags::WRITE;
-    }
-    if e & epoll::EPOLLHUP as u32 != 0 {
-        what |= EventFlags::READ | EventFlags::WRITE | EventFlags::CLOSED;
-    }
-    if e & epoll::EPOLLIN as u32 != 0 {
-        what |= EventFlags::READ;
-    }
-    if e & epoll::EPOLLOUT as u32 != 0 {
-        what |= EventFlags::WRITE;
-    }
-    if e & epoll::EPOLLRDHUP as u32 != 0 {
-        what |= EventFlags::CLOSED;
-    }
-    what
+    // The readiness bits epoll reports are poll(2)'s, bit for bit (the ones
+    // above 16, such as EPOLLET, are never reported): one translation serves
+    // poll, io_uring's polls and epoll.
+    const _: () = assert!(
+        epoll::EPOLLIN == sp::POLLIN as i32
+            && epoll::EPOLLOUT == sp::POLLOUT as i32
+            && epoll::EPOLLERR == sp::POLLERR as i32
+            && epoll::EPOLLHUP == sp::POLLHUP as i32
+            && epoll::EPOLLRDHUP == sp::POLLRDHUP as i32
+    );
+    super::poll::from_poll(e as u16 as i16)
 }
 
 impl EpollBackend {
@@ -182,14 +177,14 @@ impl EpollBackend {
     }
 
     fn wait(&mut self, timeout: Option<Duration>, ready: &mut Vec<(RawFd, EventFlags)>) -> io::Result<usize> {
-        let push = |ev: epoll::EpollEvent| ready.push((ev.data as RawFd, from_epoll(ev.events)));
+        let mut push = |ev: epoll::EpollEvent| ready.push((ev.data as RawFd, from_epoll(ev.events)));
         if self.precise {
-            match self.ep.wait_precise(timeout, push) {
+            match self.ep.wait_precise(timeout, &mut push) {
                 Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => self.precise = false,
                 r => return r,
             }
         }
-        self.ep.wait(timeout_ms(timeout), |ev| ready.push((ev.data as RawFd, from_epoll(ev.events))))
+        self.ep.wait(timeout_ms(timeout), push)
     }
 }
 

@@ -42,6 +42,7 @@ fn to_poll(f: EventFlags) -> i16 {
 /// What `revents` (or a completed io_uring poll's mask, the same bits)
 /// means; as epoll's EPOLLHUP, POLLHUP also closes the read side (a pipe's
 /// reader never gets POLLRDHUP).
+#[inline]
 pub(super) fn from_poll(r: i16) -> EventFlags {
     let mut what = EventFlags::NONE;
     if r & sp::POLLERR != 0 {

@@ -196,22 +196,14 @@ impl UringBackend {
         Ok(())
     }
 
-    fn push_cancel(&mut self, target: u64, out: &mut Option<&mut Ready>) -> io::Result<()> {
-        while !self.ring.push_cancel(target)? {
-            self.make_room(out)?;
-        }
-        Ok(())
-    }
-
-    fn push_poll(
+    /// Queues an entry with `push` (false: the submission queue is full),
+    /// making room until it fits.
+    fn push_entry(
         &mut self,
-        fd: RawFd,
-        m: u32,
-        multishot: bool,
-        ud: u64,
         out: &mut Option<&mut Ready>,
+        mut push: impl FnMut(&mut Ring) -> io::Result<bool>,
     ) -> io::Result<()> {
-        while !self.ring.push_poll(fd, m, multishot, ud)? {
+        while !push(&mut self.ring)? {
             self.make_room(out)?;
         }
         Ok(())
@@ -269,13 +261,15 @@ impl UringBackend {
             let keep = p.armed != 0 && !emptied && p.mask == m && p.multishot == multishot;
             if p.armed != 0 && !keep {
                 self.fds[fd as usize].polls[dir] = Poll::default();
-                self.push_cancel(user_data(p.armed, dir, fd), out)?;
+                let target = user_data(p.armed, dir, fd);
+                self.push_entry(out, |r| r.push_cancel(target))?;
                 cancelled = true;
             }
             if m != 0 && !keep {
                 let g = self.next_generation();
                 self.fds[fd as usize].polls[dir] = Poll { armed: g, multishot, mask: m };
-                self.push_poll(fd, m, multishot, user_data(g, dir, fd), out)?;
+                let ud = user_data(g, dir, fd);
+                self.push_entry(out, |r| r.push_poll(fd, m, multishot, ud))?;
             }
         }
         Ok(cancelled)

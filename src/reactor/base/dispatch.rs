@@ -2,7 +2,7 @@
 //! active (a ready fd, an expired timer, a delivered signal, an fd the
 //! backend gave up, `active()`); and running the callbacks of a turn.
 
-use super::slab::{ACTIVE, ALLOCATED, INSERTED, INTERNAL, ONESHOT};
+use super::slab::{ACTIVE, INSERTED, INTERNAL, ONESHOT};
 use super::{EventBase, NO_TIMEOUT, dur_ns};
 use crate::reactor::event::{Cb, EventFlags, EventId};
 use crate::reactor::evmap;
@@ -172,10 +172,7 @@ impl EventBase {
     fn drop_stale(&mut self) {
         let slots = &self.slots;
         for q in &mut self.queues {
-            q.retain(|&(i, seq, _)| {
-                let s = &slots[i as usize];
-                s.qseq == seq && s.state & ACTIVE != 0
-            });
+            q.retain(|&(i, seq, _)| slots[i as usize].queued_as(seq));
         }
         self.stale = 0;
     }
@@ -184,8 +181,7 @@ impl EventBase {
     /// dropped on the way).
     fn queue_live(&mut self, p: usize) -> bool {
         while let Some(&(idx, seq, _)) = self.queues[p].front() {
-            let s = &self.slots[idx as usize];
-            if s.qseq == seq && s.state & ACTIVE != 0 {
+            if self.slots[idx as usize].queued_as(seq) {
                 return true;
             }
             self.queues[p].pop_front();
@@ -242,8 +238,7 @@ impl EventBase {
         for _ in 0..n {
             // A callback may have called priority_init and dropped this queue.
             let Some((idx, seq, ready)) = self.queues.get_mut(pri).and_then(|q| q.pop_front()) else { break };
-            let s = &self.slots[idx as usize];
-            if s.qseq != seq || s.state & ACTIVE == 0 {
+            if !self.slots[idx as usize].queued_as(seq) {
                 self.stale = self.stale.saturating_sub(1);
                 continue;
             }
@@ -300,13 +295,13 @@ impl EventBase {
         for _ in 1..calls {
             // Stop repeating once the event is gone or the loop must stop.
             let s = &self.slots[idx as usize];
-            if s.generation != generation || s.state & ALLOCATED == 0 || s.state & INSERTED == 0 || self.break_flag {
+            if !s.holds(id) || s.state & INSERTED == 0 || self.break_flag {
                 break;
             }
             call(self);
         }
         let s = &mut self.slots[idx as usize];
-        if s.generation == generation && s.state & ALLOCATED != 0 {
+        if s.holds(id) {
             if oneshot {
                 self.free(id);
             } else if s.cb.is_none() {

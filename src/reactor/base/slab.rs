@@ -36,6 +36,21 @@ pub(super) struct Slot {
     pub cb: Option<Cb>,
 }
 
+impl Slot {
+    /// Whether it holds the event `id` names (allocated, same generation).
+    #[inline]
+    pub fn holds(&self, id: EventId) -> bool {
+        self.generation == id.generation && self.state & ALLOCATED != 0
+    }
+
+    /// Whether an active-queue entry with activation number `seq` is this
+    /// slot's live one (not left behind by a delete or a re-activation).
+    #[inline]
+    pub fn queued_as(&self, seq: u32) -> bool {
+        self.qseq == seq && self.state & ACTIVE != 0
+    }
+}
+
 impl EventBase {
     pub(super) fn alloc(&mut self, fd: RawFd, flags: EventFlags, cb: Cb, extra: u8) -> EventId {
         let pri = (self.queues.len() / 2) as u8;
@@ -67,13 +82,13 @@ impl EventBase {
     }
 
     pub(super) fn slot(&self, id: EventId) -> Option<&Slot> {
-        self.slots.get(id.idx as usize).filter(|s| s.generation == id.generation && s.state & ALLOCATED != 0)
+        self.slots.get(id.idx as usize).filter(|s| s.holds(id))
     }
 
     pub(super) fn slot_mut(&mut self, id: EventId) -> io::Result<&mut Slot> {
         self.slots
             .get_mut(id.idx as usize)
-            .filter(|s| s.generation == id.generation && s.state & ALLOCATED != 0)
+            .filter(|s| s.holds(id))
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such event"))
     }
 

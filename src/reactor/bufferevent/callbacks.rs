@@ -9,10 +9,8 @@ use std::cell::RefCell;
 
 impl<C: 'static> BufferEvent<C> {
     pub(super) fn call_read(&mut self, base: &mut EventBase) {
-        if self.setup.options.contains(BevOptions::DEFER_CALLBACKS) {
+        if self.deferring(base) {
             self.deferred.insert(Deferred::READ);
-            let ev = self.defer_ev(base);
-            base.active(ev, EventFlags::NONE);
             return;
         }
         if let Some(cb) = self.setup.readcb {
@@ -22,10 +20,8 @@ impl<C: 'static> BufferEvent<C> {
     }
 
     pub(super) fn call_write(&mut self, base: &mut EventBase) {
-        if self.setup.options.contains(BevOptions::DEFER_CALLBACKS) {
+        if self.deferring(base) {
             self.deferred.insert(Deferred::WRITE);
-            let ev = self.defer_ev(base);
-            base.active(ev, EventFlags::NONE);
             return;
         }
         if let Some(cb) = self.setup.writecb {
@@ -34,19 +30,38 @@ impl<C: 'static> BufferEvent<C> {
     }
 
     pub(super) fn report(&mut self, base: &mut EventBase, ev: BevEvent) {
-        if self.setup.options.contains(BevOptions::DEFER_CALLBACKS) {
+        if self.deferring(base) {
             self.deferred_events |= ev;
-            let d = self.defer_ev(base);
-            base.active(d, EventFlags::NONE);
             return;
         }
+        if self.call_event(base, ev) {
+            self.arm_write(base);
+        }
+    }
+
+    /// With DEFER_CALLBACKS: activates the deferred-callback event and
+    /// says so (the caller then records which callback is owed).
+    fn deferring(&mut self, base: &mut EventBase) -> bool {
+        if !self.setup.options.contains(BevOptions::DEFER_CALLBACKS) {
+            return false;
+        }
+        let ev = self.defer_ev(base);
+        base.active(ev, EventFlags::NONE);
+        true
+    }
+
+    /// Runs the event callback; whether there was one. With none, an error
+    /// or EOF frees the bufferevent: nobody listens, and a dead socket must
+    /// not spin.
+    fn call_event(&mut self, base: &mut EventBase, ev: BevEvent) -> bool {
         if let Some(cb) = self.setup.eventcb {
             cb(base, self, ev);
-            self.arm_write(base);
-        } else if ev.contains(BevEvent::ERROR) || ev.contains(BevEvent::EOF) {
-            // Nobody listens: a dead socket must not spin.
+            return true;
+        }
+        if ev.contains(BevEvent::ERROR) || ev.contains(BevEvent::EOF) {
             self.free(base);
         }
+        false
     }
 
     fn run_deferred(&mut self, base: &mut EventBase) {
@@ -66,12 +81,7 @@ impl<C: 'static> BufferEvent<C> {
             cb(base, self);
         }
         if ev != BevEvent::default() && !self.is(State::FREED) {
-            if let Some(cb) = self.setup.eventcb {
-                cb(base, self, ev);
-            } else if ev.contains(BevEvent::ERROR) || ev.contains(BevEvent::EOF) {
-                // As in `report`: nobody listens, a dead socket must go.
-                self.free(base);
-            }
+            self.call_event(base, ev);
         }
         self.arm_write(base);
     }

@@ -37,7 +37,8 @@ impl<C: 'static> BufferEvent<C> {
     /// [`DEFAULT_LINGER`], at most 65 s; zero closes at once, as a plain free
     /// would).
     pub fn set_linger(&mut self, linger: Duration) {
-        self.setup_mut().linger_ms = linger.as_millis().min(u16::MAX as u128) as u16;
+        let s = self.setup_mut();
+        *s = s.linger(linger);
     }
 
     /// Stops handing input to the owner, writes every pending byte, then

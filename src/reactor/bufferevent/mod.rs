@@ -54,7 +54,6 @@ pub use iostate::{IO_POOL_MAX, pooled_io_states, trim_io_pool};
 pub use linger::DEFAULT_LINGER;
 use linger::LINGER_TICK_MS;
 pub use setup::BevSetup;
-use setup::Timeout;
 
 flag_set! {
     /// What happened, for the event callback (libevent's `BEV_EVENT_*`).
@@ -341,12 +340,13 @@ impl<C: 'static> BufferEvent<C> {
     #[doc(alias = "bufferevent_setcb")]
     pub fn setcb(&mut self, readcb: Option<DataCb<C>>, writecb: Option<DataCb<C>>, eventcb: Option<EventCb<C>>) {
         let s = self.setup_mut();
-        (s.readcb, s.writecb, s.eventcb) = (readcb, writecb, eventcb);
+        *s = s.callbacks(readcb, writecb, eventcb);
     }
 
     /// Sets the callback run once when the bufferevent is freed.
     pub fn set_closecb(&mut self, cb: Option<CloseCb<C>>) {
-        self.setup_mut().closecb = cb;
+        let s = self.setup_mut();
+        *s = s.close_callback(cb);
     }
 
     /// Sets the priority of its read and write events.
@@ -520,11 +520,12 @@ impl<C: 'static> BufferEvent<C> {
     pub fn set_watermark(&mut self, base: &mut EventBase, what: EventFlags, low: usize, high: usize) {
         if what.contains(EventFlags::READ) {
             let s = self.setup_mut();
-            (s.read_low, s.read_high) = (low.min(u32::MAX as usize) as u32, high.min(u32::MAX as usize) as u32);
+            *s = s.read_watermarks(low, high);
             self.check_read_watermark(base);
         }
         if what.contains(EventFlags::WRITE) {
-            self.setup_mut().write_low = low.min(u32::MAX as usize) as u32;
+            let s = self.setup_mut();
+            *s = s.write_low_watermark(low);
         }
     }
 
@@ -532,8 +533,7 @@ impl<C: 'static> BufferEvent<C> {
     /// `high` and resumes when it drains to `low` or below (0 = off).
     pub fn set_backpressure(&mut self, base: &mut EventBase, high: usize, low: usize) {
         let s = self.setup_mut();
-        s.bp_high = high.min(u32::MAX as usize) as u32;
-        s.bp_low = low.min(high).min(u32::MAX as usize) as u32;
+        *s = s.backpressure(high, low);
         self.check_backpressure(base);
     }
 
@@ -542,8 +542,7 @@ impl<C: 'static> BufferEvent<C> {
     #[doc(alias = "bufferevent_set_timeouts")]
     pub fn set_timeouts(&mut self, base: &mut EventBase, read: Option<Duration>, write: Option<Duration>) {
         let s = self.setup_mut();
-        s.read_timeout = Timeout::new(read);
-        s.write_timeout = Timeout::new(write);
+        *s = s.timeouts(read, write);
         self.rearm_timeouts(base);
     }
 

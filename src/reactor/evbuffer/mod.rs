@@ -778,8 +778,9 @@ impl EvBuffer {
         }
     }
 
-    /// One gathered write of at most `max` bytes from the first `N` chunks.
-    fn gather_write<const N: usize>(&self, fd: RawFd, max: usize) -> io::Result<usize> {
+    /// One gathered write of at most `max` bytes from the first `N` chunks,
+    /// with the same socket-or-pipe fallback as [`write_front`](Self::write_front).
+    fn gather_write<const N: usize>(&mut self, fd: RawFd, max: usize) -> io::Result<usize> {
         let mut iov = [IoSlice::new(&[]); N];
         let mut k = 0;
         let mut left = max;
@@ -793,8 +794,14 @@ impl EvBuffer {
                 break;
             }
         }
+        if self.not_socket {
+            return sys::writev(fd, &iov[..k]);
+        }
         match sys::sendv(fd, &iov[..k]) {
-            Err(e) if e.raw_os_error() == Some(libc::ENOTSOCK) => sys::writev(fd, &iov[..k]),
+            Err(e) if e.raw_os_error() == Some(libc::ENOTSOCK) => {
+                self.not_socket = true;
+                sys::writev(fd, &iov[..k])
+            }
             r => r,
         }
     }
