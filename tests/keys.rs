@@ -176,11 +176,15 @@ fn idle_timeout_zero_arms_no_deadline() -> io::Result<()> {
     Ok(())
 }
 
-/// `--backend uring` (issue 14): a loop turn's registration changes and its
-/// wait are one `io_uring_enter`. Answering a line re-arms the connection's
-/// one-shot read poll; that re-arm is submitted by the same call that waits
-/// for the next line (to_submit 1, min_complete 1, GETEVENTS), so each
-/// line costs the worker one enter, one read and one send, and nothing else.
+/// `--backend uring` (issue 14): reads and sends are ring operations and
+/// a turn's sends go with its wait. The connection's multishot receive
+/// stays armed (no re-arm per line), the answer is a send submitted by the
+/// enter that waits for the next line (to_submit 1, GETEVENTS, one
+/// completion more than the send's own), so the worker makes no `recv`,
+/// `send` or other system call per line, only `io_uring_enter`: one when
+/// the next line comes within the wait's 50 us, else a second one that
+/// collects the send's completion (under strace, most of the time), never
+/// more than three.
 #[test]
 fn uring_submits_a_turns_changes_with_its_wait() -> io::Result<()> {
     if !crate::util::backend_usable("uring") {
@@ -196,35 +200,20 @@ fn uring_submits_a_turns_changes_with_its_wait() -> io::Result<()> {
     }
     let lines = st.lines()?;
     let enters: Vec<&String> = lines.iter().filter(|l| l.starts_with("io_uring_enter(")).collect();
-    let others: Vec<&String> = lines
-        .iter()
-        .filter(|l| {
-            l.contains('(')
-                && !l.starts_with("io_uring_enter(")
-                // The socket's data calls: recv/send (read/write for a
-                // pipe, sendmsg for a gathering write).
-                && !["read(", "recvfrom(", "sendto(", "sendmsg(", "write("].iter().any(|c| l.starts_with(c))
-        })
-        .collect();
+    let others: Vec<&String> = lines.iter().filter(|l| l.contains('(') && !l.starts_with("io_uring_enter(")).collect();
     ensure!(others.is_empty(), "the worker made other calls while answering: {others:#?}");
-    // strace may miss the first turn while it attaches; never more than one
-    // enter per line.
-    ensure!(
-        (PINGS - 1..=PINGS + 1).contains(&enters.len()),
-        "{} io_uring_enter calls for {PINGS} lines: {enters:#?}",
-        enters.len()
-    );
+    ensure!(enters.len() <= 3 * PINGS + 1, "{} io_uring_enter calls for {PINGS} lines: {enters:#?}", enters.len());
     // io_uring_enter(fd, to_submit, min_complete, flags, arg, argsz).
-    let waits_with_changes = enters
+    let sends_with_the_wait = enters
         .iter()
         .filter(|l| {
             let a: Vec<&str> = l.trim_start_matches("io_uring_enter(").split(", ").collect();
-            a.len() >= 4 && a[1] == "1" && a[2] == "1" && a[3].contains("IORING_ENTER_GETEVENTS")
+            a.len() >= 4 && a[1] == "1" && a[2] == "2" && a[3].contains("IORING_ENTER_GETEVENTS")
         })
         .count();
     ensure!(
-        waits_with_changes >= PINGS - 1,
-        "enters that submit the re-arm and wait: {waits_with_changes}: {enters:#?}"
+        sends_with_the_wait >= PINGS / 2,
+        "enters that submit the answer and wait for the next line: {sends_with_the_wait}: {enters:#?}"
     );
     Ok(())
 }

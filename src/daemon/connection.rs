@@ -359,7 +359,7 @@ pub(crate) fn on_write(_base: &mut EventBase, bev: &mut ConnBev) {
 /// Counts the bytes the socket took since the last look: the output only
 /// shrinks between our callbacks, by what was written.
 fn count_written(bev: &mut ConnBev) {
-    let now = bev.output().len() as u32;
+    let now = bev.pending_output() as u32;
     let written = bev.ctx.unsent.saturating_sub(now);
     bev.ctx.unsent = now;
     if written > 0 {
@@ -484,7 +484,7 @@ pub(crate) fn on_event(base: &mut EventBase, bev: &mut ConnBev, ev: BevEvent) {
         drop_unsent(bev);
         bev.free(base);
     } else if ev.contains(BevEvent::TIMEOUT | BevEvent::READING) {
-        if bev.output().is_empty() {
+        if bev.pending_output() == 0 {
             tracing::debug!(target: "rot13d", fd = bev.fd(), client = %bev.ctx.client(), "idle timeout");
             bev.ctx.shared.count(Counter::IdleClosed, 1);
             bev.ctx.set_end(End::IdleTimeout);

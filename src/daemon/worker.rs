@@ -444,7 +444,7 @@ impl Shared {
     /// connected is about to send).
     fn closable(b: &ConnBev, now_ms: u32, quiet: bool) -> bool {
         b.input().is_empty()
-            && b.output().is_empty()
+            && b.pending_output() == 0
             && sys::inq(b.fd()).is_ok_and(|n| n == 0)
             && sys::outq(b.fd()).is_ok_and(|n| n == 0)
             && (!quiet || now_ms.wrapping_sub(b.ctx.last_read) >= RETIRE_QUIET.as_millis() as u32)

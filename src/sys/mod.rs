@@ -24,7 +24,7 @@ pub mod simd;
 mod socket;
 pub mod uring;
 
-pub use socket::{connect_nonblocking, take_socket_error};
+pub use socket::{connect_nonblocking, is_stream_socket, take_socket_error};
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};

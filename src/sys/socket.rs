@@ -25,3 +25,10 @@ pub fn connect_nonblocking(addr: SocketAddr) -> io::Result<(OwnedFd, bool)> {
 pub fn take_socket_error(fd: BorrowedFd<'_>) -> io::Result<Option<io::Error>> {
     socket2::SockRef::from(&fd).take_error()
 }
+
+/// Whether `fd` is a stream socket (`SO_TYPE`): what the io_uring data
+/// path of a bufferevent takes (receives and sends; a pipe or a file has
+/// neither).
+pub fn is_stream_socket(fd: BorrowedFd<'_>) -> bool {
+    socket2::SockRef::from(&fd).r#type().is_ok_and(|t| t == socket2::Type::STREAM)
+}

@@ -1,10 +1,24 @@
 //! Safe io_uring for the `uring` backend: a ring that carries poll
-//! requests and their cancellations, nothing else. The `io-uring` crate
-//! maps the rings; this file is the only user of its `unsafe` API.
+//! requests, their cancellations, and the completion data path of
+//! bufferevents (multishot receives into provided buffers, sends). The
+//! `io-uring` crate maps the rings; this file is the only user of its
+//! `unsafe` API.
 //!
 //! Why this is safe for every caller:
 //!
-//! - **No user memory is lent to the kernel.** A poll request
+//! - **Memory lent to the kernel is owned here until its completion.** A
+//!   send takes its [`Piece`]s by value ([`Ring::push_send`]) and keeps
+//!   them, with the iovec array and `msghdr` that point into them, in a
+//!   table of in-flight sends; the completion gives them back
+//!   ([`Completion::sent`]). Receive buffers are blocks this file owns,
+//!   offered to the kernel through a provided-buffer ring
+//!   ([`Ring::provide`]); a receive completion hands the one block the
+//!   kernel filled to the caller ([`Completion::buf`]), who may then do
+//!   anything with it. No caller ever holds a reference to memory the
+//!   kernel may write or read. Dropping the ring cancels every send and
+//!   receive still out and waits for their completions; what the kernel
+//!   may still hold after that (it never should) is leaked, never freed.
+//! - **No other user memory is lent to the kernel.** A poll request
 //!   (IORING_OP_POLL_ADD, one-shot or multishot) names an fd number, which
 //!   the kernel resolves to its file when it takes the entry (as
 //!   `epoll_ctl` does); a cancellation names a request by its user data;
@@ -36,6 +50,7 @@
 //! [`unavailable_reason`] turns the error into a sentence naming which.
 
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::OnceLock;
@@ -84,14 +99,75 @@ pub enum Mode {
 }
 
 /// One completion.
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug)]
 pub struct Completion {
     /// The entry's user data.
     pub user_data: u64,
-    /// The result: a poll mask (>= 0) or a negative errno.
+    /// The result: a poll mask, a byte count (>= 0) or a negative errno.
     pub result: i32,
     /// Whether a multishot request stays armed (IORING_CQE_F_MORE).
     pub more: bool,
+    /// A receive's block, now the caller's: its first `result` bytes are
+    /// what was received.
+    pub buf: Option<Vec<u8>>,
+    /// A send's pieces, given back: `result` bytes of them were sent (a
+    /// negative result: none).
+    pub sent: Option<Vec<Piece>>,
+}
+
+/// Bytes `start..end` of a block: what a send takes (the shape of an
+/// evbuffer chunk, so its blocks move in and out without a copy).
+#[derive(Debug)]
+pub struct Piece {
+    /// The block.
+    pub data: Vec<u8>,
+    /// First byte to send.
+    pub start: usize,
+    /// One past the last.
+    pub end: usize,
+}
+
+/// A send in flight: its pieces and the kernel's view of them, kept until
+/// the completion (the kernel reads the bytes, and may read the iovecs and
+/// the header, until then).
+struct InFlight {
+    pieces: Vec<Piece>,
+    /// Kept alive for the kernel (never read here).
+    _iov: Vec<libc::iovec>,
+    _msg: Option<Box<libc::msghdr>>,
+}
+
+/// A send [`Ring::push_send`] did not queue, with its pieces.
+#[derive(Debug)]
+pub struct SendRefused {
+    /// Why: `None` when the submission queue is full.
+    pub error: Option<io::Error>,
+    /// The pieces, given back.
+    pub pieces: Vec<Piece>,
+}
+
+/// Most pieces one send takes (the kernel's UIO_MAXIOV).
+pub const MAX_SEND_PIECES: usize = 1024;
+
+/// The group id of the provided-buffer ring.
+const BGID: u16 = 0;
+
+/// A provided-buffer ring: an array of (address, length, id) entries the
+/// kernel takes receive buffers from, and the blocks those name.
+struct BufRing {
+    /// The entries (mmap'd, page aligned, private to this process).
+    base: *mut types::BufRingEntry,
+    map_len: usize,
+    entries: u16,
+    /// The next entry to publish (the kernel's view moves when it is
+    /// stored into the ring's tail field).
+    tail: u16,
+    /// The block each buffer id names while the kernel may fill it.
+    blocks: Vec<Option<Vec<u8>>>,
+    /// Ids with no block.
+    free: Vec<u16>,
+    /// Registered with the kernel (unregistered before the memory goes).
+    registered: bool,
 }
 
 /// An io_uring instance for poll requests.
@@ -105,6 +181,16 @@ pub struct Ring {
     /// Under valgrind, which holds signals back during io_uring_enter: a
     /// wait then ends every 100 ms so that they get in (profiling only).
     valgrind: bool,
+    /// The kernel has IORING_FEAT_MIN_TIMEOUT (6.12).
+    min_timeout: bool,
+    /// Non-blocking sends queued since the last enter: each completes
+    /// during that enter's submit, so its wait asks for that many more.
+    inline_sends: u32,
+    /// Sends in flight, by user data.
+    sends: HashMap<u64, InFlight>,
+    /// Multishot receives armed, by user data.
+    recvs: HashSet<u64>,
+    bufs: Option<BufRing>,
 }
 
 impl std::fmt::Debug for Ring {
@@ -164,7 +250,19 @@ impl Ring {
                         let skip_success = p.is_feature_skip_cqe_on_success();
                         let valgrind =
                             std::env::var_os("LD_PRELOAD").is_some_and(|v| v.to_string_lossy().contains("vgpreload"));
-                        return Ok(Ring { ring, forks, mode, skip_success, valgrind });
+                        let min_timeout = p.is_feature_min_timeout();
+                        return Ok(Ring {
+                            ring,
+                            forks,
+                            mode,
+                            skip_success,
+                            valgrind,
+                            min_timeout,
+                            inline_sends: 0,
+                            sends: HashMap::new(),
+                            recvs: HashSet::new(),
+                            bufs: None,
+                        });
                     }
                     // Flags this kernel does not know: try fewer.
                     Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last = Some(e),
@@ -252,13 +350,24 @@ impl Ring {
             return Err(not_ours());
         }
         let to_submit = self.ring.submission().len() as u32;
+        // The non-blocking sends complete during the submit: wait for one
+        // completion more than they make, but once 50 us have passed any
+        // completion will do (nothing else may come: the peers may be
+        // waiting for what those sends carry). Without MIN_TIMEOUT, one.
+        let mut want = u32::from(wait);
+        let mut min_wait = 0;
+        if wait && self.inline_sends > 0 && self.min_timeout {
+            want += self.inline_sends;
+            min_wait = 50;
+        }
+        self.inline_sends = 0;
         let timeout = match timeout {
             _ if !self.valgrind || !wait => timeout,
             Some(t) => Some(t.min(Duration::from_millis(100))),
             None => Some(Duration::from_millis(100)),
         };
         let ts = timeout.map(|t| types::Timespec::new().sec(t.as_secs()).nsec(t.subsec_nanos()));
-        let mut args = types::SubmitArgs::new();
+        let mut args = types::SubmitArgs::new().min_wait_usec(min_wait);
         if let Some(ts) = ts.as_ref() {
             args = args.timespec(ts);
         }
@@ -267,9 +376,11 @@ impl Ring {
         let flags: u32 = 1 | 8;
         // SAFETY: `args` (and the timespec it points at) live across the
         // call, its size is the one the kernel expects for EXT_ARG, and the
-        // entries it submits refer to no memory of ours (see push_poll); the
-        // ring is this process's (checked above).
-        let r = unsafe { self.ring.submitter().enter(to_submit, u32::from(wait), flags, Some(&args)) };
+        // entries it submits refer to no memory of ours (see push_poll) but
+        // what the in-flight tables and the buffer ring own until the
+        // completions (see push_send, provide); the ring is this process's
+        // (checked above).
+        let r = unsafe { self.ring.submitter().enter(to_submit, want, flags, Some(&args)) };
         if self.valgrind {
             // valgrind delivers a pending signal only in a call it knows
             // may block; io_uring_enter is not one.
@@ -292,7 +403,310 @@ impl Ring {
         let mut cq = self.ring.completion();
         cq.sync();
         for c in &mut cq {
-            f(Completion { user_data: c.user_data(), result: c.result(), more: cqueue::more(c.flags()) });
+            let (user_data, result, flags) = (c.user_data(), c.result(), c.flags());
+            let more = cqueue::more(flags);
+            let mut done = Completion { user_data, result, more, buf: None, sent: None };
+            if let Some(bid) = cqueue::buffer_select(flags)
+                && let Some(b) = self.bufs.as_mut()
+            {
+                // The kernel filled this block and is done with it (the
+                // completion is posted after the copy): it is the caller's.
+                done.buf = b.blocks.get_mut(bid as usize).and_then(Option::take);
+                if done.buf.is_some() {
+                    b.free.push(bid);
+                }
+            }
+            if !more {
+                if let Some(s) = self.sends.remove(&user_data) {
+                    done.sent = Some(s.pieces);
+                } else {
+                    self.recvs.remove(&user_data);
+                }
+            }
+            f(done);
+        }
+    }
+
+    /// Sets up the provided-buffer ring receives take blocks from, with
+    /// room for `entries` blocks (a power of two). Fails where the kernel
+    /// has no buffer rings (before 5.19): the caller reads otherwise.
+    pub fn setup_recv_buffers(&mut self, entries: u16) -> io::Result<()> {
+        if !self.is_ours() {
+            return Err(not_ours());
+        }
+        if self.bufs.is_some() {
+            return Ok(());
+        }
+        if !entries.is_power_of_two() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "buffer ring size must be a power of two"));
+        }
+        let map_len = (usize::from(entries) * std::mem::size_of::<types::BufRingEntry>()).max(4096);
+        // SAFETY: an anonymous private mapping of map_len bytes at an
+        // address the kernel picks: no existing memory is touched.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let mut b = BufRing {
+            base: base.cast(),
+            map_len,
+            entries,
+            tail: 0,
+            blocks: (0..entries).map(|_| None).collect(),
+            free: (0..entries).rev().collect(),
+            registered: false,
+        };
+        // SAFETY: the mapping is page aligned, holds `entries` entries and
+        // stays mapped until the group is unregistered (BufRing::release),
+        // or for ever if that fails; it is zeroed, so the tail starts at 0.
+        let r = unsafe { self.ring.submitter().register_buf_ring_with_flags(base as u64, entries, BGID, 0) };
+        match r {
+            Ok(()) => {
+                b.registered = true;
+                self.bufs = Some(b);
+                Ok(())
+            }
+            Err(e) => {
+                b.release(&self.ring);
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether receives have a buffer ring ([`setup_recv_buffers`](Self::setup_recv_buffers)).
+    pub fn has_recv_buffers(&self) -> bool {
+        self.bufs.is_some()
+    }
+
+    /// Blocks the buffer ring lacks (to fill with [`provide`](Self::provide)).
+    pub fn buffers_missing(&self) -> usize {
+        self.bufs.as_ref().map_or(0, |b| b.free.len())
+    }
+
+    /// Offers `block` to the kernel for receives; it comes back as the
+    /// [`Completion::buf`] of the receive that fills it (or is freed with
+    /// the ring). `Some(block)` back if the ring has no room, or the block
+    /// is empty or too large to name.
+    pub fn provide(&mut self, block: Vec<u8>) -> Option<Vec<u8>> {
+        if !self.is_ours() || block.is_empty() || block.len() > u32::MAX as usize {
+            return Some(block);
+        }
+        let Some(b) = self.bufs.as_mut() else { return Some(block) };
+        let Some(bid) = b.free.pop() else { return Some(block) };
+        let mask = b.entries - 1;
+        // SAFETY: `tail & mask` < entries, inside the mapping; the kernel
+        // reads an entry only once the tail is published past it (below),
+        // and this entry is past the published tail, so nobody reads it now.
+        unsafe {
+            let e = &mut *b.base.add(usize::from(b.tail & mask));
+            e.set_addr(block.as_ptr() as u64);
+            e.set_len(block.len() as u32);
+            e.set_bid(bid);
+        }
+        // The block's heap memory is the kernel's to fill from now on; the
+        // Vec (pointer, length) is kept here and not touched until the
+        // completion that names `bid`.
+        b.blocks[usize::from(bid)] = Some(block);
+        b.tail = b.tail.wrapping_add(1);
+        // SAFETY: the tail field is the `resv` of the first entry, inside
+        // the mapping; it is shared with the kernel, so it is written
+        // through an atomic, with Release so the entry is seen first.
+        unsafe {
+            let tail = types::BufRingEntry::tail(b.base) as *const std::sync::atomic::AtomicU16;
+            (*tail).store(b.tail, Ordering::Release);
+        }
+        None
+    }
+
+    /// Queues a multishot receive on `fd` into the buffer ring, tagged
+    /// `user_data`: one completion per block filled, the last without
+    /// `more` (EOF: result 0; ENOBUFS: the ring ran dry; ECANCELED). `false`
+    /// when the submission queue is full.
+    pub fn push_recv(&mut self, fd: RawFd, user_data: u64) -> io::Result<bool> {
+        if !self.is_ours() {
+            return Err(not_ours());
+        }
+        if self.bufs.is_none() {
+            return Err(io::Error::new(io::ErrorKind::Unsupported, "no buffer ring for receives"));
+        }
+        let e = opcode::RecvMulti::new(types::Fd(fd), BGID).build().user_data(user_data);
+        // SAFETY: the receive writes only into blocks of the buffer ring,
+        // which this ring owns until their completions (see provide); the
+        // ring is this process's (checked above).
+        let ok = unsafe { self.ring.submission().push(&e) }.is_ok();
+        if ok {
+            self.recvs.insert(user_data);
+        }
+        Ok(ok)
+    }
+
+    /// Queues a send of `pieces` (at most [`MAX_SEND_PIECES`]) on `fd`,
+    /// tagged `user_data`, which must be unique among the sends in flight.
+    /// Non-blocking (`wait` false): it completes during the next enter's
+    /// submit, short or with EAGAIN if the socket is full; waiting: the
+    /// kernel sends when there is room. The pieces are this ring's until the
+    /// completion gives them back ([`Completion::sent`]). Refused, with the
+    /// pieces back: the submission queue is full (`error` None: enter, then
+    /// try again), or the send is invalid or the ring not this process's.
+    pub fn push_send(&mut self, fd: RawFd, pieces: Vec<Piece>, wait: bool, user_data: u64) -> Result<(), SendRefused> {
+        let refuse = |pieces, error: Option<io::Error>| Err(SendRefused { error, pieces });
+        if !self.is_ours() {
+            return refuse(pieces, Some(not_ours()));
+        }
+        if pieces.is_empty()
+            || pieces.len() > MAX_SEND_PIECES
+            || self.sends.contains_key(&user_data)
+            || pieces.iter().any(|p| p.start > p.end || p.end > p.data.len() || p.end - p.start > u32::MAX as usize)
+        {
+            return refuse(pieces, Some(io::Error::new(io::ErrorKind::InvalidInput, "invalid send")));
+        }
+        if self.ring.submission().is_full() {
+            return refuse(pieces, None);
+        }
+        let flags = libc::MSG_NOSIGNAL | if wait { 0 } else { libc::MSG_DONTWAIT };
+        let iov: Vec<libc::iovec> = pieces
+            .iter()
+            .map(|p| libc::iovec {
+                iov_base: p.data[p.start..].as_ptr() as *mut libc::c_void,
+                iov_len: p.end - p.start,
+            })
+            .collect();
+        let (entry, msg) = if let [one] = iov.as_slice() {
+            let e = opcode::Send::new(types::Fd(fd), one.iov_base as *const u8, one.iov_len as u32).flags(flags);
+            (e.build(), None)
+        } else {
+            // SAFETY: msghdr is plain data, for which all-zero is valid.
+            let mut m: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
+            m.msg_iov = iov.as_ptr() as *mut libc::iovec;
+            m.msg_iovlen = iov.len() as _;
+            let e = opcode::SendMsg::new(types::Fd(fd), &*m as *const libc::msghdr).flags(flags as u32);
+            (e.build(), Some(m))
+        };
+        let entry = entry.user_data(user_data);
+        // SAFETY: the entry points at the pieces' bytes, the iovec array and
+        // the header: heap memory that moves into `sends` below and stays
+        // there, untouched, until the completion takes it out (or Drop has
+        // waited for that completion, or leaks it); the ring is this
+        // process's (checked above).
+        if unsafe { self.ring.submission().push(&entry) }.is_err() {
+            return refuse(pieces, None);
+        }
+        if !wait {
+            self.inline_sends += 1;
+        }
+        self.sends.insert(user_data, InFlight { pieces, _iov: iov, _msg: msg });
+        Ok(())
+    }
+
+    /// In a forked child: the sends the parent's ring had in flight, given
+    /// back unsent (the child's copies of their pieces; whether the
+    /// parent's kernel sends the parent's copies is the parent's affair).
+    /// Nothing in the process that made the ring.
+    pub fn take_sends_after_fork(&mut self) -> Vec<(u64, Vec<Piece>)> {
+        if self.is_ours() {
+            return Vec::new();
+        }
+        self.sends.drain().map(|(ud, s)| (ud, s.pieces)).collect()
+    }
+
+    /// Sends and receives still out (tests).
+    pub fn ops_out(&self) -> (usize, usize) {
+        (self.sends.len(), self.recvs.len())
+    }
+}
+
+impl BufRing {
+    /// Unregisters the group and unmaps the entries, or leaks them if the
+    /// kernel refuses (it could still read them).
+    fn release(&mut self, ring: &IoUring) {
+        if self.registered {
+            if ring.submitter().unregister_buf_ring(BGID).is_err() {
+                self.leak();
+                return;
+            }
+            self.registered = false;
+        }
+        if !self.base.is_null() {
+            // SAFETY: the mapping made in setup_recv_buffers, of map_len
+            // bytes, no longer registered with the kernel.
+            unsafe { libc::munmap(self.base.cast(), self.map_len) };
+            self.base = std::ptr::null_mut();
+        }
+    }
+
+    /// Gives up the entries and the blocks for good: the kernel may still
+    /// use them.
+    fn leak(&mut self) {
+        self.base = std::ptr::null_mut();
+        for b in self.blocks.iter_mut() {
+            if let Some(b) = b.take() {
+                std::mem::forget(b);
+            }
+        }
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        if self.sends.is_empty() && self.recvs.is_empty() && self.bufs.is_none() {
+            return;
+        }
+        if !self.is_ours() {
+            // A forked child: the kernel works on the parent's memory; the
+            // copies here are the child's to free. Its buffer ring mapping
+            // is private (copied at fork) and registered only in the
+            // parent's ring.
+            if let Some(b) = self.bufs.as_mut() {
+                b.registered = false;
+                b.release(&self.ring);
+            }
+            return;
+        }
+        // Cancel every send and receive still out, and wait for their
+        // completions: until then the kernel may use their memory.
+        let out: Vec<u64> = self.sends.keys().chain(self.recvs.iter()).copied().collect();
+        for ud in out {
+            let e = opcode::AsyncCancel::new(ud).build().user_data(CANCEL_USER_DATA);
+            loop {
+                // SAFETY: a cancellation refers to no memory of ours.
+                if unsafe { self.ring.submission().push(&e) }.is_ok() {
+                    break;
+                }
+                if self.enter(false, None).is_err() {
+                    break;
+                }
+            }
+        }
+        for _ in 0..200 {
+            if self.sends.is_empty() && self.recvs.is_empty() {
+                break;
+            }
+            if self.enter(true, Some(Duration::from_millis(5))).is_err() {
+                break;
+            }
+            self.reap(drop);
+        }
+        if !self.sends.is_empty() || !self.recvs.is_empty() {
+            // The kernel did not let go: its memory stays, leaked.
+            for (_, s) in self.sends.drain() {
+                std::mem::forget(s);
+            }
+            if let Some(b) = self.bufs.as_mut() {
+                b.leak();
+            }
+            return;
+        }
+        if let Some(b) = self.bufs.as_mut() {
+            b.release(&self.ring);
         }
     }
 }

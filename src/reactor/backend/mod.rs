@@ -32,6 +32,10 @@
 //!   wait for the next dispatch. Only a backend whose registrations hold the
 //!   file (io_uring's polls) needs it: its deleted interest must be
 //!   cancelled before the caller closes the fd and expects it closed.
+//! - [`data_path()`](Backend::data_path): a backend that can read and
+//!   send through its own operations (io_uring's receives and sends, not
+//!   readiness) offers it as a [`DataPath`]; bufferevents created on the
+//!   base then use it (chosen once, at creation). The others have none.
 //! - Drop releases the backend's own state (never the user's fds).
 //!
 //! Selection ([`choose`]) walks [`Kind::PREFERENCE`], skipping a backend
@@ -55,6 +59,7 @@ pub use uring::UringBackend;
 use super::base::BaseError;
 use super::config::{BaseFlags, EventConfig};
 use super::event::EventFlags;
+use crate::sys::uring::Piece;
 use std::io;
 use std::os::fd::RawFd;
 use std::time::Duration;
@@ -240,6 +245,52 @@ pub trait Backend {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+    /// The completion data path, where the backend has one (io_uring).
+    fn data_path(&mut self) -> Option<&mut dyn DataPath> {
+        None
+    }
+}
+
+/// Reads and sends as operations of the backend (io_uring's multishot
+/// receives into provided buffers, and sends), for a bufferevent's socket.
+///
+/// An attached fd's READ interest keeps a receive armed (no buffer is held
+/// while nothing arrives) instead of a poll, and its WRITE interest waits
+/// for the completion of its send instead of writability. What completes
+/// is kept per fd until taken ("mail") and reported as readiness: READ
+/// when received bytes, EOF or an error wait, WRITE when a send
+/// completed. Memory lent to the kernel (a send's pieces, the receive
+/// buffers) is owned by `sys::uring` until its completion.
+pub trait DataPath {
+    /// Puts `fd`, a connected stream socket with no event watching it
+    /// yet, on the data path until [`Backend::fd_closed`]. Whether it is.
+    fn attach(&mut self, fd: RawFd) -> bool;
+    /// Hands up to `max` received bytes of `fd` to `into`, in order, as
+    /// pieces; how many. `Ok(0)`: end of file; `WouldBlock`: nothing yet;
+    /// an error ends the receiving (told once, after the bytes before it).
+    fn take_received(&mut self, fd: RawFd, max: usize, into: &mut dyn FnMut(Piece)) -> io::Result<usize>;
+    /// Starts a send of `pieces` on `fd` (one at a time per fd), submitted
+    /// with the next enter: non-blocking, or with `wait` once the socket
+    /// was found full. Refused (the pieces back): one is in flight, or the
+    /// ring cannot take it.
+    fn send(&mut self, fd: RawFd, pieces: Vec<Piece>, wait: bool) -> Result<(), (io::Error, Vec<Piece>)>;
+    /// Submits what is queued (sends) without waiting, and collects what
+    /// completed (a non-blocking send completes in the submit): the loop
+    /// is not running, so its next enter may be far. Whether it did.
+    fn submit(&mut self) -> bool;
+    /// The completion of `fd`'s send, once it came: the result (bytes sent,
+    /// or a negative errno) and the pieces, given back.
+    fn take_sent(&mut self, fd: RawFd) -> Option<(i32, Vec<Piece>)>;
+    /// A block the caller is done with (a sent piece's): reused as a
+    /// receive buffer where it fits.
+    fn recycle(&mut self, block: Vec<u8>);
+    /// After `fork()`, in the child: moves every attached fd and what it
+    /// had received or had in flight (given back unsent, as a send's
+    /// EAGAIN) to `to`, the child's new backend.
+    fn move_to(&mut self, to: &mut dyn DataPath);
+    /// Takes over an fd of another data path (see [`move_to`](Self::move_to)):
+    /// its received bytes, the end that followed them, a send's completion.
+    fn adopt(&mut self, fd: RawFd, received: Vec<Piece>, end: i32, sent: Option<(i32, Vec<Piece>)>);
 }
 
 /// A backend that this build knows, with its static facts.

@@ -35,12 +35,14 @@
 //! A non-blocking turn with nothing to submit and nothing the kernel owes
 //! (no TASKRUN flag, no overflow) costs no system call at all.
 
-use super::{Backend, Kind, Ready};
+use super::{Backend, DataPath, Kind, Ready};
 use crate::reactor::event::EventFlags;
 use crate::sys::uring::{self as su, Completion, Ring};
 use std::io;
 use std::os::fd::RawFd;
 use std::time::Duration;
+
+mod data;
 
 /// Submission entries: a turn with more changes submits in several enters.
 const SQ_ENTRIES: u32 = 1024;
@@ -52,31 +54,60 @@ const MAX_CQ_ENTRIES: u32 = 16384;
 const READ: usize = 0;
 const WRITE: usize = 1;
 
-/// One direction's poll of an fd.
-#[derive(Clone, Copy, Debug, Default)]
-struct Poll {
-    /// Generation of the armed poll, 0 when none is armed.
-    armed: u32,
-    /// Whether the armed poll is multishot.
-    multishot: bool,
-    /// The mask it watches.
-    mask: u32,
+flag_set! {
+    /// An fd's bits of state.
+    struct Bits(u8) {
+        /// The interest went empty since the last flush: the number may
+        /// name another file now, so nothing armed before may be kept.
+        const EMPTIED = 0x01;
+        /// In the list of fds to flush.
+        const QUEUED = 0x02;
+        /// On the completion data path (`data.rs`): READ interest is a
+        /// multishot receive, WRITE interest waits for its sends.
+        const DATA = 0x04;
+        /// The armed READ poll is multishot.
+        const MULTI_R = 0x08;
+        /// The armed WRITE poll is multishot.
+        const MULTI_W = 0x10;
+    }
 }
 
+/// Per fd, 16 bytes (one per connection: part of its idle memory).
 #[derive(Clone, Copy, Debug, Default)]
 struct FdState {
+    /// Per direction, the generation of the armed request (a poll; on the
+    /// data path the receive, and the send in flight), 0 when none.
+    armed: [u32; 2],
+    /// Its mailbox on the data path, + 1 (0: none).
+    mail: u32,
     /// What the base wants (io bits and ET).
     want: EventFlags,
-    polls: [Poll; 2],
-    /// The interest went empty since the last flush: the number may name
-    /// another file now, so nothing armed before may be kept.
-    emptied: bool,
-    /// In the list of fds to flush.
-    queued: bool,
-    /// Turn of the last report, and its place in `Ready::events`.
-    reported: u32,
-    slot: u32,
+    bits: Bits,
+    /// Per direction, the armed poll's mask, packed (see `pack`).
+    masks: [u8; 2],
 }
+
+impl FdState {
+    fn has(&self, b: Bits) -> bool {
+        self.bits.contains(b)
+    }
+    fn set(&mut self, b: Bits, on: bool) {
+        if on {
+            self.bits.insert(b);
+        } else {
+            self.bits.remove(b);
+        }
+    }
+}
+
+/// A poll mask in a byte (the three bits a backend asks for).
+fn pack(m: u32) -> u8 {
+    u8::from(m & su::POLLIN as u32 != 0)
+        | u8::from(m & su::POLLRDHUP as u32 != 0) << 1
+        | u8::from(m & su::POLLOUT as u32 != 0) << 2
+}
+
+const MULTI: [Bits; 2] = [Bits::MULTI_R, Bits::MULTI_W];
 
 /// io_uring poll requests.
 #[derive(Debug)]
@@ -90,19 +121,26 @@ pub struct UringBackend {
     released: Vec<RawFd>,
     /// Completions being handled (kept for its memory).
     done: Vec<Completion>,
+    /// The completion data path's state (`data.rs`).
+    data: data::Data,
     /// Fds visited by the last flush (what the test of its cost counts).
     #[cfg(test)]
     flush_visits: usize,
     generation: u32,
-    turn: u32,
     /// Edges and failures found outside `dispatch` (by `flush`), told by
     /// the next one.
     carry: Ready,
 }
 
+/// A request's tag: generation, direction, whether it is a data-path
+/// operation (receive or send, not a poll), fd (30 bits).
 fn user_data(generation: u32, dir: usize, fd: RawFd) -> u64 {
-    (u64::from(generation) << 32) | ((dir as u64) << 31) | (fd as u32 as u64 & 0x7fff_ffff)
+    (u64::from(generation) << 32) | ((dir as u64) << 31) | (fd as u32 as u64 & FD_BITS)
 }
+
+const FD_BITS: u64 = 0x3fff_ffff;
+/// The tag bit of data-path operations.
+const DATA_OP: u64 = 1 << 30;
 
 /// The poll mask one direction of `want` asks for (0 = none).
 fn mask(want: EventFlags, dir: usize) -> u32 {
@@ -139,16 +177,22 @@ impl UringBackend {
             _ => e,
         })?;
         tracing::debug!(target: "rot13d::reactor", mode = ?ring.mode(), "io_uring ring set up");
+        let mut ring = ring;
+        // Where the kernel has buffer rings (5.19), bufferevents read and
+        // send through the ring (`data.rs`); elsewhere they use polls.
+        if let Err(e) = ring.setup_recv_buffers(data::RING_BLOCKS) {
+            tracing::debug!(target: "rot13d::reactor", error = %e, "no provided-buffer ring: bufferevents use polls");
+        }
         Ok(UringBackend {
             ring,
             fds: Vec::new(),
             changed: Vec::new(),
             released: Vec::new(),
             done: Vec::new(),
+            data: data::Data::default(),
             #[cfg(test)]
             flush_visits: 0,
             generation: 0,
-            turn: 0,
             carry: Ready::default(),
         })
     }
@@ -163,8 +207,8 @@ impl UringBackend {
 
     fn queue(&mut self, fd: RawFd) {
         let s = self.state(fd);
-        if !s.queued {
-            s.queued = true;
+        if !s.has(Bits::QUEUED) {
+            s.set(Bits::QUEUED, true);
             self.changed.push(fd);
         }
     }
@@ -173,8 +217,8 @@ impl UringBackend {
     /// the next flush or dispatch.
     fn release(&mut self, fd: RawFd) {
         let s = self.state(fd);
-        if !s.emptied {
-            s.emptied = true;
+        if !s.has(Bits::EMPTIED) {
+            s.set(Bits::EMPTIED, true);
             self.released.push(fd);
         }
         self.queue(fd);
@@ -217,7 +261,7 @@ impl UringBackend {
         while i < self.changed.len() {
             let fd = self.changed[i];
             i += 1;
-            self.fds[fd as usize].queued = false;
+            self.fds[fd as usize].set(Bits::QUEUED, false);
             self.apply(fd, &mut out)?;
         }
         self.changed.clear();
@@ -238,7 +282,7 @@ impl UringBackend {
             }
             // Still in `changed` (queued): the turn's pass finds it
             // applied and queues nothing more for it.
-            if self.fds[fd as usize].emptied {
+            if self.fds[fd as usize].has(Bits::EMPTIED) {
                 cancelled |= self.apply(fd, &mut out)?;
             }
         }
@@ -250,24 +294,31 @@ impl UringBackend {
     /// since), a poll where one is wanted and none fits. Whether a cancel
     /// was queued.
     fn apply(&mut self, fd: RawFd, out: &mut Option<&mut Ready>) -> io::Result<bool> {
+        if self.fds[fd as usize].has(Bits::DATA) {
+            return self.apply_data(fd, out);
+        }
         let s = &mut self.fds[fd as usize];
-        let (want, emptied) = (s.want, s.emptied);
-        s.emptied = false;
+        let (want, emptied) = (s.want, s.has(Bits::EMPTIED));
+        s.set(Bits::EMPTIED, false);
         let multishot = want.contains(EventFlags::ET);
         let mut cancelled = false;
         for dir in [READ, WRITE] {
-            let p = self.fds[fd as usize].polls[dir];
+            let s = self.fds[fd as usize];
             let m = mask(want, dir);
-            let keep = p.armed != 0 && !emptied && p.mask == m && p.multishot == multishot;
-            if p.armed != 0 && !keep {
-                self.fds[fd as usize].polls[dir] = Poll::default();
-                let target = user_data(p.armed, dir, fd);
+            let armed = s.armed[dir];
+            let keep = armed != 0 && !emptied && s.masks[dir] == pack(m) && s.has(MULTI[dir]) == multishot;
+            if armed != 0 && !keep {
+                self.fds[fd as usize].armed[dir] = 0;
+                let target = user_data(armed, dir, fd);
                 self.push_entry(out, |r| r.push_cancel(target))?;
                 cancelled = true;
             }
             if m != 0 && !keep {
                 let g = self.next_generation();
-                self.fds[fd as usize].polls[dir] = Poll { armed: g, multishot, mask: m };
+                let s = &mut self.fds[fd as usize];
+                s.armed[dir] = g;
+                s.masks[dir] = pack(m);
+                s.set(MULTI[dir], multishot);
                 let ud = user_data(g, dir, fd);
                 self.push_entry(out, |r| r.push_poll(fd, m, multishot, ud))?;
             }
@@ -288,15 +339,19 @@ impl UringBackend {
         if c.user_data == su::CANCEL_USER_DATA {
             return;
         }
-        let fd = (c.user_data & 0x7fff_ffff) as RawFd;
+        if c.user_data & DATA_OP != 0 {
+            self.complete_data(c, out);
+            return;
+        }
+        let fd = (c.user_data & FD_BITS) as RawFd;
         let dir = ((c.user_data >> 31) & 1) as usize;
         let generation = (c.user_data >> 32) as u32;
         let Some(s) = self.fds.get_mut(fd as usize) else { return };
-        if s.polls[dir].armed != generation {
+        if s.armed[dir] != generation || s.has(Bits::DATA) {
             return; // a cancelled poll, or one of a number reused since
         }
         if !c.more {
-            s.polls[dir] = Poll::default();
+            s.armed[dir] = 0;
             // Still wanted: arm again in the next enter (level-triggered:
             // it reports at once if the fd is still ready).
             if mask(s.want, dir) != 0 {
@@ -304,7 +359,7 @@ impl UringBackend {
             }
         }
         let s = &mut self.fds[fd as usize];
-        if c.result == -libc::ECANCELED || s.emptied {
+        if c.result == -libc::ECANCELED || s.has(Bits::EMPTIED) {
             return;
         }
         if c.result < 0 || c.result as u32 & su::POLLNVAL as u32 != 0 {
@@ -316,16 +371,36 @@ impl UringBackend {
             return;
         }
         let what = from_poll(c.result as u32);
-        if what.is_empty() {
-            return;
-        }
-        if s.reported == self.turn && (s.slot as usize) < out.events.len() && out.events[s.slot as usize].0 == fd {
-            out.events[s.slot as usize].1 |= what;
-        } else {
-            s.reported = self.turn;
-            s.slot = out.events.len() as u32;
+        if !what.is_empty() {
+            // Both directions of an fd may report in one turn: the base
+            // merges what it activates.
             out.events.push((fd, what));
         }
+    }
+
+    /// Submits what is queued, without waiting, outside a dispatch, and
+    /// reaps what that completed. What completed may be stale by the next
+    /// dispatch (the caller may drain the fd meanwhile): a level-triggered
+    /// report is dropped and its poll armed again then, so the next wait
+    /// sees the fd as it is; an edge, and data-path mail (kept until
+    /// taken), are told by that dispatch.
+    fn enter_and_reap(&mut self) -> io::Result<()> {
+        self.ring.enter(false, None)?;
+        let mut done = std::mem::take(&mut self.done);
+        self.ring.reap(|c| done.push(c));
+        let mut out = Ready::default();
+        for c in done.drain(..) {
+            self.complete(c, &mut out);
+        }
+        self.done = done;
+        for (fd, what) in out.events {
+            let s = &self.fds[fd as usize];
+            if s.want.contains(EventFlags::ET) || s.has(Bits::DATA) {
+                self.carry.events.push((fd, what));
+            }
+        }
+        self.carry.failed.append(&mut out.failed);
+        Ok(())
     }
 }
 
@@ -344,31 +419,41 @@ impl Backend for UringBackend {
         } else {
             self.queue(fd);
         }
+        if self.fds[fd as usize].has(Bits::DATA) {
+            self.changed_data(fd);
+        }
         Ok(())
     }
 
     fn fd_closed(&mut self, fd: RawFd) {
-        if fd >= 0 {
-            self.release(fd);
+        if fd < 0 {
+            return;
         }
+        self.release(fd);
+        if self.fds[fd as usize].has(Bits::DATA) {
+            self.detach(fd);
+        }
+    }
+
+    fn data_path(&mut self) -> Option<&mut dyn DataPath> {
+        if self.ring.has_recv_buffers() { Some(self) } else { None }
     }
 
     fn dispatch(&mut self, timeout: Option<Duration>, out: &mut Ready) -> io::Result<()> {
         if !self.ring.is_ours() {
             return Err(io::Error::other("the io_uring backend is the parent's: call reinit() after fork"));
         }
-        self.turn = self.turn.wrapping_add(1);
         if !self.carry.events.is_empty() || !self.carry.failed.is_empty() {
             out.failed.append(&mut self.carry.failed);
             for (fd, what) in self.carry.events.drain(..) {
-                let s = &mut self.fds[fd as usize];
-                if !s.emptied && !s.want.is_empty() {
-                    s.reported = self.turn;
-                    s.slot = out.events.len() as u32;
+                let s = &self.fds[fd as usize];
+                let what = what & s.want;
+                if !s.has(Bits::EMPTIED) && !what.is_empty() {
                     out.events.push((fd, what));
                 }
             }
         }
+        self.top_up_buffers();
         if !self.changed.is_empty() {
             self.flush_changes(Some(out))?;
         }
@@ -406,24 +491,7 @@ impl Backend for UringBackend {
             self.flush_visits = 0;
         }
         if !self.released.is_empty() && self.flush_releases()? {
-            self.ring.enter(false, None)?;
-            // What completed now may be stale by the next dispatch (the
-            // caller may drain the fd meanwhile): a level-triggered report
-            // is dropped and its poll armed again then, so the next wait
-            // sees the fd as it is; an edge is kept for that dispatch.
-            let mut done = std::mem::take(&mut self.done);
-            self.ring.reap(|c| done.push(c));
-            let mut out = Ready::default();
-            for c in done.drain(..) {
-                self.complete(c, &mut out);
-            }
-            self.done = done;
-            for (fd, what) in out.events {
-                if self.fds[fd as usize].want.contains(EventFlags::ET) {
-                    self.carry.events.push((fd, what));
-                }
-            }
-            self.carry.failed.append(&mut out.failed);
+            self.enter_and_reap()?;
         }
         Ok(())
     }
@@ -448,7 +516,9 @@ mod tests {
         let ud = user_data(0xdead_beef, WRITE, 0x1234);
         assert_eq!((ud >> 32) as u32, 0xdead_beef);
         assert_eq!((ud >> 31) & 1, 1);
-        assert_eq!(ud & 0x7fff_ffff, 0x1234);
+        assert_eq!(ud & FD_BITS, 0x1234);
+        assert_eq!(ud & DATA_OP, 0);
+        assert_eq!(std::mem::size_of::<FdState>(), 16);
     }
 
     /// A delete that leaves an fd unwatched flushes that fd only, not every
@@ -474,6 +544,6 @@ mod tests {
         }
         // The rest is still kept for the turn.
         assert_eq!(b.changed.len(), 1000);
-        assert!(b.fds[1500].queued && b.fds[1005].want.is_empty());
+        assert!(b.fds[1500].has(Bits::QUEUED) && b.fds[1005].want.is_empty());
     }
 }

@@ -16,6 +16,10 @@
 //!   base gets a new one; handles from before the fork stay the parent's
 //!   and are inert in the child (see `handle.rs`).
 //!
+//! - the io_uring data path (`backend/uring/data.rs`): the new backend
+//!   takes over the attached fds, with what was received for them and the
+//!   sends in flight, given back unsent.
+//!
 //! reinit keeps every event: the child may serve the same ones (the parent
 //! then deletes its copies, or not). A child that serves on its own frees
 //! the inherited events with [`free_all`](EventBase::free_all) after
@@ -36,7 +40,14 @@ impl EventBase {
         let kind = self.backend.kind();
         let need = kind.need_reinit();
         if need {
-            self.backend = kind.create(64, self.flags)?;
+            let mut old = std::mem::replace(&mut self.backend, kind.create(64, self.flags)?);
+            // Bufferevents on the io_uring data path keep it: the new ring
+            // takes over their fds, and what the old one had received for
+            // them or had in flight (sends given back unsent: the child's
+            // copy of the bytes is sent again on its own ring).
+            if let (Some(from), Some(to)) = (old.data_path(), self.backend.data_path()) {
+                from.move_to(to);
+            }
         }
         if self.signals.is_some() {
             let id = self.signal_ev;

@@ -347,9 +347,23 @@ impl EventBase {
     }
 
     /// Tells the base that the owner closed `fd` (after deleting its
-    /// events): a changelist then forgets what the kernel already forgot.
+    /// events): a changelist then forgets what the kernel already forgot,
+    /// and a data path lets go of the fd before the number is reused.
     pub fn fd_closed(&mut self, fd: RawFd) {
         self.backend.fd_closed(fd);
+    }
+
+    /// The backend's completion data path, if it has one (io_uring): what
+    /// bufferevents read and send through.
+    pub(crate) fn data_path(&mut self) -> Option<&mut dyn backend::DataPath> {
+        self.backend.data_path()
+    }
+
+    /// Outside the loop (a bufferevent's `flush`, `enable`): submits the
+    /// data path's queued sends now and collects what completed, as a
+    /// write-through would; whether it did. In the loop, its next wait does.
+    pub(crate) fn submit_data(&mut self) -> bool {
+        !self.running && self.backend.data_path().is_some_and(|d| d.submit())
     }
 
     // ----- loop control ----------------------------------------------------
@@ -404,6 +418,11 @@ impl EventBase {
             && r.is_ok()
         {
             r = Err(e);
+        }
+        // Sends a turn queued on a data path go out now, not at the next
+        // wait (the caller may look for them before running the loop again).
+        if let Some(d) = self.backend.data_path() {
+            d.submit();
         }
         self.cached_now = None;
         r

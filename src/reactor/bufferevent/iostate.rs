@@ -44,6 +44,12 @@ pub(super) struct IoState {
     pub last_error: i32,
     /// When the lingering of a close ends (the base's clock in ms, wrapping).
     pub linger_until: u32,
+    /// On the io_uring data path: the next send waits for room (the last
+    /// one came back short).
+    pub send_wait: bool,
+    /// On the io_uring data path: bytes of output lent to the send in
+    /// flight (`ring.rs`), still pending.
+    pub lent: usize,
 }
 
 impl IoState {
@@ -55,7 +61,14 @@ impl IoState {
             defer_ev: EventId::INVALID,
             last_error: 0,
             linger_until: 0,
+            send_wait: false,
+            lent: 0,
         }
+    }
+
+    /// Output not yet taken by the socket: queued, and lent to a send.
+    pub fn pending_output(&self) -> usize {
+        self.output.len() + self.lent
     }
 
     /// Whether it holds nothing that a fresh one would not: it can go back
@@ -63,6 +76,7 @@ impl IoState {
     pub fn is_spare(&self) -> bool {
         self.input.is_empty()
             && self.output.is_empty()
+            && self.lent == 0
             && self.last_error == 0
             && self.input.read_size() == DEFAULT_READ_SIZE
             && self.output.read_size() == DEFAULT_READ_SIZE
@@ -111,6 +125,8 @@ pub(super) fn give(mut io: Box<IoState>) {
     io.defer_ev = EventId::INVALID;
     io.last_error = 0;
     io.linger_until = 0;
+    io.send_wait = false;
+    io.lent = 0;
     // During thread teardown the pool may be gone: the part is then freed.
     let _ = POOL.try_with(|p| {
         if let Ok(mut p) = p.try_borrow_mut()

@@ -64,7 +64,7 @@ impl<C: 'static> BufferEvent<C> {
         }
         // Read on, to discard, without the owner's read timeout.
         let _ = self.rearm_read(base);
-        if self.output().is_empty() {
+        if self.pending_output() == 0 {
             self.linger(base);
         } else {
             self.try_write(base);
@@ -139,7 +139,8 @@ impl<C: 'static> BufferEvent<C> {
         let mut buf = [0u8; 16 * 1024];
         // A few reads per turn: a peer that floods cannot hold the loop.
         for _ in 0..4 {
-            match sys::read(self.raw(), &mut buf) {
+            let r = if self.ring { super::ring::discard(base, self.raw()) } else { sys::read(self.raw(), &mut buf) };
+            match r {
                 Ok(0) => {
                     self.state.set(State::READ_EOF, true);
                     if self.is(State::LINGERING) {

@@ -48,6 +48,7 @@ use std::time::Duration;
 mod callbacks;
 mod iostate;
 mod linger;
+mod ring;
 mod setup;
 use iostate::IoState;
 pub use iostate::{IO_POOL_MAX, pooled_io_states, trim_io_pool};
@@ -131,6 +132,9 @@ pub struct BufferEvent<C: 'static> {
     deferred: Deferred,
     deferred_events: BevEvent,
     read_ev: EventId,
+    /// Reads and writes go through the backend's data path (io_uring
+    /// receives and sends, `ring.rs`), chosen at creation.
+    ring: bool,
     /// Buffers, write and deferred events, error, lingering: only while
     /// there is something to do (`iostate.rs`).
     io: Option<Box<IoState>>,
@@ -202,7 +206,18 @@ impl<C: 'static> BufferEvent<C> {
     /// it shares with every bufferevent made from it (one allocation for a
     /// server's connections). Reading and writing are not enabled yet.
     pub fn socket_with(base: &mut EventBase, fd: OwnedFd, setup: &Rc<BevSetup<C>>, ctx: C) -> io::Result<Bev<C>> {
+        BufferEvent::make(base, fd, setup, ctx, true)
+    }
+
+    /// A bufferevent on `fd`; on the base's data path if it has one, the
+    /// fd is a stream socket and `data_path` allows (not for a connect
+    /// under way, which waits for writability).
+    fn make(base: &mut EventBase, fd: OwnedFd, setup: &Rc<BevSetup<C>>, ctx: C, data_path: bool) -> io::Result<Bev<C>> {
         let raw = fd.as_raw_fd();
+        let ring = data_path
+            && base.data_path().is_some()
+            && sys::is_stream_socket(fd.as_fd())
+            && base.data_path().is_some_and(|d| d.attach(raw));
         let bev = Rc::new(RefCell::new(BufferEvent {
             fd: Some(fd),
             enabled: EventFlags::NONE,
@@ -211,6 +226,7 @@ impl<C: 'static> BufferEvent<C> {
             deferred: Deferred::empty(),
             deferred_events: BevEvent::default(),
             read_ev: EventId::INVALID,
+            ring,
             io: None,
             setup: setup.clone(),
             ctx,
@@ -294,6 +310,17 @@ impl<C: 'static> BufferEvent<C> {
         (&mut io.input, &mut io.output, &mut self.ctx)
     }
 
+    /// Output the socket has not taken yet: what [`output`](Self::output)
+    /// holds and, on the io_uring data path, what a send in flight has.
+    pub fn pending_output(&self) -> usize {
+        self.io.as_deref().map_or(0, IoState::pending_output)
+    }
+
+    /// Whether its reads and writes go through the io_uring data path.
+    pub fn is_on_data_path(&self) -> bool {
+        self.ring
+    }
+
     /// Whether it holds a busy part now (tests, memory accounting).
     pub fn is_busy(&self) -> bool {
         self.io.is_some()
@@ -321,7 +348,8 @@ impl<C: 'static> BufferEvent<C> {
     /// the event callback gets CONNECTED or ERROR.
     pub fn connect(base: &mut EventBase, addr: std::net::SocketAddr, ctx: C) -> io::Result<Bev<C>> {
         let (fd, pending) = sys::connect_nonblocking(addr)?;
-        let bev = BufferEvent::socket_new(base, fd, BevOptions::CLOSE_ON_FREE, ctx)?;
+        // A connect waits for writability: the readiness path.
+        let bev = BufferEvent::make(base, fd, &Rc::new(BevSetup::new(BevOptions::CLOSE_ON_FREE)), ctx, false)?;
         if pending && let Some(r) = bev.with(|b| b.start_connect_wait(base)) {
             r?;
         }
@@ -430,7 +458,7 @@ impl<C: 'static> BufferEvent<C> {
             if self.is(State::CONNECTING) && !self.is(State::WRITE_ADDED) && !self.is(State::FREED) {
                 // The connect's wait timed out and the owner keeps waiting.
                 self.set_write(base, true, false)?;
-            } else if !self.output().is_empty() {
+            } else if self.pending_output() > 0 {
                 self.try_write(base);
             }
         }
@@ -493,7 +521,7 @@ impl<C: 'static> BufferEvent<C> {
         if self.is(State::CONNECTING) {
             return Ok(());
         }
-        let want = !self.is(State::FREED) && self.enabled.contains(EventFlags::WRITE) && !self.output().is_empty();
+        let want = !self.is(State::FREED) && self.enabled.contains(EventFlags::WRITE) && self.pending_output() > 0;
         self.set_write(base, want, restart)
     }
 
@@ -585,7 +613,7 @@ impl<C: 'static> BufferEvent<C> {
             }
             return;
         }
-        let len = self.output().len();
+        let len = self.pending_output();
         if len > high as usize {
             if !self.suspend.intersects(Suspend::BACKPRESSURE) {
                 self.pause_for_backpressure(base);
@@ -715,7 +743,13 @@ impl<C: 'static> BufferEvent<C> {
             }
         }
         let raw = self.raw();
-        match self.io_mut().input.read_from(raw, max) {
+        let r = if self.ring {
+            let io = self.io.get_or_insert_with(iostate::take);
+            ring::recv(base, raw, &mut io.input, max)
+        } else {
+            self.io_mut().input.read_from(raw, max)
+        };
+        match r {
             Ok(0) => {
                 self.state.set(State::READ_EOF, true);
                 self.enabled &= !EventFlags::READ;
@@ -834,7 +868,10 @@ impl<C: 'static> BufferEvent<C> {
         let Some(io) = self.io.as_deref_mut() else { return };
         let mut progressed = false;
         let mut failed = None;
-        while !io.output.is_empty() {
+        if self.ring {
+            (progressed, failed) = ring::send(base, raw, io);
+        }
+        while !self.ring && !io.output.is_empty() {
             match io.output.write_to(raw) {
                 Ok(0) => break,
                 Ok(_) => progressed = true,
@@ -866,11 +903,11 @@ impl<C: 'static> BufferEvent<C> {
             io.output.shrink();
         }
         self.check_backpressure(base);
-        if self.is(State::CLOSING) && self.output().is_empty() {
+        if self.is(State::CLOSING) && self.pending_output() == 0 {
             self.linger(base);
             return;
         }
-        if progressed && self.output().len() <= self.setup.write_low as usize {
+        if progressed && self.pending_output() <= self.setup.write_low as usize {
             self.call_write(base);
             self.arm_write(base);
         }
@@ -881,6 +918,13 @@ impl<C: 'static> BufferEvent<C> {
     /// callback answering. (Not written at once: a producer refilling from
     /// its write callback would recurse, or starve the loop.)
     fn arm_write(&mut self, base: &mut EventBase) {
+        if self.ring {
+            // On the data path the write event waits for a send, not for
+            // room: start one (it completes in a later turn, so this
+            // cannot recurse into the write callback).
+            self.try_write(base);
+            return;
+        }
         let _ = self.sync_write(base, false);
     }
 }

@@ -18,7 +18,7 @@ thread_local! {
 }
 
 /// Takes a pooled block of at least `min` bytes, if the pool has one.
-fn pool_take(min: usize) -> Option<Vec<u8>> {
+pub(super) fn pool_take(min: usize) -> Option<Vec<u8>> {
     POOL.try_with(|pool| {
         let mut pool = pool.try_borrow_mut().ok()?;
         let i = pool.iter().rposition(|b| b.len() >= min)?;

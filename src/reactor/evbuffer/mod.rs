@@ -89,8 +89,28 @@ use crate::sys;
 
 mod chunk;
 
-use chunk::{Chunk, new_chunk, pool_give};
+use chunk::{Chunk, new_chunk, pool_give, pool_take};
 pub use chunk::{POOL_CHUNKS, pooled_chunks, trim_pool};
+
+/// A block of exactly `size` bytes for a receive that fills it outside an
+/// evbuffer (the io_uring data path's buffer ring): from this thread's
+/// chunk pool if it has one, else fresh.
+pub fn take_block(size: usize) -> Vec<u8> {
+    match pool_take(size) {
+        Some(b) if b.len() == size => b,
+        Some(b) => {
+            pool_give(b);
+            vec![0; size]
+        }
+        None => vec![0; size],
+    }
+}
+
+/// Gives a block no longer needed to this thread's chunk pool (or to the
+/// allocator, if it does not fit there).
+pub fn give_block(block: Vec<u8>) {
+    pool_give(block);
+}
 
 /// Bytes one [`EvBuffer::read_from`] asks for unless changed with
 /// [`EvBuffer::set_read_size`].
@@ -299,6 +319,56 @@ impl EvBuffer {
         }
         let end = data.len();
         self.chunks.push_back(Chunk { data, start: 0, end });
+    }
+
+    /// Appends bytes `start..end` of a block as a chunk of its own, without
+    /// a copy (a receive's block from the io_uring data path). An empty
+    /// piece is given back to the pool.
+    pub fn add_piece(&mut self, p: sys::uring::Piece) {
+        let sys::uring::Piece { data, start, end } = p;
+        if start >= end || end > data.len() {
+            pool_give(data);
+            return;
+        }
+        self.len += end - start;
+        self.chunks.push_back(Chunk { data, start, end });
+    }
+
+    /// Takes the first chunks out (at most `max` of them, all bytes), as
+    /// pieces to lend to a send; [`unsend`](Self::unsend) puts back what
+    /// the send did not take.
+    pub fn take_pieces(&mut self, max: usize) -> Vec<sys::uring::Piece> {
+        let n = self.chunks.len().min(max);
+        let mut v = Vec::with_capacity(n);
+        for c in self.chunks.drain(..n) {
+            self.len -= c.len();
+            v.push(sys::uring::Piece { data: c.data, start: c.start, end: c.end });
+        }
+        self.eol_hint = None;
+        v
+    }
+
+    /// Puts the pieces of a send back in front of the queued bytes, less
+    /// the first `sent` bytes, which the socket took: their blocks are
+    /// handed to `spent` (to be reused). Order is kept: the pieces go
+    /// before whatever was added while they were lent.
+    pub fn unsend(&mut self, pieces: Vec<sys::uring::Piece>, mut sent: usize, mut spent: impl FnMut(Vec<u8>)) {
+        let mut back = Vec::new();
+        for mut p in pieces {
+            let n = (p.end - p.start).min(sent);
+            sent -= n;
+            p.start += n;
+            if p.start >= p.end {
+                spent(p.data);
+            } else {
+                back.push(p);
+            }
+        }
+        self.eol_hint = None;
+        for p in back.into_iter().rev() {
+            self.len += p.end - p.start;
+            self.chunks.push_front(Chunk { data: p.data, start: p.start, end: p.end });
+        }
     }
 
     /// Inserts a copy of `data` before the queued bytes.
