@@ -50,7 +50,7 @@
 //! [`unavailable_reason`] turns the error into a sentence naming which.
 
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::OnceLock;
@@ -137,6 +137,10 @@ struct InFlight {
     _msg: Option<Box<libc::msghdr>>,
 }
 
+/// The user-data bit that marks a receive ([`Ring::push_recv`]): how this
+/// file counts the receives still armed, with no table per receive.
+pub const RECV_TAG: u64 = 1 << 29;
+
 /// A send [`Ring::push_send`] did not queue, with its pieces.
 #[derive(Debug)]
 pub struct SendRefused {
@@ -188,8 +192,8 @@ pub struct Ring {
     inline_sends: u32,
     /// Sends in flight, by user data.
     sends: HashMap<u64, InFlight>,
-    /// Multishot receives armed, by user data.
-    recvs: HashSet<u64>,
+    /// Multishot receives armed (their user data has [`RECV_TAG`]).
+    recvs: usize,
     bufs: Option<BufRing>,
 }
 
@@ -260,7 +264,7 @@ impl Ring {
                             min_timeout,
                             inline_sends: 0,
                             sends: HashMap::new(),
-                            recvs: HashSet::new(),
+                            recvs: 0,
                             bufs: None,
                         });
                     }
@@ -417,10 +421,10 @@ impl Ring {
                 }
             }
             if !more {
-                if let Some(s) = self.sends.remove(&user_data) {
+                if user_data & RECV_TAG != 0 {
+                    self.recvs = self.recvs.saturating_sub(1);
+                } else if let Some(s) = self.sends.remove(&user_data) {
                     done.sent = Some(s.pieces);
-                } else {
-                    self.recvs.remove(&user_data);
                 }
             }
             f(done);
@@ -528,12 +532,16 @@ impl Ring {
     }
 
     /// Queues a multishot receive on `fd` into the buffer ring, tagged
-    /// `user_data`: one completion per block filled, the last without
-    /// `more` (EOF: result 0; ENOBUFS: the ring ran dry; ECANCELED). `false`
-    /// when the submission queue is full.
+    /// `user_data`, which must have [`RECV_TAG`] set (and no other request
+    /// may): one completion per block filled, the last without `more` (EOF:
+    /// result 0; ENOBUFS: the ring ran dry; ECANCELED). `false` when the
+    /// submission queue is full.
     pub fn push_recv(&mut self, fd: RawFd, user_data: u64) -> io::Result<bool> {
         if !self.is_ours() {
             return Err(not_ours());
+        }
+        if user_data & RECV_TAG == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "a receive's user data needs RECV_TAG"));
         }
         if self.bufs.is_none() {
             return Err(io::Error::new(io::ErrorKind::Unsupported, "no buffer ring for receives"));
@@ -544,7 +552,7 @@ impl Ring {
         // ring is this process's (checked above).
         let ok = unsafe { self.ring.submission().push(&e) }.is_ok();
         if ok {
-            self.recvs.insert(user_data);
+            self.recvs += 1;
         }
         Ok(ok)
     }
@@ -563,6 +571,7 @@ impl Ring {
             return refuse(pieces, Some(not_ours()));
         }
         if pieces.is_empty()
+            || user_data & RECV_TAG != 0
             || pieces.len() > MAX_SEND_PIECES
             || self.sends.contains_key(&user_data)
             || pieces.iter().any(|p| p.start > p.end || p.end > p.data.len() || p.end - p.start > u32::MAX as usize)
@@ -620,7 +629,7 @@ impl Ring {
 
     /// Sends and receives still out (tests).
     pub fn ops_out(&self) -> (usize, usize) {
-        (self.sends.len(), self.recvs.len())
+        (self.sends.len(), self.recvs)
     }
 }
 
@@ -657,7 +666,7 @@ impl BufRing {
 
 impl Drop for Ring {
     fn drop(&mut self) {
-        if self.sends.is_empty() && self.recvs.is_empty() && self.bufs.is_none() {
+        if self.sends.is_empty() && self.recvs == 0 && self.bufs.is_none() {
             return;
         }
         if !self.is_ours() {
@@ -671,23 +680,18 @@ impl Drop for Ring {
             }
             return;
         }
-        // Cancel every send and receive still out, and wait for their
-        // completions: until then the kernel may use their memory.
-        let out: Vec<u64> = self.sends.keys().chain(self.recvs.iter()).copied().collect();
-        for ud in out {
-            let e = opcode::AsyncCancel::new(ud).build().user_data(CANCEL_USER_DATA);
-            loop {
-                // SAFETY: a cancellation refers to no memory of ours.
-                if unsafe { self.ring.submission().push(&e) }.is_ok() {
-                    break;
-                }
-                if self.enter(false, None).is_err() {
-                    break;
-                }
+        // Cancel every request still out (IORING_ASYNC_CANCEL_ANY), and
+        // wait for the completions of the sends and receives: until then
+        // the kernel may use their memory.
+        let e = opcode::AsyncCancel2::new(types::CancelBuilder::any()).build().user_data(CANCEL_USER_DATA);
+        loop {
+            // SAFETY: a cancellation refers to no memory of ours.
+            if unsafe { self.ring.submission().push(&e) }.is_ok() || self.enter(false, None).is_err() {
+                break;
             }
         }
         for _ in 0..200 {
-            if self.sends.is_empty() && self.recvs.is_empty() {
+            if self.sends.is_empty() && self.recvs == 0 {
                 break;
             }
             if self.enter(true, Some(Duration::from_millis(5))).is_err() {
@@ -695,7 +699,7 @@ impl Drop for Ring {
             }
             self.reap(drop);
         }
-        if !self.sends.is_empty() || !self.recvs.is_empty() {
+        if !self.sends.is_empty() || self.recvs != 0 {
             // The kernel did not let go: its memory stays, leaked.
             for (_, s) in self.sends.drain() {
                 std::mem::forget(s);

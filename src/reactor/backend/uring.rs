@@ -51,6 +51,9 @@ const SQ_ENTRIES: u32 = 1024;
 const MIN_CQ_ENTRIES: u32 = 4096;
 const MAX_CQ_ENTRIES: u32 = 16384;
 
+/// Completions' room kept between turns.
+const DONE_KEPT: usize = 256;
+
 const READ: usize = 0;
 const WRITE: usize = 1;
 
@@ -69,6 +72,9 @@ flag_set! {
         const MULTI_R = 0x08;
         /// The armed WRITE poll is multishot.
         const MULTI_W = 0x10;
+        /// On the data path: its receive ran out of buffers; it waits in
+        /// line to be armed again once blocks are back (`data.rs`).
+        const STARVED = 0x20;
     }
 }
 
@@ -133,12 +139,13 @@ pub struct UringBackend {
 }
 
 /// A request's tag: generation, direction, whether it is a data-path
-/// operation (receive or send, not a poll), fd (30 bits).
+/// operation (receive or send, not a poll), whether a receive
+/// (`su::RECV_TAG`), fd (29 bits).
 fn user_data(generation: u32, dir: usize, fd: RawFd) -> u64 {
     (u64::from(generation) << 32) | ((dir as u64) << 31) | (fd as u32 as u64 & FD_BITS)
 }
 
-const FD_BITS: u64 = 0x3fff_ffff;
+const FD_BITS: u64 = 0x1fff_ffff;
 /// The tag bit of data-path operations.
 const DATA_OP: u64 = 1 << 30;
 
@@ -266,6 +273,9 @@ impl UringBackend {
         }
         self.changed.clear();
         self.released.clear();
+        // As with `done`: a burst's lists are not kept.
+        self.changed.shrink_to(DONE_KEPT);
+        self.released.shrink_to(DONE_KEPT);
         Ok(())
     }
 
@@ -332,6 +342,9 @@ impl UringBackend {
         for c in done.drain(..) {
             self.complete(c, out);
         }
+        // A burst (thousands of connections at once) must not leave its
+        // list behind: part of every idle connection's share otherwise.
+        done.shrink_to(DONE_KEPT);
         self.done = done;
     }
 
@@ -392,6 +405,9 @@ impl UringBackend {
         for c in done.drain(..) {
             self.complete(c, &mut out);
         }
+        // A burst (thousands of connections at once) must not leave its
+        // list behind: part of every idle connection's share otherwise.
+        done.shrink_to(DONE_KEPT);
         self.done = done;
         for (fd, what) in out.events {
             let s = &self.fds[fd as usize];

@@ -41,6 +41,10 @@ use std::os::fd::RawFd;
 /// once a busy spell has filled every block (tests/limits.rs allows it).
 pub(super) const RING_BLOCKS: u16 = 32;
 
+/// Blocks the buffer ring starts with: one (64 KiB, resident once used,
+/// whatever the number of idle connections).
+const INITIAL_BLOCKS: u16 = 1;
+
 /// Given-back blocks kept for the buffer ring beyond the chunk pool's.
 const SPARE_BLOCKS: usize = 8;
 
@@ -57,6 +61,14 @@ pub(super) struct Data {
     spare: Vec<Vec<u8>>,
     /// Attached fds: the buffer ring is filled only once there is one.
     pub(super) attached: usize,
+    /// Blocks the ring is kept filled with: starts small (an idle server
+    /// makes none of them resident) and doubles, up to [`RING_BLOCKS`],
+    /// each time receives run out.
+    target: u16,
+    /// Fds whose receive ran out of buffers, in order: armed again as
+    /// blocks come back, as many as there are (arming them all at once
+    /// would have them all run out again, turn after turn).
+    starved: VecDeque<RawFd>,
 }
 
 /// What completed for an fd and was not taken yet.
@@ -106,6 +118,8 @@ impl UringBackend {
     fn tidy(&mut self, fd: RawFd) {
         let s = &mut self.fds[fd as usize];
         if s.mail != 0 && self.data.mails[s.mail as usize - 1].is_empty() {
+            // Its queue's memory goes too: a burst leaves nothing behind.
+            self.data.mails[s.mail as usize - 1] = Mail::default();
             self.data.free.push(s.mail - 1);
             s.mail = 0;
         }
@@ -119,16 +133,30 @@ impl UringBackend {
         }
     }
 
-    /// Fills the buffer ring's empty places: given-back blocks first.
+    /// Fills the buffer ring up to its target (given-back blocks first),
+    /// and arms again as many starved receives as it has blocks.
     pub(super) fn top_up_buffers(&mut self) {
         if self.data.attached == 0 {
             return;
         }
-        for _ in 0..self.ring.buffers_missing() {
+        let target = usize::from(self.data.target.clamp(INITIAL_BLOCKS, RING_BLOCKS));
+        let offered = usize::from(RING_BLOCKS) - self.ring.buffers_missing();
+        for _ in offered..target {
             let b = self.data.spare.pop().unwrap_or_else(|| evbuffer::take_block(BLOCK));
             if let Some(b) = self.ring.provide(b) {
                 self.data.spare.push(b);
                 break;
+            }
+        }
+        let mut room = usize::from(RING_BLOCKS) - self.ring.buffers_missing();
+        while room > 0
+            && let Some(fd) = self.data.starved.pop_front()
+        {
+            let s = &mut self.fds[fd as usize];
+            if s.has(Bits::STARVED) {
+                s.set(Bits::STARVED, false);
+                self.queue(fd);
+                room -= 1;
             }
         }
     }
@@ -163,19 +191,19 @@ impl UringBackend {
         let s = self.fds[fd as usize];
         self.fds[fd as usize].set(Bits::EMPTIED, false);
         let ended = self.mail_ref(fd).is_some_and(|m| m.end != 0);
-        let wanted = s.want.contains(EventFlags::READ) && !ended;
+        let wanted = s.want.contains(EventFlags::READ) && !ended && !s.has(Bits::STARVED);
         let armed = s.armed[READ];
         let mut cancelled = false;
         if armed != 0 && (!wanted || s.has(Bits::EMPTIED)) {
             self.fds[fd as usize].armed[READ] = 0;
-            let target = user_data(armed, READ, fd) | DATA_OP;
+            let target = user_data(armed, READ, fd) | DATA_OP | crate::sys::uring::RECV_TAG;
             self.push_entry(out, |r| r.push_cancel(target))?;
             cancelled = true;
         }
         if wanted && self.fds[fd as usize].armed[READ] == 0 {
             let g = self.next_generation();
             self.fds[fd as usize].armed[READ] = g;
-            let ud = user_data(g, READ, fd) | DATA_OP;
+            let ud = user_data(g, READ, fd) | DATA_OP | crate::sys::uring::RECV_TAG;
             self.push_entry(out, |r| r.push_recv(fd, ud))?;
         }
         Ok(cancelled)
@@ -215,9 +243,18 @@ impl UringBackend {
                         m.end = if m.reset != 0 { m.reset } else { 1 };
                     }
                     r if r == -libc::ECANCELED => {}
-                    // Out of buffers (armed again after the top-up), or
-                    // ended by the kernel for its own reasons.
-                    r if r == -libc::ENOBUFS || r > 0 => {
+                    // Out of buffers: in line for the next blocks, and the
+                    // ring grows.
+                    r if r == -libc::ENOBUFS => {
+                        self.data.target = self.data.target.clamp(INITIAL_BLOCKS, RING_BLOCKS / 2) * 2;
+                        let s = &mut self.fds[fd as usize];
+                        if !s.has(Bits::STARVED) {
+                            s.set(Bits::STARVED, true);
+                            self.data.starved.push_back(fd);
+                        }
+                    }
+                    // Ended by the kernel for its own reasons: armed again.
+                    r if r > 0 => {
                         if want.contains(EventFlags::READ) {
                             self.queue(fd);
                         }
@@ -257,6 +294,7 @@ impl UringBackend {
         }
         let s = &mut self.fds[fd as usize];
         s.set(Bits::DATA, false);
+        s.set(Bits::STARVED, false);
         s.armed = [0; 2];
         if s.mail != 0 {
             let m = std::mem::take(&mut self.data.mails[s.mail as usize - 1]);
