@@ -2147,3 +2147,220 @@ rtest!(socket_the_backend_gives_up_is_an_error_of_that_connection, [epoll_change
     with(&other, |e| e.free(&mut b));
     Ok(())
 });
+
+// ----- the io_uring data path (issue 14 section 3) ------------------------------
+
+/// A uring base whose bufferevents are on the data path (receives and
+/// sends through the ring), or `None` where io_uring is unavailable.
+fn data_path_base() -> io::Result<Option<EventBase>> {
+    if !Backend::Uring.available() {
+        return Ok(None);
+    }
+    Ok(Some(Backend::Uring.base()?))
+}
+
+/// A send in flight (the socket full, the rest waiting in the kernel) when
+/// the owner frees the bufferevent: the pieces stay the ring's until their
+/// completion (no use after free whatever the kernel does), the socket is
+/// closed (the peer reads what was sent, then EOF), and the loop is left
+/// with nothing.
+#[test]
+fn data_path_free_with_a_send_in_flight() -> io::Result<()> {
+    let Some(mut b) = data_path_base()? else { return Ok(()) };
+    for kind in LINKS {
+        let (x, y) = link(kind, true)?;
+        let bev = new_bev(&mut b, x, BevOptions::default(), Ctx::default())?;
+        assert!(with(&bev, |e| e.is_on_data_path()), "{kind:?}");
+        let data = pattern(1 << 20);
+        with(&bev, |e| {
+            e.output_mut().add(&data);
+            e.enable(&mut b, EventFlags::WRITE)
+        })?;
+        // One turn: the first send came back short, the next one waits.
+        b.run(LoopFlags::NONBLOCK)?;
+        assert!(with(&bev, |e| e.pending_output() > 0), "{kind:?}: the socket took 1 MiB");
+        with(&bev, |e| e.free(&mut b));
+        // What reached the socket is a prefix of the data, then EOF (or a
+        // reset, for the unread rest): never other bytes.
+        let mut got = Vec::new();
+        let eof = run_until(&mut b, LIMIT, |_| {
+            let mut buf = [0u8; 16 * 1024];
+            loop {
+                match sys::read(y.as_raw_fd(), &mut buf) {
+                    Ok(0) => return true,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                    Err(_) => return true,
+                }
+            }
+        })?;
+        assert!(eof, "{kind:?}: the freed socket was not closed");
+        assert!(got.len() < data.len() && got[..] == data[..got.len()], "{kind:?}: {} bytes not a prefix", got.len());
+        // The cancelled send's completion comes and goes: nothing left.
+        assert!(run_until(&mut b, LIMIT, |b| b.run(LoopFlags::NONBLOCK).ok() == Some(LoopExit::NoEvents))?);
+    }
+    Ok(())
+}
+
+/// Short sends: a peer that reads slowly through small socket buffers;
+/// every byte arrives, in order, while the owner adds more output behind
+/// the sends in flight; then a close when flushed loses nothing either.
+#[test]
+fn data_path_short_sends_keep_order_and_every_byte() -> io::Result<()> {
+    let Some(mut b) = data_path_base()? else { return Ok(()) };
+    for kind in LINKS {
+        let (x, y) = link(kind, true)?;
+        let bev = new_bev(&mut b, x, BevOptions::default(), Ctx::default())?;
+        assert!(with(&bev, |e| e.is_on_data_path()), "{kind:?}");
+        with(&bev, |e| e.enable(&mut b, EventFlags::WRITE))?;
+        let data = pattern(3 << 19);
+        let mut got = Vec::new();
+        let mut added = 0;
+        let ok = run_until(&mut b, LIMIT, |b| {
+            if added < data.len() {
+                let n = (data.len() - added).min(100_000);
+                with(&bev, |e| {
+                    e.output_mut().add(&data[added..added + n]);
+                    e.flush(b);
+                });
+                added += n;
+            }
+            // A slow reader: at most 16 KiB a turn.
+            let mut buf = [0u8; 16 * 1024];
+            if let Ok(n) = sys::read(y.as_raw_fd(), &mut buf) {
+                got.extend_from_slice(&buf[..n]);
+            }
+            got.len() >= data.len()
+        })?;
+        assert!(ok, "{kind:?}: stalled at {} of {}", got.len(), data.len());
+        assert!(got == data, "{kind:?}: bytes differ");
+        // The rest of a close: output, then EOF.
+        let tail = pattern(300_000);
+        with(&bev, |e| {
+            e.output_mut().add(&tail);
+            e.close_when_flushed(&mut b);
+        });
+        got.clear();
+        let ok = run_until(&mut b, LIMIT, |_| slurp(y.as_raw_fd(), &mut got))?;
+        assert!(ok && got == tail, "{kind:?}: close lost bytes ({} of {})", got.len(), tail.len());
+        assert!(run_until(&mut b, LIMIT, |_| with(&bev, |e| e.is_freed()))?, "{kind:?}");
+    }
+    Ok(())
+}
+
+/// The read high watermark on the data path: reading stops (the receive
+/// is cancelled: no more than the mark is ever in the input), what the
+/// ring had received meanwhile is kept, and consuming resumes it; every
+/// byte arrives once, in order.
+#[test]
+fn data_path_watermark_stops_and_resumes_the_receive() -> io::Result<()> {
+    const HIGH: usize = 4096;
+    let Some(mut b) = data_path_base()? else { return Ok(()) };
+    for kind in LINKS {
+        let (x, y) = link(kind, false)?;
+        let bev = new_bev(&mut b, x, BevOptions::default(), Ctx { on_read: OnRead::Keep, ..Ctx::default() })?;
+        assert!(with(&bev, |e| e.is_on_data_path()), "{kind:?}");
+        with(&bev, |e| {
+            e.set_watermark(&mut b, EventFlags::READ, 0, HIGH);
+            e.enable(&mut b, EventFlags::READ)
+        })?;
+        let data = pattern(200_000);
+        let mut off = 0;
+        let mut got = Vec::new();
+        let ok = run_until(&mut b, LIMIT, |b| {
+            feed(y.as_raw_fd(), &data, &mut off);
+            with(&bev, |e| {
+                assert!(e.input().len() <= HIGH, "{kind:?}: input {} above the mark", e.input().len());
+                if e.suspended().intersects(Suspend::WATERMARK) {
+                    assert!(!e.is_reading(), "{kind:?}: paused but reading");
+                    // Consume: the pause lifts.
+                    let n = e.input().len();
+                    let mut buf = vec![0u8; n];
+                    e.input_mut().remove(&mut buf);
+                    got.extend_from_slice(&buf);
+                    e.input_consumed(b);
+                }
+            });
+            got.len() + with(&bev, |e| e.input().len()) >= data.len()
+        })?;
+        with(&bev, |e| {
+            let n = e.input().len();
+            let mut buf = vec![0u8; n];
+            e.input_mut().remove(&mut buf);
+            got.extend_from_slice(&buf);
+        });
+        assert!(ok, "{kind:?}: stalled at {} of {}", got.len(), data.len());
+        assert!(got == data, "{kind:?}: bytes differ ({} of {})", got.len(), data.len());
+        with(&bev, |e| e.free(&mut b));
+    }
+    Ok(())
+}
+
+/// A connection freed while its receive is armed (an idle connection):
+/// the ring lets go of the file before the fd is closed, so the peer sees
+/// EOF at once, and the fd number, reused by the next socket, is not
+/// reached by the old receive.
+#[test]
+fn data_path_free_with_a_receive_armed_closes_the_socket() -> io::Result<()> {
+    let Some(mut b) = data_path_base()? else { return Ok(()) };
+    for kind in LINKS {
+        let (x, y) = link(kind, false)?;
+        let bev = new_bev(&mut b, x, BevOptions::default(), Ctx { on_read: OnRead::Echo, ..Ctx::default() })?;
+        with(&bev, |e| e.enable(&mut b, EventFlags::READ | EventFlags::WRITE))?;
+        // The receive is armed by the turn's enter.
+        b.run(LoopFlags::NONBLOCK)?;
+        with(&bev, |e| e.free(&mut b));
+        let mut got = Vec::new();
+        // No loop turn: the close must already be done.
+        assert!(slurp(y.as_raw_fd(), &mut got) && got.is_empty(), "{kind:?}: the peer saw no EOF");
+        // The number again, for a new connection: it echoes, and only it.
+        let (x2, y2) = link(kind, false)?;
+        let bev2 = new_bev(&mut b, x2, BevOptions::default(), Ctx { on_read: OnRead::Echo, ..Ctx::default() })?;
+        with(&bev2, |e| e.enable(&mut b, EventFlags::READ | EventFlags::WRITE))?;
+        put(&y2, b"again\n")?;
+        expect_bytes(&mut b, y2.as_raw_fd(), b"again\n", &format!("{kind:?}"))?;
+        with(&bev2, |e| e.free(&mut b));
+    }
+    Ok(())
+}
+
+/// Receive blocks go back to the ring: a long echo through one connection
+/// cycles the same few blocks (the process's memory does not grow with
+/// the bytes moved) and the connection ends idle, holding none.
+#[test]
+fn data_path_gives_the_receive_blocks_back() -> io::Result<()> {
+    let Some(mut b) = data_path_base()? else { return Ok(()) };
+    let (x, y) = link(Link::Tcp, false)?;
+    let bev = new_bev(&mut b, x, BevOptions::default(), Ctx { on_read: OnRead::Echo, ..Ctx::default() })?;
+    with(&bev, |e| e.enable(&mut b, EventFlags::READ | EventFlags::WRITE))?;
+    let chunk = pattern(256 * 1024);
+    // Warm: the ring grows to what this traffic needs.
+    for _ in 0..4 {
+        let mut off = 0;
+        let mut got = Vec::new();
+        assert!(run_until(&mut b, LIMIT, |_| {
+            feed(y.as_raw_fd(), &chunk, &mut off);
+            slurp(y.as_raw_fd(), &mut got);
+            got.len() >= chunk.len()
+        })?);
+    }
+    let me = std::process::id() as i32;
+    let rss0 = sys::process::rss_bytes(me).unwrap_or(0);
+    for round in 0..64 {
+        let mut off = 0;
+        let mut got = Vec::new();
+        assert!(run_until(&mut b, LIMIT, |_| {
+            feed(y.as_raw_fd(), &chunk, &mut off);
+            slurp(y.as_raw_fd(), &mut got);
+            got.len() >= chunk.len()
+        })?);
+        assert!(got == chunk, "round {round}: bytes differ");
+    }
+    let grew = sys::process::rss_bytes(me).unwrap_or(0).saturating_sub(rss0);
+    // 16 MiB moved; the ring is at most 32 blocks of 64 KiB.
+    assert!(grew <= 2 * 1024 * 1024, "RSS grew by {grew} B moving 16 MiB");
+    settle_data_path(&mut b, &bev)?;
+    assert!(with(&bev, |e| !e.is_busy()), "buffers kept after the echo");
+    with(&bev, |e| e.free(&mut b));
+    Ok(())
+}

@@ -15,6 +15,7 @@
 //! they wait on with an event loop and a timeout, never with sleeps.
 
 use super::*;
+use rot13d::reactor::{BevOptions, BufferEvent};
 use rot13d::sys::process::{ExitStatus, Fork};
 use std::panic::AssertUnwindSafe;
 
@@ -443,4 +444,92 @@ fn fork_while_another_thread_uses_a_handle() -> io::Result<()> {
     stop.store(true, Ordering::Relaxed);
     hammer.join().expect("hammer thread");
     result
+}
+
+// ----- the io_uring data path across fork (issue 14 section 3) ---------------------
+
+fn echo_readcb(_: &mut EventBase, b: &mut BufferEvent<()>) {
+    let (input, output, _) = b.parts_mut();
+    output.add_buffer(input);
+}
+
+/// Reads what `fd` has within `within` (bounded), until `want` bytes came.
+fn read_n(fd: RawFd, want: usize, within: Duration) -> io::Result<Vec<u8>> {
+    let mut got = Vec::new();
+    let end = Instant::now() + within;
+    while got.len() < want && Instant::now() < end {
+        if !wait_readable(fd, end.saturating_duration_since(Instant::now()))? {
+            break;
+        }
+        let mut buf = [0u8; 4096];
+        match sys::read(fd, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// A bufferevent on the io_uring data path survives `fork()` + reinit on
+/// both sides: the child's new ring takes over its fd (its receive armed
+/// afresh, its echo sent by the child's ring), the parent's keeps serving
+/// its own, and neither side sees the other's bytes.
+#[test]
+fn fork_data_path_bufferevents_serve_on_both_sides() -> io::Result<()> {
+    if !Backend::Uring.available() {
+        return Ok(());
+    }
+    let _g = process_lock();
+    let mut b = Backend::Uring.base()?;
+    let (pa, pb) = pair()?; // served by the parent
+    let (ca, cb) = pair()?; // served by the child
+    let pbev = BufferEvent::socket_new(&mut b, pa, BevOptions::default(), ())?;
+    let cbev = BufferEvent::socket_new(&mut b, ca, BevOptions::default(), ())?;
+    for bev in [&pbev, &cbev] {
+        bev.with(|e| {
+            assert!(e.is_on_data_path());
+            e.setcb(Some(echo_readcb), None, None);
+            e.enable(&mut b, EventFlags::READ | EventFlags::WRITE)
+        })
+        .unwrap_or(Ok(()))?;
+    }
+    // Both receives armed in the parent's ring before the fork.
+    flush(&mut b)?;
+    match fork()? {
+        Fork::Child => child_exit(|| {
+            b.reinit()?;
+            pbev.with(|e| e.free(&mut b));
+            put(&cb, b"child\n")?;
+            let got = RefCell::new(Vec::new());
+            let ok = run_until(&mut b, Duration::from_secs(5), || {
+                let mut buf = [0u8; 64];
+                if let Ok(n) = sys::read(cb.as_raw_fd(), &mut buf) {
+                    got.borrow_mut().extend_from_slice(&buf[..n]);
+                }
+                got.borrow().len() >= 6
+            })?;
+            Ok(if ok && *got.borrow() == b"child\n" { OK } else { 14 })
+        }),
+        Fork::Parent(pid) => {
+            b.reinit()?;
+            cbev.with(|e| e.free(&mut b));
+            assert_eq!(wait_child(pid, CHILD_TIMEOUT)?, ExitStatus::Code(OK));
+            put(&pb, b"parent\n")?;
+            let got = RefCell::new(Vec::new());
+            assert!(run_until(&mut b, Duration::from_secs(5), || {
+                let mut buf = [0u8; 64];
+                if let Ok(n) = sys::read(pb.as_raw_fd(), &mut buf) {
+                    got.borrow_mut().extend_from_slice(&buf[..n]);
+                }
+                got.borrow().len() >= 7
+            })?);
+            assert_eq!(*got.borrow(), b"parent\n");
+            // The child's bytes never reached the parent's socket.
+            assert!(read_n(pb.as_raw_fd(), 1, Duration::from_millis(50))?.is_empty());
+            pbev.with(|e| e.free(&mut b));
+            Ok(())
+        }
+    }
 }
