@@ -51,6 +51,7 @@
 
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::OnceLock;
@@ -150,6 +151,25 @@ pub struct SendRefused {
     pub pieces: Vec<Piece>,
 }
 
+/// Hashes a user data (a tag made by the backend, not by a peer) with
+/// one multiplication: a send's table lookup is per request.
+#[derive(Default)]
+struct TagHasher(u64);
+
+impl Hasher for TagHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (n ^ (n >> 32)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
 /// Most pieces one send takes (the kernel's UIO_MAXIOV).
 pub const MAX_SEND_PIECES: usize = 1024;
 
@@ -191,7 +211,7 @@ pub struct Ring {
     /// during that enter's submit, so its wait asks for that many more.
     inline_sends: u32,
     /// Sends in flight, by user data.
-    sends: HashMap<u64, InFlight>,
+    sends: HashMap<u64, InFlight, BuildHasherDefault<TagHasher>>,
     /// Multishot receives armed (their user data has [`RECV_TAG`]).
     recvs: usize,
     bufs: Option<BufRing>,
@@ -263,7 +283,7 @@ impl Ring {
                             valgrind,
                             min_timeout,
                             inline_sends: 0,
-                            sends: HashMap::new(),
+                            sends: HashMap::default(),
                             recvs: 0,
                             bufs: None,
                         });

@@ -66,11 +66,6 @@ impl IoState {
         }
     }
 
-    /// Output not yet taken by the socket: queued, and lent to a send.
-    pub fn pending_output(&self) -> usize {
-        self.output.len() + self.lent
-    }
-
     /// Whether it holds nothing that a fresh one would not: it can go back
     /// to the pool.
     pub fn is_spare(&self) -> bool {

@@ -312,8 +312,12 @@ impl<C: 'static> BufferEvent<C> {
 
     /// Output the socket has not taken yet: what [`output`](Self::output)
     /// holds and, on the io_uring data path, what a send in flight has.
+    #[inline]
     pub fn pending_output(&self) -> usize {
-        self.io.as_deref().map_or(0, IoState::pending_output)
+        match self.io.as_deref() {
+            Some(io) => io.output.len() + io.lent,
+            None => 0,
+        }
     }
 
     /// Whether its reads and writes go through the io_uring data path.
@@ -506,6 +510,11 @@ impl<C: 'static> BufferEvent<C> {
         } else if !want && self.is(State::READ_ADDED) {
             self.state.remove(State::READ_ADDED);
             base.del(self.read_ev)?;
+            if self.ring {
+                // A non-blocking send's completion came with the read
+                // event: the write event takes it from now on.
+                self.sync_write(base, false)?;
+            }
         }
         Ok(())
     }
@@ -521,7 +530,10 @@ impl<C: 'static> BufferEvent<C> {
         if self.is(State::CONNECTING) {
             return Ok(());
         }
-        let want = !self.is(State::FREED) && self.enabled.contains(EventFlags::WRITE) && self.pending_output() > 0;
+        let want = !self.is(State::FREED)
+            && self.enabled.contains(EventFlags::WRITE)
+            && self.pending_output() > 0
+            && !(self.ring && self.is(State::READ_ADDED) && self.io.as_deref().is_some_and(ring::inline_only));
         self.set_write(base, want, restart)
     }
 
@@ -722,6 +734,14 @@ impl<C: 'static> BufferEvent<C> {
             self.fail(base, BevEvent::READING);
             return;
         }
+        if self.ring && self.io.as_deref().is_some_and(|io| io.lent > 0) {
+            // On the data path a non-blocking send's completion comes with
+            // the read event (no write event for it: `ring::inline_only`).
+            self.try_write(base);
+            if self.is(State::FREED) {
+                return;
+            }
+        }
         if self.is(State::CLOSING) {
             self.discard_input(base, what);
             return;
@@ -870,16 +890,17 @@ impl<C: 'static> BufferEvent<C> {
         let mut failed = None;
         if self.ring {
             (progressed, failed) = ring::send(base, raw, io);
-        }
-        while !self.ring && !io.output.is_empty() {
-            match io.output.write_to(raw) {
-                Ok(0) => break,
-                Ok(_) => progressed = true,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    failed = Some(e);
-                    break;
+        } else {
+            while !io.output.is_empty() {
+                match io.output.write_to(raw) {
+                    Ok(0) => break,
+                    Ok(_) => progressed = true,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
                 }
             }
         }

@@ -8,11 +8,14 @@
 //!   chunks, no copy) instead of `recv`: same results (`Ok(0)` EOF,
 //!   `WouldBlock` nothing). READ interest is the receive.
 //! - A write lends the output's chunks to one send in flight (the bytes
-//!   then count as pending output, [`IoState::lent`]); its completion
-//!   (reported as WRITE, so the write event is registered while it is out,
-//!   which also times it) puts back what the socket did not take, in front
-//!   of what was added since, and starts the next send. After a short send
-//!   or EAGAIN the next one waits in the kernel for room.
+//!   then count as pending output, `IoState::lent`); its completion puts
+//!   back what the socket did not take, in front of what was added since,
+//!   and starts the next send. A non-blocking send (the usual answer)
+//!   completes in the next enter and is collected with the read event, so
+//!   no write event is registered and deleted per answer (`inline_only`);
+//!   the write event (and its timeout) is registered for a send that waits
+//!   for room (after a short send or EAGAIN), for output queued behind a
+//!   send, or while reading is off.
 
 use super::iostate::IoState;
 use crate::reactor::base::EventBase;
@@ -20,6 +23,14 @@ use crate::reactor::evbuffer::EvBuffer;
 use crate::sys::uring::MAX_SEND_PIECES;
 use std::io;
 use std::os::fd::RawFd;
+
+/// Whether the only output pending is a non-blocking send in flight: its
+/// completion comes in the next enter, with the read event if reading
+/// (no write event registered and deleted per send, and no timeout: it
+/// cannot wait).
+pub(super) fn inline_only(io: &IoState) -> bool {
+    io.lent > 0 && !io.send_wait && io.output.is_empty()
+}
 
 fn no_data_path() -> io::Error {
     io::Error::other("the base's backend has no data path any more")

@@ -11,7 +11,9 @@
 //!   handed, whole and without a copy, to the fd's mailbox and from there
 //!   to the bufferevent's input as a chunk. A receive that ends (EOF, an
 //!   error) leaves that in the mailbox after the bytes; one that ran out of
-//!   buffers (ENOBUFS) is armed again once the ring is topped up. Bytes
+//!   buffers (ENOBUFS) waits in line until blocks come back. A small
+//!   receive (a request, at most `COPY_MAX` bytes) is copied out instead
+//!   and its block given back to the ring at once. Bytes
 //!   that complete after the interest went (a watermark, a pause) stay in
 //!   the mailbox: none is lost, and they are reported when it comes back.
 //! - **Send**: one in flight per fd, its pieces (the output's chunks) lent
@@ -41,9 +43,13 @@ use std::os::fd::RawFd;
 /// once a busy spell has filled every block (tests/limits.rs allows it).
 pub(super) const RING_BLOCKS: u16 = 32;
 
-/// Blocks the buffer ring starts with: one (64 KiB, resident once used,
+/// A receive of at most this many bytes is copied out of its block (which
+/// goes back to the ring at once); a larger one hands its block over.
+const COPY_MAX: usize = 8 * 1024;
+
+/// Blocks the buffer ring starts with: two (128 KiB, resident once used,
 /// whatever the number of idle connections).
-const INITIAL_BLOCKS: u16 = 1;
+const INITIAL_BLOCKS: u16 = 2;
 
 /// Given-back blocks kept for the buffer ring beyond the chunk pool's.
 const SPARE_BLOCKS: usize = 8;
@@ -118,8 +124,12 @@ impl UringBackend {
     fn tidy(&mut self, fd: RawFd) {
         let s = &mut self.fds[fd as usize];
         if s.mail != 0 && self.data.mails[s.mail as usize - 1].is_empty() {
-            // Its queue's memory goes too: a burst leaves nothing behind.
-            self.data.mails[s.mail as usize - 1] = Mail::default();
+            // A queue grown by a burst goes; a small one is kept (a busy
+            // connection takes and gives a mailbox per request).
+            let m = &mut self.data.mails[s.mail as usize - 1];
+            if m.received.capacity() > 4 {
+                m.received = VecDeque::new();
+            }
             self.data.free.push(s.mail - 1);
             s.mail = 0;
         }
@@ -170,8 +180,12 @@ impl UringBackend {
         if want.contains(EventFlags::READ) && (!m.received.is_empty() || m.end != 0) {
             what |= EventFlags::READ;
         }
-        if want.contains(EventFlags::WRITE) && m.sent.is_some() {
-            what |= EventFlags::WRITE;
+        if m.sent.is_some() {
+            if want.contains(EventFlags::WRITE) {
+                what |= EventFlags::WRITE;
+            } else if want.contains(EventFlags::READ) {
+                what |= EventFlags::READ;
+            }
         }
         if !what.is_empty() {
             self.carry.events.push((fd, what));
@@ -228,11 +242,22 @@ impl UringBackend {
         let want = self.fds[fd as usize].want;
         if dir == READ {
             if let Some(b) = c.buf {
-                if c.result > 0 {
-                    let end = (c.result as usize).min(b.len());
-                    self.mail(fd).received.push_back(Piece { data: b, start: 0, end });
+                let n = usize::try_from(c.result).unwrap_or(0).min(b.len());
+                if n > COPY_MAX {
+                    // A bulk receive: the block itself becomes input.
+                    self.mail(fd).received.push_back(Piece { data: b, start: 0, end: n });
                 } else {
-                    self.reuse(b);
+                    // A small one (a request): its bytes are copied out and
+                    // the block goes straight back to the ring, so that
+                    // many small receives neither run the ring dry nor make
+                    // blocks cycle through the allocator.
+                    if n > 0 {
+                        let data = b[..n].to_vec();
+                        self.mail(fd).received.push_back(Piece { data, start: 0, end: n });
+                    }
+                    if let Some(b) = self.ring.provide(b) {
+                        self.reuse(b);
+                    }
                 }
             }
             if !c.more {
@@ -276,8 +301,12 @@ impl UringBackend {
                 m.reset = -libc::ECONNRESET;
             }
             m.sent = Some((c.result, c.sent.unwrap_or_default()));
+            // With the write event if registered, else with the read event
+            // (a non-blocking send's, `bufferevent/ring.rs`).
             if want.contains(EventFlags::WRITE) {
                 out.events.push((fd, EventFlags::WRITE));
+            } else if want.contains(EventFlags::READ) {
+                out.events.push((fd, EventFlags::READ));
             }
         }
     }
