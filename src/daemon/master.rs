@@ -384,9 +384,21 @@ impl Master {
         self.schedule_spawn(generation, index, retry);
     }
 
-    /// Starts worker `index` of generation `cohort`: a child process, or the in-process
-    /// worker with `workers = 0`.
+    /// Starts worker `index` of generation `cohort` and records the outcome
+    /// in the backoff: a start that succeeds, forked or in-process, ends a
+    /// run of failed ones (a failure is recorded by [`Master::start_failed`]
+    /// where it is retried; the first generation's is fatal).
     fn start_worker(&mut self, cohort: &Generation, index: usize) -> Result<(), Error> {
+        let started = self.launch(cohort, index);
+        if started.is_ok() {
+            self.backoff.on_started();
+        }
+        started
+    }
+
+    /// The start itself: a child process, or the in-process worker with
+    /// `workers = 0`.
+    fn launch(&mut self, cohort: &Generation, index: usize) -> Result<(), Error> {
         let slot = self.metrics.acquire().map_err(|e| Error::os("map the shared counters", e))?;
         let id = WorkerId(self.next_worker);
         self.next_worker += 1;
@@ -424,7 +436,6 @@ impl Master {
             }
             Ok(process::Fork::Parent(pid)) => {
                 sys::signal::restore_mask(mask);
-                self.backoff.on_started();
                 drop(theirs);
                 let ours = Rc::new(ours);
                 let ev = self.watch_channel(&ours, id);
@@ -1192,6 +1203,27 @@ mod tests {
         let mut config = crate::daemon::config::Config::default();
         config.server.workers = Workers::Count(workers);
         Settings { config, path: None, workers, max_connections: 1960, identity: None }
+    }
+
+    /// Every successful start ends a run of failed ones, the in-process
+    /// worker's as well as a fork's (the reset used to sit in the fork
+    /// branch only).
+    #[test]
+    fn an_in_process_start_ends_a_run_of_failed_starts() {
+        let l = listener::bind("127.0.0.1:0".parse().unwrap(), 16, Kind::Rot13, 1, true).expect("bind");
+        let mut s = settings(0);
+        s.config.server.listen = vec![l.requested];
+        let base = crate::daemon::build_base(&s).expect("base");
+        let startup = Startup {
+            args: Default::default(),
+            host: crate::daemon::settings::System::now(),
+            pinned: Pinned::default(),
+        };
+        let mut m = Master::new(startup, s, base, vec![l]).expect("master");
+        assert_eq!(m.backoff.on_start_failure(), BACKOFF_MIN, "a first failure");
+        let cohort = m.current.clone();
+        m.start_worker(&cohort, 0).expect("the in-process worker starts");
+        assert_eq!(m.backoff.on_start_failure(), BACKOFF_MIN, "the start in between ended the run: no doubled delay");
     }
 
     #[test]
