@@ -798,7 +798,7 @@ impl Master {
                 }
             }
         }
-        let new = match Settings::load(&self.startup.args, &self.startup.host) {
+        let new = match Settings::load(&self.startup.args, &self.startup.host, &self.startup.pinned) {
             Ok(s) => s,
             Err(e) => {
                 for p in e.problems() {
@@ -810,7 +810,7 @@ impl Master {
                 return;
             }
         };
-        let plan = ReloadPlan::new(&self.current.settings, new, &self.startup.pinned);
+        let plan = ReloadPlan::new(&self.current.settings, new);
         for w in &plan.warnings {
             tracing::warn!(target: "rot13d", "{w}");
         }
@@ -1022,13 +1022,13 @@ pub struct ReloadPlan {
 }
 
 impl ReloadPlan {
-    /// Plans a reload from `current` to `new`. `pinned`: what systemd
-    /// passed (it replaces the configured addresses of its kind, at every
-    /// reload). The connection cap derived at start is derived again from
-    /// the same host snapshot, so it carries over by construction.
-    pub fn new(current: &Settings, mut new: Settings, pinned: &Pinned) -> ReloadPlan {
+    /// Plans a reload from `current` to `new` (loaded with the sockets
+    /// systemd passed in place of the configured addresses of their kind,
+    /// see [`super::settings::Pinned`]). The connection cap derived at start is derived
+    /// again from the same host snapshot, so it carries over by
+    /// construction.
+    pub fn new(current: &Settings, mut new: Settings) -> ReloadPlan {
         let mut warnings = Vec::new();
-        pinned.apply(&mut new);
         let (cur, next) = (&current.config.server, &mut new.config.server);
         if cur.user != next.user || cur.group != next.group {
             warnings.push("user/group changes need a restart; keeping the current ones".to_string());
@@ -1069,30 +1069,6 @@ impl ReloadPlan {
             new.config.reactor = current.config.reactor.clone();
         }
         ReloadPlan { settings: new, warnings }
-    }
-}
-
-/// The listeners socket activation passed: they replace the configured
-/// addresses of their kind (`[server] listen`, `[admin] listen`) at start
-/// and at every reload; a kind none was passed for comes from the
-/// configuration.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Pinned {
-    /// The passed rot13 listeners' addresses, if any was passed.
-    pub rot13: Option<Vec<SocketAddr>>,
-    /// The passed admin socket's address (the socket named `admin`).
-    pub admin: Option<SocketAddr>,
-}
-
-impl Pinned {
-    /// Replaces the configured addresses of every kind passed.
-    pub fn apply(&self, s: &mut Settings) {
-        if let Some(addrs) = &self.rot13 {
-            s.config.server.listen = addrs.clone();
-        }
-        if let Some(addr) = self.admin {
-            s.config.admin.listen = Some(addr);
-        }
     }
 }
 
@@ -1217,7 +1193,7 @@ mod tests {
         let startup = Startup {
             args: Default::default(),
             host: crate::daemon::settings::System::now(),
-            pinned: Pinned::default(),
+            pinned: crate::daemon::settings::Pinned::default(),
         };
         let mut m = Master::new(startup, s, base, vec![l]).expect("master");
         assert_eq!(m.backoff.on_start_failure(), BACKOFF_MIN, "a first failure");
@@ -1232,63 +1208,49 @@ mod tests {
         let mut new = settings(3);
         new.config.server.user = Some("nobody".into());
         new.max_connections = 1960;
-        let plan = ReloadPlan::new(&current, new.clone(), &Pinned::default());
+        let plan = ReloadPlan::new(&current, new.clone());
         assert_eq!(plan.settings.workers, 3, "the count applies");
         assert_eq!(plan.settings.config.server.user, None, "user kept");
         assert_eq!(plan.settings.max_connections, current.max_connections, "the derived cap carries over");
         assert_eq!(plan.warnings.len(), 1, "{:?}", plan.warnings);
 
-        let to_zero = ReloadPlan::new(&current, settings(0), &Pinned::default());
+        let to_zero = ReloadPlan::new(&current, settings(0));
         assert_eq!(to_zero.settings.workers, 1);
         assert_eq!(to_zero.warnings.len(), 1);
 
         let mut reactor = settings(0);
         reactor.config.reactor.backend = Some("poll".into());
-        let in_process = ReloadPlan::new(&settings(0), reactor.clone(), &Pinned::default());
+        let in_process = ReloadPlan::new(&settings(0), reactor.clone());
         assert_eq!(in_process.settings.config.reactor.backend, None, "kept with workers = 0");
-        let forked = ReloadPlan::new(&settings(2), Settings { workers: 2, ..reactor }, &Pinned::default());
+        let forked = ReloadPlan::new(&settings(2), Settings { workers: 2, ..reactor });
         assert_eq!(forked.settings.config.reactor.backend.as_deref(), Some("poll"), "applied by new workers");
 
         let mut log = settings(1);
         log.config.log.file = Some("/var/log/r.log".into());
-        let kept = ReloadPlan::new(&current, log, &Pinned::default());
+        let kept = ReloadPlan::new(&current, log);
         assert_eq!((kept.settings.config.log.file, kept.warnings.len()), (None, 1));
 
         // `access` applies (to new connections), with the rest of [log] kept.
         let mut access = settings(1);
         access.config.log.access = true;
         access.config.log.level = crate::daemon::config::LogLevel::Debug;
-        let plan = ReloadPlan::new(&current, access, &Pinned::default());
+        let plan = ReloadPlan::new(&current, access);
         assert!(plan.settings.config.log.access, "access applies");
         assert_eq!(plan.settings.config.log.level, current.config.log.level, "the level is kept");
         assert_eq!(plan.warnings.len(), 1, "{:?}", plan.warnings);
         let mut access_only = settings(1);
         access_only.config.log.access = true;
-        let plan = ReloadPlan::new(&current, access_only, &Pinned::default());
+        let plan = ReloadPlan::new(&current, access_only);
         assert!(plan.settings.config.log.access && plan.warnings.is_empty(), "{:?}", plan.warnings);
 
         // Listeners kept across a reload keep their IPV6_V6ONLY.
         let mut dual = settings(1);
         dual.config.server.ipv6_only = false;
         dual.config.server.proxy_protocol = crate::daemon::proxy::Mode::V2;
-        let plan = ReloadPlan::new(&current, dual, &Pinned::default());
+        let plan = ReloadPlan::new(&current, dual);
         assert!(plan.settings.config.server.ipv6_only, "ipv6_only kept");
         assert_eq!(plan.settings.config.server.proxy_protocol, crate::daemon::proxy::Mode::V2, "applies");
         assert_eq!(plan.warnings.len(), 1, "{:?}", plan.warnings);
-
-        let addr: SocketAddr = "127.0.0.1:7".parse().expect("literal");
-        let rot13_only = Pinned { rot13: Some(vec![addr]), admin: None };
-        let mut with_admin = settings(1);
-        let configured: SocketAddr = "127.0.0.1:9100".parse().expect("literal");
-        with_admin.config.admin.listen = Some(configured);
-        let activated = ReloadPlan::new(&current, with_admin.clone(), &rot13_only);
-        assert_eq!(activated.settings.config.server.listen, vec![addr]);
-        assert_eq!(activated.settings.config.admin.listen, Some(configured), "no admin passed: the file's");
-        let passed: SocketAddr = "127.0.0.1:8".parse().expect("literal");
-        let admin_only = Pinned { rot13: None, admin: Some(passed) };
-        let plan = ReloadPlan::new(&current, with_admin, &admin_only);
-        assert_eq!(plan.settings.config.admin.listen, Some(passed), "the passed admin socket wins");
-        assert_eq!(plan.settings.config.server.listen, current.config.server.listen, "no rot13 passed: the file's");
     }
 
     #[test]
