@@ -75,7 +75,12 @@ fn hazard_2(workers: usize) -> io::Result<()> {
         out.code,
         out.stderr
     );
-    ensure!(out.stderr.contains(&addr) && out.stderr.contains("in use"), "message: {}", out.stderr);
+    // SPEC §2: exit 71 names the address and the OS error, whatever the
+    // worker count (the busy probe without SO_REUSEPORT and the bind of
+    // the group report alike).
+    let os = io::Error::from_raw_os_error(libc::EADDRINUSE).to_string();
+    let want = format!("rot13d: cannot listen on {addr}: {os}");
+    ensure!(out.stderr.lines().any(|l| l == want), "no line {want:?} in:\n{}", out.stderr);
     serves(&first, "first still serves")
 }
 
@@ -283,6 +288,85 @@ fn hazard_7_healthz_is_503_while_a_worker_is_down() -> io::Result<()> {
     ensure!(code == 503 && body.contains("1 of 2 workers"), "with a worker in backoff: {code} {body:?}");
     ensure!(poll_until(T, || healthz(admin).is_ok_and(|(c, _)| c == 200)), "not healthy after the backoff");
     Ok(())
+}
+
+/// While the first generation starts, `/healthz` says 503 `starting`
+/// (SPEC §3), then 200 once every worker reported that it serves. The
+/// workers' READY (their only `sendmsg`) is held back 3 s by strace's
+/// fault injection, so the starting phase lasts long enough to be asked
+/// (strace runs detached, `-D`: the daemon keeps the pid the test knows).
+fn healthz_is_503_while_starting(workers: usize) -> io::Result<()> {
+    let inject = ["strace", "-D", "-f", "-qq", "-o", "/dev/null", "-e", "trace=sendmsg"];
+    let wrapper: Vec<&str> = inject.into_iter().chain(["-e", "inject=sendmsg:delay_enter=3000000"]).collect();
+    let d = Daemon::builder().workers(workers).config(&admin_config("")).wrapper(&wrapper).start()?;
+    let admin = nth_admin_addr(&d, 0)?;
+    let (code, body) = healthz(admin)?;
+    let want = format!("starting: 0 of {workers} workers of generation 1 serving\n");
+    ensure!(
+        (code, body.as_str()) == (503, want.as_str()),
+        "/healthz before READY: {code} {body:?}, want 503 {want:?}\n{}",
+        d.log().text()
+    );
+    ensure!(d.log().count(&[" ready "]) == 0, "the master said ready already:\n{}", d.log().text());
+    ensure!(poll_until(T, || healthz(admin).is_ok_and(|(c, _)| c == 200)), "never healthy:\n{}", d.log().text());
+    ensure!(healthz(admin)?.1 == "ok\n", "body {:?}", healthz(admin)?.1);
+    serves(&d, "once ready")
+}
+
+#[test]
+fn healthz_is_503_while_starting_w1() -> io::Result<()> {
+    healthz_is_503_while_starting(1)
+}
+
+#[test]
+fn healthz_is_503_while_starting_w2() -> io::Result<()> {
+    healthz_is_503_while_starting(2)
+}
+
+/// A reload's drain is not the node going away: while the old generation
+/// drains a busy connection (held open by its client), the new one serves
+/// every new client, and `/healthz` stays 200 `ok` (the current generation
+/// serves; a load balancer must not take the node out at every reload).
+/// Only a stop's drain says 503 (tests/admin.rs, `stop_answers_503_*`).
+/// With workers = 0 the reload is in place and the connection simply
+/// stays with the one worker.
+fn healthz_stays_200_while_a_reload_drains(workers: usize) -> io::Result<()> {
+    let d = Daemon::builder().workers(workers).config(&admin_config("")).start()?;
+    let admin = nth_admin_addr(&d, 0)?;
+    ensure!(poll_until(T, || healthz(admin).is_ok_and(|(c, _)| c == 200)), "never healthy");
+    let old = d.worker_pids();
+    let mut c = Client::connect(d.addr())?;
+    c.send(b"held across the rel")?;
+    ensure!(
+        poll_until(T, || get(admin, "/metrics").is_ok_and(|(_, b)| metric(&b, "rot13d_connections_open") == Some(1))),
+        "the client was never counted"
+    );
+    d.signal(libc::SIGHUP)?;
+    d.log().wait_count(&["reloaded"], 1, T)?;
+    // With workers = 0 the in-process worker is updated in place: no drain.
+    if workers > 0 {
+        d.log().wait_count(&["draining", "busy=1"], 1, T)?;
+    }
+    let (code, body) = healthz(admin)?;
+    ensure!((code, body.as_str()) == (200, "ok\n"), "/healthz while the old generation drains: {code} {body:?}");
+    if workers > 0 {
+        ensure!(old.iter().any(|p| alive(*p)), "the old generation is gone already: not draining");
+    }
+    serves(&d, "during the drain")?;
+    c.send(b"oad\n")?;
+    c.half_close()?;
+    let got = c.read_to_end_within(T)?;
+    ensure_bytes_eq("the held connection", &got, b"uryq npebff gur erybnq\n")
+}
+
+#[test]
+fn healthz_stays_200_while_a_reload_drains_w0() -> io::Result<()> {
+    healthz_stays_200_while_a_reload_drains(0)
+}
+
+#[test]
+fn healthz_stays_200_while_a_reload_drains_w2() -> io::Result<()> {
+    healthz_stays_200_while_a_reload_drains(2)
 }
 
 // ---------------------------------------------------------------------------

@@ -684,6 +684,30 @@ fn reload_user_change_is_refused_with_a_warning() -> io::Result<()> {
     Ok(())
 }
 
+/// A `group` change on reload needs a restart as a user change does
+/// (SPEC §2, SIGHUP): the WARN line says so, the new generation keeps the
+/// running gid, the rest of the reload (here `max_line`) applies.
+#[test]
+fn reload_group_change_is_refused_with_a_warning() -> io::Result<()> {
+    let d = Daemon::builder().workers(1).config("[server]\nmax_line = 10\n").start()?;
+    std::fs::write(d.config_path(), "[server]\nmax_line = 20\ngroup = \"nogroup\"\n")?;
+    d.signal(libc::SIGHUP)?;
+    d.log().wait_count(&["reactor", "generation=2"], 1, T)?;
+    let warn = "WARN rot13d: user/group changes need a restart; keeping the current ones";
+    ensure!(d.log().count(&[warn]) == 1, "no {warn:?}:\n{}", d.log().text());
+    d.log().wait_count(&["draining"], 1, T)?;
+    ensure_max_line(&d, 20)?;
+    d.log().wait_count(&["worker exited"], 1, T)?;
+    ensure!(poll_until(T, || d.worker_pids().len() == 1), "workers {:?}", d.worker_pids());
+    let w = d.worker_pids();
+    let gid = |pid: i32| -> io::Result<String> {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        Ok(s.lines().find(|l| l.starts_with("Gid:")).unwrap_or("").to_string())
+    };
+    ensure!(gid(w[0])? == gid(d.pid())?, "the new worker changed group: {} vs {}", gid(w[0])?, gid(d.pid())?);
+    Ok(())
+}
+
 /// A `[reactor]` change on reload applies to the new generation: its
 /// workers build their own event base (here another backend and more
 /// priorities); nothing is logged at WARN. With the master's base it is

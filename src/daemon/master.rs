@@ -734,11 +734,10 @@ impl Master {
         self.stopping = true;
         tracing::info!(target: "rot13d", workers = self.workers.len(), "graceful stop");
         sdnotify::notify("STOPPING=1");
-        if let Some(a) = self.admin.take() {
-            a.stop(&mut self.base);
-        }
         // New clients are refused once every copy of the listeners is
-        // closed: ours now, the workers' as they begin to drain.
+        // closed: ours now, the workers' as they begin to drain. The admin
+        // endpoint keeps answering until the master exits: `/healthz` says
+        // 503 `stopping` (SPEC §3) and `/metrics` shows the drain.
         self.listeners.clear();
         for w in &self.workers {
             match &w.proc {
