@@ -520,10 +520,9 @@ fn workers_auto_under_taskset(cpus: &[u32]) -> io::Result<()> {
 fn workers_auto_starts_one_worker_per_cpu() -> io::Result<()> {
     let cpus = allowed_cpus()?;
     workers_auto_under_taskset(&cpus[..1])?;
-    if cpus.len() >= 2 {
+    let two = if cpus.len() >= 2 { Ok(()) } else { Err(format!("two CPUs: this process may run on {cpus:?} only")) };
+    if crate::util::capable("two_cpus", two) {
         workers_auto_under_taskset(&cpus[..2])?;
-    } else {
-        eprintln!("SKIPPED: two CPUs: this process may run on {cpus:?} only");
     }
     Ok(())
 }
@@ -817,7 +816,7 @@ fn ids_or_skip(user: &str, group: &str) -> Option<(u32, u32)> {
     match ids {
         (Some(u), Some(g)) => Some((u, g)),
         _ => {
-            eprintln!("SKIPPED: needs a user {user:?} and a group {group:?}");
+            crate::util::capable("users", Err(format!("needs a user {user:?} and a group {group:?}")));
             None
         }
     }
