@@ -298,7 +298,9 @@ fn hazard_7_healthz_is_503_while_a_worker_is_down() -> io::Result<()> {
 fn healthz_is_503_while_starting(workers: usize) -> io::Result<()> {
     let inject = ["strace", "-D", "-f", "-qq", "-o", "/dev/null", "-e", "trace=sendmsg"];
     let wrapper: Vec<&str> = inject.into_iter().chain(["-e", "inject=sendmsg:delay_enter=3000000"]).collect();
-    let d = Daemon::builder().workers(workers).config(&admin_config("")).wrapper(&wrapper).start()?;
+    // The liveness pings (sendmsg too) are off: they would be held back.
+    let config = admin_config("[server]\nworker_timeout = 0\n");
+    let d = Daemon::builder().workers(workers).config(&config).wrapper(&wrapper).start()?;
     let admin = nth_admin_addr(&d, 0)?;
     let (code, body) = healthz(admin)?;
     let want = format!("starting: 0 of {workers} workers of generation 1 serving\n");
@@ -367,6 +369,54 @@ fn healthz_stays_200_while_a_reload_drains_w0() -> io::Result<()> {
 #[test]
 fn healthz_stays_200_while_a_reload_drains_w2() -> io::Result<()> {
     healthz_stays_200_while_a_reload_drains(2)
+}
+
+/// A frozen worker (alive, its loop not turning: SIGSTOP here) is found by
+/// the master's liveness ping on its channel: after half of
+/// `worker_timeout` (4 s) it no longer counts as serving (`/healthz` 503
+/// naming it, `rot13d_workers_unresponsive` 1), after all of it, it is
+/// killed and replaced (`rot13d_worker_restarts_total{reason=
+/// "unresponsive"}` 1), and `/healthz` is 200 again. The other worker,
+/// whose loop turns, is left alone.
+#[test]
+fn a_frozen_worker_is_found_killed_and_replaced() -> io::Result<()> {
+    let d = Daemon::builder().workers(2).config(&admin_config("[server]\nworker_timeout = 4\n")).start()?;
+    let admin = nth_admin_addr(&d, 0)?;
+    ensure!(poll_until(T, || healthz(admin).is_ok_and(|(c, _)| c == 200)), "never healthy");
+    let w = d.worker_pids();
+    ensure!(w.len() == 2, "workers {w:?}");
+    let (frozen, other) = (w[0], w[1]);
+    kill(frozen, libc::SIGSTOP)?;
+    let stopped = Instant::now();
+    let pid = format!("pid={frozen} ");
+    d.log().wait_count(&["WARN", "worker not responding", "no longer counted as serving", &pid], 1, T)?;
+    let late_after = stopped.elapsed();
+    let (code, body) = healthz(admin)?;
+    let metrics = get(admin, "/metrics")?.1;
+    let unresponsive = metric(&metrics, "rot13d_workers_unresponsive");
+    d.log().wait_count(&["ERROR", "worker not responding: killing it", &pid], 1, T)?;
+    let killed_after = stopped.elapsed();
+    d.log().wait_count(&["worker died", &pid], 1, T)?;
+    d.log().wait_count(&["reactor", "backend="], 3, T)?;
+    ensure!(poll_until(T, || healthz(admin).is_ok_and(|(c, _)| c == 200)), "not healthy after the replacement");
+    let after = get(admin, "/metrics")?.1;
+    crate::util::figure(
+        "a frozen worker",
+        &format!("worker_timeout 4 s: late after {late_after:.2?}, killed after {killed_after:.2?}"),
+    );
+    let want = "degraded: 1 of 2 workers of generation 1 serving, 1 not responding\n";
+    ensure!((code, body.as_str()) == (503, want), "/healthz while frozen: {code} {body:?}");
+    ensure!(unresponsive == Some(1), "rot13d_workers_unresponsive while frozen: {unresponsive:?}");
+    ensure!(late_after >= Duration::from_secs(2), "late after {late_after:?}: before half the timeout");
+    ensure!(
+        killed_after >= Duration::from_secs(4) && killed_after < Duration::from_millis(6500),
+        "killed after {killed_after:?}, want 4 s + at most a check period (1 s)"
+    );
+    ensure!(metric(&after, "rot13d_worker_restarts_total{reason=\"unresponsive\"}") == Some(1), "{after}");
+    ensure!(metric(&after, "rot13d_workers_unresponsive") == Some(0), "{after}");
+    ensure!(alive(other) && d.worker_pids().contains(&other), "the worker whose loop turns was touched");
+    ensure!(d.log().count(&["worker not responding"]) == 2, "more than one worker judged:\n{}", d.log().text());
+    serves(&d, "after the replacement")
 }
 
 // ---------------------------------------------------------------------------

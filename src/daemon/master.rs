@@ -68,6 +68,8 @@ pub enum Intent {
     StartTimeout(u32),
     /// The stop deadline passed: kill what is left.
     Deadline,
+    /// Time for the liveness check of the forked workers.
+    Liveness,
 }
 
 /// Commands of the master to a worker over its channel.
@@ -78,6 +80,10 @@ pub mod command {
     pub const LOG_FILE: u8 = b'L';
     /// From a worker: it serves.
     pub const READY: u8 = b'Y';
+    /// Liveness check: a worker answers [`ALIVE`] from its loop.
+    pub const PING: u8 = b'P';
+    /// From a worker: the answer to [`PING`].
+    pub const ALIVE: u8 = b'A';
 }
 
 /// A worker's handle (never reused, unlike pids).
@@ -104,6 +110,9 @@ pub struct Role {
     pub index: usize,
     /// Its phase.
     pub phase: Phase,
+    /// Its loop has not answered the liveness check for half of
+    /// `worker_timeout`: it does not count as serving ([`liveness`]).
+    pub late: bool,
 }
 
 /// How many deaths within [`DEATH_WINDOW`] start the backoff.
@@ -132,6 +141,11 @@ struct Worker {
     role: Role,
     slot: Slot,
     proc: Proc,
+    /// When its loop last said something on its channel (its start, READY,
+    /// an answer to a liveness ping).
+    seen: Rc<std::cell::Cell<Instant>>,
+    /// Killed for not answering: its death is counted as `unresponsive`.
+    unresponsive: bool,
 }
 
 /// A generation: the settings its workers run with.
@@ -177,6 +191,8 @@ pub struct Master {
     next_worker: u64,
     intents: Rc<RefCell<VecDeque<Intent>>>,
     backoff: Backoff,
+    /// The liveness timer and the period it runs at (none: off).
+    liveness: Option<(EventId, Duration)>,
     stopping: bool,
     pid: i32,
     /// READY=1 has been sent for the first generation.
@@ -213,6 +229,7 @@ impl Master {
             next_worker: 1,
             intents: Rc::new(RefCell::new(VecDeque::new())),
             backoff: Backoff::default(),
+            liveness: None,
             stopping: false,
             pid: process::getpid(),
             started: false,
@@ -285,6 +302,7 @@ impl Master {
     pub fn run(mut self) -> Result<(), Error> {
         self.watch_signals()?;
         self.sync_admin();
+        self.arm_liveness();
         let first = self.current.clone();
         for index in 0..first.wanted() {
             self.start_worker(&first, index)?;
@@ -314,6 +332,7 @@ impl Master {
         let wanted = self.current.wanted();
         *self.health.borrow_mut() = health(self.stopping, self.current.id, wanted, pending, &roles);
         self.stats.set(Stat::WorkersWanted, wanted as f64);
+        self.stats.set(Stat::WorkersUnresponsive, roles.iter().filter(|r| r.late).count() as f64);
         self.stats.set(Stat::WorkersServing, serving(self.current.id, wanted, &roles) as f64);
         let mut status = self.status.borrow_mut();
         *status = Status {
@@ -359,6 +378,7 @@ impl Master {
                 }
             }
             Intent::StartTimeout(g) => self.start_timed_out(g),
+            Intent::Liveness => self.check_liveness(),
             Intent::Deadline => {
                 for w in &self.workers {
                     if let Proc::Forked { pid, .. } = w.proc {
@@ -367,6 +387,69 @@ impl Master {
                     }
                 }
             }
+        }
+    }
+
+    /// Runs the liveness check every quarter of the current generation's
+    /// `worker_timeout` (none with 0, or with the in-process worker, whose
+    /// loop is the master's own); re-armed when a reload changes it.
+    fn arm_liveness(&mut self) {
+        let timeout = self.current.settings.config.server.worker_timeout;
+        let every = (!timeout.is_zero() && !self.current.in_process()).then(|| liveness_period(timeout));
+        if self.liveness.map(|(_, p)| p) == every {
+            return;
+        }
+        if let Some((ev, _)) = self.liveness.take() {
+            self.base.free(ev);
+        }
+        let Some(every) = every else { return };
+        let q = self.intents.clone();
+        let ev =
+            self.base.new_event(-1, EventFlags::PERSIST, move |base, _, _| Master::push(&q, base, Intent::Liveness));
+        let _ = self.base.set_priority(ev, LANE_CONTROL);
+        match self.base.add(ev, Some(every)) {
+            Ok(()) => self.liveness = Some((ev, every)),
+            Err(e) => {
+                tracing::error!(target: "rot13d", error = %e, "cannot start the liveness check of the workers");
+                self.base.free(ev);
+            }
+        }
+    }
+
+    /// The liveness check: every forked worker is pinged on its channel
+    /// and judged by how long its loop has been silent ([`liveness`]): a
+    /// late one stops counting as serving, a dead one is killed (SIGKILL)
+    /// and, reaped, replaced as any worker that died.
+    fn check_liveness(&mut self) {
+        let timeout = self.current.settings.config.server.worker_timeout;
+        let now = Instant::now();
+        for w in &mut self.workers {
+            let Proc::Forked { pid, channel, .. } = &w.proc else { continue };
+            if w.unresponsive {
+                continue;
+            }
+            let silent = now.saturating_duration_since(w.seen.get());
+            match liveness(silent, timeout) {
+                Liveness::Alive => w.role.late = false,
+                Liveness::Late => {
+                    if !w.role.late {
+                        tracing::warn!(target: "rot13d", pid, silent_ms = silent.as_millis() as u64,
+                            "worker not responding: no longer counted as serving");
+                    }
+                    w.role.late = true;
+                }
+                Liveness::Dead => {
+                    tracing::error!(target: "rot13d", pid, silent_ms = silent.as_millis() as u64,
+                        timeout_s = timeout.as_secs_f64(), "worker not responding: killing it");
+                    w.role.late = true;
+                    w.unresponsive = true;
+                    let _ = sys::signal::kill(*pid, libc::SIGKILL);
+                    continue;
+                }
+            }
+            // A full or failed channel is the worker's silence to judge,
+            // not an error of the master's.
+            let _ = process::send_command(channel.as_fd(), command::PING, None);
         }
     }
 
@@ -402,7 +485,8 @@ impl Master {
         let slot = self.metrics.acquire().map_err(|e| Error::os("map the shared counters", e))?;
         let id = WorkerId(self.next_worker);
         self.next_worker += 1;
-        let role = Role { generation: cohort.id, index, phase: Phase::Starting };
+        let role = Role { generation: cohort.id, index, phase: Phase::Starting, late: false };
+        let seen = Rc::new(std::cell::Cell::new(Instant::now()));
         let params = WorkerParams::new(&cohort.settings);
         let fds: Vec<ListenFd> = self
             .listeners
@@ -421,7 +505,7 @@ impl Master {
                 }
             };
             worker::log_reactor(&self.base, self.pid, cohort.id);
-            self.workers.push(Worker { id, role, slot, proc: Proc::Local { shared } });
+            self.workers.push(Worker { id, role, slot, proc: Proc::Local { shared }, seen, unresponsive: false });
             Master::push(&self.intents, &mut self.base, Intent::Ready(id));
             return Ok(());
         }
@@ -438,8 +522,9 @@ impl Master {
                 sys::signal::restore_mask(mask);
                 drop(theirs);
                 let ours = Rc::new(ours);
-                let ev = self.watch_channel(&ours, id);
-                self.workers.push(Worker { id, role, slot, proc: Proc::Forked { pid, channel: ours, ev } });
+                let ev = self.watch_channel(&ours, id, seen.clone());
+                let proc = Proc::Forked { pid, channel: ours, ev };
+                self.workers.push(Worker { id, role, slot, proc, seen, unresponsive: false });
                 tracing::debug!(target: "rot13d", pid, index, generation = cohort.id, "worker started");
                 Ok(())
             }
@@ -451,16 +536,20 @@ impl Master {
         }
     }
 
-    /// Reads a worker's reports (READY) on the control lane.
-    fn watch_channel(&mut self, ch: &Rc<OwnedFd>, id: WorkerId) -> EventId {
+    /// Reads a worker's reports (READY, answers to liveness pings) on the
+    /// control lane; whatever it says shows its loop turns (`seen`).
+    fn watch_channel(&mut self, ch: &Rc<OwnedFd>, id: WorkerId, seen: Rc<std::cell::Cell<Instant>>) -> EventId {
         let q = self.intents.clone();
         let ch = ch.clone();
         let fd = ch.as_raw_fd();
         let ev = self.base.new_event(fd, EventFlags::READ | EventFlags::PERSIST, move |base, ev, _| {
             loop {
                 match process::recv_command(ch.as_fd()) {
-                    Ok(Some((command::READY, _))) => Master::push(&q, base, Intent::Ready(id)),
-                    Ok(Some(_)) => {}
+                    Ok(Some((command::READY, _))) => {
+                        seen.set(Instant::now());
+                        Master::push(&q, base, Intent::Ready(id));
+                    }
+                    Ok(Some(_)) => seen.set(Instant::now()),
                     // Gone (SIGCHLD tells the rest), or a failed channel:
                     // stop watching it, it would only spin.
                     Ok(None) => {
@@ -582,6 +671,7 @@ impl Master {
         }
         self.prune_listeners();
         self.sync_admin();
+        self.arm_liveness();
         self.started = true;
         let n = self.workers.iter().filter(|w| w.role.generation == self.current.id).count();
         tracing::info!(target: "rot13d", workers = n, generation = self.current.id, "ready");
@@ -706,7 +796,8 @@ impl Master {
             tracing::info!(target: "rot13d", pid, %status, generation = role.generation, "worker exited");
         } else {
             tracing::warn!(target: "rot13d", pid, %status, index = role.index, generation = role.generation, "worker died");
-            self.stats.add(Stat::restart(exit_reason(status)), 1.0);
+            let reason = if w.unresponsive { ExitReason::Unresponsive } else { exit_reason(status) };
+            self.stats.add(Stat::restart(reason), 1.0);
             let clean = status == process::ExitStatus::Code(0);
             let delay = self.backoff.on_death(Instant::now(), clean);
             if self.backoff.backing_off() && !clean {
@@ -969,6 +1060,35 @@ pub fn spawn_wanted(generation: u32, index: usize, wanted: usize, roles: &[Role]
         && !roles.iter().any(|r| r.generation == generation && r.index == index && r.phase != Phase::Retiring)
 }
 
+/// How often the liveness check runs: a quarter of `worker_timeout`, at
+/// least every 10 ms.
+pub fn liveness_period(timeout: Duration) -> Duration {
+    (timeout / 4).max(Duration::from_millis(10))
+}
+
+/// What the liveness check makes of a worker silent for `silent`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Liveness {
+    /// It answered within half of the timeout.
+    Alive,
+    /// Silent for more than half of the timeout: not counted as serving.
+    Late,
+    /// Silent for more than the timeout: killed and replaced.
+    Dead,
+}
+
+/// The liveness verdict for a worker silent for `silent` under
+/// `worker_timeout` (0 = never checked: always alive).
+pub fn liveness(silent: Duration, timeout: Duration) -> Liveness {
+    if timeout.is_zero() || silent <= timeout / 2 {
+        Liveness::Alive
+    } else if silent <= timeout {
+        Liveness::Late
+    } else {
+        Liveness::Dead
+    }
+}
+
 /// Whether every wanted worker of `generation` serves.
 pub fn generation_serves(generation: u32, wanted: usize, roles: &[Role]) -> bool {
     serving(generation, wanted, roles) == wanted
@@ -977,7 +1097,9 @@ pub fn generation_serves(generation: u32, wanted: usize, roles: &[Role]) -> bool
 /// How many wanted workers of `generation` serve (one per index at most).
 pub fn serving(generation: u32, wanted: usize, roles: &[Role]) -> usize {
     (0..wanted)
-        .filter(|i| roles.iter().any(|r| r.generation == generation && r.index == *i && r.phase == Phase::Serving))
+        .filter(|i| {
+            roles.iter().any(|r| r.generation == generation && r.index == *i && r.phase == Phase::Serving && !r.late)
+        })
         .count()
 }
 
@@ -1007,7 +1129,9 @@ pub fn health(stopping: bool, current: u32, wanted: usize, pending: Option<u32>,
     }
     let starting = roles.iter().any(|r| r.generation == current && r.phase == Phase::Starting);
     let what = if pending.is_none() && serving == 0 && starting { "starting" } else { "degraded" };
-    Some(format!("{what}: {serving} of {wanted} workers of generation {current} serving"))
+    let late = roles.iter().filter(|r| r.generation == current && r.late).count();
+    let why = if late > 0 { format!(", {late} not responding") } else { String::new() };
+    Some(format!("{what}: {serving} of {wanted} workers of generation {current} serving{why}"))
 }
 
 /// What a reload does with a valid new configuration: the settings the
@@ -1087,7 +1211,7 @@ mod tests {
     use crate::daemon::config::Workers;
 
     fn role(generation: u32, index: usize, phase: Phase) -> Role {
-        Role { generation, index, phase }
+        Role { generation, index, phase, late: false }
     }
 
     #[test]
@@ -1163,6 +1287,32 @@ mod tests {
         assert_eq!(serving(1, 2, &both), 2);
         assert_eq!(serving(2, 2, &both), 1, "another generation's worker does not count");
         assert_eq!(serving(1, 1, &both), 1, "an index beyond the wanted ones does not count");
+    }
+
+    #[test]
+    fn liveness_is_judged_by_the_silence() {
+        let t = Duration::from_secs(10);
+        let s = Duration::from_secs;
+        assert_eq!(liveness(Duration::ZERO, t), Liveness::Alive);
+        assert_eq!(liveness(s(5), t), Liveness::Alive, "half the timeout is still alive");
+        assert_eq!(liveness(s(5) + Duration::from_millis(1), t), Liveness::Late);
+        assert_eq!(liveness(s(10), t), Liveness::Late);
+        assert_eq!(liveness(s(10) + Duration::from_millis(1), t), Liveness::Dead);
+        assert_eq!(liveness(s(3600), Duration::ZERO), Liveness::Alive, "0 = never checked");
+        assert_eq!(liveness_period(t), Duration::from_millis(2500));
+        assert_eq!(liveness_period(Duration::from_millis(1)), Duration::from_millis(10), "bounded");
+    }
+
+    #[test]
+    fn a_late_worker_does_not_serve_and_health_says_so() {
+        let late = Role { late: true, ..role(1, 1, Phase::Serving) };
+        let roles = [role(1, 0, Phase::Serving), late];
+        assert_eq!(serving(1, 2, &roles), 1);
+        assert!(!generation_serves(1, 2, &roles));
+        assert_eq!(
+            health(false, 1, 2, None, &roles).as_deref(),
+            Some("degraded: 1 of 2 workers of generation 1 serving, 1 not responding")
+        );
     }
 
     #[test]

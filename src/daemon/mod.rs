@@ -234,6 +234,10 @@ pub(crate) fn serve_forked(
                 match process::recv_command(ch.as_fd()) {
                     Ok(Some((master::command::RETIRE, _))) => s.begin_drain(base, true),
                     Ok(Some((master::command::LOG_FILE, Some(file)))) => logging::use_file(std::fs::File::from(file)),
+                    // The loop turns: say so (the master's liveness check).
+                    Ok(Some((master::command::PING, _))) => {
+                        let _ = process::send_command(ch.as_fd(), master::command::ALIVE, None);
+                    }
                     Ok(Some(_)) => {}
                     Ok(None) => {
                         tracing::warn!(target: "rot13d", "the master is gone: draining");
