@@ -426,6 +426,25 @@ fn a_frozen_worker_is_found_killed_and_replaced() -> io::Result<()> {
     serves(&d, "after the replacement")
 }
 
+/// `worker_timeout` applies at a reload (the master's check takes the
+/// value of the generation that serves): off at start, on after a reload
+/// to 2 s, when a frozen worker of the new generation is killed and
+/// replaced.
+#[test]
+fn a_reload_turns_the_liveness_check_on() -> io::Result<()> {
+    let d = Daemon::builder().workers(1).config("[server]\nworker_timeout = 0\n").start()?;
+    std::fs::write(d.config_path(), "[server]\nworker_timeout = 2\n")?;
+    d.signal(libc::SIGHUP)?;
+    d.log().wait_count(&["reloaded", "generation=2"], 1, T)?;
+    d.log().wait_count(&["worker exited"], 1, T)?;
+    ensure!(poll_until(T, || d.worker_pids().len() == 1), "workers {:?}", d.worker_pids());
+    let frozen = d.worker_pids()[0];
+    kill(frozen, libc::SIGSTOP)?;
+    d.log().wait_count(&["worker not responding: killing it", &format!("pid={frozen} ")], 1, T)?;
+    d.log().wait_count(&["reactor", "generation=2"], 2, T)?;
+    serves(&d, "after the replacement")
+}
+
 // ---------------------------------------------------------------------------
 // 8. Metric slots are fixed at start.
 
