@@ -144,6 +144,10 @@ struct Worker {
     /// When its loop last said something on its channel (its start, READY,
     /// an answer to a liveness ping).
     seen: Rc<std::cell::Cell<Instant>>,
+    /// When the last liveness ping was sent, and how many in a row went
+    /// unanswered until the next one.
+    pinged: Option<Instant>,
+    missed: u32,
     /// Killed for not answering: its death is counted as `unresponsive`.
     unresponsive: bool,
 }
@@ -402,6 +406,10 @@ impl Master {
         if let Some((ev, _)) = self.liveness.take() {
             self.base.free(ev);
         }
+        // The count of unanswered pings starts again at the new period.
+        for w in &mut self.workers {
+            (w.pinged, w.missed) = (None, 0);
+        }
         let Some(every) = every else { return };
         let q = self.intents.clone();
         let ev =
@@ -416,10 +424,10 @@ impl Master {
         }
     }
 
-    /// The liveness check: every forked worker is pinged on its channel
-    /// and judged by how long its loop has been silent ([`liveness`]): a
-    /// late one stops counting as serving, a dead one is killed (SIGKILL)
-    /// and, reaped, replaced as any worker that died.
+    /// The liveness check: every forked worker is judged by how many
+    /// pings in a row its loop left unanswered ([`liveness`]), then pinged
+    /// again: a late one stops counting as serving, a dead one is killed
+    /// (SIGKILL) and, reaped, replaced as any worker that died.
     fn check_liveness(&mut self) {
         let timeout = self.current.settings.config.server.worker_timeout;
         let now = Instant::now();
@@ -428,8 +436,11 @@ impl Master {
             if w.unresponsive {
                 continue;
             }
+            if let Some(at) = w.pinged {
+                w.missed = if w.seen.get() >= at { 0 } else { w.missed + 1 };
+            }
             let silent = now.saturating_duration_since(w.seen.get());
-            match liveness(silent, timeout) {
+            match liveness(w.missed) {
                 Liveness::Alive => w.role.late = false,
                 Liveness::Late => {
                     if !w.role.late {
@@ -450,6 +461,7 @@ impl Master {
             // A full or failed channel is the worker's silence to judge,
             // not an error of the master's.
             let _ = process::send_command(channel.as_fd(), command::PING, None);
+            w.pinged = Some(now);
         }
     }
 
@@ -505,7 +517,8 @@ impl Master {
                 }
             };
             worker::log_reactor(&self.base, self.pid, cohort.id);
-            self.workers.push(Worker { id, role, slot, proc: Proc::Local { shared }, seen, unresponsive: false });
+            let proc = Proc::Local { shared };
+            self.workers.push(Worker { id, role, slot, proc, seen, pinged: None, missed: 0, unresponsive: false });
             Master::push(&self.intents, &mut self.base, Intent::Ready(id));
             return Ok(());
         }
@@ -524,7 +537,7 @@ impl Master {
                 let ours = Rc::new(ours);
                 let ev = self.watch_channel(&ours, id, seen.clone());
                 let proc = Proc::Forked { pid, channel: ours, ev };
-                self.workers.push(Worker { id, role, slot, proc, seen, unresponsive: false });
+                self.workers.push(Worker { id, role, slot, proc, seen, pinged: None, missed: 0, unresponsive: false });
                 tracing::debug!(target: "rot13d", pid, index, generation = cohort.id, "worker started");
                 Ok(())
             }
@@ -1066,26 +1079,30 @@ pub fn liveness_period(timeout: Duration) -> Duration {
     (timeout / 4).max(Duration::from_millis(10))
 }
 
-/// What the liveness check makes of a worker silent for `silent`.
+/// What the liveness check makes of a worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Liveness {
-    /// It answered within half of the timeout.
+    /// It answered the last ping.
     Alive,
-    /// Silent for more than half of the timeout: not counted as serving.
+    /// It left the last ping unanswered for a whole period: its loop has
+    /// been silent for half of `worker_timeout` or more. Not counted as
+    /// serving.
     Late,
-    /// Silent for more than the timeout: killed and replaced.
+    /// Three pings in a row unanswered: silent for the whole timeout.
+    /// Killed and replaced.
     Dead,
 }
 
-/// The liveness verdict for a worker silent for `silent` under
-/// `worker_timeout` (0 = never checked: always alive).
-pub fn liveness(silent: Duration, timeout: Duration) -> Liveness {
-    if timeout.is_zero() || silent <= timeout / 2 {
-        Liveness::Alive
-    } else if silent <= timeout {
-        Liveness::Late
-    } else {
-        Liveness::Dead
+/// The verdict on a worker that left the last `missed` pings (sent a
+/// [`liveness_period`] apart) unanswered. Counting pings rather than
+/// comparing times with the timeout leaves no verdict to the jitter of
+/// the timer: its last answer came just after a ping, so its silence is
+/// always a whole number of periods at a check.
+pub fn liveness(missed: u32) -> Liveness {
+    match missed {
+        0 => Liveness::Alive,
+        1 | 2 => Liveness::Late,
+        _ => Liveness::Dead,
     }
 }
 
@@ -1290,15 +1307,13 @@ mod tests {
     }
 
     #[test]
-    fn liveness_is_judged_by_the_silence() {
+    fn liveness_is_judged_by_the_pings_left_unanswered() {
+        let verdicts: Vec<Liveness> = (0..5).map(liveness).collect();
+        use Liveness::*;
+        assert_eq!(verdicts, [Alive, Late, Late, Dead, Dead]);
+        // Pings a quarter of the timeout apart: late once the loop has
+        // been silent for half of it, dead for all of it.
         let t = Duration::from_secs(10);
-        let s = Duration::from_secs;
-        assert_eq!(liveness(Duration::ZERO, t), Liveness::Alive);
-        assert_eq!(liveness(s(5), t), Liveness::Alive, "half the timeout is still alive");
-        assert_eq!(liveness(s(5) + Duration::from_millis(1), t), Liveness::Late);
-        assert_eq!(liveness(s(10), t), Liveness::Late);
-        assert_eq!(liveness(s(10) + Duration::from_millis(1), t), Liveness::Dead);
-        assert_eq!(liveness(s(3600), Duration::ZERO), Liveness::Alive, "0 = never checked");
         assert_eq!(liveness_period(t), Duration::from_millis(2500));
         assert_eq!(liveness_period(Duration::from_millis(1)), Duration::from_millis(10), "bounded");
     }
