@@ -409,13 +409,14 @@ fn a_frozen_worker_is_found_killed_and_replaced() -> io::Result<()> {
     ensure!(unresponsive == Some(1), "rot13d_workers_unresponsive while frozen: {unresponsive:?}");
     // Judged by pings left unanswered, one a second: late 2 s after the
     // worker's last answer, killed 4 s after it; that answer came up to a
-    // check period (1 s) before the SIGSTOP.
+    // check period (1 s) before the SIGSTOP. Lower bounds exact; the upper
+    // ones leave a check period of slack for a loaded machine.
     ensure!(
-        late_after >= Duration::from_secs(1) && late_after < Duration::from_millis(2500),
+        late_after >= Duration::from_secs(1) && late_after < Duration::from_secs(3),
         "late after {late_after:?}, want half the timeout (2 s) after the last answer"
     );
     ensure!(
-        killed_after >= Duration::from_secs(3) && killed_after < Duration::from_millis(4500),
+        killed_after >= Duration::from_secs(3) && killed_after < Duration::from_secs(5),
         "killed after {killed_after:?}, want the timeout (4 s) after the last answer"
     );
     let between = killed_after - late_after;
