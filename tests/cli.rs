@@ -73,7 +73,24 @@ fn version_and_help_exit_0() -> io::Result<()> {
     for flag in ["--help", "-h"] {
         let out = run_bin(&[flag], &[], T)?;
         ensure_code(flag, &out, 0)?;
-        for opt in ["--listen", "--workers", "--backend", "--max-line", "--daemon", "--pid-file", "--check-config"] {
+        // Every option of SPEC §2's synopsis, and the probe command.
+        for opt in [
+            "-c, --config <FILE>",
+            "-l, --listen <ADDR>",
+            "-w, --workers <N|auto>",
+            "--backend <NAME>",
+            "--max-line <BYTES>",
+            "--daemon",
+            "--pid-file <FILE>",
+            "--check-config",
+            "--print-config",
+            "--list-backends",
+            "--log-level <LEVEL>",
+            "--log-format <FMT>",
+            "-V, --version",
+            "-h, --help",
+            "probe",
+        ] {
             ensure!(out.stdout.contains(opt), "{flag} lacks {opt}:\n{}", out.stdout);
         }
     }
@@ -240,6 +257,54 @@ fn address_in_use_exits_71_naming_the_address() -> io::Result<()> {
     let os = io::Error::from_raw_os_error(libc::EADDRINUSE).to_string();
     let os = os.split(" (os error").next().unwrap_or(&os).to_string();
     ensure!(out.stderr.contains(&os), "stderr does not give the OS error {os:?}:\n{}", out.stderr);
+    Ok(())
+}
+
+/// A port below `net.ipv4.ip_unprivileged_port_start`, bound without
+/// root: exit 71 naming the address and the OS error (SPEC §2).
+#[test]
+fn permission_denied_exits_71_naming_the_address() -> io::Result<()> {
+    if !crate::util::root_or_skip("to start the daemon as nobody") {
+        return Ok(());
+    }
+    let start: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1024);
+    let have = if start > 1 { Ok(()) } else { Err(format!("every port is unprivileged here (start {start})")) };
+    if !crate::util::capable("privileged_ports", have) {
+        return Ok(());
+    }
+    let addr = format!("127.0.0.1:{}", start - 1);
+    let args = ["--listen", addr.as_str(), "--workers", "1"];
+    let out =
+        crate::util::run_wrapped(&["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"], &args, &[], T)?;
+    ensure_code("permission denied", &out, 71)?;
+    let os = io::Error::from_raw_os_error(libc::EACCES).to_string();
+    let os = os.split(" (os error").next().unwrap_or(&os).to_string();
+    ensure!(
+        out.stderr.contains(&format!("cannot listen on {addr}: {os}")),
+        "stderr does not name {addr} and {os:?}:\n{}",
+        out.stderr
+    );
+    Ok(())
+}
+
+/// A configuration file that cannot be read is a configuration error
+/// (78) naming the file and why, at start and for `--check-config`.
+#[test]
+fn a_missing_configuration_file_exits_78_naming_it() -> io::Result<()> {
+    let dir = TempDir::new()?;
+    let path = dir.join("missing.toml").to_string_lossy().into_owned();
+    for args in [&["-c", &path, "--listen", "127.0.0.1:0", "--workers", "0"][..], &["--check-config", &path]] {
+        let out = run_bin(args, &[], T)?;
+        ensure_code(&format!("{args:?}"), &out, 78)?;
+        ensure!(
+            out.stderr.contains(&format!("{path}: cannot read the configuration file: No such file or directory")),
+            "{args:?}: stderr does not name {path} and why:\n{}",
+            out.stderr
+        );
+    }
     Ok(())
 }
 
