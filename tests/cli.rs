@@ -570,6 +570,44 @@ fn json_log_lines_are_objects() -> io::Result<()> {
     Ok(())
 }
 
+/// SPEC §2's log lines, in the text format: the master logs one
+/// `INFO rot13d: listening addr=ADDR kind=rot13|admin` per bound socket
+/// (the real port for port 0), which workers do not repeat; each serving
+/// process logs one `INFO rot13d: reactor backend=NAME`; stderr is a pipe
+/// here, so no terminal colour codes reach journald or `docker logs`.
+#[test]
+fn listening_and_reactor_lines_have_the_documented_shape() -> io::Result<()> {
+    let d = crate::util::Daemon::builder()
+        .workers(2)
+        .args(["--backend", "poll"])
+        .config(&crate::util::admin_config(""))
+        .start()?;
+    d.wait_for_log(" ready ", T)?;
+    let text = d.log().text();
+    ensure!(!text.contains('\x1b'), "colour codes in the log:\n{text}");
+    let admin = crate::util::nth_admin_addr(&d, 0)?;
+    for (addr, kind) in [(d.addr(), "rot13"), (admin, "admin")] {
+        ensure!(addr.port() != 0, "{kind} logged port 0");
+        let tail = format!(" INFO rot13d: listening addr={addr} kind={kind}");
+        let lines: Vec<&str> =
+            text.lines().filter(|l| l.contains(" listening ") && l.contains(&format!("kind={kind}"))).collect();
+        ensure!(lines.len() == 1, "{kind}: want one listening line:\n{text}");
+        // `TIME INFO rot13d: listening addr=... kind=...`, nothing after.
+        let (time, rest) = lines[0].split_once(' ').unwrap_or_default();
+        ensure!(crate::util::log_time(lines[0]).is_some(), "no timestamp: {time:?} in {:?}", lines[0]);
+        ensure!(format!(" {}", rest.trim_start()) == tail, "{kind}: {:?}, want ...{tail:?}", lines[0]);
+    }
+    let reactors: Vec<&str> = text.lines().filter(|l| l.contains(" INFO rot13d: reactor backend=poll ")).collect();
+    let mut pids = d.reactor_pids();
+    pids.sort_unstable();
+    ensure!(
+        reactors.len() == 2 && pids == d.worker_pids(),
+        "reactor lines {reactors:?}, pids {pids:?}, workers {:?}",
+        d.worker_pids()
+    );
+    Ok(())
+}
+
 /// `RUST_LOG` wins over `--log-level`.
 #[test]
 fn rust_log_wins_over_log_level() -> io::Result<()> {
