@@ -651,8 +651,21 @@ fn defaults_are_the_documented_ones() -> io::Result<()> {
         "write_high_watermark = 262144",
         "write_low_watermark = 65536",
         "shutdown_grace = 30",
+        "proxy_protocol = \"off\"",
+        "ipv6_only = true",
+        "level = \"info\"",
+        "format = \"text\"",
+        "access = false",
     ] {
         ensure!(out.stdout.lines().any(|l| l.trim() == want), "defaults lack {want:?}:\n{}", out.stdout);
+    }
+    // `[admin] listen` absent = off; `[log] file` absent = stderr.
+    for absent in ["listen = \"", "file ="] {
+        ensure!(
+            !out.stdout.lines().any(|l| l.trim().starts_with(absent)),
+            "a default sets {absent:?}:\n{}",
+            out.stdout
+        );
     }
     // auto, printed in its configured form (SPEC §2: --print-config keeps
     // `workers = "auto"`), whatever the CPUs.
