@@ -1096,6 +1096,16 @@ impl Notify {
         Ok(Notify { sock, path: p.to_string_lossy().into_owned(), dir })
     }
 
+    /// A socket with an abstract name (no file): `path` is `@NAME`, the
+    /// form systemd passes for one.
+    pub fn abstract_name() -> io::Result<Notify> {
+        use std::os::linux::net::SocketAddrExt;
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let name = format!("rot13d-test-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        let sock = UnixDatagram::bind_addr(&std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?)?;
+        Ok(Notify { sock, path: format!("@{name}"), dir: TempDir::new()? })
+    }
+
     /// The next message and when it arrived (bounded by `timeout`).
     pub fn recv(&self, timeout: Duration) -> io::Result<(String, SystemTime)> {
         self.sock.set_read_timeout(Some(timeout))?;
