@@ -555,6 +555,28 @@ fn several_listen_addresses_are_all_served() -> io::Result<()> {
     Ok(())
 }
 
+/// `--listen` replaces `[server].listen` (SPEC §2), at start and at every
+/// reload: the file's address, held by another socket here, is never
+/// bound, while the file's other keys apply.
+#[test]
+fn listen_option_replaces_the_files_list_also_at_a_reload() -> io::Result<()> {
+    let held = TcpListener::bind("127.0.0.1:0")?;
+    let file = held.local_addr()?;
+    let d = crate::util::Daemon::builder()
+        .workers(1)
+        .config(&format!("[server]\nlisten = [\"{file}\"]\nmax_line = 4\n"))
+        .start()?;
+    ensure!(d.addr() != file, "serves on the file's {file}");
+    crate::util::ensure_bytes_eq("max_line from the file", &d.roundtrip(b"abcdef\n")?, b"nopq\nrs\n")?;
+    d.signal(libc::SIGHUP)?;
+    d.wait_for_log(" reloaded ", T)?;
+    crate::util::ensure_bytes_eq("after the reload", &d.roundtrip(b"abcdef\n")?, b"nopq\nrs\n")?;
+    let text = d.log().text();
+    ensure!(d.log().count(&["listening", "kind=rot13"]) == 1, "listening lines:\n{text}");
+    ensure!(!text.contains(&file.to_string()), "the file's {file} was tried:\n{text}");
+    Ok(())
+}
+
 /// `--log-format json`: every line of stderr is one JSON object; the
 /// `listening` event carries `addr` and `kind`.
 #[test]
