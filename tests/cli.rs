@@ -592,6 +592,36 @@ fn json_log_lines_are_objects() -> io::Result<()> {
     Ok(())
 }
 
+/// `[log] level` and `format` apply from the file, and `--log-level` /
+/// `--log-format` win over them (SPEC §2: options override the file).
+#[test]
+fn log_level_and_format_from_the_file_the_options_win() -> io::Result<()> {
+    let d = crate::util::Daemon::builder().workers(1).config("[log]\nformat = \"json\"\n").expect_json().start()?;
+    let text = d.log().text();
+    ensure!(text.lines().all(|l| l.starts_with('{') && l.ends_with('}')), "[log] format = json:\n{text}");
+    drop(d);
+    let warn = "[log]\nformat = \"json\"\nlevel = \"warn\"\n";
+    let d = crate::util::Daemon::builder()
+        .workers(1)
+        .config(warn)
+        .args(["--log-format", "text", "--log-level", "info"])
+        .start()?;
+    let text = d.log().text();
+    ensure!(!text.contains('{') && text.contains(" INFO rot13d: listening addr="), "options over the file:\n{text}");
+    drop(d);
+    // The file's level alone: a start that fails (a held port) logs no INFO.
+    let dir = TempDir::new()?;
+    let cfg = write(&dir, "warn.toml", "[log]\nlevel = \"warn\"\n")?;
+    let held = TcpListener::bind("127.0.0.1:0")?;
+    let addr = held.local_addr()?.to_string();
+    let out = run_bin(&["-c", &cfg, "--listen", &addr, "--workers", "0"], &[], T)?;
+    ensure_code("level = warn, a held port", &out, 71)?;
+    ensure!(!out.stderr.contains(" INFO ") && out.stderr.contains(&addr), "level = warn:\n{}", out.stderr);
+    let out = run_bin(&["-c", &cfg, "--listen", &addr, "--workers", "0", "--log-level", "info"], &[], T)?;
+    ensure!(out.stderr.contains(" INFO "), "--log-level info over level = warn:\n{}", out.stderr);
+    Ok(())
+}
+
 /// SPEC §2's log lines, in the text format: the master logs one
 /// `INFO rot13d: listening addr=ADDR kind=rot13|admin` per bound socket
 /// (the real port for port 0), which workers do not repeat; each serving

@@ -585,8 +585,13 @@ impl DaemonBuilder {
     /// Passes `--log-format json` and waits for the JSON form of the
     /// `listening` and `reactor` events.
     pub fn json_log(mut self) -> Self {
-        self.json = true;
         self.args.extend(["--log-format".to_string(), "json".to_string()]);
+        self.expect_json()
+    }
+
+    /// Reads the start-up lines as JSON (the configuration asks for it).
+    pub fn expect_json(mut self) -> Self {
+        self.json = true;
         self
     }
 
