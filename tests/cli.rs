@@ -291,6 +291,28 @@ fn a_missing_configuration_file_exits_78_naming_it() -> io::Result<()> {
     Ok(())
 }
 
+/// `--check-config` predicts a start: a `[log] file` the daemon could not
+/// open fails the check with the start's exit code and message, and a
+/// file that can be opened passes without being created by the check.
+#[test]
+fn check_config_opens_the_log_file_as_a_start_would() -> io::Result<()> {
+    let dir = TempDir::new()?;
+    let missing = dir.join("no-such-dir").join("rot13d.log").to_string_lossy().into_owned();
+    let bad = write(&dir, "bad-log.toml", &format!("[log]\nfile = \"{missing}\"\n"))?;
+    let want = format!("rot13d: cannot open the log file {missing}: No such file or directory");
+    for args in [&["-c", &bad, "--listen", "127.0.0.1:0", "--workers", "0"][..], &["--check-config", &bad]] {
+        let out = run_bin(args, &[], T)?;
+        ensure_code(&format!("{args:?}"), &out, 71)?;
+        ensure!(out.stderr.contains(&want), "{args:?}: stderr lacks {want:?}:\n{}", out.stderr);
+    }
+    let fresh = dir.join("fresh.log");
+    let good = write(&dir, "good-log.toml", &format!("[log]\nfile = \"{}\"\n", fresh.display()))?;
+    let out = run_bin(&["--check-config", &good], &[], T)?;
+    ensure_code("--check-config with a log file that can be created", &out, 0)?;
+    ensure!(!fresh.exists(), "--check-config created the log file {}", fresh.display());
+    Ok(())
+}
+
 #[test]
 fn check_config_accepts_good_and_refuses_bad() -> io::Result<()> {
     let dir = TempDir::new()?;
