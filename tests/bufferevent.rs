@@ -2159,6 +2159,15 @@ fn data_path_base() -> io::Result<Option<EventBase>> {
     Ok(Some(Backend::Uring.base()?))
 }
 
+/// A bufferevent over a new link of `kind` (`small`: small socket
+/// buffers), on the data path: `(bufferevent, peer)`.
+fn data_bev(b: &mut EventBase, kind: Link, small: bool, ctx: Ctx) -> io::Result<(Bev<Ctx>, OwnedFd)> {
+    let (x, y) = link(kind, small)?;
+    let bev = new_bev(b, x, BevOptions::default(), ctx)?;
+    assert!(with(&bev, |e| e.is_on_data_path()), "{kind:?}: not on the data path");
+    Ok((bev, y))
+}
+
 /// A send in flight (the socket full, the rest waiting in the kernel) when
 /// the owner frees the bufferevent: the pieces stay the ring's until their
 /// completion (no use after free whatever the kernel does), the socket is
@@ -2168,9 +2177,7 @@ fn data_path_base() -> io::Result<Option<EventBase>> {
 fn data_path_free_with_a_send_in_flight() -> io::Result<()> {
     let Some(mut b) = data_path_base()? else { return Ok(()) };
     for kind in LINKS {
-        let (x, y) = link(kind, true)?;
-        let bev = new_bev(&mut b, x, BevOptions::default(), Ctx::default())?;
-        assert!(with(&bev, |e| e.is_on_data_path()), "{kind:?}");
+        let (bev, y) = data_bev(&mut b, kind, true, Ctx::default())?;
         let data = pattern(1 << 20);
         with(&bev, |e| {
             e.output_mut().add(&data);
@@ -2209,9 +2216,7 @@ fn data_path_free_with_a_send_in_flight() -> io::Result<()> {
 fn data_path_short_sends_keep_order_and_every_byte() -> io::Result<()> {
     let Some(mut b) = data_path_base()? else { return Ok(()) };
     for kind in LINKS {
-        let (x, y) = link(kind, true)?;
-        let bev = new_bev(&mut b, x, BevOptions::default(), Ctx::default())?;
-        assert!(with(&bev, |e| e.is_on_data_path()), "{kind:?}");
+        let (bev, y) = data_bev(&mut b, kind, true, Ctx::default())?;
         with(&bev, |e| e.enable(&mut b, EventFlags::WRITE))?;
         let data = pattern(3 << 19);
         let mut got = Vec::new();
@@ -2257,9 +2262,7 @@ fn data_path_watermark_stops_and_resumes_the_receive() -> io::Result<()> {
     const HIGH: usize = 4096;
     let Some(mut b) = data_path_base()? else { return Ok(()) };
     for kind in LINKS {
-        let (x, y) = link(kind, false)?;
-        let bev = new_bev(&mut b, x, BevOptions::default(), Ctx { on_read: OnRead::Keep, ..Ctx::default() })?;
-        assert!(with(&bev, |e| e.is_on_data_path()), "{kind:?}");
+        let (bev, y) = data_bev(&mut b, kind, false, Ctx { on_read: OnRead::Keep, ..Ctx::default() })?;
         with(&bev, |e| {
             e.set_watermark(&mut b, EventFlags::READ, 0, HIGH);
             e.enable(&mut b, EventFlags::READ)
@@ -2304,8 +2307,7 @@ fn data_path_watermark_stops_and_resumes_the_receive() -> io::Result<()> {
 fn data_path_free_with_a_receive_armed_closes_the_socket() -> io::Result<()> {
     let Some(mut b) = data_path_base()? else { return Ok(()) };
     for kind in LINKS {
-        let (x, y) = link(kind, false)?;
-        let bev = new_bev(&mut b, x, BevOptions::default(), Ctx { on_read: OnRead::Echo, ..Ctx::default() })?;
+        let (bev, y) = data_bev(&mut b, kind, false, Ctx { on_read: OnRead::Echo, ..Ctx::default() })?;
         with(&bev, |e| e.enable(&mut b, EventFlags::READ | EventFlags::WRITE))?;
         // The receive is armed by the turn's enter.
         b.run(LoopFlags::NONBLOCK)?;
@@ -2314,8 +2316,7 @@ fn data_path_free_with_a_receive_armed_closes_the_socket() -> io::Result<()> {
         // No loop turn: the close must already be done.
         assert!(slurp(y.as_raw_fd(), &mut got) && got.is_empty(), "{kind:?}: the peer saw no EOF");
         // The number again, for a new connection: it echoes, and only it.
-        let (x2, y2) = link(kind, false)?;
-        let bev2 = new_bev(&mut b, x2, BevOptions::default(), Ctx { on_read: OnRead::Echo, ..Ctx::default() })?;
+        let (bev2, y2) = data_bev(&mut b, kind, false, Ctx { on_read: OnRead::Echo, ..Ctx::default() })?;
         with(&bev2, |e| e.enable(&mut b, EventFlags::READ | EventFlags::WRITE))?;
         put(&y2, b"again\n")?;
         expect_bytes(&mut b, y2.as_raw_fd(), b"again\n", &format!("{kind:?}"))?;
@@ -2330,8 +2331,7 @@ fn data_path_free_with_a_receive_armed_closes_the_socket() -> io::Result<()> {
 #[test]
 fn data_path_gives_the_receive_blocks_back() -> io::Result<()> {
     let Some(mut b) = data_path_base()? else { return Ok(()) };
-    let (x, y) = link(Link::Tcp, false)?;
-    let bev = new_bev(&mut b, x, BevOptions::default(), Ctx { on_read: OnRead::Echo, ..Ctx::default() })?;
+    let (bev, y) = data_bev(&mut b, Link::Tcp, false, Ctx { on_read: OnRead::Echo, ..Ctx::default() })?;
     with(&bev, |e| e.enable(&mut b, EventFlags::READ | EventFlags::WRITE))?;
     let chunk = pattern(256 * 1024);
     // Warm: the ring grows to what this traffic needs.

@@ -75,6 +75,9 @@ flag_set! {
         /// On the data path: its receive ran out of buffers; it waits in
         /// line to be armed again once blocks are back (`data.rs`).
         const STARVED = 0x20;
+        /// On the data path: its mailbox holds a read's worth; the
+        /// receive is stopped until the bufferevent takes it.
+        const FULL = 0x40;
     }
 }
 

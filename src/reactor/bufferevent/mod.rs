@@ -765,6 +765,10 @@ impl<C: 'static> BufferEvent<C> {
         let raw = self.raw();
         let r = if self.ring {
             let io = self.io.get_or_insert_with(iostate::take);
+            // One read's worth per turn, as a read(2) takes: the ring may
+            // hold more (the rest waits in its mailbox), and a callback
+            // must see backpressure before the next.
+            let max = max.min(io.input.read_size());
             ring::recv(base, raw, &mut io.input, max)
         } else {
             self.io_mut().input.read_from(raw, max)

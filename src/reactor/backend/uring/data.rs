@@ -47,6 +47,9 @@ pub(super) const RING_BLOCKS: u16 = 32;
 /// goes back to the ring at once); a larger one hands its block over.
 const COPY_MAX: usize = 8 * 1024;
 
+/// Received bytes a mailbox holds before its receive is stopped.
+const MAIL_MAX: usize = BLOCK;
+
 /// Blocks the buffer ring starts with: two (128 KiB, resident once used,
 /// whatever the number of idle connections).
 const INITIAL_BLOCKS: u16 = 2;
@@ -171,6 +174,21 @@ impl UringBackend {
         }
     }
 
+    /// Bytes received and not taken.
+    fn mail_bytes(&self, fd: RawFd) -> usize {
+        self.mail_ref(fd).map_or(0, |m| m.received.iter().map(|p| p.end - p.start).sum())
+    }
+
+    /// A mailbox holding a read's worth stops its receive (the cancel goes
+    /// with the next enter) until the bufferevent has taken it: the
+    /// mailbox is bounded as a socket read is, whatever the peer sends.
+    fn bound_mail(&mut self, fd: RawFd) {
+        if !self.fds[fd as usize].has(Bits::FULL) && self.mail_bytes(fd) >= MAIL_MAX {
+            self.fds[fd as usize].set(Bits::FULL, true);
+            self.queue(fd);
+        }
+    }
+
     /// Reports what `fd`'s mailbox holds that its interest wants (for the
     /// next dispatch).
     fn report_mail(&mut self, fd: RawFd) {
@@ -205,7 +223,7 @@ impl UringBackend {
         let s = self.fds[fd as usize];
         self.fds[fd as usize].set(Bits::EMPTIED, false);
         let ended = self.mail_ref(fd).is_some_and(|m| m.end != 0);
-        let wanted = s.want.contains(EventFlags::READ) && !ended && !s.has(Bits::STARVED);
+        let wanted = s.want.contains(EventFlags::READ) && !ended && !s.has(Bits::STARVED) && !s.has(Bits::FULL);
         let armed = s.armed[READ];
         let mut cancelled = false;
         if armed != 0 && (!wanted || s.has(Bits::EMPTIED)) {
@@ -246,6 +264,7 @@ impl UringBackend {
                 if n > COPY_MAX {
                     // A bulk receive: the block itself becomes input.
                     self.mail(fd).received.push_back(Piece { data: b, start: 0, end: n });
+                    self.bound_mail(fd);
                 } else {
                     // A small one (a request): its bytes are copied out and
                     // the block goes straight back to the ring, so that
@@ -254,6 +273,7 @@ impl UringBackend {
                     if n > 0 {
                         let data = b[..n].to_vec();
                         self.mail(fd).received.push_back(Piece { data, start: 0, end: n });
+                        self.bound_mail(fd);
                     }
                     if let Some(b) = self.ring.provide(b) {
                         self.reuse(b);
@@ -324,6 +344,7 @@ impl UringBackend {
         let s = &mut self.fds[fd as usize];
         s.set(Bits::DATA, false);
         s.set(Bits::STARVED, false);
+        s.set(Bits::FULL, false);
         s.armed = [0; 2];
         if s.mail != 0 {
             let m = std::mem::take(&mut self.data.mails[s.mail as usize - 1]);
@@ -388,6 +409,11 @@ impl DataPath for UringBackend {
         } else {
             Err(io::ErrorKind::WouldBlock.into())
         };
+        if self.fds[fd as usize].has(Bits::FULL) && self.mail_bytes(fd) < MAIL_MAX {
+            // Taken: the receive goes on.
+            self.fds[fd as usize].set(Bits::FULL, false);
+            self.queue(fd);
+        }
         // Left for the next turn (more bytes than `max`, or the EOF after
         // them): reported again while the interest lasts.
         self.report_mail(fd);
