@@ -49,9 +49,10 @@ const PER_PROCESS_ALLOWANCE: u64 = 3 * 64 * KIB;
 /// On `--backend uring`, what the serving process holds once more: the
 /// data path's buffer ring (32 receive blocks of 64 KiB, shared by every
 /// connection: `reactor/backend/uring/data.rs`), resident once busy
-/// spells have filled each of its blocks, and at most 8 blocks it keeps
-/// to refill it.
-const URING_RING_ALLOWANCE: u64 = (32 + 8) * 64 * KIB;
+/// spells have filled each of its blocks, the 8 blocks it keeps to refill
+/// it, the chunk pool's 8 that given-back blocks fill beyond those, and a
+/// mailbox's read's worth (64 KiB, and the block in flight).
+const URING_RING_ALLOWANCE: u64 = (32 + 8 + 8 + 2) * 64 * KIB;
 
 /// Most RSS growth allowed for `n` connections that do not read.
 fn growth_bound(n: u64) -> u64 {
