@@ -497,8 +497,19 @@ impl<C: 'static> BufferEvent<C> {
         self.set_write(base, want, restart)
     }
 
-    /// Adds (or with `restart` re-adds) or deletes the write event.
+    /// Adds (or with `restart` re-adds) or deletes the write event. Inline
+    /// for its usual outcome, nothing to do (output written whole, no
+    /// write event registered): one test, not a call.
+    #[inline(always)]
     fn set_write(&mut self, base: &mut EventBase, want: bool, restart: bool) -> io::Result<()> {
+        if want == self.is(State::WRITE_ADDED) && !(want && restart) {
+            return Ok(());
+        }
+        self.change_write(base, want, restart)
+    }
+
+    #[inline(never)]
+    fn change_write(&mut self, base: &mut EventBase, want: bool, restart: bool) -> io::Result<()> {
         if want && (restart || !self.is(State::WRITE_ADDED)) {
             let ev = self.write_ev(base)?;
             self.state.insert(State::WRITE_ADDED);
@@ -568,6 +579,7 @@ impl<C: 'static> BufferEvent<C> {
         }
     }
 
+    #[inline]
     fn check_read_watermark(&mut self, base: &mut EventBase) {
         let high = self.setup.read_high;
         if high > 0 && self.input().len() >= high as usize {
@@ -577,6 +589,7 @@ impl<C: 'static> BufferEvent<C> {
         }
     }
 
+    #[inline]
     fn check_backpressure(&mut self, base: &mut EventBase) {
         let (high, low) = (self.setup.bp_high, self.setup.bp_low);
         if high == 0 {
