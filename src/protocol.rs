@@ -205,6 +205,16 @@ impl Framer {
         }
         let mut emitted = Emitted::default();
         let max = self.max_line();
+        // The usual interactive read: whole lines, each short enough, the
+        // last one ending the input (at most `max + 1` bytes in all, ending
+        // in LF). No scan: every byte goes out.
+        let total = input.len();
+        if total <= max + 1 && input.chunks().next_back().and_then(|c| c.last()) == Some(&b'\n') {
+            emitted.lines = Self::emit(input, output, total);
+            self.max_line &= !CUTTING;
+            self.scanned = 0;
+            return emitted;
+        }
         loop {
             let scan = self.scan(input, self.scanned as usize);
             if scan.run_end > 0 {

@@ -579,8 +579,18 @@ impl<C: 'static> BufferEvent<C> {
         }
     }
 
-    #[inline]
+    /// Inline for the usual case, no read high watermark and no pause for
+    /// one (run twice per read).
+    #[inline(always)]
     fn check_read_watermark(&mut self, base: &mut EventBase) {
+        if self.setup.read_high == 0 && !self.suspend.intersects(Suspend::WATERMARK) {
+            return;
+        }
+        self.apply_read_watermark(base);
+    }
+
+    #[inline(never)]
+    fn apply_read_watermark(&mut self, base: &mut EventBase) {
         let high = self.setup.read_high;
         if high > 0 && self.input().len() >= high as usize {
             self.suspend_read(base, Suspend::WATERMARK);
@@ -589,8 +599,21 @@ impl<C: 'static> BufferEvent<C> {
         }
     }
 
-    #[inline]
+    /// Inline for the usual case, output below the high mark and no pause
+    /// to lift (run twice per read).
+    #[inline(always)]
     fn check_backpressure(&mut self, base: &mut EventBase) {
+        let (high, low) = (self.setup.bp_high as usize, self.setup.bp_low as usize);
+        let paused = self.suspend.intersects(Suspend::BACKPRESSURE);
+        let len = self.output().len();
+        if if paused { high != 0 && len > low } else { high == 0 || len <= high } {
+            return;
+        }
+        self.apply_backpressure(base);
+    }
+
+    #[inline(never)]
+    fn apply_backpressure(&mut self, base: &mut EventBase) {
         let (high, low) = (self.setup.bp_high, self.setup.bp_low);
         if high == 0 {
             if self.suspend.intersects(Suspend::BACKPRESSURE) {
