@@ -82,6 +82,39 @@ done
 scripts/memcheck.sh 3000 || failed+=("memcheck")
 took "step memcheck"
 
+# --- capabilities the tests must not skip -------------------------------------
+# A test that needs io_uring, root, two CPUs or Debian's stock users says
+# SKIPPED and passes where one is missing, and nextest hides a passing
+# test's output: a box without them would be green without running them.
+# So the capabilities found here, each by a check of its own (not the
+# product's probe, which a test must not trust to decide whether it runs),
+# are required (ROT13D_REQUIRE, tests/util::capable): a test that would
+# skip for want of one fails instead. The missing ones are said here.
+require=()
+absent=()
+if [ "$(id -u)" = 0 ]; then require+=(root); else absent+=("root (uid $(id -u))"); fi
+# io_uring_setup(2) (syscall 425 on x86_64 and aarch64) with 4 entries.
+if python3 -c '
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+params = ctypes.create_string_buffer(120)
+fd = libc.syscall(425, 4, params)
+sys.exit(1 if fd < 0 else os.close(fd))
+' 2>/dev/null; then require+=(uring); else absent+=("uring (io_uring_setup fails)"); fi
+if [ "$(nproc)" -ge 2 ]; then require+=(two_cpus); else absent+=("two_cpus (nproc $(nproc))"); fi
+if getent passwd nobody >/dev/null && getent group nogroup >/dev/null && getent group daemon >/dev/null \
+  && grep -q '^_apt:x:42:65534:' /etc/passwd; then
+  require+=(users)
+else
+  absent+=("users (nobody, nogroup, daemon, _apt = 42:65534)")
+fi
+ROT13D_REQUIRE=$(IFS=,; echo "${require[*]}")
+export ROT13D_REQUIRE
+echo "scripts/test.sh: required capabilities: ROT13D_REQUIRE=$ROT13D_REQUIRE"
+for a in "${absent[@]}"; do
+  echo "scripts/test.sh: WARNING: not available here, its tests SKIP (not run): $a" >&2
+done
+
 status=0
 cargo nextest run --workspace --no-fail-fast --profile ci --locked || status=$?
 if [ ${#failed[@]} -gt 0 ]; then

@@ -701,7 +701,8 @@ pub fn config(data: &[u8]) -> Result<(), String> {
     let path = std::path::Path::new("fuzz.toml");
     let args = crate::daemon::cli::Args::default();
     let lines = text.split('\n').count();
-    let loaded = ConfigFile::parse(text, path).and_then(|f| Settings::resolve(Some(&f), &args, &FuzzHost));
+    let loaded =
+        ConfigFile::parse(text, path).and_then(|f| Settings::resolve(Some(&f), &args, &FuzzHost, &Default::default()));
     let settings = match loaded {
         Ok(s) => s,
         Err(e) => {
@@ -722,7 +723,7 @@ pub fn config(data: &[u8]) -> Result<(), String> {
     let _ = settings.event_config();
     let printed = settings.to_toml().map_err(|e| format!("--print-config failed: {e}"))?;
     let again = ConfigFile::parse(&printed, path)
-        .and_then(|f| Settings::resolve(Some(&f), &args, &FuzzHost))
+        .and_then(|f| Settings::resolve(Some(&f), &args, &FuzzHost, &Default::default()))
         .map_err(|e| format!("--print-config output refused: {e}\n{printed}"))?;
     if again.config != settings.config || again.workers != settings.workers {
         return Err(format!("--print-config does not load back alike:\n{printed}"));

@@ -394,7 +394,9 @@ fn daemon_mode_start_failure_exits_with_the_error_code() -> io::Result<()> {
     let pid: i32 = std::fs::read_to_string(&pid_file).unwrap_or_default().trim().parse().unwrap_or(0);
     let _guard = PidGuard(pid);
     ensure_code("--daemon with the address in use", &out, 71)?;
-    ensure!(out.stderr.contains(&addr), "stderr does not name {addr}:\n{}", out.stderr);
+    let os = io::Error::from_raw_os_error(libc::EADDRINUSE).to_string();
+    let want = format!("rot13d: cannot listen on {addr}: {os}");
+    ensure!(out.stderr.lines().any(|l| l == want), "no line {want:?} in:\n{}", out.stderr);
     ensure!(!pid_file.exists(), "pid file left behind after a failed start");
     Ok(())
 }

@@ -53,13 +53,7 @@ impl Backend {
     /// Whether this process can use the backend; where it cannot (io_uring
     /// missing or forbidden) the test is skipped, visibly.
     pub fn available(self) -> bool {
-        match rot13d::reactor::BackendKind::from_name(self.name()).map(|k| k.available()) {
-            Some(Err(why)) => {
-                eprintln!("SKIPPED: the {} backend is not available here: {why}", self.name());
-                false
-            }
-            _ => true,
-        }
+        crate::util::backend_usable(self.name())
     }
 
     /// A config that can only pick this backend, environment ignored.

@@ -284,3 +284,68 @@ fn socket_activation_for_another_pid_is_ignored() -> io::Result<()> {
     ensure!(d.log().count(&["socket-activated"]) == 0, "used fds meant for pid 1:\n{}", d.log().text());
     crate::util::ensure_bytes_eq("own listener", &d.roundtrip(b"own\n")?, b"bja\n")
 }
+
+/// `[admin] listen` is checked for overlap with `[server] listen` on the
+/// addresses actually used: a file whose two addresses clash (here
+/// `0.0.0.0:P` over `127.0.0.1:P`, P a port this test holds so that
+/// nothing could bind it) starts when both are replaced by passed sockets,
+/// and keeps serving across a reload (which checks the file again).
+/// Before, it was refused with exit 78 although socket activation replaced
+/// both addresses.
+fn overlap_replaced_by_passed_sockets(workers: usize) -> io::Result<()> {
+    let held = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let p = held.local_addr()?.port();
+    let (listeners, wrapper) = activation(2, Some("rot13:admin"))?;
+    let (rot13, admin) = (listeners[0].local_addr()?, listeners[1].local_addr()?);
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let config = format!("[server]\nlisten = [\"127.0.0.1:{p}\"]\n[admin]\nlisten = \"0.0.0.0:{p}\"\n");
+    let d = Daemon::builder().workers(workers).no_default_listen().config(&config).wrapper(&wrapper).start()?;
+    drop(listeners);
+    d.wait_for_log(" ready ", T)?;
+    ensure!(d.addr() == rot13, "serving rot13 on {}, want the passed {rot13}:\n{}", d.addr(), d.log().text());
+    let (code, body) = crate::util::get(admin, "/healthz")?;
+    ensure!(code == 200 && body == "ok\n", "/healthz on the passed admin socket: {code} {body:?}");
+    crate::util::ensure_bytes_eq("passed", &crate::util::Client::connect(rot13)?.roundtrip(b"passed\n")?, b"cnffrq\n")?;
+    d.signal(libc::SIGHUP)?;
+    d.log().wait_count(&["reloaded"], 1, T)?;
+    let text = d.log().text();
+    ensure!(d.log().count(&["ERROR"]) + d.log().count(&["WARN"]) == 0, "errors or warnings:\n{text}");
+    ensure!(!text.contains(&format!(":{p}")), "the file's addresses were used:\n{text}");
+    drop(held);
+    Ok(())
+}
+
+#[test]
+fn overlap_replaced_by_passed_sockets_w0() -> io::Result<()> {
+    overlap_replaced_by_passed_sockets(0)
+}
+
+#[test]
+fn overlap_replaced_by_passed_sockets_w2() -> io::Result<()> {
+    overlap_replaced_by_passed_sockets(2)
+}
+
+/// The other way round: only the rot13 socket is passed, and the file's
+/// `[admin] listen` is the wildcard on its port. The overlap is with the
+/// address in use, so it is a configuration error (78, naming
+/// `admin.listen`), not a bind failure (71) after the check passed on the
+/// file's own, replaced `[server] listen`.
+#[test]
+fn admin_overlapping_a_passed_socket_is_a_config_error() -> io::Result<()> {
+    let (listeners, wrapper) = activation(1, None)?;
+    let p = listeners[0].local_addr()?.port();
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let dir = TempDir::new()?;
+    let path = dir.join("rot13d.toml");
+    std::fs::write(&path, format!("[server]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"0.0.0.0:{p}\"\n"))?;
+    let path = path.display().to_string();
+    let out = crate::util::run_wrapped(&wrapper, &["-c", &path, "--workers", "1"], &[], T)?;
+    drop(listeners);
+    ensure!(out.code == Some(78), "exit {:?}, want 78:\n{}", out.code, out.stderr);
+    ensure!(
+        out.stderr.contains("admin.listen") && out.stderr.contains(&format!("0.0.0.0:{p} overlaps 127.0.0.1:{p}")),
+        "{}",
+        out.stderr
+    );
+    Ok(())
+}

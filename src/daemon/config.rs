@@ -104,6 +104,16 @@ pub struct Server {
     /// connections; 0 = at once. Seconds, default 30.
     #[serde(with = "seconds")]
     pub shutdown_grace: Duration,
+    /// Liveness of forked workers: the master pings each one on its
+    /// channel every quarter of this; a worker whose loop has not answered
+    /// for half of it counts as not serving (`/healthz` 503,
+    /// `rot13d_workers_unresponsive`), and for all of it is killed
+    /// (SIGKILL) and replaced (`rot13d_worker_restarts_total{reason=
+    /// "unresponsive"}`). 0 = never checked. With `workers = 0` the loop is
+    /// the master's own (systemd's watchdog watches it). A reload applies
+    /// it once the new generation serves. Seconds, default 10.
+    #[serde(with = "seconds")]
+    pub worker_timeout: Duration,
     /// User (name or numeric uid) to run as after binding. Default:
     /// unchanged.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -133,6 +143,7 @@ impl Default for Server {
             write_high_watermark: 256 * 1024,
             write_low_watermark: 64 * 1024,
             shutdown_grace: Duration::from_secs(30),
+            worker_timeout: Duration::from_secs(10),
             user: None,
             group: None,
             proxy_protocol: proxy::Mode::Off,
@@ -581,6 +592,7 @@ impl Server {
         check_seconds(p, "server.idle_timeout", self.idle_timeout);
         check_seconds(p, "server.write_timeout", self.write_timeout);
         check_seconds(p, "server.shutdown_grace", self.shutdown_grace);
+        check_seconds(p, "server.worker_timeout", self.worker_timeout);
         for (key, v) in [("server.user", &self.user), ("server.group", &self.group)] {
             if let Some(name) = v
                 && (name.is_empty() || name.contains('\0'))

@@ -68,6 +68,8 @@ pub enum Intent {
     StartTimeout(u32),
     /// The stop deadline passed: kill what is left.
     Deadline,
+    /// Time for the liveness check of the forked workers.
+    Liveness,
 }
 
 /// Commands of the master to a worker over its channel.
@@ -78,6 +80,10 @@ pub mod command {
     pub const LOG_FILE: u8 = b'L';
     /// From a worker: it serves.
     pub const READY: u8 = b'Y';
+    /// Liveness check: a worker answers [`ALIVE`] from its loop.
+    pub const PING: u8 = b'P';
+    /// From a worker: the answer to [`PING`].
+    pub const ALIVE: u8 = b'A';
 }
 
 /// A worker's handle (never reused, unlike pids).
@@ -104,6 +110,9 @@ pub struct Role {
     pub index: usize,
     /// Its phase.
     pub phase: Phase,
+    /// Its loop has not answered the liveness check for half of
+    /// `worker_timeout`: it does not count as serving ([`liveness`]).
+    pub late: bool,
 }
 
 /// How many deaths within [`DEATH_WINDOW`] start the backoff.
@@ -132,6 +141,15 @@ struct Worker {
     role: Role,
     slot: Slot,
     proc: Proc,
+    /// When its loop last said something on its channel (its start, READY,
+    /// an answer to a liveness ping).
+    seen: Rc<std::cell::Cell<Instant>>,
+    /// When the last liveness ping was sent, and how many in a row went
+    /// unanswered until the next one.
+    pinged: Option<Instant>,
+    missed: u32,
+    /// Killed for not answering: its death is counted as `unresponsive`.
+    unresponsive: bool,
 }
 
 /// A generation: the settings its workers run with.
@@ -177,6 +195,8 @@ pub struct Master {
     next_worker: u64,
     intents: Rc<RefCell<VecDeque<Intent>>>,
     backoff: Backoff,
+    /// The liveness timer and the period it runs at (none: off).
+    liveness: Option<(EventId, Duration)>,
     stopping: bool,
     pid: i32,
     /// READY=1 has been sent for the first generation.
@@ -213,6 +233,7 @@ impl Master {
             next_worker: 1,
             intents: Rc::new(RefCell::new(VecDeque::new())),
             backoff: Backoff::default(),
+            liveness: None,
             stopping: false,
             pid: process::getpid(),
             started: false,
@@ -285,6 +306,7 @@ impl Master {
     pub fn run(mut self) -> Result<(), Error> {
         self.watch_signals()?;
         self.sync_admin();
+        self.arm_liveness();
         let first = self.current.clone();
         for index in 0..first.wanted() {
             self.start_worker(&first, index)?;
@@ -314,6 +336,7 @@ impl Master {
         let wanted = self.current.wanted();
         *self.health.borrow_mut() = health(self.stopping, self.current.id, wanted, pending, &roles);
         self.stats.set(Stat::WorkersWanted, wanted as f64);
+        self.stats.set(Stat::WorkersUnresponsive, roles.iter().filter(|r| r.late).count() as f64);
         self.stats.set(Stat::WorkersServing, serving(self.current.id, wanted, &roles) as f64);
         let mut status = self.status.borrow_mut();
         *status = Status {
@@ -359,6 +382,7 @@ impl Master {
                 }
             }
             Intent::StartTimeout(g) => self.start_timed_out(g),
+            Intent::Liveness => self.check_liveness(),
             Intent::Deadline => {
                 for w in &self.workers {
                     if let Proc::Forked { pid, .. } = w.proc {
@@ -367,6 +391,77 @@ impl Master {
                     }
                 }
             }
+        }
+    }
+
+    /// Runs the liveness check every quarter of the current generation's
+    /// `worker_timeout` (none with 0, or with the in-process worker, whose
+    /// loop is the master's own); re-armed when a reload changes it.
+    fn arm_liveness(&mut self) {
+        let timeout = self.current.settings.config.server.worker_timeout;
+        let every = (!timeout.is_zero() && !self.current.in_process()).then(|| liveness_period(timeout));
+        if self.liveness.map(|(_, p)| p) == every {
+            return;
+        }
+        if let Some((ev, _)) = self.liveness.take() {
+            self.base.free(ev);
+        }
+        // The count of unanswered pings starts again at the new period.
+        for w in &mut self.workers {
+            (w.pinged, w.missed) = (None, 0);
+        }
+        let Some(every) = every else { return };
+        let q = self.intents.clone();
+        let ev =
+            self.base.new_event(-1, EventFlags::PERSIST, move |base, _, _| Master::push(&q, base, Intent::Liveness));
+        let _ = self.base.set_priority(ev, LANE_CONTROL);
+        match self.base.add(ev, Some(every)) {
+            Ok(()) => self.liveness = Some((ev, every)),
+            Err(e) => {
+                tracing::error!(target: "rot13d", error = %e, "cannot start the liveness check of the workers");
+                self.base.free(ev);
+            }
+        }
+    }
+
+    /// The liveness check: every forked worker is judged by how many
+    /// pings in a row its loop left unanswered ([`liveness`]), then pinged
+    /// again: a late one stops counting as serving, a dead one is killed
+    /// (SIGKILL) and, reaped, replaced as any worker that died.
+    fn check_liveness(&mut self) {
+        let timeout = self.current.settings.config.server.worker_timeout;
+        let now = Instant::now();
+        for w in &mut self.workers {
+            let Proc::Forked { pid, channel, .. } = &w.proc else { continue };
+            if w.unresponsive {
+                continue;
+            }
+            if let Some(at) = w.pinged {
+                w.missed = if w.seen.get() >= at { 0 } else { w.missed + 1 };
+            }
+            let silent = now.saturating_duration_since(w.seen.get());
+            match liveness(w.missed) {
+                Liveness::Alive => w.role.late = false,
+                Liveness::Late => {
+                    if !w.role.late {
+                        tracing::warn!(target: "rot13d", pid, silent_ms = silent.as_millis() as u64,
+                            "worker not responding: no longer counted as serving");
+                    }
+                    w.role.late = true;
+                }
+                Liveness::Dead => {
+                    tracing::error!(target: "rot13d", pid, silent_ms = silent.as_millis() as u64,
+                        timeout_s = timeout.as_secs_f64(), "worker not responding: killing it");
+                    w.role.late = true;
+                    w.unresponsive = true;
+                    let _ = sys::signal::kill(*pid, libc::SIGKILL);
+                    continue;
+                }
+            }
+            // A full or failed channel is the worker's silence to judge,
+            // not an error of the master's.
+            let _ = process::send_command(channel.as_fd(), command::PING, None);
+            w.pinged = Some(now);
         }
     }
 
@@ -384,13 +479,26 @@ impl Master {
         self.schedule_spawn(generation, index, retry);
     }
 
-    /// Starts worker `index` of generation `cohort`: a child process, or the in-process
-    /// worker with `workers = 0`.
+    /// Starts worker `index` of generation `cohort` and records the outcome
+    /// in the backoff: a start that succeeds, forked or in-process, ends a
+    /// run of failed ones (a failure is recorded by [`Master::start_failed`]
+    /// where it is retried; the first generation's is fatal).
     fn start_worker(&mut self, cohort: &Generation, index: usize) -> Result<(), Error> {
+        let started = self.launch(cohort, index);
+        if started.is_ok() {
+            self.backoff.on_started();
+        }
+        started
+    }
+
+    /// The start itself: a child process, or the in-process worker with
+    /// `workers = 0`.
+    fn launch(&mut self, cohort: &Generation, index: usize) -> Result<(), Error> {
         let slot = self.metrics.acquire().map_err(|e| Error::os("map the shared counters", e))?;
         let id = WorkerId(self.next_worker);
         self.next_worker += 1;
-        let role = Role { generation: cohort.id, index, phase: Phase::Starting };
+        let role = Role { generation: cohort.id, index, phase: Phase::Starting, late: false };
+        let seen = Rc::new(std::cell::Cell::new(Instant::now()));
         let params = WorkerParams::new(&cohort.settings);
         let fds: Vec<ListenFd> = self
             .listeners
@@ -409,7 +517,8 @@ impl Master {
                 }
             };
             worker::log_reactor(&self.base, self.pid, cohort.id);
-            self.workers.push(Worker { id, role, slot, proc: Proc::Local { shared } });
+            let proc = Proc::Local { shared };
+            self.workers.push(Worker { id, role, slot, proc, seen, pinged: None, missed: 0, unresponsive: false });
             Master::push(&self.intents, &mut self.base, Intent::Ready(id));
             return Ok(());
         }
@@ -424,11 +533,11 @@ impl Master {
             }
             Ok(process::Fork::Parent(pid)) => {
                 sys::signal::restore_mask(mask);
-                self.backoff.on_started();
                 drop(theirs);
                 let ours = Rc::new(ours);
-                let ev = self.watch_channel(&ours, id);
-                self.workers.push(Worker { id, role, slot, proc: Proc::Forked { pid, channel: ours, ev } });
+                let ev = self.watch_channel(&ours, id, seen.clone());
+                let proc = Proc::Forked { pid, channel: ours, ev };
+                self.workers.push(Worker { id, role, slot, proc, seen, pinged: None, missed: 0, unresponsive: false });
                 tracing::debug!(target: "rot13d", pid, index, generation = cohort.id, "worker started");
                 Ok(())
             }
@@ -440,16 +549,20 @@ impl Master {
         }
     }
 
-    /// Reads a worker's reports (READY) on the control lane.
-    fn watch_channel(&mut self, ch: &Rc<OwnedFd>, id: WorkerId) -> EventId {
+    /// Reads a worker's reports (READY, answers to liveness pings) on the
+    /// control lane; whatever it says shows its loop turns (`seen`).
+    fn watch_channel(&mut self, ch: &Rc<OwnedFd>, id: WorkerId, seen: Rc<std::cell::Cell<Instant>>) -> EventId {
         let q = self.intents.clone();
         let ch = ch.clone();
         let fd = ch.as_raw_fd();
         let ev = self.base.new_event(fd, EventFlags::READ | EventFlags::PERSIST, move |base, ev, _| {
             loop {
                 match process::recv_command(ch.as_fd()) {
-                    Ok(Some((command::READY, _))) => Master::push(&q, base, Intent::Ready(id)),
-                    Ok(Some(_)) => {}
+                    Ok(Some((command::READY, _))) => {
+                        seen.set(Instant::now());
+                        Master::push(&q, base, Intent::Ready(id));
+                    }
+                    Ok(Some(_)) => seen.set(Instant::now()),
                     // Gone (SIGCHLD tells the rest), or a failed channel:
                     // stop watching it, it would only spin.
                     Ok(None) => {
@@ -571,6 +684,7 @@ impl Master {
         }
         self.prune_listeners();
         self.sync_admin();
+        self.arm_liveness();
         self.started = true;
         let n = self.workers.iter().filter(|w| w.role.generation == self.current.id).count();
         tracing::info!(target: "rot13d", workers = n, generation = self.current.id, "ready");
@@ -695,7 +809,8 @@ impl Master {
             tracing::info!(target: "rot13d", pid, %status, generation = role.generation, "worker exited");
         } else {
             tracing::warn!(target: "rot13d", pid, %status, index = role.index, generation = role.generation, "worker died");
-            self.stats.add(Stat::restart(exit_reason(status)), 1.0);
+            let reason = if w.unresponsive { ExitReason::Unresponsive } else { exit_reason(status) };
+            self.stats.add(Stat::restart(reason), 1.0);
             let clean = status == process::ExitStatus::Code(0);
             let delay = self.backoff.on_death(Instant::now(), clean);
             if self.backoff.backing_off() && !clean {
@@ -723,11 +838,10 @@ impl Master {
         self.stopping = true;
         tracing::info!(target: "rot13d", workers = self.workers.len(), "graceful stop");
         sdnotify::notify("STOPPING=1");
-        if let Some(a) = self.admin.take() {
-            a.stop(&mut self.base);
-        }
         // New clients are refused once every copy of the listeners is
-        // closed: ours now, the workers' as they begin to drain.
+        // closed: ours now, the workers' as they begin to drain. The admin
+        // endpoint keeps answering until the master exits: `/healthz` says
+        // 503 `stopping` (SPEC §3) and `/metrics` shows the drain.
         self.listeners.clear();
         for w in &self.workers {
             match &w.proc {
@@ -787,7 +901,7 @@ impl Master {
                 }
             }
         }
-        let new = match Settings::load(&self.startup.args, &self.startup.host) {
+        let new = match Settings::load(&self.startup.args, &self.startup.host, &self.startup.pinned) {
             Ok(s) => s,
             Err(e) => {
                 for p in e.problems() {
@@ -799,7 +913,7 @@ impl Master {
                 return;
             }
         };
-        let plan = ReloadPlan::new(&self.current.settings, new, &self.startup.pinned);
+        let plan = ReloadPlan::new(&self.current.settings, new);
         for w in &plan.warnings {
             tracing::warn!(target: "rot13d", "{w}");
         }
@@ -959,6 +1073,39 @@ pub fn spawn_wanted(generation: u32, index: usize, wanted: usize, roles: &[Role]
         && !roles.iter().any(|r| r.generation == generation && r.index == index && r.phase != Phase::Retiring)
 }
 
+/// How often the liveness check runs: a quarter of `worker_timeout`, at
+/// least every 10 ms.
+pub fn liveness_period(timeout: Duration) -> Duration {
+    (timeout / 4).max(Duration::from_millis(10))
+}
+
+/// What the liveness check makes of a worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Liveness {
+    /// It answered the last ping.
+    Alive,
+    /// It left the last ping unanswered for a whole period: its loop has
+    /// been silent for half of `worker_timeout` or more. Not counted as
+    /// serving.
+    Late,
+    /// Three pings in a row unanswered: silent for the whole timeout.
+    /// Killed and replaced.
+    Dead,
+}
+
+/// The verdict on a worker that left the last `missed` pings (sent a
+/// [`liveness_period`] apart) unanswered. Counting pings rather than
+/// comparing times with the timeout leaves no verdict to the jitter of
+/// the timer: its last answer came just after a ping, so its silence is
+/// always a whole number of periods at a check.
+pub fn liveness(missed: u32) -> Liveness {
+    match missed {
+        0 => Liveness::Alive,
+        1 | 2 => Liveness::Late,
+        _ => Liveness::Dead,
+    }
+}
+
 /// Whether every wanted worker of `generation` serves.
 pub fn generation_serves(generation: u32, wanted: usize, roles: &[Role]) -> bool {
     serving(generation, wanted, roles) == wanted
@@ -967,7 +1114,9 @@ pub fn generation_serves(generation: u32, wanted: usize, roles: &[Role]) -> bool
 /// How many wanted workers of `generation` serve (one per index at most).
 pub fn serving(generation: u32, wanted: usize, roles: &[Role]) -> usize {
     (0..wanted)
-        .filter(|i| roles.iter().any(|r| r.generation == generation && r.index == *i && r.phase == Phase::Serving))
+        .filter(|i| {
+            roles.iter().any(|r| r.generation == generation && r.index == *i && r.phase == Phase::Serving && !r.late)
+        })
         .count()
 }
 
@@ -997,7 +1146,9 @@ pub fn health(stopping: bool, current: u32, wanted: usize, pending: Option<u32>,
     }
     let starting = roles.iter().any(|r| r.generation == current && r.phase == Phase::Starting);
     let what = if pending.is_none() && serving == 0 && starting { "starting" } else { "degraded" };
-    Some(format!("{what}: {serving} of {wanted} workers of generation {current} serving"))
+    let late = roles.iter().filter(|r| r.generation == current && r.late).count();
+    let why = if late > 0 { format!(", {late} not responding") } else { String::new() };
+    Some(format!("{what}: {serving} of {wanted} workers of generation {current} serving{why}"))
 }
 
 /// What a reload does with a valid new configuration: the settings the
@@ -1011,13 +1162,13 @@ pub struct ReloadPlan {
 }
 
 impl ReloadPlan {
-    /// Plans a reload from `current` to `new`. `pinned`: what systemd
-    /// passed (it replaces the configured addresses of its kind, at every
-    /// reload). The connection cap derived at start is derived again from
-    /// the same host snapshot, so it carries over by construction.
-    pub fn new(current: &Settings, mut new: Settings, pinned: &Pinned) -> ReloadPlan {
+    /// Plans a reload from `current` to `new` (loaded with the sockets
+    /// systemd passed in place of the configured addresses of their kind,
+    /// see [`super::settings::Pinned`]). The connection cap derived at start is derived
+    /// again from the same host snapshot, so it carries over by
+    /// construction.
+    pub fn new(current: &Settings, mut new: Settings) -> ReloadPlan {
         let mut warnings = Vec::new();
-        pinned.apply(&mut new);
         let (cur, next) = (&current.config.server, &mut new.config.server);
         if cur.user != next.user || cur.group != next.group {
             warnings.push("user/group changes need a restart; keeping the current ones".to_string());
@@ -1061,30 +1212,6 @@ impl ReloadPlan {
     }
 }
 
-/// The listeners socket activation passed: they replace the configured
-/// addresses of their kind (`[server] listen`, `[admin] listen`) at start
-/// and at every reload; a kind none was passed for comes from the
-/// configuration.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Pinned {
-    /// The passed rot13 listeners' addresses, if any was passed.
-    pub rot13: Option<Vec<SocketAddr>>,
-    /// The passed admin socket's address (the socket named `admin`).
-    pub admin: Option<SocketAddr>,
-}
-
-impl Pinned {
-    /// Replaces the configured addresses of every kind passed.
-    pub fn apply(&self, s: &mut Settings) {
-        if let Some(addrs) = &self.rot13 {
-            s.config.server.listen = addrs.clone();
-        }
-        if let Some(addr) = self.admin {
-            s.config.admin.listen = Some(addr);
-        }
-    }
-}
-
 /// A listener's identity across reloads: the requested address and kind.
 pub type ListenKey = (SocketAddr, Kind);
 
@@ -1101,7 +1228,7 @@ mod tests {
     use crate::daemon::config::Workers;
 
     fn role(generation: u32, index: usize, phase: Phase) -> Role {
-        Role { generation, index, phase }
+        Role { generation, index, phase, late: false }
     }
 
     #[test]
@@ -1180,6 +1307,30 @@ mod tests {
     }
 
     #[test]
+    fn liveness_is_judged_by_the_pings_left_unanswered() {
+        let verdicts: Vec<Liveness> = (0..5).map(liveness).collect();
+        use Liveness::*;
+        assert_eq!(verdicts, [Alive, Late, Late, Dead, Dead]);
+        // Pings a quarter of the timeout apart: late once the loop has
+        // been silent for half of it, dead for all of it.
+        let t = Duration::from_secs(10);
+        assert_eq!(liveness_period(t), Duration::from_millis(2500));
+        assert_eq!(liveness_period(Duration::from_millis(1)), Duration::from_millis(10), "bounded");
+    }
+
+    #[test]
+    fn a_late_worker_does_not_serve_and_health_says_so() {
+        let late = Role { late: true, ..role(1, 1, Phase::Serving) };
+        let roles = [role(1, 0, Phase::Serving), late];
+        assert_eq!(serving(1, 2, &roles), 1);
+        assert!(!generation_serves(1, 2, &roles));
+        assert_eq!(
+            health(false, 1, 2, None, &roles).as_deref(),
+            Some("degraded: 1 of 2 workers of generation 1 serving, 1 not responding")
+        );
+    }
+
+    #[test]
     fn exit_reasons() {
         use process::ExitStatus;
         assert_eq!(exit_reason(ExitStatus::Signal(libc::SIGKILL)), ExitReason::Signal);
@@ -1194,69 +1345,76 @@ mod tests {
         Settings { config, path: None, workers, max_connections: 1960, identity: None }
     }
 
+    /// Every successful start ends a run of failed ones, the in-process
+    /// worker's as well as a fork's (the reset used to sit in the fork
+    /// branch only).
+    #[test]
+    fn an_in_process_start_ends_a_run_of_failed_starts() {
+        let l = listener::bind("127.0.0.1:0".parse().unwrap(), 16, Kind::Rot13, 1, true).expect("bind");
+        let mut s = settings(0);
+        s.config.server.listen = vec![l.requested];
+        let base = crate::daemon::build_base(&s).expect("base");
+        let startup = Startup {
+            args: Default::default(),
+            host: crate::daemon::settings::System::now(),
+            pinned: crate::daemon::settings::Pinned::default(),
+        };
+        let mut m = Master::new(startup, s, base, vec![l]).expect("master");
+        assert_eq!(m.backoff.on_start_failure(), BACKOFF_MIN, "a first failure");
+        let cohort = m.current.clone();
+        m.start_worker(&cohort, 0).expect("the in-process worker starts");
+        assert_eq!(m.backoff.on_start_failure(), BACKOFF_MIN, "the start in between ended the run: no doubled delay");
+    }
+
     #[test]
     fn reload_plan_carries_what_needs_a_restart() {
         let current = settings(1);
         let mut new = settings(3);
         new.config.server.user = Some("nobody".into());
         new.max_connections = 1960;
-        let plan = ReloadPlan::new(&current, new.clone(), &Pinned::default());
+        let plan = ReloadPlan::new(&current, new.clone());
         assert_eq!(plan.settings.workers, 3, "the count applies");
         assert_eq!(plan.settings.config.server.user, None, "user kept");
         assert_eq!(plan.settings.max_connections, current.max_connections, "the derived cap carries over");
         assert_eq!(plan.warnings.len(), 1, "{:?}", plan.warnings);
 
-        let to_zero = ReloadPlan::new(&current, settings(0), &Pinned::default());
+        let to_zero = ReloadPlan::new(&current, settings(0));
         assert_eq!(to_zero.settings.workers, 1);
         assert_eq!(to_zero.warnings.len(), 1);
 
         let mut reactor = settings(0);
         reactor.config.reactor.backend = Some("poll".into());
-        let in_process = ReloadPlan::new(&settings(0), reactor.clone(), &Pinned::default());
+        let in_process = ReloadPlan::new(&settings(0), reactor.clone());
         assert_eq!(in_process.settings.config.reactor.backend, None, "kept with workers = 0");
-        let forked = ReloadPlan::new(&settings(2), Settings { workers: 2, ..reactor }, &Pinned::default());
+        let forked = ReloadPlan::new(&settings(2), Settings { workers: 2, ..reactor });
         assert_eq!(forked.settings.config.reactor.backend.as_deref(), Some("poll"), "applied by new workers");
 
         let mut log = settings(1);
         log.config.log.file = Some("/var/log/r.log".into());
-        let kept = ReloadPlan::new(&current, log, &Pinned::default());
+        let kept = ReloadPlan::new(&current, log);
         assert_eq!((kept.settings.config.log.file, kept.warnings.len()), (None, 1));
 
         // `access` applies (to new connections), with the rest of [log] kept.
         let mut access = settings(1);
         access.config.log.access = true;
         access.config.log.level = crate::daemon::config::LogLevel::Debug;
-        let plan = ReloadPlan::new(&current, access, &Pinned::default());
+        let plan = ReloadPlan::new(&current, access);
         assert!(plan.settings.config.log.access, "access applies");
         assert_eq!(plan.settings.config.log.level, current.config.log.level, "the level is kept");
         assert_eq!(plan.warnings.len(), 1, "{:?}", plan.warnings);
         let mut access_only = settings(1);
         access_only.config.log.access = true;
-        let plan = ReloadPlan::new(&current, access_only, &Pinned::default());
+        let plan = ReloadPlan::new(&current, access_only);
         assert!(plan.settings.config.log.access && plan.warnings.is_empty(), "{:?}", plan.warnings);
 
         // Listeners kept across a reload keep their IPV6_V6ONLY.
         let mut dual = settings(1);
         dual.config.server.ipv6_only = false;
         dual.config.server.proxy_protocol = crate::daemon::proxy::Mode::V2;
-        let plan = ReloadPlan::new(&current, dual, &Pinned::default());
+        let plan = ReloadPlan::new(&current, dual);
         assert!(plan.settings.config.server.ipv6_only, "ipv6_only kept");
         assert_eq!(plan.settings.config.server.proxy_protocol, crate::daemon::proxy::Mode::V2, "applies");
         assert_eq!(plan.warnings.len(), 1, "{:?}", plan.warnings);
-
-        let addr: SocketAddr = "127.0.0.1:7".parse().expect("literal");
-        let rot13_only = Pinned { rot13: Some(vec![addr]), admin: None };
-        let mut with_admin = settings(1);
-        let configured: SocketAddr = "127.0.0.1:9100".parse().expect("literal");
-        with_admin.config.admin.listen = Some(configured);
-        let activated = ReloadPlan::new(&current, with_admin.clone(), &rot13_only);
-        assert_eq!(activated.settings.config.server.listen, vec![addr]);
-        assert_eq!(activated.settings.config.admin.listen, Some(configured), "no admin passed: the file's");
-        let passed: SocketAddr = "127.0.0.1:8".parse().expect("literal");
-        let admin_only = Pinned { rot13: None, admin: Some(passed) };
-        let plan = ReloadPlan::new(&current, with_admin, &admin_only);
-        assert_eq!(plan.settings.config.admin.listen, Some(passed), "the passed admin socket wins");
-        assert_eq!(plan.settings.config.server.listen, current.config.server.listen, "no rot13 passed: the file's");
     }
 
     #[test]

@@ -133,6 +133,9 @@ pub enum Stat {
     WorkersWanted = 0,
     /// Of those, how many serve.
     WorkersServing,
+    /// Forked workers whose loop has not answered the liveness check for
+    /// half of `[server] worker_timeout` (not killed yet).
+    WorkersUnresponsive,
     /// Workers replaced after a death, one per [`ExitReason`] in
     /// [`ExitReason::ALL`] order.
     RestartsSignal,
@@ -140,6 +143,8 @@ pub enum Stat {
     RestartsError,
     /// See [`Stat::RestartsSignal`].
     RestartsExit,
+    /// See [`Stat::RestartsSignal`].
+    RestartsUnresponsive,
     /// Reloads, one per [`ReloadResult`] in [`ReloadResult::ALL`] order.
     ReloadsOk,
     /// See [`Stat::ReloadsOk`].
@@ -170,11 +175,15 @@ pub enum ExitReason {
     Error,
     /// Exited 0 unasked (a stop signal that reached the worker alone).
     Exit,
+    /// Killed by the master: its loop did not answer the liveness check
+    /// within `[server] worker_timeout` (frozen, stuck or stopped).
+    Unresponsive,
 }
 
 impl ExitReason {
     /// Every reason, in [`Stat`] order.
-    pub const ALL: [ExitReason; 3] = [ExitReason::Signal, ExitReason::Error, ExitReason::Exit];
+    pub const ALL: [ExitReason; 4] =
+        [ExitReason::Signal, ExitReason::Error, ExitReason::Exit, ExitReason::Unresponsive];
 
     /// The label value.
     pub const fn as_str(self) -> &'static str {
@@ -182,6 +191,7 @@ impl ExitReason {
             ExitReason::Signal => "signal",
             ExitReason::Error => "error",
             ExitReason::Exit => "exit",
+            ExitReason::Unresponsive => "unresponsive",
         }
     }
 }
@@ -232,6 +242,7 @@ impl Stat {
             ExitReason::Signal => Stat::RestartsSignal,
             ExitReason::Error => Stat::RestartsError,
             ExitReason::Exit => Stat::RestartsExit,
+            ExitReason::Unresponsive => Stat::RestartsUnresponsive,
         }
     }
 
@@ -375,7 +386,8 @@ const DELAY_HELP: &str = "Seconds from a connection's readiness (the backend's w
 const PROXY_HEADERS_HELP: &str = "PROXY protocol headers accepted, by version.";
 const PROXY_REFUSED_HELP: &str = "Connections closed unanswered for their PROXY protocol header, by reason.";
 const RESTARTS_HELP: &str = "Workers replaced after they ended unasked, by why: signal (killed: a crash, \
-    the OOM killer, kill -9), error (exited non-zero), exit (exited 0 unasked).";
+    the OOM killer, kill -9), error (exited non-zero), exit (exited 0 unasked), unresponsive (killed by \
+    the master: its loop did not answer the liveness ping within [server] worker_timeout).";
 const RELOADS_HELP: &str = "Reloads (SIGHUP), by result: ok (the new generation serves), invalid \
     (configuration invalid), failed (could not be applied), timeout (the new generation did not serve \
     in time), superseded (a newer reload came first); on all but ok the running one serves on.";
@@ -383,7 +395,7 @@ const RELOADS_HELP: &str = "Reloads (SIGHUP), by result: ok (the new generation 
 /// Prometheus name (with labels), type, help and source of each series;
 /// the rows of a family together, slot series in [`Counter`] order, master
 /// series in [`Stat`] order (as tests check).
-pub const DESCRIPTIONS: [(Source, &str, Kind, &str); 45] = {
+pub const DESCRIPTIONS: [(Source, &str, Kind, &str); 47] = {
     use Source::{Master, Sampled, Slot};
     [
         (Slot(Counter::Accepted), "rot13d_connections_accepted_total", Kind::Counter, "Connections accepted."),
@@ -520,9 +532,23 @@ pub const DESCRIPTIONS: [(Source, &str, Kind, &str); 45] = {
             "Serving processes of the current generation that serve (below rot13d_workers_wanted while one \
              starts, is down or waits in the restart backoff: /healthz answers 503 then).",
         ),
+        (
+            Master(Stat::WorkersUnresponsive),
+            "rot13d_workers_unresponsive",
+            Kind::Gauge,
+            "Worker processes whose event loop has not answered the master's liveness ping for half of \
+             [server] worker_timeout (frozen, stuck or stopped); at the whole timeout each is killed and \
+             replaced (rot13d_worker_restarts_total{reason=\"unresponsive\"}).",
+        ),
         (Master(Stat::RestartsSignal), "rot13d_worker_restarts_total{reason=\"signal\"}", Kind::Counter, RESTARTS_HELP),
         (Master(Stat::RestartsError), "rot13d_worker_restarts_total{reason=\"error\"}", Kind::Counter, RESTARTS_HELP),
         (Master(Stat::RestartsExit), "rot13d_worker_restarts_total{reason=\"exit\"}", Kind::Counter, RESTARTS_HELP),
+        (
+            Master(Stat::RestartsUnresponsive),
+            "rot13d_worker_restarts_total{reason=\"unresponsive\"}",
+            Kind::Counter,
+            RESTARTS_HELP,
+        ),
         (Master(Stat::ReloadsOk), "rot13d_reloads_total{result=\"ok\"}", Kind::Counter, RELOADS_HELP),
         (Master(Stat::ReloadsInvalid), "rot13d_reloads_total{result=\"invalid\"}", Kind::Counter, RELOADS_HELP),
         (Master(Stat::ReloadsFailed), "rot13d_reloads_total{result=\"failed\"}", Kind::Counter, RELOADS_HELP),

@@ -27,7 +27,7 @@ use cli::Args;
 use error::ConfigError;
 use listener::{Kind, ListenFd};
 use metrics::Slot;
-use settings::{Settings, System};
+use settings::{Pinned, Settings, System};
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use worker::{LANES, WorkerParams};
@@ -41,7 +41,7 @@ pub struct Startup {
     pub host: System,
     /// What socket activation passed: it replaces the configured addresses
     /// of its kind, at start and at every reload.
-    pub pinned: master::Pinned,
+    pub pinned: Pinned,
 }
 
 /// Runs rot13d as the command line says.
@@ -68,7 +68,11 @@ pub fn run(mut args: Args) -> Result<(), Error> {
     // The connection cap is derived from the limit the daemon runs with.
     let raised = sys::raise_nofile_limit();
     let host = System::now();
-    let settings = Settings::load(&args, &host)?;
+    // Sockets systemd passed replace the configured addresses of their
+    // kind before the configuration is checked: it is checked as used.
+    let passed = listener::activated()?;
+    let pinned = passed.as_deref().map(pinned_by).unwrap_or_default();
+    let settings = Settings::load(&args, &host, &pinned)?;
     if args.check_config {
         build_base(&settings)?;
         println!("configuration ok");
@@ -85,29 +89,35 @@ pub fn run(mut args: Args) -> Result<(), Error> {
         Err(e) => tracing::warn!(target: "rot13d", error = %e, "cannot raise the open file limit"),
     }
     let mut launcher = if args.daemon { Some(daemonize()?) } else { None };
-    let result = start(Startup { args, host, pinned: master::Pinned::default() }, settings, &mut launcher);
+    let result = start(Startup { args, host, pinned }, settings, passed, &mut launcher);
     if let Err(e) = &result {
         report(&mut launcher, e.exit_code());
     }
     result
 }
 
-fn start(mut startup: Startup, mut settings: Settings, launcher: &mut Option<OwnedFd>) -> Result<(), Error> {
+/// What the passed sockets replace: the addresses of each kind passed.
+fn pinned_by(passed: &[listener::Listener]) -> Pinned {
+    let of = |kind| passed.iter().filter(move |l| l.kind == kind).map(|l| l.requested);
+    Pinned { rot13: Some(of(Kind::Rot13).collect::<Vec<_>>()).filter(|v| !v.is_empty()), admin: of(Kind::Admin).next() }
+}
+
+fn start(
+    startup: Startup,
+    settings: Settings,
+    passed: Option<Vec<listener::Listener>>,
+    launcher: &mut Option<OwnedFd>,
+) -> Result<(), Error> {
     sys::signal::ignore_sigpipe();
     // A [reactor] no backend satisfies fails here (78), before binding.
     let base = build_base(&settings)?;
     let mut listeners = Vec::new();
-    if let Some(passed) = listener::activated()? {
+    if let Some(passed) = passed {
         // Passed sockets replace the configured addresses of their kind (a
         // kind none is passed for is bound from the configuration below).
-        let of = |kind| passed.iter().filter(move |l: &&listener::Listener| l.kind == kind).map(|l| l.requested);
-        startup.pinned = master::Pinned {
-            rot13: Some(of(Kind::Rot13).collect::<Vec<_>>()).filter(|v| !v.is_empty()),
-            admin: of(Kind::Admin).next(),
-        };
-        tracing::info!(target: "rot13d", count = passed.len(), rot13 = of(Kind::Rot13).count(),
-            admin = of(Kind::Admin).count(), "using socket-activated listeners");
-        startup.pinned.apply(&mut settings);
+        let count = |kind| passed.iter().filter(|l| l.kind == kind).count();
+        tracing::info!(target: "rot13d", count = passed.len(), rot13 = count(Kind::Rot13),
+            admin = count(Kind::Admin), "using socket-activated listeners");
         listeners = passed;
     }
     let have: Vec<(SocketAddr, Kind)> = listeners.iter().map(|l| (l.requested, l.kind)).collect();
@@ -224,6 +234,10 @@ pub(crate) fn serve_forked(
                 match process::recv_command(ch.as_fd()) {
                     Ok(Some((master::command::RETIRE, _))) => s.begin_drain(base, true),
                     Ok(Some((master::command::LOG_FILE, Some(file)))) => logging::use_file(std::fs::File::from(file)),
+                    // The loop turns: say so (the master's liveness check).
+                    Ok(Some((master::command::PING, _))) => {
+                        let _ = process::send_command(ch.as_fd(), master::command::ALIVE, None);
+                    }
                     Ok(Some(_)) => {}
                     Ok(None) => {
                         tracing::warn!(target: "rot13d", "the master is gone: draining");

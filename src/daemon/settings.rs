@@ -16,6 +16,7 @@
 //! host snapshot taken at start, so whatever start-up derived, a reload
 //! derives the same way.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use super::cli::Args;
@@ -23,6 +24,31 @@ use super::config::{Config, ConfigFile, Problems, Workers};
 use super::error::ConfigError;
 use crate::reactor::{BaseFlags, EventConfig, Features};
 use crate::sys::process::{self, Identity};
+
+/// The listeners socket activation passed: they replace the configured
+/// addresses of their kind (`[server] listen`, `[admin] listen`, over the
+/// file and the command line) at start and at every reload, before the
+/// configuration is checked; a kind none was passed for comes from the
+/// configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pinned {
+    /// The passed rot13 listeners' addresses, if any was passed.
+    pub rot13: Option<Vec<SocketAddr>>,
+    /// The passed admin socket's address (the socket named `admin`).
+    pub admin: Option<SocketAddr>,
+}
+
+impl Pinned {
+    /// Replaces the configured addresses of every kind passed.
+    pub fn apply(&self, c: &mut Config) {
+        if let Some(addrs) = &self.rot13 {
+            c.server.listen = addrs.clone();
+        }
+        if let Some(addr) = self.admin {
+            c.admin.listen = Some(addr);
+        }
+    }
+}
 
 /// fds kept back from the limit for listeners, pipes, the epoll fd and logs
 /// when `max_connections` is derived from it.
@@ -139,19 +165,28 @@ pub struct Settings {
 impl Settings {
     /// Reads the file named by `args.config` (if any), then merges and
     /// validates it with `args` on `host`. Start and every reload call this.
-    pub fn load(args: &Args, host: &dyn Host) -> Result<Settings, ConfigError> {
+    pub fn load(args: &Args, host: &dyn Host, pinned: &Pinned) -> Result<Settings, ConfigError> {
         let file = match &args.config {
             Some(path) => Some(ConfigFile::load(path)?),
             None => None,
         };
-        Settings::resolve(file.as_ref(), args, host)
+        Settings::resolve(file.as_ref(), args, host, pinned)
     }
 
-    /// Merges an already parsed file (if any) with `args` and validates.
-    pub fn resolve(file: Option<&ConfigFile>, args: &Args, host: &dyn Host) -> Result<Settings, ConfigError> {
+    /// Merges an already parsed file (if any) with `args` and the sockets
+    /// systemd passed (`pinned`), then validates: what is checked (an
+    /// admin address overlapping a listen address, say) is what will be
+    /// used.
+    pub fn resolve(
+        file: Option<&ConfigFile>,
+        args: &Args,
+        host: &dyn Host,
+        pinned: &Pinned,
+    ) -> Result<Settings, ConfigError> {
         let mut config = file.map(|f| f.config.clone()).unwrap_or_default();
         let options: Vec<(&'static str, &'static str)> =
             OVERRIDES.iter().filter(|o| (o.apply)(args, &mut config)).map(|o| (o.key, o.option)).collect();
+        pinned.apply(&mut config);
         let mut problems = Problems::new(file, &options);
         config.validate(&mut problems);
         let (user, group) = (config.server.user.as_deref(), config.server.group.as_deref());
@@ -291,7 +326,7 @@ mod tests {
 
     fn resolve_on(text: Option<&str>, cli: &[&str], cpus: usize) -> Result<Settings, ConfigError> {
         let f = text.map(file);
-        Settings::resolve(f.as_ref(), &args(cli), &Fake { cpus })
+        Settings::resolve(f.as_ref(), &args(cli), &Fake { cpus }, &Pinned::default())
     }
 
     fn resolve(text: Option<&str>, cli: &[&str]) -> Result<Settings, ConfigError> {
@@ -338,7 +373,7 @@ mod tests {
 
     #[test]
     fn system_host_resolves_auto_on_this_machine() {
-        let s = Settings::load(&Args::default(), &System::now()).expect("defaults are valid");
+        let s = Settings::load(&Args::default(), &System::now(), &Pinned::default()).expect("defaults are valid");
         assert_eq!(s.workers, crate::daemon::cpus::available().max(1), "affinity capped by the cgroup CPU quota");
         assert_eq!(s.config.server.workers, Workers::Auto, "kept as configured");
     }
@@ -634,7 +669,7 @@ mod tests {
             let printed = s.to_toml().expect("renders");
             let back_file = ConfigFile::parse(&printed, Path::new("printed.toml"))
                 .unwrap_or_else(|e| panic!("--print-config output does not parse: {e}\n{printed}"));
-            let back = Settings::resolve(Some(&back_file), &Args::default(), &Fake { cpus: 4 })
+            let back = Settings::resolve(Some(&back_file), &Args::default(), &Fake { cpus: 4 }, &Pinned::default())
                 .unwrap_or_else(|e| panic!("--print-config output is invalid: {e}\n{printed}"));
             assert_eq!(back, Settings { path: Some("printed.toml".into()), ..s.clone() }, "{printed}");
             assert!(printed.starts_with("# Effective configuration of rot13d"), "{printed}");
@@ -655,19 +690,57 @@ mod tests {
         assert!(pinned.contains("\nworkers = 3\n") && !pinned.contains("auto"), "{pinned}");
     }
 
+    /// Passed sockets replace the configured addresses of their kind, and
+    /// the overlap check runs on the result: a file whose addresses would
+    /// clash is fine when both are replaced, and a passed address that
+    /// clashes with a configured one is refused.
+    #[test]
+    fn passed_sockets_replace_addresses_before_the_check() {
+        let a = |s: &str| -> SocketAddr { s.parse().expect("literal") };
+        let clash = "[server]\nlisten = [\"127.0.0.1:7\"]\n[admin]\nlisten = \"0.0.0.0:7\"\n";
+        let resolve_pinned =
+            |pinned: &Pinned| Settings::resolve(Some(&file(clash)), &args(&[]), &Fake { cpus: 1 }, pinned);
+        let err = resolve_pinned(&Pinned::default()).expect_err("overlap");
+        assert!(err.to_string().contains("admin.listen") && err.to_string().contains("overlaps"), "{err}");
+
+        let both = Pinned { rot13: Some(vec![a("127.0.0.1:8")]), admin: Some(a("127.0.0.1:9")) };
+        let s = resolve_pinned(&both).expect("both replaced: no overlap");
+        assert_eq!(s.config.server.listen, vec![a("127.0.0.1:8")]);
+        assert_eq!(s.config.admin.listen, Some(a("127.0.0.1:9")));
+
+        let admin_only = Pinned { rot13: None, admin: Some(a("127.0.0.1:9")) };
+        let s = resolve_pinned(&admin_only).expect("admin replaced: no overlap");
+        assert_eq!(s.config.server.listen, vec![a("127.0.0.1:7")], "no rot13 passed: the file's");
+
+        let rot13_only = Pinned { rot13: Some(vec![a("127.0.0.1:8")]), admin: None };
+        let s = resolve_pinned(&rot13_only).expect("rot13 replaced: no overlap");
+        assert_eq!(s.config.admin.listen, Some(a("0.0.0.0:7")), "no admin passed: the file's");
+        let on_admin_port = Pinned { rot13: Some(vec![a("127.0.0.1:7")]), admin: None };
+        assert!(
+            resolve_pinned(&Pinned { rot13: Some(vec![a("127.0.0.2:7")]), ..on_admin_port }).is_err(),
+            "passed 127.0.0.2:7 under 0.0.0.0:7"
+        );
+        // --listen is replaced too.
+        let cli =
+            Settings::resolve(None, &args(&["--listen", "127.0.0.1:5"]), &Fake { cpus: 1 }, &both).expect("valid");
+        assert_eq!(cli.config.server.listen, vec![a("127.0.0.1:8")]);
+    }
+
     #[test]
     fn load_reads_the_config_option() {
         let path = std::env::temp_dir().join(format!("rot13d-settings-{}.toml", std::process::id()));
         let written = std::fs::write(&path, "[server]\nmax_line = 77\n");
         let host = Fake { cpus: 1 };
-        let loaded = written.map(|()| Settings::load(&args(&["-c", &path.display().to_string()]), &host));
+        let loaded =
+            written.map(|()| Settings::load(&args(&["-c", &path.display().to_string()]), &host, &Pinned::default()));
         let _ = std::fs::remove_file(&path);
         let s = loaded.expect("temp file written").expect("valid");
         assert_eq!(s.config.server.max_line, 77);
         assert_eq!(s.path.as_deref(), Some(path.as_path()));
 
         let missing = path.with_extension("absent");
-        let err = Settings::load(&args(&["-c", &missing.display().to_string()]), &host).expect_err("missing file");
+        let err = Settings::load(&args(&["-c", &missing.display().to_string()]), &host, &Pinned::default())
+            .expect_err("missing file");
         assert!(err.to_string().contains(&missing.display().to_string()), "{err}");
     }
 

@@ -274,8 +274,15 @@ pub fn set_linger_zero(fd: RawFd) -> io::Result<()> {
 
 /// `dup(2)` with close-on-exec.
 pub fn dup(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    dup_at_least(fd, 0)
+}
+
+/// A close-on-exec duplicate of `fd` numbered `min`, or the lowest free
+/// number above it when `min` is taken (`F_DUPFD_CLOEXEC`). Unlike
+/// `dup2`, it never closes a descriptor: safe for every caller.
+pub fn dup_at_least(fd: BorrowedFd<'_>, min: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: F_DUPFD_CLOEXEC creates a new descriptor and touches no other.
-    let n = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) })?;
+    let n = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) })?;
     Ok(owned(n))
 }
 

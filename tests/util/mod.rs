@@ -49,14 +49,9 @@ pub const ENV_CLEARED: [&str; 11] = [
 /// Whether the daemon can run on `backend` here: false for `uring` where
 /// io_uring is missing or forbidden, said on stderr (the test then skips).
 pub fn backend_usable(backend: &str) -> bool {
-    let kind = rot13d::reactor::BackendKind::from_name(backend.split('+').next().unwrap_or(backend));
-    match kind.map(|k| k.available()) {
-        Some(Err(why)) => {
-            eprintln!("SKIPPED: the {backend} backend is not available here: {why}");
-            false
-        }
-        _ => true,
-    }
+    let name = backend.split('+').next().unwrap_or(backend);
+    let have = rot13d::reactor::BackendKind::from_name(name).map_or(Ok(()), |k| k.available());
+    capable(name, have.map_err(|why| format!("the {backend} backend is not available here: {why}")))
 }
 
 pub fn fail(msg: impl Into<String>) -> io::Error {
@@ -233,14 +228,32 @@ pub fn run_wrapped(wrapper: &[&str], args: &[&str], env: &[(&str, &str)], timeou
 /// child holding the same pipes must not hang the test.
 pub const READER_GRACE: Duration = Duration::from_secs(2);
 
-/// Whether this runs as root; says SKIPPED (and why it needs root) on the
-/// test's output if not, so a skip is visible in the run's log.
+/// The variable naming the capabilities a run expects to have,
+/// comma-separated ([`capable`]); `scripts/test.sh` sets it to those it
+/// detects here on its own (not with the product's probes).
+pub const REQUIRE_VAR: &str = "ROT13D_REQUIRE";
+
+/// Whether a test can go on: `have` is `Ok`, or why `capability` (`uring`,
+/// `root`, `two_cpus`, `users`; a backend by its name) is missing here.
+/// Missing, it says `SKIPPED: why` on the test's output and returns false,
+/// unless [`REQUIRE_VAR`] lists the capability (or `all`): then the test
+/// fails, naming it. Every skip of the suite goes through here, so that a
+/// box expected to have a capability cannot pass green without running
+/// the tests that need it (nextest hides a passing test's output).
+pub fn capable(capability: &str, have: Result<(), String>) -> bool {
+    let Err(why) = have else { return true };
+    let required = std::env::var(REQUIRE_VAR).unwrap_or_default();
+    if required.split(',').map(str::trim).any(|c| c == capability || c == "all") {
+        panic!("{capability} is required here ({REQUIRE_VAR}={required}) but missing: {why}");
+    }
+    eprintln!("SKIPPED: {why}");
+    false
+}
+
+/// Whether this runs as root ([`capable`] `root`); `needs` says what for.
 pub fn root_or_skip(needs: &str) -> bool {
     let root = rot13d::sys::process::geteuid() == 0;
-    if !root {
-        eprintln!("SKIPPED: needs root {needs}");
-    }
-    root
+    capable("root", if root { Ok(()) } else { Err(format!("needs root {needs}")) })
 }
 
 /// Polls `child` until it exits or `timeout` passes.
