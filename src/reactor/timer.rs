@@ -115,7 +115,7 @@ impl Timers {
             // each read): the tail's deadline is never later than
             // `now + dur`, so the move keeps the queue sorted. An unlink and
             // a push, without the search for the queue or the general
-            // cancel and insert (~70 instructions of every request of a
+            // cancel and insert (~60 instructions of every request of a
             // busy connection: BENCHMARKS.md, closed-loop latency).
             let tail = q.tail;
             if tail == idx {

@@ -43,7 +43,7 @@ impl<C: 'static> BufferEvent<C> {
     /// says so (the caller then records which callback is owed). Inline:
     /// it runs on every read and drained write, and without the option it
     /// is one test of a flag, not a call (BENCHMARKS.md, closed-loop
-    /// latency: a call with its register saves cost ~30 instructions each).
+    /// latency: a call with its register saves costs ~20 instructions each).
     #[inline(always)]
     fn deferring(&mut self, base: &mut EventBase) -> bool {
         if !self.setup.options.contains(BevOptions::DEFER_CALLBACKS) {
