@@ -219,3 +219,158 @@ fn malformed_and_oversized_heads_are_refused() -> io::Result<()> {
     ensure!(get(admin, "/healthz")?.0 == 200, "healthz after the refusals");
     Ok(())
 }
+
+/// Everything the endpoint sends to `request` (sent whole, the write side
+/// then shut down if `half_close`) up to its close.
+fn exchange(admin: SocketAddr, request: &[u8], half_close: bool) -> io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    s.write_all(request)?;
+    if half_close {
+        s.shutdown(std::net::Shutdown::Write)?;
+    }
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).map_err(|e| fail(format!("{request:?}: {e} after {raw:?}")))?;
+    Ok(String::from_utf8_lossy(&raw).into_owned())
+}
+
+/// The exact bytes of `GET /healthz` while healthy.
+const HEALTHY: &str =
+    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n";
+
+/// `HEAD` gets `GET`'s status and headers, the Content-Length of the body
+/// it leaves out; HTTP/1.0 and bare-LF heads are served alike.
+#[test]
+fn head_answers_like_get_without_the_body() -> io::Result<()> {
+    let (_d, admin) = admin_daemon(1, "")?;
+    let head = exchange(admin, b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n", false)?;
+    ensure!(head == HEALTHY.trim_end_matches("ok\n"), "HEAD /healthz: {head:?}");
+    let metrics = exchange(admin, b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n", false)?;
+    let (status, rest) = metrics.split_once("\r\n").unwrap_or_default();
+    ensure!(status == "HTTP/1.1 200 OK", "HEAD /metrics: {metrics:?}");
+    ensure!(rest.ends_with("\r\nConnection: close\r\n\r\n"), "HEAD /metrics has a body or no close: {metrics:?}");
+    let length: usize = rest
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| fail(format!("HEAD /metrics without Content-Length: {metrics:?}")))?;
+    ensure!(length > 100, "HEAD /metrics: Content-Length {length}");
+    let missing = exchange(admin, b"HEAD /nope HTTP/1.1\r\n\r\n", false)?;
+    ensure!(missing.starts_with("HTTP/1.1 404 ") && missing.ends_with("\r\n\r\n"), "HEAD /nope: {missing:?}");
+    for old in [
+        &b"GET /healthz HTTP/1.0\r\n\r\n"[..],
+        b"GET /healthz HTTP/1.1\nHost: x\n\n",
+        b"GET /healthz?x=1 HTTP/1.1\r\n\r\n",
+    ] {
+        let got = exchange(admin, old, false)?;
+        ensure!(got == HEALTHY, "{:?}: {got:?}", String::from_utf8_lossy(old));
+    }
+    Ok(())
+}
+
+/// A method other than GET and HEAD is 405 with the `Allow` header RFC 9110
+/// §15.5.6 requires of a 405; a body sent with it costs nothing.
+#[test]
+fn other_methods_are_405_naming_the_allowed_ones() -> io::Result<()> {
+    let (_d, admin) = admin_daemon(1, "")?;
+    for request in [
+        &b"POST /healthz HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"[..],
+        b"DELETE /metrics HTTP/1.1\r\n\r\n",
+        b"OPTIONS * HTTP/1.1\r\n\r\n",
+        b"get /healthz HTTP/1.1\r\n\r\n",
+    ] {
+        let got = exchange(admin, request, false)?;
+        ensure!(
+            got == "HTTP/1.1 405 Method Not Allowed\r\nAllow: GET, HEAD\r\nContent-Type: text/plain\r\n\
+                    Content-Length: 19\r\nConnection: close\r\n\r\nmethod not allowed\n",
+            "{:?}: {got:?}",
+            String::from_utf8_lossy(request)
+        );
+    }
+    Ok(())
+}
+
+/// One request per connection: a keep-alive request, even with a second
+/// one pipelined behind it, gets one response saying `Connection: close`,
+/// then the close.
+#[test]
+fn keep_alive_gets_one_response_and_the_close() -> io::Result<()> {
+    let (_d, admin) = admin_daemon(1, "")?;
+    let two =
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\nGET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+    let got = exchange(admin, two, false)?;
+    ensure!(got == HEALTHY, "keep-alive: {got:?}");
+    Ok(())
+}
+
+/// A head the client's EOF leaves incomplete can never complete: it is
+/// answered 400 at once (SPEC §3: malformed heads are answered 4xx and
+/// closed), not left to the 5 s deadline or closed unanswered. A client
+/// that sent nothing gets no answer.
+#[test]
+fn a_head_cut_by_the_clients_eof_is_answered_400() -> io::Result<()> {
+    let (_d, admin) = admin_daemon(1, "")?;
+    let started = std::time::Instant::now();
+    let got = exchange(admin, b"GET /healthz HTTP/1.1\r\nHo", true)?;
+    ensure!(
+        got == "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 19\r\n\
+                Connection: close\r\n\r\nincomplete request\n",
+        "cut head: {got:?}"
+    );
+    ensure!(started.elapsed() < Duration::from_secs(3), "cut head answered after {:?}", started.elapsed());
+    let got = exchange(admin, b"", true)?;
+    ensure!(got.is_empty(), "nothing sent: {got:?}");
+    ensure!(get(admin, "/healthz")?.0 == 200, "healthz after the cut heads");
+    Ok(())
+}
+
+/// The limit of a head is its size (8 KiB), not its number of headers: a
+/// head of 8192 bytes, or of 1,000 tiny headers, is served; 8193 bytes are
+/// 431.
+#[test]
+fn the_head_limit_is_8_kib_whatever_the_headers() -> io::Result<()> {
+    let (_d, admin) = admin_daemon(1, "")?;
+    let sized = |len: usize| {
+        let mut h = b"GET /healthz HTTP/1.1\r\nX-Pad: ".to_vec();
+        let pad = len - h.len() - 4;
+        h.extend(std::iter::repeat_n(b'a', pad));
+        h.extend(b"\r\n\r\n");
+        assert_eq!(h.len(), len);
+        h
+    };
+    ensure!(exchange(admin, &sized(8192), false)? == HEALTHY, "a head of 8192 bytes is not served");
+    let over = exchange(admin, &sized(8193), false)?;
+    ensure!(over.starts_with("HTTP/1.1 431 "), "8193 bytes: {over:?}");
+    let mut many = b"GET /healthz HTTP/1.1\r\n".to_vec();
+    for i in 0..1000 {
+        many.extend(format!("h{}:\r\n", i % 10).as_bytes());
+    }
+    many.extend(b"\r\n");
+    ensure!(many.len() <= 8192, "{} bytes", many.len());
+    let got = exchange(admin, &many, false)?;
+    ensure!(got == HEALTHY, "1,000 headers in {} bytes: {got:?}", many.len());
+    Ok(())
+}
+
+/// Clients that trickle a head or never send one hold only their own
+/// slots: another client is answered at once, not after their deadline.
+#[test]
+fn slow_admin_clients_do_not_hold_back_another() -> io::Result<()> {
+    let (_d, admin) = admin_daemon(1, "")?;
+    let mut slow = Vec::new();
+    for i in 0..10 {
+        let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(3))?;
+        if i % 2 == 0 {
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost")?;
+        }
+        slow.push(s);
+    }
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        let (code, body) = get(admin, "/healthz")?;
+        ensure!((code, body.as_str()) == (200, "ok\n"), "/healthz beside slow clients: {code} {body:?}");
+        ensure!(started.elapsed() < Duration::from_secs(2), "answered after {:?}", started.elapsed());
+    }
+    drop(slow);
+    Ok(())
+}

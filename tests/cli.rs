@@ -243,6 +243,76 @@ fn address_in_use_exits_71_naming_the_address() -> io::Result<()> {
     Ok(())
 }
 
+/// A port below `net.ipv4.ip_unprivileged_port_start`, bound without
+/// root: exit 71 naming the address and the OS error (SPEC §2).
+#[test]
+fn permission_denied_exits_71_naming_the_address() -> io::Result<()> {
+    if !crate::util::root_or_skip("to start the daemon as nobody") {
+        return Ok(());
+    }
+    let start: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1024);
+    let have = if start > 1 { Ok(()) } else { Err(format!("every port is unprivileged here (start {start})")) };
+    if !crate::util::capable("privileged_ports", have) {
+        return Ok(());
+    }
+    let addr = format!("127.0.0.1:{}", start - 1);
+    let args = ["--listen", addr.as_str(), "--workers", "1"];
+    let out =
+        crate::util::run_wrapped(&["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"], &args, &[], T)?;
+    ensure_code("permission denied", &out, 71)?;
+    let os = io::Error::from_raw_os_error(libc::EACCES).to_string();
+    let os = os.split(" (os error").next().unwrap_or(&os).to_string();
+    ensure!(
+        out.stderr.contains(&format!("cannot listen on {addr}: {os}")),
+        "stderr does not name {addr} and {os:?}:\n{}",
+        out.stderr
+    );
+    Ok(())
+}
+
+/// A configuration file that cannot be read is a configuration error
+/// (78) naming the file and why, at start and for `--check-config`.
+#[test]
+fn a_missing_configuration_file_exits_78_naming_it() -> io::Result<()> {
+    let dir = TempDir::new()?;
+    let path = dir.join("missing.toml").to_string_lossy().into_owned();
+    for args in [&["-c", &path, "--listen", "127.0.0.1:0", "--workers", "0"][..], &["--check-config", &path]] {
+        let out = run_bin(args, &[], T)?;
+        ensure_code(&format!("{args:?}"), &out, 78)?;
+        ensure!(
+            out.stderr.contains(&format!("{path}: cannot read the configuration file: No such file or directory")),
+            "{args:?}: stderr does not name {path} and why:\n{}",
+            out.stderr
+        );
+    }
+    Ok(())
+}
+
+/// `--check-config` predicts a start: a `[log] file` the daemon could not
+/// open fails the check with the start's exit code and message, and a
+/// file that can be opened passes without being created by the check.
+#[test]
+fn check_config_opens_the_log_file_as_a_start_would() -> io::Result<()> {
+    let dir = TempDir::new()?;
+    let missing = dir.join("no-such-dir").join("rot13d.log").to_string_lossy().into_owned();
+    let bad = write(&dir, "bad-log.toml", &format!("[log]\nfile = \"{missing}\"\n"))?;
+    let want = format!("rot13d: cannot open the log file {missing}: No such file or directory");
+    for args in [&["-c", &bad, "--listen", "127.0.0.1:0", "--workers", "0"][..], &["--check-config", &bad]] {
+        let out = run_bin(args, &[], T)?;
+        ensure_code(&format!("{args:?}"), &out, 71)?;
+        ensure!(out.stderr.contains(&want), "{args:?}: stderr lacks {want:?}:\n{}", out.stderr);
+    }
+    let fresh = dir.join("fresh.log");
+    let good = write(&dir, "good-log.toml", &format!("[log]\nfile = \"{}\"\n", fresh.display()))?;
+    let out = run_bin(&["--check-config", &good], &[], T)?;
+    ensure_code("--check-config with a log file that can be created", &out, 0)?;
+    ensure!(!fresh.exists(), "--check-config created the log file {}", fresh.display());
+    Ok(())
+}
+
 #[test]
 fn check_config_accepts_good_and_refuses_bad() -> io::Result<()> {
     let dir = TempDir::new()?;
@@ -490,6 +560,28 @@ fn several_listen_addresses_are_all_served() -> io::Result<()> {
     Ok(())
 }
 
+/// `--listen` replaces `[server].listen` (SPEC §2), at start and at every
+/// reload: the file's address, held by another socket here, is never
+/// bound, while the file's other keys apply.
+#[test]
+fn listen_option_replaces_the_files_list_also_at_a_reload() -> io::Result<()> {
+    let held = TcpListener::bind("127.0.0.1:0")?;
+    let file = held.local_addr()?;
+    let d = crate::util::Daemon::builder()
+        .workers(1)
+        .config(&format!("[server]\nlisten = [\"{file}\"]\nmax_line = 4\n"))
+        .start()?;
+    ensure!(d.addr() != file, "serves on the file's {file}");
+    crate::util::ensure_bytes_eq("max_line from the file", &d.roundtrip(b"abcdef\n")?, b"nopq\nrs\n")?;
+    d.signal(libc::SIGHUP)?;
+    d.wait_for_log(" reloaded ", T)?;
+    crate::util::ensure_bytes_eq("after the reload", &d.roundtrip(b"abcdef\n")?, b"nopq\nrs\n")?;
+    let text = d.log().text();
+    ensure!(d.log().count(&["listening", "kind=rot13"]) == 1, "listening lines:\n{text}");
+    ensure!(!text.contains(&file.to_string()), "the file's {file} was tried:\n{text}");
+    Ok(())
+}
+
 /// `--log-format json`: every line of stderr is one JSON object; the
 /// `listening` event carries `addr` and `kind`.
 #[test]
@@ -502,6 +594,74 @@ fn json_log_lines_are_objects() -> io::Result<()> {
         ensure!(l.contains("\"timestamp\":") && l.contains("\"level\":"), "no timestamp/level: {l:?}");
     }
     ensure!(text.contains(&format!("\"addr\":\"{}\"", d.addr())), "no addr field:\n{text}");
+    Ok(())
+}
+
+/// `[log] level` and `format` apply from the file, and `--log-level` /
+/// `--log-format` win over them (SPEC §2: options override the file).
+#[test]
+fn log_level_and_format_from_the_file_the_options_win() -> io::Result<()> {
+    let d = crate::util::Daemon::builder().workers(1).config("[log]\nformat = \"json\"\n").expect_json().start()?;
+    let text = d.log().text();
+    ensure!(text.lines().all(|l| l.starts_with('{') && l.ends_with('}')), "[log] format = json:\n{text}");
+    drop(d);
+    let warn = "[log]\nformat = \"json\"\nlevel = \"warn\"\n";
+    let d = crate::util::Daemon::builder()
+        .workers(1)
+        .config(warn)
+        .args(["--log-format", "text", "--log-level", "info"])
+        .start()?;
+    let text = d.log().text();
+    ensure!(!text.contains('{') && text.contains(" INFO rot13d: listening addr="), "options over the file:\n{text}");
+    drop(d);
+    // The file's level alone: a start that fails (a held port) logs no INFO.
+    let dir = TempDir::new()?;
+    let cfg = write(&dir, "warn.toml", "[log]\nlevel = \"warn\"\n")?;
+    let held = TcpListener::bind("127.0.0.1:0")?;
+    let addr = held.local_addr()?.to_string();
+    let out = run_bin(&["-c", &cfg, "--listen", &addr, "--workers", "0"], &[], T)?;
+    ensure_code("level = warn, a held port", &out, 71)?;
+    ensure!(!out.stderr.contains(" INFO ") && out.stderr.contains(&addr), "level = warn:\n{}", out.stderr);
+    let out = run_bin(&["-c", &cfg, "--listen", &addr, "--workers", "0", "--log-level", "info"], &[], T)?;
+    ensure!(out.stderr.contains(" INFO "), "--log-level info over level = warn:\n{}", out.stderr);
+    Ok(())
+}
+
+/// SPEC §2's log lines, in the text format: the master logs one
+/// `INFO rot13d: listening addr=ADDR kind=rot13|admin` per bound socket
+/// (the real port for port 0), which workers do not repeat; each serving
+/// process logs one `INFO rot13d: reactor backend=NAME`; stderr is a pipe
+/// here, so no terminal colour codes reach journald or `docker logs`.
+#[test]
+fn listening_and_reactor_lines_have_the_documented_shape() -> io::Result<()> {
+    let d = crate::util::Daemon::builder()
+        .workers(2)
+        .args(["--backend", "poll"])
+        .config(&crate::util::admin_config(""))
+        .start()?;
+    d.wait_for_log(" ready ", T)?;
+    let text = d.log().text();
+    ensure!(!text.contains('\x1b'), "colour codes in the log:\n{text}");
+    let admin = crate::util::nth_admin_addr(&d, 0)?;
+    for (addr, kind) in [(d.addr(), "rot13"), (admin, "admin")] {
+        ensure!(addr.port() != 0, "{kind} logged port 0");
+        let tail = format!(" INFO rot13d: listening addr={addr} kind={kind}");
+        let lines: Vec<&str> =
+            text.lines().filter(|l| l.contains(" listening ") && l.contains(&format!("kind={kind}"))).collect();
+        ensure!(lines.len() == 1, "{kind}: want one listening line:\n{text}");
+        // `TIME INFO rot13d: listening addr=... kind=...`, nothing after.
+        let (time, rest) = lines[0].split_once(' ').unwrap_or_default();
+        ensure!(crate::util::log_time(lines[0]).is_some(), "no timestamp: {time:?} in {:?}", lines[0]);
+        ensure!(format!(" {}", rest.trim_start()) == tail, "{kind}: {:?}, want ...{tail:?}", lines[0]);
+    }
+    let reactors: Vec<&str> = text.lines().filter(|l| l.contains(" INFO rot13d: reactor backend=poll ")).collect();
+    let mut pids = d.reactor_pids();
+    pids.sort_unstable();
+    ensure!(
+        reactors.len() == 2 && pids == d.worker_pids(),
+        "reactor lines {reactors:?}, pids {pids:?}, workers {:?}",
+        d.worker_pids()
+    );
     Ok(())
 }
 
@@ -548,8 +708,21 @@ fn defaults_are_the_documented_ones() -> io::Result<()> {
         "write_high_watermark = 262144",
         "write_low_watermark = 65536",
         "shutdown_grace = 30",
+        "proxy_protocol = \"off\"",
+        "ipv6_only = true",
+        "level = \"info\"",
+        "format = \"text\"",
+        "access = false",
     ] {
         ensure!(out.stdout.lines().any(|l| l.trim() == want), "defaults lack {want:?}:\n{}", out.stdout);
+    }
+    // `[admin] listen` absent = off; `[log] file` absent = stderr.
+    for absent in ["listen = \"", "file ="] {
+        ensure!(
+            !out.stdout.lines().any(|l| l.trim().starts_with(absent)),
+            "a default sets {absent:?}:\n{}",
+            out.stdout
+        );
     }
     // auto, printed in its configured form (SPEC §2: --print-config keeps
     // `workers = "auto"`), whatever the CPUs.

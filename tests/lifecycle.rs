@@ -325,6 +325,15 @@ fn reload_invalid_config_keeps_running(workers: usize) -> io::Result<()> {
         ensure!(d.worker_pids() == pids, "workers changed on an invalid reload: {:?} -> {:?}", pids, d.worker_pids());
         ensure_max_line(&d, 10)?;
     }
+    // A file that cannot be read (removed, as by a package upgrade's
+    // window) is invalid too: named with why, nothing changes.
+    std::fs::remove_file(d.config_path())?;
+    d.signal(libc::SIGHUP)?;
+    d.log().wait_count(&["ERROR", "reload failed"], 4, T)?;
+    let line = d.log().text().lines().filter(|l| l.contains("reload failed")).nth(3).unwrap_or("").to_string();
+    ensure!(line.contains(&format!("{path}: cannot read the configuration file")), "a removed file: {line}");
+    ensure!(d.worker_pids() == pids, "workers changed on a removed file: {:?} -> {:?}", pids, d.worker_pids());
+    ensure_max_line(&d, 10)?;
     ensure!(d.log().count(&["reloaded"]) == 0, "an invalid file was applied:\n{}", d.log().text());
     std::fs::write(d.config_path(), "[server]\nmax_line = 20\n")?;
     d.signal(libc::SIGHUP)?;

@@ -341,6 +341,34 @@ fn max_connections_third_waits_in_backlog_w1() -> io::Result<()> {
     max_connections_third_waits_in_backlog(1)
 }
 
+/// Admin connections do not count against `max_connections` (SPEC §3),
+/// and the rot13 limit does not hold the admin endpoint back: with
+/// `workers = 0` (one process serves both) and `max_connections = 1`,
+/// three admin clients holding unfinished heads leave the one rot13 slot
+/// free, and `/healthz` answers while that slot is taken.
+#[test]
+fn admin_connections_do_not_count_against_max_connections() -> io::Result<()> {
+    let d =
+        Daemon::builder().workers(0).config(&crate::util::admin_config("[server]\nmax_connections = 1\n")).start()?;
+    let admin = crate::util::nth_admin_addr(&d, 0)?;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut s = std::net::TcpStream::connect(admin)?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\n")?;
+        held.push(s);
+    }
+    // The admin connections are accepted: /healthz answers beside them.
+    ensure!(crate::util::get(admin, "/healthz")?.0 == 200, "/healthz beside the held admin connections");
+    let mut c = d.connect()?;
+    c.send(b"abc\n")?;
+    let got = c.read_some_within(Duration::from_secs(3))?;
+    ensure!(got.as_deref() == Some(&b"nop\n"[..]), "the rot13 slot beside 3 admin connections: {got:?}");
+    let (code, body) = crate::util::get(admin, "/healthz")?;
+    ensure!((code, body.as_str()) == (200, "ok\n"), "/healthz at the rot13 limit: {code} {body:?}");
+    drop(held);
+    Ok(())
+}
+
 /// A client that resets its connection (RST, unread answers pending) frees
 /// its slot; the other connection does not notice.
 fn reset_connection_frees_its_slot(workers: usize) -> io::Result<()> {

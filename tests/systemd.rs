@@ -47,6 +47,24 @@ fn ready_after_every_worker_serves() -> io::Result<()> {
     Ok(())
 }
 
+/// `NOTIFY_SOCKET=@NAME` is an abstract socket (SPEC §2: a path, or `@`
+/// for an abstract name): READY=1, RELOADING=1 / READY=1, STOPPING=1
+/// arrive there.
+#[test]
+fn notify_socket_with_an_abstract_name() -> io::Result<()> {
+    let n = Notify::abstract_name()?;
+    let mut d = Daemon::builder().workers(1).env("NOTIFY_SOCKET", &n.path).start()?;
+    n.until("READY=1", T)?;
+    d.signal(libc::SIGHUP)?;
+    n.until("RELOADING=1", T)?;
+    n.until("READY=1", T)?;
+    d.signal(libc::SIGTERM)?;
+    n.until("STOPPING=1", T)?;
+    let s = d.wait_exit(T)?;
+    ensure!(s.code() == Some(0), "exit {s:?}");
+    Ok(())
+}
+
 /// RELOADING=1 then READY=1 around a reload; STOPPING=1 at SIGQUIT too.
 fn notify_reload_and_stop(workers: usize) -> io::Result<()> {
     let n = Notify::new()?;

@@ -28,8 +28,12 @@ pub const MAX_HEAD: usize = 8 * 1024;
 pub const HEAD_DEADLINE: Duration = Duration::from_secs(5);
 /// Admin connections served at once.
 pub const MAX_ADMIN_CONNS: usize = 64;
-/// Most headers of a request.
-const MAX_HEADERS: usize = 64;
+/// Headers parsed without an allocation; a head with more (but within
+/// [`MAX_HEAD`]) is parsed again with room for [`MAX_HEADERS`].
+const INLINE_HEADERS: usize = 64;
+/// Most headers [`MAX_HEAD`] + 1 bytes can hold (`a:` and LF, 3 bytes
+/// each): the limit of a head is its size, never its number of headers.
+const MAX_HEADERS: usize = (MAX_HEAD + 1) / 3 + 1;
 
 /// What `/healthz` says: `None` = every wanted worker of the current
 /// generation serves (200 `ok`); `Some(reason)` = 503 with that one line.
@@ -157,7 +161,14 @@ fn on_close(base: &mut EventBase, bev: &mut BufferEvent<AdminConn>) {
     a.sync_interest(base);
 }
 
-fn on_event(base: &mut EventBase, bev: &mut BufferEvent<AdminConn>, _ev: BevEvent) {
+fn on_event(base: &mut EventBase, bev: &mut BufferEvent<AdminConn>, ev: BevEvent) {
+    // The client shut its write side mid-head: the head can never
+    // complete, so it is answered now (it may still read), not at the
+    // deadline. A client that sent nothing is closed unanswered.
+    if ev.contains(BevEvent::EOF) && !ev.contains(BevEvent::ERROR) && !bev.input().is_empty() && !bev.is_closing() {
+        answer(base, bev, Answer::Incomplete);
+        return;
+    }
     bev.free(base);
 }
 
@@ -184,10 +195,12 @@ pub enum Answer {
     },
     /// Another method: 405.
     MethodNotAllowed,
-    /// More than [`MAX_HEAD`] bytes, or more than 64 headers: 431.
+    /// More than [`MAX_HEAD`] bytes: 431.
     TooLarge,
     /// Not an HTTP/1.x request head: 400.
     Malformed,
+    /// The client's EOF cut the head short, so it can never complete: 400.
+    Incomplete,
 }
 
 /// Decides what to answer to the request head `head` (the bytes received
@@ -195,11 +208,23 @@ pub enum Answer {
 /// same bytes decides alike.
 pub fn judge(head: &[u8]) -> Answer {
     let head = &head[..head.len().min(MAX_HEAD + 1)];
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(head) {
+    let mut headers = [httparse::EMPTY_HEADER; INLINE_HEADERS];
+    match judge_with(head, &mut headers) {
+        // Rare (a client that sends dozens of headers): room for as many
+        // as the head's bytes can hold, on the heap.
+        None => judge_with(head, &mut vec![httparse::EMPTY_HEADER; MAX_HEADERS]).unwrap_or(Answer::TooLarge),
+        Some(answer) => answer,
+    }
+}
+
+/// [`judge`] with room for `headers.len()` headers; `None` if they do
+/// not fit.
+fn judge_with<'h>(head: &'h [u8], headers: &mut [httparse::Header<'h>]) -> Option<Answer> {
+    let mut req = httparse::Request::new(headers);
+    Some(match req.parse(head) {
+        Err(httparse::Error::TooManyHeaders) => return None,
         Ok(httparse::Status::Partial) if head.len() <= MAX_HEAD => Answer::Wait,
-        Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => Answer::TooLarge,
+        Ok(httparse::Status::Partial) => Answer::TooLarge,
         Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => Answer::TooLarge,
         Err(_) => Answer::Malformed,
         Ok(httparse::Status::Complete(_)) => {
@@ -213,7 +238,7 @@ pub fn judge(head: &[u8]) -> Answer {
                 _ => Answer::MethodNotAllowed,
             }
         }
-    }
+    })
 }
 
 /// The whole response to `answer` (`None` for [`Answer::Wait`]): the
@@ -233,16 +258,25 @@ pub fn response(answer: Answer, metrics: impl FnOnce() -> String, health: Option
             ("431 Request Header Fields Too Large", TEXT, "request head too large\n".to_string(), false)
         }
         Answer::Malformed => ("400 Bad Request", TEXT, "malformed request\n".to_string(), false),
+        Answer::Incomplete => ("400 Bad Request", TEXT, "incomplete request\n".to_string(), false),
     };
-    Some(render(status, ctype, &body, !head_only))
+    // RFC 9110 §15.5.6: a 405 names the methods the resource allows.
+    let allow = if answer == Answer::MethodNotAllowed { "Allow: GET, HEAD\r\n" } else { "" };
+    Some(render(status, allow, ctype, &body, !head_only))
 }
 
 fn on_read(base: &mut EventBase, bev: &mut BufferEvent<AdminConn>) {
     let mut head = vec![0u8; bev.input().len().min(MAX_HEAD + 1)];
     let n = bev.input().copyout(&mut head);
     head.truncate(n);
+    answer(base, bev, judge(&head));
+}
+
+/// Queues the response to `answer` (none while it waits for more) and
+/// closes once it is written.
+fn answer(base: &mut EventBase, bev: &mut BufferEvent<AdminConn>, answer: Answer) {
     let admin = bev.ctx.admin.clone();
-    let Some(out) = response(judge(&head), || admin.render_metrics(), admin.health.borrow().as_deref()) else {
+    let Some(out) = response(answer, || admin.render_metrics(), admin.health.borrow().as_deref()) else {
         return;
     };
     let n = bev.input().len();
@@ -252,10 +286,11 @@ fn on_read(base: &mut EventBase, bev: &mut BufferEvent<AdminConn>) {
     bev.close_when_flushed(base);
 }
 
-/// A response; `with_body` false for HEAD (the length is still the body's).
-fn render(status: &str, ctype: &str, body: &str, with_body: bool) -> Vec<u8> {
+/// A response; `extra` holds more header lines (each ending CRLF);
+/// `with_body` false for HEAD (the length is still the body's).
+fn render(status: &str, extra: &str, ctype: &str, body: &str, with_body: bool) -> Vec<u8> {
     let mut out = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status}\r\n{extra}Content-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     )
     .into_bytes();
@@ -267,5 +302,5 @@ fn render(status: &str, ctype: &str, body: &str, with_body: bool) -> Vec<u8> {
 
 /// Queues a response; `with_body` false for HEAD.
 fn respond(bev: &mut BufferEvent<AdminConn>, status: &str, ctype: &str, body: &str, with_body: bool) {
-    bev.output_mut().add(&render(status, ctype, body, with_body));
+    bev.output_mut().add(&render(status, "", ctype, body, with_body));
 }

@@ -89,6 +89,25 @@ pub fn open_file(path: &Path) -> io::Result<File> {
     std::fs::OpenOptions::new().append(true).create(true).mode(0o640).open(path)
 }
 
+/// `--check-config`: fails as [`init`] would on `path`, without creating
+/// it: an existing file is opened for appending, a missing one needs a
+/// directory this process may create it in.
+pub fn check_file(path: &Path) -> Result<(), Error> {
+    let opened = match std::fs::OpenOptions::new().append(true).open(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK)
+                .map_err(io::Error::from)
+        }
+        other => other.map(drop),
+    };
+    opened.map_err(|e| open_error(path, e))
+}
+
+fn open_error(path: &Path, e: io::Error) -> Error {
+    Error::os(format!("open the log file {}", path.display()), e)
+}
+
 /// From now on the log goes to `f` (the previous file is closed).
 pub fn use_file(f: File) {
     *FILE.lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
@@ -114,7 +133,7 @@ pub fn init(level: LogLevel, format: LogFormat, file: Option<&Path>) -> Result<(
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let ansi = file.is_none() && io::stderr().is_terminal() && !no_color;
     if let Some(path) = file {
-        let f = open_file(path).map_err(|e| Error::os(format!("open the log file {}", path.display()), e))?;
+        let f = open_file(path).map_err(|e| open_error(path, e))?;
         use_file(f);
     }
     let (dispatch, bad_rust_log) = dispatch(level, format, rust_log.as_deref(), ansi, Sink);

@@ -75,6 +75,9 @@ pub fn run(mut args: Args) -> Result<(), Error> {
     let settings = Settings::load(&args, &host, &pinned)?;
     if args.check_config {
         build_base(&settings)?;
+        if let Some(file) = &settings.config.log.file {
+            logging::check_file(file)?;
+        }
         println!("configuration ok");
         return Ok(());
     }

@@ -585,8 +585,13 @@ impl DaemonBuilder {
     /// Passes `--log-format json` and waits for the JSON form of the
     /// `listening` and `reactor` events.
     pub fn json_log(mut self) -> Self {
-        self.json = true;
         self.args.extend(["--log-format".to_string(), "json".to_string()]);
+        self.expect_json()
+    }
+
+    /// Reads the start-up lines as JSON (the configuration asks for it).
+    pub fn expect_json(mut self) -> Self {
+        self.json = true;
         self
     }
 
@@ -1094,6 +1099,16 @@ impl Notify {
         let p = dir.join("notify.sock");
         let sock = UnixDatagram::bind(&p)?;
         Ok(Notify { sock, path: p.to_string_lossy().into_owned(), dir })
+    }
+
+    /// A socket with an abstract name (no file): `path` is `@NAME`, the
+    /// form systemd passes for one.
+    pub fn abstract_name() -> io::Result<Notify> {
+        use std::os::linux::net::SocketAddrExt;
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let name = format!("rot13d-test-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        let sock = UnixDatagram::bind_addr(&std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?)?;
+        Ok(Notify { sock, path: format!("@{name}"), dir: TempDir::new()? })
     }
 
     /// The next message and when it arrived (bounded by `timeout`).
