@@ -205,6 +205,16 @@ impl Framer {
         }
         let mut emitted = Emitted::default();
         let max = self.max_line();
+        // The usual interactive read: whole lines, each short enough, the
+        // last one ending the input (at most `max + 1` bytes in all, ending
+        // in LF). No scan: every byte goes out.
+        let total = input.len();
+        if total <= max + 1 && input.chunks().next_back().and_then(|c| c.last()) == Some(&b'\n') {
+            emitted.lines = Self::emit(input, output, total);
+            self.max_line &= !CUTTING;
+            self.scanned = 0;
+            return emitted;
+        }
         loop {
             let scan = self.scan(input, self.scanned as usize);
             if scan.run_end > 0 {
@@ -434,6 +444,34 @@ mod tests {
         assert_eq!(run(&[b"\n\n"], 100), b"\n\n");
         assert_eq!(run(&[b"no newline"], 100), b"ab arjyvar");
         assert_eq!(run(&[], 100), b"");
+    }
+
+    /// The whole-lines shortcut of `process` (a read of at most
+    /// `max_line + 1` bytes ending in LF) at its edges: a line of exactly
+    /// `max_line` bytes plus LF goes out whole, one byte more is cut, and a
+    /// read that ends a line cut earlier ends the cut (counted once).
+    #[test]
+    fn whole_lines_shortcut_keeps_the_cut_rules() {
+        let max = 8;
+        let mut exact = letters(max);
+        exact.push(b'\n');
+        assert_eq!(run(&[&exact], max), reference(&exact, max, true));
+        let mut over = letters(max + 1);
+        over.push(b'\n');
+        assert_eq!(run(&[&over], max), reference(&over, max, true));
+        let mut f = Framer::new(max);
+        let (mut input, mut output) = (EvBuffer::new(), EvBuffer::new());
+        input.add(&letters(max + 3));
+        assert_eq!(f.process(&mut input, &mut output), Emitted { lines: 1, cut: 1 });
+        input.add(b"xy\nab\n");
+        assert_eq!(contents(&input).len(), 9, "the shortcut's case: max + 1 bytes ending in LF");
+        assert_eq!(f.process(&mut input, &mut output), Emitted { lines: 2, cut: 0 });
+        input.add(&letters(max + 3));
+        assert_eq!(f.process(&mut input, &mut output), Emitted { lines: 1, cut: 1 }, "a new cut counts again");
+        let mut all = letters(max + 3);
+        all.extend_from_slice(b"xy\nab\n");
+        all.extend_from_slice(&letters(max + 3));
+        assert_eq!(contents(&output), reference(&all, max, false));
     }
 
     #[test]

@@ -216,8 +216,7 @@ pub(crate) fn on_read(base: &mut EventBase, bev: &mut ConnBev) {
     } else {
         (Counter::CallbacksInteractive, Counter::DelayInteractive)
     };
-    let d = base.dispatch_delay();
-    let waited = d.as_secs().saturating_mul(1_000_000_000).saturating_add(u64::from(d.subsec_nanos()));
+    let waited = base.dispatch_delay_nanos();
     bev.ctx.shared.count(calls, 1);
     bev.ctx.shared.observe(delay, waited);
     count_written(bev);
@@ -395,8 +394,7 @@ fn close_flushed(base: &mut EventBase, bev: &mut ConnBev) {
 /// read. With lanes disabled the class is still kept (metrics, the debug
 /// log), and every class runs at the interactive priority.
 fn update_lane(base: &mut EventBase, bev: &mut ConnBev, received: u64) {
-    let t = base.now();
-    let now = t.as_secs().wrapping_mul(1000).wrapping_add(u64::from(t.subsec_millis())) as u32;
+    let now = (base.now_nanos() / 1_000_000) as u32;
     bev.ctx.last_read = now;
     let lanes = bev.ctx.shared.lanes();
     let c = &mut bev.ctx;

@@ -102,13 +102,54 @@ impl Timers {
         // is read once per turn and the coarse clock ticks every 1 to 4 ms,
         // so a read event re-armed at each wake-up asks for the same
         // deadline again for several turns in a row.
-        if let Some(n) = self.nodes.get(idx as usize)
-            && n.deadline == deadline
-            && (n.heap != NONE || self.queues.get(n.queue as usize).is_some_and(|q| q.tail == idx && q.dur == dur))
-        {
+        let Some(&n) = self.nodes.get(idx as usize) else {
+            return self.insert(idx, deadline, dur);
+        };
+        if n.deadline == deadline && n.heap != NONE {
             return;
         }
+        if let Some(q) = self.queues.get(n.queue as usize)
+            && q.dur == dur
+        {
+            // Re-armed within its queue (a connection's idle timeout at
+            // each read): the tail's deadline is never later than
+            // `now + dur`, so the move keeps the queue sorted. An unlink and
+            // a push, without the search for the queue or the general
+            // cancel and insert (~60 instructions of every request of a
+            // busy connection: BENCHMARKS.md, closed-loop latency).
+            let tail = q.tail;
+            if tail == idx {
+                // Already last: it stays, if its new deadline is not
+                // earlier than the one before it.
+                if n.prev == NONE || self.nodes[n.prev as usize].deadline <= deadline {
+                    self.nodes[idx as usize].deadline = deadline;
+                    return;
+                }
+            } else if self.nodes[tail as usize].deadline <= deadline {
+                let qi = n.queue as usize;
+                if n.prev == NONE {
+                    self.queues[qi].head = n.next;
+                } else {
+                    self.nodes[n.prev as usize].next = n.next;
+                }
+                // Not the tail: it has a next.
+                self.nodes[n.next as usize].prev = n.prev;
+                self.nodes[tail as usize].next = idx;
+                let m = &mut self.nodes[idx as usize];
+                m.deadline = deadline;
+                m.prev = tail;
+                m.next = NONE;
+                self.queues[qi].tail = idx;
+                return;
+            }
+        }
         self.cancel(idx);
+        self.insert(idx, deadline, dur);
+    }
+
+    /// Arms `idx`, not armed now, to expire at `deadline` (see
+    /// [`schedule_at`](Self::schedule_at)).
+    fn insert(&mut self, idx: u32, deadline: u64, dur: u64) {
         if let Some(q) = self.queues.iter().position(|q| q.dur == dur) {
             let tail = self.queues[q].tail;
             if tail == NONE || self.nodes[tail as usize].deadline <= deadline {

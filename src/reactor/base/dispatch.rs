@@ -312,6 +312,13 @@ impl EventBase {
 
     fn rearm_persistent(&mut self, idx: u32, res: EventFlags, timeout: u64) {
         let now = self.now_ns();
+        if !res.contains(EventFlags::TIMEOUT) && self.slots[idx as usize].state & INSERTED != 0 {
+            // Woken by io (a connection's read event at each read): from
+            // now, and an inserted event stays pending whatever its timer
+            // does, so there is nothing to recount.
+            self.timers.schedule_at(idx, now.saturating_add(timeout), timeout);
+            return;
+        }
         let was = self.is_pending_idx(idx);
         let next = match self.timers.last_deadline(idx) {
             Some(prev) if res.contains(EventFlags::TIMEOUT) => prev.saturating_add(timeout),

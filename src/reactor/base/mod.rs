@@ -309,6 +309,12 @@ impl EventBase {
         Duration::from_nanos(self.now_ns())
     }
 
+    /// [`now`](Self::now) in nanoseconds (a callback that wants
+    /// milliseconds divides once instead of splitting a `Duration`).
+    pub fn now_nanos(&self) -> u64 {
+        self.now_ns()
+    }
+
     fn now_ns(&self) -> u64 {
         match self.cached_now {
             Some(t) => t,
@@ -324,10 +330,15 @@ impl EventBase {
     /// loop turn (none when the cached clock is the precise one): the cost
     /// of measuring dispatch delay per priority.
     pub fn dispatch_delay(&self) -> Duration {
+        Duration::from_nanos(self.dispatch_delay_nanos())
+    }
+
+    /// [`dispatch_delay`](Self::dispatch_delay) in nanoseconds.
+    pub fn dispatch_delay_nanos(&self) -> u64 {
         if self.running_ready == 0 {
-            return Duration::ZERO;
+            return 0;
         }
-        Duration::from_nanos(dur_ns(sys::monotonic(Clock::Precise)).saturating_sub(self.running_ready))
+        dur_ns(sys::monotonic(Clock::Precise)).saturating_sub(self.running_ready)
     }
 
     /// Refreshes the cached time (libevent's `event_base_update_cache_time`).

@@ -77,8 +77,17 @@ impl IoState {
             && self.output.read_size() == DEFAULT_READ_SIZE
     }
 
-    /// Releases its events (a no-op for those never created).
+    /// Releases its events (a no-op for those never created: the usual
+    /// case, tested inline).
+    #[inline(always)]
     pub fn free_events(&mut self, base: &mut EventBase) {
+        if self.write_ev != EventId::INVALID || self.defer_ev != EventId::INVALID {
+            self.release_events(base);
+        }
+    }
+
+    #[inline(never)]
+    fn release_events(&mut self, base: &mut EventBase) {
         for ev in [&mut self.write_ev, &mut self.defer_ev] {
             if *ev != EventId::INVALID {
                 base.free(std::mem::replace(ev, EventId::INVALID));

@@ -537,8 +537,19 @@ impl<C: 'static> BufferEvent<C> {
         self.set_write(base, want, restart)
     }
 
-    /// Adds (or with `restart` re-adds) or deletes the write event.
+    /// Adds (or with `restart` re-adds) or deletes the write event. Inline
+    /// for its usual outcome, nothing to do (output written whole, no
+    /// write event registered): one test, not a call.
+    #[inline(always)]
     fn set_write(&mut self, base: &mut EventBase, want: bool, restart: bool) -> io::Result<()> {
+        if want == self.is(State::WRITE_ADDED) && !(want && restart) {
+            return Ok(());
+        }
+        self.change_write(base, want, restart)
+    }
+
+    #[inline(never)]
+    fn change_write(&mut self, base: &mut EventBase, want: bool, restart: bool) -> io::Result<()> {
         if want && (restart || !self.is(State::WRITE_ADDED)) {
             let ev = self.write_ev(base)?;
             self.state.insert(State::WRITE_ADDED);
@@ -608,7 +619,18 @@ impl<C: 'static> BufferEvent<C> {
         }
     }
 
+    /// Inline for the usual case, no read high watermark and no pause for
+    /// one (run twice per read).
+    #[inline(always)]
     fn check_read_watermark(&mut self, base: &mut EventBase) {
+        if self.setup.read_high == 0 && !self.suspend.intersects(Suspend::WATERMARK) {
+            return;
+        }
+        self.apply_read_watermark(base);
+    }
+
+    #[inline(never)]
+    fn apply_read_watermark(&mut self, base: &mut EventBase) {
         let high = self.setup.read_high;
         if high > 0 && self.input().len() >= high as usize {
             self.suspend_read(base, Suspend::WATERMARK);
@@ -617,7 +639,21 @@ impl<C: 'static> BufferEvent<C> {
         }
     }
 
+    /// Inline for the usual case, output below the high mark and no pause
+    /// to lift (run twice per read).
+    #[inline(always)]
     fn check_backpressure(&mut self, base: &mut EventBase) {
+        let (high, low) = (self.setup.bp_high as usize, self.setup.bp_low as usize);
+        let paused = self.suspend.intersects(Suspend::BACKPRESSURE);
+        let len = self.output().len();
+        if if paused { high != 0 && len > low } else { high == 0 || len <= high } {
+            return;
+        }
+        self.apply_backpressure(base);
+    }
+
+    #[inline(never)]
+    fn apply_backpressure(&mut self, base: &mut EventBase) {
         let (high, low) = (self.setup.bp_high, self.setup.bp_low);
         if high == 0 {
             if self.suspend.intersects(Suspend::BACKPRESSURE) {
