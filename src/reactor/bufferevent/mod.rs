@@ -645,7 +645,8 @@ impl<C: 'static> BufferEvent<C> {
     fn check_backpressure(&mut self, base: &mut EventBase) {
         let (high, low) = (self.setup.bp_high as usize, self.setup.bp_low as usize);
         let paused = self.suspend.intersects(Suspend::BACKPRESSURE);
-        let len = self.output().len();
+        // Pending: on the io_uring data path, with what a send has lent.
+        let len = self.pending_output();
         if if paused { high != 0 && len > low } else { high == 0 || len <= high } {
             return;
         }
