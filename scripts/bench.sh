@@ -30,7 +30,7 @@
 #   BENCH_NICE=           e.g. -5: run servers and generator at that niceness
 #                         (fewer preemptions on a shared machine)
 #   ROT13D=               the rot13d binary of rot13d-w0/-w1 (default: this tree's release build)
-#   ROT13D_B=             a second rot13d binary, run as rot13d-b-w0/-w1 (add them to
+#   ROT13D_B=             a second rot13d binary, run as rot13d-b-w0/-w1/-uring-w0 (add them to
 #                         SERVERS): an A/B of two builds in one round-robin run
 #   SHARED=               the shared folder holding peers/ (default: found
 #                         beside the repository)
@@ -141,6 +141,7 @@ server_cmd() {
     rot13d-uring-w1) echo "$ROT13D --listen 127.0.0.1:$port --workers 1 --backend uring" ;;
     rot13d-b-w0) echo "$ROT13D_B --listen 127.0.0.1:$port --workers 0" ;;
     rot13d-b-w1) echo "$ROT13D_B --listen 127.0.0.1:$port --workers 1" ;;
+    rot13d-b-uring-w0) echo "$ROT13D_B --listen 127.0.0.1:$port --workers 0 --backend uring" ;;
     # proxy_protocol = "v2": the client begins each connection with a v2
     # header (client_args).
     rot13d-w0-pp2) echo "$ROT13D --listen 127.0.0.1:$port --workers 0 -c $(proxy_config)" ;;
