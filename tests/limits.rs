@@ -4,7 +4,8 @@
 
 use crate::ensure;
 use crate::util::{
-    Client, Cyclic, Daemon, cpu_ticks, ensure_bytes_eq, fail, fd_count, random_lines, rot13_model, server_held,
+    Client, Cyclic, Daemon, cpu_ticks, ensure_bytes_eq, fail, fd_count, fd_count_back_to, poll_until, random_lines,
+    rot13_model, server_held,
 };
 use rot13d::sys::process::rss_bytes;
 use std::io::{self, Read, Write};
@@ -863,4 +864,44 @@ fn beyond_fd_setsize_uring() -> io::Result<()> {
         return Ok(());
     }
     beyond_fd_setsize("uring")
+}
+
+/// More armed receives than the uring data path's buffer ring has blocks,
+/// all woken by one burst: every connection is answered and, when the
+/// clients leave, every one is closed. (An early version of the data path
+/// left receives starved of blocks unanswered for good, spun on
+/// `io_uring_enter`, grew without bound and ignored SIGTERM: found with
+/// 3,000 idle connections each then sending one line.)
+#[test]
+fn a_burst_on_more_armed_receives_than_ring_blocks_is_answered_uring() -> io::Result<()> {
+    if !crate::util::backend_usable("uring") {
+        return Ok(());
+    }
+    const N: usize = 3000;
+    let (soft, _) = rot13d::sys::raise_nofile_limit()?;
+    ensure!(soft as usize > N + 64, "fd limit too low");
+    let d = Daemon::start(0, &["--backend", "uring"])?;
+    let base = fd_count(d.pid())?;
+    let mut clients = Vec::with_capacity(N);
+    for _ in 0..N {
+        clients.push(d.connect()?);
+    }
+    // Every connection accepted (its receive armed in the same turn)
+    // before any sends: the burst then finds all N receives waiting.
+    ensure!(
+        poll_until(Duration::from_secs(20), || fd_count(d.pid()).is_ok_and(|n| n >= base + N)),
+        "the server did not accept {N} connections"
+    );
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send(format!("client {i}\n").as_bytes())?;
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        let want = rot13_model(format!("client {i}\n").as_bytes(), 16384);
+        let got = c.read_exact(want.len()).map_err(|e| fail(format!("client {i} of {N}: no answer: {e}")))?;
+        ensure_bytes_eq(&format!("client {i} of {N}"), &got, &want)?;
+    }
+    drop(clients);
+    let left = fd_count_back_to(d.pid(), base, Duration::from_secs(20));
+    ensure!(left == base, "the server holds {left} fds after every client left, want {base}");
+    Ok(())
 }
