@@ -152,6 +152,13 @@ struct Worker {
     unresponsive: bool,
 }
 
+impl Worker {
+    /// A worker just started: not pinged yet.
+    fn new(id: WorkerId, role: Role, slot: Slot, proc: Proc, seen: Rc<std::cell::Cell<Instant>>) -> Worker {
+        Worker { id, role, slot, proc, seen, pinged: None, missed: 0, unresponsive: false }
+    }
+}
+
 /// A generation: the settings its workers run with.
 #[derive(Clone, Debug)]
 struct Generation {
@@ -518,7 +525,7 @@ impl Master {
             };
             worker::log_reactor(&self.base, self.pid, cohort.id);
             let proc = Proc::Local { shared };
-            self.workers.push(Worker { id, role, slot, proc, seen, pinged: None, missed: 0, unresponsive: false });
+            self.workers.push(Worker::new(id, role, slot, proc, seen));
             Master::push(&self.intents, &mut self.base, Intent::Ready(id));
             return Ok(());
         }
@@ -537,7 +544,7 @@ impl Master {
                 let ours = Rc::new(ours);
                 let ev = self.watch_channel(&ours, id, seen.clone());
                 let proc = Proc::Forked { pid, channel: ours, ev };
-                self.workers.push(Worker { id, role, slot, proc, seen, pinged: None, missed: 0, unresponsive: false });
+                self.workers.push(Worker::new(id, role, slot, proc, seen));
                 tracing::debug!(target: "rot13d", pid, index, generation = cohort.id, "worker started");
                 Ok(())
             }
