@@ -19,11 +19,18 @@ shift
 SHORT="${SHORT:-5000}" LONG="${LONG:-25000}" CONNS="${CONNS:-100}" STRACE="${STRACE:-}"
 out="bench-out/callgrind-lat"
 mkdir -p "$out"
+# Waits (30 s at most) for a listener on port $1; fails, killing $2 (the
+# server's pid), when none comes (a timeout must not pass for a start).
 wait_port() {
   for _ in $(seq 1 600); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    kill -0 "$2" 2>/dev/null || break
     sleep 0.05
   done
+  echo "$name: nothing listens on 127.0.0.1:$1 (server exited or 30 s passed)" >&2
+  kill -KILL "$2" 2>/dev/null || true
+  wait "$2" 2>/dev/null || true
+  return 1
 }
 pick_port() {
   local port=$((21000 + RANDOM % 5000))
@@ -42,7 +49,7 @@ count() {
   valgrind --tool=callgrind --trace-children=yes --callgrind-out-file="$out/$name.$lines.%p" \
     "${@//@PORT@/$port}" >"$out/$name.$lines.log" 2>&1 &
   pid=$!
-  wait_port "$port"
+  wait_port "$port" "$pid"
   drive "$lines" "$port"
   kill -TERM "$pid"
   wait "$pid" || true
@@ -54,10 +61,20 @@ syscalls() {
   port="$(pick_port)"
   "${@//@PORT@/$port}" >"$out/$name.log" 2>&1 &
   pid=$!
-  wait_port "$port"
-  strace -f -c -o "$out/$name.strace" -p "$pid" 2>/dev/null &
+  wait_port "$port" "$pid"
+  strace -f -c -o "$out/$name.strace" -p "$pid" 2>"$out/$name.strace.err" &
   spid=$!
-  sleep 0.5
+  # strace says on stderr when it has attached: await that, not a guess.
+  for _ in $(seq 1 200); do
+    grep -q attached "$out/$name.strace.err" && break
+    sleep 0.05
+  done
+  if ! grep -q attached "$out/$name.strace.err"; then
+    echo "$name: strace did not attach to $pid within 10 s: $(cat "$out/$name.strace.err")" >&2
+    kill -KILL "$spid" "$pid" 2>/dev/null || true
+    wait "$spid" "$pid" 2>/dev/null || true
+    return 1
+  fi
   drive "$LONG" "$port"
   # SIGINT detaches strace, which then writes its table.
   kill -INT "$spid"

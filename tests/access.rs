@@ -63,8 +63,11 @@ fn an_access_record_per_connection_with_every_field() -> io::Result<()> {
     )?;
     let secs: f64 = f.get("duration_s").and_then(|s| s.parse().ok()).ok_or_else(|| fail(format!("{f:?}")))?;
     // The base's clock is coarse (a few ms): allow 20 ms below what the
-    // client measured, none above a generous bound.
-    ensure!(secs >= 0.28 && secs <= held.as_secs_f64() + 1.0, "duration_s {secs}, held {held:?}");
+    // client measured and 100 ms above it (the daemon accepted after the
+    // client's connect returned and closed before its EOF was read, so a
+    // duration counted from anything earlier, the worker's start say, is
+    // caught).
+    ensure!(secs >= 0.28 && secs <= held.as_secs_f64() + 0.1, "duration_s {secs}, held {held:?}");
     let keys: Vec<&str> = f.keys().map(String::as_str).collect();
     ensure!(
         keys == ["bytes_in", "bytes_out", "client", "duration_s", "end", "lines", "local", "peer"],

@@ -6,7 +6,7 @@
 //! (the `reactor` event), and how many clients each worker serves.
 
 use crate::ensure;
-use crate::util::{Client, Daemon, ensure_bytes_eq, fail, poll_until, root_or_skip, tcp_queues};
+use crate::util::{Client, Daemon, Log, ensure_bytes_eq, fail, poll_until, root_or_skip, tcp_queues, wait_child};
 use std::collections::HashSet;
 use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr};
@@ -97,18 +97,14 @@ impl Strace {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| fail(format!("strace (apt-get install strace): {e}")))?;
-        let mut err = child.stderr.take().ok_or_else(|| fail("no strace stderr"))?;
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 256];
-        while !String::from_utf8_lossy(&seen).contains("attached") {
-            let n = err.read(&mut buf)?;
-            if n == 0 {
-                let _ = child.wait();
-                return Err(fail(format!("strace did not attach: {}", String::from_utf8_lossy(&seen))));
-            }
-            seen.extend_from_slice(&buf[..n]);
+        let err = Log::capture(child.stderr.take().ok_or_else(|| fail("no strace stderr"))?);
+        // Bounded: a strace that neither attaches nor exits fails the test.
+        let mut st = Strace { child, out };
+        if let Err(e) = err.wait_count(&["attached"], 1, T) {
+            st.stop();
+            return Err(fail(format!("strace did not attach to {pid}: {e}")));
         }
-        Ok(Strace { child, out })
+        Ok(st)
     }
 
     /// Detaches (strace writes what it holds as it exits) and returns the
@@ -135,8 +131,14 @@ impl Strace {
     }
 
     fn stop(&mut self) {
-        let _ = crate::util::kill(self.child.id() as i32, libc::SIGTERM);
-        let _ = self.child.wait();
+        let pid = self.child.id() as i32;
+        let _ = crate::util::kill(pid, libc::SIGTERM);
+        // Bounded: SIGTERM detaches (and strace writes what it holds); one
+        // that does not exit on it is killed.
+        if wait_child(&mut self.child, T).is_err() {
+            let _ = crate::util::kill(pid, libc::SIGKILL);
+            let _ = self.child.wait();
+        }
     }
 }
 
