@@ -622,23 +622,26 @@ impl Ring {
             return refuse(pieces, None);
         }
         let flags = libc::MSG_NOSIGNAL | if wait { 0 } else { libc::MSG_DONTWAIT };
-        let iov: Vec<libc::iovec> = pieces
-            .iter()
-            .map(|p| libc::iovec {
-                iov_base: p.data[p.start..].as_ptr() as *mut libc::c_void,
-                iov_len: p.end - p.start,
-            })
-            .collect();
-        let (entry, msg) = if let [one] = iov.as_slice() {
-            let e = opcode::Send::new(types::Fd(fd), one.iov_base as *const u8, one.iov_len as u32).flags(flags);
-            (e.build(), None)
+        // One piece (the usual answer) is a plain send: no iovec array and
+        // no header to allocate per send.
+        let (entry, iov, msg) = if let [one] = pieces.as_slice() {
+            let e = opcode::Send::new(types::Fd(fd), one.data[one.start..].as_ptr(), (one.end - one.start) as u32)
+                .flags(flags);
+            (e.build(), Vec::new(), None)
         } else {
+            let iov: Vec<libc::iovec> = pieces
+                .iter()
+                .map(|p| libc::iovec {
+                    iov_base: p.data[p.start..].as_ptr() as *mut libc::c_void,
+                    iov_len: p.end - p.start,
+                })
+                .collect();
             // SAFETY: msghdr is plain data, for which all-zero is valid.
             let mut m: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
             m.msg_iov = iov.as_ptr() as *mut libc::iovec;
             m.msg_iovlen = iov.len() as _;
             let e = opcode::SendMsg::new(types::Fd(fd), &*m as *const libc::msghdr).flags(flags as u32);
-            (e.build(), Some(m))
+            (e.build(), iov, Some(m))
         };
         let entry = entry.user_data(user_data);
         // SAFETY: the entry points at the pieces' bytes, the iovec array and
