@@ -142,6 +142,11 @@ struct InFlight {
 /// file counts the receives still armed, with no table per receive.
 pub const RECV_TAG: u64 = 1 << 29;
 
+/// The user-data bit that marks a send or a receive (one that lends this
+/// ring memory): a poll may not carry it, so no poll's completion can be
+/// taken for a send's and hand its pieces back while the kernel reads them.
+pub const DATA_TAG: u64 = 1 << 30;
+
 /// A send [`Ring::push_send`] did not queue, with its pieces.
 #[derive(Debug)]
 pub struct SendRefused {
@@ -309,11 +314,18 @@ impl Ring {
     }
 
     /// Queues a poll of `fd` for `events` (POLLIN, POLLOUT, POLLRDHUP),
-    /// `multishot` or one-shot, tagged `user_data`. `false` when the
+    /// `multishot` or one-shot, tagged `user_data` (without [`DATA_TAG`] or
+    /// [`RECV_TAG`]). `false` when the
     /// submission queue is full (submit, then try again).
     pub fn push_poll(&mut self, fd: RawFd, events: u32, multishot: bool, user_data: u64) -> io::Result<bool> {
         if !self.is_ours() {
             return Err(not_ours());
+        }
+        if user_data & (DATA_TAG | RECV_TAG) != 0 || user_data == CANCEL_USER_DATA {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a poll's user data may not carry DATA_TAG or RECV_TAG",
+            ));
         }
         let e = opcode::PollAdd::new(types::Fd(fd), events).multi(multishot).build().user_data(user_data);
         // SAFETY: a poll entry refers to no memory of ours: the kernel reads
@@ -440,10 +452,14 @@ impl Ring {
                     b.free.push(bid);
                 }
             }
-            if !more {
+            if !more && user_data != CANCEL_USER_DATA {
+                // (A cancellation's user data has every bit set: it is
+                // neither a receive nor a send.)
                 if user_data & RECV_TAG != 0 {
                     self.recvs = self.recvs.saturating_sub(1);
-                } else if let Some(s) = self.sends.remove(&user_data) {
+                } else if user_data & DATA_TAG != 0
+                    && let Some(s) = self.sends.remove(&user_data)
+                {
                     done.sent = Some(s.pieces);
                 }
             }
@@ -552,7 +568,7 @@ impl Ring {
     }
 
     /// Queues a multishot receive on `fd` into the buffer ring, tagged
-    /// `user_data`, which must have [`RECV_TAG`] set (and no other request
+    /// `user_data`, which must have [`DATA_TAG`] and [`RECV_TAG`] set (and no other request
     /// may): one completion per block filled, the last without `more` (EOF:
     /// result 0; ENOBUFS: the ring ran dry; ECANCELED). `false` when the
     /// submission queue is full.
@@ -560,8 +576,11 @@ impl Ring {
         if !self.is_ours() {
             return Err(not_ours());
         }
-        if user_data & RECV_TAG == 0 {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "a receive's user data needs RECV_TAG"));
+        if user_data & (DATA_TAG | RECV_TAG) != DATA_TAG | RECV_TAG || user_data == CANCEL_USER_DATA {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a receive's user data needs DATA_TAG and RECV_TAG",
+            ));
         }
         if self.bufs.is_none() {
             return Err(io::Error::new(io::ErrorKind::Unsupported, "no buffer ring for receives"));
@@ -578,7 +597,8 @@ impl Ring {
     }
 
     /// Queues a send of `pieces` (at most [`MAX_SEND_PIECES`]) on `fd`,
-    /// tagged `user_data`, which must be unique among the sends in flight.
+    /// tagged `user_data`, which must have [`DATA_TAG`] (not [`RECV_TAG`])
+    /// and be unique among the sends in flight.
     /// Non-blocking (`wait` false): it completes during the next enter's
     /// submit, short or with EAGAIN if the socket is full; waiting: the
     /// kernel sends when there is room. The pieces are this ring's until the
@@ -591,7 +611,7 @@ impl Ring {
             return refuse(pieces, Some(not_ours()));
         }
         if pieces.is_empty()
-            || user_data & RECV_TAG != 0
+            || user_data & (DATA_TAG | RECV_TAG) != DATA_TAG
             || pieces.len() > MAX_SEND_PIECES
             || self.sends.contains_key(&user_data)
             || pieces.iter().any(|p| p.start > p.end || p.end > p.data.len() || p.end - p.start > u32::MAX as usize)
@@ -602,23 +622,26 @@ impl Ring {
             return refuse(pieces, None);
         }
         let flags = libc::MSG_NOSIGNAL | if wait { 0 } else { libc::MSG_DONTWAIT };
-        let iov: Vec<libc::iovec> = pieces
-            .iter()
-            .map(|p| libc::iovec {
-                iov_base: p.data[p.start..].as_ptr() as *mut libc::c_void,
-                iov_len: p.end - p.start,
-            })
-            .collect();
-        let (entry, msg) = if let [one] = iov.as_slice() {
-            let e = opcode::Send::new(types::Fd(fd), one.iov_base as *const u8, one.iov_len as u32).flags(flags);
-            (e.build(), None)
+        // One piece (the usual answer) is a plain send: no iovec array and
+        // no header to allocate per send.
+        let (entry, iov, msg) = if let [one] = pieces.as_slice() {
+            let e = opcode::Send::new(types::Fd(fd), one.data[one.start..].as_ptr(), (one.end - one.start) as u32)
+                .flags(flags);
+            (e.build(), Vec::new(), None)
         } else {
+            let iov: Vec<libc::iovec> = pieces
+                .iter()
+                .map(|p| libc::iovec {
+                    iov_base: p.data[p.start..].as_ptr() as *mut libc::c_void,
+                    iov_len: p.end - p.start,
+                })
+                .collect();
             // SAFETY: msghdr is plain data, for which all-zero is valid.
             let mut m: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
             m.msg_iov = iov.as_ptr() as *mut libc::iovec;
             m.msg_iovlen = iov.len() as _;
             let e = opcode::SendMsg::new(types::Fd(fd), &*m as *const libc::msghdr).flags(flags as u32);
-            (e.build(), Some(m))
+            (e.build(), iov, Some(m))
         };
         let entry = entry.user_data(user_data);
         // SAFETY: the entry points at the pieces' bytes, the iovec array and
@@ -867,5 +890,33 @@ mod tests {
         assert!(r.contains("the kernel has no io_uring"), "{r}");
         let r = reason(&io::Error::from_raw_os_error(libc::ENOMEM), None, None);
         assert!(r.contains("RLIMIT_MEMLOCK"), "{r}");
+    }
+
+    /// A failed cancellation's completion (user data all ones) is no
+    /// receive's: the count Drop waits on stays right. And a poll may not
+    /// carry a send's or a receive's tag bits.
+    #[test]
+    fn uring_cancel_completions_and_polls_are_no_data_ops() {
+        use std::os::fd::AsRawFd;
+        let Ok(mut ring) = Ring::new(8, 8) else { return };
+        if ring.setup_recv_buffers(4).is_err() {
+            return;
+        }
+        assert!(ring.provide(vec![0; 64]).is_none());
+        let (a, _b) = super::super::socketpair().unwrap();
+        assert!(ring.push_recv(a.as_raw_fd(), DATA_TAG | RECV_TAG | 7).unwrap());
+        assert_eq!(ring.ops_out(), (0, 1));
+        // Nothing carries this tag: the cancellation fails (ENOENT), and a
+        // failure is always posted.
+        assert!(ring.push_cancel(12345).unwrap());
+        ring.enter(false, None).unwrap();
+        let mut seen = Vec::new();
+        ring.reap(|c| seen.push((c.user_data, c.result)));
+        assert_eq!(seen, [(CANCEL_USER_DATA, -libc::ENOENT)]);
+        assert_eq!(ring.ops_out(), (0, 1));
+        for ud in [DATA_TAG | 1, RECV_TAG | 1, CANCEL_USER_DATA] {
+            let e = ring.push_poll(a.as_raw_fd(), 1, false, ud).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        }
     }
 }

@@ -150,7 +150,7 @@ fn user_data(generation: u32, dir: usize, fd: RawFd) -> u64 {
 
 const FD_BITS: u64 = 0x1fff_ffff;
 /// The tag bit of data-path operations.
-const DATA_OP: u64 = 1 << 30;
+const DATA_OP: u64 = su::DATA_TAG;
 
 /// The poll mask one direction of `want` asks for (0 = none).
 fn mask(want: EventFlags, dir: usize) -> u32 {

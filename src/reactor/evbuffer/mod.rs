@@ -352,22 +352,22 @@ impl EvBuffer {
     /// the first `sent` bytes, which the socket took: their blocks are
     /// handed to `spent` (to be reused). Order is kept: the pieces go
     /// before whatever was added while they were lent.
-    pub fn unsend(&mut self, pieces: Vec<sys::uring::Piece>, mut sent: usize, mut spent: impl FnMut(Vec<u8>)) {
-        let mut back = Vec::new();
-        for mut p in pieces {
+    pub fn unsend(&mut self, mut pieces: Vec<sys::uring::Piece>, mut sent: usize, mut spent: impl FnMut(Vec<u8>)) {
+        // Advance past the sent bytes first, then push to the front from
+        // the last piece on: no second list per short send.
+        for p in pieces.iter_mut() {
             let n = (p.end - p.start).min(sent);
             sent -= n;
             p.start += n;
+        }
+        self.eol_hint = None;
+        for p in pieces.into_iter().rev() {
             if p.start >= p.end {
                 spent(p.data);
             } else {
-                back.push(p);
+                self.len += p.end - p.start;
+                self.chunks.push_front(Chunk { data: p.data, start: p.start, end: p.end });
             }
-        }
-        self.eol_hint = None;
-        for p in back.into_iter().rev() {
-            self.len += p.end - p.start;
-            self.chunks.push_front(Chunk { data: p.data, start: p.start, end: p.end });
         }
     }
 

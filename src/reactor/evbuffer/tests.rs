@@ -638,3 +638,26 @@ proptest! {
         }
     }
 }
+
+/// A short send's pieces go back in front of what was added while they
+/// were lent, less the bytes sent; the fully sent blocks are spent.
+#[test]
+fn unsend_puts_the_unsent_bytes_back_in_order() {
+    let mut b = chunked(&[b"abc", b"def", b"ghi"]);
+    let pieces = b.take_pieces(usize::MAX);
+    assert_eq!(pieces.len(), 3);
+    assert!(b.is_empty());
+    b.add(b"jk");
+    let mut spent = Vec::new();
+    b.unsend(pieces, 4, |d| spent.push(d));
+    assert_eq!(contents(&b), b"efghijk");
+    assert_eq!(spent, [b"abc".to_vec()]);
+    let pieces = b.take_pieces(2);
+    b.unsend(pieces, 5, |d| spent.push(d));
+    assert_eq!(contents(&b), b"jk");
+    assert_eq!(spent.len(), 3);
+    let pieces = b.take_pieces(1);
+    b.unsend(pieces, 0, |d| spent.push(d));
+    assert_eq!(contents(&b), b"jk");
+    assert_eq!(spent.len(), 3);
+}
